@@ -1,0 +1,34 @@
+# Set-up and everyday commands. Everything installs into .venv at the repository root.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test validate bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Install, then fit mAch ~ ses + (ses | school) on the bundled HSB data and print the summary.
+demo: $(STAMP)
+	$(BIN)/multilevel demo
+
+## Install, then run the default test suite (a few minutes on 2 cores).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Long validation: full simulation-based calibration runs.
+validate: $(STAMP)
+	$(BIN)/python -m pytest -q -m validate -p no:cacheprovider
+
+## Benchmarks; results go to docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py --out docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,33 @@
+"""multilevel: Bayesian hierarchical (multilevel) regression by fast Gibbs sampling.
+
+>>> import multilevel
+>>> fit = multilevel.fit("mAch ~ ses + (ses | school)", multilevel.load_dataset("hsb82"))
+>>> print(fit)
+
+The heavy modules load on first use, so worker processes that only run samplers start fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "fit": "api",
+    "Model": "api",
+    "Fit": "result",
+    "load": "result",
+    "Priors": "priors",
+    "ModelError": "errors",
+    "load_dataset": "datasets",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'multilevel' has no attribute {name!r}")

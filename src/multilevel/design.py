@@ -1,0 +1,158 @@
+"""Design: model arrays sorted by group, built once from a formula and a DataFrame.
+
+Rows are sorted by group once, so that every group is a contiguous slice
+``starts[j]:starts[j+1]`` and per-group sums are segment sums. The varying terms are
+kept as the N x p per-row covariates ``X`` plus an integer group index, never as the
+dense N x (m p) group design matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from formulae import design_matrices
+
+from .errors import ModelError
+from .formula import INTERCEPT, FormulaSpec
+
+NaAction = Literal["drop", "raise"]
+
+
+@dataclass
+class Design:
+    """Arrays of one multilevel model, rows sorted by group.
+
+    Attributes
+    ----------
+    y : (N,) response.
+    X : (N, p) covariates of the varying terms (beta_j), columns ``varying_terms``.
+    Z : (N, r) covariates of the fixed-only terms (alpha), columns ``fixed_terms``.
+    group : (N,) integer group index in 0..m-1, non-decreasing.
+    starts : (m + 1,) row offsets: group j is rows ``starts[j]:starts[j+1]``.
+    group_labels : the m group labels, as in the data.
+    theta_free : (p,) True where the varying term also stands in the fixed part and so
+        has a population mean theta_k; False where its mean is fixed at 0.
+    row_labels : the data's index labels of the rows used, in sorted order.
+    """
+
+    spec: FormulaSpec
+    y: np.ndarray
+    X: np.ndarray
+    Z: np.ndarray
+    group: np.ndarray
+    starts: np.ndarray
+    group_labels: pd.Index
+    varying_terms: list[str]
+    fixed_terms: list[str]
+    theta_free: np.ndarray
+    row_labels: pd.Index
+    formulae_fixed: Any = field(default=None, repr=False)
+    formulae_varying: Any = field(default=None, repr=False)
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.starts.shape[0] - 1)
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+
+def _column_labels(matrices: Any) -> list[str]:
+    """Column names of a ``formulae`` common design matrix, in column order."""
+    names: list[str] = []
+    for term in matrices.terms.values():
+        names.extend(term.labels)
+    return names
+
+
+def select_rows(data: pd.DataFrame, spec: FormulaSpec, na_action: NaAction) -> pd.DataFrame:
+    """Check the formula's columns exist and drop (or refuse) rows with missing values.
+
+    Missing or infinite values in a used column drop the row with a warning giving the
+    count (lme4's ``na.omit``), or raise with ``na_action="raise"``.
+    """
+    missing = [v for v in spec.variables if v not in data.columns]
+    if missing:
+        cols = ", ".join(map(str, data.columns[:12]))
+        raise ModelError(
+            f"column {missing[0]!r} named in the formula is not in the data "
+            f"(columns are: {cols}{', ...' if data.shape[1] > 12 else ''})"
+        )
+    if na_action not in ("drop", "raise"):
+        raise ModelError(f"na_action must be 'drop' or 'raise', not {na_action!r}")
+    used = data[list(spec.variables)]
+    bad = used.isna().any(axis=1).to_numpy().copy()
+    for name in spec.variables:
+        col = used[name]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            bad |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
+    n_bad = int(bad.sum())
+    if n_bad:
+        cols = [v for v in spec.variables if used[v].isna().any()]
+        if na_action == "raise":
+            raise ModelError(
+                f"{n_bad} rows have missing or infinite values in {', '.join(cols) or 'used columns'}; "
+                "remove them or use na_action='drop'"
+            )
+        warnings.warn(f"dropped {n_bad} rows with missing or infinite values in the formula's columns", stacklevel=3)
+        data = data.loc[~bad]
+    if data.shape[0] == 0:
+        raise ModelError("no rows left after dropping missing values")
+    return data
+
+
+def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop") -> Design:
+    """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group."""
+    data = select_rows(data, spec, na_action)
+    try:
+        fixed = design_matrices(f"{spec.response} ~ {spec.fixed_rhs()}", data, na_action="error")
+        varying = design_matrices(spec.varying_rhs(), data, na_action="error")
+    except ModelError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot evaluate formula {spec.formula!r} on the data: {detail}") from None
+    response = np.asarray(fixed.response.design_matrix)
+    if response.ndim == 2 and response.shape[1] == 1:
+        response = response[:, 0]
+    F = np.asarray(fixed.common.design_matrix, dtype=float) if fixed.common is not None else np.empty((len(data), 0))
+    fixed_names = _column_labels(fixed.common) if fixed.common is not None else []
+    X = np.asarray(varying.common.design_matrix, dtype=float)
+    varying_names = _column_labels(varying.common)
+    theta_free = np.array([name in fixed_names for name in varying_names], dtype=bool)
+    z_cols = [i for i, name in enumerate(fixed_names) if name not in varying_names]
+    Z = F[:, z_cols]
+
+    labels = data[spec.group]
+    codes, uniques = pd.factorize(labels, sort=True)
+    order = np.argsort(codes, kind="stable")
+    codes = codes[order].astype(np.int64)
+    m = len(uniques)
+    starts = np.searchsorted(codes, np.arange(m + 1)).astype(np.int64)
+    return Design(
+        spec=spec,
+        y=response[order],
+        X=np.ascontiguousarray(X[order]),
+        Z=np.ascontiguousarray(Z[order]),
+        group=codes,
+        starts=starts,
+        group_labels=pd.Index(uniques, name=spec.group),
+        varying_terms=varying_names,
+        fixed_terms=[fixed_names[i] for i in z_cols],
+        theta_free=theta_free,
+        row_labels=data.index[order],
+        formulae_fixed=fixed,
+        formulae_varying=varying,
+    )
+
+
+__all__ = ["Design", "build_design", "select_rows", "INTERCEPT"]

@@ -1,0 +1,98 @@
+"""Batched draws from the distributions of the full conditionals.
+
+Small pure functions; each takes its randomness from an explicit ``numpy.random.Generator``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import ModelError
+from .linalg import inverse_wishart_from_bartlett, mvn_precision_batch
+
+
+def cholesky(P: np.ndarray, what: str) -> np.ndarray:
+    """Lower Cholesky factor of the symmetric positive definite matrices ``P`` (..., p, p).
+
+    Raises :class:`FloatingPointError` naming ``what`` when a matrix is not positive
+    definite, so the caller can say which parameter failed.
+    """
+    try:
+        return np.linalg.cholesky(P)
+    except np.linalg.LinAlgError:
+        raise FloatingPointError(f"the precision matrix of {what} is not positive definite") from None
+
+
+def mvn_from_precision(P: np.ndarray, b: np.ndarray, z: np.ndarray, what: str = "beta") -> np.ndarray:
+    """Draw x ~ MVN(P^-1 b, P^-1) for a batch, given standard normals ``z``.
+
+    With P = L L' (Cholesky), x = L'^-1 (L^-1 b + z): mean P^-1 b and covariance
+    L'^-1 L^-1 = P^-1. Shapes: P (m, p, p) or (p, p); b and z (m, p) or (p,).
+    ``P`` is consumed (overwritten). Raises :class:`FloatingPointError` naming ``what``
+    and the group when a precision matrix is not positive definite.
+    """
+    single = b.ndim == 1
+    P3 = np.ascontiguousarray(P, dtype=float).reshape(-1, b.shape[-1], b.shape[-1])
+    b2 = np.ascontiguousarray(b, dtype=float).reshape(P3.shape[0], -1)
+    z2 = np.ascontiguousarray(z, dtype=float).reshape(P3.shape[0], -1)
+    out = np.empty_like(b2)
+    failed = mvn_precision_batch(P3, b2, z2, out)
+    if failed >= 0:
+        where = "" if single else f" in group {failed}"
+        raise FloatingPointError(f"the precision matrix of {what}{where} is not positive definite")
+    return out[0] if single else out
+
+
+@lru_cache(maxsize=32)
+def _strict_lower(p: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.tril_indices(p, -1)
+
+
+def bartlett_factor(df: float, p: int, rng: np.random.Generator) -> np.ndarray:
+    """Lower-triangular A of the Bartlett decomposition of a Wishart(df, I_p) draw, W = A A'.
+
+    A_ii = sqrt(chi2(df - i)) for i = 0..p-1, A_ik ~ N(0, 1) below the diagonal.
+    """
+    A = np.diag(np.sqrt(rng.chisquare(df - np.arange(p))))
+    rows, cols = _strict_lower(p)
+    if rows.shape[0]:
+        A[rows, cols] = rng.standard_normal(rows.shape[0])
+    return A
+
+
+def inverse_wishart(df: float, scale: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw Sigma ~ inverse-Wishart(df, scale), E[Sigma] = scale / (df - p - 1); return (Sigma, Sigma^-1).
+
+    Sigma^-1 ~ Wishart(df, scale^-1). With scale = U U' (Cholesky) and the Bartlett factor
+    A of a Wishart(df, I) draw, Sigma^-1 = (U'^-1 A)(U'^-1 A)' and therefore
+    Sigma = (U A'^-1)(U A'^-1)'. In the specification's notation this is
+    inverse-Wishart(eta, S^-1) with eta = df and S = scale.
+    """
+    A = bartlett_factor(df, scale.shape[0], rng)
+    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(np.ascontiguousarray(scale, dtype=float), A)
+    if not ok:
+        raise FloatingPointError("the inverse-Wishart scale matrix of Sigma is not positive definite")
+    return Sigma, Sigma_inv
+
+
+def inverse_gamma(shape: float, rate: float, rng: np.random.Generator) -> float:
+    """Draw x ~ inverse-gamma(shape, rate): x = rate / Gamma(shape, 1)."""
+    return rate / rng.gamma(shape)
+
+
+def check_spd(M: np.ndarray, name: str, size: int) -> np.ndarray:
+    """Return ``M`` as a float (size, size) array, refusing it unless symmetric positive definite."""
+    M = np.atleast_2d(np.asarray(M, dtype=float))
+    if M.shape != (size, size):
+        raise ModelError(f"prior {name} must be a {size} x {size} matrix, got shape {M.shape}")
+    if not np.all(np.isfinite(M)):
+        raise ModelError(f"prior {name} has non-finite entries")
+    if not np.allclose(M, M.T, rtol=1e-8, atol=1e-12 * max(np.abs(M).max(), 1.0)):
+        raise ModelError(f"prior {name} must be symmetric")
+    try:
+        np.linalg.cholesky(M)
+    except np.linalg.LinAlgError:
+        raise ModelError(f"prior {name} must be positive definite") from None
+    return 0.5 * (M + M.T)

@@ -1,0 +1,109 @@
+"""lme4-style formulas: parsing with ``formulae`` into the parts this package models.
+
+A formula ``y ~ fixed part + (varying part | group)`` is split into
+
+* the response expression,
+* the common (fixed) terms, evaluated by ``formulae`` into the design ``F``,
+* the group-specific expressions of one grouping factor, evaluated into the per-row
+  covariates ``X`` of the varying terms (never into a dense rows x (groups x terms)
+  matrix), and
+* the grouping factor, whose labels index the groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from formulae import model_description
+
+from .errors import ModelError
+
+INTERCEPT = "Intercept"
+
+
+@dataclass(frozen=True)
+class FormulaSpec:
+    """The parts of a parsed multilevel formula.
+
+    Attributes
+    ----------
+    formula : the formula as written.
+    response : the response expression (``"mAch"``, ``"np.log(y)"``, ``"p(s, n)"``).
+    common : names of the common terms, ``"Intercept"`` first when present.
+    varying : the group-specific expressions, ``"Intercept"`` for ``1``.
+    group : the name of the grouping factor.
+    variables : every data column the formula uses.
+    """
+
+    formula: str
+    response: str
+    common: tuple[str, ...]
+    varying: tuple[str, ...]
+    group: str
+    variables: tuple[str, ...]
+
+    def fixed_rhs(self) -> str:
+        """Right-hand side of the common part alone, for ``formulae``."""
+        return _rhs(self.common)
+
+    def varying_rhs(self) -> str:
+        """Right-hand side of the group-specific covariates alone, for ``formulae``."""
+        return _rhs(self.varying)
+
+
+def _rhs(terms: tuple[str, ...]) -> str:
+    rest = [t for t in terms if t != INTERCEPT]
+    head = "1" if INTERCEPT in terms else "0"
+    return " + ".join([head, *rest])
+
+
+def parse_formula(formula: str) -> FormulaSpec:
+    """Parse an lme4-style formula with one grouping factor.
+
+    Raises :class:`ModelError` when the formula does not parse, has no response, no
+    group-specific part, or more than one grouping factor (crossed and nested effects
+    are not supported yet).
+    """
+    if not isinstance(formula, str) or "~" not in formula:
+        raise ModelError(
+            f"formula {formula!r} has no '~'; write it as 'response ~ predictors + (terms | group)'"
+        )
+    try:
+        desc = model_description(formula)
+    except Exception as exc:  # formulae raises several parser error types
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"formula {formula!r} does not parse: {detail}") from None
+    if desc.response is None:
+        raise ModelError(f"formula {formula!r} has no response on the left of '~'")
+    groups = desc.group_terms
+    if not groups:
+        raise ModelError(
+            f"formula {formula!r} has no group-specific part; add one such as '(1 | group)'"
+        )
+    factors = list(dict.fromkeys(t.factor.name for t in groups))
+    if len(factors) > 1:
+        raise ModelError(
+            f"formula {formula!r} has {len(factors)} grouping factors ({', '.join(factors)}); "
+            "only one grouping factor is supported yet (crossed and nested effects are planned)"
+        )
+    factor = groups[0].factor
+    if len(factor.components) != 1:
+        raise ModelError(
+            f"grouping factor {factor.name!r} is an interaction; nested grouping is not supported "
+            "yet: make one column that labels the groups and use it instead"
+        )
+    varying = tuple(dict.fromkeys(t.expr.name for t in groups))
+    common = tuple(t.name for t in desc.common_terms)
+    if INTERCEPT in common:
+        common = (INTERCEPT, *[t for t in common if t != INTERCEPT])
+    if INTERCEPT in varying:
+        varying = (INTERCEPT, *[t for t in varying if t != INTERCEPT])
+    variables = tuple(sorted(v for v in desc.var_names if v))
+    return FormulaSpec(
+        formula=formula,
+        response=desc.response.term.name,
+        common=common,
+        varying=varying,
+        group=factor.name,
+        variables=variables,
+    )

@@ -1,0 +1,196 @@
+r"""Priors of the hierarchical model: the specification's defaults, overrides, validation.
+
+The model (specification, generalised to fixed-only terms alpha)::
+
+    theta ~ MVN(mu0, Lambda0)                    population means of the varying terms
+    Sigma ~ inverse-Wishart(eta0, S0^-1)         E[Sigma] = S0 / (eta0 - p - 1)
+    sigma2 ~ inverse-gamma(nu0 / 2, nu0 sigma0_sq / 2)
+    alpha ~ MVN(alpha_mean, alpha_cov)           fixed-only effects
+
+theta covers only the varying terms that also stand in the fixed part; a varying term
+absent from it (``(0 + x | g)`` without ``x``) has its mean fixed at 0.
+
+Data-informed defaults, as in the specification's running example:
+
+* each group with more rows than varying terms (n_j > p) and a well-conditioned
+  X_j'X_j gets its own least-squares fit b_j of y_j - Z_j a_pool on X_j, where a_pool
+  is the pooled least-squares fit of the fixed-only effects;
+* mu0 = mean of the b_j, Lambda0 = S0 = their sample covariance, eta0 = p + 2, nu0 = 1,
+  sigma0_sq = the mean of the within-group residual variances RSS_j / (n_j - p);
+* fallback, when fewer than p + 2 groups have their own fit or the covariance of the b_j
+  is not positive definite: mu0 = the pooled fit, Lambda0 = S0 = diag(var(y) / var(x_k))
+  (var(y) for a constant column such as the intercept), and sigma0_sq = the pooled
+  residual variance when no group has its own fit; the fallback used is recorded;
+* alpha_mean = a_pool, alpha_cov = N sigma0_sq (Z'Z)^-1: a unit-information prior.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import json
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from .distributions import check_spd
+from .errors import ModelError
+from .suffstats import LeastSquares
+
+if TYPE_CHECKING:
+    from .design import Design
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Hyperparameters; leave any as ``None`` to take its default.
+
+    Parameters
+    ----------
+    mu0 : (q,) prior mean of theta, q = varying terms that have a population mean.
+    Lambda0 : (q, q) prior covariance of theta.
+    eta0 : inverse-Wishart degrees of freedom of Sigma, > p - 1.
+    S0 : (p, p) inverse-Wishart scale matrix of Sigma.
+    nu0 : prior degrees of freedom of sigma2, > 0 (Gaussian family).
+    sigma0_sq : prior scale of sigma2, > 0 (Gaussian family).
+    alpha_mean : (r,) prior mean of the fixed-only effects.
+    alpha_cov : (r, r) prior covariance of the fixed-only effects.
+    """
+
+    mu0: Any = None
+    Lambda0: Any = None
+    eta0: float | None = None
+    S0: Any = None
+    nu0: float | None = None
+    sigma0_sq: float | None = None
+    alpha_mean: Any = None
+    alpha_cov: Any = None
+    fallback: str | None = None
+
+    def to_json(self) -> str:
+        """The priors as JSON (arrays as nested lists), for the results' attributes."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.tolist() if isinstance(value, np.ndarray) else value
+        return json.dumps(out)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Priors":
+        raw = json.loads(text)
+        return cls(**{k: (np.asarray(v, dtype=float) if isinstance(v, list) else v) for k, v in raw.items()})
+
+
+def as_priors(priors: Priors | dict | None) -> Priors:
+    """Accept a :class:`Priors`, a dict of its fields, or ``None``."""
+    if priors is None:
+        return Priors()
+    if isinstance(priors, Priors):
+        return priors
+    if isinstance(priors, dict):
+        names = {f.name for f in fields(Priors)} - {"fallback"}
+        unknown = sorted(set(priors) - names)
+        if unknown:
+            raise ModelError(f"unknown prior {unknown[0]!r}; priors are: {', '.join(sorted(names))}")
+        return Priors(**priors)
+    raise ModelError(f"priors must be a multilevel.Priors or a dict, not {type(priors).__name__}")
+
+
+def default_priors(design: Design, ls: LeastSquares) -> Priors:
+    """The specification's data-informed defaults, with the documented fallback."""
+    p = design.X.shape[1]
+    free = design.theta_free
+    n = design.group_sizes
+    own = ls.own
+    fallback = None
+    cov = None
+    if own.sum() >= p + 2:
+        b = ls.b_group[own]
+        cov = np.atleast_2d(np.cov(b, rowvar=False))
+        try:
+            np.linalg.cholesky(cov)
+            centre = b.mean(axis=0)
+        except np.linalg.LinAlgError:
+            cov = None
+    if cov is None:
+        fallback = (
+            f"only {int(own.sum())} of {design.n_groups} groups have their own least-squares fit "
+            f"(need {p + 2} with a positive definite covariance): theta and Sigma priors from the pooled fit"
+        )
+        y = np.asarray(design.y, dtype=float)
+        vy = float(np.var(y)) or 1.0
+        vx = np.var(design.X, axis=0)
+        cov = np.diag(np.where(vx > 1e-12 * max(vx.max(), 1e-300), vy / np.where(vx > 0, vx, 1.0), vy))
+        centre = ls.b_pool
+    if own.any():
+        sigma0_sq = float(np.mean(ls.rss_group[own] / (n[own] - p)))
+    else:
+        sigma0_sq = ls.rss_pool / max(design.n_obs - p - design.Z.shape[1], 1)
+    if not sigma0_sq > 0:
+        sigma0_sq = float(np.var(design.y)) or 1.0
+    r = design.Z.shape[1]
+    if r:
+        ZtZ = design.Z.T @ design.Z
+        alpha_cov = design.n_obs * sigma0_sq * np.linalg.pinv(ZtZ)
+        alpha_cov = 0.5 * (alpha_cov + alpha_cov.T)
+    else:
+        alpha_cov = np.zeros((0, 0))
+    return Priors(
+        mu0=centre[free],
+        Lambda0=cov[np.ix_(free, free)],
+        eta0=float(p + 2),
+        S0=cov,
+        nu0=1.0,
+        sigma0_sq=sigma0_sq,
+        alpha_mean=ls.a_pool.copy(),
+        alpha_cov=alpha_cov,
+        fallback=fallback,
+    )
+
+
+def _positive(value: Any, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ModelError(f"prior {name} must be a positive number, got {value!r}") from None
+    if not np.isfinite(x) or x <= 0:
+        raise ModelError(f"prior {name} must be a positive number, got {value!r}")
+    return x
+
+
+def _vector(value: Any, name: str, size: int) -> np.ndarray:
+    v = np.atleast_1d(np.asarray(value, dtype=float))
+    if v.shape != (size,):
+        raise ModelError(f"prior {name} must be a vector of length {size}, got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ModelError(f"prior {name} has non-finite entries")
+    return v
+
+
+def resolve_priors(user: Priors | dict | None, design: Design, ls: LeastSquares) -> Priors:
+    """Fill the user's priors with the defaults and validate every one."""
+    user = as_priors(user)
+    defaults = default_priors(design, ls)
+    merged = replace(
+        defaults,
+        **{f.name: getattr(user, f.name) for f in fields(Priors) if f.name != "fallback" and getattr(user, f.name) is not None},
+    )
+    p = design.X.shape[1]
+    q = int(design.theta_free.sum())
+    r = design.Z.shape[1]
+    eta0 = float(merged.eta0)
+    if not np.isfinite(eta0) or eta0 <= p - 1:
+        raise ModelError(f"prior eta0 must exceed p - 1 = {p - 1} (p = {p} varying terms), got {merged.eta0!r}")
+    uses_fallback = all(getattr(user, k) is None for k in ("mu0", "Lambda0", "S0"))
+    return Priors(
+        mu0=_vector(merged.mu0, "mu0", q),
+        Lambda0=check_spd(merged.Lambda0, "Lambda0", q) if q else np.zeros((0, 0)),
+        eta0=eta0,
+        S0=check_spd(merged.S0, "S0", p),
+        nu0=_positive(merged.nu0, "nu0"),
+        sigma0_sq=_positive(merged.sigma0_sq, "sigma0_sq"),
+        alpha_mean=_vector(merged.alpha_mean, "alpha_mean", r),
+        alpha_cov=check_spd(merged.alpha_cov, "alpha_cov", r) if r else np.zeros((0, 0)),
+        fallback=defaults.fallback if uses_fallback else None,
+    )

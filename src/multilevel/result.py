@@ -1,0 +1,223 @@
+"""Fit: the result of a fit, an ArviZ InferenceData with summaries, report and NetCDF I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .convert import az
+from .errors import ModelError
+from .families import gaussian_loglik
+from .priors import Priors
+
+HDI_PROB = 0.94
+RHAT_MAX = 1.01
+ESS_MIN = 400
+
+
+class Fit:
+    """A fitted multilevel model.
+
+    ``idata`` is an ArviZ InferenceData: ``az.summary(fit.idata)``, ``az.plot_trace``
+    and ``az.loo`` work on it directly. See :mod:`multilevel.convert` for its variables.
+    """
+
+    def __init__(self, idata: az.InferenceData, design: Any = None):
+        self.idata = idata
+        self.design = design
+
+    # -- attributes ---------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.idata.posterior.attrs)
+
+    @property
+    def formula(self) -> str:
+        return str(self.attrs["formula"])
+
+    @property
+    def family(self) -> str:
+        return str(self.attrs.get("family", "gaussian"))
+
+    @property
+    def priors(self) -> Priors:
+        return Priors.from_json(self.attrs["priors"])
+
+    @property
+    def posterior(self) -> xr.Dataset:
+        return self.idata.posterior
+
+    @property
+    def zero_mean_terms(self) -> list[str]:
+        return json.loads(self.attrs.get("zero_mean_terms", "[]"))
+
+    # -- summaries ----------------------------------------------------------------
+    def population_var_names(self) -> list[str]:
+        names = ["theta", "alpha", "Sigma", "sigma2"]
+        post = self.posterior
+        return [n for n in names if n in post and post[n].size > 0]
+
+    def summary(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
+        """Posterior summary of the population-level parameters.
+
+        Rows ``theta[<term>]`` (terms with a population mean), ``alpha[<term>]``,
+        ``Sigma[<term>, <term>]`` (lower triangle) and ``sigma2``; columns mean, sd, the
+        HDI bounds, MCSE, ess_bulk, ess_tail and r_hat.
+        """
+        table = az.summary(self.idata, var_names=self.population_var_names(), hdi_prob=hdi_prob)
+        return table.loc[[i for i in table.index if self._keep_row(i)]]
+
+    def _keep_row(self, name: str) -> bool:
+        if name.startswith("theta["):
+            return name[6:-1] not in self.zero_mean_terms
+        if name.startswith("Sigma["):
+            a, b = (t.strip() for t in name[6:-1].split(","))
+            terms = list(self.posterior["term"].values)
+            return terms.index(a) >= terms.index(b)
+        return True
+
+    def group_level(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
+        """sd(term) and cor(term, term) of the group effects, as in lme4 and brms reports."""
+        Sigma = self.posterior["Sigma"]
+        terms = list(self.posterior["term"].values)
+        sd = np.sqrt(xr.apply_ufunc(np.diagonal, Sigma, input_core_dims=[["term", "term_"]], output_core_dims=[["term"]], kwargs={"axis1": -2, "axis2": -1}))
+        data = {f"sd({t})": sd.sel(term=t) for t in terms}
+        for i, a in enumerate(terms):
+            for b in terms[i + 1:]:
+                data[f"cor({a},{b})"] = Sigma.sel(term=a, term_=b) / (sd.sel(term=a) * sd.sel(term=b))
+        ds = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in ("chain", "draw")]) for k, v in data.items()})
+        return az.summary(ds, hdi_prob=hdi_prob)
+
+    def diagnostics_warnings(self, table: pd.DataFrame | None = None) -> list[str]:
+        """Messages for parameters with r_hat > 1.01 or ess_bulk < 400."""
+        table = self.summary() if table is None else table
+        out = []
+        bad_rhat = table.index[table["r_hat"] > RHAT_MAX].tolist()
+        if bad_rhat:
+            out.append(f"r_hat > {RHAT_MAX} for {', '.join(bad_rhat)}: the chains have not mixed; run more draws")
+        bad_ess = table.index[table["ess_bulk"] < ESS_MIN].tolist()
+        if bad_ess:
+            out.append(f"ess_bulk < {ESS_MIN} for {', '.join(bad_ess)}: estimates are noisy; run more draws")
+        return out
+
+    def report(self) -> str:
+        """An lme4/brms-like text report of the fit."""
+        a = self.attrs
+        post = self.posterior
+        n_groups = post.sizes.get("group", 0)
+        lines = [
+            f" Family: {self.family} (identity link)",
+            f"Formula: {self.formula}",
+            f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}",
+            f"  Draws: {post.sizes['chain']} chains x {post.sizes['draw']} draws after {a.get('warmup')} warm-up sweeps"
+            f" ({a.get('sampler')}, seed {a.get('seed')})",
+            "",
+        ]
+        table = self.summary()
+        cols = ["mean", "sd", table.columns[2], table.columns[3], "r_hat", "ess_bulk", "ess_tail"]
+        labels = {"mean": "Estimate", "sd": "Est.Error"}
+
+        def block(title: str, rows: pd.DataFrame) -> None:
+            if len(rows):
+                lines.append(title)
+                lines.append(rows[cols].rename(columns=labels).to_string(float_format=lambda x: f"{x:.3f}"))
+                lines.append("")
+
+        def strip(prefix: str, rows: pd.DataFrame) -> pd.DataFrame:
+            return rows.rename(index=lambda s: s[len(prefix) + 1:-1])
+
+        block(f"Group-level effects ({a.get('group_factor')}):", self.group_level())
+        fixed = pd.concat([
+            strip("theta", table.loc[[i for i in table.index if i.startswith("theta[")]]),
+            strip("alpha", table.loc[[i for i in table.index if i.startswith("alpha[")]]),
+        ])
+        block("Population-level effects:", fixed)
+        block("Group-effect covariance Sigma:", table.loc[[i for i in table.index if i.startswith("Sigma[")]])
+        block("Residual variance:", table.loc[[i for i in table.index if i == "sigma2"]])
+        for msg in self.diagnostics_warnings(table):
+            lines.append(f"Warning: {msg}")
+        return "\n".join(lines).rstrip() + "\n"
+
+    def __str__(self) -> str:
+        return self.report()
+
+    def __repr__(self) -> str:
+        return f"<multilevel.Fit {self.family}: {self.formula!r}, {self.posterior.sizes['chain']} chains x {self.posterior.sizes['draw']} draws>"
+
+    # -- log-likelihood -------------------------------------------------------------
+    def linear_predictor(self, draws: slice = slice(None)) -> np.ndarray:
+        """eta (chain, draw, obs) = x_i' beta_g[i] + z_i' alpha for the observed rows."""
+        cd = self.idata.constant_data
+        X, Z, g = cd["X"].values, cd["Z"].values, cd["group_index"].values
+        beta = self.posterior["beta"].values[:, draws]
+        eta = np.einsum("ik,cdik->cdi", X, beta[:, :, g, :])
+        if Z.shape[1]:
+            eta += np.einsum("ir,cdr->cdi", Z, self.posterior["alpha"].values[:, draws])
+        return eta
+
+    def log_likelihood(self, chunk: int = 100) -> xr.DataArray:
+        """Pointwise log-likelihood (chain, draw, obs): stored, or computed from the draws in
+        chunks of ``chunk`` draws so that temporaries stay small."""
+        if "log_likelihood" in self.idata.groups():
+            return self.idata.log_likelihood["y"]
+        y = self.idata.observed_data["y"].values
+        n_chain, n_draw = self.posterior.sizes["chain"], self.posterior.sizes["draw"]
+        out = np.empty((n_chain, n_draw, y.shape[0]))
+        sigma2 = self.posterior["sigma2"].values
+        for start in range(0, n_draw, chunk):
+            sl = slice(start, min(start + chunk, n_draw))
+            out[:, sl] = gaussian_loglik(y, self.linear_predictor(sl), sigma2[:, sl, None])
+        return xr.DataArray(out, dims=("chain", "draw", "obs"),
+                            coords={"chain": self.posterior["chain"], "draw": self.posterior["draw"], "obs": np.arange(y.shape[0])}, name="y")
+
+    # -- I/O ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the fit to NetCDF at ``path`` (atomically: temporary file, then rename)."""
+        path = Path(path)
+        check_writable(path, overwrite)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            self.idata.to_netcdf(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse an output path before any work: existing (without ``overwrite``) or unwritable."""
+    if path.exists() and not overwrite:
+        raise ModelError(f"output file {str(path)!r} exists; choose another name or pass overwrite (--overwrite)")
+    if path.is_dir():
+        raise ModelError(f"output path {str(path)!r} is a directory; give a file name such as fit.nc")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ModelError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ModelError(f"cannot write {str(path)!r}: folder {str(parent)!r} is not writable")
+
+
+def load(path: str | os.PathLike) -> Fit:
+    """Read a fit written by :meth:`Fit.save`."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"fit file {str(path)!r} not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idata = az.from_netcdf(path)
+    except Exception as exc:
+        raise ModelError(f"cannot read {str(path)!r} as a saved fit: {type(exc).__name__}") from None
+    if "posterior" not in idata.groups() or "formula" not in idata.posterior.attrs:
+        raise ModelError(f"{str(path)!r} is not a fit saved by multilevel")
+    return Fit(idata)

@@ -1,0 +1,1 @@
+"""Sampling kernels: pure ``step(state, rng) -> state`` transitions over explicit states."""
