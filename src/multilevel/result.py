@@ -128,7 +128,10 @@ class Fit:
         def block(title: str, rows: pd.DataFrame) -> None:
             if len(rows):
                 lines.append(title)
-                lines.append(rows[cols].rename(columns=labels).to_string(float_format=lambda x: f"{x:.3f}"))
+                shown = rows[cols].rename(columns=labels).copy()
+                for c in ("ess_bulk", "ess_tail"):
+                    shown[c] = shown[c].map(lambda v: "nan" if v != v else f"{v:.0f}")
+                lines.append(shown.to_string(float_format=lambda x: f"{x:.3f}"))
                 lines.append("")
 
         def strip(prefix: str, rows: pd.DataFrame) -> pd.DataFrame:

@@ -31,6 +31,9 @@ from ..priors import Priors
 from ..suffstats import GaussianStats, residual_sum_of_squares
 
 
+BLOCKS = ("beta", "alpha", "theta", "Sigma", "sigma2")
+
+
 class GibbsState(NamedTuple):
     """State of the Gaussian Gibbs chain. ``Sigma_inv`` is kept with ``Sigma``, drawn together."""
 
@@ -93,6 +96,12 @@ class GaussianGibbs:
     stats: GaussianStats
     priors: Priors
     theta_free: np.ndarray
+    #: the blocks each sweep updates; the others stay at their initial values (a block
+    #: held fixed makes the sweep sample the conditional posterior given it, which has a
+    #: closed form that tests compare against)
+    update: frozenset[str] = frozenset(BLOCKS)
+    #: starting values overriding ``init``'s, e.g. {"Sigma": S, "sigma2": s2} for held blocks
+    start: dict | None = None
 
     def __post_init__(self) -> None:
         pr = self.priors
@@ -117,26 +126,35 @@ class GaussianGibbs:
         denom = pr.eta0 - p - 1
         Sigma = pr.S0 / denom if denom > 0 else pr.S0.copy()
         m = self.stats.n.shape[0]
+        sigma2 = float(pr.sigma0_sq * np.exp(0.5 * rng.standard_normal()))
+        given = dict(self.start or {})
+        theta = np.asarray(given.get("theta", theta), dtype=float)
+        Sigma = np.asarray(given.get("Sigma", Sigma), dtype=float)
         return GibbsState(
-            beta=np.tile(theta, (m, 1)),
-            alpha=alpha,
+            beta=np.asarray(given.get("beta", np.tile(theta, (m, 1))), dtype=float),
+            alpha=np.asarray(given.get("alpha", alpha), dtype=float),
             theta=theta,
             Sigma=Sigma,
             Sigma_inv=np.linalg.inv(Sigma),
-            sigma2=float(pr.sigma0_sq * np.exp(0.5 * rng.standard_normal())),
+            sigma2=float(given.get("sigma2", sigma2)),
         )
 
     def step(self, state: GibbsState, rng: np.random.Generator) -> GibbsState:
         """One Gibbs sweep: beta, alpha, theta, Sigma, sigma2."""
-        stats, pr = self.stats, self.priors
-        beta = draw_beta(stats, state, rng)
-        alpha = state.alpha
-        if alpha.shape[0]:
-            alpha = draw_alpha(stats, self._alpha_prec, self._alpha_shift, beta, state.sigma2, rng)
-        theta = draw_theta(self.theta_free, self._theta_prec, self._theta_shift, beta, state.Sigma_inv, rng)
-        Sigma, Sigma_inv = draw_Sigma(pr.eta0, pr.S0, beta, theta, rng)
-        ssr = residual_sum_of_squares(stats, beta, alpha)
-        sigma2 = inverse_gamma(0.5 * (pr.nu0 + self._n_obs), 0.5 * (pr.nu0 * pr.sigma0_sq + ssr), rng)
+        stats, pr, update = self.stats, self.priors, self.update
+        beta, alpha, theta = state.beta, state.alpha, state.theta
+        Sigma, Sigma_inv, sigma2 = state.Sigma, state.Sigma_inv, state.sigma2
+        if "beta" in update:
+            beta = draw_beta(stats, state, rng)
+        if alpha.shape[0] and "alpha" in update:
+            alpha = draw_alpha(stats, self._alpha_prec, self._alpha_shift, beta, sigma2, rng)
+        if "theta" in update:
+            theta = draw_theta(self.theta_free, self._theta_prec, self._theta_shift, beta, Sigma_inv, rng)
+        if "Sigma" in update:
+            Sigma, Sigma_inv = draw_Sigma(pr.eta0, pr.S0, beta, theta, rng)
+        if "sigma2" in update:
+            ssr = residual_sum_of_squares(stats, beta, alpha)
+            sigma2 = inverse_gamma(0.5 * (pr.nu0 + self._n_obs), 0.5 * (pr.nu0 * pr.sigma0_sq + ssr), rng)
         return GibbsState(beta, alpha, theta, Sigma, Sigma_inv, sigma2)
 
     def loglik(self, state: GibbsState) -> float:
