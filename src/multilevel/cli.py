@@ -40,7 +40,11 @@ def cli() -> None:
 @cli.command("fit")
 @click.argument("data")
 @click.option("--formula", "-f", required=True, help="lme4-style formula, e.g. 'mAch ~ ses + (ses | school)'.")
-@click.option("--family", default="gaussian", show_default=True, help="Response family.")
+@click.option("--family", default="gaussian", show_default=True,
+              help="Response family: gaussian, poisson, binomial (response p(successes, trials)) or bernoulli.")
+@click.option("--offset", default=None, help="GLMs: column added to the linear predictor, e.g. a log exposure.")
+@click.option("--proposal", type=click.Choice(["laplace", "textbook"]), default="laplace", show_default=True,
+              help="GLMs: Metropolis proposal for the group effects.")
 @click.option("--chains", default=4, show_default=True, type=int, help="Number of chains.")
 @click.option("--draws", default=1000, show_default=True, type=int, help="Kept draws per chain.")
 @click.option("--warmup", default=1000, show_default=True, type=int, help="Warm-up sweeps per chain, discarded.")
@@ -51,7 +55,7 @@ def cli() -> None:
 @click.option("--na-action", type=click.Choice(["drop", "raise"]), default="drop", show_default=True,
               help="Rows with missing values in used columns: drop them with a warning, or refuse.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def fit_command(data: str, formula: str, family: str, chains: int, draws: int, warmup: int, seed: int | None,
+def fit_command(data: str, formula: str, family: str, offset: str | None, proposal: str, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, na_action: str, no_progress: bool) -> None:
     """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp)."""
     from .api import Model
@@ -59,7 +63,7 @@ def fit_command(data: str, formula: str, family: str, chains: int, draws: int, w
 
     if out is not None:
         check_writable(Path(out), overwrite)
-    model = Model(formula, data, family=family, na_action=na_action)
+    model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal)
     fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=_progress(no_progress))
     _print_fit(fit)
     if out is not None:

@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from .design import Design
 
@@ -32,7 +33,10 @@ POSTERIOR_DIMS: dict[str, list[str]] = {
     "beta": ["group", "term"],
     "alpha": ["fixed_term"],
 }
-SAMPLE_STATS = ("loglik",)
+#: sample_stats: ``loglik`` the total log-likelihood of the draw (for GLMs up to the
+#: constants log y! and log binomial(n, y)); ``accept_beta`` (group) and ``accept_alpha``
+#: whether each Metropolis proposal of the draw's sweep was accepted (GLMs).
+SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": []}
 
 
 def label_values(labels: pd.Index) -> np.ndarray:
@@ -66,7 +70,9 @@ def to_inference_data(
     posterior = {k: v for k, v in draws.items() if k in POSTERIOR_DIMS}
     sample_stats = {k: v for k, v in draws.items() if k in SAMPLE_STATS}
     dims = {k: POSTERIOR_DIMS[k] for k in posterior}
-    dims.update({"y": ["obs"], "X": ["obs", "term"], "Z": ["obs", "fixed_term"], "group_index": ["obs"], "row_label": ["obs"]})
+    dims.update({k: SAMPLE_STATS[k] for k in sample_stats})
+    dims.update({"y": ["obs"], "X": ["obs", "term"], "Z": ["obs", "fixed_term"], "group_index": ["obs"], "row_label": ["obs"],
+                 "offset": ["obs"], "trials": ["obs"]})
     row_label = label_values(design.row_labels)
     clean_attrs = {k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in attrs.items()}
     idata = az.from_dict(
@@ -74,9 +80,47 @@ def to_inference_data(
         sample_stats=sample_stats,
         log_likelihood={"y": log_likelihood} if log_likelihood is not None else None,
         observed_data={"y": np.asarray(design.y)},
-        constant_data={"X": design.X, "Z": design.Z, "group_index": design.group, "row_label": row_label},
+        constant_data={"X": design.X, "Z": design.Z, "group_index": design.group, "row_label": row_label,
+                       "offset": design.offset, "trials": design.trials},
         coords=coords,
         dims=dims,
     )
     idata.posterior.attrs.update(clean_attrs)
+    idata.add_groups(training_data=frame_to_dataset(design.frame))
     return idata
+
+
+def frame_to_dataset(frame: pd.DataFrame) -> xr.Dataset:
+    """The formula's columns as a Dataset (dim ``obs``) that NetCDF can store.
+
+    Numbers and booleans stay as they are; other columns become strings, and a
+    categorical column keeps its categories (in order) in the variable's attributes.
+    """
+    out = {}
+    for name, col in frame.items():
+        attrs = {}
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            attrs["categories"] = json.dumps([str(c) for c in col.cat.categories])
+            attrs["ordered"] = int(bool(col.cat.ordered))
+            values = np.asarray(col.astype(str), dtype=str)
+        elif pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            values = col.to_numpy()
+        else:
+            values = np.asarray(col.astype(str), dtype=str)
+        out[str(name)] = xr.DataArray(values, dims=("obs",), attrs=attrs)
+    return xr.Dataset(out)
+
+
+def dataset_to_frame(ds: xr.Dataset) -> pd.DataFrame:
+    """Inverse of :func:`frame_to_dataset`."""
+    cols = {}
+    for name, var in ds.data_vars.items():
+        values = var.values
+        if "categories" in var.attrs:
+            cats = json.loads(var.attrs["categories"])
+            cols[name] = pd.Categorical(values.astype(str), categories=cats, ordered=bool(var.attrs.get("ordered", 0)))
+        elif values.dtype.kind in "US":
+            cols[name] = values.astype(str).astype(object)
+        else:
+            cols[name] = values
+    return pd.DataFrame(cols)

@@ -37,6 +37,11 @@ class Design:
     theta_free : (p,) True where the varying term also stands in the fixed part and so
         has a population mean theta_k; False where its mean is fixed at 0.
     row_labels : the data's index labels of the rows used, in sorted order.
+    offset : (N,) known part of the linear predictor (``offset(...)`` terms, ``offset=``).
+    trials : (N,) binomial trials (ones for the other families).
+    response_kind, response_levels : how ``formulae`` read the response.
+    frame : the formula's columns of the rows used, in sorted order: what the design is
+        rebuilt from (after loading a saved fit, or to evaluate new data consistently).
     """
 
     spec: FormulaSpec
@@ -50,6 +55,11 @@ class Design:
     fixed_terms: list[str]
     theta_free: np.ndarray
     row_labels: pd.Index
+    frame: pd.DataFrame = field(default=None, repr=False)
+    offset: np.ndarray = field(default=None, repr=False)
+    trials: np.ndarray = field(default=None, repr=False)
+    response_kind: str = "numeric"
+    response_levels: Any = None
     formulae_fixed: Any = field(default=None, repr=False)
     formulae_varying: Any = field(default=None, repr=False)
 
@@ -110,9 +120,31 @@ def select_rows(data: pd.DataFrame, spec: FormulaSpec, na_action: NaAction) -> p
     return data
 
 
-def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop") -> Design:
-    """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group."""
+def _offset_argument(offset: Any, data: pd.DataFrame) -> np.ndarray:
+    if isinstance(offset, str):
+        if offset not in data.columns:
+            raise ModelError(f"offset column {offset!r} is not in the data")
+        values = data[offset].to_numpy()
+    else:
+        values = np.asarray(offset)
+        if values.shape != (len(data),):
+            raise ModelError(f"offset must have one value per row ({len(data)}), got shape {values.shape}")
+    if values.dtype.kind not in "biuf" or not np.all(np.isfinite(values.astype(float))):
+        raise ModelError("offset must be finite numbers, e.g. offset=np.log(exposure)")
+    return values.astype(float)
+
+
+def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None) -> Design:
+    """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group.
+
+    ``offset(...)`` terms of the formula and the ``offset`` argument (a column name or
+    one value per row) are added into the known part of the linear predictor.
+    """
+    if offset is not None and not isinstance(offset, str):
+        offset = pd.Series(_offset_argument(offset, data), index=data.index)
     data = select_rows(data, spec, na_action)
+    extra = _offset_argument(offset, data) if isinstance(offset, str) else (
+        offset.loc[data.index].to_numpy() if offset is not None else 0.0)
     try:
         fixed = design_matrices(f"{spec.response} ~ {spec.fixed_rhs()}", data, na_action="error")
         varying = design_matrices(spec.varying_rhs(), data, na_action="error")
@@ -128,8 +160,10 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     fixed_names = _column_labels(fixed.common) if fixed.common is not None else []
     X = np.asarray(varying.common.design_matrix, dtype=float)
     varying_names = _column_labels(varying.common)
+    is_offset = [name.startswith("offset(") for name in fixed_names]
+    off = F[:, [i for i, o in enumerate(is_offset) if o]].sum(axis=1) + extra
     theta_free = np.array([name in fixed_names for name in varying_names], dtype=bool)
-    z_cols = [i for i, name in enumerate(fixed_names) if name not in varying_names]
+    z_cols = [i for i, name in enumerate(fixed_names) if name not in varying_names and not is_offset[i]]
     Z = F[:, z_cols]
 
     labels = data[spec.group]
@@ -150,6 +184,11 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
         fixed_terms=[fixed_names[i] for i in z_cols],
         theta_free=theta_free,
         row_labels=data.index[order],
+        frame=data[list(spec.variables)].iloc[order],
+        offset=np.ascontiguousarray(np.broadcast_to(off, (len(data),))[order], dtype=float),
+        trials=np.ones(len(data)),
+        response_kind=str(getattr(fixed.response, "kind", "numeric")),
+        response_levels=getattr(fixed.response, "levels", None),
         formulae_fixed=fixed,
         formulae_varying=varying,
     )

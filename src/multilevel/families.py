@@ -1,41 +1,127 @@
-"""Response families: response checks and pointwise log-likelihoods.
+"""Response families: link, response checks, log-likelihoods, working weights.
 
-Only the Gaussian family (identity link) is implemented so far; Poisson (log link),
-binomial with trials and Bernoulli (logit link) are planned and refused with a clear
-message until then.
+* ``gaussian``: identity link, y ~ N(eta, sigma2).
+* ``poisson``: log link, y ~ Poisson(exp(eta)), eta including any offset
+  (``offset(np.log(exposure))`` in the formula or the ``offset=`` argument).
+* ``binomial``: logit link, y ~ Binomial(n, logistic(eta)); the response is written
+  ``p(successes, trials) ~ ...`` as in Bambi.
+* ``bernoulli``: logit link, y ~ Bernoulli(logistic(eta)); the response may be 0/1,
+  boolean, or a two-level category whose *second* level (in sorted order, as R's glm)
+  counts as success; write ``y[level] ~ ...`` to choose the success level.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from scipy.special import gammaln
 
 from .errors import ModelError
 
-FAMILIES = ("gaussian",)
-PLANNED = ("poisson", "binomial", "bernoulli")
+FAMILIES = ("gaussian", "poisson", "binomial", "bernoulli")
+#: integer codes of the families in the compiled log-likelihood kernels
+CODES = {"poisson": 0, "binomial": 1, "bernoulli": 1}
 
 
-def check_family(family: str) -> str:
-    """Return the family's canonical name, or refuse it."""
+@dataclass(frozen=True)
+class Family:
+    name: str
+    link: str
+
+    @property
+    def is_gaussian(self) -> bool:
+        return self.name == "gaussian"
+
+
+def check_family(family: str) -> Family:
+    """Return the family, or refuse an unknown name."""
     name = str(family).lower()
-    if name in FAMILIES:
-        return name
-    if name in PLANNED:
-        raise ModelError(f"family {family!r} is not implemented yet; available families: {', '.join(FAMILIES)}")
-    raise ModelError(f"unknown family {family!r}; available families: {', '.join(FAMILIES)}")
+    if name not in FAMILIES:
+        raise ModelError(f"unknown family {family!r}; available families: {', '.join(FAMILIES)}")
+    return Family(name, "identity" if name == "gaussian" else ("log" if name == "poisson" else "logit"))
 
 
-def gaussian_response(y: np.ndarray, name: str) -> np.ndarray:
-    """The response of a Gaussian model as floats: numeric, not constant."""
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ModelError(f"response {name!r} must be one numeric column for the gaussian family")
+def _numeric(y: np.ndarray, name: str, family: str) -> np.ndarray:
     if y.dtype.kind not in "biuf":
-        raise ModelError(f"response {name!r} must be numeric for the gaussian family, not {y.dtype}")
-    y = y.astype(float)
-    if y.size > 1 and np.ptp(y) == 0:
-        raise ModelError(f"response {name!r} is constant ({y[0]:g}); there is nothing to model")
+        raise ModelError(f"response {name!r} must be numeric for the {family} family, not {y.dtype}")
+    return y.astype(float)
+
+
+def _counts(y: np.ndarray, name: str, what: str) -> np.ndarray:
+    if np.any(y < 0):
+        raise ModelError(f"{what} {name!r} has negative values; counts must be non-negative integers")
+    if np.any(y != np.round(y)):
+        raise ModelError(f"{what} {name!r} has non-integer values; counts must be non-negative integers")
     return y
+
+
+def family_response(family: Family, raw: np.ndarray, name: str, kind: str, levels: list | None) -> tuple[np.ndarray, np.ndarray]:
+    """The response ``y`` and the binomial trials ``n`` (ones for other families), checked.
+
+    ``raw`` is the response as ``formulae`` evaluates it: one column, two columns
+    (``p(successes, trials)``), or the one-hot columns of a categorical response.
+    """
+    raw = np.asarray(raw)
+    ones = np.ones(raw.shape[0])
+    if family.name == "binomial":
+        if raw.ndim != 2 or raw.shape[1] != 2 or kind != "proportion":
+            raise ModelError(f"the binomial family needs a response written p(successes, trials), not {name!r}")
+        y = _counts(_numeric(raw[:, 0], name, "binomial"), name, "successes in")
+        n = _counts(_numeric(raw[:, 1], name, "binomial"), name, "trials in")
+        if np.any(y > n):
+            raise ModelError(f"successes exceed trials in {int(np.sum(y > n))} rows of {name!r}; check the column order p(successes, trials)")
+        if np.any(n == 0):
+            raise ModelError(f"{int(np.sum(n == 0))} rows of {name!r} have zero trials; drop them")
+        return y, n
+    if kind == "categoric" and raw.ndim == 2:
+        if family.name != "bernoulli":
+            raise ModelError(f"response {name!r} is categorical; use family='bernoulli' for a two-level response or a numeric column")
+        if raw.shape[1] != 2:
+            raise ModelError(f"response {name!r} has {raw.shape[1]} levels; the bernoulli family needs exactly 2 (or write {name}[level])")
+        return raw[:, 1].astype(float), ones
+    if raw.ndim == 2:
+        if raw.shape[1] != 1:
+            raise ModelError(f"response {name!r} has {raw.shape[1]} columns; the {family.name} family needs one")
+        raw = raw[:, 0]
+    if raw.dtype.kind == "b":
+        raw = raw.astype(float)
+    y = _numeric(raw, name, family.name)
+    if family.name == "gaussian":
+        if y.size > 1 and np.ptp(y) == 0:
+            raise ModelError(f"response {name!r} is constant ({y[0]:g}); there is nothing to model")
+        return y, ones
+    if family.name == "poisson":
+        return _counts(y, name, "count response"), ones
+    values = np.unique(y)
+    if not np.all(np.isin(values, (0.0, 1.0))):
+        raise ModelError(f"response {name!r} is not binary (values {values[:5].tolist()}); the bernoulli family needs 0/1, true/false or two levels")
+    return y, ones
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)) without overflow."""
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def pointwise_loglik(family: Family, y: np.ndarray, n: np.ndarray, eta: np.ndarray, sigma2: np.ndarray | None = None) -> np.ndarray:
+    """Pointwise log-likelihood log p(y_i | eta_i), normalising constants included."""
+    if family.name == "gaussian":
+        return -0.5 * (np.log(2 * np.pi * sigma2) + (y - eta) ** 2 / sigma2)
+    if family.name == "poisson":
+        with np.errstate(over="ignore"):
+            return y * eta - np.exp(eta) - gammaln(y + 1.0)
+    const = gammaln(n + 1.0) - gammaln(y + 1.0) - gammaln(n - y + 1.0)
+    return const + y * eta - n * softplus(eta)
+
+
+def mean_and_weight(family: Family, n: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean E[y] and the Fisher weight w = Var[y] / (dmu/deta)^-2 at eta (canonical links)."""
+    if family.name == "poisson":
+        mu = np.exp(np.minimum(eta, 700.0))
+        return mu, mu
+    prob = 0.5 * (1.0 + np.tanh(0.5 * eta))
+    return n * prob, n * prob * (1.0 - prob)
 
 
 def gaussian_loglik(y: np.ndarray, mu: np.ndarray, sigma2: np.ndarray) -> np.ndarray:

@@ -91,3 +91,31 @@ def inverse_wishart_from_bartlett(scale: np.ndarray, A: np.ndarray) -> tuple[np.
             Ainv[k, c] = t / A[k, k]
     T = U @ Ainv.T
     return T @ T.T, K @ K.T, ok
+
+
+@njit(cache=True, nogil=True)
+def solve_spd_batch(P: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, int]:
+    """X_j = P_j^-1 B_j for symmetric positive definite P (m, p, p) and B (m, p, r).
+
+    Returns (X, -1), or (X, j) with j the first group whose P_j is not positive definite.
+    P is not modified.
+    """
+    m, p, r = B.shape
+    X = np.empty((m, p, r))
+    L = np.empty((p, p))
+    for j in range(m):
+        L[:, :] = P[j]
+        if not _cholesky_inplace(L):
+            return X, j
+        for c in range(r):
+            for k in range(p):
+                t = B[j, k, c]
+                for i in range(k):
+                    t -= L[k, i] * X[j, i, c]
+                X[j, k, c] = t / L[k, k]
+            for k in range(p - 1, -1, -1):
+                t = X[j, k, c]
+                for i in range(k + 1, p):
+                    t -= L[i, k] * X[j, i, c]
+                X[j, k, c] = t / L[k, k]
+    return X, -1

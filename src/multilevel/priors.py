@@ -22,6 +22,14 @@ Data-informed defaults, as in the specification's running example:
   (var(y) for a constant column such as the intercept), and sigma0_sq = the pooled
   residual variance when no group has its own fit; the fallback used is recorded;
 * alpha_mean = a_pool, alpha_cov = N sigma0_sq (Z'Z)^-1: a unit-information prior.
+
+GLMs (Poisson, binomial, Bernoulli) take the same rules with each group's own
+maximum-likelihood GLM fit (:mod:`multilevel.glmfit`; a group is left out when it has no
+more rows than terms, does not converge, or drifts more than 10 from the pooled fit on
+the link scale, the sign of separation), alpha_cov = N times the pooled fit's inverse
+Fisher information (unit information), and the fallback Lambda0 = S0 = diag(1 / var(x_k))
+(1 for the intercept): a unit change on the link scale per standard deviation of x.
+nu0 and sigma0_sq do not apply to them.
 """
 
 from __future__ import annotations
@@ -36,10 +44,10 @@ import numpy as np
 
 from .distributions import check_spd
 from .errors import ModelError
-from .suffstats import LeastSquares
 
 if TYPE_CHECKING:
     from .design import Design
+    from .families import Family
 
 
 @dataclass(frozen=True)
@@ -97,16 +105,22 @@ def as_priors(priors: Priors | dict | None) -> Priors:
     raise ModelError(f"priors must be a multilevel.Priors or a dict, not {type(priors).__name__}")
 
 
-def default_priors(design: Design, ls: LeastSquares) -> Priors:
-    """The specification's data-informed defaults, with the documented fallback."""
+def default_priors(design: Design, est: Any, family: Family | None = None) -> Priors:
+    """The specification's data-informed defaults, with the documented fallback.
+
+    ``est`` holds the pooled and per-group fits: :class:`~multilevel.suffstats.LeastSquares`
+    for the Gaussian family, :class:`~multilevel.glmfit.GLMEstimates` for GLMs.
+    """
+    gaussian = family is None or family.is_gaussian
     p = design.X.shape[1]
+    r = design.Z.shape[1]
     free = design.theta_free
     n = design.group_sizes
-    own = ls.own
+    own = est.own
     fallback = None
     cov = None
     if own.sum() >= p + 2:
-        b = ls.b_group[own]
+        b = est.b_group[own]
         cov = np.atleast_2d(np.cov(b, rowvar=False))
         try:
             np.linalg.cholesky(cov)
@@ -115,35 +129,38 @@ def default_priors(design: Design, ls: LeastSquares) -> Priors:
             cov = None
     if cov is None:
         fallback = (
-            f"only {int(own.sum())} of {design.n_groups} groups have their own least-squares fit "
+            f"only {int(own.sum())} of {design.n_groups} groups have their own fit "
             f"(need {p + 2} with a positive definite covariance): theta and Sigma priors from the pooled fit"
         )
-        y = np.asarray(design.y, dtype=float)
-        vy = float(np.var(y)) or 1.0
         vx = np.var(design.X, axis=0)
-        cov = np.diag(np.where(vx > 1e-12 * max(vx.max(), 1e-300), vy / np.where(vx > 0, vx, 1.0), vy))
-        centre = ls.b_pool
-    if own.any():
-        sigma0_sq = float(np.mean(ls.rss_group[own] / (n[own] - p)))
-    else:
-        sigma0_sq = ls.rss_pool / max(design.n_obs - p - design.Z.shape[1], 1)
-    if not sigma0_sq > 0:
-        sigma0_sq = float(np.var(design.y)) or 1.0
-    r = design.Z.shape[1]
-    if r:
-        ZtZ = design.Z.T @ design.Z
-        alpha_cov = design.n_obs * sigma0_sq * np.linalg.pinv(ZtZ)
-        alpha_cov = 0.5 * (alpha_cov + alpha_cov.T)
-    else:
+        varying = vx > 1e-12 * max(vx.max(), 1e-300)
+        scale = (float(np.var(design.y)) or 1.0) if gaussian else 1.0
+        cov = np.diag(np.where(varying, scale / np.where(varying, vx, 1.0), scale))
+        centre = est.b_pool
+    sigma0_sq = nu0 = None
+    if gaussian:
+        nu0 = 1.0
+        if own.any():
+            sigma0_sq = float(np.mean(est.rss_group[own] / (n[own] - p)))
+        else:
+            sigma0_sq = est.rss_pool / max(design.n_obs - p - r, 1)
+        if not sigma0_sq > 0:
+            sigma0_sq = float(np.var(design.y)) or 1.0
+    if not r:
         alpha_cov = np.zeros((0, 0))
+    elif gaussian:
+        alpha_cov = design.n_obs * sigma0_sq * np.linalg.pinv(design.Z.T @ design.Z)
+    else:
+        alpha_cov = design.n_obs * np.linalg.pinv(est.info_pool)[p:, p:]
+    alpha_cov = 0.5 * (alpha_cov + alpha_cov.T)
     return Priors(
         mu0=centre[free],
         Lambda0=cov[np.ix_(free, free)],
         eta0=float(p + 2),
         S0=cov,
-        nu0=1.0,
+        nu0=nu0,
         sigma0_sq=sigma0_sq,
-        alpha_mean=ls.a_pool.copy(),
+        alpha_mean=est.a_pool.copy(),
         alpha_cov=alpha_cov,
         fallback=fallback,
     )
@@ -168,10 +185,11 @@ def _vector(value: Any, name: str, size: int) -> np.ndarray:
     return v
 
 
-def resolve_priors(user: Priors | dict | None, design: Design, ls: LeastSquares) -> Priors:
+def resolve_priors(user: Priors | dict | None, design: Design, est: Any, family: Family | None = None) -> Priors:
     """Fill the user's priors with the defaults and validate every one."""
     user = as_priors(user)
-    defaults = default_priors(design, ls)
+    gaussian = family is None or family.is_gaussian
+    defaults = default_priors(design, est, family)
     merged = replace(
         defaults,
         **{f.name: getattr(user, f.name) for f in fields(Priors) if f.name != "fallback" and getattr(user, f.name) is not None},
@@ -188,8 +206,8 @@ def resolve_priors(user: Priors | dict | None, design: Design, ls: LeastSquares)
         Lambda0=check_spd(merged.Lambda0, "Lambda0", q) if q else np.zeros((0, 0)),
         eta0=eta0,
         S0=check_spd(merged.S0, "S0", p),
-        nu0=_positive(merged.nu0, "nu0"),
-        sigma0_sq=_positive(merged.sigma0_sq, "sigma0_sq"),
+        nu0=_positive(merged.nu0, "nu0") if gaussian else None,
+        sigma0_sq=_positive(merged.sigma0_sq, "sigma0_sq") if gaussian else None,
         alpha_mean=_vector(merged.alpha_mean, "alpha_mean", r),
         alpha_cov=check_spd(merged.alpha_cov, "alpha_cov", r) if r else np.zeros((0, 0)),
         fallback=defaults.fallback if uses_fallback else None,

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .convert import az
+from .convert import az, dataset_to_frame
 from .errors import ModelError
-from .families import gaussian_loglik
+from .families import check_family, pointwise_loglik
 from .priors import Priors
 
 HDI_PROB = 0.94
@@ -32,7 +32,19 @@ class Fit:
 
     def __init__(self, idata: az.InferenceData, design: Any = None):
         self.idata = idata
-        self.design = design
+        self._design = design
+
+    @property
+    def design(self) -> Any:
+        """The model's :class:`~multilevel.design.Design`, rebuilt from the stored training
+        data after loading, so that new data get the same transformations."""
+        if self._design is None and "training_data" in self.idata.groups():
+            from .design import build_design
+            from .formula import parse_formula
+
+            frame = dataset_to_frame(self.idata.training_data)
+            self._design = build_design(parse_formula(self.formula), frame, na_action="raise")
+        return self._design
 
     # -- attributes ---------------------------------------------------------------
     @property
@@ -108,13 +120,40 @@ class Fit:
             out.append(f"ess_bulk < {ESS_MIN} for {', '.join(bad_ess)}: estimates are noisy; run more draws")
         return out
 
+    def acceptance(self) -> pd.DataFrame | None:
+        """Metropolis acceptance rate of each group's beta_j, per chain (rows: groups), or None."""
+        ss = self.idata.get("sample_stats")
+        if ss is None or "accept_beta" not in ss:
+            return None
+        rate = ss["accept_beta"].mean("draw")
+        return pd.DataFrame(rate.values.T, index=pd.Index(rate["group"].values, name="group"),
+                            columns=[f"chain {c}" for c in rate["chain"].values])
+
+    def acceptance_lines(self) -> list[str]:
+        table = self.acceptance()
+        if table is None:
+            return []
+        overall = table.mean(axis=1)
+        lines = [f"Metropolis acceptance of beta_j: median {overall.median():.2f} over groups "
+                 f"(range {overall.min():.2f} to {overall.max():.2f}; per chain {', '.join(f'{v:.2f}' for v in table.mean(axis=0))})"]
+        ss = self.idata.sample_stats
+        if "accept_alpha" in ss and self.posterior["alpha"].size:
+            lines.append(f"Metropolis acceptance of alpha: {float(ss['accept_alpha'].mean()):.2f}")
+        low = overall.index[overall < 0.05].tolist()
+        high = overall.index[overall > 0.90].tolist()
+        for names, what in ((low, "below 5%"), (high, "above 90%")):
+            if names:
+                shown = ", ".join(map(str, names[:10])) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+                lines.append(f"Warning: acceptance {what} in groups {shown}: their draws mix poorly")
+        return [*lines, ""]
+
     def report(self) -> str:
         """An lme4/brms-like text report of the fit."""
         a = self.attrs
         post = self.posterior
         n_groups = post.sizes.get("group", 0)
         lines = [
-            f" Family: {self.family} (identity link)",
+            f" Family: {self.family} ({check_family(self.family).link} link)",
             f"Formula: {self.formula}",
             f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}",
             f"  Draws: {post.sizes['chain']} chains x {post.sizes['draw']} draws after {a.get('warmup')} warm-up sweeps"
@@ -145,6 +184,7 @@ class Fit:
         block("Population-level effects:", fixed)
         block("Group-effect covariance Sigma:", table.loc[[i for i in table.index if i.startswith("Sigma[")]])
         block("Residual variance:", table.loc[[i for i in table.index if i == "sigma2"]])
+        lines.extend(self.acceptance_lines())
         for msg in self.diagnostics_warnings(table):
             lines.append(f"Warning: {msg}")
         return "\n".join(lines).rstrip() + "\n"
@@ -162,6 +202,8 @@ class Fit:
         X, Z, g = cd["X"].values, cd["Z"].values, cd["group_index"].values
         beta = self.posterior["beta"].values[:, draws]
         eta = np.einsum("ik,cdik->cdi", X, beta[:, :, g, :])
+        if "offset" in cd:
+            eta += cd["offset"].values
         if Z.shape[1]:
             eta += np.einsum("ir,cdr->cdi", Z, self.posterior["alpha"].values[:, draws])
         return eta
@@ -172,12 +214,16 @@ class Fit:
         if "log_likelihood" in self.idata.groups():
             return self.idata.log_likelihood["y"]
         y = self.idata.observed_data["y"].values
+        cd = self.idata.constant_data
+        trials = cd["trials"].values if "trials" in cd else np.ones_like(y)
+        family = check_family(self.family)
         n_chain, n_draw = self.posterior.sizes["chain"], self.posterior.sizes["draw"]
         out = np.empty((n_chain, n_draw, y.shape[0]))
-        sigma2 = self.posterior["sigma2"].values
+        sigma2 = self.posterior["sigma2"].values if family.is_gaussian else None
         for start in range(0, n_draw, chunk):
             sl = slice(start, min(start + chunk, n_draw))
-            out[:, sl] = gaussian_loglik(y, self.linear_predictor(sl), sigma2[:, sl, None])
+            s2 = sigma2[:, sl, None] if sigma2 is not None else None
+            out[:, sl] = pointwise_loglik(family, y, trials, self.linear_predictor(sl), s2)
         return xr.DataArray(out, dims=("chain", "draw", "obs"),
                             coords={"chain": self.posterior["chain"], "draw": self.posterior["draw"], "obs": np.arange(y.shape[0])}, name="y")
 

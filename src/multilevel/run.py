@@ -6,7 +6,9 @@ the calling process or in any worker: the same seed gives identical draws for an
 number of processes.
 
 A kernel is any object with ``init(rng) -> state``, ``step(state, rng) -> state`` and
-``record(state) -> dict[str, ndarray]`` (what to keep of each draw).
+``record(state) -> dict[str, ndarray]`` (what to keep of each draw); a kernel that
+adapts during warm-up also has ``warmup_step(state, rng, i, n_warmup) -> state``, used for
+the warm-up sweeps only, so the kept draws come from the fixed kernel ``step``.
 """
 
 from __future__ import annotations
@@ -61,8 +63,12 @@ def run_chain(kernel: Kernel, rng: np.random.Generator, warmup: int, draws: int,
     state = kernel.init(rng)
     out: dict[str, np.ndarray] = {}
     last, done, total = time.monotonic(), 0, warmup + draws
+    adapt = getattr(kernel, "warmup_step", None)
     for i in range(total):
-        state = kernel.step(state, rng)
+        if i < warmup and adapt is not None:
+            state = adapt(state, rng, i, warmup)
+        else:
+            state = kernel.step(state, rng)
         if i >= warmup:
             rec = kernel.record(state)
             if not out:
@@ -119,6 +125,7 @@ def run_chains(
             report = bar.update if bar is not None else None
             results = [run_chain(kernel, rng, warmup, draws, report) for rng in rngs]
         else:
+            prime(kernel)
             ctx = _context()
             queue = ctx.Queue() if bar is not None else None
             with ProcessPoolExecutor(max_workers=cores, mp_context=ctx, initializer=_set_queue, initargs=(queue,)) as pool:
@@ -133,6 +140,17 @@ def run_chains(
     elapsed = time.perf_counter() - start
     stacked = {k: np.stack([r[k] for r in results]) for k in results[0]}
     return ChainDraws(stacked, entropy, elapsed)
+
+
+def prime(kernel: Kernel) -> None:
+    """Run one throwaway sweep (warm-up and kept kind) so compiled code is loaded once here,
+    before the workers fork, instead of once in every worker."""
+    rng = np.random.default_rng(0)
+    state = kernel.init(rng)
+    adapt = getattr(kernel, "warmup_step", None)
+    if adapt is not None:
+        state = adapt(state, rng, 0, 1)
+    kernel.step(state, rng)
 
 
 def _context() -> Any:

@@ -1,0 +1,79 @@
+"""Per-group GLM log-likelihoods and Fisher information, compiled with numba.
+
+One fused pass over the rows (sorted by group) gives every group's log-likelihood at its
+own coefficients, so the m Metropolis steps of a sweep cost one O(N p) pass. Constants
+that do not depend on the coefficients (log y!, log binomial(n, y)) are left out: they
+cancel in every acceptance ratio. Family codes: 0 Poisson (log link), 1 binomial and
+Bernoulli (logit link).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _softplus(x: float) -> float:
+    if x > 0.0:
+        return x + np.log1p(np.exp(-x))
+    return np.log1p(np.exp(x))
+
+
+@njit(cache=True, nogil=True)
+def group_loglik(code: int, X: np.ndarray, base: np.ndarray, y: np.ndarray, n: np.ndarray,
+                 starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)], eta_i = base_i + x_i' beta_j.
+
+    b(eta) = exp(eta) (Poisson) or n_i log(1 + exp(eta)) (logit). An overflowing exp gives
+    -inf, which a Metropolis step rejects; it never gives NaN for finite inputs.
+    """
+    m, p = beta.shape
+    out = np.empty(m)
+    for j in range(m):
+        s = 0.0
+        for i in range(starts[j], starts[j + 1]):
+            eta = base[i]
+            for k in range(p):
+                eta += X[i, k] * beta[j, k]
+            if code == 0:
+                s += y[i] * eta - np.exp(eta)
+            else:
+                s += y[i] * eta - n[i] * _softplus(eta)
+        out[j] = s
+    return out
+
+
+@njit(cache=True, nogil=True)
+def group_information(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray, n: np.ndarray,
+                      starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Per-group Fisher information of (beta_j, alpha): D_j' W_j D_j with D = [X Z].
+
+    Shape (m, p + r, p + r); w = mu (Poisson) or n q (1 - q) (logit), at eta = base + x' beta_j.
+    The blocks are H_j = X_j'W_jX_j, G_j = X_j'W_jZ_j and K_j = Z_j'W_jZ_j.
+    """
+    m, p = beta.shape
+    r = Z.shape[1]
+    k = p + r
+    out = np.zeros((m, k, k))
+    row = np.empty(k)
+    for j in range(m):
+        for i in range(starts[j], starts[j + 1]):
+            eta = base[i]
+            for a in range(p):
+                eta += X[i, a] * beta[j, a]
+                row[a] = X[i, a]
+            for a in range(r):
+                row[p + a] = Z[i, a]
+            if code == 0:
+                w = np.exp(min(eta, 700.0))
+            else:
+                q = 0.5 * (1.0 + np.tanh(0.5 * eta))
+                w = n[i] * q * (1.0 - q)
+            for a in range(k):
+                for b in range(a + 1):
+                    out[j, a, b] += w * row[a] * row[b]
+        for a in range(k):
+            for b in range(a):
+                out[j, b, a] = out[j, a, b]
+    return out

@@ -1,0 +1,258 @@
+r"""Metropolis-within-Gibbs for hierarchical GLMs (specification, second half).
+
+Model: eta_ij = x_ij' beta_j + z_ij' alpha + offset_ij, y_ij from the family with
+canonical link, beta_j ~ MVN(theta, Sigma). One sweep:
+
+* beta_j, all m groups at once: propose beta*_j, accept with probability
+  min(1, exp(ll_j(beta*_j) - ll_j(beta_j) + log N(beta*_j | theta, Sigma) - log N(beta_j | theta, Sigma))),
+  the ll_j from one fused pass over rows sorted by group;
+* alpha (fixed-only effects) jointly with the beta_j: alpha* = alpha + delta and
+  beta*_j = beta_j - M_j delta, M_j = (Sigma^-1 + H_j)^-1 G_j the shift of beta_j's
+  conditional mode when alpha moves (H_j = X_j'W_jX_j, G_j = X_j'W_jZ_j). The map has unit
+  Jacobian and is its own reverse with -delta, so the ratio is the joint density ratio.
+  The free part of theta moves with the beta_j's mean shift, theta* = theta - mean_j(M_j delta).
+  A predictor constant within groups (confounded with the group effects) then moves
+  freely instead of being held by the beta_j. delta ~ MVN(0, s_a^2 C), C the inverse of
+  A0^-1 plus alpha's information with the beta_j integrated out,
+  sum_j (K_j - G_j' (Sigma^-1 + H_j)^-1 G_j), K_j = Z_j'W_jZ_j;
+* theta | beta, Sigma and Sigma | beta, theta: the Gibbs draws of the linear model.
+
+Proposals for beta_j:
+
+* ``"laplace"`` (default): beta*_j = beta_j + s_j L_j'^-1 z with L_j L_j' = Sigma^-1 + H_j,
+  H_j = X_j' W_j X_j the group's Fisher information, i.e. proposal covariance
+  s_j^2 (Sigma^-1 + H_j)^-1. The information (H_j, G_j, K_j and C) is re-evaluated during
+  warm-up at the current state and the per-group scale s_j adapted (Robbins-Monro on
+  log s_j) towards the target acceptance rate; all are frozen after warm-up, so the
+  kept draws come from a Markov chain with a fixed, symmetric (given Sigma) proposal.
+* ``"textbook"``: the specification's beta*_j ~ MVN(beta_j, delta Sigma) with one delta
+  adapted in warm-up, then frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from ..glmlik import group_information, group_loglik
+from ..linalg import mvn_precision_batch, solve_spd_batch
+from ..priors import Priors
+from .gibbs import draw_Sigma, draw_theta
+
+PROPOSALS = ("laplace", "textbook")
+
+
+def target_acceptance(p: int) -> float:
+    """Target acceptance rate of a p-dimensional random walk: 0.44 in one dimension,
+    falling towards the asymptotic 0.234 (Roberts, Gelman and Gilks 1997)."""
+    return max(0.234, 0.44 - 0.07 * (p - 1))
+
+
+class GLMState(NamedTuple):
+    beta: np.ndarray  # (m, p)
+    alpha: np.ndarray  # (r,)
+    theta: np.ndarray  # (p,)
+    Sigma: np.ndarray  # (p, p)
+    Sigma_inv: np.ndarray  # (p, p)
+    ll: np.ndarray  # (m,) per-group log-likelihood at (beta_j, alpha)
+    accept_beta: np.ndarray  # (m,) bool: last proposal accepted
+    accept_alpha: bool
+    log_scale: np.ndarray  # (m,) log s_j ("laplace") or (1,) log sqrt(delta) ("textbook")
+    info: np.ndarray  # (m, p + r, p + r) Fisher information of (beta_j, alpha) per group, frozen after warm-up
+    log_scale_alpha: float
+    alpha_chol: np.ndarray  # (r, r) Cholesky factor of C, the alpha proposal's covariance
+
+
+@dataclass(frozen=True)
+class GLMData:
+    """The arrays a GLM sweep reads: rows sorted by group."""
+
+    code: int
+    X: np.ndarray
+    Z: np.ndarray
+    offset: np.ndarray
+    y: np.ndarray
+    n: np.ndarray
+    starts: np.ndarray
+
+
+def mvn_logpdf_kernel(beta: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
+    """-0.5 (beta_j - theta)' Sigma^-1 (beta_j - theta) for every group (the part that varies)."""
+    d = beta - theta
+    return -0.5 * np.einsum("jk,kl,jl->j", d, Sigma_inv, d)
+
+
+@dataclass(frozen=True)
+class GLMMetropolis:
+    """Metropolis-within-Gibbs kernel for Poisson, binomial and Bernoulli hierarchical models."""
+
+    data: GLMData
+    priors: Priors
+    theta_free: np.ndarray
+    proposal: str = "laplace"
+    b_start: np.ndarray | None = None  # per-group fits: where H_j is first evaluated
+    alpha_info: np.ndarray | None = None  # pooled Fisher information of alpha
+
+    def __post_init__(self) -> None:
+        pr = self.priors
+        L0_prec = np.linalg.inv(pr.Lambda0) if pr.Lambda0.shape[0] else np.zeros((0, 0))
+        r = self.data.Z.shape[1]
+        A_prec = np.linalg.inv(pr.alpha_cov) if r else np.zeros((0, 0))
+        info = self.alpha_info if self.alpha_info is not None else np.zeros((r, r))
+        object.__setattr__(self, "_theta_prec", L0_prec)
+        object.__setattr__(self, "_theta_shift", L0_prec @ pr.mu0)
+        object.__setattr__(self, "_alpha_prec", A_prec)
+        object.__setattr__(self, "_alpha_chol0", np.linalg.cholesky(np.linalg.inv(A_prec + info)) if r else np.zeros((0, 0)))
+
+    # -- pieces ---------------------------------------------------------------------
+    def base(self, alpha: np.ndarray) -> np.ndarray:
+        d = self.data
+        return d.offset + d.Z @ alpha if alpha.shape[0] else d.offset
+
+    def loglik_groups(self, beta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        d = self.data
+        return group_loglik(d.code, d.X, self.base(alpha), d.y, d.n, d.starts, beta)
+
+    def information(self, beta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        d = self.data
+        return group_information(d.code, d.X, d.Z, self.base(alpha), d.n, d.starts, beta)
+
+    def alpha_shift(self, info: np.ndarray, Sigma_inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """M_j = (Sigma^-1 + H_j)^-1 G_j (m, p, r), and G_j (m, p, r)."""
+        p = Sigma_inv.shape[0]
+        G = np.ascontiguousarray(info[:, :p, p:])
+        M, failed = solve_spd_batch(np.ascontiguousarray(Sigma_inv + info[:, :p, :p]), G)
+        if failed >= 0:
+            raise FloatingPointError(f"the information of beta in group {failed} is not positive definite")
+        return M, G
+
+    def alpha_proposal_chol(self, info: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
+        """Cholesky factor of C = (A0^-1 + sum_j [K_j - G_j' (Sigma^-1 + H_j)^-1 G_j])^-1."""
+        r = self.data.Z.shape[1]
+        if not r:
+            return np.zeros((0, 0))
+        p = Sigma_inv.shape[0]
+        M, G = self.alpha_shift(info, Sigma_inv)
+        marginal = info[:, p:, p:].sum(axis=0) - np.einsum("jkr,jks->rs", G, M)
+        try:
+            return np.linalg.cholesky(np.linalg.inv(self._alpha_prec + 0.5 * (marginal + marginal.T)))
+        except np.linalg.LinAlgError:
+            return self._alpha_chol0
+
+    def init(self, rng: np.random.Generator) -> GLMState:
+        """Start near the per-group fits (jittered), theta and alpha from their priors' means
+        plus noise, Sigma at its prior scale."""
+        pr = self.priors
+        m, p = self.data.starts.shape[0] - 1, self.data.X.shape[1]
+        theta = np.zeros(p)
+        if pr.mu0.shape[0]:
+            theta[self.theta_free] = rng.multivariate_normal(pr.mu0, 0.1 * pr.Lambda0)
+        r = self.data.Z.shape[1]
+        alpha = pr.alpha_mean + (self._alpha_chol0 @ rng.standard_normal(r) if r else 0.0)
+        denom = pr.eta0 - p - 1
+        Sigma = pr.S0 / denom if denom > 0 else pr.S0.copy()
+        Sigma_inv = np.linalg.inv(Sigma)
+        start = self.b_start if self.b_start is not None else np.tile(theta, (m, 1))
+        sd = np.sqrt(np.diag(Sigma))
+        beta = start + 0.1 * sd * rng.standard_normal((m, p))
+        info = self.information(beta, alpha)
+        n_scale = m if self.proposal == "laplace" else 1
+        init_scale = np.log(2.38 / np.sqrt(p)) if self.proposal == "laplace" else np.log(0.5)
+        return GLMState(beta, alpha, theta, Sigma, Sigma_inv, self.loglik_groups(beta, alpha),
+                        np.zeros(m, dtype=bool), False, np.full(n_scale, init_scale), info,
+                        float(np.log(2.38 / np.sqrt(max(r, 1)))), self.alpha_proposal_chol(info, Sigma_inv))
+
+    def propose_beta(self, state: GLMState, rng: np.random.Generator) -> np.ndarray:
+        m, p = state.beta.shape
+        z = rng.standard_normal((m, p))
+        if self.proposal == "laplace":
+            P = state.Sigma_inv + state.info[:, :p, :p]
+            step = np.empty((m, p))
+            failed = mvn_precision_batch(np.ascontiguousarray(P), np.zeros((m, p)), z, step)
+            if failed >= 0:
+                raise FloatingPointError(f"the proposal precision of beta in group {failed} is not positive definite")
+            return state.beta + np.exp(state.log_scale)[:, None] * step
+        L = np.linalg.cholesky(state.Sigma)
+        return state.beta + np.exp(state.log_scale[0]) * (z @ L.T)
+
+    def update_beta(self, state: GLMState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        proposal = self.propose_beta(state, rng)
+        ll_new = self.loglik_groups(proposal, state.alpha)
+        log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
+                     - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv))
+        accept = np.log(rng.uniform(size=log_ratio.shape[0])) < log_ratio  # NaN/-inf never accept
+        beta = np.where(accept[:, None], proposal, state.beta)
+        ll = np.where(accept, ll_new, state.ll)
+        return beta, ll, accept
+
+    def update_alpha(self, state: GLMState, beta: np.ndarray, ll: np.ndarray, rng: np.random.Generator):
+        """The joint (alpha, beta, theta) move of the module docstring; returns (alpha, beta, theta, ll, accepted)."""
+        r = state.alpha.shape[0]
+        if not r:
+            return state.alpha, beta, state.theta, ll, False
+        pr = self.priors
+        delta = np.exp(state.log_scale_alpha) * (state.alpha_chol @ rng.standard_normal(r))
+        M, _ = self.alpha_shift(state.info, state.Sigma_inv)
+        alpha_new = state.alpha + delta
+        shift = M @ delta
+        beta_new = beta - shift
+        theta_new = state.theta.copy()
+        theta_new[self.theta_free] -= shift.mean(axis=0)[self.theta_free]
+        ll_new = self.loglik_groups(beta_new, alpha_new)
+
+        def log_prior(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> float:
+            d = a - pr.alpha_mean
+            f = t[self.theta_free] - pr.mu0
+            return (-0.5 * float(d @ self._alpha_prec @ d) - 0.5 * float(f @ self._theta_prec @ f)
+                    + float(mvn_logpdf_kernel(b, t, state.Sigma_inv).sum()))
+
+        log_ratio = (float(ll_new.sum() - ll.sum()) + log_prior(alpha_new, beta_new, theta_new)
+                     - log_prior(state.alpha, beta, state.theta))
+        if np.log(rng.uniform()) < log_ratio:
+            return alpha_new, beta_new, theta_new, ll_new, True
+        return state.alpha, beta, state.theta, ll, False
+
+    # -- the kernel -----------------------------------------------------------------
+    def step(self, state: GLMState, rng: np.random.Generator) -> GLMState:
+        """One sweep with the proposal scales and information held fixed."""
+        beta, ll, accept = self.update_beta(state, rng)
+        alpha, beta, theta, ll, accept_alpha = self.update_alpha(state, beta, ll, rng)
+        theta = draw_theta(self.theta_free, self._theta_prec, self._theta_shift, beta, state.Sigma_inv, rng)
+        Sigma, Sigma_inv = draw_Sigma(self.priors.eta0, self.priors.S0, beta, theta, rng)
+        return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll,
+                              accept_beta=accept, accept_alpha=accept_alpha)
+
+    def warmup_step(self, state: GLMState, rng: np.random.Generator, i: int, n_warmup: int) -> GLMState:
+        """A sweep, then adaptation: log-scales move towards the target acceptance rate with
+        step (i + 1)^-0.6; the Fisher information H_j is re-evaluated at the current beta_j at
+        a quarter and a half of the warm-up."""
+        state = self.step(state, rng)
+        gain = (i + 1.0) ** -0.6
+        p = state.beta.shape[1]
+        target = target_acceptance(p)
+        if self.proposal == "laplace":
+            log_scale = state.log_scale + gain * (state.accept_beta - target)
+        else:
+            log_scale = state.log_scale + gain * (state.accept_beta.mean() - target)
+        r = state.alpha.shape[0]
+        log_scale_alpha = state.log_scale_alpha + (gain * (float(state.accept_alpha) - target_acceptance(r)) if r else 0.0)
+        info, alpha_chol = state.info, state.alpha_chol
+        if i + 1 in (max(n_warmup // 4, 1), max(n_warmup // 2, 1)):
+            info = self.information(state.beta, state.alpha)
+            alpha_chol = self.alpha_proposal_chol(info, state.Sigma_inv)
+        return state._replace(log_scale=np.clip(log_scale, -10.0, 5.0),
+                              log_scale_alpha=float(np.clip(log_scale_alpha, -10.0, 5.0)),
+                              info=info, alpha_chol=alpha_chol)
+
+    def record(self, state: GLMState) -> dict[str, np.ndarray]:
+        return {
+            "theta": state.theta,
+            "Sigma": state.Sigma,
+            "beta": state.beta,
+            "alpha": state.alpha,
+            "accept_beta": state.accept_beta,
+            "accept_alpha": np.bool_(state.accept_alpha),
+            "loglik": np.float64(state.ll.sum()),
+        }
