@@ -19,9 +19,11 @@ canonical link, beta_j ~ MVN(theta, Sigma). One sweep:
 
 Proposals for beta_j:
 
-* ``"laplace"`` (default): beta*_j = beta_j + s_j L_j'^-1 z with L_j L_j' = Sigma^-1 + H_j,
-  H_j = X_j' W_j X_j the group's Fisher information, i.e. proposal covariance
-  s_j^2 (Sigma^-1 + H_j)^-1. The information (H_j, G_j, K_j and C) is re-evaluated during
+* ``"laplace"`` (default): a Langevin proposal preconditioned by the group's Laplace
+  covariance V_j = (Sigma^-1 + H_j)^-1, H_j = X_j' W_j X_j its Fisher information:
+  beta*_j = beta_j + (s_j^2 / 2) V_j g(beta_j) + s_j L_j'^-1 z, L_j L_j' = V_j^-1, g the gradient
+  of the log conditional density of beta_j; proposal covariance s_j^2 V_j, with the
+  Metropolis-Hastings correction for the drift (the reverse proposal from beta*_j). The information (H_j, G_j, K_j and C) is re-evaluated during
   warm-up at the current state and the per-group scale s_j adapted (Robbins-Monro on
   log s_j) towards the target acceptance rate; all are frozen after warm-up, so the
   kept draws come from a Markov chain with a fixed, symmetric (given Sigma) proposal.
@@ -36,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..glmlik import group_information, group_loglik
+from ..glmlik import group_information, group_loglik, group_loglik_grad
 from ..linalg import mvn_precision_batch, solve_spd_batch
 from ..priors import Priors
 from .gibbs import draw_Sigma, draw_theta
@@ -50,6 +52,10 @@ def target_acceptance(p: int) -> float:
     return max(0.234, 0.44 - 0.07 * (p - 1))
 
 
+#: target acceptance of the Langevin proposal (Roberts and Rosenthal 1998)
+LANGEVIN_TARGET = 0.574
+
+
 class GLMState(NamedTuple):
     beta: np.ndarray  # (m, p)
     alpha: np.ndarray  # (r,)
@@ -57,6 +63,7 @@ class GLMState(NamedTuple):
     Sigma: np.ndarray  # (p, p)
     Sigma_inv: np.ndarray  # (p, p)
     ll: np.ndarray  # (m,) per-group log-likelihood at (beta_j, alpha)
+    grad: np.ndarray  # (m, p) its gradient in beta_j
     accept_beta: np.ndarray  # (m,) bool: last proposal accepted
     accept_alpha: bool
     log_scale: np.ndarray  # (m,) log s_j ("laplace") or (1,) log sqrt(delta) ("textbook")
@@ -115,6 +122,10 @@ class GLMMetropolis:
         d = self.data
         return group_loglik(d.code, d.X, self.base(alpha), d.y, d.n, d.starts, beta)
 
+    def loglik_grad(self, beta: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = self.data
+        return group_loglik_grad(d.code, d.X, self.base(alpha), d.y, d.n, d.starts, beta)
+
     def information(self, beta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         d = self.data
         return group_information(d.code, d.X, d.Z, self.base(alpha), d.n, d.starts, beta)
@@ -159,39 +170,51 @@ class GLMMetropolis:
         beta = start + 0.1 * sd * rng.standard_normal((m, p))
         info = self.information(beta, alpha)
         n_scale = m if self.proposal == "laplace" else 1
-        init_scale = np.log(2.38 / np.sqrt(p)) if self.proposal == "laplace" else np.log(0.5)
-        return GLMState(beta, alpha, theta, Sigma, Sigma_inv, self.loglik_groups(beta, alpha),
+        init_scale = np.log(1.0) if self.proposal == "laplace" else np.log(0.5)
+        return GLMState(beta, alpha, theta, Sigma, Sigma_inv, *self.loglik_grad(beta, alpha),
                         np.zeros(m, dtype=bool), False, np.full(n_scale, init_scale), info,
                         float(np.log(2.38 / np.sqrt(max(r, 1)))), self.alpha_proposal_chol(info, Sigma_inv))
 
-    def propose_beta(self, state: GLMState, rng: np.random.Generator) -> np.ndarray:
+    def update_beta(self, state: GLMState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All groups' Metropolis(-Hastings) steps at once; returns (beta, ll, grad, accepted)."""
         m, p = state.beta.shape
         z = rng.standard_normal((m, p))
-        if self.proposal == "laplace":
-            P = state.Sigma_inv + state.info[:, :p, :p]
+        log_u = np.log(rng.uniform(size=m))
+        if self.proposal == "textbook":
+            L = np.linalg.cholesky(state.Sigma)
+            proposal = state.beta + np.exp(state.log_scale[0]) * (z @ L.T)
+            ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
+            log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
+                         - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv))
+        else:
+            s = np.exp(state.log_scale)[:, None]
+            P = np.ascontiguousarray(state.Sigma_inv + state.info[:, :p, :p])
+            g = state.grad - (state.beta - state.theta) @ state.Sigma_inv
             step = np.empty((m, p))
-            failed = mvn_precision_batch(np.ascontiguousarray(P), np.zeros((m, p)), z, step)
+            failed = mvn_precision_batch(P.copy(), 0.5 * s * s * g, s * z, step)
             if failed >= 0:
                 raise FloatingPointError(f"the proposal precision of beta in group {failed} is not positive definite")
-            return state.beta + np.exp(state.log_scale)[:, None] * step
-        L = np.linalg.cholesky(state.Sigma)
-        return state.beta + np.exp(state.log_scale[0]) * (z @ L.T)
-
-    def update_beta(self, state: GLMState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        proposal = self.propose_beta(state, rng)
-        ll_new = self.loglik_groups(proposal, state.alpha)
-        log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
-                     - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv))
-        accept = np.log(rng.uniform(size=log_ratio.shape[0])) < log_ratio  # NaN/-inf never accept
+            proposal = state.beta + step
+            ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
+            g_new = grad_new - (proposal - state.theta) @ state.Sigma_inv
+            Vg_new, _ = solve_spd_batch(P, g_new[:, :, None])
+            back = state.beta - proposal - 0.5 * s * s * Vg_new[:, :, 0]
+            fwd = s * z  # = L'(proposal - forward mean) in whitened form: quadratic form z'z s^2
+            log_q_back = -0.5 * np.einsum("jk,jkl,jl->j", back, P, back) / (s[:, 0] ** 2)
+            log_q_fwd = -0.5 * np.sum(fwd * fwd, axis=1) / (s[:, 0] ** 2)
+            log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
+                         - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv) + log_q_back - log_q_fwd)
+        accept = log_u < log_ratio  # NaN or -inf never accept
         beta = np.where(accept[:, None], proposal, state.beta)
         ll = np.where(accept, ll_new, state.ll)
-        return beta, ll, accept
+        grad = np.where(accept[:, None], grad_new, state.grad)
+        return beta, ll, grad, accept
 
-    def update_alpha(self, state: GLMState, beta: np.ndarray, ll: np.ndarray, rng: np.random.Generator):
-        """The joint (alpha, beta, theta) move of the module docstring; returns (alpha, beta, theta, ll, accepted)."""
+    def update_alpha(self, state: GLMState, beta: np.ndarray, ll: np.ndarray, grad: np.ndarray, rng: np.random.Generator):
+        """The joint (alpha, beta, theta) move of the module docstring; returns (alpha, beta, theta, ll, grad, accepted)."""
         r = state.alpha.shape[0]
         if not r:
-            return state.alpha, beta, state.theta, ll, False
+            return state.alpha, beta, state.theta, ll, grad, False
         pr = self.priors
         delta = np.exp(state.log_scale_alpha) * (state.alpha_chol @ rng.standard_normal(r))
         M, _ = self.alpha_shift(state.info, state.Sigma_inv)
@@ -200,7 +223,7 @@ class GLMMetropolis:
         beta_new = beta - shift
         theta_new = state.theta.copy()
         theta_new[self.theta_free] -= shift.mean(axis=0)[self.theta_free]
-        ll_new = self.loglik_groups(beta_new, alpha_new)
+        ll_new, grad_new = self.loglik_grad(beta_new, alpha_new)
 
         def log_prior(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> float:
             d = a - pr.alpha_mean
@@ -211,17 +234,17 @@ class GLMMetropolis:
         log_ratio = (float(ll_new.sum() - ll.sum()) + log_prior(alpha_new, beta_new, theta_new)
                      - log_prior(state.alpha, beta, state.theta))
         if np.log(rng.uniform()) < log_ratio:
-            return alpha_new, beta_new, theta_new, ll_new, True
-        return state.alpha, beta, state.theta, ll, False
+            return alpha_new, beta_new, theta_new, ll_new, grad_new, True
+        return state.alpha, beta, state.theta, ll, grad, False
 
     # -- the kernel -----------------------------------------------------------------
     def step(self, state: GLMState, rng: np.random.Generator) -> GLMState:
         """One sweep with the proposal scales and information held fixed."""
-        beta, ll, accept = self.update_beta(state, rng)
-        alpha, beta, theta, ll, accept_alpha = self.update_alpha(state, beta, ll, rng)
+        beta, ll, grad, accept = self.update_beta(state, rng)
+        alpha, beta, theta, ll, grad, accept_alpha = self.update_alpha(state, beta, ll, grad, rng)
         theta = draw_theta(self.theta_free, self._theta_prec, self._theta_shift, beta, state.Sigma_inv, rng)
         Sigma, Sigma_inv = draw_Sigma(self.priors.eta0, self.priors.S0, beta, theta, rng)
-        return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll,
+        return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
                               accept_beta=accept, accept_alpha=accept_alpha)
 
     def warmup_step(self, state: GLMState, rng: np.random.Generator, i: int, n_warmup: int) -> GLMState:
@@ -231,7 +254,7 @@ class GLMMetropolis:
         state = self.step(state, rng)
         gain = (i + 1.0) ** -0.6
         p = state.beta.shape[1]
-        target = target_acceptance(p)
+        target = LANGEVIN_TARGET if self.proposal == "laplace" else target_acceptance(p)
         if self.proposal == "laplace":
             log_scale = state.log_scale + gain * (state.accept_beta - target)
         else:
