@@ -17,11 +17,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit": "api",
     "Model": "api",
+    "resume": "api",
     "Fit": "result",
     "load": "result",
     "Priors": "priors",
     "ModelError": "errors",
     "load_dataset": "datasets",
+    "compare": "comparison",
 }
 
 __all__ = [*_LAZY, "__version__"]

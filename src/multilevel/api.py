@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
+import warnings
+from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import __version__
-from .convert import to_inference_data
+from .convert import OFFSET_COLUMN, dataset_to_frame, sampler_state_to_dataset, to_inference_data
 from .design import NaAction, build_design
 from .errors import ModelError
 from .families import CODES, check_family, family_response
@@ -18,8 +22,8 @@ from .glmfit import glm_estimates
 from .formula import parse_formula
 from .io import read_data
 from .priors import Priors, resolve_priors
-from .result import Fit
-from .run import run_chains
+from .result import Fit, check_writable, load
+from .run import ChainDraws, run_chains
 from .samplers.gibbs import GaussianGibbs
 from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis
 from .suffstats import gaussian_stats
@@ -113,6 +117,9 @@ class Model:
         cores: int | None = None,
         progress: bool = True,
         log_likelihood: bool | str = "auto",
+        checkpoint: int | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        posterior_predictive: bool = False,
     ) -> Fit:
         """Sample the posterior: ``chains`` chains of ``warmup`` + ``draws`` sweeps.
 
@@ -120,6 +127,11 @@ class Model:
         cores; 1 runs the chains in this process). The same ``seed`` gives the same draws
         whatever ``cores`` is. ``log_likelihood``: store the pointwise log-likelihood
         (True), not (False), or when chains x draws x rows <= ``LOGLIK_STORE_LIMIT`` ("auto").
+        ``checkpoint``: every so many sweeps write the fit so far to ``checkpoint_path``
+        (atomically). Ctrl-C stops sampling and returns the draws so far with a warning;
+        :meth:`resume` continues such a fit.
+        ``posterior_predictive``: also draw replicated responses into the ``posterior_predictive``
+        group (:meth:`Fit.posterior_predictive`, seeded from the run's seed).
         """
         chains = _count(chains, "chains", 1)
         draws = _count(draws, "draws", 1)
@@ -127,28 +139,90 @@ class Model:
         seed = check_seed(seed)
         if cores is not None:
             cores = _count(cores, "cores", 1)
-        result = run_chains(self.kernel, chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=progress)
+        on_checkpoint = self._checkpointer(checkpoint, checkpoint_path)
+        result = run_chains(self.kernel, chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
+                            progress=progress, checkpoint=checkpoint, on_checkpoint=on_checkpoint)
+        fit = self.to_fit(result, log_likelihood)
+        if posterior_predictive:
+            fit.posterior_predictive(seed=result.seed_entropy)
+        return fit
+
+    def resume(self, fit: Fit, draws: int | None = None, cores: int | None = None, progress: bool = True,
+               log_likelihood: bool | str = "auto", checkpoint: int | None = None,
+               checkpoint_path: str | os.PathLike | None = None) -> Fit:
+        """Continue ``fit`` (a fit of this model): to its planned number of draws if it was
+        interrupted, plus ``draws`` more if given. The draws equal those of one uninterrupted run."""
+        previous = fit.chain_draws(type(self.kernel).State)
+        target = previous.target_draws if draws is None else max(previous.n_draws, previous.target_draws) + _count(draws, "draws", 1)
+        if target <= previous.n_draws:
+            raise ModelError(f"the fit already has its {previous.n_draws} draws; ask for more with draws=N (--draws N)")
+        if cores is not None:
+            cores = _count(cores, "cores", 1)
+        on_checkpoint = self._checkpointer(checkpoint, checkpoint_path)
+        result = run_chains(self.kernel, chains=len(previous.chains), draws=target, warmup=previous.warmup, seed=None,
+                            cores=cores, progress=progress, checkpoint=checkpoint, on_checkpoint=on_checkpoint,
+                            resume=previous)
+        return self.to_fit(result, log_likelihood)
+
+    def _checkpointer(self, checkpoint: int | None, path: str | os.PathLike | None) -> Any:
+        if checkpoint is None:
+            return None
+        _count(checkpoint, "checkpoint", 1)
+        if path is None:
+            raise ModelError("checkpoint needs checkpoint_path, the file to write (in the CLI: --out)")
+        path = Path(path)
+        check_writable(path, overwrite=True)
+        return lambda result: self.to_fit(result, log_likelihood=False, quiet=True).save(path, overwrite=True)
+
+    def to_fit(self, result: ChainDraws, log_likelihood: bool | str = "auto", quiet: bool = False) -> Fit:
+        """The :class:`Fit` of a run's draws, with the chains' state for resuming."""
         d = self.design
-        store = log_likelihood if isinstance(log_likelihood, bool) else chains * draws * d.n_obs <= LOGLIK_STORE_LIMIT
+        if not result.draws:
+            raise ModelError("sampling stopped during warm-up: no draws to keep; run again")
+        chains, n_draws = len(result.chains), result.n_draws
+        store = log_likelihood if isinstance(log_likelihood, bool) else chains * n_draws * d.n_obs <= LOGLIK_STORE_LIMIT
         attrs = {
             "formula": self.spec.formula,
             "family": self.family.name,
             "priors": self.priors.to_json(),
             "multilevel_version": __version__,
             "sampler": self.sampler,
+            "proposal": self.proposal,
             "seed": result.seed_entropy,
-            "warmup": warmup,
+            "warmup": result.warmup,
+            "target_draws": result.target_draws,
             "n_obs": d.n_obs,
             "group_factor": self.spec.group,
             "zero_mean_terms": json.dumps([t for t, f in zip(d.varying_terms, d.theta_free) if not f]),
             "sampling_seconds": result.sampling_seconds,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "log_likelihood": "stored" if store else "on demand",
+            "complete": int(result.complete),
         }
         fit = Fit(to_inference_data(result.draws, d, None, attrs), design=d)
+        fit.idata.add_groups(sampler_state=sampler_state_to_dataset(result.chains, result.warmup, result.target_draws))
         if store:
             fit.idata.add_groups(log_likelihood=fit.log_likelihood().to_dataset())
+        if result.interrupted and not quiet:
+            warnings.warn(f"sampling interrupted: the fit holds {n_draws} of {result.target_draws} draws per chain; "
+                          "continue it with multilevel.resume (CLI: multilevel resume)", stacklevel=3)
         return fit
+
+
+def model_of(fit: Fit) -> Model:
+    """Rebuild the :class:`Model` of a fit (same data, priors and sampler) from what it stores."""
+    attrs = fit.attrs
+    frame = dataset_to_frame(fit.idata.training_data)
+    offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
+    priors = replace(Priors.from_json(attrs["priors"]), fallback=None)
+    return Model(attrs["formula"], frame, family=attrs["family"], priors=priors, na_action="raise", offset=offset,
+                 proposal=str(attrs.get("proposal", "laplace")))
+
+
+def resume(fit: Fit | str | os.PathLike, draws: int | None = None, **kwargs: Any) -> Fit:
+    """Continue a saved or interrupted fit (see :meth:`Model.resume`); ``fit`` may be a path."""
+    fit = fit if isinstance(fit, Fit) else load(fit)
+    return model_of(fit).resume(fit, draws=draws, **kwargs)
 
 
 def fit(
@@ -166,8 +240,9 @@ def fit(
     log_likelihood: bool | str = "auto",
     offset: Any = None,
     proposal: str = "laplace",
+    posterior_predictive: bool = False,
 ) -> Fit:
     """Fit a hierarchical model: ``Model(formula, data, family, priors, ...).fit(...)``."""
     model = Model(formula, data, family=family, priors=priors, na_action=na_action, offset=offset, proposal=proposal)
     return model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=progress,
-                     log_likelihood=log_likelihood)
+                     log_likelihood=log_likelihood, posterior_predictive=posterior_predictive)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -52,23 +54,59 @@ def cli() -> None:
 @click.option("--cores", default=None, type=int, help="Worker processes (default: one per chain, up to the machine's cores).")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Save the fit to this NetCDF file.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--checkpoint", default=None, type=int,
+              help="Write the fit so far to --out every N sweeps (atomically); resume it with 'multilevel resume'.")
 @click.option("--na-action", type=click.Choice(["drop", "raise"]), default="drop", show_default=True,
               help="Rows with missing values in used columns: drop them with a warning, or refuse.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def fit_command(data: str, formula: str, family: str, offset: str | None, proposal: str, chains: int, draws: int, warmup: int, seed: int | None,
-                cores: int | None, out: str | None, overwrite: bool, na_action: str, no_progress: bool) -> None:
+                cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
+                no_progress: bool) -> None:
     """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp)."""
     from .api import Model
     from .result import check_writable
 
     if out is not None:
         check_writable(Path(out), overwrite)
+    if checkpoint is not None and out is None:
+        raise ModelError("--checkpoint needs --out, the file the checkpoints go to")
     model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal)
-    fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=_progress(no_progress))
+    fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=_progress(no_progress),
+                    checkpoint=checkpoint, checkpoint_path=out)
+    _finish(fit, out, overwrite or checkpoint is not None)
+
+
+def _finish(fit: Any, out: str | None, overwrite: bool) -> None:
+    """Print the report and save the fit; an interrupted fit is saved (when --out was given)
+    and the command exits with status 130."""
     _print_fit(fit)
     if out is not None:
         fit.save(out, overwrite=overwrite)
         click.echo(f"saved fit to {out}", err=True)
+    if not int(fit.attrs.get("complete", 1)):
+        click.echo("interrupted: " + (f"resume with 'multilevel resume {out}'" if out else "nothing saved (no --out)"), err=True)
+        sys.exit(130)
+
+
+@cli.command("resume")
+@click.argument("fit_path", metavar="FIT.nc")
+@click.option("--draws", default=None, type=int, help="Draws per chain to add (default: finish an interrupted run).")
+@click.option("--cores", default=None, type=int, help="Worker processes.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the result here instead of over FIT.nc.")
+@click.option("--checkpoint", default=None, type=int, help="Write the fit every N sweeps.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def resume_command(fit_path: str, draws: int | None, cores: int | None, out: str | None, checkpoint: int | None,
+                   no_progress: bool) -> None:
+    """Continue a saved or interrupted fit; the draws equal those of one uninterrupted run."""
+    from .api import resume
+    from .result import check_writable
+
+    target = out or fit_path
+    if out is not None:
+        check_writable(Path(out), overwrite=False)
+    fit = resume(fit_path, draws=draws, cores=cores, progress=_progress(no_progress), checkpoint=checkpoint,
+                 checkpoint_path=target if checkpoint else None)
+    _finish(fit, target, overwrite=True)
 
 
 def _json_value(v: Any) -> Any:
@@ -92,22 +130,170 @@ def summary_command(fit_path: str, as_json: bool) -> None:
         _print_fit(fit)
 
 
+DEMO_PLOTS = ("trace", "caterpillar", "shrinkage", "ppc")
+
+
 @cli.command("demo")
 @click.option("--seed", default=1, show_default=True, type=int, help="Random seed.")
+@click.option("--plots-dir", default="multilevel-demo", show_default=True,
+              help="Folder (created if needed) for the trace, caterpillar, shrinkage and ppc plots; its PNGs are replaced.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def demo_command(seed: int, no_progress: bool) -> None:
-    """Fit mAch ~ ses + (ses | school) to the bundled High School and Beyond data."""
+def demo_command(seed: int, plots_dir: str, no_progress: bool) -> None:
+    """Fit mAch ~ ses + (ses | school) to the bundled High School and Beyond data, and plot it."""
     from .api import Model
 
+    folder = _plots_folder(Path(plots_dir))
     click.echo(f"Fitting {DEMO_FORMULA} to hsb82 (7185 students in 160 schools)\n", err=True)
     model = Model(DEMO_FORMULA, "hsb82")
     fit = model.fit(seed=seed, progress=_progress(no_progress))
     _print_fit(fit)
+    for kind in DEMO_PLOTS:
+        _save_figure(fit.plot(kind), folder / f"{kind}.png", overwrite=True)
+    click.echo(f"wrote {', '.join(f'{k}.png' for k in DEMO_PLOTS)} to {folder}/", err=True)
+
+
+# -- plots and predictions (issue 4) ------------------------------------------------------------
+
+def _agg() -> None:
+    """Draw off-screen: the command line writes image files and needs no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def _plots_folder(folder: Path) -> Path:
+    if folder.exists() and not folder.is_dir():
+        raise ModelError(f"--plots-dir {str(folder)!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create folder {str(folder)!r}: {exc.strerror or type(exc).__name__}") from None
+    if not os.access(folder, os.W_OK):
+        raise ModelError(f"cannot write to folder {str(folder)!r}")
+    return folder
+
+
+def _image_format(out: Path) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise ModelError(f"cannot tell the image format of {str(out)!r}: end the name with .png, .pdf or .svg")
+    return suffix
+
+
+def _save_figure(fig: Any, out: Path, overwrite: bool, dpi: int = 120) -> None:
+    """Write ``fig`` to ``out`` atomically (temporary file, then rename) and close it."""
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    from .result import check_writable
+
+    _agg()
+    check_writable(out, overwrite)
+    fmt = _image_format(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+PLOT_KINDS = ("trace", "rank", "caterpillar", "shrinkage", "ppc", "pairs")
+
+
+@cli.command("plot")
+@click.argument("fit_path", metavar="FIT.nc")
+@click.option("--kind", default="trace", show_default=True, help="trace, rank, caterpillar, shrinkage, ppc or pairs.")
+@click.option("--out", default=None, help="Image file to write: .png, .pdf, .svg, ...")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the replicated data of the ppc plot.")
+@click.option("--dpi", default=120, show_default=True, type=int, help="Resolution of raster images.")
+def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, seed: int, dpi: int) -> None:
+    """Plot a saved fit: trace, rank (population parameters), caterpillar (group effects),
+    shrinkage (own estimates against posterior means), ppc (posterior predictive check) or pairs."""
+    from .result import check_writable, load
+
+    if kind not in PLOT_KINDS:
+        raise ModelError(f"unknown plot kind {kind!r}; choose one of {', '.join(PLOT_KINDS)}")
+    if out is None:
+        raise ModelError("give the image file to write with --out, e.g. --out trace.png")
+    out_path = Path(out)
+    check_writable(out_path, overwrite)
+    _image_format(out_path)
+    if dpi < 1:
+        raise ModelError(f"--dpi must be a positive integer, got {dpi}")
+    _agg()
+    fit = load(fit_path)
+    fig = fit.plot(kind, seed=seed) if kind == "ppc" else fit.plot(kind)
+    _save_figure(fig, out_path, overwrite, dpi=dpi)
+    click.echo(f"wrote {kind} plot to {out}", err=True)
+
+
+PREDICT_KINDS = ("mean", "linear", "response")
+
+
+@cli.command("predict")
+@click.argument("fit_path", metavar="FIT.nc")
+@click.argument("new_data", metavar="NEW.csv")
+@click.option("--out", default=None, help="CSV (or .parquet) file for the predictions; default: print CSV.")
+@click.option("--kind", default="mean", show_default=True,
+              help="mean (inverse link; probability for binomial), linear (predictor) or response (new draws).")
+@click.option("--no-group-effects", is_flag=True, help="Population-level predictions (beta = theta); no group column needed.")
+@click.option("--draws", default=None, type=int, help="Use this many evenly spaced draws per chain (default: all).")
+@click.option("--seed", default=None, type=int, help="Seed of new groups' effects and of response draws.")
+@click.option("--hdi-prob", default=0.94, show_default=True, type=float, help="Probability of the HDI columns.")
+@click.option("--offset", default=None, help="Column of NEW with the offset, for fits made with --offset.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def predict_command(fit_path: str, new_data: str, out: str | None, kind: str, no_group_effects: bool, draws: int | None,
+                    seed: int | None, hdi_prob: float, offset: str | None, overwrite: bool) -> None:
+    """Predict the rows of NEW.csv (CSV or Parquet) from a saved fit: one output row per input
+    row, the input's columns followed by mean, sd and the HDI bounds (hdi_3%, hdi_97%).
+    Rows of groups not in the fit get new group effects drawn from MVN(theta, Sigma)."""
+    import pandas as pd
+
+    from .io import read_data
+    from .result import check_writable, load
+
+    if kind not in PREDICT_KINDS:
+        raise ModelError(f"unknown prediction kind {kind!r}; choose one of {', '.join(PREDICT_KINDS)}")
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        check_writable(out_path, overwrite)
+        if out_path.suffix.lower() not in (".csv", ".txt", ".parquet", ".pq"):
+            raise ModelError(f"cannot tell the format of {out!r}: end the name with .csv or .parquet")
+    fit = load(fit_path)
+    data = read_data(new_data)
+    table = fit.predict(data, kind=kind, include_group_effects=not no_group_effects, draws=draws, seed=seed,
+                        summary=True, hdi_prob=hdi_prob, offset=offset)
+    table = table.rename(columns={c: f"pred_{c}" for c in table.columns if c in data.columns})
+    result = pd.concat([data.reset_index(drop=True), table.reset_index(drop=True)], axis=1)
+    if out_path is None:
+        click.echo(result.to_csv(index=False), nl=False)
+        return
+    try:
+        if out_path.suffix.lower() in (".parquet", ".pq"):
+            result.to_parquet(out_path, index=False)
+        else:
+            result.to_csv(out_path, index=False)
+    except OSError as exc:
+        raise ModelError(f"cannot write {out!r}: {exc.strerror or type(exc).__name__}") from None
+    click.echo(f"wrote {len(result)} predictions ({kind}) to {out}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning bad input into a one-line message and exit status 2."""
     warnings.showwarning = _show_warning
+    # Ctrl-C / SIGINT stops sampling and keeps the draws, even where the shell started us
+    # with SIGINT ignored (background jobs of a non-interactive shell)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cli.main(args=argv, prog_name="multilevel", standalone_mode=False)
     except ModelError as exc:
@@ -116,8 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
         sys.exit(2)
     except FloatingPointError as exc:
         print(f"error: numerical failure: {exc}", file=sys.stderr)

@@ -36,6 +36,9 @@ POSTERIOR_DIMS: dict[str, list[str]] = {
 #: sample_stats: ``loglik`` the total log-likelihood of the draw (for GLMs up to the
 #: constants log y! and log binomial(n, y)); ``accept_beta`` (group) and ``accept_alpha``
 #: whether each Metropolis proposal of the draw's sweep was accepted (GLMs).
+#: the training-data column that holds an ``offset=`` argument (not a formula term)
+OFFSET_COLUMN = "(offset argument)"
+
 SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": []}
 
 
@@ -86,7 +89,10 @@ def to_inference_data(
         dims=dims,
     )
     idata.posterior.attrs.update(clean_attrs)
-    idata.add_groups(training_data=frame_to_dataset(design.frame))
+    frame = design.frame
+    if design.offset_argument is not None:
+        frame = frame.assign(**{OFFSET_COLUMN: design.offset_argument})
+    idata.add_groups(training_data=frame_to_dataset(frame))
     return idata
 
 
@@ -124,3 +130,41 @@ def dataset_to_frame(ds: xr.Dataset) -> pd.DataFrame:
         else:
             cols[name] = values
     return pd.DataFrame(cols)
+
+
+def sampler_state_to_dataset(chains: list[Any], warmup: int, target_draws: int) -> xr.Dataset:
+    """Each chain's kernel state and generator, to resume the run exactly.
+
+    A state is a NamedTuple of arrays: field ``f`` becomes variable ``f`` with dims
+    (chain, f_0, f_1, ...); the generators' states are JSON in the attributes.
+    """
+    first = chains[0].state
+    out = {}
+    for name in first._fields:
+        values = np.stack([np.asarray(getattr(c.state, name)) for c in chains])
+        out[name] = xr.DataArray(values, dims=("chain", *[f"{name}_{k}" for k in range(values.ndim - 1)]))
+    attrs = {
+        "state_type": type(first).__name__,
+        "rng_states": json.dumps([c.rng.bit_generator.state for c in chains]),
+        "iteration": int(chains[0].iteration),
+        "warmup": int(warmup),
+        "target_draws": int(target_draws),
+    }
+    return xr.Dataset(out, attrs=attrs)
+
+
+def sampler_state_from_dataset(ds: xr.Dataset, state_type: Any) -> list[Any]:
+    """Inverse of :func:`sampler_state_to_dataset`: a list of :class:`~multilevel.run.ChainState`."""
+    from .run import ChainState
+
+    rng_states = json.loads(ds.attrs["rng_states"])
+    chains = []
+    for c, rng_state in enumerate(rng_states):
+        fields = {}
+        for name in state_type._fields:
+            v = np.asarray(ds[name].values[c])
+            fields[name] = v.item() if v.ndim == 0 and v.dtype.kind in "fb" else v
+        bit_generator = getattr(np.random, rng_state["bit_generator"])()
+        bit_generator.state = rng_state
+        chains.append(ChainState(state_type(**fields), np.random.Generator(bit_generator), int(ds.attrs["iteration"])))
+    return chains

@@ -57,6 +57,7 @@ class Design:
     row_labels: pd.Index
     frame: pd.DataFrame = field(default=None, repr=False)
     offset: np.ndarray = field(default=None, repr=False)
+    offset_argument: np.ndarray | None = field(default=None, repr=False)
     trials: np.ndarray = field(default=None, repr=False)
     response_kind: str = "numeric"
     response_levels: Any = None
@@ -186,6 +187,7 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
         row_labels=data.index[order],
         frame=data[list(spec.variables)].iloc[order],
         offset=np.ascontiguousarray(np.broadcast_to(off, (len(data),))[order], dtype=float),
+        offset_argument=None if offset is None else np.broadcast_to(extra, (len(data),))[order].astype(float),
         trials=np.ones(len(data)),
         response_kind=str(getattr(fixed.response, "kind", "numeric")),
         response_levels=getattr(fixed.response, "levels", None),

@@ -86,6 +86,11 @@ def parse_formula(formula: str) -> FormulaSpec:
             f"formula {formula!r} has {len(factors)} grouping factors ({', '.join(factors)}); "
             "only one grouping factor is supported yet (crossed and nested effects are planned)"
         )
+    if formula.count("|") > len(factors):
+        raise ModelError(
+            f"formula {formula!r} has several group-specific terms for {factors[0]!r}; write them in one "
+            f"term such as '(x | {factors[0]})' (separate, uncorrelated terms are not supported yet)"
+        )
     factor = groups[0].factor
     if len(factor.components) != 1:
         raise ModelError(

@@ -84,7 +84,9 @@ class Fit:
         ``Sigma[<term>, <term>]`` (lower triangle) and ``sigma2``; columns mean, sd, the
         HDI bounds, MCSE, ess_bulk, ess_tail and r_hat.
         """
-        table = az.summary(self.idata, var_names=self.population_var_names(), hdi_prob=hdi_prob)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant theta of zero-mean terms, dropped below
+            table = az.summary(self.idata, var_names=self.population_var_names(), hdi_prob=hdi_prob)
         return table.loc[[i for i in table.index if self._keep_row(i)]]
 
     def _keep_row(self, name: str) -> bool:
@@ -195,6 +197,22 @@ class Fit:
     def __repr__(self) -> str:
         return f"<multilevel.Fit {self.family}: {self.formula!r}, {self.posterior.sizes['chain']} chains x {self.posterior.sizes['draw']} draws>"
 
+    # -- resuming -------------------------------------------------------------------
+    def chain_draws(self, state_type: Any) -> Any:
+        """The run behind this fit (draws and chains' states), for :func:`multilevel.resume`."""
+        from .convert import sampler_state_from_dataset
+        from .run import ChainDraws
+
+        if "sampler_state" not in self.idata.groups():
+            raise ModelError("this fit has no sampler state to resume from (saved by an older version?)")
+        ss = self.idata.sampler_state
+        draws = {k: self.posterior[k].values for k in self.posterior.data_vars}
+        if "sample_stats" in self.idata.groups():
+            draws.update({k: self.idata.sample_stats[k].values for k in self.idata.sample_stats.data_vars})
+        return ChainDraws(draws, int(self.attrs["seed"]), float(self.attrs.get("sampling_seconds", 0.0)),
+                          sampler_state_from_dataset(ss, state_type), int(ss.attrs["warmup"]),
+                          int(ss.attrs["target_draws"]), False)
+
     # -- log-likelihood -------------------------------------------------------------
     def linear_predictor(self, draws: slice = slice(None)) -> np.ndarray:
         """eta (chain, draw, obs) = x_i' beta_g[i] + z_i' alpha for the observed rows."""
@@ -236,11 +254,87 @@ class Fit:
         os.close(fd)
         try:
             self.idata.to_netcdf(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
+
+    # -- predictions, checks, comparison and plots (multilevel.predict, .comparison, .plots) ------
+    def predict(self, newdata: Any, kind: str = "mean", include_group_effects: bool = True, draws: int | None = None,
+                seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB, offset: Any = None,
+                trials: Any = None) -> xr.DataArray | pd.DataFrame:
+        """Posterior draws (chain, draw, obs) of predictions for the rows of ``newdata``.
+
+        ``kind``: ``"linear"`` predictor, ``"mean"`` (inverse link; the success probability
+        for binomial and bernoulli) or ``"response"`` (a new response drawn from the family).
+        Rows of groups seen in fitting use their beta_j draws; a group never seen gets a new
+        beta ~ MVN(theta, Sigma) per posterior draw (from ``seed``); ``include_group_effects=False``
+        predicts at beta = theta. ``summary=True`` returns a DataFrame (mean, sd, HDI) instead.
+        See :func:`multilevel.predict.predict`.
+        """
+        from .predict import predict
+
+        return predict(self, newdata, kind=kind, include_group_effects=include_group_effects, draws=draws, seed=seed,
+                       summary=summary, hdi_prob=hdi_prob, offset=offset, trials=trials)
+
+    def posterior_predictive(self, seed: Any = None) -> xr.DataArray:
+        """Draw a replicated response for every observed row and posterior draw, store it as
+        ``y`` in the ``posterior_predictive`` group of ``idata`` (replacing any) and return it."""
+        from .predict import posterior_predictive
+
+        y_rep = posterior_predictive(self, seed=seed)
+        if "posterior_predictive" in self.idata.groups():
+            del self.idata["posterior_predictive"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.idata.add_groups(posterior_predictive=y_rep.to_dataset(name="y"))
+        return self.idata.posterior_predictive["y"]
+
+    def loo(self, pointwise: bool | None = None, **kwargs: Any) -> Any:
+        """PSIS leave-one-out cross-validation by ArviZ (``az.loo``) from :meth:`log_likelihood`."""
+        from .comparison import loo
+
+        return loo(self, pointwise=pointwise, **kwargs)
+
+    def waic(self, pointwise: bool | None = None, **kwargs: Any) -> Any:
+        """WAIC by ArviZ (``az.waic``) from :meth:`log_likelihood`."""
+        from .comparison import waic
+
+        return waic(self, pointwise=pointwise, **kwargs)
+
+    def plot(self, kind: str = "trace", **kwargs: Any) -> Any:
+        """The matplotlib Figure of plot ``kind``: trace, rank, caterpillar, shrinkage, ppc or pairs."""
+        from .plots import plot
+
+        return plot(self, kind, **kwargs)
+
+    def plot_trace(self, **kwargs: Any) -> Any:
+        """Trace plots of the population parameters (ArviZ); returns the Figure."""
+        return self.plot("trace", **kwargs)
+
+    def plot_rank(self, **kwargs: Any) -> Any:
+        """Rank plots of the population parameters (ArviZ); returns the Figure."""
+        return self.plot("rank", **kwargs)
+
+    def plot_caterpillar(self, **kwargs: Any) -> Any:
+        """Every group's coefficients with 94% HDIs, sorted, against theta; returns the Figure."""
+        return self.plot("caterpillar", **kwargs)
+
+    def plot_shrinkage(self, **kwargs: Any) -> Any:
+        """Groups' own estimates against their posterior means, pulled towards theta; returns the Figure."""
+        return self.plot("shrinkage", **kwargs)
+
+    def plot_ppc(self, **kwargs: Any) -> Any:
+        """Posterior predictive check suited to the family; returns the Figure."""
+        return self.plot("ppc", **kwargs)
+
+    def plot_pairs(self, **kwargs: Any) -> Any:
+        """Pair plot of the population parameters (ArviZ); returns the Figure."""
+        return self.plot("pairs", **kwargs)
 
 
 def check_writable(path: Path, overwrite: bool) -> None:

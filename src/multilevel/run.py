@@ -1,4 +1,4 @@
-"""The driver that runs chains: seeding, worker processes, progress.
+"""The driver that runs chains: seeding, worker processes, progress, interruption, checkpoints.
 
 Every chain gets its own ``numpy.random.Generator`` from one ``SeedSequence(seed)``
 spawned into ``chains`` children, so chain c draws the same numbers whether it runs in
@@ -9,17 +9,25 @@ A kernel is any object with ``init(rng) -> state``, ``step(state, rng) -> state`
 ``record(state) -> dict[str, ndarray]`` (what to keep of each draw); a kernel that
 adapts during warm-up also has ``warmup_step(state, rng, i, n_warmup) -> state``, used for
 the warm-up sweeps only, so the kept draws come from the fixed kernel ``step``.
+
+Chains advance in lockstep blocks of sweeps. After each block every chain's state and
+generator are known at the same sweep, so a checkpoint can be written there, and an
+interruption (Ctrl-C) keeps everything up to the last completed block: a resumed run
+continues from exactly that state and gives the draws of an uninterrupted run.
+Block boundaries never change the draws.
 """
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -33,20 +41,33 @@ class Kernel(Protocol):
 
 
 @dataclass
+class ChainState:
+    """What a chain needs to go on: kernel state, generator, and sweeps done (warm-up included)."""
+
+    state: Any
+    rng: np.random.Generator
+    iteration: int = 0
+
+
+@dataclass
 class ChainDraws:
-    """Draws of all chains: each value has shape (chains, draws, ...)."""
+    """Draws of all chains (each value has shape (chains, draws, ...)) and where they stopped."""
 
     draws: dict[str, np.ndarray]
     seed_entropy: int
     sampling_seconds: float
+    chains: list[ChainState] = field(default_factory=list)
+    warmup: int = 0
+    target_draws: int = 0
+    interrupted: bool = False
 
+    @property
+    def n_draws(self) -> int:
+        return next(iter(self.draws.values())).shape[1] if self.draws else 0
 
-_progress_queue: Any = None
-
-
-def _set_queue(queue: Any) -> None:
-    global _progress_queue
-    _progress_queue = queue
+    @property
+    def complete(self) -> bool:
+        return not self.interrupted and self.n_draws >= self.target_draws
 
 
 def chain_rngs(seed: int | None, chains: int) -> tuple[int, list[np.random.Generator]]:
@@ -55,37 +76,66 @@ def chain_rngs(seed: int | None, chains: int) -> tuple[int, list[np.random.Gener
     return int(ss.entropy), [np.random.Generator(np.random.PCG64(child)) for child in ss.spawn(chains)]
 
 
-def run_chain(kernel: Kernel, rng: np.random.Generator, warmup: int, draws: int, report: Any = None) -> dict[str, np.ndarray]:
-    """Run one chain: ``warmup`` sweeps discarded, then ``draws`` recorded sweeps.
+class Stopped(Exception):
+    """Raised inside a block when the run is asked to stop."""
 
-    ``report(n)`` is called now and then with the number of sweeps done since the last call.
+
+def advance(kernel: Kernel, chain: ChainState, warmup: int, n: int, report: Callable[[int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, np.ndarray], ChainState]:
+    """Run ``n`` sweeps of one chain from ``chain`` (which is not modified).
+
+    Sweeps with index < ``warmup`` are warm-up (adapting kernels adapt, nothing is kept).
+    Returns the kept records, stacked, and the chain's new state. ``report(k)`` is called
+    now and then with the sweeps done since its last call; ``should_stop()`` is checked at
+    the same times and raises :class:`Stopped` when true.
     """
-    state = kernel.init(rng)
-    out: dict[str, np.ndarray] = {}
-    last, done, total = time.monotonic(), 0, warmup + draws
+    rng = copy.deepcopy(chain.rng)
+    state = chain.state
     adapt = getattr(kernel, "warmup_step", None)
-    for i in range(total):
+    kept: dict[str, np.ndarray] = {}
+    start = chain.iteration
+    n_kept = max(0, start + n - max(warmup, start))
+    last, done = time.monotonic(), 0
+    for k in range(n):
+        i = start + k
         if i < warmup and adapt is not None:
             state = adapt(state, rng, i, warmup)
         else:
             state = kernel.step(state, rng)
         if i >= warmup:
             rec = kernel.record(state)
-            if not out:
-                out = {k: np.empty((draws, *np.shape(v)), dtype=np.asarray(v).dtype) for k, v in rec.items()}
-            for k, v in rec.items():
-                out[k][i - warmup] = v
-        if report is not None:
-            now = time.monotonic()
-            if now - last > 0.1 or i == total - 1:
-                report(i + 1 - done)
-                done, last = i + 1, now
-    return out
+            if not kept:
+                kept = {key: np.empty((n_kept, *np.shape(v)), dtype=np.asarray(v).dtype) for key, v in rec.items()}
+            row = i - max(warmup, start)
+            for key, v in rec.items():
+                kept[key][row] = v
+        now = time.monotonic()
+        if now - last > 0.1:
+            if report is not None:
+                report(k + 1 - done)
+            done, last = k + 1, now
+            if should_stop is not None and should_stop():
+                raise Stopped
+    if report is not None and n > done:
+        report(n - done)
+    return kept, ChainState(state, rng, start + n)
 
 
-def _worker(kernel: Kernel, rng: np.random.Generator, warmup: int, draws: int) -> dict[str, np.ndarray]:
-    queue = _progress_queue
-    return run_chain(kernel, rng, warmup, draws, report=queue.put if queue is not None else None)
+# -- worker processes -------------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(kernel: Kernel, queue: Any, stop: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    _worker.update(kernel=kernel, queue=queue, stop=stop)
+
+
+def _worker_block(chain: ChainState, warmup: int, n: int) -> tuple[dict[str, np.ndarray], ChainState] | None:
+    queue, stop = _worker["queue"], _worker["stop"]
+    try:
+        return advance(_worker["kernel"], chain, warmup, n, queue.put if queue is not None else None, stop.is_set)
+    except Stopped:
+        return None
 
 
 def default_cores(chains: int) -> int:
@@ -95,51 +145,6 @@ def default_cores(chains: int) -> int:
     except AttributeError:  # pragma: no cover - not on Linux
         available = os.cpu_count() or 1
     return max(1, min(chains, available))
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="sampling", unit="sweep", file=sys.stderr, leave=False, mininterval=0.2)
-
-
-def run_chains(
-    kernel: Kernel,
-    *,
-    chains: int,
-    draws: int,
-    warmup: int,
-    seed: int | None,
-    cores: int | None = None,
-    progress: bool = True,
-) -> ChainDraws:
-    """Run ``chains`` chains of ``kernel``, in ``cores`` worker processes (1: in this process)."""
-    cores = default_cores(chains) if cores is None else max(1, min(cores, chains))
-    entropy, rngs = chain_rngs(seed, chains)
-    bar = _progress_bar(chains * (warmup + draws), progress)
-    start = time.perf_counter()
-    try:
-        if cores == 1:
-            report = bar.update if bar is not None else None
-            results = [run_chain(kernel, rng, warmup, draws, report) for rng in rngs]
-        else:
-            prime(kernel)
-            ctx = _context()
-            queue = ctx.Queue() if bar is not None else None
-            with ProcessPoolExecutor(max_workers=cores, mp_context=ctx, initializer=_set_queue, initargs=(queue,)) as pool:
-                futures = [pool.submit(_worker, kernel, rng, warmup, draws) for rng in rngs]
-                while not all(f.done() for f in futures):
-                    _drain(queue, bar, timeout=0.1)
-                results = [f.result() for f in futures]
-                _drain(queue, bar, timeout=0.0)
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.perf_counter() - start
-    stacked = {k: np.stack([r[k] for r in results]) for k in results[0]}
-    return ChainDraws(stacked, entropy, elapsed)
 
 
 def prime(kernel: Kernel) -> None:
@@ -159,15 +164,135 @@ def _context() -> Any:
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
-def _drain(queue: Any, bar: Any, timeout: float) -> None:
-    if queue is None:
-        time.sleep(timeout)
-        return
+def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="sampling", unit="sweep", file=sys.stderr, leave=False,
+                mininterval=0.2)
+
+
+def _drain(queue: Any, bar: Any) -> None:
     import queue as queue_mod
 
+    if queue is None or bar is None:
+        return
     try:
-        bar.update(queue.get(timeout=timeout) if timeout else queue.get_nowait())
         while True:
             bar.update(queue.get_nowait())
     except queue_mod.Empty:
         pass
+
+
+def block_size(total: int, checkpoint: int | None) -> int:
+    """Sweeps per lockstep block: the checkpoint interval, else a twentieth of the run."""
+    if checkpoint:
+        return max(1, int(checkpoint))
+    return max(1, -(-total // 20))
+
+
+class _Blocks:
+    """Runs one lockstep block of all chains, in this process or in worker processes."""
+
+    def __init__(self, kernel: Kernel, cores: int, bar: Any):
+        self.kernel, self.cores, self.bar = kernel, cores, bar
+        self.pool = self.queue = self.stop = None
+        if cores > 1:
+            prime(kernel)
+            ctx = _context()
+            self.queue = ctx.Queue() if bar is not None else None
+            self.stop = ctx.Event()
+            self.pool = ProcessPoolExecutor(max_workers=cores, mp_context=ctx, initializer=_init_worker,
+                                            initargs=(kernel, self.queue, self.stop))
+
+    def run(self, chains: list[ChainState], warmup: int, n: int) -> list[tuple[dict[str, np.ndarray], ChainState]]:
+        if self.pool is None:
+            report = self.bar.update if self.bar is not None else None
+            return [advance(self.kernel, c, warmup, n, report) for c in chains]
+        futures = [self.pool.submit(_worker_block, c, warmup, n) for c in chains]
+        try:
+            while True:
+                done, pending = wait(futures, timeout=0.1, return_when=FIRST_EXCEPTION)
+                _drain(self.queue, self.bar)
+                if not pending or any(f.exception() for f in done):
+                    break
+        except KeyboardInterrupt:
+            self.stop.set()
+            wait(futures, timeout=5)
+            raise
+        results = [f.result() for f in futures]
+        if any(r is None for r in results):
+            raise KeyboardInterrupt
+        return results
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_chains(
+    kernel: Kernel,
+    *,
+    chains: int,
+    draws: int,
+    warmup: int,
+    seed: int | None,
+    cores: int | None = None,
+    progress: bool = True,
+    checkpoint: int | None = None,
+    on_checkpoint: Callable[[ChainDraws], None] | None = None,
+    resume: ChainDraws | None = None,
+) -> ChainDraws:
+    """Run ``chains`` chains of ``kernel`` for ``warmup`` + ``draws`` sweeps each.
+
+    ``cores`` worker processes (1: in this process). Every ``checkpoint`` sweeps,
+    ``on_checkpoint`` receives the draws so far. ``resume`` continues an earlier result
+    (its chains' states and draws) up to ``draws`` kept draws in all. Ctrl-C stops the
+    chains at the last completed block and returns what was drawn, ``interrupted=True``.
+    """
+    if resume is not None:
+        entropy, states = resume.seed_entropy, list(resume.chains)
+        chains, warmup = len(states), resume.warmup
+        pieces = [[{k: v[c] for k, v in resume.draws.items()}] if resume.draws else [] for c in range(chains)]
+        elapsed_before = resume.sampling_seconds
+    else:
+        entropy, rngs = chain_rngs(seed, chains)
+        states = [ChainState(kernel.init(rng), rng, 0) for rng in rngs]
+        pieces = [[] for _ in range(chains)]
+        elapsed_before = 0.0
+    cores = default_cores(chains) if cores is None else max(1, min(cores, chains))
+    total = warmup + draws
+    done = states[0].iteration
+    size = block_size(total, checkpoint)
+    bar = _progress_bar(chains * total, chains * done, progress)
+    interrupted = False
+    start = time.perf_counter()
+
+    def result() -> ChainDraws:
+        draws_now = {}
+        if pieces[0]:
+            draws_now = {k: np.stack([np.concatenate([p[k] for p in chain_pieces]) for chain_pieces in pieces])
+                         for k in pieces[0][0]}
+        return ChainDraws(draws_now, entropy, elapsed_before + time.perf_counter() - start, list(states), warmup,
+                          draws, interrupted)
+
+    blocks = _Blocks(kernel, cores, bar)
+    try:
+        while done < total:
+            n = min(size - done % size, total - done)
+            out = blocks.run(states, warmup, n)
+            for c, (kept, new_state) in enumerate(out):
+                if kept:
+                    pieces[c].append(kept)
+                states[c] = new_state
+            done += n
+            if checkpoint and on_checkpoint is not None and warmup < done < total and done % checkpoint == 0:
+                on_checkpoint(result())
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        blocks.close()
+        if bar is not None:
+            bar.close()
+    return result()

@@ -93,6 +93,8 @@ class GaussianGibbs:
     ``step(state, rng)`` returns the next state; it never mutates its input.
     """
 
+    State = GibbsState
+
     stats: GaussianStats
     priors: Priors
     theta_free: np.ndarray

@@ -95,6 +95,8 @@ def mvn_logpdf_kernel(beta: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray
 class GLMMetropolis:
     """Metropolis-within-Gibbs kernel for Poisson, binomial and Bernoulli hierarchical models."""
 
+    State = GLMState
+
     data: GLMData
     priors: Priors
     theta_free: np.ndarray

@@ -1,0 +1,138 @@
+"""Model comparison by PSIS-LOO and WAIC (ArviZ), from the pointwise log-likelihood.
+
+The pointwise log-likelihood is log p(y_i | parameters) of each observed row i, so LOO
+here leaves out one *row* at a time (predicting a new observation in a seen group). With
+few rows per group some Pareto k values may be high; ArviZ then warns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .convert import az
+from .errors import ModelError
+
+if TYPE_CHECKING:
+    from .result import Fit
+
+
+def population_dataset(fit: Fit) -> xr.Dataset:
+    """The population parameters as scalar variables per draw: ``theta[<term>]`` (terms with
+    a mean), ``alpha[<term>]``, ``Sigma[<a>,<b>]`` (lower triangle) and ``sigma2``."""
+    post = fit.posterior
+    terms = [str(t) for t in post["term"].values]
+    zero = set(fit.zero_mean_terms)
+    out: dict[str, xr.DataArray] = {}
+
+    def scalar(da: xr.DataArray) -> xr.DataArray:
+        return da.drop_vars([c for c in da.coords if c not in ("chain", "draw")])
+
+    for t in terms:
+        if t not in zero:
+            out[f"theta[{t}]"] = scalar(post["theta"].sel(term=t))
+    if "alpha" in post:
+        for a in post["fixed_term"].values:
+            out[f"alpha[{a}]"] = scalar(post["alpha"].sel(fixed_term=a))
+    for i, a in enumerate(terms):
+        for b in terms[: i + 1]:
+            out[f"Sigma[{a}, {b}]"] = scalar(post["Sigma"].sel(term=a, term_=b))
+    if "sigma2" in post:
+        out["sigma2"] = scalar(post["sigma2"])
+    return xr.Dataset(out)
+
+
+def loglik_idata(fit: Fit, order: np.ndarray | None = None) -> az.InferenceData:
+    """A small InferenceData with the population parameters and the pointwise log-likelihood
+    (its rows reordered by ``order`` when given), what ArviZ's loo and waic read."""
+    ll = fit.log_likelihood()
+    if order is not None:
+        ll = ll.isel(obs=order).assign_coords(obs=np.arange(order.shape[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return az.InferenceData(posterior=population_dataset(fit), log_likelihood=ll.to_dataset(name="y"))
+
+
+def _reff(fit: Fit) -> float:
+    """Relative effective sample size for PSIS, from the population parameters (constant
+    ones, such as a mean fixed at 0, are left out, as their ESS is undefined)."""
+    ess = az.ess(population_dataset(fit), method="mean")
+    values = np.array([float(v) for v in ess.data_vars.values()])
+    values = values[np.isfinite(values)]
+    n = fit.posterior.sizes["chain"] * fit.posterior.sizes["draw"]
+    return float(np.clip(values.mean() / n, 0.01, 1.0)) if values.size else 1.0
+
+
+def loo(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
+    """PSIS leave-one-out cross-validation (``az.loo``): elpd_loo, p_loo, Pareto k.
+    ``pointwise``: keep the pointwise values (ArviZ's default, True, when None)."""
+    kwargs.setdefault("reff", _reff(fit))
+    return az.loo(loglik_idata(fit), pointwise=pointwise, **kwargs)
+
+
+def waic(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
+    """The widely applicable information criterion (``az.waic``); ``pointwise`` as in :func:`loo`."""
+    return az.waic(loglik_idata(fit), pointwise=pointwise, **kwargs)
+
+
+def _row_orders(fits: dict[str, Fit]) -> list[np.ndarray | None]:
+    """Reorderings that put every fit's rows in the first fit's order (fits sorted by
+    different grouping factors store their rows in different orders)."""
+    items = list(fits.items())
+    name0, fit0 = items[0]
+    y0 = fit0.idata.observed_data["y"].values
+    lab0 = fit0.idata.constant_data["row_label"].values if "row_label" in fit0.idata.constant_data else None
+    orders: list[np.ndarray | None] = [None]
+    for name, fit in items[1:]:
+        y = fit.idata.observed_data["y"].values
+        if y.shape != y0.shape:
+            raise ModelError(f"fits {name0!r} and {name!r} were fitted to different rows ({y0.shape[0]} and {y.shape[0]}); "
+                             "compare models fitted to the same data")
+        lab = fit.idata.constant_data["row_label"].values if "row_label" in fit.idata.constant_data else None
+        order = None
+        if lab0 is not None and lab is not None and pd.Index(lab0).is_unique and pd.Index(lab).is_unique:
+            pos = pd.Index(lab).get_indexer(lab0)
+            if np.any(pos < 0):
+                raise ModelError(f"fits {name0!r} and {name!r} were fitted to different rows; compare models fitted to the same data")
+            order = None if np.array_equal(pos, np.arange(pos.shape[0])) else pos
+        yy = y if order is None else y[order]
+        if not np.allclose(np.asarray(yy, float), np.asarray(y0, float)):
+            raise ModelError(f"fits {name0!r} and {name!r} have different responses; compare models of the same data")
+        orders.append(order)
+    return orders
+
+
+def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFrame:
+    """Rank fits of the same data by expected log predictive density (``az.compare``).
+
+    ``fits`` maps names to :class:`~multilevel.result.Fit`; ``ic`` is ``"loo"`` (PSIS-LOO,
+    default) or ``"waic"``. Returns ArviZ's table: rank, elpd, p (effective number of
+    parameters), elpd_diff from the best, weight, se, dse (standard error of the
+    difference), warning and scale.
+    """
+    if not isinstance(fits, dict) or len(fits) < 2:
+        raise ModelError("compare needs a dict of at least two fits, e.g. {'intercept': fit1, 'slope': fit2}")
+    from .result import Fit
+
+    for name, fit in fits.items():
+        if not isinstance(fit, Fit):
+            raise ModelError(f"compare: {name!r} is a {type(fit).__name__}, not a multilevel Fit")
+    if ic not in ("loo", "waic"):
+        raise ModelError(f"ic must be 'loo' or 'waic', not {ic!r}")
+    orders = _row_orders(fits)
+    # ArviZ compare on precomputed ELPDData, so that each LOO uses its own fit's r_eff
+    elpd = {}
+    for (name, fit), order in zip(fits.items(), orders):
+        data = loglik_idata(fit, order)
+        if ic == "loo":
+            elpd[name] = az.loo(data, pointwise=True, reff=_reff(fit))
+        else:
+            elpd[name] = az.waic(data, pointwise=True)
+    return az.compare(elpd, ic=ic, **kwargs)
+
+
+__all__ = ["compare", "loo", "waic", "population_dataset", "loglik_idata"]

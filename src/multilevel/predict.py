@@ -1,0 +1,420 @@
+r"""Predictions from a fit: for new rows, and posterior predictive draws for the observed rows.
+
+New data go through the *same* ``formulae`` transformations as the fitted data
+(``design.formulae_fixed.common.evaluate_new_data`` and its varying counterpart): the
+categorical levels and reference level, ``center(x)`` (centred at the fitted data's mean),
+spline knots and ``offset(...)`` terms are those of the fit.
+
+For each posterior draw s (chain c, draw d) and new row i of group j:
+
+* ``include_group_effects=True`` and j seen in fitting:
+  eta_i = x_i' beta_j^(s) + z_i' alpha^(s) + offset_i;
+* ``include_group_effects=True`` and j never seen: a new group effect is drawn per posterior
+  draw, beta_new^(s) = theta^(s) + L^(s) u, L^(s) the Cholesky factor of Sigma^(s) and u
+  standard normal, so beta_new ~ MVN(theta, Sigma) integrates over the group distribution.
+  All rows of one unseen group share the draw. The normals are, exactly,
+  ``numpy.random.default_rng(seed).standard_normal((chains, draws, k, p))`` with the k
+  unseen groups in order of first appearance in ``newdata``; ``kind="response"`` then
+  draws the response noise from the same generator.
+* ``include_group_effects=False``: the population-level prediction at beta = theta,
+  eta_i = x_i' theta^(s) + z_i' alpha^(s) + offset_i (a typical group, group column not needed).
+
+``kind``: ``"linear"`` eta; ``"mean"`` the inverse link: eta (gaussian), exp(eta)
+(poisson), the success probability logistic(eta) (binomial, bernoulli); ``"response"`` a
+new response drawn from the family: N(eta, sigma2), Poisson(exp(eta)), Binomial(n_i,
+logistic(eta)) successes out of the new rows' trials, Bernoulli(logistic(eta)).
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from formulae import model_description
+
+from .convert import label_values
+from .design import _column_labels
+from .errors import ModelError
+from .families import Family, check_family
+from .io import read_data
+
+if TYPE_CHECKING:
+    from .result import Fit
+
+KINDS = ("linear", "mean", "response")
+HDI_PROB = 0.94
+#: exp(eta) is capped at exp(EXP_CAP) when Poisson responses are drawn (numpy's limit is ~1e19)
+EXP_CAP = 41.0
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def make_rng(seed: Any) -> np.random.Generator:
+    """A Generator from ``seed``: None (fresh entropy), a non-negative int, or a Generator."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ModelError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return np.random.default_rng(seed)
+
+
+def label_key(value: Any) -> str:
+    """A group label as a string key, so that 1224, 1224.0 and "1224" name the same group
+    (a CSV read back gives numbers where the fitted data had strings, and vice versa)."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def draw_positions(n_draw: int, draws: Any) -> np.ndarray:
+    """Positions of the draws used: all (None) or ``draws`` evenly spaced ones per chain."""
+    if draws is None:
+        return np.arange(n_draw)
+    if isinstance(draws, bool) or not isinstance(draws, numbers.Integral) or not 1 <= draws <= n_draw:
+        raise ModelError(f"draws must be None or an integer from 1 to {n_draw} (draws per chain), got {draws!r}")
+    return np.unique(np.linspace(0, n_draw - 1, int(draws)).round().astype(int))
+
+
+def inverse_link(family: Family, eta: np.ndarray) -> np.ndarray:
+    if family.name == "gaussian":
+        return eta
+    if family.name == "poisson":
+        return np.exp(np.minimum(eta, 700.0))
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))
+
+
+def draw_response(family: Family, eta: np.ndarray, rng: np.random.Generator,
+                  sigma2: np.ndarray | None = None, trials: np.ndarray | None = None) -> np.ndarray:
+    """One response per entry of ``eta`` (chain, draw, obs); ``sigma2`` is (chain, draw)."""
+    if family.name == "gaussian":
+        return eta + np.sqrt(sigma2)[..., None] * rng.standard_normal(eta.shape)
+    if family.name == "poisson":
+        return rng.poisson(np.exp(np.minimum(eta, EXP_CAP)))
+    prob = inverse_link(family, eta)
+    n = np.ones(eta.shape[-1], dtype=np.int64) if trials is None else np.asarray(trials).astype(np.int64)
+    return rng.binomial(np.broadcast_to(n, eta.shape), prob)
+
+
+def hdi_columns(hdi_prob: float) -> tuple[str, str]:
+    """ArviZ's names of the HDI bounds: ``hdi_3%`` and ``hdi_97%`` for 0.94."""
+    return f"hdi_{100 * (1 - hdi_prob) / 2:g}%", f"hdi_{100 * (1 + hdi_prob) / 2:g}%"
+
+
+def hdi(flat: np.ndarray, hdi_prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """Narrowest interval holding ``hdi_prob`` of the draws of each column of ``flat``
+    (samples x columns), as ArviZ computes it for unimodal distributions."""
+    if not 0 < hdi_prob < 1:
+        raise ModelError(f"hdi_prob must be between 0 and 1, got {hdi_prob!r}")
+    s = np.sort(flat, axis=0)
+    n = s.shape[0]
+    k = int(np.floor(hdi_prob * n))
+    if k >= n or k == 0:
+        return s[0], s[-1]
+    width = s[k:] - s[: n - k]
+    j = np.argmin(width, axis=0)
+    cols = np.arange(s.shape[1])
+    return s[j, cols], s[j + k, cols]
+
+
+def summarize(draws: xr.DataArray, hdi_prob: float = HDI_PROB, index: pd.Index | None = None) -> pd.DataFrame:
+    """mean, sd and the ``hdi_prob`` HDI of each ``obs`` of (chain, draw, obs) draws."""
+    flat = np.asarray(draws.transpose("chain", "draw", "obs").values, dtype=float)
+    flat = flat.reshape(-1, flat.shape[-1])
+    lo, hi = hdi(flat, hdi_prob)
+    lo_name, hi_name = hdi_columns(hdi_prob)
+    sd = flat.std(axis=0, ddof=1) if flat.shape[0] > 1 else np.full(flat.shape[1], np.nan)
+    return pd.DataFrame({"mean": flat.mean(axis=0), "sd": sd, lo_name: lo, hi_name: hi},
+                        index=index if index is not None else pd.RangeIndex(flat.shape[1], name="obs"))
+
+
+# -- new data -------------------------------------------------------------------------------
+
+@dataclass
+class NewDesign:
+    """The model's arrays for new rows (in the rows' own order)."""
+
+    X: np.ndarray  # (n, p)
+    Z: np.ndarray  # (n, r)
+    offset: np.ndarray  # (n,)
+    group: np.ndarray  # (n,) index of the fitted group, -1 for an unseen one (or no groups)
+    new_group: np.ndarray  # (n,) index among the unseen groups, -1 for a seen one
+    new_labels: list[str]  # the unseen groups, in order of first appearance
+    labels: list[str] | None  # every row's group key, when group effects are used
+    trials: np.ndarray | None  # binomial trials of the rows, when the new data give them
+    index: pd.Index
+
+
+def _rhs_variables(rhs: str) -> set[str]:
+    try:
+        return {v for v in model_description(rhs).var_names if v}
+    except Exception:  # pragma: no cover - the fitted formula parsed
+        return set()
+
+
+def _trials_name(response: str) -> str | None:
+    m = re.fullmatch(r"\s*p\((.*),(.*)\)\s*", response)
+    return m.group(2).strip() if m else None
+
+
+def _is_number(col: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
+
+def _conform(name: str, new: pd.Series, train: pd.Series) -> pd.Series:
+    """``new`` with the fitted column's type, or a clear error (unknown levels, wrong type)."""
+    if isinstance(train.dtype, pd.CategoricalDtype) or not (_is_number(train) or pd.api.types.is_bool_dtype(train)):
+        levels = list(train.cat.categories) if isinstance(train.dtype, pd.CategoricalDtype) else list(pd.unique(train))
+        by_key = {label_key(v): v for v in levels}
+        keys = new.map(label_key)
+        unknown = [k for k in pd.unique(keys) if k not in by_key]
+        if unknown:
+            shown = ", ".join(map(str, levels[:12])) + (", ..." if len(levels) > 12 else "")
+            raise ModelError(
+                f"column {name!r} of the new data has level {unknown[0]!r} not seen in fitting "
+                f"(levels: {shown}); predictions can use only the fitted levels")
+        values = keys.map(by_key)
+        if isinstance(train.dtype, pd.CategoricalDtype):
+            return pd.Series(pd.Categorical(values, categories=train.cat.categories, ordered=train.cat.ordered), index=new.index)
+        return values.astype(object)
+    if _is_number(train) and not _is_number(new):
+        if pd.api.types.is_bool_dtype(new):
+            return new.astype(float)
+        converted = pd.to_numeric(new, errors="coerce")
+        if converted.isna().any():
+            bad = new[converted.isna()].iloc[0]
+            raise ModelError(f"column {name!r} is numeric in the fitted data but the new data have {bad!r}")
+        return converted
+    return new
+
+
+def new_design(fit: Fit, newdata: Any, include_group_effects: bool = True, offset: Any = None,
+               trials: Any = None) -> NewDesign:
+    """Evaluate the fit's formula on ``newdata`` with the fitted transformations."""
+    data = read_data(newdata)
+    design = fit.design
+    if design is None:
+        raise ModelError("this fit has no stored training data, so new data cannot be transformed like the fitted data")
+    if data.shape[0] == 0:
+        raise ModelError("the new data have no rows")
+    spec = design.spec
+    fixed, varying = design.formulae_fixed, design.formulae_varying
+    needed = sorted(_rhs_variables(spec.fixed_rhs()) | _rhs_variables(spec.varying_rhs()))
+    group_col = spec.group
+    columns = needed + ([group_col] if include_group_effects and group_col not in needed else [])
+    missing = [c for c in columns if c not in data.columns]
+    if missing:
+        cols = ", ".join(map(str, data.columns[:12])) + (", ..." if data.shape[1] > 12 else "")
+        hint = " (or predict at the population level: include_group_effects=False, --no-group-effects)" if missing[0] == group_col else ""
+        raise ModelError(f"column {missing[0]!r} needed by the formula is not in the new data (columns are: {cols}){hint}")
+    used = data[columns]
+    bad = used.isna().any(axis=1).to_numpy().copy()
+    for name in columns:
+        if _is_number(used[name]):
+            bad |= ~np.isfinite(used[name].to_numpy(dtype=float, na_value=np.nan))
+    if bad.any():
+        cols = [c for c in columns if used[c].isna().any()]
+        raise ModelError(f"{int(bad.sum())} rows of the new data have missing or infinite values in "
+                         f"{', '.join(cols) or 'used columns'}; predictions need complete rows")
+    frame = design.frame
+    conformed = pd.DataFrame({c: _conform(c, data[c], frame[c]) for c in needed}, index=data.index)
+    n = data.shape[0]
+    try:
+        if fixed.common is not None:
+            fnew = fixed.common.evaluate_new_data(conformed)
+            F = np.asarray(fnew.design_matrix, dtype=float).reshape(n, -1)
+            fixed_names = _column_labels(fnew)
+        else:
+            F, fixed_names = np.empty((n, 0)), []
+        vnew = varying.common.evaluate_new_data(conformed)
+        X = np.asarray(vnew.design_matrix, dtype=float).reshape(n, -1)
+        varying_names = _column_labels(vnew)
+    except ModelError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot evaluate formula {spec.formula!r} on the new data: {detail}") from None
+    if varying_names != list(design.varying_terms):
+        raise ModelError(f"the new data give varying terms {varying_names}, not the fitted {list(design.varying_terms)}")
+    where = {name: i for i, name in enumerate(fixed_names)}
+    Z = F[:, [where[t] for t in design.fixed_terms]] if design.fixed_terms else np.empty((n, 0))
+    off = F[:, [i for i, name in enumerate(fixed_names) if name.startswith("offset(")]].sum(axis=1)
+    off = off + _external_offset(fit, data, offset)
+
+    group = np.full(n, -1, dtype=np.int64)
+    new_group = np.full(n, -1, dtype=np.int64)
+    new_labels: list[str] = []
+    labels = None
+    if include_group_effects:
+        fitted = {label_key(v): j for j, v in enumerate(fit.posterior["group"].values)}
+        labels = [label_key(v) for v in data[group_col].tolist()]
+        new_index: dict[str, int] = {}
+        for i, key in enumerate(labels):
+            j = fitted.get(key)
+            if j is not None:
+                group[i] = j
+            else:
+                new_group[i] = new_index.setdefault(key, len(new_index))
+        new_labels = list(new_index)
+    return NewDesign(X=X, Z=Z, offset=off, group=group, new_group=new_group, new_labels=new_labels,
+                     labels=labels, trials=_new_trials(fit, data, trials), index=data.index)
+
+
+def _external_offset(fit: Fit, data: pd.DataFrame, offset: Any) -> np.ndarray | float:
+    """The part of the offset that came from ``offset=`` at fit time, for the new rows."""
+    if offset is not None:
+        if isinstance(offset, str):
+            if offset not in data.columns:
+                raise ModelError(f"offset column {offset!r} is not in the new data")
+            values = pd.to_numeric(data[offset], errors="coerce").to_numpy(dtype=float)
+        else:
+            values = np.asarray(offset, dtype=float)
+            if values.shape not in ((), (data.shape[0],)):
+                raise ModelError(f"offset must be one number or one per new row ({data.shape[0]}), got shape {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ModelError("offset must be finite numbers, e.g. np.log(exposure)")
+        return values
+    if fit_uses_external_offset(fit):
+        raise ModelError("this model was fitted with an offset= argument (not an offset(...) term of the formula); "
+                         "pass offset= for the new rows (a column name or one value per row)")
+    return 0.0
+
+
+def fit_uses_external_offset(fit: Fit) -> bool:
+    """Whether the fitted offset differs from the formula's own ``offset(...)`` terms."""
+    cd = fit.idata.constant_data
+    stored = cd["offset"].values if "offset" in cd else np.zeros(1)
+    if not np.any(stored != 0):
+        return False
+    design = fit.design
+    if design.formulae_fixed.common is None:
+        return True
+    F = design.formulae_fixed.common.evaluate_new_data(design.frame)
+    names = _column_labels(F)
+    formula_off = np.asarray(F.design_matrix, dtype=float)[:, [i for i, s in enumerate(names) if s.startswith("offset(")]].sum(axis=1)
+    return not np.allclose(formula_off, stored)
+
+
+def _new_trials(fit: Fit, data: pd.DataFrame, trials: Any) -> np.ndarray | None:
+    if fit.family != "binomial":
+        return None
+    if trials is None:
+        name = _trials_name(fit.design.spec.response)
+        if name is None or name not in data.columns:
+            return None
+        trials = data[name]
+    values = np.broadcast_to(np.asarray(trials, dtype=float), (data.shape[0],)) if not isinstance(trials, str) else (
+        data[trials].to_numpy(dtype=float) if trials in data.columns else None)
+    if values is None:
+        raise ModelError(f"trials column {trials!r} is not in the new data")
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values != np.round(values)):
+        raise ModelError("trials must be non-negative integers")
+    return np.asarray(values, dtype=float)
+
+
+# -- predictions ----------------------------------------------------------------------------
+
+def _cholesky(Sigma: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.cholesky(Sigma)
+    except np.linalg.LinAlgError:  # a numerically singular draw: symmetric square root instead
+        w, v = np.linalg.eigh(Sigma)
+        return v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
+
+
+def new_group_effects(theta: np.ndarray, Sigma: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(chain, draw, k, p) effects of k unseen groups, beta = theta + chol(Sigma) u per draw."""
+    c, d, p = theta.shape
+    u = rng.standard_normal((c, d, k, p))
+    return theta[:, :, None, :] + np.einsum("cdkl,cdul->cduk", _cholesky(Sigma), u)
+
+
+def predict(fit: Fit, newdata: Any, kind: str = "mean", include_group_effects: bool = True, draws: int | None = None,
+            seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB, offset: Any = None,
+            trials: Any = None) -> xr.DataArray | pd.DataFrame:
+    """Posterior draws of predictions for the rows of ``newdata`` (see the module docstring).
+
+    Returns a DataArray (chain, draw, obs), ``obs`` the new rows in order (coordinates
+    ``row``: the data's index labels; ``group`` and ``new_group`` with group effects), or
+    with ``summary=True`` a DataFrame indexed like ``newdata`` with columns mean, sd and the
+    ``hdi_prob`` HDI. ``draws``: None for all draws, or this many evenly spaced per chain.
+    ``seed`` seeds the new-group effects and the response draws. ``offset``: for models
+    fitted with ``offset=``, the new rows' offset (column name or values). ``trials``:
+    binomial ``kind="response"``, the new rows' trials when the data lack the trials column.
+    """
+    if kind not in KINDS:
+        raise ModelError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    family = check_family(fit.family)
+    nd = new_design(fit, newdata, include_group_effects=include_group_effects, offset=offset, trials=trials)
+    if kind == "response" and family.name == "binomial" and nd.trials is None:
+        name = _trials_name(fit.design.spec.response)
+        raise ModelError(f"kind='response' of the binomial family needs the new rows' trials: a column {name!r} "
+                         "in the new data or trials=")
+    rng = make_rng(seed)
+    post = fit.posterior
+    idx = draw_positions(post.sizes["draw"], draws)
+    theta = post["theta"].values[:, idx]
+    n = nd.X.shape[0]
+    eta = np.broadcast_to(nd.offset, (theta.shape[0], idx.shape[0], n)).astype(float).copy()
+    if nd.Z.shape[1]:
+        eta += np.einsum("ir,cdr->cdi", nd.Z, post["alpha"].values[:, idx])
+    if not include_group_effects:
+        eta += np.einsum("ik,cdk->cdi", nd.X, theta)
+    else:
+        seen = nd.group >= 0
+        if seen.any():
+            beta = post["beta"].values[:, idx]
+            eta[..., seen] += np.einsum("ik,cdik->cdi", nd.X[seen], beta[:, :, nd.group[seen]])
+        if nd.new_labels:
+            unseen = ~seen
+            b_new = new_group_effects(theta, post["Sigma"].values[:, idx], len(nd.new_labels), rng)
+            eta[..., unseen] += np.einsum("ik,cdik->cdi", nd.X[unseen], b_new[:, :, nd.new_group[unseen]])
+    if kind == "linear":
+        values = eta
+    elif kind == "mean":
+        values = inverse_link(family, eta)
+    else:
+        sigma2 = post["sigma2"].values[:, idx] if family.is_gaussian else None
+        values = draw_response(family, eta, rng, sigma2=sigma2, trials=nd.trials)
+    coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(n)}
+    coords["row"] = ("obs", label_values(nd.index))
+    if nd.labels is not None:
+        coords["group"] = ("obs", np.asarray(nd.labels, dtype=str))
+        coords["new_group"] = ("obs", nd.group < 0)
+    out = xr.DataArray(values, dims=("chain", "draw", "obs"), coords=coords, name=kind,
+                       attrs={"kind": kind, "include_group_effects": int(include_group_effects), "family": family.name})
+    if summary:
+        return summarize(out, hdi_prob, index=nd.index)
+    return out
+
+
+def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, chunk: int = 100) -> xr.DataArray:
+    """Replicated responses y_rep (chain, draw, obs) for the observed rows, one per posterior
+    draw (``draws``: this many evenly spaced per chain), drawn from the family with the
+    draw's group effects; ``obs`` as in ``observed_data`` (rows sorted by group)."""
+    family = check_family(fit.family)
+    rng = make_rng(seed)
+    post = fit.posterior
+    idx = draw_positions(post.sizes["draw"], draws)
+    cd = fit.idata.constant_data
+    y = fit.idata.observed_data["y"].values
+    trials = cd["trials"].values if "trials" in cd else None
+    out = np.empty((post.sizes["chain"], idx.shape[0], y.shape[0]), dtype=float if family.is_gaussian else np.int64)
+    for start in range(0, idx.shape[0], chunk):
+        sel = idx[start:start + chunk]
+        eta = fit.linear_predictor(sel)
+        sigma2 = post["sigma2"].values[:, sel] if family.is_gaussian else None
+        out[:, start:start + sel.shape[0]] = draw_response(family, eta, rng, sigma2=sigma2, trials=trials)
+    return xr.DataArray(out, dims=("chain", "draw", "obs"), name="y",
+                        coords={"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(y.shape[0])})
+
+
+__all__ = ["KINDS", "predict", "posterior_predictive", "new_design", "summarize", "hdi", "make_rng"]
