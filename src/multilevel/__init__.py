@@ -22,6 +22,7 @@ _LAZY = {
     "load": "result",
     "Priors": "priors",
     "ModelError": "errors",
+    "NumericalError": "errors",
     "load_dataset": "datasets",
     "compare": "comparison",
 }

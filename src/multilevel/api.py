@@ -15,8 +15,8 @@ import numpy as np
 
 from . import __version__
 from .convert import OFFSET_COLUMN, dataset_to_frame, sampler_state_to_dataset, to_inference_data
-from .design import NaAction, build_design
-from .errors import ModelError
+from .design import NaAction, build_design, check_identifiable
+from .errors import ModelError, NumericalError
 from .families import CODES, check_family, family_response
 from .glmfit import glm_estimates
 from .formula import parse_formula
@@ -84,6 +84,7 @@ class Model:
         frame = read_data(data)
         design = build_design(spec, frame, na_action, offset=offset)
         design.y, design.trials = family_response(self.family, design.y, spec.response, design.response_kind, design.response_levels)
+        check_identifiable(design)
         if design.n_groups < 2:
             raise ModelError(
                 f"grouping factor {spec.group!r} has {design.n_groups} level; a multilevel model needs at least 2 groups"
@@ -178,6 +179,8 @@ class Model:
         """The :class:`Fit` of a run's draws, with the chains' state for resuming."""
         d = self.design
         if not result.draws:
+            if result.error:
+                raise NumericalError(result.error)
             raise ModelError("sampling stopped during warm-up: no draws to keep; run again")
         chains, n_draws = len(result.chains), result.n_draws
         store = log_likelihood if isinstance(log_likelihood, bool) else chains * n_draws * d.n_obs <= LOGLIK_STORE_LIMIT
@@ -203,6 +206,8 @@ class Model:
         fit.idata.add_groups(sampler_state=sampler_state_to_dataset(result.chains, result.warmup, result.target_draws))
         if store:
             fit.idata.add_groups(log_likelihood=fit.log_likelihood().to_dataset())
+        if result.error and not quiet:
+            raise NumericalError(f"{result.error}; the draws up to then are in the error's .fit", fit)
         if result.interrupted and not quiet:
             warnings.warn(f"sampling interrupted: the fit holds {n_draws} of {result.target_draws} draws per chain; "
                           "continue it with multilevel.resume (CLI: multilevel resume)", stacklevel=3)

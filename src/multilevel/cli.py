@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .errors import ModelError
+from .errors import ModelError, NumericalError
 
 DEMO_FORMULA = "mAch ~ ses + (ses | school)"
 
@@ -71,8 +71,14 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, propos
     if checkpoint is not None and out is None:
         raise ModelError("--checkpoint needs --out, the file the checkpoints go to")
     model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal)
-    fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=_progress(no_progress),
-                    checkpoint=checkpoint, checkpoint_path=out)
+    try:
+        fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
+                        progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out)
+    except NumericalError as exc:
+        if exc.fit is not None and out is not None:
+            exc.fit.save(out, overwrite=True)
+            click.echo(f"saved the draws before the failure to {out}", err=True)
+        raise
     _finish(fit, out, overwrite or checkpoint is not None)
 
 

@@ -108,14 +108,21 @@ def select_rows(data: pd.DataFrame, spec: FormulaSpec, na_action: NaAction) -> p
             bad |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
     n_bad = int(bad.sum())
     if n_bad:
-        cols = [v for v in spec.variables if used[v].isna().any()]
+        cols = [v for v in spec.variables if bad[used[v].isna().to_numpy()].any() or (
+            pd.api.types.is_numeric_dtype(used[v]) and not pd.api.types.is_bool_dtype(used[v])
+            and not np.all(np.isfinite(used[v].to_numpy(dtype=float, na_value=np.nan))))]
         if na_action == "raise":
             raise ModelError(
                 f"{n_bad} rows have missing or infinite values in {', '.join(cols) or 'used columns'}; "
                 "remove them or use na_action='drop'"
             )
-        warnings.warn(f"dropped {n_bad} rows with missing or infinite values in the formula's columns", stacklevel=3)
+        warnings.warn(f"dropped {n_bad} rows with missing or infinite values in {', '.join(cols)}", stacklevel=4)
+        before = pd.unique(used[spec.group].dropna())
         data = data.loc[~bad]
+        lost = [g for g in before if g not in set(pd.unique(data[spec.group]))]
+        if lost:
+            shown = ", ".join(map(str, lost[:5])) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+            warnings.warn(f"{len(lost)} groups of {spec.group!r} had no rows left and are dropped: {shown}", stacklevel=4)
     if data.shape[0] == 0:
         raise ModelError("no rows left after dropping missing values")
     return data
@@ -133,6 +140,43 @@ def _offset_argument(offset: Any, data: pd.DataFrame) -> np.ndarray:
     if values.dtype.kind not in "biuf" or not np.all(np.isfinite(values.astype(float))):
         raise ModelError("offset must be finite numbers, e.g. offset=np.log(exposure)")
     return values.astype(float)
+
+
+def check_identifiable(design: "Design") -> None:
+    """Refuse a rank-deficient fixed design, naming the collinear columns; warn about varying
+    terms the groups cannot identify."""
+    M = np.hstack([design.X[:, design.theta_free], design.Z])
+    names = [t for t, f in zip(design.varying_terms, design.theta_free) if f] + list(design.fixed_terms)
+    if M.shape[1]:
+        scale = np.sqrt(np.mean(M * M, axis=0))
+        scale[scale == 0] = 1.0
+        _, sv, vt = np.linalg.svd(M / scale, full_matrices=False)
+        tol = max(M.shape) * np.finfo(float).eps * sv[0] * 1e3
+        if sv[-1] <= tol:
+            null = np.abs(vt[-1])
+            involved = [names[i] for i in np.flatnonzero(null > 1e-6 * null.max())]
+            raise ModelError(
+                f"the fixed-effects design is rank deficient: columns {', '.join(involved)} are collinear; "
+                "drop or combine one of them"
+            )
+    p = design.X.shape[1]
+    for k, term in enumerate(design.varying_terms):
+        if term == INTERCEPT:
+            continue
+        col = design.X[:, k]
+        spread = np.maximum.reduceat(col, design.starts[:-1]) - np.minimum.reduceat(col, design.starts[:-1])
+        if not np.any(spread > 1e-12 * (np.abs(col).max() or 1.0)):
+            warnings.warn(
+                f"varying term {term!r} is constant within every group of {design.spec.group!r}: its group-specific "
+                "effects are identified by the prior alone; consider removing it from the group-specific part",
+                stacklevel=4,
+            )
+    if np.max(design.group_sizes) <= p and p > 1:
+        warnings.warn(
+            f"no group has more rows than the {p} varying terms: the group-specific effects are identified mostly "
+            "by the prior; consider fewer varying terms",
+            stacklevel=4,
+        )
 
 
 def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None) -> Design:
@@ -196,4 +240,4 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     )
 
 
-__all__ = ["Design", "build_design", "select_rows", "INTERCEPT"]
+__all__ = ["Design", "build_design", "check_identifiable", "select_rows", "INTERCEPT"]

@@ -5,6 +5,7 @@ Small pure functions; each takes its randomness from an explicit ``numpy.random.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -13,36 +14,42 @@ from .errors import ModelError
 from .linalg import inverse_wishart_from_bartlett, mvn_precision_batch
 
 
-def cholesky(P: np.ndarray, what: str) -> np.ndarray:
-    """Lower Cholesky factor of the symmetric positive definite matrices ``P`` (..., p, p).
-
-    Raises :class:`FloatingPointError` naming ``what`` when a matrix is not positive
-    definite, so the caller can say which parameter failed.
-    """
-    try:
-        return np.linalg.cholesky(P)
-    except np.linalg.LinAlgError:
-        raise FloatingPointError(f"the precision matrix of {what} is not positive definite") from None
-
-
 def mvn_from_precision(P: np.ndarray, b: np.ndarray, z: np.ndarray, what: str = "beta") -> np.ndarray:
     """Draw x ~ MVN(P^-1 b, P^-1) for a batch, given standard normals ``z``.
 
     With P = L L' (Cholesky), x = L'^-1 (L^-1 b + z): mean P^-1 b and covariance
     L'^-1 L^-1 = P^-1. Shapes: P (m, p, p) or (p, p); b and z (m, p) or (p,).
-    ``P`` is consumed (overwritten). Raises :class:`FloatingPointError` naming ``what``
-    and the group when a precision matrix is not positive definite.
+    ``P`` is not modified. A precision matrix that is not positive definite is retried
+    with a small diagonal jitter and a warning (see ``JITTERS``); past that,
+    :class:`FloatingPointError` names ``what`` and the group.
     """
     single = b.ndim == 1
     P3 = np.ascontiguousarray(P, dtype=float).reshape(-1, b.shape[-1], b.shape[-1])
     b2 = np.ascontiguousarray(b, dtype=float).reshape(P3.shape[0], -1)
     z2 = np.ascontiguousarray(z, dtype=float).reshape(P3.shape[0], -1)
     out = np.empty_like(b2)
-    failed = mvn_precision_batch(P3, b2, z2, out)
+    failed = mvn_precision_batch(P3.copy(), b2, z2, out)
     if failed >= 0:
-        where = "" if single else f" in group {failed}"
-        raise FloatingPointError(f"the precision matrix of {what}{where} is not positive definite")
+        out = _with_jitter(P3, b2, z2, failed, what, single)
     return out[0] if single else out
+
+
+#: relative jitters tried, in turn, on a precision matrix that is not positive definite
+JITTERS = (1e-10, 1e-8, 1e-6)
+
+
+def _with_jitter(P: np.ndarray, b: np.ndarray, z: np.ndarray, failed: int, what: str, single: bool) -> np.ndarray:
+    """Retry the draw with P + jitter * mean(diag P) * I, warning once; give up past 1e-6."""
+    where = "" if single else f" in group {failed}"
+    scale = np.abs(np.diagonal(P, axis1=1, axis2=2)).mean(axis=1)[:, None, None]
+    eye = np.eye(P.shape[-1])
+    for jitter in JITTERS:
+        out = np.empty_like(b)
+        if mvn_precision_batch(P + jitter * scale * eye, b, z, out) < 0 and np.all(np.isfinite(out)):
+            warnings.warn(f"the precision matrix of {what}{where} was not positive definite; drew with a relative "
+                          f"jitter of {jitter:g} on its diagonal", RuntimeWarning, stacklevel=3)
+            return out
+    raise FloatingPointError(f"the precision matrix of {what}{where} is not positive definite, even with jitter")
 
 
 @lru_cache(maxsize=32)

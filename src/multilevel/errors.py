@@ -9,3 +9,15 @@ class ModelError(ValueError):
     The message names the column, term or argument at fault and says what to do.
     The command line prints it as one line on stderr and exits with status 2.
     """
+
+
+class NumericalError(FloatingPointError):
+    """Sampling met a numerical failure it could not recover from.
+
+    The message says which parameter (and group) failed. ``fit`` holds the draws made up to
+    the last completed block before the failure (or None), so nothing drawn is lost.
+    """
+
+    def __init__(self, message: str, fit: object = None):
+        super().__init__(message)
+        self.fit = fit

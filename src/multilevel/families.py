@@ -87,9 +87,9 @@ def family_response(family: Family, raw: np.ndarray, name: str, kind: str, level
     if raw.dtype.kind == "b":
         raw = raw.astype(float)
     y = _numeric(raw, name, family.name)
+    if y.size > 1 and np.ptp(y) == 0:
+        raise ModelError(f"response {name!r} is constant ({y[0]:g}); there is nothing to model")
     if family.name == "gaussian":
-        if y.size > 1 and np.ptp(y) == 0:
-            raise ModelError(f"response {name!r} is constant ({y[0]:g}); there is nothing to model")
         return y, ones
     if family.name == "poisson":
         return _counts(y, name, "count response"), ones

@@ -83,8 +83,12 @@ def plot_pairs(fit: Fit, var_names: list[str] | None = None, max_points: int = 1
     if n > max_points:
         keep = draw_positions(data.posterior.sizes["draw"], max(1, max_points // data.posterior.sizes["chain"]))
         data = az.convert_to_inference_data(data.posterior.isel(draw=keep))
-    kwargs.setdefault("scatter_kwargs", {"alpha": 0.3, "s": 4})
+    n_vars = len(data.posterior.data_vars)
+    side = min(2.2 * n_vars + 1.0, 16.0)
+    kwargs.setdefault("scatter_kwargs", {"alpha": 0.4, "s": 6, "color": MODEL})
     kwargs.setdefault("marginals", True)
+    kwargs.setdefault("figsize", (side, side))
+    kwargs.setdefault("textsize", 9)
     axes = az.plot_pair(data, show=False, **kwargs)
     fig = _figure_of(axes)
     fig.suptitle(f"Pairs: {fit.formula}")

@@ -177,7 +177,7 @@ def _conform(name: str, new: pd.Series, train: pd.Series) -> pd.Series:
         keys = new.map(label_key)
         unknown = [k for k in pd.unique(keys) if k not in by_key]
         if unknown:
-            shown = ", ".join(map(str, levels[:12])) + (", ..." if len(levels) > 12 else "")
+            shown = ", ".join(sorted(map(str, levels))[:12]) + (", ..." if len(levels) > 12 else "")
             raise ModelError(
                 f"column {name!r} of the new data has level {unknown[0]!r} not seen in fitting "
                 f"(levels: {shown}); predictions can use only the fitted levels")

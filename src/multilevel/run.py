@@ -60,6 +60,7 @@ class ChainDraws:
     warmup: int = 0
     target_draws: int = 0
     interrupted: bool = False
+    error: str | None = None
 
     @property
     def n_draws(self) -> int:
@@ -67,7 +68,7 @@ class ChainDraws:
 
     @property
     def complete(self) -> bool:
-        return not self.interrupted and self.n_draws >= self.target_draws
+        return not self.interrupted and self.error is None and self.n_draws >= self.target_draws
 
 
 def chain_rngs(seed: int | None, chains: int) -> tuple[int, list[np.random.Generator]]:
@@ -118,7 +119,21 @@ def advance(kernel: Kernel, chain: ChainState, warmup: int, n: int, report: Call
                 raise Stopped
     if report is not None and n > done:
         report(n - done)
+    check_finite(state)
     return kept, ChainState(state, rng, start + n)
+
+
+def check_finite(state: Any) -> None:
+    """Raise FloatingPointError naming the parameter (and group) if the state holds NaN or inf,
+    so that no non-finite draw is ever kept."""
+    for name in getattr(state, "_fields", ()):
+        value = np.asarray(getattr(state, name))
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            where = ""
+            if value.ndim >= 1:
+                bad = np.argwhere(~np.isfinite(value))[0]
+                where = f" (group {bad[0]})" if name == "beta" else f" (entry {tuple(int(b) for b in bad)})"
+            raise FloatingPointError(f"{name}{where} became non-finite")
 
 
 # -- worker processes -------------------------------------------------------------------
@@ -221,6 +236,9 @@ class _Blocks:
             self.stop.set()
             wait(futures, timeout=5)
             raise
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        if failed:
+            raise failed[0]
         results = [f.result() for f in futures]
         if any(r is None for r in results):
             raise KeyboardInterrupt
@@ -267,6 +285,7 @@ def run_chains(
     size = block_size(total, checkpoint)
     bar = _progress_bar(chains * total, chains * done, progress)
     interrupted = False
+    error = None
     start = time.perf_counter()
 
     def result() -> ChainDraws:
@@ -275,7 +294,7 @@ def run_chains(
             draws_now = {k: np.stack([np.concatenate([p[k] for p in chain_pieces]) for chain_pieces in pieces])
                          for k in pieces[0][0]}
         return ChainDraws(draws_now, entropy, elapsed_before + time.perf_counter() - start, list(states), warmup,
-                          draws, interrupted)
+                          draws, interrupted, error)
 
     blocks = _Blocks(kernel, cores, bar)
     try:
@@ -291,6 +310,8 @@ def run_chains(
                 on_checkpoint(result())
     except KeyboardInterrupt:
         interrupted = True
+    except FloatingPointError as exc:
+        error = f"numerical failure after {done} sweeps: {exc}"
     finally:
         blocks.close()
         if bar is not None:
