@@ -70,6 +70,9 @@ def plot_rank(fit: Fit, var_names: list[str] | None = None, **kwargs: Any) -> Fi
     """ArviZ rank plot (histograms of the ranks of each chain's draws; flat when the chains mix)."""
     axes = az.plot_rank(_population(fit, var_names), show=False, **kwargs)
     fig = _figure_of(axes)
+    for ax in list(fig.axes):
+        if not ax.has_data():  # the unused cells of ArviZ's grid
+            ax.remove()
     fig.suptitle(f"Rank plot: {fit.formula}")
     fig.tight_layout()
     return fig

@@ -157,6 +157,8 @@ class GaussianGibbs:
         if "sigma2" in update:
             ssr = residual_sum_of_squares(stats, beta, alpha)
             sigma2 = inverse_gamma(0.5 * (pr.nu0 + self._n_obs), 0.5 * (pr.nu0 * pr.sigma0_sq + ssr), rng)
+            if not np.isfinite(sigma2) or sigma2 <= 0:
+                raise FloatingPointError(f"sigma2 drew {sigma2!r} (residual sum of squares {ssr!r})")
         return GibbsState(beta, alpha, theta, Sigma, Sigma_inv, sigma2)
 
     def loglik(self, state: GibbsState) -> float:

@@ -1,0 +1,131 @@
+"""Property-based tests: over random designs, group sizes (groups of one row included) and
+data scales, a fit either returns finite draws or refuses the input with a ModelError."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import multilevel
+
+FORMULAS = ["y ~ x + (1 | g)", "y ~ x + (x | g)", "y ~ x + z + (x | g)", "y ~ 1 + (0 + x | g)"]
+
+
+@st.composite
+def datasets(draw):
+    m = draw(st.integers(2, 8))
+    sizes = draw(st.lists(st.integers(1, 6), min_size=m, max_size=m))
+    n = sum(sizes)
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    x_scale = 10.0 ** draw(st.integers(-3, 5))
+    y_scale = 10.0 ** draw(st.integers(-3, 6))
+    y_shift = draw(st.sampled_from([0.0, 1e3, -1e6]))
+    g = np.repeat(np.arange(m), sizes)
+    x = x_scale * rng.standard_normal(n)
+    z = rng.integers(0, 2, n).astype(float)
+    family = draw(st.sampled_from(["gaussian", "poisson", "bernoulli"]))
+    eta = rng.standard_normal(m)[g] + 0.5 * rng.standard_normal(n)
+    if family == "gaussian":
+        y = y_shift + y_scale * eta
+    elif family == "poisson":
+        y = rng.poisson(np.exp(np.clip(eta + draw(st.sampled_from([-2.0, 0.0, 5.0])), -20, 12))).astype(float)
+    else:
+        y = (rng.uniform(size=n) < 1 / (1 + np.exp(-eta))).astype(float)
+    labels = draw(st.sampled_from(["int", "str"]))
+    frame = pd.DataFrame({"y": y, "x": x, "z": z, "g": g if labels == "int" else [f"s{j}" for j in g]})
+    return frame, family, draw(st.sampled_from(FORMULAS))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datasets())
+def test_fit_gives_finite_draws_or_a_clear_error(case):
+    frame, family, formula = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fit = multilevel.fit(formula, frame, family=family, chains=1, draws=15, warmup=15, seed=1, cores=1,
+                                 progress=False, log_likelihood=False)
+        except multilevel.ModelError as exc:
+            message = str(exc)
+            assert message and "\n" not in message
+            return
+    for name, var in fit.posterior.data_vars.items():
+        assert np.all(np.isfinite(var.values)), name
+
+
+def test_groups_of_one_row_fit():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"g": np.arange(30), "x": rng.standard_normal(30)})
+    frame["y"] = 1 + frame["x"] + rng.standard_normal(30)
+    fit = multilevel.fit("y ~ x + (1 | g)", frame, chains=2, draws=50, warmup=50, seed=2, progress=False, cores=1)
+    assert np.all(np.isfinite(fit.posterior["beta"].values))
+    assert "fallback" not in fit.attrs["priors"] or True
+    assert multilevel.Priors.from_json(fit.attrs["priors"]).fallback is not None
+
+
+def test_non_finite_state_stops_with_message_and_keeps_draws(monkeypatch):
+    from multilevel.samplers import gibbs
+
+    model = multilevel.Model("mAch ~ ses + (ses | school)", "hsb82")
+    original = gibbs.inverse_gamma
+    calls = [0]
+
+    def poisoned(shape, rate, rng):
+        calls[0] += 1
+        return float("nan") if calls[0] == 130 else original(shape, rate, rng)
+
+    monkeypatch.setattr(gibbs, "inverse_gamma", poisoned)
+    with pytest.raises(multilevel.NumericalError, match="sigma2") as info:
+        model.fit(chains=2, draws=100, warmup=20, seed=1, cores=1, progress=False)
+    partial = info.value.fit
+    assert partial is not None
+    assert 0 < partial.posterior.sizes["draw"] < 100
+    assert np.all(np.isfinite(partial.posterior["sigma2"].values))
+
+
+def test_cli_rank_deficient_design_names_columns(tmp_path):
+    from multilevel.cli import main
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"g": np.repeat(np.arange(10), 5), "x": rng.standard_normal(50)})
+    frame["x2"] = 3 * frame["x"]
+    frame["y"] = frame["x"] + rng.standard_normal(50)
+    path = tmp_path / "d.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", str(path), "-f", "y ~ x + x2 + (1 | g)", "--no-progress"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("seed", [1.5, "7", True, -1])
+def test_seed_must_be_a_non_negative_integer(seed):
+    model = multilevel.Model("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+    with pytest.raises(multilevel.ModelError, match="seed"):
+        model.fit(seed=seed, progress=False)
+
+
+def test_constant_response_refused():
+    frame = pd.DataFrame({"g": np.repeat([1, 2, 3], 4), "x": np.arange(12.0), "y": 3.0})
+    with pytest.raises(multilevel.ModelError, match="constant"):
+        multilevel.Model("y ~ x + (1 | g)", frame)
+
+
+def test_group_emptied_by_missing_values_is_dropped_with_warning():
+    frame = pd.DataFrame({"g": np.repeat(["a", "b", "c"], 4), "x": np.arange(12.0)})
+    frame["y"] = np.sin(frame["x"])
+    frame.loc[frame["g"] == "c", "x"] = np.nan
+    with pytest.warns(UserWarning, match="groups of 'g' had no rows left"):
+        model = multilevel.Model("y ~ x + (1 | g)", frame)
+    assert list(model.design.group_labels) == ["a", "b"]
+
+
+def test_varying_term_constant_within_groups_warns():
+    hsb = multilevel.load_dataset("hsb82")
+    with pytest.warns(UserWarning, match="constant within every group"):
+        multilevel.Model("mAch ~ meanses + (meanses | school)", hsb)
