@@ -24,7 +24,10 @@ from .io import read_data
 from .priors import Priors, resolve_priors
 from .result import Fit, check_writable, load
 from .run import ChainDraws, run_chains
+from .samplers.collapsed import CollapsedGibbs
 from .samplers.gibbs import GaussianGibbs
+
+GAUSSIAN_SAMPLERS = ("collapsed", "centred")
 from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis
 from .suffstats import gaussian_stats
 
@@ -63,6 +66,9 @@ class Model:
         (e.g. ``np.log(exposure)``); ``offset(...)`` in the formula does the same.
     proposal : GLMs: ``"laplace"`` (default, per-group Fisher-information proposals) or
         ``"textbook"`` (the specification's MVN(beta_j, delta Sigma)).
+    sampler : Gaussian: ``"collapsed"`` (default: also moves Sigma, theta and alpha with
+        the group effects integrated out, :mod:`multilevel.samplers.collapsed`) or
+        ``"centred"`` (the specification's Gibbs sampler, :mod:`multilevel.samplers.gibbs`).
     """
 
     def __init__(
@@ -74,8 +80,11 @@ class Model:
         na_action: NaAction = "drop",
         offset: Any = None,
         proposal: str = "laplace",
+        sampler: str = "collapsed",
     ):
         self.family = check_family(family)
+        if sampler not in GAUSSIAN_SAMPLERS:
+            raise ModelError(f"sampler must be one of {', '.join(GAUSSIAN_SAMPLERS)}, not {sampler!r}")
         if proposal not in PROPOSALS:
             raise ModelError(f"proposal must be one of {', '.join(PROPOSALS)}, not {proposal!r}")
         if offset is not None and self.family.is_gaussian:
@@ -92,10 +101,12 @@ class Model:
         self.spec = spec
         self.design = design
         self.proposal = proposal
+        self.sampler_name = sampler
         if self.family.is_gaussian:
             self.stats, self.estimates = gaussian_stats(design)
             self.priors = resolve_priors(priors, design, self.estimates, self.family)
-            self.kernel = GaussianGibbs(self.stats, self.priors, design.theta_free)
+            kernel = CollapsedGibbs if sampler == "collapsed" else GaussianGibbs
+            self.kernel = kernel(self.stats, self.priors, design.theta_free)
         else:
             self.estimates = glm_estimates(design, self.family)
             self.priors = resolve_priors(priors, design, self.estimates, self.family)
@@ -107,7 +118,9 @@ class Model:
 
     @property
     def sampler(self) -> str:
-        return "gibbs" if self.family.is_gaussian else f"metropolis-within-gibbs ({self.proposal} proposal)"
+        if self.family.is_gaussian:
+            return "collapsed gibbs" if self.sampler_name == "collapsed" else "centred gibbs"
+        return f"metropolis-within-gibbs ({self.proposal} proposal)"
 
     def fit(
         self,
@@ -191,6 +204,7 @@ class Model:
             "multilevel_version": __version__,
             "sampler": self.sampler,
             "proposal": self.proposal,
+            "sampler_name": self.sampler_name,
             "seed": result.seed_entropy,
             "warmup": result.warmup,
             "target_draws": result.target_draws,
@@ -221,7 +235,7 @@ def model_of(fit: Fit) -> Model:
     offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
     priors = replace(Priors.from_json(attrs["priors"]), fallback=None)
     return Model(attrs["formula"], frame, family=attrs["family"], priors=priors, na_action="raise", offset=offset,
-                 proposal=str(attrs.get("proposal", "laplace")))
+                 proposal=str(attrs.get("proposal", "laplace")), sampler=str(attrs.get("sampler_name", "collapsed")))
 
 
 def resume(fit: Fit | str | os.PathLike, draws: int | None = None, **kwargs: Any) -> Fit:
@@ -246,8 +260,10 @@ def fit(
     offset: Any = None,
     proposal: str = "laplace",
     posterior_predictive: bool = False,
+    sampler: str = "collapsed",
 ) -> Fit:
     """Fit a hierarchical model: ``Model(formula, data, family, priors, ...).fit(...)``."""
-    model = Model(formula, data, family=family, priors=priors, na_action=na_action, offset=offset, proposal=proposal)
+    model = Model(formula, data, family=family, priors=priors, na_action=na_action, offset=offset, proposal=proposal,
+                  sampler=sampler)
     return model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=progress,
                      log_likelihood=log_likelihood, posterior_predictive=posterior_predictive)

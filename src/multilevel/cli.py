@@ -47,6 +47,8 @@ def cli() -> None:
 @click.option("--offset", default=None, help="GLMs: column added to the linear predictor, e.g. a log exposure.")
 @click.option("--proposal", type=click.Choice(["laplace", "textbook"]), default="laplace", show_default=True,
               help="GLMs: Metropolis proposal for the group effects.")
+@click.option("--sampler", type=click.Choice(["collapsed", "centred"]), default="collapsed", show_default=True,
+              help="Gaussian: collapsed moves of Sigma, theta and alpha (default) or the plain centred Gibbs sampler.")
 @click.option("--chains", default=4, show_default=True, type=int, help="Number of chains.")
 @click.option("--draws", default=1000, show_default=True, type=int, help="Kept draws per chain.")
 @click.option("--warmup", default=1000, show_default=True, type=int, help="Warm-up sweeps per chain, discarded.")
@@ -59,7 +61,7 @@ def cli() -> None:
 @click.option("--na-action", type=click.Choice(["drop", "raise"]), default="drop", show_default=True,
               help="Rows with missing values in used columns: drop them with a warning, or refuse.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def fit_command(data: str, formula: str, family: str, offset: str | None, proposal: str, chains: int, draws: int, warmup: int, seed: int | None,
+def fit_command(data: str, formula: str, family: str, offset: str | None, proposal: str, sampler: str, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
                 no_progress: bool) -> None:
     """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp)."""
@@ -70,7 +72,7 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, propos
         check_writable(Path(out), overwrite)
     if checkpoint is not None and out is None:
         raise ModelError("--checkpoint needs --out, the file the checkpoints go to")
-    model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal)
+    model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal, sampler=sampler)
     try:
         fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
                         progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out)
@@ -205,6 +207,9 @@ def _save_figure(fig: Any, out: Path, overwrite: bool, dpi: int = 120) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, format=fmt, dpi=dpi)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, out)
     finally:
         plt.close(fig)

@@ -35,11 +35,12 @@ POSTERIOR_DIMS: dict[str, list[str]] = {
 }
 #: sample_stats: ``loglik`` the total log-likelihood of the draw (for GLMs up to the
 #: constants log y! and log binomial(n, y)); ``accept_beta`` (group) and ``accept_alpha``
-#: whether each Metropolis proposal of the draw's sweep was accepted (GLMs).
+#: whether each Metropolis proposal of the draw's sweep was accepted (GLMs); ``accept_Sigma``
+#: the share of the collapsed Gaussian sampler's Sigma steps accepted in the draw's sweep.
 #: the training-data column that holds an ``offset=`` argument (not a formula term)
 OFFSET_COLUMN = "(offset argument)"
 
-SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": []}
+SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_Sigma": []}
 
 
 def label_values(labels: pd.Index) -> np.ndarray:

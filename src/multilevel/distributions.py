@@ -6,7 +6,6 @@ Small pure functions; each takes its randomness from an explicit ``numpy.random.
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
 
 import numpy as np
 
@@ -52,21 +51,11 @@ def _with_jitter(P: np.ndarray, b: np.ndarray, z: np.ndarray, failed: int, what:
     raise FloatingPointError(f"the precision matrix of {what}{where} is not positive definite, even with jitter")
 
 
-@lru_cache(maxsize=32)
-def _strict_lower(p: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.tril_indices(p, -1)
-
-
-def bartlett_factor(df: float, p: int, rng: np.random.Generator) -> np.ndarray:
-    """Lower-triangular A of the Bartlett decomposition of a Wishart(df, I_p) draw, W = A A'.
-
-    A_ii = sqrt(chi2(df - i)) for i = 0..p-1, A_ik ~ N(0, 1) below the diagonal.
-    """
-    A = np.diag(np.sqrt(rng.chisquare(df - np.arange(p))))
-    rows, cols = _strict_lower(p)
-    if rows.shape[0]:
-        A[rows, cols] = rng.standard_normal(rows.shape[0])
-    return A
+def bartlett_factor(df: float, p: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The random parts of the Bartlett decomposition of a Wishart(df, I_p) draw W = A A':
+    chi2(df - k) for the squared diagonal A_kk, k = 0..p-1, and N(0, 1) for the strictly
+    lower entries (row-major)."""
+    return rng.chisquare(df - np.arange(p)), rng.standard_normal(p * (p - 1) // 2)
 
 
 def inverse_wishart(df: float, scale: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +66,8 @@ def inverse_wishart(df: float, scale: np.ndarray, rng: np.random.Generator) -> t
     Sigma = (U A'^-1)(U A'^-1)'. In the specification's notation this is
     inverse-Wishart(eta, S^-1) with eta = df and S = scale.
     """
-    A = bartlett_factor(df, scale.shape[0], rng)
-    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(np.ascontiguousarray(scale, dtype=float), A)
+    chisq, normals = bartlett_factor(df, scale.shape[0], rng)
+    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(np.ascontiguousarray(scale, dtype=float), chisq, normals)
     if not ok:
         raise FloatingPointError("the inverse-Wishart scale matrix of Sigma is not positive definite")
     return Sigma, Sigma_inv

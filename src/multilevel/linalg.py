@@ -63,13 +63,22 @@ def mvn_precision_batch(P: np.ndarray, b: np.ndarray, z: np.ndarray, out: np.nda
 
 
 @njit(cache=True, nogil=True)
-def inverse_wishart_from_bartlett(scale: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(Sigma, Sigma^-1) from the Bartlett factor A of a Wishart(df, I) draw.
+def inverse_wishart_from_bartlett(scale: np.ndarray, chisq: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(Sigma, Sigma^-1) from the Bartlett decomposition of a Wishart(df, I) draw, W = A A':
+    A lower triangular, A_kk = sqrt(chisq_k) (chisq_k ~ chi2(df - k)), the strictly lower
+    entries the ``normals`` (row-major).
 
     With scale = U U', Sigma^-1 = K K' for K = U'^-1 A and Sigma = T T' for T = U A'^-1.
     The flag is False when ``scale`` is not positive definite.
     """
     p = scale.shape[0]
+    A = np.zeros((p, p))
+    idx = 0
+    for a in range(p):
+        A[a, a] = np.sqrt(chisq[a])
+        for b in range(a):
+            A[a, b] = normals[idx]
+            idx += 1
     U = scale.copy()
     ok = _cholesky_inplace(U)
     for r in range(p):
@@ -119,3 +128,217 @@ def solve_spd_batch(P: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, int]:
                     t -= L[i, k] * X[j, i, c]
                 X[j, k, c] = t / L[k, k]
     return X, -1
+
+
+@njit(cache=True, nogil=True)
+def spd_inverse_logdet(P: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Inverses and log-determinants of symmetric positive definite P (m, p, p).
+
+    Returns (P^-1 (m, p, p), log det P (m,), -1), or the index of the first matrix that is
+    not positive definite in place of -1.
+    """
+    m, p, _ = P.shape
+    inv = np.zeros((m, p, p))
+    logdet = np.zeros(m)
+    L = np.empty((p, p))
+    Linv = np.empty((p, p))
+    for j in range(m):
+        L[:, :] = P[j]
+        if not _cholesky_inplace(L):
+            return inv, logdet, j
+        s = 0.0
+        for k in range(p):
+            s += np.log(L[k, k])
+        logdet[j] = 2.0 * s
+        for c in range(p):  # Linv = L^-1, lower triangular
+            for k in range(p):
+                if k < c:
+                    Linv[k, c] = 0.0
+                    continue
+                t = 1.0 if k == c else 0.0
+                for i in range(c, k):
+                    t -= L[k, i] * Linv[i, c]
+                Linv[k, c] = t / L[k, k]
+        for a in range(p):  # P^-1 = Linv' Linv
+            for b in range(a + 1):
+                t = 0.0
+                for k in range(a, p):
+                    t += Linv[k, a] * Linv[k, b]
+                inv[j, a, b] = t
+                inv[j, b, a] = t
+    return inv, logdet, -1
+
+
+@njit(cache=True, nogil=True)
+def _lower_inverse(A: np.ndarray) -> np.ndarray:
+    p = A.shape[0]
+    out = np.zeros((p, p))
+    for c in range(p):
+        for k in range(c, p):
+            t = 1.0 if k == c else 0.0
+            for i in range(c, k):
+                t -= A[k, i] * out[i, c]
+            out[k, c] = t / A[k, k]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _sigma_log_target(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarray, sigma2: float, S0: np.ndarray,
+                      eta0: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Log density of Sigma = R C C' R' at coordinates v = (log C_kk, C_kl) (row-major lower
+    triangle): collapsed Gaussian likelihood sum_j [-log det Sigma - log det P_j
+    + U_j' P_j^-1 U_j / sigma2^2] / 2 with P_j = Sigma^-1 + X_j'X_j / sigma2, the
+    inverse-Wishart(eta0, S0) prior and the Jacobian sum_k (p - k + 1) log C_kk."""
+    p = R.shape[0]
+    C = np.zeros((p, p))
+    idx = 0
+    log_jac = 0.0
+    for a in range(p):
+        for b in range(a + 1):
+            if a == b:
+                C[a, a] = np.exp(v[idx])
+                log_jac += (p - a + 1) * v[idx]
+            else:
+                C[a, b] = v[idx]
+            idx += 1
+    RC = R @ C
+    logdet = 0.0
+    for k in range(p):
+        logdet += 2.0 * np.log(abs(RC[k, k]))
+    RCinv = _lower_inverse(RC)
+    Sigma = RC @ RC.T
+    Sigma_inv = RCinv.T @ RCinv
+    m = U.shape[0]
+    L = np.empty((p, p))
+    w = np.empty(p)
+    total = 0.0
+    for j in range(m):
+        for a in range(p):
+            for b in range(p):
+                L[a, b] = Sigma_inv[a, b] + XtX[j, a, b] / sigma2
+        if not _cholesky_inplace(L):
+            return -np.inf, Sigma, Sigma_inv
+        ld = 0.0
+        for k in range(p):
+            ld += 2.0 * np.log(L[k, k])
+            t = U[j, k]
+            for i in range(k):
+                t -= L[k, i] * w[i]
+            w[k] = t / L[k, k]
+        quad = 0.0
+        for k in range(p):
+            quad += w[k] * w[k]
+        total += -0.5 * (logdet + ld) + 0.5 * quad / (sigma2 * sigma2)
+    trace = 0.0
+    for a in range(p):
+        for b in range(p):
+            trace += S0[a, b] * Sigma_inv[a, b]
+    return total - 0.5 * (eta0 + p + 1) * logdet - 0.5 * trace + log_jac, Sigma, Sigma_inv
+
+
+@njit(cache=True, nogil=True)
+def sigma_coordinates(Sigma: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Coordinates v = (log C_kk, C_kl), row-major lower triangle, of C = R^-1 chol(Sigma)."""
+    p = Sigma.shape[0]
+    L = Sigma.copy()
+    _cholesky_inplace(L)
+    for a in range(p):
+        for b in range(a + 1, p):
+            L[a, b] = 0.0
+    C = _lower_inverse(R) @ L
+    v = np.empty(p * (p + 1) // 2)
+    idx = 0
+    for a in range(p):
+        for b in range(a + 1):
+            v[idx] = np.log(C[a, a]) if a == b else C[a, b]
+            idx += 1
+    return v
+
+
+@njit(cache=True, nogil=True)
+def sigma_metropolis(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarray, sigma2: float, S0: np.ndarray,
+                     eta0: float, step: float, normals: np.ndarray, log_u: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Random-walk Metropolis steps on the Sigma coordinates v (see :func:`_sigma_log_target`),
+    one per row of ``normals``; returns (Sigma, Sigma^-1, number accepted)."""
+    current, Sigma, Sigma_inv = _sigma_log_target(v, R, U, XtX, sigma2, S0, eta0)
+    accepted = 0
+    for s in range(normals.shape[0]):
+        proposal = v + step * normals[s]
+        value, S_new, Si_new = _sigma_log_target(proposal, R, U, XtX, sigma2, S0, eta0)
+        if log_u[s] < value - current:
+            v, current, Sigma, Sigma_inv = proposal, value, S_new, Si_new
+            accepted += 1
+    return Sigma, Sigma_inv, accepted
+
+
+@njit(cache=True, nogil=True)
+def collapsed_information(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, Sigma_inv: np.ndarray, sigma2: float
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Sums over groups of X'V^-1X, X'V^-1y, X'V^-1Z, Z'V^-1Z and Z'V^-1y for
+    V_j = sigma2 I + X_j Sigma X_j', through P_j = Sigma^-1 + X_j'X_j / sigma2:
+
+        X'V^-1X = Sigma^-1 - Sigma^-1 P^-1 Sigma^-1       X'V^-1y = Sigma^-1 P^-1 X'y / sigma2
+        X'V^-1Z = Sigma^-1 P^-1 X'Z / sigma2
+        Z'V^-1Z = -(X'Z)' P^-1 (X'Z) / sigma2^2 (+ Z'Z / sigma2, added by the caller)
+        Z'V^-1y = -(X'Z)' P^-1 X'y / sigma2^2 (+ Z'y / sigma2, added by the caller)
+
+    The last int is -1, or the first group whose P_j is not positive definite.
+    """
+    m, p, _ = XtX.shape
+    r = XtZ.shape[2]
+    XVX = np.zeros((p, p))
+    XVy = np.zeros(p)
+    XVZ = np.zeros((p, r))
+    ZVZ = np.zeros((r, r))
+    ZVy = np.zeros(r)
+    L = np.empty((p, p))
+    B = np.empty((p, 1 + r + p))  # right-hand sides: X'y, X'Z, Sigma^-1
+    for j in range(m):
+        for a in range(p):
+            for b in range(p):
+                L[a, b] = Sigma_inv[a, b] + XtX[j, a, b] / sigma2
+        if not _cholesky_inplace(L):
+            return XVX, XVy, XVZ, ZVZ, ZVy, j
+        for a in range(p):
+            B[a, 0] = Xty[j, a]
+            for c in range(r):
+                B[a, 1 + c] = XtZ[j, a, c]
+            for c in range(p):
+                B[a, 1 + r + c] = Sigma_inv[a, c]
+        for c in range(1 + r + p):  # B <- P^-1 B
+            for k in range(p):
+                t = B[k, c]
+                for i in range(k):
+                    t -= L[k, i] * B[i, c]
+                B[k, c] = t / L[k, k]
+            for k in range(p - 1, -1, -1):
+                t = B[k, c]
+                for i in range(k + 1, p):
+                    t -= L[i, k] * B[i, c]
+                B[k, c] = t / L[k, k]
+        for a in range(p):  # Sigma^-1 (P^-1 rhs); P^-1 Sigma^-1 is symmetric in the product below
+            for c in range(p):
+                s = 0.0
+                for k in range(p):
+                    s += Sigma_inv[a, k] * B[k, 1 + r + c]
+                XVX[a, c] += Sigma_inv[a, c] - s
+            s = 0.0
+            for k in range(p):
+                s += Sigma_inv[a, k] * B[k, 0]
+            XVy[a] += s / sigma2
+            for c in range(r):
+                s = 0.0
+                for k in range(p):
+                    s += Sigma_inv[a, k] * B[k, 1 + c]
+                XVZ[a, c] += s / sigma2
+        for c in range(r):
+            s = 0.0
+            for k in range(p):
+                s += XtZ[j, k, c] * B[k, 0]
+            ZVy[c] -= s / (sigma2 * sigma2)
+            for d in range(r):
+                s = 0.0
+                for k in range(p):
+                    s += XtZ[j, k, c] * B[k, 1 + d]
+                ZVZ[c, d] -= s / (sigma2 * sigma2)
+    return XVX, XVy, XVZ, ZVZ, ZVy, -1

@@ -251,6 +251,7 @@ def _replicates(fit: Fit, n: int, seed: Any) -> np.ndarray:
         rep = _flat(fit.idata.posterior_predictive["y"])
         keep = np.unique(np.linspace(0, rep.shape[0] - 1, min(n, rep.shape[0])).round().astype(int))
         return rep[keep]
+    n = max(2, min(n, 20_000_000 // max(fit.idata.observed_data["y"].size, 1)))  # memory: replicates x rows
     chains = fit.posterior.sizes["chain"]
     per_chain = max(1, min(fit.posterior.sizes["draw"], -(-n // chains)))
     return _flat(posterior_predictive(fit, seed=seed, draws=per_chain))

@@ -369,14 +369,17 @@ def predict(fit: Fit, newdata: Any, kind: str = "mean", include_group_effects: b
     if not include_group_effects:
         eta += np.einsum("ik,cdk->cdi", nd.X, theta)
     else:
-        seen = nd.group >= 0
-        if seen.any():
+        # term by term, so that temporaries stay the size of the output (chain, draw, rows)
+        seen = np.flatnonzero(nd.group >= 0)
+        if seen.size:
             beta = post["beta"].values[:, idx]
-            eta[..., seen] += np.einsum("ik,cdik->cdi", nd.X[seen], beta[:, :, nd.group[seen]])
+            for k in range(nd.X.shape[1]):
+                eta[..., seen] += nd.X[seen, k] * beta[:, :, nd.group[seen], k]
         if nd.new_labels:
-            unseen = ~seen
+            unseen = np.flatnonzero(nd.group < 0)
             b_new = new_group_effects(theta, post["Sigma"].values[:, idx], len(nd.new_labels), rng)
-            eta[..., unseen] += np.einsum("ik,cdik->cdi", nd.X[unseen], b_new[:, :, nd.new_group[unseen]])
+            for k in range(nd.X.shape[1]):
+                eta[..., unseen] += nd.X[unseen, k] * b_new[:, :, nd.new_group[unseen], k]
     if kind == "linear":
         values = eta
     elif kind == "mean":
@@ -408,6 +411,9 @@ def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, c
     y = fit.idata.observed_data["y"].values
     trials = cd["trials"].values if "trials" in cd else None
     out = np.empty((post.sizes["chain"], idx.shape[0], y.shape[0]), dtype=float if family.is_gaussian else np.int64)
+    # Fit.linear_predictor gathers (chain, draws, rows, terms): keep that under ~200 MB
+    per_draw = post.sizes["chain"] * y.shape[0] * max(post.sizes.get("term", 1), 1)
+    chunk = max(1, min(chunk, 25_000_000 // max(per_draw, 1)))
     for start in range(0, idx.shape[0], chunk):
         sel = idx[start:start + chunk]
         eta = fit.linear_predictor(sel)

@@ -1,0 +1,1 @@
+"""Benchmark suite of ``multilevel``: ``python benchmarks/run.py --out docs/benchmarks.md`` (``make bench``)."""
