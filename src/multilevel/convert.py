@@ -40,7 +40,7 @@ POSTERIOR_DIMS: dict[str, list[str]] = {
 #: the training-data column that holds an ``offset=`` argument (not a formula term)
 OFFSET_COLUMN = "(offset argument)"
 
-SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_Sigma": []}
+SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_theta": [], "accept_Sigma": []}
 
 
 def label_values(labels: pd.Index) -> np.ndarray:

@@ -342,3 +342,27 @@ def collapsed_information(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, Sig
                     s += XtZ[j, k, c] * B[k, 1 + d]
                 ZVZ[c, d] -= s / (sigma2 * sigma2)
     return XVX, XVy, XVZ, ZVZ, ZVy, -1
+
+
+@njit(cache=True, nogil=True)
+def sigma_from_coordinates(v: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Inverse of :func:`sigma_coordinates`: (L = R C, Sigma = L L', Sigma^-1, log det Sigma,
+    log Jacobian sum_k (p - k + 1) log C_kk of the coordinates)."""
+    p = R.shape[0]
+    C = np.zeros((p, p))
+    idx = 0
+    log_jac = 0.0
+    for a in range(p):
+        for b in range(a + 1):
+            if a == b:
+                C[a, a] = np.exp(v[idx])
+                log_jac += (p - a + 1) * v[idx]
+            else:
+                C[a, b] = v[idx]
+            idx += 1
+    L = R @ C
+    logdet = 0.0
+    for k in range(p):
+        logdet += 2.0 * np.log(abs(L[k, k]))
+    Linv = _lower_inverse(L)
+    return L, L @ L.T, Linv.T @ Linv, logdet, log_jac

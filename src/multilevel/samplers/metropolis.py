@@ -15,7 +15,18 @@ canonical link, beta_j ~ MVN(theta, Sigma). One sweep:
   freely instead of being held by the beta_j. delta ~ MVN(0, s_a^2 C), C the inverse of
   A0^-1 plus alpha's information with the beta_j integrated out,
   sum_j (K_j - G_j' (Sigma^-1 + H_j)^-1 G_j), K_j = Z_j'W_jZ_j;
-* theta | beta, Sigma and Sigma | beta, theta: the Gibbs draws of the linear model.
+* theta | beta, Sigma and Sigma | beta, theta: the Gibbs draws of the linear model, with
+  theta interwoven (Yu and Meng 2011): after its centred Gibbs draw, theta moves once more
+  in the non-centred parametrisation gamma_j = beta_j - theta held fixed, i.e.
+  theta* = theta + delta and beta*_j = beta_j + delta for every group (free components),
+  a Metropolis step whose ratio is the likelihood ratio times theta's prior ratio
+  (beta_j's prior given theta is unchanged); delta ~ MVN(0, s_t^2 (Lambda0^-1 + sum_j H_j)^-1),
+  s_t adapted in warm-up. The centred draw moves theta well when groups are
+  informative, the non-centred move when they are not. Sigma likewise: after its centred
+  inverse-Wishart draw, one Metropolis step in the non-centred parametrisation
+  beta_j = theta + L eta_j (Sigma = L L') with the eta_j held fixed: a random walk on
+  Sigma's coordinates Sigma = R C C' R' (log C_kk, C_kl; R fixed after warm-up), ratio =
+  likelihood ratio x prior ratio of Sigma x Jacobian of the coordinates.
 
 Proposals for beta_j:
 
@@ -39,7 +50,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..glmlik import group_information, group_loglik, group_loglik_grad
-from ..linalg import mvn_precision_batch, solve_spd_batch
+from ..linalg import mvn_precision_batch, sigma_coordinates, sigma_from_coordinates, solve_spd_batch
 from ..priors import Priors
 from .gibbs import draw_Sigma, draw_theta
 
@@ -70,6 +81,12 @@ class GLMState(NamedTuple):
     info: np.ndarray  # (m, p + r, p + r) Fisher information of (beta_j, alpha) per group, frozen after warm-up
     log_scale_alpha: float
     alpha_chol: np.ndarray  # (r, r) Cholesky factor of C, the alpha proposal's covariance
+    log_scale_theta: float
+    theta_chol: np.ndarray  # (q, q) Cholesky factor of the non-centred theta proposal's covariance
+    accept_theta: bool
+    R: np.ndarray  # (p, p) reference factor of the non-centred Sigma move's coordinates
+    log_step_Sigma: float
+    accept_Sigma: bool
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,59 @@ class GLMMetropolis:
         except np.linalg.LinAlgError:
             return self._alpha_chol0
 
+    def theta_proposal_chol(self, info: np.ndarray) -> np.ndarray:
+        """Cholesky factor of (Lambda0^-1 + sum_j [H_j]_ff)^-1, the non-centred theta proposal."""
+        free = self.theta_free
+        p = free.shape[0]
+        H = info[:, :p, :p].sum(axis=0)[np.ix_(free, free)]
+        try:
+            return np.linalg.cholesky(np.linalg.inv(self._theta_prec + H))
+        except np.linalg.LinAlgError:
+            return np.linalg.cholesky(self.priors.Lambda0) if free.any() else np.zeros((0, 0))
+
+    def update_theta_noncentred(self, state: GLMState, beta: np.ndarray, theta: np.ndarray, ll: np.ndarray,
+                                grad: np.ndarray, rng: np.random.Generator):
+        """The non-centred theta move of the module docstring; returns (theta, beta, ll, grad, accepted)."""
+        free = self.theta_free
+        q = int(free.sum())
+        if not q:
+            return theta, beta, ll, grad, False
+        shift = np.zeros(free.shape[0])
+        shift[free] = np.exp(state.log_scale_theta) * (state.theta_chol @ rng.standard_normal(q))
+        theta_new, beta_new = theta + shift, beta + shift
+        ll_new, grad_new = self.loglik_grad(beta_new, state.alpha)
+
+        def log_prior(t: np.ndarray) -> float:
+            d = t[free] - self.priors.mu0
+            return -0.5 * float(d @ self._theta_prec @ d)
+
+        log_ratio = float(ll_new.sum() - ll.sum()) + log_prior(theta_new) - log_prior(theta)
+        if np.log(rng.uniform()) < log_ratio:
+            return theta_new, beta_new, ll_new, grad_new, True
+        return theta, beta, ll, grad, False
+
+    def log_prior_Sigma(self, Sigma_inv: np.ndarray, logdet: float) -> float:
+        """log inverse-Wishart(eta0, S0) density of Sigma, up to a constant."""
+        p = Sigma_inv.shape[0]
+        return -0.5 * (self.priors.eta0 + p + 1) * logdet - 0.5 * float(np.sum(self.priors.S0 * Sigma_inv))
+
+    def update_Sigma_noncentred(self, state: GLMState, beta: np.ndarray, theta: np.ndarray, Sigma: np.ndarray,
+                                Sigma_inv: np.ndarray, ll: np.ndarray, grad: np.ndarray, rng: np.random.Generator):
+        """The non-centred Sigma move; returns (Sigma, Sigma_inv, beta, ll, grad, accepted)."""
+        R = state.R
+        v = sigma_coordinates(Sigma, R)
+        L, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
+        eta = np.linalg.solve(L, (beta - theta).T)  # (p, m): the eta_j held fixed
+        proposal = v + np.exp(state.log_step_Sigma) * rng.standard_normal(v.shape[0])
+        L_new, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
+        beta_new = theta + (L_new @ eta).T
+        ll_new, grad_new = self.loglik_grad(beta_new, state.alpha)
+        log_ratio = (float(ll_new.sum() - ll.sum()) + self.log_prior_Sigma(Si_new, logdet_new) + log_jac_new
+                     - self.log_prior_Sigma(Sigma_inv, logdet) - log_jac)
+        if np.log(rng.uniform()) < log_ratio:
+            return S_new, Si_new, beta_new, ll_new, grad_new, True
+        return Sigma, Sigma_inv, beta, ll, grad, False
+
     def init(self, rng: np.random.Generator) -> GLMState:
         """Start near the per-group fits (jittered), theta and alpha from their priors' means
         plus noise, Sigma at its prior scale."""
@@ -175,7 +245,10 @@ class GLMMetropolis:
         init_scale = np.log(1.0) if self.proposal == "laplace" else np.log(0.5)
         return GLMState(beta, alpha, theta, Sigma, Sigma_inv, *self.loglik_grad(beta, alpha),
                         np.zeros(m, dtype=bool), False, np.full(n_scale, init_scale), info,
-                        float(np.log(2.38 / np.sqrt(max(r, 1)))), self.alpha_proposal_chol(info, Sigma_inv))
+                        float(np.log(2.38 / np.sqrt(max(r, 1)))), self.alpha_proposal_chol(info, Sigma_inv),
+                        float(np.log(2.38 / np.sqrt(max(int(self.theta_free.sum()), 1)))),
+                        self.theta_proposal_chol(info), False, np.linalg.cholesky(Sigma),
+                        float(np.log(0.5 / np.sqrt(p * (p + 1) / 2))), False)
 
     def update_beta(self, state: GLMState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All groups' Metropolis(-Hastings) steps at once; returns (beta, ll, grad, accepted)."""
@@ -245,9 +318,13 @@ class GLMMetropolis:
         beta, ll, grad, accept = self.update_beta(state, rng)
         alpha, beta, theta, ll, grad, accept_alpha = self.update_alpha(state, beta, ll, grad, rng)
         theta = draw_theta(self.theta_free, self._theta_prec, self._theta_shift, beta, state.Sigma_inv, rng)
+        theta, beta, ll, grad, accept_theta = self.update_theta_noncentred(state, beta, theta, ll, grad, rng)
         Sigma, Sigma_inv = draw_Sigma(self.priors.eta0, self.priors.S0, beta, theta, rng)
+        Sigma, Sigma_inv, beta, ll, grad, accept_Sigma = self.update_Sigma_noncentred(
+            state, beta, theta, Sigma, Sigma_inv, ll, grad, rng)
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
-                              accept_beta=accept, accept_alpha=accept_alpha)
+                              accept_beta=accept, accept_alpha=accept_alpha, accept_theta=accept_theta,
+                              accept_Sigma=accept_Sigma)
 
     def warmup_step(self, state: GLMState, rng: np.random.Generator, i: int, n_warmup: int) -> GLMState:
         """A sweep, then adaptation: log-scales move towards the target acceptance rate with
@@ -263,13 +340,20 @@ class GLMMetropolis:
             log_scale = state.log_scale + gain * (state.accept_beta.mean() - target)
         r = state.alpha.shape[0]
         log_scale_alpha = state.log_scale_alpha + (gain * (float(state.accept_alpha) - target_acceptance(r)) if r else 0.0)
-        info, alpha_chol = state.info, state.alpha_chol
+        q = int(self.theta_free.sum())
+        log_scale_theta = state.log_scale_theta + (gain * (float(state.accept_theta) - target_acceptance(q)) if q else 0.0)
+        log_step_Sigma = state.log_step_Sigma + gain * (float(state.accept_Sigma) - target_acceptance(p * (p + 1) // 2))
+        info, alpha_chol, theta_chol, R = state.info, state.alpha_chol, state.theta_chol, state.R
         if i + 1 in (max(n_warmup // 4, 1), max(n_warmup // 2, 1)):
             info = self.information(state.beta, state.alpha)
             alpha_chol = self.alpha_proposal_chol(info, state.Sigma_inv)
+            theta_chol = self.theta_proposal_chol(info)
+            R = np.linalg.cholesky(state.Sigma)
         return state._replace(log_scale=np.clip(log_scale, -10.0, 5.0),
                               log_scale_alpha=float(np.clip(log_scale_alpha, -10.0, 5.0)),
-                              info=info, alpha_chol=alpha_chol)
+                              log_scale_theta=float(np.clip(log_scale_theta, -10.0, 5.0)),
+                              log_step_Sigma=float(np.clip(log_step_Sigma, -10.0, 3.0)),
+                              info=info, alpha_chol=alpha_chol, theta_chol=theta_chol, R=R)
 
     def record(self, state: GLMState) -> dict[str, np.ndarray]:
         return {
@@ -279,5 +363,7 @@ class GLMMetropolis:
             "alpha": state.alpha,
             "accept_beta": state.accept_beta,
             "accept_alpha": np.bool_(state.accept_alpha),
+            "accept_theta": np.bool_(state.accept_theta),
+            "accept_Sigma": np.bool_(state.accept_Sigma),
             "loglik": np.float64(state.ll.sum()),
         }
