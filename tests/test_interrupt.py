@@ -39,6 +39,12 @@ class InterruptAt:
             raise KeyboardInterrupt
         return self.kernel.step(state, rng)
 
+    def warmup_step(self, state, rng, i, n_warmup):
+        self.counter[0] += 1
+        if self.counter[0] == self.calls:
+            raise KeyboardInterrupt
+        return self.kernel.warmup_step(state, rng, i, n_warmup)
+
     def record(self, state):
         return self.kernel.record(state)
 
