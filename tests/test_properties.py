@@ -70,7 +70,7 @@ def test_groups_of_one_row_fit():
 
 
 def test_non_finite_state_stops_with_message_and_keeps_draws(monkeypatch):
-    from multilevel.samplers import gibbs
+    from multilevel.samplers import collapsed, gibbs
 
     model = multilevel.Model("mAch ~ ses + (ses | school)", "hsb82")
     original = gibbs.inverse_gamma
@@ -81,6 +81,7 @@ def test_non_finite_state_stops_with_message_and_keeps_draws(monkeypatch):
         return float("nan") if calls[0] == 130 else original(shape, rate, rng)
 
     monkeypatch.setattr(gibbs, "inverse_gamma", poisoned)
+    monkeypatch.setattr(collapsed, "inverse_gamma", poisoned)
     with pytest.raises(multilevel.NumericalError, match="sigma2") as info:
         model.fit(chains=2, draws=100, warmup=20, seed=1, cores=1, progress=False)
     partial = info.value.fit
