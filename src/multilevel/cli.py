@@ -1,4 +1,4 @@
-"""The ``multilevel`` command line: fit, summary, demo.
+"""The ``multilevel`` command line: fit, summary, resume, predict, plot, demo.
 
 Bad input gives a one-line message on stderr and exit status 2, never a traceback.
 """
@@ -75,7 +75,8 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, propos
     model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal, sampler=sampler)
     try:
         fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
-                        progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out)
+                        progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out,
+                        log_likelihood="auto" if out is not None else False)
     except NumericalError as exc:
         if exc.fit is not None and out is not None:
             exc.fit.save(out, overwrite=True)
@@ -153,7 +154,7 @@ def demo_command(seed: int, plots_dir: str, no_progress: bool) -> None:
     folder = _plots_folder(Path(plots_dir))
     click.echo(f"Fitting {DEMO_FORMULA} to hsb82 (7185 students in 160 schools)\n", err=True)
     model = Model(DEMO_FORMULA, "hsb82")
-    fit = model.fit(seed=seed, progress=_progress(no_progress))
+    fit = model.fit(seed=seed, progress=_progress(no_progress), log_likelihood=False)
     _print_fit(fit)
     for kind in DEMO_PLOTS:
         _save_figure(fit.plot(kind), folder / f"{kind}.png", overwrite=True)

@@ -42,8 +42,16 @@ class Fit:
             from .design import build_design
             from .formula import parse_formula
 
+            from .convert import OFFSET_COLUMN
+            from .families import family_response
+
             frame = dataset_to_frame(self.idata.training_data)
-            self._design = build_design(parse_formula(self.formula), frame, na_action="raise")
+            offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
+            spec = parse_formula(self.formula)
+            design = build_design(spec, frame, na_action="raise", offset=offset)
+            design.y, design.trials = family_response(check_family(self.family), design.y, spec.response,
+                                                      design.response_kind, design.response_levels)
+            self._design = design
         return self._design
 
     # -- attributes ---------------------------------------------------------------
@@ -219,16 +227,18 @@ class Fit:
         cd = self.idata.constant_data
         X, Z, g = cd["X"].values, cd["Z"].values, cd["group_index"].values
         beta = self.posterior["beta"].values[:, draws]
-        eta = np.einsum("ik,cdik->cdi", X, beta[:, :, g, :])
+        eta = np.zeros((beta.shape[0], beta.shape[1], X.shape[0]))
+        for k in range(X.shape[1]):  # one term at a time: temporaries (chain, draw, obs), never x terms
+            eta += X[:, k] * beta[:, :, g, k]
         if "offset" in cd:
             eta += cd["offset"].values
         if Z.shape[1]:
             eta += np.einsum("ir,cdr->cdi", Z, self.posterior["alpha"].values[:, draws])
         return eta
 
-    def log_likelihood(self, chunk: int = 100) -> xr.DataArray:
+    def log_likelihood(self, chunk: int | None = None) -> xr.DataArray:
         """Pointwise log-likelihood (chain, draw, obs): stored, or computed from the draws in
-        chunks of ``chunk`` draws so that temporaries stay small."""
+        chunks of ``chunk`` draws (default: about 2e7 values a chunk) so temporaries stay small."""
         if "log_likelihood" in self.idata.groups():
             return self.idata.log_likelihood["y"]
         y = self.idata.observed_data["y"].values
@@ -237,6 +247,7 @@ class Fit:
         family = check_family(self.family)
         n_chain, n_draw = self.posterior.sizes["chain"], self.posterior.sizes["draw"]
         out = np.empty((n_chain, n_draw, y.shape[0]))
+        chunk = chunk or max(1, int(2e7 // (n_chain * max(y.shape[0], 1))))
         sigma2 = self.posterior["sigma2"].values if family.is_gaussian else None
         for start in range(0, n_draw, chunk):
             sl = slice(start, min(start + chunk, n_draw))
