@@ -22,9 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## Long validation: full simulation-based calibration runs.
+## Long validation: full simulation-based calibration runs, rendered to docs/validation.md.
 validate: $(STAMP)
-	$(BIN)/python -m pytest -q -m validate -p no:cacheprovider
+	rm -rf .sbc-results
+	MULTILEVEL_SBC_OUT=.sbc-results $(BIN)/python -m pytest -q -m validate -p no:cacheprovider; \
+	status=$$?; $(BIN)/python validation/render.py .sbc-results docs/validation.md || status=1; exit $$status
 
 ## Benchmarks; results go to docs/benchmarks.md.
 bench: $(STAMP)

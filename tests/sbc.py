@@ -9,7 +9,11 @@ parameter, Bonferroni-corrected over the parameters.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -94,6 +98,27 @@ class SBCResult:
 
 
 def collect(rank_dicts: list[dict[str, int]], L: int, bins: int, alpha: float = 0.01) -> SBCResult:
-    """Assemble the per-replication rank dicts into an :class:`SBCResult`."""
+    """Assemble the per-replication rank dicts into an :class:`SBCResult`.
+
+    With the environment variable ``MULTILEVEL_SBC_OUT`` set (``make validate`` sets it),
+    the result is also written there as JSON, named after the running test, for
+    ``validation/render.py`` to turn into docs/validation.md.
+    """
     names = list(rank_dicts[0])
-    return SBCResult(names, np.array([[d[n] for n in names] for d in rank_dicts]), L, bins, alpha)
+    result = SBCResult(names, np.array([[d[n] for n in names] for d in rank_dicts]), L, bins, alpha)
+    save(result)
+    return result
+
+
+def save(result: SBCResult) -> None:
+    out = os.environ.get("MULTILEVEL_SBC_OUT")
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    if not out or not test:
+        return
+    name = test.split("::")[-1]
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"test": test, "names": result.names, "ranks": result.ranks.tolist(), "L": result.L,
+              "bins": result.bins, "alpha": result.alpha, "pvalues": result.pvalues.tolist(),
+              "threshold": result.threshold, "rejected": result.rejected}
+    (folder / f"{re.sub(r'[^A-Za-z0-9_.+-]+', '_', name)}.json").write_text(json.dumps(record))
