@@ -190,24 +190,7 @@ def _sigma_log_target(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarr
     + U_j' P_j^-1 U_j / sigma2^2] / 2 with P_j = Sigma^-1 + X_j'X_j / sigma2, the
     inverse-Wishart(eta0, S0) prior and the Jacobian sum_k (p - k + 1) log C_kk."""
     p = R.shape[0]
-    C = np.zeros((p, p))
-    idx = 0
-    log_jac = 0.0
-    for a in range(p):
-        for b in range(a + 1):
-            if a == b:
-                C[a, a] = np.exp(v[idx])
-                log_jac += (p - a + 1) * v[idx]
-            else:
-                C[a, b] = v[idx]
-            idx += 1
-    RC = R @ C
-    logdet = 0.0
-    for k in range(p):
-        logdet += 2.0 * np.log(abs(RC[k, k]))
-    RCinv = _lower_inverse(RC)
-    Sigma = RC @ RC.T
-    Sigma_inv = RCinv.T @ RCinv
+    _, Sigma, Sigma_inv, logdet, log_jac = sigma_from_coordinates(v, R)
     m = U.shape[0]
     L = np.empty((p, p))
     w = np.empty(p)

@@ -36,7 +36,7 @@ from ..distributions import inverse_gamma, mvn_from_precision
 from ..linalg import collapsed_information, sigma_coordinates, sigma_metropolis
 from ..priors import Priors
 from ..suffstats import GaussianStats, residual_sum_of_squares
-from .gibbs import GibbsState, draw_beta, draw_Sigma
+from .gibbs import GibbsState, draw_beta, draw_Sigma, initial_values
 
 SIGMA_TARGET = 0.3
 
@@ -128,18 +128,11 @@ class CollapsedGibbs:
 
     # -- the kernel -----------------------------------------------------------------
     def init(self, rng: np.random.Generator) -> CollapsedState:
-        pr = self.priors
-        p = pr.S0.shape[0]
-        theta = np.zeros(p)
-        if pr.mu0.shape[0]:
-            theta[self.theta_free] = rng.multivariate_normal(pr.mu0, pr.Lambda0)
-        alpha = rng.multivariate_normal(pr.alpha_mean, pr.alpha_cov) if pr.alpha_mean.shape[0] else np.zeros(0)
-        denom = pr.eta0 - p - 1
-        Sigma = pr.S0 / denom if denom > 0 else pr.S0.copy()
-        m = self.stats.n.shape[0]
+        theta, alpha, Sigma, sigma2 = initial_values(self.priors, self.theta_free, rng)
+        p, m = Sigma.shape[0], self.stats.n.shape[0]
         return CollapsedState(
             beta=np.tile(theta, (m, 1)), alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=np.linalg.inv(Sigma),
-            sigma2=float(pr.sigma0_sq * np.exp(0.5 * rng.standard_normal())), R=np.linalg.cholesky(Sigma),
+            sigma2=sigma2, R=np.linalg.cholesky(Sigma),
             log_step=float(np.log(1.0 / np.sqrt(p * (p + 1) / 2))), Sigma_sum=np.zeros((p, p)), n_sum=0,
             accept_Sigma=0.0,
         )

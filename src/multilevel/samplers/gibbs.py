@@ -86,6 +86,19 @@ def draw_Sigma(
     return inverse_wishart(eta0 + beta.shape[0], S0 + dev.T @ dev, rng)
 
 
+def initial_values(priors: Priors, theta_free: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A dispersed start: theta and alpha from their priors, Sigma = S0 / (eta0 - p - 1) (its
+    prior mean; S0 when that is not defined), sigma2 = sigma0_sq times a log-normal factor."""
+    p = priors.S0.shape[0]
+    theta = np.zeros(p)
+    if priors.mu0.shape[0]:
+        theta[theta_free] = rng.multivariate_normal(priors.mu0, priors.Lambda0)
+    alpha = rng.multivariate_normal(priors.alpha_mean, priors.alpha_cov) if priors.alpha_mean.shape[0] else np.zeros(0)
+    denom = priors.eta0 - p - 1
+    Sigma = priors.S0 / denom if denom > 0 else priors.S0.copy()
+    return theta, alpha, Sigma, float(priors.sigma0_sq * np.exp(0.5 * rng.standard_normal()))
+
+
 @dataclass(frozen=True)
 class GaussianGibbs:
     """The Gaussian model's Gibbs kernel: constants fixed at construction, ``step`` pure.
@@ -119,16 +132,8 @@ class GaussianGibbs:
         """A dispersed starting point: theta and alpha from their priors, Sigma = S0 / (eta0 - p - 1)
         (or S0 when that is not defined), sigma2 = sigma0_sq scaled by a log-normal factor;
         beta_j start at theta and are drawn first in each sweep."""
-        pr = self.priors
-        p = pr.S0.shape[0]
-        theta = np.zeros(p)
-        if pr.mu0.shape[0]:
-            theta[self.theta_free] = rng.multivariate_normal(pr.mu0, pr.Lambda0)
-        alpha = rng.multivariate_normal(pr.alpha_mean, pr.alpha_cov) if pr.alpha_mean.shape[0] else np.zeros(0)
-        denom = pr.eta0 - p - 1
-        Sigma = pr.S0 / denom if denom > 0 else pr.S0.copy()
+        theta, alpha, Sigma, sigma2 = initial_values(self.priors, self.theta_free, rng)
         m = self.stats.n.shape[0]
-        sigma2 = float(pr.sigma0_sq * np.exp(0.5 * rng.standard_normal()))
         given = dict(self.start or {})
         theta = np.asarray(given.get("theta", theta), dtype=float)
         Sigma = np.asarray(given.get("Sigma", Sigma), dtype=float)
