@@ -1,0 +1,102 @@
+"""Issue 5, point 1: each kind of bad input gets one clear line (ModelError in Python; exit
+status 2 and no traceback from the command line) naming what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel
+from multilevel.cli import main
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return info.value.code, err
+
+
+def small_frame(n_groups=6, per=5, seed=0):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), per)
+    x = rng.standard_normal(g.size)
+    return pd.DataFrame({"g": g, "x": x, "y": 1 + x + rng.standard_normal(g.size),
+                         "count": rng.poisson(2, g.size), "flag": rng.integers(0, 2, g.size),
+                         "word": np.where(rng.uniform(size=g.size) < 0.5, "yes", "no")})
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name,content,fragment", [
+    ("empty.csv", "", "empty"),
+    ("data.xlsx", "a,b\n1,2\n", "unsupported data format"),
+    ("bad.csv", 'y,x,g\n1,2,3\n"unterminated,4,5\n', "cannot parse"),
+])
+def test_unusable_data_files(tmp_path, capsys, name, content, fragment):
+    path = write(tmp_path, name, content)
+    code, err = run_cli(["fit", path, "-f", "y ~ x + (1 | g)", "--no-progress"], capsys)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_data_path_is_a_directory(tmp_path, capsys):
+    code, err = run_cli(["fit", tmp_path, "-f", "y ~ x + (1 | g)"], capsys)
+    assert code == 2 and "directory" in err
+
+
+@pytest.mark.parametrize("formula,family,fragment", [
+    ("word ~ x + (1 | g)", "gaussian", "numeric"),
+    ("x ~ 1 + (1 | g)", "poisson", "negative|non-integer"),
+    ("y ~ x + (1 | g)", "bernoulli", "not binary"),
+    ("count ~ x + (1 | g)", "nosuch", "unknown family"),
+])
+def test_bad_responses_name_the_problem(formula, family, fragment):
+    with pytest.raises(multilevel.ModelError, match=fragment):
+        multilevel.Model(formula, small_frame(), family=family)
+
+
+def test_negative_counts_refused():
+    frame = small_frame()
+    frame.loc[0, "count"] = -1
+    with pytest.raises(multilevel.ModelError, match="negative"):
+        multilevel.Model("count ~ x + (1 | g)", frame, family="poisson")
+
+
+def test_successes_above_trials_refused():
+    frame = small_frame()
+    frame["trials"] = frame["count"] - 1
+    frame.loc[frame["trials"] < 1, "trials"] = 1
+    with pytest.raises(multilevel.ModelError, match="exceed trials|greater than .trials."):
+        multilevel.Model("p(count, trials) ~ x + (1 | g)", frame, family="binomial")
+
+
+def test_fewer_than_two_groups_refused():
+    frame = small_frame(n_groups=1)
+    with pytest.raises(multilevel.ModelError, match="at least 2 groups"):
+        multilevel.Model("y ~ x + (1 | g)", frame)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"chains": 0}, "chains"), ({"chains": 1.5}, "chains"), ({"draws": -3}, "draws"),
+    ({"warmup": -1}, "warmup"), ({"warmup": "10"}, "warmup"), ({"seed": "x"}, "seed"),
+])
+def test_sampling_arguments_validated(kwargs, fragment):
+    model = multilevel.Model("y ~ x + (1 | g)", small_frame())
+    with pytest.raises(multilevel.ModelError, match=fragment):
+        model.fit(progress=False, **kwargs)
+
+
+def test_cli_non_integer_seed_one_line(capsys):
+    code, err = run_cli(["fit", "sleepstudy", "-f", "Reaction ~ Days + (Days | Subject)", "--seed", "1.5"], capsys)
+    assert code == 2 and "seed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_more_varying_terms_than_groups_can_identify_warns():
+    frame = small_frame(n_groups=8, per=2)
+    with pytest.warns(UserWarning, match="more rows than the 2 varying terms"):
+        multilevel.Model("y ~ x + (x | g)", frame)
