@@ -57,6 +57,14 @@ def _rhs(terms: tuple[str, ...]) -> str:
     return " + ".join([head, *rest])
 
 
+def _response_expression(term: object) -> str:
+    """The response as formulae reads it back, keeping a chosen level: ``y[no]``."""
+    components = getattr(term, "components", [])
+    if len(components) == 1 and getattr(components[0], "reference", None) is not None:
+        return f"{term.name}[{components[0].reference}]"
+    return term.name
+
+
 def parse_formula(formula: str) -> FormulaSpec:
     """Parse an lme4-style formula with one grouping factor.
 
@@ -106,7 +114,7 @@ def parse_formula(formula: str) -> FormulaSpec:
     variables = tuple(sorted(v for v in desc.var_names if v))
     return FormulaSpec(
         formula=formula,
-        response=desc.response.term.name,
+        response=_response_expression(desc.response.term),
         common=common,
         varying=varying,
         group=factor.name,

@@ -80,12 +80,15 @@ def group_information(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def group_loglik_grad(code: int, X: np.ndarray, base: np.ndarray, y: np.ndarray, n: np.ndarray,
+def group_loglik_grad(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray, y: np.ndarray, n: np.ndarray,
                       starts: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ll_j as in :func:`group_loglik` and its gradient X_j'(y_j - mu_j) in beta_j, one pass."""
+    """ll_j as in :func:`group_loglik` and, in the same pass, each group's score
+    [X_j Z_j]'(y_j - mu_j) (m, p + r): the gradient in beta_j and group j's share of the
+    gradient in alpha."""
     m, p = beta.shape
+    r = Z.shape[1]
     ll = np.empty(m)
-    grad = np.zeros((m, p))
+    grad = np.zeros((m, p + r))
     for j in range(m):
         s = 0.0
         for i in range(starts[j], starts[j + 1]):
@@ -101,5 +104,7 @@ def group_loglik_grad(code: int, X: np.ndarray, base: np.ndarray, y: np.ndarray,
             resid = y[i] - mu
             for k in range(p):
                 grad[j, k] += X[i, k] * resid
+            for k in range(r):
+                grad[j, p + k] += Z[i, k] * resid
         ll[j] = s
     return ll, grad

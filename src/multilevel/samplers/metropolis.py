@@ -12,9 +12,11 @@ canonical link, beta_j ~ MVN(theta, Sigma). One sweep:
   Jacobian and is its own reverse with -delta, so the ratio is the joint density ratio.
   The free part of theta moves with the beta_j's mean shift, theta* = theta - mean_j(M_j delta).
   A predictor constant within groups (confounded with the group effects) then moves
-  freely instead of being held by the beta_j. delta ~ MVN(0, s_a^2 C), C the inverse of
+  freely instead of being held by the beta_j. delta is a Langevin step
+  delta = (s_a^2 / 2) C g + s_a L_C z (g the gradient of the log density along the move,
+  with the Metropolis-Hastings correction for the drift), C = L_C L_C' the inverse of
   A0^-1 plus alpha's information with the beta_j integrated out,
-  sum_j (K_j - G_j' (Sigma^-1 + H_j)^-1 G_j), K_j = Z_j'W_jZ_j;
+  sum_j (K_j - G_j' (Sigma^-1 + H_j)^-1 G_j), K_j = Z_j'W_jZ_j; s_a adapted in warm-up;
 * theta | beta, Sigma and Sigma | beta, theta: the Gibbs draws of the linear model, with
   theta interwoven (Yu and Meng 2011): after its centred Gibbs draw, theta moves once more
   in the non-centred parametrisation gamma_j = beta_j - theta held fixed, i.e.
@@ -74,7 +76,7 @@ class GLMState(NamedTuple):
     Sigma: np.ndarray  # (p, p)
     Sigma_inv: np.ndarray  # (p, p)
     ll: np.ndarray  # (m,) per-group log-likelihood at (beta_j, alpha)
-    grad: np.ndarray  # (m, p) its gradient in beta_j
+    grad: np.ndarray  # (m, p + r) its gradient in beta_j, then group j's share of the gradient in alpha
     accept_beta: np.ndarray  # (m,) bool: last proposal accepted
     accept_alpha: bool
     log_scale: np.ndarray  # (m,) log s_j ("laplace") or (1,) log sqrt(delta) ("textbook")
@@ -143,7 +145,7 @@ class GLMMetropolis:
 
     def loglik_grad(self, beta: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self.data
-        return group_loglik_grad(d.code, d.X, self.base(alpha), d.y, d.n, d.starts, beta)
+        return group_loglik_grad(d.code, d.X, d.Z, self.base(alpha), d.y, d.n, d.starts, beta)
 
     def information(self, beta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         d = self.data
@@ -245,7 +247,7 @@ class GLMMetropolis:
         init_scale = np.log(1.0) if self.proposal == "laplace" else np.log(0.5)
         return GLMState(beta, alpha, theta, Sigma, Sigma_inv, *self.loglik_grad(beta, alpha),
                         np.zeros(m, dtype=bool), False, np.full(n_scale, init_scale), info,
-                        float(np.log(2.38 / np.sqrt(max(r, 1)))), self.alpha_proposal_chol(info, Sigma_inv),
+                        0.0, self.alpha_proposal_chol(info, Sigma_inv),
                         float(np.log(2.38 / np.sqrt(max(int(self.theta_free.sum()), 1)))),
                         self.theta_proposal_chol(info), False, np.linalg.cholesky(Sigma),
                         float(np.log(0.5 / np.sqrt(p * (p + 1) / 2))), False)
@@ -264,14 +266,14 @@ class GLMMetropolis:
         else:
             s = np.exp(state.log_scale)[:, None]
             P = np.ascontiguousarray(state.Sigma_inv + state.info[:, :p, :p])
-            g = state.grad - (state.beta - state.theta) @ state.Sigma_inv
+            g = state.grad[:, :p] - (state.beta - state.theta) @ state.Sigma_inv
             step = np.empty((m, p))
             failed = mvn_precision_batch(P.copy(), 0.5 * s * s * g, s * z, step)
             if failed >= 0:
                 raise FloatingPointError(f"the proposal precision of beta in group {failed} is not positive definite")
             proposal = state.beta + step
             ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
-            g_new = grad_new - (proposal - state.theta) @ state.Sigma_inv
+            g_new = grad_new[:, :p] - (proposal - state.theta) @ state.Sigma_inv
             Vg_new, _ = solve_spd_batch(P, g_new[:, :, None])
             back = state.beta - proposal - 0.5 * s * s * Vg_new[:, :, 0]
             fwd = s * z  # = L'(proposal - forward mean) in whitened form: quadratic form z'z s^2
@@ -285,20 +287,45 @@ class GLMMetropolis:
         grad = np.where(accept[:, None], grad_new, state.grad)
         return beta, ll, grad, accept
 
+    def joint_gradient(self, state: GLMState, M: np.ndarray, alpha: np.ndarray, beta: np.ndarray, theta: np.ndarray,
+                       grad: np.ndarray) -> np.ndarray:
+        """Gradient in delta, at delta = 0, of the log density along the joint move
+        (alpha + delta, beta_j - M_j delta, theta_f - mean_j(M_j delta)_f)."""
+        pr, free = self.priors, self.theta_free
+        p = beta.shape[1]
+        Mbar = M.mean(axis=0)  # (p, r)
+        Fm = np.where(free[:, None], Mbar, 0.0)
+        g = grad[:, p:].sum(axis=0) - np.einsum("jkr,jk->r", M, grad[:, :p])
+        g -= self._alpha_prec @ (alpha - pr.alpha_mean)
+        dev = (beta - theta) @ state.Sigma_inv  # (m, p)
+        g += np.einsum("jkr,jk->r", M, dev) - Fm.T @ dev.sum(axis=0)
+        if free.any():
+            g += Mbar[free].T @ (self._theta_prec @ (theta[free] - pr.mu0))
+        return g
+
     def update_alpha(self, state: GLMState, beta: np.ndarray, ll: np.ndarray, grad: np.ndarray, rng: np.random.Generator):
-        """The joint (alpha, beta, theta) move of the module docstring; returns (alpha, beta, theta, ll, grad, accepted)."""
+        """The joint (alpha, beta, theta) move of the module docstring, as a Langevin step:
+        delta = (s^2 / 2) C g + s L_C z, with g the gradient along the move and the
+        Metropolis-Hastings correction for the drift. Returns (alpha, beta, theta, ll, grad, accepted)."""
         r = state.alpha.shape[0]
         if not r:
             return state.alpha, beta, state.theta, ll, grad, False
         pr = self.priors
-        delta = np.exp(state.log_scale_alpha) * (state.alpha_chol @ rng.standard_normal(r))
+        s = np.exp(state.log_scale_alpha)
+        L = state.alpha_chol
+        C = L @ L.T
         M, _ = self.alpha_shift(state.info, state.Sigma_inv)
+        z = rng.standard_normal(r)
+        g = self.joint_gradient(state, M, state.alpha, beta, state.theta, grad)
+        delta = 0.5 * s * s * (C @ g) + s * (L @ z)
         alpha_new = state.alpha + delta
         shift = M @ delta
         beta_new = beta - shift
         theta_new = state.theta.copy()
         theta_new[self.theta_free] -= shift.mean(axis=0)[self.theta_free]
         ll_new, grad_new = self.loglik_grad(beta_new, alpha_new)
+        g_new = self.joint_gradient(state, M, alpha_new, beta_new, theta_new, grad_new)
+        back = np.linalg.solve(L, -delta - 0.5 * s * s * (C @ g_new)) / s  # whitened reverse step
 
         def log_prior(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> float:
             d = a - pr.alpha_mean
@@ -307,7 +334,7 @@ class GLMMetropolis:
                     + float(mvn_logpdf_kernel(b, t, state.Sigma_inv).sum()))
 
         log_ratio = (float(ll_new.sum() - ll.sum()) + log_prior(alpha_new, beta_new, theta_new)
-                     - log_prior(state.alpha, beta, state.theta))
+                     - log_prior(state.alpha, beta, state.theta) - 0.5 * float(back @ back) + 0.5 * float(z @ z))
         if np.log(rng.uniform()) < log_ratio:
             return alpha_new, beta_new, theta_new, ll_new, grad_new, True
         return state.alpha, beta, state.theta, ll, grad, False
@@ -339,7 +366,7 @@ class GLMMetropolis:
         else:
             log_scale = state.log_scale + gain * (state.accept_beta.mean() - target)
         r = state.alpha.shape[0]
-        log_scale_alpha = state.log_scale_alpha + (gain * (float(state.accept_alpha) - target_acceptance(r)) if r else 0.0)
+        log_scale_alpha = state.log_scale_alpha + (gain * (float(state.accept_alpha) - LANGEVIN_TARGET) if r else 0.0)
         q = int(self.theta_free.sum())
         log_scale_theta = state.log_scale_theta + (gain * (float(state.accept_theta) - target_acceptance(q)) if q else 0.0)
         log_step_Sigma = state.log_step_Sigma + gain * (float(state.accept_Sigma) - target_acceptance(p * (p + 1) // 2))
