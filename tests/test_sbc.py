@@ -17,6 +17,7 @@ from scipy import stats
 import multilevel
 from multilevel.run import run_chains
 from multilevel.samplers.gibbs import BLOCKS, GaussianGibbs, draw_Sigma
+from multilevel.samplers.interweaving import InterweavingGibbs
 
 import sbc
 
@@ -143,7 +144,8 @@ def centred(model):
     return GaussianGibbs(model.stats, model.priors, model.design.theta_free)
 
 
-SAMPLERS = {"collapsed": lambda model: model.kernel, "centred": centred}
+SAMPLERS = {"collapsed": lambda model: model.kernel, "centred": centred,
+            "interweaving": lambda model: InterweavingGibbs(centred(model))}
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))

@@ -26,8 +26,9 @@ from .result import Fit, check_writable, load
 from .run import ChainDraws, run_chains
 from .samplers.collapsed import CollapsedGibbs
 from .samplers.gibbs import GaussianGibbs
+from .samplers.interweaving import InterweavingGibbs
 
-GAUSSIAN_SAMPLERS = ("collapsed", "centred")
+GAUSSIAN_SAMPLERS = ("collapsed", "interweaving", "centred")
 from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis
 from .suffstats import gaussian_stats
 
@@ -68,7 +69,9 @@ class Model:
         ``"textbook"`` (the specification's MVN(beta_j, delta Sigma)).
     sampler : Gaussian: ``"collapsed"`` (default: also moves Sigma, theta and alpha with
         the group effects integrated out, :mod:`multilevel.samplers.collapsed`) or
-        ``"centred"`` (the specification's Gibbs sampler, :mod:`multilevel.samplers.gibbs`).
+        ``"interweaving"`` (centred Gibbs interwoven with non-centred draws of theta and Sigma,
+        :mod:`multilevel.samplers.interweaving`) or ``"centred"`` (the specification's Gibbs
+        sampler, :mod:`multilevel.samplers.gibbs`).
     """
 
     def __init__(
@@ -105,8 +108,9 @@ class Model:
         if self.family.is_gaussian:
             self.stats, self.estimates = gaussian_stats(design)
             self.priors = resolve_priors(priors, design, self.estimates, self.family)
-            kernel = CollapsedGibbs if sampler == "collapsed" else GaussianGibbs
-            self.kernel = kernel(self.stats, self.priors, design.theta_free)
+            centred = GaussianGibbs(self.stats, self.priors, design.theta_free)
+            self.kernel = {"collapsed": CollapsedGibbs(self.stats, self.priors, design.theta_free),
+                           "interweaving": InterweavingGibbs(centred), "centred": centred}[sampler]
         else:
             self.estimates = glm_estimates(design, self.family)
             self.priors = resolve_priors(priors, design, self.estimates, self.family)
@@ -119,7 +123,7 @@ class Model:
     @property
     def sampler(self) -> str:
         if self.family.is_gaussian:
-            return "collapsed gibbs" if self.sampler_name == "collapsed" else "centred gibbs"
+            return f"{self.sampler_name} gibbs"
         return f"metropolis-within-gibbs ({self.proposal} proposal)"
 
     def fit(
