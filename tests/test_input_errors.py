@@ -100,3 +100,17 @@ def test_more_varying_terms_than_groups_can_identify_warns():
     frame = small_frame(n_groups=8, per=2)
     with pytest.warns(UserWarning, match="more rows than the 2 varying terms"):
         multilevel.Model("y ~ x + (x | g)", frame)
+
+
+def test_unreadable_data_file(tmp_path, capsys, monkeypatch):
+    """Root can read any file, so permission is denied by the reader itself here."""
+    import pandas
+
+    path = write(tmp_path, "locked.csv", "y,x,g\n1,2,3\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pandas, "read_csv", denied)
+    code, err = run_cli(["fit", path, "-f", "y ~ x + (1 | g)"], capsys)
+    assert code == 2 and "permission denied" in err and "Traceback" not in err
