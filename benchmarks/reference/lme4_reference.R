@@ -2,10 +2,11 @@
 ## lme4 reference estimates for the benchmark data sets.
 ##
 ## Usage (from the repository root):
-##   Rscript benchmarks/reference/lme4_reference.R [DATA_DIR] > benchmarks/reference/lme4_reference.txt
+##   Rscript benchmarks/reference/lme4_reference.R > benchmarks/reference/lme4_reference.txt
+## (R and lme4 from Debian: apt-get install r-base-core r-cran-lme4)
 ##
-## DATA_DIR holds hsb82.csv, sleepstudy.csv, epil.csv and cbpp.csv; it defaults to
-## "../shared/data" relative to the repository root.
+## DATA_DIR holds hsb82.csv, sleepstudy.csv, epil.csv and cbpp.csv; it defaults to the
+## package's bundled copies, src/multilevel/datasets.
 ##
 ## Gaussian models are fitted by REML, GLMMs by Laplace (lme4 defaults).
 ## Factor reference levels follow the R packages the data come from:
@@ -26,7 +27,7 @@ if (length(args) >= 1) {
   } else {
     getwd()
   }
-  data_dir <- file.path(repo_root, "..", "shared", "data")
+  data_dir <- file.path(repo_root, "src", "multilevel", "datasets")
 }
 
 read_data <- function(name) {
