@@ -349,3 +349,43 @@ def sigma_from_coordinates(v: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np
         logdet += 2.0 * np.log(abs(L[k, k]))
     Linv = _lower_inverse(L)
     return L, L @ L.T, Linv.T @ Linv, logdet, log_jac
+
+
+@njit(cache=True, nogil=True)
+def gaussian_beta_draw(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, alpha: np.ndarray, Sigma_inv: np.ndarray,
+                       theta: np.ndarray, sigma2: float, z: np.ndarray) -> tuple[np.ndarray, int]:
+    """All groups' beta_j ~ MVN(P_j^-1 b_j, P_j^-1), P_j = Sigma^-1 + X_j'X_j / sigma2,
+    b_j = Sigma^-1 theta + (X_j'y_j - X_j'Z_j alpha) / sigma2, from standard normals z (m, p),
+    forming each P_j and b_j in place. Returns (beta, -1) or the first group whose P_j is not
+    positive definite."""
+    m, p = Xty.shape
+    r = alpha.shape[0]
+    out = np.empty((m, p))
+    prior = Sigma_inv @ theta
+    L = np.empty((p, p))
+    w = np.empty(p)
+    for j in range(m):
+        for a in range(p):
+            for b in range(p):
+                L[a, b] = Sigma_inv[a, b] + XtX[j, a, b] / sigma2
+            t = Xty[j, a]
+            for c in range(r):
+                t -= XtZ[j, a, c] * alpha[c]
+            w[a] = prior[a] + t / sigma2
+        if not _cholesky_inplace(L):
+            return out, j
+        for k in range(p):
+            t = w[k]
+            for i in range(k):
+                t -= L[k, i] * w[i]
+            w[k] = t / L[k, k]
+        for k in range(p):
+            w[k] += z[j, k]
+        for k in range(p - 1, -1, -1):
+            t = w[k]
+            for i in range(k + 1, p):
+                t -= L[i, k] * w[i]
+            w[k] = t / L[k, k]
+        for k in range(p):
+            out[j, k] = w[k]
+    return out, -1
