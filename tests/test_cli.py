@@ -4,15 +4,12 @@ stderr is not a terminal."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,6 @@ import pandas as pd
 import pytest
 
 import multilevel
-from multilevel.cli import main
 
 HSB_FORMULA = "mAch ~ ses + (ses | school)"
 SMALL = ["--draws", "100", "--warmup", "100", "--chains", "2", "--seed", "1", "--cores", "1"]
@@ -28,20 +24,7 @@ SUMMARY_COLUMNS = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "e
 EXE = Path(sys.executable).parent / "multilevel"
 
 
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    """Run ``multilevel.cli.main(argv)`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = warnings.showwarning
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([str(a) for a in argv])
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        warnings.showwarning = saved
-    return code, out.getvalue(), err.getvalue()
+from clitools import run_main
 
 
 def run_exe(argv: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:

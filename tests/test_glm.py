@@ -9,8 +9,6 @@ are stated where they are used.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import warnings
 
 import numpy as np
@@ -20,7 +18,6 @@ from scipy import stats
 from scipy.special import expit
 
 import multilevel
-from multilevel.cli import main
 from multilevel.families import check_family, pointwise_loglik
 from multilevel.glmlik import group_information, group_loglik, group_loglik_grad
 
@@ -528,20 +525,7 @@ def test_save_load_round_trip(small_fits, family, tmp_path):
     assert str(back).splitlines()[0] == str(fit).splitlines()[0]
 
 
-def run_cli(argv):
-    """``multilevel.cli.main(argv)`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = warnings.showwarning
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([str(a) for a in argv])
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        warnings.showwarning = saved
-    return code, out.getvalue(), err.getvalue()
+from clitools import run_main as run_cli
 
 
 CLI_RUN = ["--chains", "2", "--draws", "200", "--warmup", "200", "--seed", "1", "--cores", "1", "--no-progress"]

@@ -3,9 +3,6 @@ artists; from Python (methods on Fit returning the Figure) and from the CLI."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 
 import matplotlib
 
@@ -22,7 +19,6 @@ from matplotlib.quiver import Quiver  # noqa: E402
 
 import multilevel  # noqa: E402
 from multilevel import ModelError  # noqa: E402
-from multilevel.cli import main  # noqa: E402
 from multilevel.plots import own_estimates  # noqa: E402
 
 SMALL = dict(chains=2, draws=120, warmup=100, seed=5, cores=1, progress=False)
@@ -239,19 +235,7 @@ def test_unknown_kind(gfit):
 
 # -- command line ----------------------------------------------------------------------------
 
-def run_main(argv):
-    out, err = io.StringIO(), io.StringIO()
-    saved = warnings.showwarning
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([str(a) for a in argv])
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        warnings.showwarning = saved
-    return code, out.getvalue(), err.getvalue()
+from clitools import run_main
 
 
 PNG = b"\x89PNG\r\n\x1a\n"

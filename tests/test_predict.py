@@ -5,9 +5,7 @@ through the fitted transformations; bad new data give clear errors; the CLI roun
 
 from __future__ import annotations
 
-import contextlib
 import io
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -15,7 +13,6 @@ import pytest
 
 import multilevel
 from multilevel import ModelError
-from multilevel.cli import main
 
 FORMULA = "y ~ x + z + c + (x | g)"
 SMALL = dict(chains=2, draws=150, warmup=100, seed=11, cores=1, progress=False)
@@ -290,19 +287,7 @@ def test_binomial_predictions():
 
 # -- command line ----------------------------------------------------------------------------
 
-def run_main(argv):
-    out, err = io.StringIO(), io.StringIO()
-    saved = warnings.showwarning
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([str(a) for a in argv])
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        warnings.showwarning = saved
-    return code, out.getvalue(), err.getvalue()
+from clitools import run_main
 
 
 def assert_one_line_error(code, err, *fragments):
