@@ -69,7 +69,11 @@ def main(results: Path, out: Path) -> int:
         "show ECDF differences of the normalised ranks with 99% simultaneous bands (ArviZ).",
         "",
         "That the check has power is shown in the default suite: `test_sbc_catches_wrong_sigma_step` "
-        "gives the Sigma update a wrong degree of freedom (eta0 + m + 3, + 10) and the same test rejects it.",
+        "gives the Sigma update a wrong degree of freedom (eta0 + m + 3, + 10), "
+        "`test_glm_sbc_catches_a_tempered_likelihood` squares the GLM likelihood and "
+        "`test_glm_sbc_catches_a_beta_step_without_its_prior` drops the prior from the beta_j step; "
+        "the same test rejects each. Samplers: collapsed (Gaussian default), interweaving and centred "
+        "(the specification's) Gibbs; GLMs with the Langevin-Laplace (default) and textbook proposals.",
         "",
         "| run | replications | L | parameters | smallest p | threshold | verdict |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
