@@ -28,8 +28,15 @@ validate: $(STAMP)
 	MULTILEVEL_SBC_OUT=.sbc-results $(BIN)/python -m pytest -q -m validate -p no:cacheprovider; \
 	status=$$?; $(BIN)/python validation/render.py .sbc-results docs/validation.md || status=1; exit $$status
 
-## Benchmarks; results go to docs/benchmarks.md.
+## Benchmarks; results go to docs/benchmarks.md. The peers suite needs the `bench` extra (PyMC,
+## NumPyro) and, for PyTensor's BLAS, Debian's libopenblas-dev (installed here when missing).
 bench: $(STAMP)
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so '; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			apt-get update && apt-get install -y libopenblas-dev; \
+		else echo "warning: libopenblas-dev not found; PyMC will run without BLAS" >&2; fi; \
+	fi
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/run.py --out docs/benchmarks.md
 
 clean:

@@ -6,7 +6,7 @@
     python benchmarks/run.py --list                        # names of the benchmarks
 
 Each benchmark is a function returning a ``common.Result``; the groups of benchmarks
-(``gaussian`` now; GLM and peer samplers later) register them in ``SUITES`` below.
+(``gaussian``, ``glm``, ``peers``) register them in ``SUITES`` below.
 """
 
 from __future__ import annotations
@@ -24,12 +24,16 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import gaussian  # noqa: E402
+from benchmarks import glm  # noqa: E402
+from benchmarks import peers  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks.common import Result, Table, load_average, machine_facts  # noqa: E402
 
 #: suite name -> {benchmark name: function(quick) -> Result}, in report order
 SUITES = {
     "gaussian": gaussian.BENCHMARKS,
+    "glm": glm.BENCHMARKS,
+    "peers": peers.BENCHMARKS,  # needs the `bench` extra (PyMC, NumPyro)
 }
 
 
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", dest="json_out", help="also write the raw numbers as JSON here")
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, few repeats, targets not assessed")
     ap.add_argument("--only", action="append", metavar="NAME",
-                    help="run only this benchmark (repeatable, or comma-separated); see --list")
+                    help="run only this benchmark or suite (repeatable, or comma-separated); see --list")
     ap.add_argument("--pin", action="store_true", help="pin single-core benchmarks to one CPU")
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = ap.parse_args(argv)
@@ -145,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(benches)
     if args.only:
         wanted = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+        wanted = [b for n in wanted for b in (SUITES[n] if n in SUITES else [n])]  # a suite's name: all of it
         unknown = [n for n in wanted if n not in benches]
         if unknown:
-            ap.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(benches)}")
+            ap.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join([*SUITES, *benches])}")
         names = [n for n in names if n in wanted]
 
     shown = ["python", "benchmarks/run.py"]
