@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..glmlik import group_information, group_loglik, group_loglik_grad
+from ..glmlik import group_information, group_loglik_grad
 from ..linalg import mvn_precision_batch, sigma_coordinates, sigma_from_coordinates, solve_spd_batch
 from ..priors import Priors
 from .gibbs import draw_Sigma, draw_theta
@@ -138,10 +138,6 @@ class GLMMetropolis:
     def base(self, alpha: np.ndarray) -> np.ndarray:
         d = self.data
         return d.offset + d.Z @ alpha if alpha.shape[0] else d.offset
-
-    def loglik_groups(self, beta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        d = self.data
-        return group_loglik(d.code, d.X, self.base(alpha), d.y, d.n, d.starts, beta)
 
     def loglik_grad(self, beta: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self.data
