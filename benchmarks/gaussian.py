@@ -463,7 +463,7 @@ def bench_hsb82(quick: bool = False) -> Result:
     res.notes.append(
         "Centred Gibbs (`centred`) has its minimum at " + ", ".join(f"`{m}`" for m in c_mins)
         + f" ({meds['centred']['min_ess']:.0f} from {chains * draws} draws, median); issue 6 reports a bulk ESS of "
-        "about 65 from 4 x 1000 draws for the variance of the ses slope there. The default (`{DEFAULT_SAMPLER}`) reaches "
+        f"about 65 from 4 x 1000 draws for the variance of the ses slope there. The default (`{DEFAULT_SAMPLER}`) reaches "
         f"{meds[DEFAULT_SAMPLER]['per_draw'] / meds['centred']['per_draw']:.1f}x its min ESS per draw, and "
         f"{meds[DEFAULT_SAMPLER]['ess_per_cpu_s'] / meds['centred']['ess_per_cpu_s']:.1f}x its min ESS per CPU "
         "second. The whole `fit()` call also builds the model and stores the pointwise log-likelihood "
