@@ -122,8 +122,3 @@ def mean_and_weight(family: Family, n: np.ndarray, eta: np.ndarray) -> tuple[np.
         return mu, mu
     prob = 0.5 * (1.0 + np.tanh(0.5 * eta))
     return n * prob, n * prob * (1.0 - prob)
-
-
-def gaussian_loglik(y: np.ndarray, mu: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
-    """Pointwise log N(y | mu, sigma2); ``sigma2`` broadcasts against ``mu``."""
-    return -0.5 * (np.log(2 * np.pi * sigma2) + (y - mu) ** 2 / sigma2)

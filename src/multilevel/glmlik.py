@@ -20,28 +20,13 @@ def _softplus(x: float) -> float:
     return np.log1p(np.exp(x))
 
 
-@njit(cache=True, nogil=True)
 def group_loglik(code: int, X: np.ndarray, base: np.ndarray, y: np.ndarray, n: np.ndarray,
                  starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)], eta_i = base_i + x_i' beta_j.
-
-    b(eta) = exp(eta) (Poisson) or n_i log(1 + exp(eta)) (logit). An overflowing exp gives
-    -inf, which a Metropolis step rejects; it never gives NaN for finite inputs.
-    """
-    m, p = beta.shape
-    out = np.empty(m)
-    for j in range(m):
-        s = 0.0
-        for i in range(starts[j], starts[j + 1]):
-            eta = base[i]
-            for k in range(p):
-                eta += X[i, k] * beta[j, k]
-            if code == 0:
-                s += y[i] * eta - np.exp(eta)
-            else:
-                s += y[i] * eta - n[i] * _softplus(eta)
-        out[j] = s
-    return out
+    """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)], eta_i = base_i + x_i' beta_j, with
+    b(eta) = exp(eta) (Poisson) or n_i log(1 + exp(eta)) (logit): the log-likelihood part of
+    :func:`group_loglik_grad`. An overflowing exp gives -inf, which a Metropolis step
+    rejects; it never gives NaN for finite inputs."""
+    return group_loglik_grad(code, X, np.zeros((X.shape[0], 0)), base, y, n, starts, beta)[0]
 
 
 @njit(cache=True, nogil=True)
@@ -82,7 +67,7 @@ def group_information(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray,
 @njit(cache=True, nogil=True)
 def group_loglik_grad(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray, y: np.ndarray, n: np.ndarray,
                       starts: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ll_j as in :func:`group_loglik` and, in the same pass, each group's score
+    """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)] (see :func:`group_loglik`) and, in the same pass, each group's score
     [X_j Z_j]'(y_j - mu_j) (m, p + r): the gradient in beta_j and group j's share of the
     gradient in alpha."""
     m, p = beta.shape

@@ -131,45 +131,6 @@ def solve_spd_batch(P: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 @njit(cache=True, nogil=True)
-def spd_inverse_logdet(P: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Inverses and log-determinants of symmetric positive definite P (m, p, p).
-
-    Returns (P^-1 (m, p, p), log det P (m,), -1), or the index of the first matrix that is
-    not positive definite in place of -1.
-    """
-    m, p, _ = P.shape
-    inv = np.zeros((m, p, p))
-    logdet = np.zeros(m)
-    L = np.empty((p, p))
-    Linv = np.empty((p, p))
-    for j in range(m):
-        L[:, :] = P[j]
-        if not _cholesky_inplace(L):
-            return inv, logdet, j
-        s = 0.0
-        for k in range(p):
-            s += np.log(L[k, k])
-        logdet[j] = 2.0 * s
-        for c in range(p):  # Linv = L^-1, lower triangular
-            for k in range(p):
-                if k < c:
-                    Linv[k, c] = 0.0
-                    continue
-                t = 1.0 if k == c else 0.0
-                for i in range(c, k):
-                    t -= L[k, i] * Linv[i, c]
-                Linv[k, c] = t / L[k, k]
-        for a in range(p):  # P^-1 = Linv' Linv
-            for b in range(a + 1):
-                t = 0.0
-                for k in range(a, p):
-                    t += Linv[k, a] * Linv[k, b]
-                inv[j, a, b] = t
-                inv[j, b, a] = t
-    return inv, logdet, -1
-
-
-@njit(cache=True, nogil=True)
 def _lower_inverse(A: np.ndarray) -> np.ndarray:
     p = A.shape[0]
     out = np.zeros((p, p))
