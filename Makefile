@@ -37,7 +37,7 @@ bench: $(STAMP)
 		else echo "warning: libopenblas-dev not found; PyMC will run without BLAS" >&2; fi; \
 	fi
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	$(BIN)/python benchmarks/run.py --out docs/benchmarks.md
+	$(BIN)/python benchmarks/run.py --out docs/benchmarks.md --json docs/benchmarks.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

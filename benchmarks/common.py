@@ -59,6 +59,17 @@ class Result:
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     load: tuple[float, float] = (float("nan"), float("nan"))  # 1-min load average before / after
+    date: str = ""  # when it ran (UTC), and the command that ran it
+    command: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Result":
+        """A Result from ``dataclasses.asdict`` (as kept in the JSON report)."""
+        d = dict(d)
+        d["tables"] = [Table(**t) for t in d.get("tables", [])]
+        d["targets"] = [Target(**t) for t in d.get("targets", [])]
+        d["load"] = tuple(d.get("load", (float("nan"), float("nan"))))
+        return cls(**d)
 
 
 def assess(ok: bool, quick: bool) -> bool | None:

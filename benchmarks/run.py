@@ -3,6 +3,8 @@
     python benchmarks/run.py --out docs/benchmarks.md      # full run (make bench), several minutes
     python benchmarks/run.py --quick                       # smoke run, small sizes, report to stdout
     python benchmarks/run.py --only hsb82 --only cli       # some benchmarks only
+    python benchmarks/run.py --only glm --keep docs/benchmarks.json \
+        --out docs/benchmarks.md --json docs/benchmarks.json  # re-run some, keep the other sections
     python benchmarks/run.py --list                        # names of the benchmarks
 
 Each benchmark is a function returning a ``common.Result``; the groups of benchmarks
@@ -12,6 +14,7 @@ Each benchmark is a function returning a ``common.Result``; the groups of benchm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -76,7 +79,9 @@ def render(results: list[Result], failures: dict[str, str], command: str, starte
         "the full suite). Do not edit by hand: rerun the command.",
         "",
         f"- Command: `{command}`",
-        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}; the run took {total:.0f} s.",
+        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}; the run took {total:.0f} s."
+        + ("" if all(r.command in ("", command) for r in results) else
+           " Sections kept from earlier runs (`--keep`) name their own command and date."),
         f"- Kind: {'**quick smoke run** (small sizes, targets not assessed)' if quick else 'full run'}.",
         "- Method: the machine is shared and noisy, so times are medians of several repeats, and figures "
         "compared with each other are measured in the same run with their repeats interleaved. Besides "
@@ -106,7 +111,8 @@ def render(results: list[Result], failures: dict[str, str], command: str, starte
     for r in results:
         lines += [f"<a id=\"{r.name}\"></a>", f"## {r.title}", "",
                   f"Benchmark `{r.name}`: {r.seconds:.0f} s, load average {r.load[0]:.1f} before and "
-                  f"{r.load[1]:.1f} after. " + r.about, ""]
+                  f"{r.load[1]:.1f} after" + (f"; run {r.date} by `{r.command}`" if r.command and r.command != command
+                                              else "") + ". " + r.about, ""]
         for t in r.tables:
             lines += render_table(t)
         for t in r.targets:
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only this benchmark or suite (repeatable, or comma-separated); see --list")
     ap.add_argument("--pin", action="store_true", help="pin single-core benchmarks to one CPU")
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    ap.add_argument("--keep", metavar="JSON",
+                    help="the JSON of an earlier run: its sections of benchmarks not run now stay in the report")
     args = ap.parse_args(argv)
 
     benches = all_benchmarks()
@@ -167,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     common.PIN = args.pin
     for n in args.only or []:
         shown += ["--only", n]
+    if args.keep:
+        shown += ["--keep", _display_path(args.keep)]
     command = shlex.join(shown)
+    kept = _kept_results(args.keep, set(names)) if args.keep else {}
 
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
@@ -184,12 +195,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         res.seconds = time.perf_counter() - t0
         res.load = (load0, load_average())
+        res.date, res.command = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command
         results.append(res)
         for t in res.targets:
             print(f"[bench]   {t.target}: {t.measured} -> {_verdict(t.met)}", file=sys.stderr, flush=True)
         print(f"[bench] {name} done in {res.seconds:.0f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - t_start
 
+    if kept:
+        order = list(benches)
+        results = sorted([*results, *kept.values()], key=lambda r: order.index(r.name))
     text = render(results, failures, command, started, total, args.quick, facts)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -201,9 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"command": command, "date": started.isoformat(timespec="seconds"), "quick": args.quick,
                    "machine": facts, "failures": failures,
                    "results": {r.name: {"title": r.title, "seconds": r.seconds, "data": r.data,
-                                        "targets": [t.__dict__ for t in r.targets]} for r in results}}
+                                        "targets": [t.__dict__ for t in r.targets]} for r in results},
+                   "full": {r.name: dataclasses.asdict(r) for r in results}}
         Path(args.json_out).write_text(json.dumps(payload, indent=1, default=_jsonable))
     return 1 if failures else 0
+
+
+def _kept_results(path: str, running: set[str]) -> dict[str, Result]:
+    """The results of an earlier run (its ``--json`` file) for the benchmarks not run now."""
+    payload = json.loads(Path(path).read_text())
+    return {name: Result.from_dict(d) for name, d in payload.get("full", {}).items() if name not in running}
 
 
 def _jsonable(x):

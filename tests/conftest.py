@@ -3,9 +3,20 @@ the bundled data sets."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The default run is deterministic (the same examples every time, so CI never turns red on
+# a draw); HYPOTHESIS_PROFILE=explore searches widely with fresh examples each run.
+settings.register_profile("default", max_examples=30, derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", max_examples=1000, derandomize=False, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def simulate_gaussian(

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _softplus(x: float) -> float:
     if x > 0.0:
         return x + np.log1p(np.exp(-x))
@@ -29,7 +29,7 @@ def group_loglik(code: int, X: np.ndarray, base: np.ndarray, y: np.ndarray, n: n
     return group_loglik_grad(code, X, np.zeros((X.shape[0], 0)), base, y, n, starts, beta)[0]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def group_information(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray, n: np.ndarray,
                       starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Per-group Fisher information of (beta_j, alpha): D_j' W_j D_j with D = [X Z].
@@ -64,7 +64,7 @@ def group_information(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray,
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def group_loglik_grad(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray, y: np.ndarray, n: np.ndarray,
                       starts: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)] (see :func:`group_loglik`) and, in the same pass, each group's score

@@ -5,6 +5,8 @@ sweep is many tiny factorisations. NumPy's batched ``linalg`` calls cost tens of
 microseconds of overhead each at this size, more than the arithmetic; these loops do
 the arithmetic alone (the benchmark in ``benchmarks/`` shows the difference). Random
 numbers are drawn by the caller from a NumPy Generator, so draws do not depend on numba.
+Floating-point errors follow NumPy (``error_model="numpy"``): a division by zero gives inf
+or nan, which the callers' checks (a failed Cholesky, a non-finite state) report.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _cholesky_inplace(A: np.ndarray) -> bool:
     """Overwrite the lower triangle of A (p x p) with its Cholesky factor; False if not PD."""
     p = A.shape[0]
@@ -33,7 +35,7 @@ def _cholesky_inplace(A: np.ndarray) -> bool:
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def mvn_precision_batch(P: np.ndarray, b: np.ndarray, z: np.ndarray, out: np.ndarray) -> int:
     """x_j = L_j'^-1 (L_j^-1 b_j + z_j) with P_j = L_j L_j': a draw from MVN(P_j^-1 b_j, P_j^-1).
 
@@ -62,7 +64,7 @@ def mvn_precision_batch(P: np.ndarray, b: np.ndarray, z: np.ndarray, out: np.nda
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def inverse_wishart_from_bartlett(scale: np.ndarray, chisq: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """(Sigma, Sigma^-1) from the Bartlett decomposition of a Wishart(df, I) draw, W = A A':
     A lower triangular, A_kk = sqrt(chisq_k) (chisq_k ~ chi2(df - k)), the strictly lower
@@ -102,7 +104,7 @@ def inverse_wishart_from_bartlett(scale: np.ndarray, chisq: np.ndarray, normals:
     return T @ T.T, K @ K.T, ok
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def solve_spd_batch(P: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, int]:
     """X_j = P_j^-1 B_j for symmetric positive definite P (m, p, p) and B (m, p, r).
 
@@ -130,7 +132,7 @@ def solve_spd_batch(P: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, int]:
     return X, -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _lower_inverse(A: np.ndarray) -> np.ndarray:
     p = A.shape[0]
     out = np.zeros((p, p))
@@ -143,7 +145,7 @@ def _lower_inverse(A: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _sigma_log_target(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarray, sigma2: float, S0: np.ndarray,
                       eta0: float) -> tuple[float, np.ndarray, np.ndarray]:
     """Log density of Sigma = R C C' R' at coordinates v = (log C_kk, C_kl) (row-major lower
@@ -180,7 +182,7 @@ def _sigma_log_target(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarr
     return total - 0.5 * (eta0 + p + 1) * logdet - 0.5 * trace + log_jac, Sigma, Sigma_inv
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def sigma_coordinates(Sigma: np.ndarray, R: np.ndarray) -> np.ndarray:
     """Coordinates v = (log C_kk, C_kl), row-major lower triangle, of C = R^-1 chol(Sigma)."""
     p = Sigma.shape[0]
@@ -199,15 +201,17 @@ def sigma_coordinates(Sigma: np.ndarray, R: np.ndarray) -> np.ndarray:
     return v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def sigma_metropolis(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarray, sigma2: float, S0: np.ndarray,
-                     eta0: float, step: float, normals: np.ndarray, log_u: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Random-walk Metropolis steps on the Sigma coordinates v (see :func:`_sigma_log_target`),
-    one per row of ``normals``; returns (Sigma, Sigma^-1, number accepted)."""
+                     eta0: float, step: float, scale: np.ndarray, normals: np.ndarray, log_u: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Random-walk Metropolis steps v' = v + step * scale * z on the Sigma coordinates v (see
+    :func:`_sigma_log_target`; ``scale`` per coordinate), one per row z of ``normals``;
+    returns (Sigma, Sigma^-1, number accepted)."""
     current, Sigma, Sigma_inv = _sigma_log_target(v, R, U, XtX, sigma2, S0, eta0)
     accepted = 0
     for s in range(normals.shape[0]):
-        proposal = v + step * normals[s]
+        proposal = v + step * scale * normals[s]
         value, S_new, Si_new = _sigma_log_target(proposal, R, U, XtX, sigma2, S0, eta0)
         if log_u[s] < value - current:
             v, current, Sigma, Sigma_inv = proposal, value, S_new, Si_new
@@ -215,7 +219,7 @@ def sigma_metropolis(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarra
     return Sigma, Sigma_inv, accepted
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def collapsed_information(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, Sigma_inv: np.ndarray, sigma2: float
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Sums over groups of X'V^-1X, X'V^-1y, X'V^-1Z, Z'V^-1Z and Z'V^-1y for
@@ -288,7 +292,7 @@ def collapsed_information(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, Sig
     return XVX, XVy, XVZ, ZVZ, ZVy, -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def sigma_from_coordinates(v: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
     """Inverse of :func:`sigma_coordinates`: (L = R C, Sigma = L L', Sigma^-1, log det Sigma,
     log Jacobian sum_k (p - k + 1) log C_kk of the coordinates)."""
@@ -312,7 +316,7 @@ def sigma_from_coordinates(v: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np
     return L, L @ L.T, Linv.T @ Linv, logdet, log_jac
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def gaussian_beta_draw(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, alpha: np.ndarray, Sigma_inv: np.ndarray,
                        theta: np.ndarray, sigma2: float, z: np.ndarray) -> tuple[np.ndarray, int]:
     """All groups' beta_j ~ MVN(P_j^-1 b_j, P_j^-1), P_j = Sigma^-1 + X_j'X_j / sigma2,
@@ -350,3 +354,126 @@ def gaussian_beta_draw(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, alpha:
         for k in range(p):
             out[j, k] = w[k]
     return out, -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _mvn_precision_single(P: np.ndarray, b: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, bool]:
+    """x ~ MVN(P^-1 b, P^-1) from standard normals z: x = L'^-1 (L^-1 b + z), P = L L'.
+    P is overwritten by its Cholesky factor; the flag is False when P is not positive definite."""
+    P3 = P.reshape((1, P.shape[0], P.shape[1]))
+    out = np.empty((1, b.shape[0]))
+    failed = mvn_precision_batch(P3, b.reshape((1, b.shape[0])), z.reshape((1, z.shape[0])), out)
+    return out[0], failed < 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ssr_from_stats(XtX: np.ndarray, XtZ: np.ndarray, ZtZ: np.ndarray, b_ref: np.ndarray, a_ref: np.ndarray,
+                    rtr: float, Xtr: np.ndarray, Ztr: np.ndarray, beta: np.ndarray, alpha: np.ndarray) -> float:
+    """SSR = sum_j ||y_j - X_j beta_j - Z_j alpha||^2 expanded around the reference fit
+    (b_ref, a_ref): r'r - 2 sum_j d_j'X_j'r_j - 2 c'Z'r + sum_j d_j'X_j'X_j d_j
+    + 2 sum_j d_j'X_j'Z_j c + c'Z'Z c with d_j = beta_j - b_ref_j, c = alpha - a_ref
+    (see :mod:`multilevel.suffstats`)."""
+    m, p = beta.shape
+    r = alpha.shape[0]
+    c = alpha - a_ref
+    total = rtr
+    d = np.empty(p)
+    for j in range(m):
+        for k in range(p):
+            d[k] = beta[j, k] - b_ref[j, k]
+        for k in range(p):
+            t = -2.0 * Xtr[j, k]
+            for l in range(p):
+                t += XtX[j, k, l] * d[l]
+            for l in range(r):
+                t += 2.0 * XtZ[j, k, l] * c[l]
+            total += d[k] * t
+    for k in range(r):
+        t = -2.0 * Ztr[k]
+        for l in range(r):
+            t += ZtZ[k, l] * c[l]
+        total += c[k] * t
+    return max(total, 0.0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def collapsed_sweep(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, ZtZ: np.ndarray, Zty: np.ndarray,
+                    b_ref: np.ndarray, a_ref: np.ndarray, rtr: float, Xtr: np.ndarray, Ztr: np.ndarray,
+                    free: np.ndarray, prior_prec: np.ndarray, prior_shift: np.ndarray, S0: np.ndarray, eta0: float,
+                    sigma_rate0: float, theta: np.ndarray, alpha: np.ndarray, Sigma: np.ndarray, sigma2: float,
+                    R: np.ndarray, step: float, v_scale: np.ndarray, mh_normals: np.ndarray, log_u: np.ndarray, ta_normals: np.ndarray,
+                    beta_normals: np.ndarray, gammas: np.ndarray, iw_normals: np.ndarray):
+    """One sweep of the collapsed Gaussian kernel (:mod:`multilevel.samplers.collapsed`), all
+    in compiled code, from random inputs drawn by the caller:
+
+    1. Sigma: Metropolis steps with beta integrated out (:func:`sigma_metropolis`), one per
+       row of ``mh_normals`` (scaled by ``step * v_scale``), accepted when log_u < log ratio;
+    2. (theta_free, alpha) ~ MVN(P^-1 b, P^-1), P = prior precision + the collapsed
+       information (:func:`collapsed_information`, plus Z'Z / sigma2), b = prior shift + the
+       collapsed score (Z'y / sigma2 added), from ``ta_normals``;
+    3. beta_j for all groups (:func:`gaussian_beta_draw`) from ``beta_normals``;
+    4. Sigma ~ inverse-Wishart(eta0 + m, S0 + sum_j (beta_j - theta)(beta_j - theta)') by
+       Bartlett, chi2(eta0 + m - k) = 2 ``gammas[k]`` and ``iw_normals``;
+    5. sigma2 = (sigma_rate0 + SSR / 2) / ``gammas[p]`` (the last gamma has shape (nu0 + N) / 2).
+
+    Returns (beta, alpha, theta, Sigma, Sigma^-1, sigma2, SSR, Sigma steps accepted, status):
+    status 0 on success, else the step that met a matrix that is not positive definite
+    (1: collapsed information, 2: theta/alpha precision, 3: beta, 4: inverse-Wishart scale);
+    the caller then redoes the sweep in NumPy with its jitter fallback and messages.
+    """
+    m, p = Xty.shape
+    r = alpha.shape[0]
+    q = free.shape[0]
+    beta = np.zeros((m, p))
+    U = Xty.copy()  # X_j'(y_j - X_j theta - Z_j alpha)
+    for j in range(m):
+        for a in range(p):
+            t = U[j, a]
+            for b in range(p):
+                t -= XtX[j, a, b] * theta[b]
+            for c in range(r):
+                t -= XtZ[j, a, c] * alpha[c]
+            U[j, a] = t
+    v = sigma_coordinates(Sigma, R)
+    Sigma, Sigma_inv, accepted = sigma_metropolis(v, R, U, XtX, sigma2, S0, eta0, step, v_scale, mh_normals, log_u)
+    XVX, XVy, XVZ, ZVZ, ZVy, failed = collapsed_information(XtX, Xty, XtZ, Sigma_inv, sigma2)
+    if failed >= 0:
+        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 1
+    P = prior_prec.copy()
+    rhs = prior_shift.copy()
+    for a in range(q):
+        for b in range(q):
+            P[a, b] += 0.5 * (XVX[free[a], free[b]] + XVX[free[b], free[a]])
+        rhs[a] += XVy[free[a]]
+        for c in range(r):
+            P[a, q + c] += XVZ[free[a], c]
+            P[q + c, a] += XVZ[free[a], c]
+    for c in range(r):
+        for d in range(r):
+            P[q + c, q + d] += 0.5 * (ZVZ[c, d] + ZVZ[d, c]) + 0.5 * (ZtZ[c, d] + ZtZ[d, c]) / sigma2
+        rhs[q + c] += ZVy[c] + Zty[c] / sigma2
+    draw, ok = _mvn_precision_single(P, rhs, ta_normals)
+    if not ok:
+        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 2
+    theta = np.zeros(p)
+    for a in range(q):
+        theta[free[a]] = draw[a]
+    alpha = draw[q:].copy()
+    beta, failed = gaussian_beta_draw(XtX, Xty, XtZ, alpha, Sigma_inv, theta, sigma2, beta_normals)
+    if failed >= 0:
+        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 3
+    scale = S0.copy()
+    for j in range(m):
+        for a in range(p):
+            da = beta[j, a] - theta[a]
+            for b in range(a + 1):
+                scale[a, b] += da * (beta[j, b] - theta[b])
+    for a in range(p):
+        for b in range(a + 1, p):
+            scale[a, b] = scale[b, a]
+    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(scale, 2.0 * gammas[:p], iw_normals)
+    if not ok:
+        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 4
+    ssr = _ssr_from_stats(XtX, XtZ, ZtZ, b_ref, a_ref, rtr, Xtr, Ztr, beta, alpha)
+    sigma2 = (sigma_rate0 + 0.5 * ssr) / gammas[p]
+    return beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, 0

@@ -20,7 +20,8 @@ Data-informed defaults, as in the specification's running example:
 * fallback, when fewer than p + 2 groups have their own fit or the covariance of the b_j
   is not positive definite: mu0 = the pooled fit, Lambda0 = S0 = diag(var(y) / var(x_k))
   (var(y) for a constant column such as the intercept), and sigma0_sq = the pooled
-  residual variance when no group has its own fit; the fallback used is recorded;
+  residual variance when no group has its own fit (var(y) when the pooled fit has no
+  residual degrees of freedom, or fits to rounding error); the fallback used is recorded;
 * alpha_mean = a_pool, alpha_cov = N sigma0_sq (Z'Z)^-1: a unit-information prior.
 
 GLMs (Poisson, binomial, Bernoulli) take the same rules with each group's own
@@ -140,12 +141,15 @@ def default_priors(design: Design, est: Any, family: Family | None = None) -> Pr
     sigma0_sq = nu0 = None
     if gaussian:
         nu0 = 1.0
+        var_y = float(np.var(design.y)) or 1.0
         if own.any():
             sigma0_sq = float(np.mean(est.rss_group[own] / (n[own] - p)))
-        else:
-            sigma0_sq = est.rss_pool / max(design.n_obs - p - r, 1)
-        if not sigma0_sq > 0:
-            sigma0_sq = float(np.var(design.y)) or 1.0
+        elif design.n_obs > p + r:
+            sigma0_sq = est.rss_pool / (design.n_obs - p - r)
+        else:  # the pooled fit is exact: its residuals are rounding error
+            sigma0_sq = var_y
+        if not sigma0_sq > 1e-12 * var_y:  # an exact fit to rounding error says nothing of sigma2
+            sigma0_sq = var_y
     if not r:
         alpha_cov = np.zeros((0, 0))
     elif gaussian:

@@ -14,15 +14,21 @@ sufficient statistics give in O(m p^3) through P_j = Sigma^-1 + X_j'X_j / sigma2
 with r_j = y_j - X_j theta - Z_j alpha. One sweep (a partially collapsed Gibbs sampler,
 van Dyk and Park 2008; the order matters):
 
-1. Sigma: ``sigma_steps`` random-walk Metropolis steps on p(Sigma | theta, alpha, sigma2, y)
-   (beta integrated out), in the coordinates Sigma = R C C' R' with C lower triangular,
-   (log C_kk, C_kl): R a reference factor set during warm-up (from the warm-up mean of
-   Sigma), the step size adapted towards acceptance 0.3; both frozen after warm-up.
+1. Sigma: ``sigma_steps`` (6) random-walk Metropolis steps on p(Sigma | theta, alpha, sigma2, y)
+   (beta integrated out), in the coordinates v = (log C_kk, C_kl) of Sigma = R C C' R' with
+   C lower triangular: R a reference factor set during warm-up (from the warm-up mean of
+   Sigma), the proposal's per-coordinate scales from the warm-up spread of v, and its step
+   size adapted towards acceptance 0.3; all frozen after warm-up.
 2. (theta, alpha) jointly from p(theta, alpha | Sigma, sigma2, y), beta integrated out:
    Gaussian, so fixed-only effects are blocked with the population means.
 3. beta_j | theta, alpha, Sigma, sigma2 for all groups at once, as in the centred sampler.
 4. Sigma | beta, theta from its inverse-Wishart full conditional (the centred draw).
 5. sigma2 | beta, alpha from its inverse-gamma full conditional.
+
+The sweep runs as one compiled call (:func:`multilevel.linalg.collapsed_sweep`) on random
+numbers drawn beforehand from the chain's NumPy Generator (:meth:`CollapsedGibbs.draw_inputs`);
+:meth:`CollapsedGibbs.sweep_numpy` is the same sweep step by step in NumPy, the reference
+of the tests and the fallback when a matrix is not positive definite.
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..distributions import inverse_gamma, mvn_from_precision
-from ..linalg import collapsed_information, sigma_coordinates, sigma_metropolis
+from ..distributions import mvn_from_precision
+from ..linalg import (collapsed_information, collapsed_sweep, inverse_wishart_from_bartlett, sigma_coordinates,
+                      sigma_metropolis)
 from ..priors import Priors
 from ..suffstats import GaussianStats, residual_sum_of_squares
-from .gibbs import GibbsState, draw_beta, draw_Sigma, initial_values
+from .gibbs import initial_values
 
 SIGMA_TARGET = 0.3
 
@@ -50,9 +57,24 @@ class CollapsedState(NamedTuple):
     sigma2: float
     R: np.ndarray  # (p, p) reference Cholesky factor of the Sigma proposal's coordinates
     log_step: float  # log step size of the Sigma random walk
+    v_scale: np.ndarray  # (p (p + 1) / 2,) per-coordinate scale of the Sigma proposal
     Sigma_sum: np.ndarray  # (p, p) warm-up running sum of Sigma, for R
+    v_sum: np.ndarray  # (p (p + 1) / 2,) warm-up running sums of the coordinates v and of v^2, for v_scale
+    v_sq: np.ndarray
     n_sum: int
     accept_Sigma: float  # share of this sweep's Sigma steps accepted
+    ssr: float  # residual sum of squares at (beta, alpha)
+
+
+class SweepInputs(NamedTuple):
+    """The random numbers of one collapsed sweep (see :func:`multilevel.linalg.collapsed_sweep`)."""
+
+    mh_normals: np.ndarray  # (sigma_steps, p (p + 1) / 2) Sigma random-walk increments
+    log_u: np.ndarray  # (sigma_steps,) log uniforms of the Metropolis tests
+    ta_normals: np.ndarray  # (q + r,) for (theta_free, alpha)
+    beta_normals: np.ndarray  # (m, p)
+    gammas: np.ndarray  # (p + 1,) Gamma((eta0 + m - k) / 2), k < p, then Gamma((nu0 + N) / 2)
+    iw_normals: np.ndarray  # (p (p - 1) / 2,) Bartlett's lower entries
 
 
 @dataclass(frozen=True)
@@ -65,7 +87,7 @@ class CollapsedGibbs:
     stats: GaussianStats
     priors: Priors
     theta_free: np.ndarray
-    sigma_steps: int = 3
+    sigma_steps: int = 6
 
     def __post_init__(self) -> None:
         pr = self.priors
@@ -85,26 +107,43 @@ class CollapsedGibbs:
         object.__setattr__(self, "_shift", shift)
         object.__setattr__(self, "_n_obs", int(self.stats.n.sum()))
         object.__setattr__(self, "_S0", pr.S0)
+        m = self.stats.n.shape[0]
+        object.__setattr__(self, "_free_index", np.flatnonzero(free).astype(np.int64))
+        object.__setattr__(self, "_sigma_rate0", 0.5 * pr.nu0 * pr.sigma0_sq)
+        d, k = p * (p + 1) // 2, self.sigma_steps
+        object.__setattr__(self, "_input_shape", (k, d, m, p))
+        a = k * d
+        object.__setattr__(self, "_input_splits", (a, a + q + r, a + q + r + m * p, a + q + r + m * p + p * (p - 1) // 2))
+        object.__setattr__(self, "_gamma_shapes", np.append(0.5 * (pr.eta0 + m - np.arange(p)), 0.5 * (pr.nu0 + self._n_obs)))
 
-    # -- steps ----------------------------------------------------------------------
+    # -- random inputs of a sweep -------------------------------------------------------
+    def draw_inputs(self, rng: np.random.Generator) -> SweepInputs:
+        """All random numbers of one sweep, in three Generator calls."""
+        k, d, m, p = self._input_shape
+        a, b, c, total = self._input_splits
+        normals = rng.standard_normal(total)
+        log_u = np.log(rng.uniform(size=k))
+        gammas = rng.standard_gamma(self._gamma_shapes)
+        return SweepInputs(normals[:a].reshape(k, d), log_u, normals[a:b], normals[b:c].reshape(m, p), gammas,
+                           normals[c:])
+
+    # -- the sweep in NumPy (reference, and the fallback with jitter and messages) -------
     def residual_cross(self, theta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         """U_j = X_j'(y_j - X_j theta - Z_j alpha) for all groups."""
         st = self.stats
         return st.Xty - st.XtX @ theta - (st.XtZ @ alpha if alpha.shape[0] else 0.0)
 
-    def move_Sigma(self, state: CollapsedState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    def move_Sigma(self, state: CollapsedState, u: SweepInputs) -> tuple[np.ndarray, np.ndarray, int]:
         """``sigma_steps`` Metropolis steps on Sigma with the beta_j integrated out
-        (compiled: :func:`multilevel.linalg.sigma_metropolis`)."""
+        (compiled: :func:`multilevel.linalg.sigma_metropolis`); returns the number accepted."""
         U = self.residual_cross(state.theta, state.alpha)
         v = sigma_coordinates(state.Sigma, state.R)
-        normals = rng.standard_normal((self.sigma_steps, v.shape[0]))
-        log_u = np.log(rng.uniform(size=self.sigma_steps))
-        Sigma, Sigma_inv, accepted = sigma_metropolis(v, state.R, U, self.stats.XtX, float(state.sigma2), self._S0,
-                                                      float(self.priors.eta0), float(np.exp(state.log_step)), normals, log_u)
-        return Sigma, Sigma_inv, accepted / max(self.sigma_steps, 1)
+        return sigma_metropolis(v, state.R, U, self.stats.XtX, float(state.sigma2), self._S0,
+                                float(self.priors.eta0), float(np.exp(state.log_step)), state.v_scale, u.mh_normals,
+                                u.log_u)
 
-    def draw_theta_alpha(self, Sigma_inv: np.ndarray, sigma2: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(theta_f, alpha) | Sigma, sigma2, y with the beta_j integrated out (Gaussian)."""
+    def draw_theta_alpha(self, Sigma_inv: np.ndarray, sigma2: float, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(theta_f, alpha) | Sigma, sigma2, y with the beta_j integrated out (Gaussian), from normals z."""
         st, free = self.stats, self.theta_free
         p, r = Sigma_inv.shape[0], st.ZtZ.shape[0]
         q = int(free.sum())
@@ -121,57 +160,102 @@ class CollapsedGibbs:
             info[q:, :q] = XVZ[free].T
             rhs[q:] = ZVy + st.Zty / sigma2
         P = self._prec + 0.5 * (info + info.T)
-        draw = mvn_from_precision(P, self._shift + rhs, rng.standard_normal(q + r), "theta and alpha (collapsed)")
+        draw = mvn_from_precision(P, self._shift + rhs, z, "theta and alpha (collapsed)")
         theta = np.zeros(p)
         theta[free] = draw[:q]
         return theta, draw[q:]
+
+    def sweep_numpy(self, state: CollapsedState, u: SweepInputs) -> tuple:
+        """The sweep of :func:`multilevel.linalg.collapsed_sweep` step by step in NumPy, from the
+        same random inputs; a precision that is not positive definite gets the jitter fallback
+        of :func:`multilevel.distributions.mvn_from_precision` or a FloatingPointError naming it."""
+        pr, st = self.priors, self.stats
+        Sigma, Sigma_inv, accepted = self.move_Sigma(state, u)
+        sigma2 = float(state.sigma2)
+        theta, alpha = self.draw_theta_alpha(Sigma_inv, sigma2, u.ta_normals)
+        P = Sigma_inv + st.XtX / sigma2
+        rhs = Sigma_inv @ theta + (st.Xty - (st.XtZ @ alpha if alpha.shape[0] else 0.0)) / sigma2
+        beta = mvn_from_precision(P, rhs, u.beta_normals, "beta (group effects)")
+        dev = beta - theta
+        Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(pr.S0 + dev.T @ dev, 2.0 * u.gammas[:-1], u.iw_normals)
+        if not ok:
+            raise FloatingPointError("the inverse-Wishart scale matrix of Sigma is not positive definite")
+        ssr = residual_sum_of_squares(st, beta, alpha)
+        sigma2 = (self._sigma_rate0 + 0.5 * ssr) / u.gammas[-1]
+        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, 0
 
     # -- the kernel -----------------------------------------------------------------
     def init(self, rng: np.random.Generator) -> CollapsedState:
         theta, alpha, Sigma, sigma2 = initial_values(self.priors, self.theta_free, rng)
         p, m = Sigma.shape[0], self.stats.n.shape[0]
+        d = p * (p + 1) // 2
+        beta = np.tile(theta, (m, 1))
         return CollapsedState(
-            beta=np.tile(theta, (m, 1)), alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=np.linalg.inv(Sigma),
+            beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=np.linalg.inv(Sigma),
             sigma2=sigma2, R=np.linalg.cholesky(Sigma),
-            log_step=float(np.log(1.0 / np.sqrt(p * (p + 1) / 2))), Sigma_sum=np.zeros((p, p)), n_sum=0,
-            accept_Sigma=0.0,
+            log_step=float(np.log(1.0 / np.sqrt(d))), v_scale=np.ones(d), Sigma_sum=np.zeros((p, p)),
+            v_sum=np.zeros(d), v_sq=np.zeros(d), n_sum=0,
+            accept_Sigma=0.0, ssr=residual_sum_of_squares(self.stats, beta, alpha),
         )
 
     def step(self, state: CollapsedState, rng: np.random.Generator) -> CollapsedState:
-        """One sweep: Sigma (collapsed Metropolis), (theta, alpha) collapsed, beta, Sigma, sigma2."""
-        pr = self.priors
-        Sigma, Sigma_inv, accept = self.move_Sigma(state, rng)
-        theta, alpha = self.draw_theta_alpha(Sigma_inv, state.sigma2, rng)
-        view = GibbsState(state.beta, alpha, theta, Sigma, Sigma_inv, state.sigma2)
-        beta = draw_beta(self.stats, view, rng)
-        Sigma, Sigma_inv = draw_Sigma(pr.eta0, pr.S0, beta, theta, rng)
-        ssr = residual_sum_of_squares(self.stats, beta, alpha)
-        sigma2 = inverse_gamma(0.5 * (pr.nu0 + self._n_obs), 0.5 * (pr.nu0 * pr.sigma0_sq + ssr), rng)
+        """One sweep: Sigma (collapsed Metropolis), (theta, alpha) collapsed, beta, Sigma, sigma2,
+        in one compiled call (:func:`multilevel.linalg.collapsed_sweep`); NumPy redoes a sweep
+        that met a matrix that is not positive definite (:meth:`sweep_numpy`)."""
+        st, u = self.stats, self.draw_inputs(rng)
+        out = collapsed_sweep(st.XtX, st.Xty, st.XtZ, st.ZtZ, st.Zty, st.b_ref, st.a_ref, float(st.rtr), st.Xtr,
+                              st.Ztr, self._free_index, self._prec, self._shift, self._S0, float(self.priors.eta0),
+                              self._sigma_rate0, state.theta, state.alpha, state.Sigma, float(state.sigma2), state.R,
+                              float(np.exp(state.log_step)), state.v_scale, u.mh_normals, u.log_u, u.ta_normals, u.beta_normals,
+                              u.gammas, u.iw_normals)
+        if out[-1]:
+            out = self.sweep_numpy(state, u)
+        beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, _ = out
         if not np.isfinite(sigma2) or sigma2 <= 0:
             raise FloatingPointError(f"sigma2 drew {sigma2!r} (residual sum of squares {ssr!r})")
-        return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, sigma2=sigma2,
-                              accept_Sigma=accept)
+        return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv,
+                              sigma2=float(sigma2), accept_Sigma=accepted / max(self.sigma_steps, 1), ssr=float(ssr))
 
     def warmup_step(self, state: CollapsedState, rng: np.random.Generator, i: int, n_warmup: int) -> CollapsedState:
-        """A sweep, then adaptation of the Sigma step size (Robbins-Monro, gain (i + 1)^-0.6)
-        and, at half and three quarters of warm-up, of the reference factor R (from the mean
-        of Sigma over the warm-up's second quarter, then third)."""
+        """A sweep, then adaptation of the Sigma proposal, frozen after warm-up:
+
+        * the step size, all through warm-up, by Robbins-Monro (gain (i + 1)^-0.6) towards
+          acceptance 0.3;
+        * at half of warm-up, the reference factor R = chol(mean of Sigma over the second
+          quarter), which makes the coordinates v about 0 and their scales comparable;
+        * at three quarters, the per-coordinate scales = the standard deviations of v over the
+          third quarter (R fixed meanwhile), and the step size reset to 2.38 / sqrt(dim v).
+        """
         state = self.step(state, rng)
         log_step = state.log_step + (i + 1.0) ** -0.6 * (state.accept_Sigma - SIGMA_TARGET)
-        Sigma_sum, n_sum, R = state.Sigma_sum + state.Sigma, state.n_sum + 1, state.R
-        if i + 1 in (max(n_warmup // 2, 1), max(3 * n_warmup // 4, 1)) and n_warmup >= 8:
+        R, v_scale = state.R, state.v_scale
+        Sigma_sum, v_sum, v_sq, n_sum = state.Sigma_sum, state.v_sum, state.v_sq, state.n_sum + 1
+        quarter, half, three_quarters = (max(k * n_warmup // 4, 1) for k in (1, 2, 3))
+        if i + 1 <= half:
+            Sigma_sum = Sigma_sum + state.Sigma
+        elif i + 1 <= three_quarters:
+            v = sigma_coordinates(state.Sigma, R)
+            v_sum, v_sq = v_sum + v, v_sq + v * v
+        if n_warmup >= 8 and i + 1 == half:
             mean = Sigma_sum / n_sum
             try:
                 R = np.linalg.cholesky(0.5 * (mean + mean.T))
-                Sigma_sum, n_sum = np.zeros_like(Sigma_sum), 0
             except np.linalg.LinAlgError:
                 pass
-        if i + 1 == max(n_warmup // 4, 1):
+            n_sum = 0
+        elif n_warmup >= 8 and i + 1 == three_quarters:
+            var = v_sq / n_sum - (v_sum / n_sum) ** 2
+            if np.all(np.isfinite(var)) and np.all(var > 0):
+                v_scale = np.sqrt(var)
+                log_step = float(np.log(2.38 / np.sqrt(v_scale.shape[0])))
+            n_sum = 0
+        elif i + 1 == quarter:
             Sigma_sum, n_sum = np.zeros_like(Sigma_sum), 0  # the first quarter only settles in
-        return state._replace(log_step=float(np.clip(log_step, -8.0, 3.0)), R=R, Sigma_sum=Sigma_sum, n_sum=n_sum)
+        return state._replace(log_step=float(np.clip(log_step, -8.0, 3.0)), R=R, v_scale=v_scale, Sigma_sum=Sigma_sum,
+                              v_sum=v_sum, v_sq=v_sq, n_sum=n_sum)
 
     def record(self, state: CollapsedState) -> dict[str, np.ndarray]:
-        ssr = residual_sum_of_squares(self.stats, state.beta, state.alpha)
+        ssr = state.ssr
         return {
             "theta": state.theta,
             "Sigma": state.Sigma,
