@@ -296,15 +296,15 @@ def test_loglik_kernels_at_extreme_linear_predictors():
     ll = group_loglik(1, X, base, y01, n1, starts, beta)
     assert np.all(np.isfinite(ll))
     assert np.allclose(ll, y01 * eta - np.logaddexp(0.0, eta), rtol=1e-12, atol=0)  # -800, ~-4e-18, log 1/2, ~-4e-18, -800
-    ll, grad = group_loglik_grad(1, X, np.zeros((5, 0)), base, y01, n1, starts, beta)
+    ll, grad = group_loglik_grad(1, X, np.zeros((5, 0)), base, np.zeros(0), y01, n1, starts, beta)
     assert np.all(np.isfinite(ll)) and np.all(np.isfinite(grad))
-    info = group_information(1, X, np.zeros((5, 0)), base, n1, starts, beta)
+    info = group_information(1, X, np.zeros((5, 0)), base, np.zeros(0), n1, starts, beta)
     assert np.all(np.isfinite(info)) and np.all(info >= 0)
     counts = np.array([0.0, 3.0, 5.0, 1e6, 1e6])
     ll = group_loglik(0, X, base, counts, n1, starts, beta)
     assert not np.any(np.isnan(ll))
     assert ll[-1] == -np.inf and np.all(np.isfinite(ll[:-1]))
-    info = group_information(0, X, np.zeros((5, 0)), base, n1, starts, beta)
+    info = group_information(0, X, np.zeros((5, 0)), base, np.zeros(0), n1, starts, beta)
     assert np.all(np.isfinite(info))
     for fam, y in (("poisson", counts), ("binomial", y01), ("bernoulli", y01)):
         lp = pointwise_loglik(check_family(fam), y, n1, eta)

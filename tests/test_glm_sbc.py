@@ -24,7 +24,7 @@ its prior term) that the same small runs must reject, to show the check has powe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -209,7 +209,9 @@ class TemperedKernel(GLMMetropolis):
 def tempered(power: float):
     def factory(model):
         k = model.kernel
-        return TemperedKernel(**{f.name: getattr(k, f.name) for f in fields(k)}, power=power)
+        # the NumPy form of the sweep (compiled=False) calls loglik_grad; it gives the same draws as the
+        # compiled sweep (tests/test_glm_sweep.py), which cannot be patched from Python
+        return TemperedKernel(**{**{f.name: getattr(k, f.name) for f in fields(k)}, "compiled": False}, power=power)
     return factory
 
 
@@ -239,7 +241,8 @@ def test_glm_sbc_catches_a_beta_step_without_its_prior(monkeypatch):
     The group effects are then not shrunk and Sigma is overestimated; the same replications
     must be rejected. Measured p-values: Sigma[0,0] 2e-22, Sigma[1,1] 5e-93 (and theta[0] 3e-9)."""
     monkeypatch.setattr(metropolis, "mvn_logpdf_kernel", lambda beta, theta, Sigma_inv: np.zeros(beta.shape[0]))
-    result = run_glm_sbc(POISSON, proposal="laplace", seed=1001, **SMALL)
+    result = run_glm_sbc(POISSON, proposal="laplace", seed=1001, **SMALL,
+                         kernel_factory=lambda model: replace(model.kernel, compiled=False))  # the NumPy form
     assert {"Sigma[0,0]", "Sigma[1,1]"} <= set(result.rejected), result.report()
 
 

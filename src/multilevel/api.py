@@ -29,6 +29,7 @@ from .samplers.gibbs import GaussianGibbs
 from .samplers.interweaving import InterweavingGibbs
 
 GAUSSIAN_SAMPLERS = ("collapsed", "interweaving", "centred")
+GLM_SAMPLERS = ("interweaving", "centred")
 from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis
 from .suffstats import gaussian_stats
 
@@ -71,7 +72,10 @@ class Model:
         the group effects integrated out, :mod:`multilevel.samplers.collapsed`) or
         ``"interweaving"`` (centred Gibbs interwoven with non-centred draws of theta and Sigma,
         :mod:`multilevel.samplers.interweaving`) or ``"centred"`` (the specification's Gibbs
-        sampler, :mod:`multilevel.samplers.gibbs`).
+        sampler, :mod:`multilevel.samplers.gibbs`). GLMs: ``"interweaving"`` (default: the
+        Gibbs draws of theta and Sigma each followed by a non-centred Metropolis move) or
+        ``"centred"`` (Gibbs draws only, as in the specification);
+        see :mod:`multilevel.samplers.metropolis`. ``None``: the family's default.
     """
 
     def __init__(
@@ -83,11 +87,14 @@ class Model:
         na_action: NaAction = "drop",
         offset: Any = None,
         proposal: str = "laplace",
-        sampler: str = "collapsed",
+        sampler: str | None = None,
     ):
         self.family = check_family(family)
-        if sampler not in GAUSSIAN_SAMPLERS:
-            raise ModelError(f"sampler must be one of {', '.join(GAUSSIAN_SAMPLERS)}, not {sampler!r}")
+        choices = GAUSSIAN_SAMPLERS if self.family.is_gaussian else GLM_SAMPLERS
+        sampler = choices[0] if sampler is None else sampler
+        if sampler not in choices:
+            raise ModelError(f"sampler must be one of {', '.join(choices)} for the {self.family.name} family, "
+                             f"not {sampler!r}")
         if proposal not in PROPOSALS:
             raise ModelError(f"proposal must be one of {', '.join(PROPOSALS)}, not {proposal!r}")
         if offset is not None and self.family.is_gaussian:
@@ -118,13 +125,14 @@ class Model:
             data = GLMData(CODES[self.family.name], design.X, design.Z, design.offset,
                            np.asarray(design.y, dtype=float), design.trials, design.starts)
             self.kernel = GLMMetropolis(data, self.priors, design.theta_free, proposal=proposal,
-                                        b_start=self.estimates.b_group, alpha_info=self.estimates.info_pool[p:, p:])
+                                        b_start=self.estimates.b_group, alpha_info=self.estimates.info_pool[p:, p:],
+                                        interweave=sampler == "interweaving")
 
     @property
     def sampler(self) -> str:
         if self.family.is_gaussian:
             return f"{self.sampler_name} gibbs"
-        return f"metropolis-within-gibbs ({self.proposal} proposal)"
+        return f"metropolis-within-gibbs ({self.proposal} proposal, {self.sampler_name})"
 
     def fit(
         self,
@@ -238,8 +246,11 @@ def model_of(fit: Fit) -> Model:
     frame = dataset_to_frame(fit.idata.training_data)
     offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
     priors = replace(Priors.from_json(attrs["priors"]), fallback=None)
+    sampler = attrs.get("sampler_name")
+    if sampler == "collapsed" and attrs["family"] != "gaussian":  # GLM fits saved before GLMs had a sampler option
+        sampler = None
     return Model(attrs["formula"], frame, family=attrs["family"], priors=priors, na_action="raise", offset=offset,
-                 proposal=str(attrs.get("proposal", "laplace")), sampler=str(attrs.get("sampler_name", "collapsed")))
+                 proposal=str(attrs.get("proposal", "laplace")), sampler=None if sampler is None else str(sampler))
 
 
 def resume(fit: Fit | str | os.PathLike, draws: int | None = None, **kwargs: Any) -> Fit:
@@ -264,7 +275,7 @@ def fit(
     offset: Any = None,
     proposal: str = "laplace",
     posterior_predictive: bool = False,
-    sampler: str = "collapsed",
+    sampler: str | None = None,
 ) -> Fit:
     """Fit a hierarchical model: ``Model(formula, data, family, priors, ...).fit(...)``."""
     model = Model(formula, data, family=family, priors=priors, na_action=na_action, offset=offset, proposal=proposal,

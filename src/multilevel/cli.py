@@ -47,9 +47,9 @@ def cli() -> None:
 @click.option("--offset", default=None, help="GLMs: column added to the linear predictor, e.g. a log exposure.")
 @click.option("--proposal", type=click.Choice(["laplace", "textbook"]), default="laplace", show_default=True,
               help="GLMs: Metropolis proposal for the group effects.")
-@click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred"]), default="collapsed",
-              show_default=True, help="Gaussian: collapsed moves of Sigma, theta and alpha (default), centred Gibbs "
-              "interwoven with non-centred moves, or the plain centred Gibbs sampler.")
+@click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred"]), default=None,
+              help="Gaussian: collapsed moves of Sigma, theta and alpha (default), centred Gibbs interwoven with "
+              "non-centred moves, or the plain centred Gibbs sampler. GLMs: interweaving (default) or centred.")
 @click.option("--chains", default=4, show_default=True, type=int, help="Number of chains.")
 @click.option("--draws", default=1000, show_default=True, type=int, help="Kept draws per chain.")
 @click.option("--warmup", default=1000, show_default=True, type=int, help="Warm-up sweeps per chain, discarded.")
@@ -62,7 +62,7 @@ def cli() -> None:
 @click.option("--na-action", type=click.Choice(["drop", "raise"]), default="drop", show_default=True,
               help="Rows with missing values in used columns: drop them with a warning, or refuse.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def fit_command(data: str, formula: str, family: str, offset: str | None, proposal: str, sampler: str, chains: int, draws: int, warmup: int, seed: int | None,
+def fit_command(data: str, formula: str, family: str, offset: str | None, proposal: str, sampler: str | None, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
                 no_progress: bool) -> None:
     """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp)."""

@@ -20,21 +20,22 @@ def _softplus(x: float) -> float:
     return np.log1p(np.exp(x))
 
 
-def group_loglik(code: int, X: np.ndarray, base: np.ndarray, y: np.ndarray, n: np.ndarray,
+def group_loglik(code: int, X: np.ndarray, offset: np.ndarray, y: np.ndarray, n: np.ndarray,
                  starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)], eta_i = base_i + x_i' beta_j, with
+    """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)], eta_i = offset_i + x_i' beta_j, with
     b(eta) = exp(eta) (Poisson) or n_i log(1 + exp(eta)) (logit): the log-likelihood part of
     :func:`group_loglik_grad`. An overflowing exp gives -inf, which a Metropolis step
     rejects; it never gives NaN for finite inputs."""
-    return group_loglik_grad(code, X, np.zeros((X.shape[0], 0)), base, y, n, starts, beta)[0]
+    return group_loglik_grad(code, X, np.zeros((X.shape[0], 0)), offset, np.zeros(0), y, n, starts, beta)[0]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def group_information(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray, n: np.ndarray,
+def group_information(code: int, X: np.ndarray, Z: np.ndarray, offset: np.ndarray, alpha: np.ndarray, n: np.ndarray,
                       starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Per-group Fisher information of (beta_j, alpha): D_j' W_j D_j with D = [X Z].
 
-    Shape (m, p + r, p + r); w = mu (Poisson) or n q (1 - q) (logit), at eta = base + x' beta_j.
+    Shape (m, p + r, p + r); w = mu (Poisson) or n q (1 - q) (logit), at
+    eta = offset + z' alpha + x' beta_j.
     The blocks are H_j = X_j'W_jX_j, G_j = X_j'W_jZ_j and K_j = Z_j'W_jZ_j.
     """
     m, p = beta.shape
@@ -44,12 +45,13 @@ def group_information(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray,
     row = np.empty(k)
     for j in range(m):
         for i in range(starts[j], starts[j + 1]):
-            eta = base[i]
+            eta = offset[i]
+            for a in range(r):
+                eta += Z[i, a] * alpha[a]
+                row[p + a] = Z[i, a]
             for a in range(p):
                 eta += X[i, a] * beta[j, a]
                 row[a] = X[i, a]
-            for a in range(r):
-                row[p + a] = Z[i, a]
             if code == 0:
                 w = np.exp(min(eta, 700.0))
             else:
@@ -65,11 +67,12 @@ def group_information(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray,
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def group_loglik_grad(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray, y: np.ndarray, n: np.ndarray,
-                      starts: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)] (see :func:`group_loglik`) and, in the same pass, each group's score
+def group_loglik_grad(code: int, X: np.ndarray, Z: np.ndarray, offset: np.ndarray, alpha: np.ndarray, y: np.ndarray,
+                      n: np.ndarray, starts: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ll_j = sum_{i in j} [y_i eta_i - b(eta_i)], eta_i = offset_i + z_i' alpha + x_i' beta_j
+    (see :func:`group_loglik`) and, in the same pass, each group's score
     [X_j Z_j]'(y_j - mu_j) (m, p + r): the gradient in beta_j and group j's share of the
-    gradient in alpha."""
+    gradient in alpha. ``alpha`` may be empty (then Z has no columns)."""
     m, p = beta.shape
     r = Z.shape[1]
     ll = np.empty(m)
@@ -77,7 +80,9 @@ def group_loglik_grad(code: int, X: np.ndarray, Z: np.ndarray, base: np.ndarray,
     for j in range(m):
         s = 0.0
         for i in range(starts[j], starts[j + 1]):
-            eta = base[i]
+            eta = offset[i]
+            for k in range(r):
+                eta += Z[i, k] * alpha[k]
             for k in range(p):
                 eta += X[i, k] * beta[j, k]
             if code == 0:

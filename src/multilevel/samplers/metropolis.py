@@ -42,6 +42,14 @@ Proposals for beta_j:
   kept draws come from a Markov chain with a fixed, symmetric (given Sigma) proposal.
 * ``"textbook"``: the specification's beta*_j ~ MVN(beta_j, delta Sigma) with one delta
   adapted in warm-up, then frozen.
+
+``interweave=False`` (``sampler="centred"``) leaves out the two non-centred moves: theta and
+Sigma then come from their Gibbs draws alone, as in the specification.
+
+The sweep runs as one compiled call (:func:`multilevel.glmsweep.glm_sweep`) on random
+numbers drawn beforehand from the chain's NumPy Generator (:meth:`GLMMetropolis.draw_inputs`);
+:meth:`GLMMetropolis.sweep_numpy` is the same sweep move by move in NumPy (``compiled=False``):
+the reference of the tests, and the fallback when a matrix is not positive definite.
 """
 
 from __future__ import annotations
@@ -51,10 +59,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..distributions import mvn_from_precision
 from ..glmlik import group_information, group_loglik_grad
-from ..linalg import mvn_precision_batch, sigma_coordinates, sigma_from_coordinates, solve_spd_batch
+from ..glmsweep import glm_sweep
+from ..linalg import (inverse_wishart_from_bartlett, mvn_precision_batch, sigma_coordinates, sigma_from_coordinates,
+                      solve_spd_batch)
 from ..priors import Priors
-from .gibbs import draw_Sigma, draw_theta
 
 PROPOSALS = ("laplace", "textbook")
 
@@ -91,6 +101,22 @@ class GLMState(NamedTuple):
     accept_Sigma: bool
 
 
+class GLMSweepInputs(NamedTuple):
+    """The random numbers of one sweep (see :func:`multilevel.glmsweep.glm_sweep`); ``u_*`` are log uniforms."""
+
+    z_beta: np.ndarray  # (m, p)
+    u_beta: np.ndarray  # (m,)
+    z_alpha: np.ndarray  # (r,)
+    u_alpha: float
+    z_theta: np.ndarray  # (q,) centred Gibbs draw
+    z_theta_nc: np.ndarray  # (q,) non-centred move
+    u_theta: float
+    gammas: np.ndarray  # (p,) Gamma((eta0 + m - k) / 2)
+    iw_normals: np.ndarray  # (p (p - 1) / 2,)
+    z_Sigma: np.ndarray  # (p (p + 1) / 2,)
+    u_Sigma: float
+
+
 @dataclass(frozen=True)
 class GLMData:
     """The arrays a GLM sweep reads: rows sorted by group."""
@@ -122,6 +148,8 @@ class GLMMetropolis:
     proposal: str = "laplace"
     b_start: np.ndarray | None = None  # per-group fits: where H_j is first evaluated
     alpha_info: np.ndarray | None = None  # pooled Fisher information of alpha
+    interweave: bool = True  # the non-centred theta and Sigma moves (sampler "interweaving"); off: "centred"
+    compiled: bool = True  # the sweep as one compiled call; False runs its NumPy form (same draws)
 
     def __post_init__(self) -> None:
         pr = self.priors
@@ -133,19 +161,21 @@ class GLMMetropolis:
         object.__setattr__(self, "_theta_shift", L0_prec @ pr.mu0)
         object.__setattr__(self, "_alpha_prec", A_prec)
         object.__setattr__(self, "_alpha_chol0", np.linalg.cholesky(np.linalg.inv(A_prec + info)) if r else np.zeros((0, 0)))
+        object.__setattr__(self, "_free_index", np.flatnonzero(self.theta_free).astype(np.int64))
+        m, p = self.data.starts.shape[0] - 1, self.data.X.shape[1]
+        object.__setattr__(self, "_gamma_shapes", 0.5 * (pr.eta0 + m - np.arange(p)))
+        object.__setattr__(self, "_shape", (m, p))
+        sizes = [m * p, r, int(self.theta_free.sum()), int(self.theta_free.sum()), p * (p - 1) // 2, p * (p + 1) // 2]
+        object.__setattr__(self, "_cuts", tuple(int(c) for c in np.cumsum(sizes)))
 
     # -- pieces ---------------------------------------------------------------------
-    def base(self, alpha: np.ndarray) -> np.ndarray:
-        d = self.data
-        return d.offset + d.Z @ alpha if alpha.shape[0] else d.offset
-
     def loglik_grad(self, beta: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self.data
-        return group_loglik_grad(d.code, d.X, d.Z, self.base(alpha), d.y, d.n, d.starts, beta)
+        return group_loglik_grad(d.code, d.X, d.Z, d.offset, alpha, d.y, d.n, d.starts, beta)
 
     def information(self, beta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         d = self.data
-        return group_information(d.code, d.X, d.Z, self.base(alpha), d.n, d.starts, beta)
+        return group_information(d.code, d.X, d.Z, d.offset, alpha, d.n, d.starts, beta)
 
     def alpha_shift(self, info: np.ndarray, Sigma_inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """M_j = (Sigma^-1 + H_j)^-1 G_j (m, p, r), and G_j (m, p, r)."""
@@ -179,49 +209,185 @@ class GLMMetropolis:
         except np.linalg.LinAlgError:
             return np.linalg.cholesky(self.priors.Lambda0) if free.any() else np.zeros((0, 0))
 
-    def update_theta_noncentred(self, state: GLMState, beta: np.ndarray, theta: np.ndarray, ll: np.ndarray,
-                                grad: np.ndarray, rng: np.random.Generator):
+    # -- random inputs of a sweep -------------------------------------------------------
+    def draw_inputs(self, rng: np.random.Generator) -> GLMSweepInputs:
+        """All random numbers of one sweep, in three Generator calls."""
+        m, p = self._shape
+        a, b, c, d, e, total = self._cuts
+        normals = rng.standard_normal(total)
+        log_u = np.log(rng.uniform(size=m + 3))
+        gammas = rng.standard_gamma(self._gamma_shapes)
+        return GLMSweepInputs(normals[:a].reshape(m, p), log_u[:m], normals[a:b], float(log_u[m]), normals[b:c],
+                              normals[c:d], float(log_u[m + 1]), gammas, normals[d:e], normals[e:],
+                              float(log_u[m + 2]))
+
+    # -- the sweep in NumPy (reference of the compiled sweep, and its fallback) ----------
+    def update_beta(self, state: GLMState, z: np.ndarray, log_u: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All groups' Metropolis(-Hastings) steps at once; returns (beta, ll, grad, accepted)."""
+        m, p = state.beta.shape
+        if self.proposal == "textbook":
+            L = np.linalg.cholesky(state.Sigma)
+            proposal = state.beta + np.exp(state.log_scale[0]) * (z @ L.T)
+            ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
+            log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
+                         - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv))
+        else:
+            s = np.exp(state.log_scale)[:, None]
+            P = np.ascontiguousarray(state.Sigma_inv + state.info[:, :p, :p])
+            g = state.grad[:, :p] - (state.beta - state.theta) @ state.Sigma_inv
+            step = np.empty((m, p))
+            failed = mvn_precision_batch(P.copy(), 0.5 * s * s * g, s * z, step)
+            if failed >= 0:
+                raise FloatingPointError(f"the proposal precision of beta in group {failed} is not positive definite")
+            proposal = state.beta + step
+            ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
+            g_new = grad_new[:, :p] - (proposal - state.theta) @ state.Sigma_inv
+            Vg_new, _ = solve_spd_batch(P, g_new[:, :, None])
+            back = state.beta - proposal - 0.5 * s * s * Vg_new[:, :, 0]
+            log_q_back = -0.5 * np.einsum("jk,jkl,jl->j", back, P, back) / (s[:, 0] ** 2)
+            log_q_fwd = -0.5 * np.sum(z * z, axis=1)
+            log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
+                         - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv) + log_q_back - log_q_fwd)
+        accept = log_u < log_ratio  # NaN or -inf never accept
+        beta = np.where(accept[:, None], proposal, state.beta)
+        ll = np.where(accept, ll_new, state.ll)
+        grad = np.where(accept[:, None], grad_new, state.grad)
+        return beta, ll, grad, accept
+
+    def joint_gradient(self, state: GLMState, M: np.ndarray, alpha: np.ndarray, beta: np.ndarray, theta: np.ndarray,
+                       grad: np.ndarray) -> np.ndarray:
+        """Gradient in delta, at delta = 0, of the log density along the joint move
+        (alpha + delta, beta_j - M_j delta, theta_f - mean_j(M_j delta)_f)."""
+        pr, free = self.priors, self.theta_free
+        p = beta.shape[1]
+        Mbar = M.mean(axis=0)  # (p, r)
+        Fm = np.where(free[:, None], Mbar, 0.0)
+        g = grad[:, p:].sum(axis=0) - np.einsum("jkr,jk->r", M, grad[:, :p])
+        g -= self._alpha_prec @ (alpha - pr.alpha_mean)
+        dev = (beta - theta) @ state.Sigma_inv  # (m, p)
+        g += np.einsum("jkr,jk->r", M, dev) - Fm.T @ dev.sum(axis=0)
+        if free.any():
+            g += Mbar[free].T @ (self._theta_prec @ (theta[free] - pr.mu0))
+        return g
+
+    def update_alpha(self, state: GLMState, beta: np.ndarray, ll: np.ndarray, grad: np.ndarray, z: np.ndarray,
+                     log_u: float):
+        """The joint (alpha, beta, theta) move of the module docstring, as a Langevin step:
+        delta = (s^2 / 2) C g + s L_C z, with g the gradient along the move and the
+        Metropolis-Hastings correction for the drift. Returns (alpha, beta, theta, ll, grad, accepted)."""
+        r = state.alpha.shape[0]
+        if not r:
+            return state.alpha, beta, state.theta, ll, grad, False
+        pr = self.priors
+        s = np.exp(state.log_scale_alpha)
+        L = state.alpha_chol
+        C = L @ L.T
+        M, _ = self.alpha_shift(state.info, state.Sigma_inv)
+        g = self.joint_gradient(state, M, state.alpha, beta, state.theta, grad)
+        delta = 0.5 * s * s * (C @ g) + s * (L @ z)
+        alpha_new = state.alpha + delta
+        shift = M @ delta
+        beta_new = beta - shift
+        theta_new = state.theta.copy()
+        theta_new[self.theta_free] -= shift.mean(axis=0)[self.theta_free]
+        ll_new, grad_new = self.loglik_grad(beta_new, alpha_new)
+        g_new = self.joint_gradient(state, M, alpha_new, beta_new, theta_new, grad_new)
+        back = np.linalg.solve(L, -delta - 0.5 * s * s * (C @ g_new)) / s  # whitened reverse step
+
+        def log_prior(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> float:
+            d = a - pr.alpha_mean
+            f = t[self.theta_free] - pr.mu0
+            return (-0.5 * float(d @ self._alpha_prec @ d) - 0.5 * float(f @ self._theta_prec @ f)
+                    + float(mvn_logpdf_kernel(b, t, state.Sigma_inv).sum()))
+
+        log_ratio = (float(ll_new.sum() - ll.sum()) + log_prior(alpha_new, beta_new, theta_new)
+                     - log_prior(state.alpha, beta, state.theta) - 0.5 * float(back @ back) + 0.5 * float(z @ z))
+        if log_u < log_ratio:
+            return alpha_new, beta_new, theta_new, ll_new, grad_new, True
+        return state.alpha, beta, state.theta, ll, grad, False
+
+    def draw_theta(self, beta: np.ndarray, Sigma_inv: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """theta | beta, Sigma by Gibbs (free components; zeros elsewhere), from normals z."""
+        free = self.theta_free
+        theta = np.zeros(beta.shape[1])
+        if free.any():
+            P = self._theta_prec + beta.shape[0] * Sigma_inv[np.ix_(free, free)]
+            rhs = self._theta_shift + (Sigma_inv @ beta.sum(axis=0))[free]
+            theta[free] = mvn_from_precision(P, rhs, z, "theta")
+        return theta
+
+    def update_theta_noncentred(self, state: GLMState, beta: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
+                                ll: np.ndarray, grad: np.ndarray, z: np.ndarray, log_u: float):
         """The non-centred theta move of the module docstring; returns (theta, beta, ll, grad, accepted)."""
         free = self.theta_free
-        q = int(free.sum())
-        if not q:
+        if not free.any():
             return theta, beta, ll, grad, False
         shift = np.zeros(free.shape[0])
-        shift[free] = np.exp(state.log_scale_theta) * (state.theta_chol @ rng.standard_normal(q))
+        shift[free] = np.exp(state.log_scale_theta) * (state.theta_chol @ z)
         theta_new, beta_new = theta + shift, beta + shift
-        ll_new, grad_new = self.loglik_grad(beta_new, state.alpha)
+        ll_new, grad_new = self.loglik_grad(beta_new, alpha)
 
         def log_prior(t: np.ndarray) -> float:
             d = t[free] - self.priors.mu0
             return -0.5 * float(d @ self._theta_prec @ d)
 
         log_ratio = float(ll_new.sum() - ll.sum()) + log_prior(theta_new) - log_prior(theta)
-        if np.log(rng.uniform()) < log_ratio:
+        if log_u < log_ratio:
             return theta_new, beta_new, ll_new, grad_new, True
         return theta, beta, ll, grad, False
+
+    def draw_Sigma(self, beta: np.ndarray, theta: np.ndarray, gammas: np.ndarray, normals: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Sigma | beta, theta ~ inverse-Wishart(eta0 + m, [S0 + sum_j (beta_j - theta)(beta_j - theta)']^-1)
+        by Bartlett: chi2(eta0 + m - k) = 2 gammas[k], the lower entries ``normals``."""
+        dev = beta - theta
+        Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(self.priors.S0 + dev.T @ dev, 2.0 * gammas, normals)
+        if not ok:
+            raise FloatingPointError("the inverse-Wishart scale matrix of Sigma is not positive definite")
+        return Sigma, Sigma_inv
 
     def log_prior_Sigma(self, Sigma_inv: np.ndarray, logdet: float) -> float:
         """log inverse-Wishart(eta0, S0) density of Sigma, up to a constant."""
         p = Sigma_inv.shape[0]
         return -0.5 * (self.priors.eta0 + p + 1) * logdet - 0.5 * float(np.sum(self.priors.S0 * Sigma_inv))
 
-    def update_Sigma_noncentred(self, state: GLMState, beta: np.ndarray, theta: np.ndarray, Sigma: np.ndarray,
-                                Sigma_inv: np.ndarray, ll: np.ndarray, grad: np.ndarray, rng: np.random.Generator):
+    def update_Sigma_noncentred(self, state: GLMState, beta: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
+                                Sigma: np.ndarray, Sigma_inv: np.ndarray, ll: np.ndarray, grad: np.ndarray, z: np.ndarray,
+                                log_u: float):
         """The non-centred Sigma move; returns (Sigma, Sigma_inv, beta, ll, grad, accepted)."""
         R = state.R
         v = sigma_coordinates(Sigma, R)
         L, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
         eta = np.linalg.solve(L, (beta - theta).T)  # (p, m): the eta_j held fixed
-        proposal = v + np.exp(state.log_step_Sigma) * rng.standard_normal(v.shape[0])
+        proposal = v + np.exp(state.log_step_Sigma) * z
         L_new, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
         beta_new = theta + (L_new @ eta).T
-        ll_new, grad_new = self.loglik_grad(beta_new, state.alpha)
+        ll_new, grad_new = self.loglik_grad(beta_new, alpha)
         log_ratio = (float(ll_new.sum() - ll.sum()) + self.log_prior_Sigma(Si_new, logdet_new) + log_jac_new
                      - self.log_prior_Sigma(Sigma_inv, logdet) - log_jac)
-        if np.log(rng.uniform()) < log_ratio:
+        if log_u < log_ratio:
             return S_new, Si_new, beta_new, ll_new, grad_new, True
         return Sigma, Sigma_inv, beta, ll, grad, False
 
+    def sweep_numpy(self, state: GLMState, u: GLMSweepInputs) -> GLMState:
+        """One sweep step by step in NumPy, from the random inputs ``u``."""
+        beta, ll, grad, accept = self.update_beta(state, u.z_beta, u.u_beta)
+        alpha, beta, theta, ll, grad, accept_alpha = self.update_alpha(state, beta, ll, grad, u.z_alpha, u.u_alpha)
+        theta = self.draw_theta(beta, state.Sigma_inv, u.z_theta)
+        accept_theta = accept_Sigma = False
+        if self.interweave:
+            theta, beta, ll, grad, accept_theta = self.update_theta_noncentred(state, beta, alpha, theta, ll, grad,
+                                                                               u.z_theta_nc, u.u_theta)
+        Sigma, Sigma_inv = self.draw_Sigma(beta, theta, u.gammas, u.iw_normals)
+        if self.interweave:
+            Sigma, Sigma_inv, beta, ll, grad, accept_Sigma = self.update_Sigma_noncentred(
+                state, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, u.z_Sigma, u.u_Sigma)
+        return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
+                              accept_beta=accept, accept_alpha=accept_alpha, accept_theta=accept_theta,
+                              accept_Sigma=accept_Sigma)
+
+    # -- the kernel -----------------------------------------------------------------
     def init(self, rng: np.random.Generator) -> GLMState:
         """Start near the per-group fits (jittered), theta and alpha from their priors' means
         plus noise, Sigma at its prior scale."""
@@ -248,106 +414,30 @@ class GLMMetropolis:
                         self.theta_proposal_chol(info), False, np.linalg.cholesky(Sigma),
                         float(np.log(0.5 / np.sqrt(p * (p + 1) / 2))), False)
 
-    def update_beta(self, state: GLMState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """All groups' Metropolis(-Hastings) steps at once; returns (beta, ll, grad, accepted)."""
-        m, p = state.beta.shape
-        z = rng.standard_normal((m, p))
-        log_u = np.log(rng.uniform(size=m))
-        if self.proposal == "textbook":
-            L = np.linalg.cholesky(state.Sigma)
-            proposal = state.beta + np.exp(state.log_scale[0]) * (z @ L.T)
-            ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
-            log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
-                         - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv))
-        else:
-            s = np.exp(state.log_scale)[:, None]
-            P = np.ascontiguousarray(state.Sigma_inv + state.info[:, :p, :p])
-            g = state.grad[:, :p] - (state.beta - state.theta) @ state.Sigma_inv
-            step = np.empty((m, p))
-            failed = mvn_precision_batch(P.copy(), 0.5 * s * s * g, s * z, step)
-            if failed >= 0:
-                raise FloatingPointError(f"the proposal precision of beta in group {failed} is not positive definite")
-            proposal = state.beta + step
-            ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
-            g_new = grad_new[:, :p] - (proposal - state.theta) @ state.Sigma_inv
-            Vg_new, _ = solve_spd_batch(P, g_new[:, :, None])
-            back = state.beta - proposal - 0.5 * s * s * Vg_new[:, :, 0]
-            fwd = s * z  # = L'(proposal - forward mean) in whitened form: quadratic form z'z s^2
-            log_q_back = -0.5 * np.einsum("jk,jkl,jl->j", back, P, back) / (s[:, 0] ** 2)
-            log_q_fwd = -0.5 * np.sum(fwd * fwd, axis=1) / (s[:, 0] ** 2)
-            log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
-                         - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv) + log_q_back - log_q_fwd)
-        accept = log_u < log_ratio  # NaN or -inf never accept
-        beta = np.where(accept[:, None], proposal, state.beta)
-        ll = np.where(accept, ll_new, state.ll)
-        grad = np.where(accept[:, None], grad_new, state.grad)
-        return beta, ll, grad, accept
-
-    def joint_gradient(self, state: GLMState, M: np.ndarray, alpha: np.ndarray, beta: np.ndarray, theta: np.ndarray,
-                       grad: np.ndarray) -> np.ndarray:
-        """Gradient in delta, at delta = 0, of the log density along the joint move
-        (alpha + delta, beta_j - M_j delta, theta_f - mean_j(M_j delta)_f)."""
-        pr, free = self.priors, self.theta_free
-        p = beta.shape[1]
-        Mbar = M.mean(axis=0)  # (p, r)
-        Fm = np.where(free[:, None], Mbar, 0.0)
-        g = grad[:, p:].sum(axis=0) - np.einsum("jkr,jk->r", M, grad[:, :p])
-        g -= self._alpha_prec @ (alpha - pr.alpha_mean)
-        dev = (beta - theta) @ state.Sigma_inv  # (m, p)
-        g += np.einsum("jkr,jk->r", M, dev) - Fm.T @ dev.sum(axis=0)
-        if free.any():
-            g += Mbar[free].T @ (self._theta_prec @ (theta[free] - pr.mu0))
-        return g
-
-    def update_alpha(self, state: GLMState, beta: np.ndarray, ll: np.ndarray, grad: np.ndarray, rng: np.random.Generator):
-        """The joint (alpha, beta, theta) move of the module docstring, as a Langevin step:
-        delta = (s^2 / 2) C g + s L_C z, with g the gradient along the move and the
-        Metropolis-Hastings correction for the drift. Returns (alpha, beta, theta, ll, grad, accepted)."""
-        r = state.alpha.shape[0]
-        if not r:
-            return state.alpha, beta, state.theta, ll, grad, False
-        pr = self.priors
-        s = np.exp(state.log_scale_alpha)
-        L = state.alpha_chol
-        C = L @ L.T
-        M, _ = self.alpha_shift(state.info, state.Sigma_inv)
-        z = rng.standard_normal(r)
-        g = self.joint_gradient(state, M, state.alpha, beta, state.theta, grad)
-        delta = 0.5 * s * s * (C @ g) + s * (L @ z)
-        alpha_new = state.alpha + delta
-        shift = M @ delta
-        beta_new = beta - shift
-        theta_new = state.theta.copy()
-        theta_new[self.theta_free] -= shift.mean(axis=0)[self.theta_free]
-        ll_new, grad_new = self.loglik_grad(beta_new, alpha_new)
-        g_new = self.joint_gradient(state, M, alpha_new, beta_new, theta_new, grad_new)
-        back = np.linalg.solve(L, -delta - 0.5 * s * s * (C @ g_new)) / s  # whitened reverse step
-
-        def log_prior(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> float:
-            d = a - pr.alpha_mean
-            f = t[self.theta_free] - pr.mu0
-            return (-0.5 * float(d @ self._alpha_prec @ d) - 0.5 * float(f @ self._theta_prec @ f)
-                    + float(mvn_logpdf_kernel(b, t, state.Sigma_inv).sum()))
-
-        log_ratio = (float(ll_new.sum() - ll.sum()) + log_prior(alpha_new, beta_new, theta_new)
-                     - log_prior(state.alpha, beta, state.theta) - 0.5 * float(back @ back) + 0.5 * float(z @ z))
-        if np.log(rng.uniform()) < log_ratio:
-            return alpha_new, beta_new, theta_new, ll_new, grad_new, True
-        return state.alpha, beta, state.theta, ll, grad, False
-
-    # -- the kernel -----------------------------------------------------------------
     def step(self, state: GLMState, rng: np.random.Generator) -> GLMState:
-        """One sweep with the proposal scales and information held fixed."""
-        beta, ll, grad, accept = self.update_beta(state, rng)
-        alpha, beta, theta, ll, grad, accept_alpha = self.update_alpha(state, beta, ll, grad, rng)
-        theta = draw_theta(self.theta_free, self._theta_prec, self._theta_shift, beta, state.Sigma_inv, rng)
-        theta, beta, ll, grad, accept_theta = self.update_theta_noncentred(state, beta, theta, ll, grad, rng)
-        Sigma, Sigma_inv = draw_Sigma(self.priors.eta0, self.priors.S0, beta, theta, rng)
-        Sigma, Sigma_inv, beta, ll, grad, accept_Sigma = self.update_Sigma_noncentred(
-            state, beta, theta, Sigma, Sigma_inv, ll, grad, rng)
+        """One sweep with the proposal scales and information held fixed: one compiled call
+        (:func:`multilevel.glmsweep.glm_sweep`), or :meth:`sweep_numpy` when ``compiled`` is
+        off or the compiled sweep met a matrix that is not positive definite (the NumPy form
+        then retries with jitter or names the failure)."""
+        u = self.draw_inputs(rng)
+        if not self.compiled:
+            return self.sweep_numpy(state, u)
+        d, pr = self.data, self.priors
+        out = glm_sweep(d.code, d.X, d.Z, d.offset, d.y, d.n, d.starts,
+                        state.beta, state.alpha, state.theta, state.Sigma, state.Sigma_inv, state.ll, state.grad,
+                        state.info, state.log_scale, float(np.exp(state.log_scale_alpha)), state.alpha_chol,
+                        float(np.exp(state.log_scale_theta)), state.theta_chol, state.R,
+                        float(np.exp(state.log_step_Sigma)),
+                        self.proposal == "laplace", self.interweave, self._free_index, self._alpha_prec,
+                        pr.alpha_mean, self._theta_prec, self._theta_shift, pr.mu0, pr.S0, float(pr.eta0),
+                        u.z_beta, u.u_beta, u.z_alpha, u.u_alpha, u.z_theta, u.z_theta_nc, u.u_theta, u.gammas,
+                        u.iw_normals, u.z_Sigma, u.u_Sigma)
+        if out[-1]:
+            return self.sweep_numpy(state, u)
+        beta, alpha, theta, Sigma, Sigma_inv, ll, grad, accept, accept_alpha, accept_theta, accept_Sigma, _ = out
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
-                              accept_beta=accept, accept_alpha=accept_alpha, accept_theta=accept_theta,
-                              accept_Sigma=accept_Sigma)
+                              accept_beta=accept, accept_alpha=bool(accept_alpha), accept_theta=bool(accept_theta),
+                              accept_Sigma=bool(accept_Sigma))
 
     def warmup_step(self, state: GLMState, rng: np.random.Generator, i: int, n_warmup: int) -> GLMState:
         """A sweep, then adaptation: log-scales move towards the target acceptance rate with

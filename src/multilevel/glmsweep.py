@@ -1,0 +1,434 @@
+r"""One sweep of the hierarchical-GLM Metropolis-within-Gibbs kernel, compiled with numba.
+
+The kernel, its moves and their acceptance ratios are described in
+:mod:`multilevel.samplers.metropolis`, whose NumPy form of the same sweep is the reference
+(tests compare the two on the same random inputs) and the fallback when a matrix is not
+positive definite. Here the whole sweep is one call, so a sweep on a small data set costs
+microseconds instead of the overhead of a hundred NumPy calls, and on a large one the
+passes over the rows dominate: the linear predictor eta_i = offset_i + z_i' alpha + x_i' beta_j
+is formed inside each pass (:func:`multilevel.glmlik.group_loglik_grad`), never stored.
+
+Random numbers are drawn beforehand by the caller from the chain's NumPy Generator (see
+``GLMMetropolis.draw_inputs``); Metropolis tests accept when log u < log ratio, so a NaN or
+-inf ratio rejects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .glmlik import group_loglik_grad
+from .linalg import _cholesky_inplace, inverse_wishart_from_bartlett, sigma_coordinates, sigma_from_coordinates
+
+OK, FAILED_BETA_PRECISION, FAILED_THETA_PRECISION, FAILED_SIGMA_SCALE = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _lower_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """w = L^-1 b for lower-triangular L."""
+    p = b.shape[0]
+    w = np.empty(p)
+    for k in range(p):
+        t = b[k]
+        for i in range(k):
+            t -= L[k, i] * w[i]
+        w[k] = t / L[k, k]
+    return w
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _upper_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x = L'^-1 b for lower-triangular L."""
+    p = b.shape[0]
+    x = np.empty(p)
+    for k in range(p - 1, -1, -1):
+        t = b[k]
+        for i in range(k + 1, p):
+            t -= L[i, k] * x[i]
+        x[k] = t / L[k, k]
+    return x
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _prior_kernel(beta: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
+    """-0.5 (beta_j - theta)' Sigma^-1 (beta_j - theta) for every group."""
+    m, p = beta.shape
+    out = np.empty(m)
+    d = np.empty(p)
+    for j in range(m):
+        for a in range(p):
+            d[a] = beta[j, a] - theta[a]
+        s = 0.0
+        for a in range(p):
+            t = 0.0
+            for b in range(p):
+                t += Sigma_inv[a, b] * d[b]
+            s += d[a] * t
+        out[j] = -0.5 * s
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _quad(d: np.ndarray, A: np.ndarray) -> float:
+    """d' A d."""
+    s = 0.0
+    for a in range(d.shape[0]):
+        t = 0.0
+        for b in range(d.shape[0]):
+            t += A[a, b] * d[b]
+        s += d[a] * t
+    return s
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def beta_precision_factors(Sigma_inv: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, int]:
+    """Cholesky factors of P_j = Sigma^-1 + H_j (H_j the leading p x p block of ``info[j]``);
+    returns (L (m, p, p), -1) or the first group whose P_j is not positive definite."""
+    m = info.shape[0]
+    p = Sigma_inv.shape[0]
+    L = np.zeros((m, p, p))
+    for j in range(m):
+        for a in range(p):
+            for b in range(p):
+                L[j, a, b] = Sigma_inv[a, b] + info[j, a, b]
+        if not _cholesky_inplace(L[j]):
+            return L, j
+        for a in range(p):
+            for b in range(a + 1, p):
+                L[j, a, b] = 0.0
+    return L, -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, Lp, log_scale,
+              laplace, z, log_u):
+    """The Metropolis(-Hastings) steps of all groups' beta_j at once (one pass over the rows).
+
+    ``laplace``: beta*_j = beta_j + (s_j^2 / 2) V_j g_j + s_j L_j'^-1 z_j with V_j = P_j^-1 =
+    (L_j L_j')^-1 and g_j the gradient of the log conditional density at beta_j; the ratio has
+    the reverse proposal's density. Otherwise the textbook random walk
+    beta*_j = beta_j + s chol(Sigma) z_j, s = exp(log_scale[0]).
+    Returns (beta, ll, grad, accepted).
+    """
+    m, p = beta.shape
+    prop = np.empty((m, p))
+    s = np.exp(log_scale)
+    if laplace:
+        g = np.empty(p)
+        for j in range(m):
+            for a in range(p):
+                t = grad[j, a]
+                for b in range(p):
+                    t -= Sigma_inv[a, b] * (beta[j, b] - theta[b])
+                g[a] = 0.5 * s[j] * s[j] * t
+            w = _lower_solve(Lp[j], g)
+            for a in range(p):
+                w[a] += s[j] * z[j, a]
+            step = _upper_solve(Lp[j], w)
+            for a in range(p):
+                prop[j, a] = beta[j, a] + step[a]
+    else:
+        C = Sigma.copy()
+        _cholesky_inplace(C)
+        for j in range(m):
+            for a in range(p):
+                t = 0.0
+                for b in range(a + 1):
+                    t += C[a, b] * z[j, b]
+                prop[j, a] = beta[j, a] + s[0] * t
+    ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, prop)
+    log_ratio = ll_new - ll + _prior_kernel(prop, theta, Sigma_inv) - _prior_kernel(beta, theta, Sigma_inv)
+    if laplace:
+        g = np.empty(p)
+        back = np.empty(p)
+        for j in range(m):
+            for a in range(p):
+                t = grad_new[j, a]
+                for b in range(p):
+                    t -= Sigma_inv[a, b] * (prop[j, b] - theta[b])
+                g[a] = t
+            Vg = _upper_solve(Lp[j], _lower_solve(Lp[j], g))
+            for a in range(p):
+                back[a] = beta[j, a] - prop[j, a] - 0.5 * s[j] * s[j] * Vg[a]
+            # |L_j' back|^2 = back' P_j back
+            q_back = 0.0
+            for a in range(p):
+                t = 0.0
+                for b in range(a, p):
+                    t += Lp[j, b, a] * back[b]
+                q_back += t * t
+            zz = 0.0
+            for a in range(p):
+                zz += z[j, a] * z[j, a]
+            log_ratio[j] += -0.5 * q_back / (s[j] * s[j]) + 0.5 * zz
+    accepted = np.zeros(m, dtype=np.bool_)
+    beta = beta.copy()
+    ll = ll.copy()
+    grad = grad.copy()
+    for j in range(m):
+        if log_u[j] < log_ratio[j]:
+            accepted[j] = True
+            beta[j] = prop[j]
+            ll[j] = ll_new[j]
+            grad[j] = grad_new[j]
+    return beta, ll, grad, accepted
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def alpha_shift(Lp: np.ndarray, info: np.ndarray) -> np.ndarray:
+    """M_j = P_j^-1 G_j (m, p, r), G_j = X_j'W_jZ_j the off-diagonal block of ``info[j]``."""
+    m, p = Lp.shape[0], Lp.shape[1]
+    r = info.shape[1] - p
+    M = np.empty((m, p, r))
+    for j in range(m):
+        for c in range(r):
+            M[j, :, c] = _upper_solve(Lp[j], _lower_solve(Lp[j], info[j, :p, p + c].copy()))
+    return M
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def joint_gradient(M, alpha, beta, theta, grad, Sigma_inv, free, alpha_prec, alpha_mean, theta_prec, mu0):
+    """Gradient in delta, at delta = 0, of the log density along the joint move
+    (alpha + delta, beta_j - M_j delta, theta_f - mean_j(M_j delta)_f):
+    sum_j [score_alpha_j - M_j' score_beta_j + M_j' Sigma^-1 (beta_j - theta)]
+    - A0^-1 (alpha - a0) - Mbar_f' [sum_j Sigma^-1 (beta_j - theta)]_f + Mbar_f' Lambda0^-1 (theta_f - mu0)."""
+    m, p, r = M.shape
+    q = free.shape[0]
+    g = np.zeros(r)
+    dev = np.empty(p)
+    dev_sum = np.zeros(p)
+    Mbar = np.zeros((p, r))
+    for j in range(m):
+        for a in range(p):
+            t = 0.0
+            for b in range(p):
+                t += Sigma_inv[a, b] * (beta[j, b] - theta[b])
+            dev[a] = t - grad[j, a]  # Sigma^-1 (beta_j - theta) - score_beta_j
+            dev_sum[a] += t
+        for c in range(r):
+            t = grad[j, p + c]
+            for a in range(p):
+                t += M[j, a, c] * dev[a]
+                Mbar[a, c] += M[j, a, c] / m
+            g[c] += t
+    for c in range(r):
+        t = 0.0
+        for d in range(r):
+            t += alpha_prec[c, d] * (alpha[d] - alpha_mean[d])
+        g[c] -= t
+        for k in range(q):
+            g[c] -= Mbar[free[k], c] * dev_sum[free[k]]
+    if q:
+        f = np.empty(q)
+        for k in range(q):
+            f[k] = theta[free[k]] - mu0[k]
+        for k in range(q):
+            t = 0.0
+            for l in range(q):
+                t += theta_prec[k, l] * f[l]
+            for c in range(r):
+                g[c] += Mbar[free[k], c] * t
+    return g
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _log_prior_joint(alpha, beta, theta, Sigma_inv, free, alpha_prec, alpha_mean, theta_prec, mu0) -> float:
+    """log density of (alpha, theta_f) priors and beta_j | theta, Sigma, up to constants."""
+    q = free.shape[0]
+    f = np.empty(q)
+    for k in range(q):
+        f[k] = theta[free[k]] - mu0[k]
+    return (-0.5 * _quad(alpha - alpha_mean, alpha_prec) - 0.5 * _quad(f, theta_prec)
+            + np.sum(_prior_kernel(beta, theta, Sigma_inv)))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def alpha_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma_inv, ll, grad, M, alpha_chol, scale,
+               free, alpha_prec, alpha_mean, theta_prec, mu0, z, log_u):
+    """The joint (alpha, beta, theta) Langevin move: delta = (s^2 / 2) C g + s L_C z,
+    alpha + delta, beta_j - M_j delta, theta_f - mean_j(M_j delta)_f, with the reverse
+    proposal's density in the ratio. Returns (alpha, beta, theta, ll, grad, accepted)."""
+    m, p = beta.shape
+    r = alpha.shape[0]
+    q = free.shape[0]
+    L = alpha_chol
+    g = joint_gradient(M, alpha, beta, theta, grad, Sigma_inv, free, alpha_prec, alpha_mean, theta_prec, mu0)
+    Lg = L.T @ g
+    delta = 0.5 * scale * scale * (L @ Lg) + scale * (L @ z)
+    alpha_new = alpha + delta
+    beta_new = np.empty((m, p))
+    mean_shift = np.zeros(p)
+    for j in range(m):
+        for a in range(p):
+            t = 0.0
+            for c in range(r):
+                t += M[j, a, c] * delta[c]
+            beta_new[j, a] = beta[j, a] - t
+            mean_shift[a] += t / m
+    theta_new = theta.copy()
+    for k in range(q):
+        theta_new[free[k]] -= mean_shift[free[k]]
+    ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha_new, y, n, starts, beta_new)
+    g_new = joint_gradient(M, alpha_new, beta_new, theta_new, grad_new, Sigma_inv, free, alpha_prec, alpha_mean,
+                           theta_prec, mu0)
+    back = _lower_solve(L, -delta - 0.5 * scale * scale * (L @ (L.T @ g_new))) / scale
+    log_ratio = (np.sum(ll_new) - np.sum(ll)
+                 + _log_prior_joint(alpha_new, beta_new, theta_new, Sigma_inv, free, alpha_prec, alpha_mean,
+                                    theta_prec, mu0)
+                 - _log_prior_joint(alpha, beta, theta, Sigma_inv, free, alpha_prec, alpha_mean, theta_prec, mu0)
+                 - 0.5 * np.sum(back * back) + 0.5 * np.sum(z * z))
+    if log_u < log_ratio:
+        return alpha_new, beta_new, theta_new, ll_new, grad_new, True
+    return alpha, beta, theta, ll, grad, False
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def theta_gibbs(beta, Sigma_inv, free, theta_prec, theta_shift, z) -> tuple[np.ndarray, bool]:
+    """theta_f ~ MVN(P^-1 b, P^-1), P = Lambda0^-1 + m [Sigma^-1]_ff,
+    b = Lambda0^-1 mu0 + [Sigma^-1 sum_j beta_j]_f; zeros elsewhere."""
+    m, p = beta.shape
+    q = free.shape[0]
+    theta = np.zeros(p)
+    if not q:
+        return theta, True
+    total = np.zeros(p)
+    for j in range(m):
+        for a in range(p):
+            total[a] += beta[j, a]
+    P = theta_prec.copy()
+    b = theta_shift.copy()
+    for k in range(q):
+        for l in range(q):
+            P[k, l] += m * Sigma_inv[free[k], free[l]]
+        for a in range(p):
+            b[k] += Sigma_inv[free[k], a] * total[a]
+    if not _cholesky_inplace(P):
+        return theta, False
+    w = _lower_solve(P, b) + z
+    x = _upper_solve(P, w)
+    for k in range(q):
+        theta[free[k]] = x[k]
+    return theta, True
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def theta_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, ll, grad, theta_chol, scale, free,
+                          theta_prec, mu0, z, log_u):
+    """theta* = theta + delta, beta*_j = beta_j + delta (free components), delta = s L_t z;
+    ratio: likelihood ratio x theta's prior ratio. Returns (theta, beta, ll, grad, accepted)."""
+    m, p = beta.shape
+    q = free.shape[0]
+    shift = np.zeros(p)
+    for k in range(q):
+        t = 0.0
+        for l in range(k + 1):
+            t += theta_chol[k, l] * z[l]
+        shift[free[k]] = scale * t
+    theta_new = theta + shift
+    beta_new = beta + shift
+    ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, beta_new)
+    f_new = np.empty(q)
+    f_old = np.empty(q)
+    for k in range(q):
+        f_new[k] = theta_new[free[k]] - mu0[k]
+        f_old[k] = theta[free[k]] - mu0[k]
+    log_ratio = np.sum(ll_new) - np.sum(ll) - 0.5 * _quad(f_new, theta_prec) + 0.5 * _quad(f_old, theta_prec)
+    if log_u < log_ratio:
+        return theta_new, beta_new, ll_new, grad_new, True
+    return theta, beta, ll, grad, False
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _log_prior_Sigma(Sigma_inv, logdet, S0, eta0) -> float:
+    """log inverse-Wishart(eta0, S0) density of Sigma, up to a constant."""
+    p = S0.shape[0]
+    return -0.5 * (eta0 + p + 1) * logdet - 0.5 * np.sum(S0 * Sigma_inv)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def Sigma_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, R, step,
+                          S0, eta0, z, log_u):
+    """beta_j = theta + L eta_j with the eta_j held fixed, a random walk on Sigma's coordinates
+    (log C_kk, C_kl) of Sigma = R C C' R'; ratio: likelihood x prior of Sigma x Jacobian.
+    Returns (Sigma, Sigma^-1, beta, ll, grad, accepted)."""
+    m, p = beta.shape
+    v = sigma_coordinates(Sigma, R)
+    L, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
+    proposal = v + step * z
+    L_new, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
+    beta_new = np.empty((m, p))
+    d = np.empty(p)
+    for j in range(m):
+        for a in range(p):
+            d[a] = beta[j, a] - theta[a]
+        e = _lower_solve(L, d)
+        for a in range(p):
+            t = theta[a]
+            for b in range(a + 1):
+                t += L_new[a, b] * e[b]
+            beta_new[j, a] = t
+    ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, beta_new)
+    log_ratio = (np.sum(ll_new) - np.sum(ll) + _log_prior_Sigma(Si_new, logdet_new, S0, eta0) + log_jac_new
+                 - _log_prior_Sigma(Sigma_inv, logdet, S0, eta0) - log_jac)
+    if log_u < log_ratio:
+        return S_new, Si_new, beta_new, ll_new, grad_new, True
+    return Sigma, Sigma_inv, beta, ll, grad, False
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def glm_sweep(code, X, Z, offset, y, n, starts,
+              beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, log_scale, scale_alpha, alpha_chol,
+              scale_theta, theta_chol, R, step_Sigma,
+              laplace, interweave, free, alpha_prec, alpha_mean, theta_prec, theta_shift, mu0, S0, eta0,
+              z_beta, u_beta, z_alpha, u_alpha, z_theta, z_theta_nc, u_theta, gammas, iw_normals, z_Sigma, u_Sigma):
+    """One sweep (see :mod:`multilevel.samplers.metropolis`): beta_j (all groups), the joint
+    (alpha, beta, theta) move when there are fixed-only effects, theta by Gibbs, then its
+    non-centred move (``interweave``), Sigma by inverse-Wishart (Bartlett, chi2(eta0 + m - k)
+    = 2 ``gammas[k]``), then its non-centred move (``interweave``).
+
+    Returns (beta, alpha, theta, Sigma, Sigma^-1, ll, grad, accepted beta (m,), accepted
+    alpha, theta and Sigma moves, status): status 0 on success, else which matrix was not
+    positive definite (1: a group's beta precision, 2: theta's, 3: the inverse-Wishart scale).
+    """
+    m, p = beta.shape
+    r = alpha.shape[0]
+    Lp, failed = beta_precision_factors(Sigma_inv, info)
+    if failed >= 0:
+        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), False, False, False,
+                FAILED_BETA_PRECISION)
+    beta, ll, grad, acc_beta = beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll,
+                                         grad, Lp, log_scale, laplace, z_beta, u_beta)
+    acc_alpha = False
+    if r:
+        M = alpha_shift(Lp, info)
+        alpha, beta, theta, ll, grad, acc_alpha = alpha_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
+                                                             Sigma_inv, ll, grad, M, alpha_chol, scale_alpha, free,
+                                                             alpha_prec, alpha_mean, theta_prec, mu0, z_alpha,
+                                                             u_alpha)
+    theta, ok = theta_gibbs(beta, Sigma_inv, free, theta_prec, theta_shift, z_theta)
+    if not ok:
+        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, False, False, FAILED_THETA_PRECISION
+    acc_theta = False
+    if interweave and free.shape[0]:
+        theta, beta, ll, grad, acc_theta = theta_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
+                                                                 ll, grad, theta_chol, scale_theta, free, theta_prec,
+                                                                 mu0, z_theta_nc, u_theta)
+    scale = S0.copy()
+    for j in range(m):
+        for a in range(p):
+            da = beta[j, a] - theta[a]
+            for b in range(a + 1):
+                scale[a, b] += da * (beta[j, b] - theta[b])
+    for a in range(p):
+        for b in range(a + 1, p):
+            scale[a, b] = scale[b, a]
+    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(scale, 2.0 * gammas, iw_normals)
+    if not ok:
+        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, False, FAILED_SIGMA_SCALE
+    acc_Sigma = False
+    if interweave:
+        Sigma, Sigma_inv, beta, ll, grad, acc_Sigma = Sigma_noncentred_step(code, X, Z, offset, y, n, starts, beta,
+                                                                            alpha, theta, Sigma, Sigma_inv, ll, grad,
+                                                                            R, step_Sigma, S0, eta0, z_Sigma, u_Sigma)
+    return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, acc_Sigma, OK
