@@ -19,7 +19,8 @@ import numpy as np
 from numba import njit
 
 from .glmlik import group_loglik_grad
-from .linalg import _cholesky_inplace, inverse_wishart_from_bartlett, sigma_coordinates, sigma_from_coordinates
+from .linalg import (_cholesky_inplace, inverse_wishart_from_bartlett, sigma_coordinates, sigma_from_coordinates,
+                     wishart_scale)
 
 OK, FAILED_BETA_PRECISION, FAILED_THETA_PRECISION, FAILED_SIGMA_SCALE = 0, 1, 2, 3
 
@@ -82,6 +83,19 @@ def _quad(d: np.ndarray, A: np.ndarray) -> float:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _conditional_gradient(score: np.ndarray, beta_j: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
+    """Gradient in beta_j of log p(beta_j | rest): score_j[:p] - Sigma^-1 (beta_j - theta)."""
+    p = beta_j.shape[0]
+    g = np.empty(p)
+    for a in range(p):
+        t = score[a]
+        for b in range(p):
+            t -= Sigma_inv[a, b] * (beta_j[b] - theta[b])
+        g[a] = t
+    return g
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def beta_precision_factors(Sigma_inv: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, int]:
     """Cholesky factors of P_j = Sigma^-1 + H_j (H_j the leading p x p block of ``info[j]``);
     returns (L (m, p, p), -1) or the first group whose P_j is not positive definite."""
@@ -115,14 +129,9 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
     prop = np.empty((m, p))
     s = np.exp(log_scale)
     if laplace:
-        g = np.empty(p)
         for j in range(m):
-            for a in range(p):
-                t = grad[j, a]
-                for b in range(p):
-                    t -= Sigma_inv[a, b] * (beta[j, b] - theta[b])
-                g[a] = 0.5 * s[j] * s[j] * t
-            w = _lower_solve(Lp[j], g)
+            g = _conditional_gradient(grad[j], beta[j], theta, Sigma_inv)
+            w = _lower_solve(Lp[j], 0.5 * s[j] * s[j] * g)
             for a in range(p):
                 w[a] += s[j] * z[j, a]
             step = _upper_solve(Lp[j], w)
@@ -140,14 +149,9 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
     ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, prop)
     log_ratio = ll_new - ll + _prior_kernel(prop, theta, Sigma_inv) - _prior_kernel(beta, theta, Sigma_inv)
     if laplace:
-        g = np.empty(p)
         back = np.empty(p)
         for j in range(m):
-            for a in range(p):
-                t = grad_new[j, a]
-                for b in range(p):
-                    t -= Sigma_inv[a, b] * (prop[j, b] - theta[b])
-                g[a] = t
+            g = _conditional_gradient(grad_new[j], prop[j], theta, Sigma_inv)
             Vg = _upper_solve(Lp[j], _lower_solve(Lp[j], g))
             for a in range(p):
                 back[a] = beta[j, a] - prop[j, a] - 0.5 * s[j] * s[j] * Vg[a]
@@ -414,16 +418,7 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
         theta, beta, ll, grad, acc_theta = theta_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
                                                                  ll, grad, theta_chol, scale_theta, free, theta_prec,
                                                                  mu0, z_theta_nc, u_theta)
-    scale = S0.copy()
-    for j in range(m):
-        for a in range(p):
-            da = beta[j, a] - theta[a]
-            for b in range(a + 1):
-                scale[a, b] += da * (beta[j, b] - theta[b])
-    for a in range(p):
-        for b in range(a + 1, p):
-            scale[a, b] = scale[b, a]
-    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(scale, 2.0 * gammas, iw_normals)
+    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(wishart_scale(S0, beta, theta), 2.0 * gammas, iw_normals)
     if not ok:
         return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, False, FAILED_SIGMA_SCALE
     acc_Sigma = False

@@ -397,6 +397,22 @@ def _ssr_from_stats(XtX: np.ndarray, XtZ: np.ndarray, ZtZ: np.ndarray, b_ref: np
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def wishart_scale(S0: np.ndarray, beta: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """S0 + sum_j (beta_j - theta)(beta_j - theta)', the scale of Sigma's inverse-Wishart full conditional."""
+    m, p = beta.shape
+    scale = S0.copy()
+    for j in range(m):
+        for a in range(p):
+            da = beta[j, a] - theta[a]
+            for b in range(a + 1):
+                scale[a, b] += da * (beta[j, b] - theta[b])
+    for a in range(p):
+        for b in range(a + 1, p):
+            scale[a, b] = scale[b, a]
+    return scale
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def collapsed_sweep(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, ZtZ: np.ndarray, Zty: np.ndarray,
                     b_ref: np.ndarray, a_ref: np.ndarray, rtr: float, Xtr: np.ndarray, Ztr: np.ndarray,
                     free: np.ndarray, prior_prec: np.ndarray, prior_shift: np.ndarray, S0: np.ndarray, eta0: float,
@@ -462,16 +478,7 @@ def collapsed_sweep(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, ZtZ: np.n
     beta, failed = gaussian_beta_draw(XtX, Xty, XtZ, alpha, Sigma_inv, theta, sigma2, beta_normals)
     if failed >= 0:
         return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 3
-    scale = S0.copy()
-    for j in range(m):
-        for a in range(p):
-            da = beta[j, a] - theta[a]
-            for b in range(a + 1):
-                scale[a, b] += da * (beta[j, b] - theta[b])
-    for a in range(p):
-        for b in range(a + 1, p):
-            scale[a, b] = scale[b, a]
-    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(scale, 2.0 * gammas[:p], iw_normals)
+    Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(wishart_scale(S0, beta, theta), 2.0 * gammas[:p], iw_normals)
     if not ok:
         return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 4
     ssr = _ssr_from_stats(XtX, XtZ, ZtZ, b_ref, a_ref, rtr, Xtr, Ztr, beta, alpha)
