@@ -40,8 +40,9 @@ THETA, SD, CORR, ALPHA = (0.5, 0.3), (0.5, 0.3), 0.3, 0.2
 
 EPIL_FORMULA = "y ~ lbase*trt + lage + V4 + (1 | subject)"
 PROPOSALS = ("laplace", "textbook")
-#: Metropolis-within-Gibbs sweeps pass over all rows this many times (beta_j step; joint
-#: alpha step; non-centred theta step; non-centred Sigma step), see ``GLMMetropolis.step``
+#: the simulated model's sweeps pass over all rows this many times (beta_j step; one joint
+#: alpha step, z varying within groups; non-centred theta step; non-centred Sigma step),
+#: see ``GLMMetropolis`` and ``default_alpha_steps``
 ROW_PASSES = 4
 
 
@@ -214,9 +215,9 @@ def bench_glm_sweep(quick: bool = False) -> Result:
     res.notes.append(
         f"A sweep passes over all rows {ROW_PASSES} times, each a compiled loop computing every group's "
         "log-likelihood and score (`glmlik.group_loglik_grad`): the beta_j proposals of all groups at once, the "
-        "joint alpha move, the non-centred theta move and the non-centred Sigma move; each pass also "
-        "recomputes the rows' `offset + Z alpha` in NumPy. The rest of the sweep is O(m p^3) on per-group arrays, "
-        "which is why small N with many groups costs more per row."
+        "joint alpha move, the non-centred theta move and the non-centred Sigma move; each pass forms the "
+        "linear predictor `offset + z'alpha + x'beta_j` row by row. The whole sweep is one compiled call; the "
+        "rest of it is O(m p^3) on per-group arrays, which is why small N with many groups costs more per row."
     )
     res.data = {"grid": [list(k) for k in grid], "per_sweep": {f"{n}x{m}": t[(n, m)].as_dict() for n, m in grid},
                 "build": {f"{n}x{m}": build[(n, m)] for n, m in grid}, "fit": coef.tolist(),

@@ -387,7 +387,8 @@ def test_sample_stats_acceptance(acceptance_fits):
     ss = fit.idata.sample_stats
     assert ss["accept_beta"].dims == ("chain", "draw", "group")
     assert ss["accept_beta"].shape == (2, 300, 32) and ss["accept_beta"].dtype == bool
-    assert ss["accept_alpha"].dims == ("chain", "draw") and ss["accept_alpha"].dtype == bool
+    assert ss["accept_alpha"].dims == ("chain", "draw") and ss["accept_alpha"].dtype == float  # share of the moves
+    assert np.all((ss["accept_alpha"].values >= 0) & (ss["accept_alpha"].values <= 1))
     table = fit.acceptance()
     assert list(table.columns) == ["chain 0", "chain 1"]
     assert list(table.index) == sorted(acceptance_data()["g"].unique())

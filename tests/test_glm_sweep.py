@@ -93,3 +93,20 @@ def test_sampler_must_suit_the_family(family, sampler):
     formula = "y ~ lbase + (1 | subject)" if family == "poisson" else "mAch ~ ses + (1 | school)"
     with pytest.raises(multilevel.ModelError, match=f"sampler must be one of .* for the {family} family"):
         multilevel.Model(formula, data, family=family, sampler=sampler)
+
+
+def test_more_alpha_moves_when_a_fixed_only_predictor_is_group_level():
+    from multilevel.samplers.metropolis import CONFOUNDED_ALPHA_STEPS, default_alpha_steps
+
+    rng = np.random.default_rng(0)
+    starts = np.array([0, 3, 7, 10])
+    group_level = np.repeat(rng.standard_normal(3), np.diff(starts))[:, None]  # constant within groups
+    row_level = rng.standard_normal((10, 1))
+    assert default_alpha_steps(group_level, starts) == CONFOUNDED_ALPHA_STEPS
+    assert default_alpha_steps(np.hstack([row_level, group_level]), starts) == CONFOUNDED_ALPHA_STEPS
+    within = row_level - np.repeat(np.add.reduceat(row_level, starts[:-1]) / np.diff(starts)[:, None], np.diff(starts),
+                                   axis=0)  # group means removed: all variance within groups
+    assert default_alpha_steps(within, starts) == 1
+    assert default_alpha_steps(np.zeros((10, 0)), starts) == 1
+    epil = multilevel.Model("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", family="poisson")
+    assert epil.kernel.alpha_steps == CONFOUNDED_ALPHA_STEPS  # treatment is a subject-level predictor

@@ -50,7 +50,9 @@ def figure(record: dict, path: Path) -> None:
 
 
 def main(results: Path, out: Path) -> int:
-    records = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    paths = sorted(results.glob("*.json"))
+    records = [json.loads(p.read_text()) for p in paths]
+    dates = [datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M") for p in paths]
     if not records:
         print(f"no SBC results in {results}", file=sys.stderr)
         return 1
@@ -60,7 +62,7 @@ def main(results: Path, out: Path) -> int:
         "# Validation: simulation-based calibration",
         "",
         "Made by `make validate` "
-        f"({datetime.now(timezone.utc):%Y-%m-%d}): the full SBC runs of `tests/test_sbc.py` and "
+        f"(rendered {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; each run's own date in the table): the full SBC runs of `tests/test_sbc.py` and "
         "`tests/test_glm_sbc.py` (marker `validate`). Each replication draws the population parameters "
         "from the prior, the group effects and data from the model, fits one chain, thins it to L draws, "
         "and records the rank of each true parameter among them (Talts et al. 2018). Ranks of a correct "
@@ -75,11 +77,11 @@ def main(results: Path, out: Path) -> int:
         "the same test rejects each. Samplers: collapsed (Gaussian default), interweaving and centred "
         "(the specification's) Gibbs; GLMs with the Langevin-Laplace (default) and textbook proposals.",
         "",
-        "| run | replications | L | parameters | smallest p | threshold | verdict |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| run | replications | L | parameters | smallest p | threshold | verdict | run at (UTC) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     failed = 0
-    for record in records:
+    for record, date in zip(records, dates):
         name = record["test"].split("::")[-1]
         png = plots / (Path(record["test"].split("::")[-1]).name.replace("[", "_").replace("]", "") + ".png")
         figure(record, png)
@@ -87,7 +89,7 @@ def main(results: Path, out: Path) -> int:
         failed += not ok
         verdict = "uniform" if ok else "REJECTED: " + ", ".join(record["rejected"])
         lines.append(f"| [{name}]({plots.name}/{png.name}) | {len(record['ranks'])} | {record['L']} | "
-                     f"{len(record['names'])} | {min(record['pvalues']):.3g} | {record['threshold']:.2g} | {verdict} |")
+                     f"{len(record['names'])} | {min(record['pvalues']):.3g} | {record['threshold']:.2g} | {verdict} | {date} |")
     lines += ["", "## Figures", ""]
     for record in records:
         name = record["test"].split("::")[-1]

@@ -30,7 +30,7 @@ from .samplers.interweaving import InterweavingGibbs
 
 GAUSSIAN_SAMPLERS = ("collapsed", "interweaving", "centred")
 GLM_SAMPLERS = ("interweaving", "centred")
-from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis
+from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis, default_alpha_steps
 from .suffstats import gaussian_stats
 
 #: Store the pointwise log-likelihood in the InferenceData when chains x draws x rows is
@@ -126,7 +126,8 @@ class Model:
                            np.asarray(design.y, dtype=float), design.trials, design.starts)
             self.kernel = GLMMetropolis(data, self.priors, design.theta_free, proposal=proposal,
                                         b_start=self.estimates.b_group, alpha_info=self.estimates.info_pool[p:, p:],
-                                        interweave=sampler == "interweaving")
+                                        interweave=sampler == "interweaving",
+                                        alpha_steps=default_alpha_steps(design.Z, design.starts))
 
     @property
     def sampler(self) -> str:

@@ -387,29 +387,31 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
               laplace, interweave, free, alpha_prec, alpha_mean, theta_prec, theta_shift, mu0, S0, eta0,
               z_beta, u_beta, z_alpha, u_alpha, z_theta, z_theta_nc, u_theta, gammas, iw_normals, z_Sigma, u_Sigma):
     """One sweep (see :mod:`multilevel.samplers.metropolis`): beta_j (all groups), the joint
-    (alpha, beta, theta) move when there are fixed-only effects, theta by Gibbs, then its
+    (alpha, beta, theta) move when there are fixed-only effects (one per row of ``z_alpha``), theta by Gibbs, then its
     non-centred move (``interweave``), Sigma by inverse-Wishart (Bartlett, chi2(eta0 + m - k)
     = 2 ``gammas[k]``), then its non-centred move (``interweave``).
 
-    Returns (beta, alpha, theta, Sigma, Sigma^-1, ll, grad, accepted beta (m,), accepted
-    alpha, theta and Sigma moves, status): status 0 on success, else which matrix was not
+    Returns (beta, alpha, theta, Sigma, Sigma^-1, ll, grad, accepted beta (m,), share of the
+    alpha moves accepted, accepted theta and Sigma moves, status): status 0 on success, else which matrix was not
     positive definite (1: a group's beta precision, 2: theta's, 3: the inverse-Wishart scale).
     """
     m, p = beta.shape
     r = alpha.shape[0]
     Lp, failed = beta_precision_factors(Sigma_inv, info)
     if failed >= 0:
-        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), False, False, False,
+        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), 0.0, False, False,
                 FAILED_BETA_PRECISION)
     beta, ll, grad, acc_beta = beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll,
                                          grad, Lp, log_scale, laplace, z_beta, u_beta)
-    acc_alpha = False
+    acc_alpha = 0.0
     if r:
         M = alpha_shift(Lp, info)
-        alpha, beta, theta, ll, grad, acc_alpha = alpha_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
-                                                             Sigma_inv, ll, grad, M, alpha_chol, scale_alpha, free,
-                                                             alpha_prec, alpha_mean, theta_prec, mu0, z_alpha,
-                                                             u_alpha)
+        for k in range(u_alpha.shape[0]):
+            alpha, beta, theta, ll, grad, ok = alpha_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
+                                                          Sigma_inv, ll, grad, M, alpha_chol, scale_alpha, free,
+                                                          alpha_prec, alpha_mean, theta_prec, mu0, z_alpha[k],
+                                                          u_alpha[k])
+            acc_alpha += ok / u_alpha.shape[0]
     theta, ok = theta_gibbs(beta, Sigma_inv, free, theta_prec, theta_shift, z_theta)
     if not ok:
         return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, False, False, FAILED_THETA_PRECISION

@@ -6,7 +6,8 @@ canonical link, beta_j ~ MVN(theta, Sigma). One sweep:
 * beta_j, all m groups at once: propose beta*_j, accept with probability
   min(1, exp(ll_j(beta*_j) - ll_j(beta_j) + log N(beta*_j | theta, Sigma) - log N(beta_j | theta, Sigma))),
   the ll_j from one fused pass over rows sorted by group;
-* alpha (fixed-only effects) jointly with the beta_j: alpha* = alpha + delta and
+* alpha (fixed-only effects) jointly with the beta_j (``alpha_steps`` moves per sweep, see
+  :func:`default_alpha_steps`): alpha* = alpha + delta and
   beta*_j = beta_j - M_j delta, M_j = (Sigma^-1 + H_j)^-1 G_j the shift of beta_j's
   conditional mode when alpha moves (H_j = X_j'W_jX_j, G_j = X_j'W_jZ_j). The map has unit
   Jacobian and is its own reverse with -delta, so the ratio is the joint density ratio.
@@ -88,7 +89,7 @@ class GLMState(NamedTuple):
     ll: np.ndarray  # (m,) per-group log-likelihood at (beta_j, alpha)
     grad: np.ndarray  # (m, p + r) its gradient in beta_j, then group j's share of the gradient in alpha
     accept_beta: np.ndarray  # (m,) bool: last proposal accepted
-    accept_alpha: bool
+    accept_alpha: float  # share of the sweep's joint alpha moves accepted
     log_scale: np.ndarray  # (m,) log s_j ("laplace") or (1,) log sqrt(delta) ("textbook")
     info: np.ndarray  # (m, p + r, p + r) Fisher information of (beta_j, alpha) per group, frozen after warm-up
     log_scale_alpha: float
@@ -106,8 +107,8 @@ class GLMSweepInputs(NamedTuple):
 
     z_beta: np.ndarray  # (m, p)
     u_beta: np.ndarray  # (m,)
-    z_alpha: np.ndarray  # (r,)
-    u_alpha: float
+    z_alpha: np.ndarray  # (alpha_steps, r)
+    u_alpha: np.ndarray  # (alpha_steps,)
     z_theta: np.ndarray  # (q,) centred Gibbs draw
     z_theta_nc: np.ndarray  # (q,) non-centred move
     u_theta: float
@@ -130,6 +131,26 @@ class GLMData:
     starts: np.ndarray
 
 
+#: joint alpha moves per sweep when a fixed-only predictor varies mostly between groups
+CONFOUNDED_ALPHA_STEPS = 3
+
+
+def default_alpha_steps(Z: np.ndarray, starts: np.ndarray) -> int:
+    """Joint (alpha, beta, theta) moves per sweep: ``CONFOUNDED_ALPHA_STEPS`` when some
+    fixed-only predictor has more than half of its variance between groups (a group-level
+    predictor, confounded with the group effects: its coefficient then mixes slowest, epil's
+    treatment for instance, and more moves pay), else 1 (each move is one more pass over
+    the rows)."""
+    if not Z.shape[1]:
+        return 1
+    sizes = np.diff(starts)
+    means = np.add.reduceat(Z, starts[:-1], axis=0) / sizes[:, None]
+    between = np.average((means - Z.mean(axis=0)) ** 2, axis=0, weights=sizes)
+    total = Z.var(axis=0)
+    shares = np.divide(between, total, out=np.zeros_like(total), where=total > 0)
+    return CONFOUNDED_ALPHA_STEPS if np.any(shares > 0.5) else 1
+
+
 def mvn_logpdf_kernel(beta: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
     """-0.5 (beta_j - theta)' Sigma^-1 (beta_j - theta) for every group (the part that varies)."""
     d = beta - theta
@@ -150,6 +171,7 @@ class GLMMetropolis:
     alpha_info: np.ndarray | None = None  # pooled Fisher information of alpha
     interweave: bool = True  # the non-centred theta and Sigma moves (sampler "interweaving"); off: "centred"
     compiled: bool = True  # the sweep as one compiled call; False runs its NumPy form (same draws)
+    alpha_steps: int = 1  # joint (alpha, beta, theta) moves per sweep (Model: :func:`default_alpha_steps`)
 
     def __post_init__(self) -> None:
         pr = self.priors
@@ -165,7 +187,7 @@ class GLMMetropolis:
         m, p = self.data.starts.shape[0] - 1, self.data.X.shape[1]
         object.__setattr__(self, "_gamma_shapes", 0.5 * (pr.eta0 + m - np.arange(p)))
         object.__setattr__(self, "_shape", (m, p))
-        sizes = [m * p, r, int(self.theta_free.sum()), int(self.theta_free.sum()), p * (p - 1) // 2, p * (p + 1) // 2]
+        sizes = [m * p, self.alpha_steps * r, int(self.theta_free.sum()), int(self.theta_free.sum()), p * (p - 1) // 2, p * (p + 1) // 2]
         object.__setattr__(self, "_cuts", tuple(int(c) for c in np.cumsum(sizes)))
 
     # -- pieces ---------------------------------------------------------------------
@@ -215,11 +237,12 @@ class GLMMetropolis:
         m, p = self._shape
         a, b, c, d, e, total = self._cuts
         normals = rng.standard_normal(total)
-        log_u = np.log(rng.uniform(size=m + 3))
+        k = self.alpha_steps
+        log_u = np.log(rng.uniform(size=m + k + 2))
         gammas = rng.standard_gamma(self._gamma_shapes)
-        return GLMSweepInputs(normals[:a].reshape(m, p), log_u[:m], normals[a:b], float(log_u[m]), normals[b:c],
-                              normals[c:d], float(log_u[m + 1]), gammas, normals[d:e], normals[e:],
-                              float(log_u[m + 2]))
+        return GLMSweepInputs(normals[:a].reshape(m, p), log_u[:m], normals[a:b].reshape(k, -1), log_u[m:m + k],
+                              normals[b:c], normals[c:d], float(log_u[m + k]), gammas, normals[d:e], normals[e:],
+                              float(log_u[m + k + 1]))
 
     # -- the sweep in NumPy (reference of the compiled sweep, and its fallback) ----------
     def update_beta(self, state: GLMState, z: np.ndarray, log_u: np.ndarray
@@ -271,25 +294,25 @@ class GLMMetropolis:
             g += Mbar[free].T @ (self._theta_prec @ (theta[free] - pr.mu0))
         return g
 
-    def update_alpha(self, state: GLMState, beta: np.ndarray, ll: np.ndarray, grad: np.ndarray, z: np.ndarray,
-                     log_u: float):
+    def update_alpha(self, state: GLMState, alpha: np.ndarray, theta: np.ndarray, beta: np.ndarray, ll: np.ndarray,
+                     grad: np.ndarray, z: np.ndarray, log_u: float):
         """The joint (alpha, beta, theta) move of the module docstring, as a Langevin step:
         delta = (s^2 / 2) C g + s L_C z, with g the gradient along the move and the
         Metropolis-Hastings correction for the drift. Returns (alpha, beta, theta, ll, grad, accepted)."""
-        r = state.alpha.shape[0]
+        r = alpha.shape[0]
         if not r:
-            return state.alpha, beta, state.theta, ll, grad, False
+            return alpha, beta, theta, ll, grad, False
         pr = self.priors
         s = np.exp(state.log_scale_alpha)
         L = state.alpha_chol
         C = L @ L.T
         M, _ = self.alpha_shift(state.info, state.Sigma_inv)
-        g = self.joint_gradient(state, M, state.alpha, beta, state.theta, grad)
+        g = self.joint_gradient(state, M, alpha, beta, theta, grad)
         delta = 0.5 * s * s * (C @ g) + s * (L @ z)
-        alpha_new = state.alpha + delta
+        alpha_new = alpha + delta
         shift = M @ delta
         beta_new = beta - shift
-        theta_new = state.theta.copy()
+        theta_new = theta.copy()
         theta_new[self.theta_free] -= shift.mean(axis=0)[self.theta_free]
         ll_new, grad_new = self.loglik_grad(beta_new, alpha_new)
         g_new = self.joint_gradient(state, M, alpha_new, beta_new, theta_new, grad_new)
@@ -302,10 +325,10 @@ class GLMMetropolis:
                     + float(mvn_logpdf_kernel(b, t, state.Sigma_inv).sum()))
 
         log_ratio = (float(ll_new.sum() - ll.sum()) + log_prior(alpha_new, beta_new, theta_new)
-                     - log_prior(state.alpha, beta, state.theta) - 0.5 * float(back @ back) + 0.5 * float(z @ z))
+                     - log_prior(alpha, beta, theta) - 0.5 * float(back @ back) + 0.5 * float(z @ z))
         if log_u < log_ratio:
             return alpha_new, beta_new, theta_new, ll_new, grad_new, True
-        return state.alpha, beta, state.theta, ll, grad, False
+        return alpha, beta, theta, ll, grad, False
 
     def draw_theta(self, beta: np.ndarray, Sigma_inv: np.ndarray, z: np.ndarray) -> np.ndarray:
         """theta | beta, Sigma by Gibbs (free components; zeros elsewhere), from normals z."""
@@ -373,7 +396,11 @@ class GLMMetropolis:
     def sweep_numpy(self, state: GLMState, u: GLMSweepInputs) -> GLMState:
         """One sweep step by step in NumPy, from the random inputs ``u``."""
         beta, ll, grad, accept = self.update_beta(state, u.z_beta, u.u_beta)
-        alpha, beta, theta, ll, grad, accept_alpha = self.update_alpha(state, beta, ll, grad, u.z_alpha, u.u_alpha)
+        alpha, theta, accepted = state.alpha, state.theta, 0
+        for z, log_u in zip(u.z_alpha, u.u_alpha):
+            alpha, beta, theta, ll, grad, ok = self.update_alpha(state, alpha, theta, beta, ll, grad, z, log_u)
+            accepted += ok
+        accept_alpha = accepted / self.alpha_steps
         theta = self.draw_theta(beta, state.Sigma_inv, u.z_theta)
         accept_theta = accept_Sigma = False
         if self.interweave:
@@ -408,7 +435,7 @@ class GLMMetropolis:
         n_scale = m if self.proposal == "laplace" else 1
         init_scale = np.log(1.0) if self.proposal == "laplace" else np.log(0.5)
         return GLMState(beta, alpha, theta, Sigma, Sigma_inv, *self.loglik_grad(beta, alpha),
-                        np.zeros(m, dtype=bool), False, np.full(n_scale, init_scale), info,
+                        np.zeros(m, dtype=bool), 0.0, np.full(n_scale, init_scale), info,
                         0.0, self.alpha_proposal_chol(info, Sigma_inv),
                         float(np.log(2.38 / np.sqrt(max(int(self.theta_free.sum()), 1)))),
                         self.theta_proposal_chol(info), False, np.linalg.cholesky(Sigma),
@@ -436,7 +463,7 @@ class GLMMetropolis:
             return self.sweep_numpy(state, u)
         beta, alpha, theta, Sigma, Sigma_inv, ll, grad, accept, accept_alpha, accept_theta, accept_Sigma, _ = out
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
-                              accept_beta=accept, accept_alpha=bool(accept_alpha), accept_theta=bool(accept_theta),
+                              accept_beta=accept, accept_alpha=float(accept_alpha), accept_theta=bool(accept_theta),
                               accept_Sigma=bool(accept_Sigma))
 
     def warmup_step(self, state: GLMState, rng: np.random.Generator, i: int, n_warmup: int) -> GLMState:
@@ -475,7 +502,7 @@ class GLMMetropolis:
             "beta": state.beta,
             "alpha": state.alpha,
             "accept_beta": state.accept_beta,
-            "accept_alpha": np.bool_(state.accept_alpha),
+            "accept_alpha": np.float64(state.accept_alpha),
             "accept_theta": np.bool_(state.accept_theta),
             "accept_Sigma": np.bool_(state.accept_Sigma),
             "loglik": np.float64(state.ll.sum()),
