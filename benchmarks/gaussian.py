@@ -156,12 +156,12 @@ def _collapsed_steps(kernel, state) -> dict:
 
     pr, st, rng = kernel.priors, kernel.stats, np.random.default_rng(1)
     view = GibbsState(state.beta, state.alpha, state.theta, state.Sigma, state.Sigma_inv, state.sigma2)
-    u = kernel.draw_inputs(rng)
+    u = kernel.draw_inputs(rng, state.n_steps)
 
     return {
-        "random inputs (NumPy Generator)": lambda: kernel.draw_inputs(rng),
+        "random inputs (NumPy Generator)": lambda: kernel.draw_inputs(rng, state.n_steps),
         "whole sweep, compiled (what `step` runs)": lambda: kernel.step(state, rng),
-        f"NumPy form: Sigma, collapsed Metropolis ({kernel.sigma_steps} steps)": lambda: kernel.move_Sigma(state, u),
+        f"NumPy form: Sigma, collapsed Metropolis ({state.n_steps} steps)": lambda: kernel.move_Sigma(state, u),
         "NumPy form: theta and alpha, collapsed": lambda: kernel.draw_theta_alpha(state.Sigma_inv, state.sigma2,
                                                                                    u.ta_normals),
         "NumPy form: beta": lambda: draw_beta(st, view, rng),

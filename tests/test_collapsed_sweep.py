@@ -6,6 +6,8 @@ terms and zero-mean varying terms."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,7 @@ def case(request, simulate, hsb82):
 def test_compiled_sweep_equals_numpy_sweep(case):
     kernel, state = case
     for seed in range(4):
-        inputs = kernel.draw_inputs(np.random.default_rng(seed))
+        inputs = kernel.draw_inputs(np.random.default_rng(seed), state.n_steps)
         beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, _ = kernel.sweep_numpy(state, inputs)
         new = kernel.step(state, np.random.default_rng(seed))  # the compiled sweep, same inputs
         scale = max(1.0, float(np.abs(beta).max()))
@@ -49,7 +51,7 @@ def test_compiled_sweep_equals_numpy_sweep(case):
         np.testing.assert_allclose(new.Sigma_inv, Sigma_inv, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(new.sigma2, sigma2, rtol=1e-10)
         np.testing.assert_allclose(new.ssr, ssr, rtol=1e-9)
-        assert new.accept_Sigma == accepted / kernel.sigma_steps
+        assert new.accept_Sigma == accepted / state.n_steps
         state = new
 
 
@@ -87,3 +89,25 @@ def test_warmup_sets_proposal_scales_from_the_third_quarter(hsb82):
     assert np.all(state.v_scale > 0) and not np.all(state.v_scale == 1.0)
     # after R = chol(mean Sigma) the coordinates are about 0 with a spread well below 1
     assert np.all(state.v_scale < 1.0)
+
+
+def test_sigma_steps_follow_how_weakly_groups_inform_their_effects(hsb82, simulate):
+    """hsb82's ses slopes are informed weakly by each school (many steps); 100 rows per group
+    with a large Sigma inform the effects well (one step); a fixed number is kept."""
+    from multilevel.samplers.collapsed import MAX_SIGMA_STEPS
+
+    kernel, state = _kernel_and_state("mAch ~ ses + (ses | school)", hsb82, sweeps=0)
+    assert kernel.choose_sigma_steps(np.array([[4.8, -0.1], [-0.1, 0.5]]), 36.8) >= MAX_SIGMA_STEPS - 2
+    df = simulate(np.random.default_rng(2), 200, 100, theta=[1.0, -0.5], Sigma=[[1.0, 0.2], [0.2, 0.5]], sigma2=1.0)
+    strong, _ = _kernel_and_state("y ~ x + (x | g)", df, sweeps=0)
+    assert strong.choose_sigma_steps(np.array([[1.0, 0.2], [0.2, 0.5]]), 1.0) == 1
+    rng = np.random.default_rng(0)
+    state = strong.init(rng)
+    for i in range(40):
+        state = strong.warmup_step(state, rng, i, 40)
+    assert state.n_steps == 1
+    fixed = dataclasses.replace(strong, sigma_steps=4)
+    state = fixed.init(rng)
+    for i in range(40):
+        state = fixed.warmup_step(state, rng, i, 40)
+    assert state.n_steps == 4

@@ -78,10 +78,10 @@ def test_non_finite_state_stops_with_message_and_keeps_draws(monkeypatch):
     original = CollapsedGibbs.draw_inputs
     calls = [0]
 
-    def poisoned(self, rng):
+    def poisoned(self, rng, n_steps):
         """The 130th sweep's Gamma draw of sigma2 is 0, so sigma2 = rate / 0 is infinite."""
         calls[0] += 1
-        inputs = original(self, rng)
+        inputs = original(self, rng, n_steps)
         if calls[0] == 130:
             inputs.gammas[-1] = 0.0
         return inputs

@@ -26,29 +26,33 @@ OK, FAILED_BETA_PRECISION, FAILED_THETA_PRECISION, FAILED_SIGMA_SCALE = 0, 1, 2,
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _lower_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """w = L^-1 b for lower-triangular L."""
+def _lower_solve_into(L: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
+    """w = L^-1 b for lower-triangular L (w may be b)."""
     p = b.shape[0]
-    w = np.empty(p)
     for k in range(p):
         t = b[k]
         for i in range(k):
             t -= L[k, i] * w[i]
         w[k] = t / L[k, k]
-    return w
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _upper_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x = L'^-1 b for lower-triangular L."""
+def _upper_solve_into(L: np.ndarray, b: np.ndarray, x: np.ndarray) -> None:
+    """x = L'^-1 b for lower-triangular L (x may be b)."""
     p = b.shape[0]
-    x = np.empty(p)
     for k in range(p - 1, -1, -1):
         t = b[k]
         for i in range(k + 1, p):
             t -= L[i, k] * x[i]
         x[k] = t / L[k, k]
-    return x
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _lower_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """w = L^-1 b for lower-triangular L."""
+    w = np.empty(b.shape[0])
+    _lower_solve_into(L, b, w)
+    return w
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -83,16 +87,15 @@ def _quad(d: np.ndarray, A: np.ndarray) -> float:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _conditional_gradient(score: np.ndarray, beta_j: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
-    """Gradient in beta_j of log p(beta_j | rest): score_j[:p] - Sigma^-1 (beta_j - theta)."""
+def _conditional_gradient(score: np.ndarray, beta_j: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray,
+                          g: np.ndarray) -> None:
+    """g = gradient in beta_j of log p(beta_j | rest): score_j[:p] - Sigma^-1 (beta_j - theta)."""
     p = beta_j.shape[0]
-    g = np.empty(p)
     for a in range(p):
         t = score[a]
         for b in range(p):
             t -= Sigma_inv[a, b] * (beta_j[b] - theta[b])
         g[a] = t
-    return g
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -128,15 +131,19 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
     m, p = beta.shape
     prop = np.empty((m, p))
     s = np.exp(log_scale)
+    g = np.empty(p)  # work vectors, reused for every group
+    w = np.empty(p)
     if laplace:
         for j in range(m):
-            g = _conditional_gradient(grad[j], beta[j], theta, Sigma_inv)
-            w = _lower_solve(Lp[j], 0.5 * s[j] * s[j] * g)
+            _conditional_gradient(grad[j], beta[j], theta, Sigma_inv, g)
+            for a in range(p):
+                g[a] *= 0.5 * s[j] * s[j]
+            _lower_solve_into(Lp[j], g, w)
             for a in range(p):
                 w[a] += s[j] * z[j, a]
-            step = _upper_solve(Lp[j], w)
+            _upper_solve_into(Lp[j], w, w)
             for a in range(p):
-                prop[j, a] = beta[j, a] + step[a]
+                prop[j, a] = beta[j, a] + w[a]
     else:
         C = Sigma.copy()
         _cholesky_inplace(C)
@@ -151,10 +158,11 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
     if laplace:
         back = np.empty(p)
         for j in range(m):
-            g = _conditional_gradient(grad_new[j], prop[j], theta, Sigma_inv)
-            Vg = _upper_solve(Lp[j], _lower_solve(Lp[j], g))
+            _conditional_gradient(grad_new[j], prop[j], theta, Sigma_inv, g)
+            _lower_solve_into(Lp[j], g, w)
+            _upper_solve_into(Lp[j], w, w)  # w = P_j^-1 g
             for a in range(p):
-                back[a] = beta[j, a] - prop[j, a] - 0.5 * s[j] * s[j] * Vg[a]
+                back[a] = beta[j, a] - prop[j, a] - 0.5 * s[j] * s[j] * w[a]
             # |L_j' back|^2 = back' P_j back
             q_back = 0.0
             for a in range(p):
@@ -185,9 +193,15 @@ def alpha_shift(Lp: np.ndarray, info: np.ndarray) -> np.ndarray:
     m, p = Lp.shape[0], Lp.shape[1]
     r = info.shape[1] - p
     M = np.empty((m, p, r))
+    w = np.empty(p)
     for j in range(m):
         for c in range(r):
-            M[j, :, c] = _upper_solve(Lp[j], _lower_solve(Lp[j], info[j, :p, p + c].copy()))
+            for a in range(p):
+                w[a] = info[j, a, p + c]
+            _lower_solve_into(Lp[j], w, w)
+            _upper_solve_into(Lp[j], w, w)
+            for a in range(p):
+                M[j, a, c] = w[a]
     return M
 
 
@@ -310,7 +324,8 @@ def theta_gibbs(beta, Sigma_inv, free, theta_prec, theta_shift, z) -> tuple[np.n
     if not _cholesky_inplace(P):
         return theta, False
     w = _lower_solve(P, b) + z
-    x = _upper_solve(P, w)
+    x = np.empty(q)
+    _upper_solve_into(P, w, x)
     for k in range(q):
         theta[free[k]] = x[k]
     return theta, True
@@ -363,10 +378,11 @@ def Sigma_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, 
     L_new, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
     beta_new = np.empty((m, p))
     d = np.empty(p)
+    e = np.empty(p)
     for j in range(m):
         for a in range(p):
             d[a] = beta[j, a] - theta[a]
-        e = _lower_solve(L, d)
+        _lower_solve_into(L, d, e)
         for a in range(p):
             t = theta[a]
             for b in range(a + 1):

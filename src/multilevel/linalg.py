@@ -155,26 +155,31 @@ def _sigma_log_target(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarr
     p = R.shape[0]
     _, Sigma, Sigma_inv, logdet, log_jac = sigma_from_coordinates(v, R)
     m = U.shape[0]
+    inv_s2 = 1.0 / sigma2
     L = np.empty((p, p))
     w = np.empty(p)
-    total = 0.0
+    log_dets = 0.0
+    quads = 0.0
     for j in range(m):
         for a in range(p):
-            for b in range(p):
-                L[a, b] = Sigma_inv[a, b] + XtX[j, a, b] / sigma2
+            for b in range(a + 1):
+                L[a, b] = Sigma_inv[a, b] + XtX[j, a, b] * inv_s2
         if not _cholesky_inplace(L):
             return -np.inf, Sigma, Sigma_inv
-        ld = 0.0
+        prod = 1.0
         for k in range(p):
-            ld += 2.0 * np.log(L[k, k])
+            prod *= L[k, k]
             t = U[j, k]
             for i in range(k):
                 t -= L[k, i] * w[i]
             w[k] = t / L[k, k]
-        quad = 0.0
-        for k in range(p):
-            quad += w[k] * w[k]
-        total += -0.5 * (logdet + ld) + 0.5 * quad / (sigma2 * sigma2)
+            quads += w[k] * w[k]
+        if 0.0 < prod < np.inf:
+            log_dets += 2.0 * np.log(prod)  # one log per group: log det P_j = 2 log prod_k L_kk
+        else:
+            for k in range(p):
+                log_dets += 2.0 * np.log(L[k, k])
+    total = -0.5 * (m * logdet + log_dets) + 0.5 * quads * inv_s2 * inv_s2
     trace = 0.0
     for a in range(p):
         for b in range(p):

@@ -14,11 +14,14 @@ sufficient statistics give in O(m p^3) through P_j = Sigma^-1 + X_j'X_j / sigma2
 with r_j = y_j - X_j theta - Z_j alpha. One sweep (a partially collapsed Gibbs sampler,
 van Dyk and Park 2008; the order matters):
 
-1. Sigma: ``sigma_steps`` (6) random-walk Metropolis steps on p(Sigma | theta, alpha, sigma2, y)
+1. Sigma: a few random-walk Metropolis steps on p(Sigma | theta, alpha, sigma2, y)
    (beta integrated out), in the coordinates v = (log C_kk, C_kl) of Sigma = R C C' R' with
    C lower triangular: R a reference factor set during warm-up (from the warm-up mean of
    Sigma), the proposal's per-coordinate scales from the warm-up spread of v, and its step
-   size adapted towards acceptance 0.3; all frozen after warm-up.
+   size adapted towards acceptance 0.3; all frozen after warm-up. The number of steps is
+   chosen in warm-up too (:meth:`CollapsedGibbs.choose_sigma_steps`): many when the groups
+   inform their beta_j weakly (then centred Gibbs moves Sigma slowly and these steps carry
+   it), one when they inform them well (then they would only cost time).
 2. (theta, alpha) jointly from p(theta, alpha | Sigma, sigma2, y), beta integrated out:
    Gaussian, so fixed-only effects are blocked with the population means.
 3. beta_j | theta, alpha, Sigma, sigma2 for all groups at once, as in the centred sampler.
@@ -46,6 +49,8 @@ from ..suffstats import GaussianStats, residual_sum_of_squares
 from .gibbs import initial_values
 
 SIGMA_TARGET = 0.3
+#: most Sigma steps per sweep, and the number used before warm-up chooses (sampler default)
+MAX_SIGMA_STEPS, START_SIGMA_STEPS = 8, 3
 
 
 class CollapsedState(NamedTuple):
@@ -64,13 +69,14 @@ class CollapsedState(NamedTuple):
     n_sum: int
     accept_Sigma: float  # share of this sweep's Sigma steps accepted
     ssr: float  # residual sum of squares at (beta, alpha)
+    n_steps: int  # Sigma Metropolis steps per sweep
 
 
 class SweepInputs(NamedTuple):
     """The random numbers of one collapsed sweep (see :func:`multilevel.linalg.collapsed_sweep`)."""
 
-    mh_normals: np.ndarray  # (sigma_steps, p (p + 1) / 2) Sigma random-walk increments
-    log_u: np.ndarray  # (sigma_steps,) log uniforms of the Metropolis tests
+    mh_normals: np.ndarray  # (n_steps, p (p + 1) / 2) Sigma random-walk increments
+    log_u: np.ndarray  # (n_steps,) log uniforms of the Metropolis tests
     ta_normals: np.ndarray  # (q + r,) for (theta_free, alpha)
     beta_normals: np.ndarray  # (m, p)
     gammas: np.ndarray  # (p + 1,) Gamma((eta0 + m - k) / 2), k < p, then Gamma((nu0 + N) / 2)
@@ -87,7 +93,7 @@ class CollapsedGibbs:
     stats: GaussianStats
     priors: Priors
     theta_free: np.ndarray
-    sigma_steps: int = 6
+    sigma_steps: int | None = None  # Sigma steps per sweep; None: chosen in warm-up
 
     def __post_init__(self) -> None:
         pr = self.priors
@@ -110,18 +116,18 @@ class CollapsedGibbs:
         m = self.stats.n.shape[0]
         object.__setattr__(self, "_free_index", np.flatnonzero(free).astype(np.int64))
         object.__setattr__(self, "_sigma_rate0", 0.5 * pr.nu0 * pr.sigma0_sq)
-        d, k = p * (p + 1) // 2, self.sigma_steps
-        object.__setattr__(self, "_input_shape", (k, d, m, p))
-        a = k * d
-        object.__setattr__(self, "_input_splits", (a, a + q + r, a + q + r + m * p, a + q + r + m * p + p * (p - 1) // 2))
+        object.__setattr__(self, "_input_shape", (p * (p + 1) // 2, q + r, m, p))
         object.__setattr__(self, "_gamma_shapes", np.append(0.5 * (pr.eta0 + m - np.arange(p)), 0.5 * (pr.nu0 + self._n_obs)))
 
     # -- random inputs of a sweep -------------------------------------------------------
-    def draw_inputs(self, rng: np.random.Generator) -> SweepInputs:
-        """All random numbers of one sweep, in three Generator calls."""
-        k, d, m, p = self._input_shape
-        a, b, c, total = self._input_splits
-        normals = rng.standard_normal(total)
+    def draw_inputs(self, rng: np.random.Generator, n_steps: int) -> SweepInputs:
+        """All random numbers of one sweep with ``n_steps`` Sigma steps, in three Generator calls."""
+        d, q_r, m, p = self._input_shape
+        k = n_steps
+        a = k * d
+        b = a + q_r
+        c = b + m * p
+        normals = rng.standard_normal(c + p * (p - 1) // 2)
         log_u = np.log(rng.uniform(size=k))
         gammas = rng.standard_gamma(self._gamma_shapes)
         return SweepInputs(normals[:a].reshape(k, d), log_u, normals[a:b], normals[b:c].reshape(m, p), gammas,
@@ -134,7 +140,7 @@ class CollapsedGibbs:
         return st.Xty - st.XtX @ theta - (st.XtZ @ alpha if alpha.shape[0] else 0.0)
 
     def move_Sigma(self, state: CollapsedState, u: SweepInputs) -> tuple[np.ndarray, np.ndarray, int]:
-        """``sigma_steps`` Metropolis steps on Sigma with the beta_j integrated out
+        """The sweep's Metropolis steps on Sigma (one per row of ``u.mh_normals``) with the beta_j integrated out
         (compiled: :func:`multilevel.linalg.sigma_metropolis`); returns the number accepted."""
         U = self.residual_cross(state.theta, state.alpha)
         v = sigma_coordinates(state.Sigma, state.R)
@@ -196,13 +202,28 @@ class CollapsedGibbs:
             log_step=float(np.log(1.0 / np.sqrt(d))), v_scale=np.ones(d), Sigma_sum=np.zeros((p, p)),
             v_sum=np.zeros(d), v_sq=np.zeros(d), n_sum=0,
             accept_Sigma=0.0, ssr=residual_sum_of_squares(self.stats, beta, alpha),
+            n_steps=START_SIGMA_STEPS if self.sigma_steps is None else self.sigma_steps,
         )
+
+    def choose_sigma_steps(self, Sigma: np.ndarray, sigma2: float) -> int:
+        """Sigma steps per sweep: ceil(MAX_SIGMA_STEPS * f), at least 1, where f is the largest
+        over terms k of the mean over groups of [(Sigma^-1 + X_j'X_j / sigma2)^-1]_kk / Sigma_kk,
+        the share of Sigma's variance left in beta_j given the group's data: near 1 when the
+        groups inform their effects weakly (centred Gibbs then moves Sigma slowly), near 0 when
+        they inform them well."""
+        try:
+            post = np.linalg.inv(np.linalg.inv(Sigma) + self.stats.XtX / sigma2)
+        except np.linalg.LinAlgError:
+            return MAX_SIGMA_STEPS
+        share = np.diagonal(post, axis1=1, axis2=2).mean(axis=0) / np.diag(Sigma)
+        f = float(np.max(share)) if np.all(np.isfinite(share)) else 1.0
+        return int(np.clip(np.ceil(MAX_SIGMA_STEPS * f), 1, MAX_SIGMA_STEPS))
 
     def step(self, state: CollapsedState, rng: np.random.Generator) -> CollapsedState:
         """One sweep: Sigma (collapsed Metropolis), (theta, alpha) collapsed, beta, Sigma, sigma2,
         in one compiled call (:func:`multilevel.linalg.collapsed_sweep`); NumPy redoes a sweep
         that met a matrix that is not positive definite (:meth:`sweep_numpy`)."""
-        st, u = self.stats, self.draw_inputs(rng)
+        st, u = self.stats, self.draw_inputs(rng, state.n_steps)
         out = collapsed_sweep(st.XtX, st.Xty, st.XtZ, st.ZtZ, st.Zty, st.b_ref, st.a_ref, float(st.rtr), st.Xtr,
                               st.Ztr, self._free_index, self._prec, self._shift, self._S0, float(self.priors.eta0),
                               self._sigma_rate0, state.theta, state.alpha, state.Sigma, float(state.sigma2), state.R,
@@ -214,7 +235,7 @@ class CollapsedGibbs:
         if not np.isfinite(sigma2) or sigma2 <= 0:
             raise FloatingPointError(f"sigma2 drew {sigma2!r} (residual sum of squares {ssr!r})")
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv,
-                              sigma2=float(sigma2), accept_Sigma=accepted / max(self.sigma_steps, 1), ssr=float(ssr))
+                              sigma2=float(sigma2), accept_Sigma=accepted / max(state.n_steps, 1), ssr=float(ssr))
 
     def warmup_step(self, state: CollapsedState, rng: np.random.Generator, i: int, n_warmup: int) -> CollapsedState:
         """A sweep, then adaptation of the Sigma proposal, frozen after warm-up:
@@ -224,13 +245,18 @@ class CollapsedGibbs:
         * at half of warm-up, the reference factor R = chol(mean of Sigma over the second
           quarter), which makes the coordinates v about 0 and their scales comparable;
         * at three quarters, the per-coordinate scales = the standard deviations of v over the
-          third quarter (R fixed meanwhile), and the step size reset to 2.38 / sqrt(dim v).
+          third quarter (R fixed meanwhile), and the step size reset to 2.38 / sqrt(dim v);
+        * at a quarter and at half of warm-up, unless the kernel fixes it, the number of steps
+          (:meth:`choose_sigma_steps` at the current Sigma and sigma2).
         """
         state = self.step(state, rng)
         log_step = state.log_step + (i + 1.0) ** -0.6 * (state.accept_Sigma - SIGMA_TARGET)
         R, v_scale = state.R, state.v_scale
         Sigma_sum, v_sum, v_sq, n_sum = state.Sigma_sum, state.v_sum, state.v_sq, state.n_sum + 1
         quarter, half, three_quarters = (max(k * n_warmup // 4, 1) for k in (1, 2, 3))
+        n_steps = state.n_steps
+        if self.sigma_steps is None and i + 1 in (quarter, half):
+            n_steps = self.choose_sigma_steps(state.Sigma, state.sigma2)
         if i + 1 <= half:
             Sigma_sum = Sigma_sum + state.Sigma
         elif i + 1 <= three_quarters:
@@ -252,7 +278,7 @@ class CollapsedGibbs:
         elif i + 1 == quarter:
             Sigma_sum, n_sum = np.zeros_like(Sigma_sum), 0  # the first quarter only settles in
         return state._replace(log_step=float(np.clip(log_step, -8.0, 3.0)), R=R, v_scale=v_scale, Sigma_sum=Sigma_sum,
-                              v_sum=v_sum, v_sq=v_sq, n_sum=n_sum)
+                              v_sum=v_sum, v_sq=v_sq, n_sum=n_sum, n_steps=n_steps)
 
     def record(self, state: CollapsedState) -> dict[str, np.ndarray]:
         ssr = state.ssr
