@@ -367,14 +367,15 @@ def _log_prior_Sigma(Sigma_inv, logdet, S0, eta0) -> float:
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def Sigma_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, R, step,
-                          S0, eta0, z, log_u):
-    """beta_j = theta + L eta_j with the eta_j held fixed, a random walk on Sigma's coordinates
-    (log C_kk, C_kl) of Sigma = R C C' R'; ratio: likelihood x prior of Sigma x Jacobian.
+                          v_scale, S0, eta0, z, log_u):
+    """beta_j = theta + L eta_j with the eta_j held fixed, a random walk v + step * v_scale * z on
+    Sigma's coordinates v = (log C_kk, C_kl) of Sigma = R C C' R'; ratio: likelihood x prior of
+    Sigma x Jacobian.
     Returns (Sigma, Sigma^-1, beta, ll, grad, accepted)."""
     m, p = beta.shape
     v = sigma_coordinates(Sigma, R)
     L, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
-    proposal = v + step * z
+    proposal = v + step * v_scale * z
     L_new, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
     beta_new = np.empty((m, p))
     d = np.empty(p)
@@ -399,7 +400,7 @@ def Sigma_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def glm_sweep(code, X, Z, offset, y, n, starts,
               beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, log_scale, scale_alpha, alpha_chol,
-              scale_theta, theta_chol, R, step_Sigma,
+              scale_theta, theta_chol, R, step_Sigma, v_scale,
               laplace, interweave, free, alpha_prec, alpha_mean, theta_prec, theta_shift, mu0, S0, eta0,
               z_beta, u_beta, z_alpha, u_alpha, z_theta, z_theta_nc, u_theta, gammas, iw_normals, z_Sigma, u_Sigma):
     """One sweep (see :mod:`multilevel.samplers.metropolis`): beta_j (all groups), the joint
@@ -443,5 +444,6 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
     if interweave:
         Sigma, Sigma_inv, beta, ll, grad, acc_Sigma = Sigma_noncentred_step(code, X, Z, offset, y, n, starts, beta,
                                                                             alpha, theta, Sigma, Sigma_inv, ll, grad,
-                                                                            R, step_Sigma, S0, eta0, z_Sigma, u_Sigma)
+                                                                            R, step_Sigma, v_scale, S0, eta0, z_Sigma,
+                                                                            u_Sigma)
     return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, acc_Sigma, OK

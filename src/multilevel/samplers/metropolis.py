@@ -100,6 +100,10 @@ class GLMState(NamedTuple):
     R: np.ndarray  # (p, p) reference factor of the non-centred Sigma move's coordinates
     log_step_Sigma: float
     accept_Sigma: bool
+    v_scale: np.ndarray  # (p (p + 1) / 2,) per-coordinate scale of the non-centred Sigma proposal
+    v_sum: np.ndarray  # warm-up sums of the Sigma coordinates and their squares, for v_scale
+    v_sq: np.ndarray
+    n_v: int
 
 
 class GLMSweepInputs(NamedTuple):
@@ -383,7 +387,7 @@ class GLMMetropolis:
         v = sigma_coordinates(Sigma, R)
         L, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
         eta = np.linalg.solve(L, (beta - theta).T)  # (p, m): the eta_j held fixed
-        proposal = v + np.exp(state.log_step_Sigma) * z
+        proposal = v + np.exp(state.log_step_Sigma) * state.v_scale * z
         L_new, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
         beta_new = theta + (L_new @ eta).T
         ll_new, grad_new = self.loglik_grad(beta_new, alpha)
@@ -439,7 +443,8 @@ class GLMMetropolis:
                         0.0, self.alpha_proposal_chol(info, Sigma_inv),
                         float(np.log(2.38 / np.sqrt(max(int(self.theta_free.sum()), 1)))),
                         self.theta_proposal_chol(info), False, np.linalg.cholesky(Sigma),
-                        float(np.log(0.5 / np.sqrt(p * (p + 1) / 2))), False)
+                        float(np.log(0.5 / np.sqrt(p * (p + 1) / 2))), False, np.ones(p * (p + 1) // 2),
+                        np.zeros(p * (p + 1) // 2), np.zeros(p * (p + 1) // 2), 0)
 
     def step(self, state: GLMState, rng: np.random.Generator) -> GLMState:
         """One sweep with the proposal scales and information held fixed: one compiled call
@@ -454,7 +459,7 @@ class GLMMetropolis:
                         state.beta, state.alpha, state.theta, state.Sigma, state.Sigma_inv, state.ll, state.grad,
                         state.info, state.log_scale, float(np.exp(state.log_scale_alpha)), state.alpha_chol,
                         float(np.exp(state.log_scale_theta)), state.theta_chol, state.R,
-                        float(np.exp(state.log_step_Sigma)),
+                        float(np.exp(state.log_step_Sigma)), state.v_scale,
                         self.proposal == "laplace", self.interweave, self._free_index, self._alpha_prec,
                         pr.alpha_mean, self._theta_prec, self._theta_shift, pr.mu0, pr.S0, float(pr.eta0),
                         u.z_beta, u.u_beta, u.z_alpha, u.u_alpha, u.z_theta, u.z_theta_nc, u.u_theta, u.gammas,
@@ -468,8 +473,11 @@ class GLMMetropolis:
 
     def warmup_step(self, state: GLMState, rng: np.random.Generator, i: int, n_warmup: int) -> GLMState:
         """A sweep, then adaptation: log-scales move towards the target acceptance rate with
-        step (i + 1)^-0.6; the Fisher information H_j is re-evaluated at the current beta_j at
-        a quarter and a half of the warm-up."""
+        step (i + 1)^-0.6; the Fisher information H_j (and the proposals built on it) and
+        Sigma's reference factor R are re-evaluated at the current state at a quarter and a
+        half of the warm-up; at three quarters the non-centred Sigma proposal takes
+        per-coordinate scales from the spread of Sigma's coordinates over the third quarter
+        (R fixed meanwhile), its step size reset to 2.38 / sqrt(dim)."""
         state = self.step(state, rng)
         gain = (i + 1.0) ** -0.6
         p = state.beta.shape[1]
@@ -484,7 +492,17 @@ class GLMMetropolis:
         log_scale_theta = state.log_scale_theta + (gain * (float(state.accept_theta) - target_acceptance(q)) if q else 0.0)
         log_step_Sigma = state.log_step_Sigma + gain * (float(state.accept_Sigma) - target_acceptance(p * (p + 1) // 2))
         info, alpha_chol, theta_chol, R = state.info, state.alpha_chol, state.theta_chol, state.R
-        if i + 1 in (max(n_warmup // 4, 1), max(n_warmup // 2, 1)):
+        v_scale, v_sum, v_sq, n_v = state.v_scale, state.v_sum, state.v_sq, state.n_v
+        half, three_quarters = max(n_warmup // 2, 1), max(3 * n_warmup // 4, 1)
+        if self.interweave and half < i + 1 <= three_quarters and n_warmup >= 8:
+            v = sigma_coordinates(state.Sigma, R)
+            v_sum, v_sq, n_v = v_sum + v, v_sq + v * v, n_v + 1
+            if i + 1 == three_quarters:
+                var = v_sq / n_v - (v_sum / n_v) ** 2
+                if np.all(np.isfinite(var)) and np.all(var > 0):
+                    v_scale = np.sqrt(var)
+                    log_step_Sigma = float(np.log(2.38 / np.sqrt(v.shape[0])))
+        if i + 1 in (max(n_warmup // 4, 1), half):
             info = self.information(state.beta, state.alpha)
             alpha_chol = self.alpha_proposal_chol(info, state.Sigma_inv)
             theta_chol = self.theta_proposal_chol(info)
@@ -493,7 +511,8 @@ class GLMMetropolis:
                               log_scale_alpha=float(np.clip(log_scale_alpha, -10.0, 5.0)),
                               log_scale_theta=float(np.clip(log_scale_theta, -10.0, 5.0)),
                               log_step_Sigma=float(np.clip(log_step_Sigma, -10.0, 3.0)),
-                              info=info, alpha_chol=alpha_chol, theta_chol=theta_chol, R=R)
+                              info=info, alpha_chol=alpha_chol, theta_chol=theta_chol, R=R, v_scale=v_scale,
+                              v_sum=v_sum, v_sq=v_sq, n_v=n_v)
 
     def record(self, state: GLMState) -> dict[str, np.ndarray]:
         return {
