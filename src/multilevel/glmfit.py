@@ -72,13 +72,18 @@ def glm_estimates(design: Design, family: Family, iterations: int = 30) -> GLMEs
     m = design.n_groups
     b = np.tile(b_pool, (m, 1))
     done = np.zeros(m, dtype=bool)
-    ridge = 1e-8 * np.eye(p)
+    eye = np.eye(p)
     for _ in range(iterations):
         eta = np.einsum("ik,ik->i", X, b[g]) + base
         mu, w = mean_and_weight(family, n, eta)
         grad = segment_sum(X * (y - mu)[:, None], starts)
-        H = segment_sum(X[:, :, None] * X[:, None, :] * w[:, None, None], starts) + ridge
-        step = np.linalg.solve(H, grad[..., None])[..., 0]
+        H = segment_sum(X[:, :, None] * X[:, None, :] * w[:, None, None], starts)
+        scale = np.trace(H, axis1=1, axis2=2)[:, None, None] / p
+        H = H + (1e-8 * scale + 1e-12) * eye  # a ridge relative to the group's information
+        try:
+            step = np.linalg.solve(H, grad[..., None])[..., 0]
+        except np.linalg.LinAlgError:  # singular even so (rounding): least squares per group
+            step = (np.linalg.pinv(H) @ grad[..., None])[..., 0]
         step = np.where(np.isfinite(step), step, 0.0)
         step = np.clip(step, -5.0, 5.0)  # damped Newton: separated groups drift, the rest converge
         b = b + step
