@@ -77,6 +77,16 @@ def simulate_bernoulli(rng, sizes, beta, alpha):
     return pd.DataFrame({"y": y, "z": z, "g": g})
 
 
+def simulate_bernoulli_group_level(rng, sizes, beta, alpha):
+    """As :func:`simulate_bernoulli`, but z is a group-level predictor (one value per group),
+    confounded with the group effects: the GLM kernel then makes several joint alpha moves."""
+    g, x, z, eta = _common(rng, sizes, beta, 1)
+    z = rng.standard_normal(sizes.shape[0])[g]
+    eta = eta + alpha[0] * z
+    y = (rng.uniform(size=g.shape[0]) < 1.0 / (1.0 + np.exp(-eta))).astype(int)
+    return pd.DataFrame({"y": y, "z": z, "g": g})
+
+
 def simulate_binomial(rng, sizes, beta, alpha):
     g, x, z, eta = _common(rng, sizes, beta, 2)
     n = rng.integers(1, 21, size=g.shape[0])
@@ -123,7 +133,18 @@ BINOMIAL = Config(
     simulate=simulate_binomial,
 )
 
-CONFIGS = {c.name: c for c in (POISSON, BERNOULLI, BINOMIAL)}
+BERNOULLI_GROUP_LEVEL = Config(
+    name="bernoulli_group_level",
+    family="bernoulli",
+    formula="y ~ z + (1 | g)",
+    free=(True,),
+    r=1,
+    sizes=BERNOULLI.sizes,
+    priors=BERNOULLI.priors,
+    simulate=simulate_bernoulli_group_level,
+)
+
+CONFIGS = {c.name: c for c in (POISSON, BERNOULLI, BERNOULLI_GROUP_LEVEL, BINOMIAL)}
 
 
 def draw_truth(rng: np.random.Generator, cfg: Config):
@@ -218,6 +239,17 @@ def tempered(power: float):
 # -- small version: default suite -----------------------------------------------------------
 
 SMALL = dict(n_reps=150, L=19, thin=5, warmup=200, bins=5)
+
+
+def test_group_level_configuration_makes_several_alpha_moves():
+    from multilevel.samplers.metropolis import CONFOUNDED_ALPHA_STEPS
+
+    cfg = BERNOULLI_GROUP_LEVEL
+    rng = np.random.default_rng(0)
+    theta, Sigma, alpha, beta = draw_truth(rng, cfg)
+    df = cfg.simulate(rng, np.asarray(cfg.sizes), beta, alpha)
+    model = multilevel.Model(cfg.formula, df, family=cfg.family, priors=cfg.priors)
+    assert model.kernel.alpha_steps == CONFOUNDED_ALPHA_STEPS
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
