@@ -17,7 +17,9 @@ CASES = {
     "epil_laplace": ("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", "poisson", "laplace", None),
     "epil_textbook": ("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", "poisson", "textbook", None),
     "epil_centred": ("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", "poisson", "laplace", "centred"),
-    "cbpp_slope": ("p(incidence, size) ~ period + (1 + period2 | herd)", "cbpp", "binomial", "laplace", None),
+    "epil_interweaving": ("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", "poisson", "laplace", "interweaving"),
+    "cbpp_slope": ("p(incidence, size) ~ period + (1 + period2 | herd)", "cbpp", "binomial", "laplace",
+                   "interweaving"),
     "cbpp_textbook": ("p(incidence, size) ~ period + (1 | herd)", "cbpp", "binomial", "textbook", None),
 }
 FIELDS = ("beta", "alpha", "theta", "Sigma", "Sigma_inv", "ll", "grad", "accept_beta", "accept_alpha", "accept_theta",
@@ -81,7 +83,7 @@ def test_failed_compiled_sweep_falls_back_to_numpy(case, monkeypatch):
 def test_centred_sampler_makes_no_noncentred_moves():
     model = multilevel.Model("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", family="poisson", sampler="centred")
     fit = model.fit(chains=1, draws=30, warmup=30, seed=1, cores=1, progress=False, log_likelihood=False)
-    assert not model.kernel.interweave
+    assert model.kernel.interweave is False
     assert not fit.idata.sample_stats["accept_theta"].values.any()
     assert not fit.idata.sample_stats["accept_Sigma"].values.any()
     assert "centred" in fit.attrs["sampler"]
@@ -110,3 +112,28 @@ def test_more_alpha_moves_when_a_fixed_only_predictor_is_group_level():
     assert default_alpha_steps(np.zeros((10, 0)), starts) == 1
     epil = multilevel.Model("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", family="poisson")
     assert epil.kernel.alpha_steps == CONFOUNDED_ALPHA_STEPS  # treatment is a subject-level predictor
+
+
+def _poisson_groups(rng, m, lo, hi, sd):
+    import pandas as pd
+
+    sizes = rng.integers(lo, hi + 1, m)
+    g = np.repeat(np.arange(m), sizes)
+    x = rng.standard_normal(g.size)
+    b = np.array([0.5, 0.3]) + sd * rng.standard_normal((m, 2))
+    return pd.DataFrame({"y": rng.poisson(np.exp(b[g, 0] + b[g, 1] * x)), "x": x, "g": g})
+
+
+def test_auto_sampler_interweaves_only_when_groups_inform_their_effects_weakly():
+    """Groups of 2 to 5 counts with a small Sigma: the non-centred moves are kept; groups of 60
+    to 100 counts with a large Sigma: they are dropped at half of warm-up (they would only
+    cost two passes over the rows per sweep)."""
+    rng = np.random.default_rng(5)
+    for lo, hi, sd, expected in ((2, 5, 0.2, True), (60, 100, 1.0, False)):
+        model = multilevel.Model("y ~ x + (x | g)", _poisson_groups(rng, 300, lo, hi, sd), family="poisson")
+        assert model.kernel.interweave is None
+        fit = model.fit(chains=1, draws=20, warmup=100, seed=1, cores=1, progress=False, log_likelihood=False)
+        assert bool(fit.idata.sampler_state["interweave"].values[0]) is expected
+        if not expected:  # no non-centred move is made after warm-up, so none is accepted
+            assert not fit.idata.sample_stats["accept_Sigma"].values.any()
+            assert not fit.idata.sample_stats["accept_theta"].values.any()

@@ -29,7 +29,7 @@ from .samplers.gibbs import GaussianGibbs
 from .samplers.interweaving import InterweavingGibbs
 
 GAUSSIAN_SAMPLERS = ("collapsed", "interweaving", "centred")
-GLM_SAMPLERS = ("interweaving", "centred")
+GLM_SAMPLERS = ("auto", "interweaving", "centred")
 from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis, default_alpha_steps
 from .suffstats import gaussian_stats
 
@@ -72,9 +72,10 @@ class Model:
         the group effects integrated out, :mod:`multilevel.samplers.collapsed`) or
         ``"interweaving"`` (centred Gibbs interwoven with non-centred draws of theta and Sigma,
         :mod:`multilevel.samplers.interweaving`) or ``"centred"`` (the specification's Gibbs
-        sampler, :mod:`multilevel.samplers.gibbs`). GLMs: ``"interweaving"`` (default: the
-        Gibbs draws of theta and Sigma each followed by a non-centred Metropolis move) or
-        ``"centred"`` (Gibbs draws only, as in the specification);
+        sampler, :mod:`multilevel.samplers.gibbs`). GLMs: ``"interweaving"`` (the Gibbs draws
+        of theta and Sigma each followed by a non-centred Metropolis move), ``"centred"`` (Gibbs
+        draws only, as in the specification) or ``"auto"`` (default: interweaving when the
+        groups inform their effects weakly, decided in warm-up);
         see :mod:`multilevel.samplers.metropolis`. ``None``: the family's default.
     """
 
@@ -126,7 +127,7 @@ class Model:
                            np.asarray(design.y, dtype=float), design.trials, design.starts)
             self.kernel = GLMMetropolis(data, self.priors, design.theta_free, proposal=proposal,
                                         b_start=self.estimates.b_group, alpha_info=self.estimates.info_pool[p:, p:],
-                                        interweave=sampler == "interweaving",
+                                        interweave={"auto": None, "interweaving": True, "centred": False}[sampler],
                                         alpha_steps=default_alpha_steps(design.Z, design.starts))
 
     @property

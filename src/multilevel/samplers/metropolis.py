@@ -44,8 +44,14 @@ Proposals for beta_j:
 * ``"textbook"``: the specification's beta*_j ~ MVN(beta_j, delta Sigma) with one delta
   adapted in warm-up, then frozen.
 
-``interweave=False`` (``sampler="centred"``) leaves out the two non-centred moves: theta and
-Sigma then come from their Gibbs draws alone, as in the specification.
+The two non-centred moves cost a pass over the rows each and pay only when the groups inform
+their effects weakly (then centred Gibbs moves theta and Sigma slowly). By default
+(``interweave=None``, ``sampler="auto"``) the kernel decides at half of warm-up
+(:meth:`GLMMetropolis.choose_interweave`): on when, for some term k, the mean over groups of
+[(Sigma^-1 + H_j)^-1]_kk / Sigma_kk (the share of Sigma's variance left in beta_j given the
+group's data) exceeds ``INTERWEAVE_SHARE``, else off. ``interweave=True``
+(``sampler="interweaving"``) keeps them on; ``False`` (``sampler="centred"``) leaves them out:
+theta and Sigma then come from their Gibbs draws alone, as in the specification.
 
 The sweep runs as one compiled call (:func:`multilevel.glmsweep.glm_sweep`) on random
 numbers drawn beforehand from the chain's NumPy Generator (:meth:`GLMMetropolis.draw_inputs`);
@@ -76,6 +82,10 @@ def target_acceptance(p: int) -> float:
     return max(0.234, 0.44 - 0.07 * (p - 1))
 
 
+#: the non-centred moves are made when the share of Sigma's variance left in some term of
+#: beta_j given its group's data exceeds this (see ``GLMMetropolis.choose_interweave``)
+INTERWEAVE_SHARE = 0.5
+
 #: target acceptance of the Langevin proposal (Roberts and Rosenthal 1998)
 LANGEVIN_TARGET = 0.574
 
@@ -104,6 +114,7 @@ class GLMState(NamedTuple):
     v_sum: np.ndarray  # warm-up sums of the Sigma coordinates and their squares, for v_scale
     v_sq: np.ndarray
     n_v: int
+    interweave: bool  # the non-centred theta and Sigma moves are made
 
 
 class GLMSweepInputs(NamedTuple):
@@ -173,7 +184,7 @@ class GLMMetropolis:
     proposal: str = "laplace"
     b_start: np.ndarray | None = None  # per-group fits: where H_j is first evaluated
     alpha_info: np.ndarray | None = None  # pooled Fisher information of alpha
-    interweave: bool = True  # the non-centred theta and Sigma moves (sampler "interweaving"); off: "centred"
+    interweave: bool | None = None  # the non-centred theta and Sigma moves: on, off, or None (chosen in warm-up)
     compiled: bool = True  # the sweep as one compiled call; False runs its NumPy form (same draws)
     alpha_steps: int = 1  # joint (alpha, beta, theta) moves per sweep (Model: :func:`default_alpha_steps`)
 
@@ -407,11 +418,11 @@ class GLMMetropolis:
         accept_alpha = accepted / self.alpha_steps
         theta = self.draw_theta(beta, state.Sigma_inv, u.z_theta)
         accept_theta = accept_Sigma = False
-        if self.interweave:
+        if state.interweave:
             theta, beta, ll, grad, accept_theta = self.update_theta_noncentred(state, beta, alpha, theta, ll, grad,
                                                                                u.z_theta_nc, u.u_theta)
         Sigma, Sigma_inv = self.draw_Sigma(beta, theta, u.gammas, u.iw_normals)
-        if self.interweave:
+        if state.interweave:
             Sigma, Sigma_inv, beta, ll, grad, accept_Sigma = self.update_Sigma_noncentred(
                 state, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, u.z_Sigma, u.u_Sigma)
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
@@ -444,7 +455,8 @@ class GLMMetropolis:
                         float(np.log(2.38 / np.sqrt(max(int(self.theta_free.sum()), 1)))),
                         self.theta_proposal_chol(info), False, np.linalg.cholesky(Sigma),
                         float(np.log(0.5 / np.sqrt(p * (p + 1) / 2))), False, np.ones(p * (p + 1) // 2),
-                        np.zeros(p * (p + 1) // 2), np.zeros(p * (p + 1) // 2), 0)
+                        np.zeros(p * (p + 1) // 2), np.zeros(p * (p + 1) // 2), 0,
+                        True if self.interweave is None else bool(self.interweave))
 
     def step(self, state: GLMState, rng: np.random.Generator) -> GLMState:
         """One sweep with the proposal scales and information held fixed: one compiled call
@@ -460,7 +472,7 @@ class GLMMetropolis:
                         state.info, state.log_scale, float(np.exp(state.log_scale_alpha)), state.alpha_chol,
                         float(np.exp(state.log_scale_theta)), state.theta_chol, state.R,
                         float(np.exp(state.log_step_Sigma)), state.v_scale,
-                        self.proposal == "laplace", self.interweave, self._free_index, self._alpha_prec,
+                        self.proposal == "laplace", state.interweave, self._free_index, self._alpha_prec,
                         pr.alpha_mean, self._theta_prec, self._theta_shift, pr.mu0, pr.S0, float(pr.eta0),
                         u.z_beta, u.u_beta, u.z_alpha, u.u_alpha, u.z_theta, u.z_theta_nc, u.u_theta, u.gammas,
                         u.iw_normals, u.z_Sigma, u.u_Sigma)
@@ -494,7 +506,8 @@ class GLMMetropolis:
         info, alpha_chol, theta_chol, R = state.info, state.alpha_chol, state.theta_chol, state.R
         v_scale, v_sum, v_sq, n_v = state.v_scale, state.v_sum, state.v_sq, state.n_v
         half, three_quarters = max(n_warmup // 2, 1), max(3 * n_warmup // 4, 1)
-        if self.interweave and half < i + 1 <= three_quarters and n_warmup >= 8:
+        interweave = state.interweave
+        if interweave and half < i + 1 <= three_quarters and n_warmup >= 8:
             v = sigma_coordinates(state.Sigma, R)
             v_sum, v_sq, n_v = v_sum + v, v_sq + v * v, n_v + 1
             if i + 1 == three_quarters:
@@ -507,12 +520,26 @@ class GLMMetropolis:
             alpha_chol = self.alpha_proposal_chol(info, state.Sigma_inv)
             theta_chol = self.theta_proposal_chol(info)
             R = np.linalg.cholesky(state.Sigma)
-        return state._replace(log_scale=np.clip(log_scale, -10.0, 5.0),
+            if self.interweave is None and i + 1 == half:
+                interweave = self.choose_interweave(info, state.Sigma)
+        return state._replace(interweave=interweave, log_scale=np.clip(log_scale, -10.0, 5.0),
                               log_scale_alpha=float(np.clip(log_scale_alpha, -10.0, 5.0)),
                               log_scale_theta=float(np.clip(log_scale_theta, -10.0, 5.0)),
                               log_step_Sigma=float(np.clip(log_step_Sigma, -10.0, 3.0)),
                               info=info, alpha_chol=alpha_chol, theta_chol=theta_chol, R=R, v_scale=v_scale,
                               v_sum=v_sum, v_sq=v_sq, n_v=n_v)
+
+    def choose_interweave(self, info: np.ndarray, Sigma: np.ndarray) -> bool:
+        """Whether the non-centred moves pay: for some term k the mean over groups of
+        [(Sigma^-1 + H_j)^-1]_kk / Sigma_kk exceeds ``INTERWEAVE_SHARE`` (groups inform that
+        effect weakly, so centred Gibbs would move theta and Sigma slowly)."""
+        p = Sigma.shape[0]
+        try:
+            post = np.linalg.inv(np.linalg.inv(Sigma) + info[:, :p, :p])
+        except np.linalg.LinAlgError:
+            return True
+        share = np.diagonal(post, axis1=1, axis2=2).mean(axis=0) / np.diag(Sigma)
+        return bool(not np.all(np.isfinite(share)) or np.max(share) > INTERWEAVE_SHARE)
 
     def record(self, state: GLMState) -> dict[str, np.ndarray]:
         return {
