@@ -239,6 +239,8 @@ def bench_glm_sweep(quick: bool = False) -> Result:
 
 def _ess_runs(name: str, formula: str, data, seeds: list[int], chains: int, warmup: int, draws: int) -> dict:
     """Fits with each arm (proposal and sampler), seeds x arms interleaved; per run: times, ESS, acceptance."""
+    import arviz as az
+
     import multilevel
 
     models = {a: multilevel.Model(formula, data, family="poisson", **_arm_options(a)) for a in ARMS}
@@ -253,6 +255,7 @@ def _ess_runs(name: str, formula: str, data, seeds: list[int], chains: int, warm
                                 log_likelihood=False)
             ess = population_ess(fit.idata.posterior)
             low = min(ess, key=ess.get)
+            beta_ess = az.ess(fit.idata.posterior[["beta"]], method="bulk")["beta"].values.ravel() / (chains * draws)
             sampling, cpu = float(fit.attrs["sampling_seconds"]), _CLOCK["end"] - _CLOCK["start"]
             ss = fit.idata.sample_stats
             runs[p].append({
@@ -260,6 +263,7 @@ def _ess_runs(name: str, formula: str, data, seeds: list[int], chains: int, warm
                 "min_ess": ess[low], "per_draw": ess[low] / (chains * draws), "ess_per_s": ess[low] / sampling,
                 "ess_per_cpu_s": ess[low] / cpu, "accept_beta": float(ss["accept_beta"].mean()),
                 "accept_alpha": float(ss["accept_alpha"].mean()) if "accept_alpha" in ss else float("nan"),
+                "beta_per_draw_median": float(np.median(beta_ess)), "beta_per_draw_min": float(beta_ess.min()),
             })
             del fit
     d = models["laplace"].design
@@ -313,16 +317,18 @@ def bench_glm_ess(quick: bool = False) -> Result:
             for run in runs[p]:
                 rows.append([f"`{p}`", str(run["seed"]), f"{run['sampling']:.2f} s", f"{run['sampling_cpu']:.2f} s",
                              f"{run['min_ess']:.0f}", f"`{run['min_param']}`", f"{run['per_draw']:.3f}",
-                             f"{run['ess_per_s']:.0f}", f"{run['ess_per_cpu_s']:.0f}", f"{run['accept_beta']:.2f}"])
+                             f"{run['ess_per_s']:.0f}", f"{run['ess_per_cpu_s']:.0f}", f"{run['accept_beta']:.2f}",
+                             f"{run['beta_per_draw_median']:.3f} ({run['beta_per_draw_min']:.3f})"])
             rs = runs[p]
             rows.append([f"**`{p}` median**", "", f"{_median(rs, 'sampling'):.2f} s",
                          f"{_median(rs, 'sampling_cpu'):.2f} s", f"{_median(rs, 'min_ess'):.0f}", "",
                          f"**{_median(rs, 'per_draw'):.3f}**", f"**{_median(rs, 'ess_per_s'):.0f}**",
-                         f"**{_median(rs, 'ess_per_cpu_s'):.0f}**", f"{_median(rs, 'accept_beta'):.2f}"])
+                         f"**{_median(rs, 'ess_per_cpu_s'):.0f}**", f"{_median(rs, 'accept_beta'):.2f}",
+                         f"{_median(rs, 'beta_per_draw_median'):.3f} ({_median(rs, 'beta_per_draw_min'):.3f})"])
         res.tables.append(Table(
             ["proposal, sampler", "seed", f"sampling, wall ({chains} x {warmup + draws} sweeps)", "sampling, CPU",
              "min bulk ESS", "minimum at", "min ESS per draw", "min ESS / wall s", "min ESS / CPU s",
-             "beta_j acceptance"], rows,
+             "beta_j acceptance", "beta_j: ESS per draw, median over groups (min)"], rows,
             caption=f"**{r['name']}** ({fmt_count(r['rows'])} rows, {fmt_count(r['groups'])} groups):"))
         params = list(runs["laplace"][0]["ess"])
         prow = []
@@ -337,18 +343,20 @@ def bench_glm_ess(quick: bool = False) -> Result:
         wall_ratio = _median(L, "ess_per_s") / _median(T, "ess_per_s")
         draw_ratio = _median(L, "per_draw") / _median(T, "per_draw")
         cost_ratio = _median(L, "sampling_cpu") / _median(T, "sampling_cpu")
+        beta_ratio = _median(L, "beta_per_draw_median") / _median(T, "beta_per_draw_median")
         mins = {p: ", ".join(f"`{x}`" for x in sorted({run["min_param"] for run in runs[p]})) for p in ARMS}
         spec_ratio = _median(L, "ess_per_cpu_s") / _median(runs["textbook, centred"], "ess_per_cpu_s")
         weave_ratio = _median(L, "ess_per_cpu_s") / _median(runs["laplace, interweaving"], "ess_per_cpu_s")
         ratio_rows.append([r["name"], f"**{cpu_ratio:.2f}x**", f"{wall_ratio:.2f}x", f"{draw_ratio:.2f}x",
-                           f"{cost_ratio:.2f}x", mins["laplace"], mins["textbook"], f"{spec_ratio:.2f}x",
-                           f"{weave_ratio:.2f}x"])
+                           f"{cost_ratio:.2f}x", mins["laplace"], mins["textbook"], f"{beta_ratio:.2f}x",
+                           f"{spec_ratio:.2f}x", f"{weave_ratio:.2f}x"])
         verdicts.append((r["name"], cpu_ratio, wall_ratio, draw_ratio))
         r["ratios"] = {"cpu": cpu_ratio, "wall": wall_ratio, "per_draw": draw_ratio, "cost": cost_ratio,
-                       "vs_specification": spec_ratio, "interweaving": weave_ratio}
+                       "vs_specification": spec_ratio, "interweaving": weave_ratio, "beta_per_draw": beta_ratio}
     res.tables.insert(0, Table(
         ["data set", "min ESS / CPU s, laplace / textbook", "min ESS / wall s, ratio", "min ESS per draw, ratio",
          "sampling CPU time, ratio (cost)", "minimum at (laplace)", "minimum at (textbook)",
+         "group effects beta_j: ESS per draw (median over groups), ratio",
          "default over the specification's sampler (`textbook, centred`), min ESS / CPU s",
          "default (`auto`) over `laplace, interweaving`, min ESS / CPU s"], ratio_rows,
         caption="Ratios of the medians, default proposal over textbook (the target), and the default sampler over "
