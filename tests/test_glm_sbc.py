@@ -25,6 +25,7 @@ its prior term) that the same small runs must reject, to show the check has powe
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -70,18 +71,13 @@ def simulate_poisson(rng, sizes, beta, alpha):
     return pd.DataFrame({"y": y, "x": x, "exposure": exposure, "g": g})
 
 
-def simulate_bernoulli(rng, sizes, beta, alpha):
+def simulate_bernoulli(rng, sizes, beta, alpha, group_level: bool = False):
+    """Bernoulli with a random intercept and a fixed-only predictor z; ``group_level``: z is one
+    value per group, confounded with the group effects (the GLM kernel then makes several
+    joint alpha moves per sweep)."""
     g, x, z, eta = _common(rng, sizes, beta, 1)
-    eta = eta + alpha[0] * z
-    y = (rng.uniform(size=g.shape[0]) < 1.0 / (1.0 + np.exp(-eta))).astype(int)
-    return pd.DataFrame({"y": y, "z": z, "g": g})
-
-
-def simulate_bernoulli_group_level(rng, sizes, beta, alpha):
-    """As :func:`simulate_bernoulli`, but z is a group-level predictor (one value per group),
-    confounded with the group effects: the GLM kernel then makes several joint alpha moves."""
-    g, x, z, eta = _common(rng, sizes, beta, 1)
-    z = rng.standard_normal(sizes.shape[0])[g]
+    if group_level:
+        z = rng.standard_normal(sizes.shape[0])[g]
     eta = eta + alpha[0] * z
     y = (rng.uniform(size=g.shape[0]) < 1.0 / (1.0 + np.exp(-eta))).astype(int)
     return pd.DataFrame({"y": y, "z": z, "g": g})
@@ -133,16 +129,8 @@ BINOMIAL = Config(
     simulate=simulate_binomial,
 )
 
-BERNOULLI_GROUP_LEVEL = Config(
-    name="bernoulli_group_level",
-    family="bernoulli",
-    formula="y ~ z + (1 | g)",
-    free=(True,),
-    r=1,
-    sizes=BERNOULLI.sizes,
-    priors=BERNOULLI.priors,
-    simulate=simulate_bernoulli_group_level,
-)
+BERNOULLI_GROUP_LEVEL = replace(BERNOULLI, name="bernoulli_group_level",
+                                simulate=partial(simulate_bernoulli, group_level=True))
 
 CONFIGS = {c.name: c for c in (POISSON, BERNOULLI, BERNOULLI_GROUP_LEVEL, BINOMIAL)}
 
