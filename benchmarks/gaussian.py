@@ -31,6 +31,7 @@ from .common import (
     current_rss_bytes,
     maxrss_bytes,
     one_core,
+    population_ess,
     repeat_once,
     reset_peak_rss,
     simulate_gaussian,
@@ -278,26 +279,6 @@ def bench_sweep_groups(quick: bool = False) -> Result:
 # --------------------------------------------------------------------------- c
 
 
-def _min_bulk_ess(posterior) -> dict[str, float]:
-    """Bulk ESS of theta, the unique entries of Sigma (lower triangle) and sigma2, by name."""
-    import arviz as az
-
-    ess = az.ess(posterior[["theta", "Sigma", "sigma2"]], method="bulk")
-    out: dict[str, float] = {}
-    theta = ess["theta"]
-    for term in theta.coords[theta.dims[0]].values:
-        out[f"theta[{term}]"] = float(theta.sel({theta.dims[0]: term}))
-    S = ess["Sigma"]
-    d0, d1 = S.dims
-    terms0, terms1 = list(S.coords[d0].values), list(S.coords[d1].values)
-    for i, a in enumerate(terms0):
-        for j, b in enumerate(terms1):
-            if j <= i:
-                out[f"Sigma[{a}, {b}]"] = float(S.isel({d0: i, d1: j}))
-    out["sigma2"] = float(ess["sigma2"])
-    return out
-
-
 #: process CPU clock readings of :class:`_CpuClocked` (module level, so copies of the kernel share it)
 _CLOCK: dict[str, float] = {}
 
@@ -345,7 +326,7 @@ def _fit_runs(formula: str, data, seeds: list[int], chains: int, warmup: int, dr
             _CLOCK.clear()
             fit = model.fit(chains=chains, draws=draws, warmup=warmup, cores=1, progress=False, seed=seed, **fit_kw)
             wall = time.perf_counter() - t0
-            ess = _min_bulk_ess(fit.idata.posterior)
+            ess = population_ess(fit.idata.posterior)
             r = {"seed": seed, "sampling": float(fit.attrs["sampling_seconds"]),
                  "sampling_cpu": _CLOCK["end"] - _CLOCK["start"], "wall": wall, "ess": ess}
             name = min(ess, key=ess.get)

@@ -28,6 +28,7 @@ from .common import (
     interleaved,
     maxrss_bytes,
     one_core,
+    population_ess,
     reset_peak_rss,
 )
 from .gaussian import _CLOCK, _CpuClocked
@@ -104,35 +105,6 @@ def _warmed_chain(kernel, seed: int, warmup: int) -> Chain:
         state = kernel.warmup_step(state, rng, i, warmup)
     c.state = state
     return c
-
-
-def population_ess(posterior) -> dict[str, float]:
-    """Bulk ESS of every population parameter, by name: the free entries of theta, alpha,
-    the unique entries of Sigma (lower triangle), sigma2 where the model has it."""
-    import arviz as az
-
-    names = [v for v in ("theta", "alpha", "Sigma", "sigma2") if v in posterior]
-    ess = az.ess(posterior[names], method="bulk")
-    out: dict[str, float] = {}
-    for v in ("theta", "alpha"):
-        if v not in ess or not ess[v].dims:
-            continue
-        da = ess[v]
-        dim = da.dims[0]
-        for i, term in enumerate(da.coords[dim].values):
-            const = float(posterior[v].isel({dim: i}).std()) == 0.0  # a term with no population mean
-            if not const:
-                out[f"{v}[{term}]"] = float(da.isel({dim: i}))
-    S = ess["Sigma"]
-    d0, d1 = S.dims
-    t0, t1 = list(S.coords[d0].values), list(S.coords[d1].values)
-    for i, a in enumerate(t0):
-        for j, b in enumerate(t1):
-            if j <= i:
-                out[f"Sigma[{a}, {b}]"] = float(S.isel({d0: i, d1: j}))
-    if "sigma2" in ess:
-        out["sigma2"] = float(ess["sigma2"])
-    return out
 
 
 # --------------------------------------------------------------------------- a

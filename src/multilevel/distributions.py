@@ -92,3 +92,16 @@ def check_spd(M: np.ndarray, name: str, size: int) -> np.ndarray:
     except np.linalg.LinAlgError:
         raise ModelError(f"prior {name} must be positive definite") from None
     return 0.5 * (M + M.T)
+
+
+def weak_information_share(Sigma: np.ndarray, H: np.ndarray) -> float:
+    """max over terms k of mean_j [(Sigma^-1 + H_j)^-1]_kk / Sigma_kk, with H_j (m, p, p) each
+    group's information about its beta_j: the share of Sigma's variance the groups' data leave
+    in their effects. Near 1 when groups inform their effects weakly (centred Gibbs then moves
+    theta and Sigma slowly), near 0 when they inform them well; 1 when it cannot be computed."""
+    try:
+        post = np.linalg.inv(np.linalg.inv(Sigma) + H)
+    except np.linalg.LinAlgError:
+        return 1.0
+    share = np.diagonal(post, axis1=1, axis2=2).mean(axis=0) / np.diag(Sigma)
+    return float(np.max(share)) if np.all(np.isfinite(share)) else 1.0

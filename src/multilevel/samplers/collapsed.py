@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..distributions import mvn_from_precision
+from ..distributions import mvn_from_precision, weak_information_share
 from ..linalg import (collapsed_information, collapsed_sweep, inverse_wishart_from_bartlett, sigma_coordinates,
                       sigma_metropolis)
 from ..priors import Priors
@@ -206,17 +206,10 @@ class CollapsedGibbs:
         )
 
     def choose_sigma_steps(self, Sigma: np.ndarray, sigma2: float) -> int:
-        """Sigma steps per sweep: ceil(MAX_SIGMA_STEPS * f), at least 1, where f is the largest
-        over terms k of the mean over groups of [(Sigma^-1 + X_j'X_j / sigma2)^-1]_kk / Sigma_kk,
-        the share of Sigma's variance left in beta_j given the group's data: near 1 when the
-        groups inform their effects weakly (centred Gibbs then moves Sigma slowly), near 0 when
-        they inform them well."""
-        try:
-            post = np.linalg.inv(np.linalg.inv(Sigma) + self.stats.XtX / sigma2)
-        except np.linalg.LinAlgError:
-            return MAX_SIGMA_STEPS
-        share = np.diagonal(post, axis1=1, axis2=2).mean(axis=0) / np.diag(Sigma)
-        f = float(np.max(share)) if np.all(np.isfinite(share)) else 1.0
+        """Sigma steps per sweep: ceil(MAX_SIGMA_STEPS * f), at least 1, with f the share of
+        Sigma's variance the groups leave in their effects
+        (:func:`multilevel.distributions.weak_information_share`, H_j = X_j'X_j / sigma2)."""
+        f = weak_information_share(Sigma, self.stats.XtX / sigma2)
         return int(np.clip(np.ceil(MAX_SIGMA_STEPS * f), 1, MAX_SIGMA_STEPS))
 
     def step(self, state: CollapsedState, rng: np.random.Generator) -> CollapsedState:

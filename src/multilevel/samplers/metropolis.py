@@ -66,7 +66,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..distributions import mvn_from_precision
+from ..distributions import mvn_from_precision, weak_information_share
 from ..glmlik import group_information, group_loglik_grad
 from ..glmsweep import glm_sweep
 from ..linalg import (inverse_wishart_from_bartlett, mvn_precision_batch, sigma_coordinates, sigma_from_coordinates,
@@ -530,16 +530,11 @@ class GLMMetropolis:
                               v_sum=v_sum, v_sq=v_sq, n_v=n_v)
 
     def choose_interweave(self, info: np.ndarray, Sigma: np.ndarray) -> bool:
-        """Whether the non-centred moves pay: for some term k the mean over groups of
-        [(Sigma^-1 + H_j)^-1]_kk / Sigma_kk exceeds ``INTERWEAVE_SHARE`` (groups inform that
-        effect weakly, so centred Gibbs would move theta and Sigma slowly)."""
+        """Whether the non-centred moves pay: the share of Sigma's variance the groups leave in
+        their effects (:func:`multilevel.distributions.weak_information_share`, H_j the Fisher
+        information of beta_j) exceeds ``INTERWEAVE_SHARE``."""
         p = Sigma.shape[0]
-        try:
-            post = np.linalg.inv(np.linalg.inv(Sigma) + info[:, :p, :p])
-        except np.linalg.LinAlgError:
-            return True
-        share = np.diagonal(post, axis1=1, axis2=2).mean(axis=0) / np.diag(Sigma)
-        return bool(not np.all(np.isfinite(share)) or np.max(share) > INTERWEAVE_SHARE)
+        return weak_information_share(Sigma, info[:, :p, :p]) > INTERWEAVE_SHARE
 
     def record(self, state: GLMState) -> dict[str, np.ndarray]:
         return {
