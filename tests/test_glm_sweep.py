@@ -137,3 +137,71 @@ def test_auto_sampler_interweaves_only_when_groups_inform_their_effects_weakly()
         if not expected:  # no non-centred move is made after warm-up, so none is accepted
             assert not fit.idata.sample_stats["accept_Sigma"].values.any()
             assert not fit.idata.sample_stats["accept_theta"].values.any()
+
+
+def test_group_level_columns_finds_group_level_predictors_and_cross_level_interactions():
+    from multilevel.samplers.metropolis import group_level_columns
+
+    rng = np.random.default_rng(2)
+    starts = np.array([0, 3, 7, 10])
+    sizes = np.diff(starts)
+    x = rng.standard_normal(10)
+    X = np.column_stack([np.ones(10), x])
+    w = rng.standard_normal(3)
+    group_level = np.repeat(w, sizes)  # constant within groups: absorbed by the intercept
+    cross_level = np.repeat(w, sizes) * x  # w_j x_ij: absorbed by the slope of x
+    row_level = rng.standard_normal(10)
+    cols, terms, weights = group_level_columns(X, np.column_stack([row_level, group_level, cross_level]), starts)
+    assert cols.tolist() == [1, 2] and terms.tolist() == [0, 1]
+    np.testing.assert_allclose(weights, np.column_stack([w, w]))
+    cols, _, weights = group_level_columns(X, row_level[:, None], starts)
+    assert cols.size == 0 and weights.shape == (3, 0)
+    epil = multilevel.Model("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", family="poisson")
+    names = [epil.design.fixed_terms[c] for c in epil.kernel.group_level[0]]
+    assert names == ["lbase", "trt[progabide]", "lbase:trt[progabide]", "lage"]  # V4 varies within subjects
+
+
+def test_theta_alpha_gibbs_draws_the_gaussian_conditional():
+    """Against dense generalised least squares: stacking b_j - W_j alpha_c ~ N(theta, Sigma)
+    over groups gives (theta_f, alpha_c) | b Gaussian with precision prior + D' (I (x) Sigma^-1) D.
+    With z = 0 the draw is the conditional mean; with z = e_k it moves by the k-th column of a
+    square root of the conditional covariance."""
+    from multilevel.glmsweep import theta_alpha_gibbs
+
+    rng = np.random.default_rng(3)
+    m, p, r = 7, 2, 3
+    beta, alpha = rng.standard_normal((m, p)), rng.standard_normal(r)
+    A = rng.standard_normal((p, p))
+    Sigma_inv = A @ A.T + p * np.eye(p)
+    free = np.array([0, 1])
+    theta_prec, theta_shift = np.diag([0.5, 2.0]), np.array([0.3, -0.2])
+    cols, terms = np.array([0, 2]), np.array([0, 1])
+    weight = rng.standard_normal((m, 2))
+    B = rng.standard_normal((r, r))
+    alpha_prec, alpha_mean = B @ B.T + np.eye(r), rng.standard_normal(r)
+    # dense form: u = (theta, alpha_0, alpha_2); b_j = beta_j + W_j alpha_c (the linear predictor's part)
+    D = np.zeros((m, p, 4))
+    D[:, 0, 0] = D[:, 1, 1] = 1.0
+    D[:, 0, 2], D[:, 1, 3] = weight[:, 0], weight[:, 1]
+    b = beta + np.einsum("jpc,c->jp", D[:, :, 2:], alpha[cols])
+    big_D = D.reshape(m * p, 4)
+    big_prec = np.kron(np.eye(m), Sigma_inv)
+    prior_prec = np.zeros((4, 4))
+    prior_prec[:2, :2] = theta_prec
+    prior_prec[2:, 2:] = alpha_prec[np.ix_(cols, cols)]
+    prior_lin = np.concatenate([theta_shift, alpha_prec[cols] @ alpha_mean - alpha_prec[np.ix_(cols, [1])] @ alpha[[1]]])
+    P = prior_prec + big_D.T @ big_prec @ big_D
+    mean = np.linalg.solve(P, prior_lin + big_D.T @ big_prec @ b.ravel())
+    draws = []
+    for z in np.vstack([np.zeros(4), np.eye(4)]):
+        theta, alpha_new, beta_new, ok = theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, cols,
+                                                           terms, weight, alpha_prec, alpha_mean, z)
+        assert ok
+        u = np.concatenate([theta, alpha_new[cols]])
+        draws.append(u)
+        assert alpha_new[1] == alpha[1]  # not a group-level column: untouched
+        # the linear predictor's part b_j is unchanged
+        np.testing.assert_allclose(beta_new + np.einsum("jpc,c->jp", D[:, :, 2:], alpha_new[cols]), b, atol=1e-12)
+    np.testing.assert_allclose(draws[0], mean, rtol=1e-10, atol=1e-12)
+    root = np.array(draws[1:]).T - mean[:, None]
+    np.testing.assert_allclose(root @ root.T, np.linalg.inv(P), rtol=1e-9, atol=1e-12)

@@ -73,9 +73,9 @@ class Model:
         ``"interweaving"`` (centred Gibbs interwoven with non-centred draws of theta and Sigma,
         :mod:`multilevel.samplers.interweaving`) or ``"centred"`` (the specification's Gibbs
         sampler, :mod:`multilevel.samplers.gibbs`). GLMs: ``"interweaving"`` (the Gibbs draws
-        of theta and Sigma each followed by a non-centred Metropolis move), ``"centred"`` (Gibbs
-        draws only, as in the specification) or ``"auto"`` (default: interweaving when the
-        groups inform their effects weakly, decided in warm-up);
+        of theta and Sigma each followed by partially non-centred Metropolis moves), ``"centred"``
+        (Gibbs draws only, as in the specification) or ``"auto"`` (default: interweaving when the
+        groups inform their effects weakly or the data are small, decided in warm-up);
         see :mod:`multilevel.samplers.metropolis`. ``None``: the family's default.
     """
 

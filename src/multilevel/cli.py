@@ -50,7 +50,7 @@ def cli() -> None:
 @click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred", "auto"]), default=None,
               help="Gaussian: collapsed moves of Sigma, theta and alpha (default), centred Gibbs interwoven with "
               "non-centred moves, or the plain centred Gibbs sampler. GLMs: auto (default: interweaving when "
-              "groups inform their effects weakly), interweaving or centred.")
+              "groups inform their effects weakly or the data are small), interweaving or centred.")
 @click.option("--chains", default=4, show_default=True, type=int, help="Number of chains.")
 @click.option("--draws", default=1000, show_default=True, type=int, help="Kept draws per chain.")
 @click.option("--warmup", default=1000, show_default=True, type=int, help="Warm-up sweeps per chain, discarded.")

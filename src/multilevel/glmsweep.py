@@ -302,57 +302,123 @@ def alpha_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma_inv, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def theta_gibbs(beta, Sigma_inv, free, theta_prec, theta_shift, z) -> tuple[np.ndarray, bool]:
-    """theta_f ~ MVN(P^-1 b, P^-1), P = Lambda0^-1 + m [Sigma^-1]_ff,
-    b = Lambda0^-1 mu0 + [Sigma^-1 sum_j beta_j]_f; zeros elsewhere."""
+def theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, cols, terms, weight, alpha_prec,
+                      alpha_mean, z):
+    """(theta_f, alpha_c) | b, Sigma, the other alpha by Gibbs, in hierarchical centring: the
+    group-level columns c of alpha (z_ic = w_jc x_i,t(c) in group j, see
+    :func:`multilevel.samplers.metropolis.group_level_columns`) move into the group effects,
+    b_j = beta_j + W_j alpha_c with W_j = sum_c w_jc e_t(c) e_c', so that
+    b_j ~ MVN(theta + W_j alpha_c, Sigma) and the likelihood depends on b_j alone. With
+    D_j = [E_f, W_j] (E_f the free coordinates of theta) the conditional is Gaussian with
+    precision P = diag(Lambda0^-1, A0^-1_cc) + sum_j D_j' Sigma^-1 D_j and P mean =
+    (Lambda0^-1 mu0, [A0^-1 a0]_c - [A0^-1]_c,rest alpha_rest) + sum_j D_j' Sigma^-1 b_j;
+    draws mean + L'^-1 z (P = L L'), then beta_j = b_j - W_j alpha_c, which leaves every linear
+    predictor as it was. Without group-level columns this is theta's Gibbs draw of the
+    linear model. Returns (theta, alpha, beta, ok); ok is False when P is not positive definite."""
     m, p = beta.shape
     q = free.shape[0]
+    k = cols.shape[0]
+    d = q + k
     theta = np.zeros(p)
-    if not q:
-        return theta, True
-    total = np.zeros(p)
+    if not d:
+        return theta, alpha, beta, True
+    b = beta.copy()
+    for j in range(m):
+        for c in range(k):
+            b[j, terms[c]] += weight[j, c] * alpha[cols[c]]
+    total = np.zeros(p)  # sum_j b_j
+    wsum = np.zeros(k)  # sum_j w_jc
+    wb = np.zeros((k, p))  # sum_j w_jc b_j
+    ww = np.zeros((k, k))  # sum_j w_jc w_je
     for j in range(m):
         for a in range(p):
-            total[a] += beta[j, a]
-    P = theta_prec.copy()
-    b = theta_shift.copy()
-    for k in range(q):
-        for l in range(q):
-            P[k, l] += m * Sigma_inv[free[k], free[l]]
+            total[a] += b[j, a]
+        for c in range(k):
+            w = weight[j, c]
+            wsum[c] += w
+            for a in range(p):
+                wb[c, a] += w * b[j, a]
+            for e in range(k):
+                ww[c, e] += w * weight[j, e]
+    P = np.zeros((d, d))
+    rhs = np.zeros(d)
+    for u in range(q):
+        for v in range(q):
+            P[u, v] = theta_prec[u, v] + m * Sigma_inv[free[u], free[v]]
+        rhs[u] = theta_shift[u]
         for a in range(p):
-            b[k] += Sigma_inv[free[k], a] * total[a]
+            rhs[u] += Sigma_inv[free[u], a] * total[a]
+        for c in range(k):
+            P[u, q + c] = wsum[c] * Sigma_inv[free[u], terms[c]]
+            P[q + c, u] = P[u, q + c]
+    is_col = np.zeros(alpha.shape[0], dtype=np.bool_)
+    for c in range(k):
+        is_col[cols[c]] = True
+    for c in range(k):
+        for e in range(k):
+            P[q + c, q + e] = alpha_prec[cols[c], cols[e]] + ww[c, e] * Sigma_inv[terms[c], terms[e]]
+        t = 0.0
+        for l in range(alpha.shape[0]):
+            t += alpha_prec[cols[c], l] * alpha_mean[l]
+            if not is_col[l]:
+                t -= alpha_prec[cols[c], l] * alpha[l]
+        for a in range(p):
+            t += Sigma_inv[terms[c], a] * wb[c, a]
+        rhs[q + c] = t
     if not _cholesky_inplace(P):
-        return theta, False
-    w = _lower_solve(P, b) + z
-    x = np.empty(q)
+        return theta, alpha, beta, False
+    w = _lower_solve(P, rhs) + z
+    x = np.empty(d)
     _upper_solve_into(P, w, x)
-    for k in range(q):
-        theta[free[k]] = x[k]
-    return theta, True
+    for u in range(q):
+        theta[free[u]] = x[u]
+    alpha = alpha.copy()
+    for c in range(k):
+        alpha[cols[c]] = x[q + c]
+    for j in range(m):
+        for c in range(k):
+            b[j, terms[c]] -= weight[j, c] * x[q + c]
+    return theta, alpha, b, True
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def theta_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, ll, grad, theta_chol, scale, free,
-                          theta_prec, mu0, z, log_u):
-    """theta* = theta + delta, beta*_j = beta_j + delta (free components), delta = s L_t z;
-    ratio: likelihood ratio x theta's prior ratio. Returns (theta, beta, ll, grad, accepted)."""
+def theta_partial_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma_inv, ll, grad, Lp, theta_chol,
+                       scale, free, theta_prec, mu0, z, log_u):
+    """theta* = theta + delta (free components, delta = s L_t z) in the partially non-centred
+    parametrisation of :func:`Sigma_partial_step`: e_j = L_j' (beta_j - mean_j) held fixed, so
+    beta*_j = beta_j + P_j^-1 Sigma^-1 delta (P_j = Sigma^-1 + H_j = L_j L_j', ``Lp``): each group
+    effect follows theta by its shrinkage weight, fully where the group says little (the
+    non-centred move), hardly where it says much. Unit Jacobian; ratio: likelihood x beta_j's
+    prior x theta's prior. Returns (theta, beta, ll, grad, accepted)."""
     m, p = beta.shape
     q = free.shape[0]
-    shift = np.zeros(p)
+    delta = np.zeros(p)
     for k in range(q):
         t = 0.0
         for l in range(k + 1):
             t += theta_chol[k, l] * z[l]
-        shift[free[k]] = scale * t
-    theta_new = theta + shift
-    beta_new = beta + shift
+        delta[free[k]] = scale * t
+    theta_new = theta + delta
+    Sd = np.zeros(p)  # Sigma^-1 delta
+    for a in range(p):
+        for b in range(p):
+            Sd[a] += Sigma_inv[a, b] * delta[b]
+    beta_new = np.empty((m, p))
+    w = np.empty(p)
+    for j in range(m):
+        _lower_solve_into(Lp[j], Sd, w)
+        _upper_solve_into(Lp[j], w, w)
+        for a in range(p):
+            beta_new[j, a] = beta[j, a] + w[a]
     ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, beta_new)
     f_new = np.empty(q)
     f_old = np.empty(q)
     for k in range(q):
         f_new[k] = theta_new[free[k]] - mu0[k]
         f_old[k] = theta[free[k]] - mu0[k]
-    log_ratio = np.sum(ll_new) - np.sum(ll) - 0.5 * _quad(f_new, theta_prec) + 0.5 * _quad(f_old, theta_prec)
+    log_ratio = (np.sum(ll_new) - np.sum(ll)
+                 + np.sum(_prior_kernel(beta_new, theta_new, Sigma_inv)) - np.sum(_prior_kernel(beta, theta, Sigma_inv))
+                 - 0.5 * _quad(f_new, theta_prec) + 0.5 * _quad(f_old, theta_prec))
     if log_u < log_ratio:
         return theta_new, beta_new, ll_new, grad_new, True
     return theta, beta, ll, grad, False
@@ -366,35 +432,105 @@ def _log_prior_Sigma(Sigma_inv, logdet, S0, eta0) -> float:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def Sigma_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, R, step,
-                          v_scale, S0, eta0, z, log_u):
-    """beta_j = theta + L eta_j with the eta_j held fixed, a random walk v + step * v_scale * z on
-    Sigma's coordinates v = (log C_kk, C_kl) of Sigma = R C C' R'; ratio: likelihood x prior of
-    Sigma x Jacobian.
-    Returns (Sigma, Sigma^-1, beta, ll, grad, accepted)."""
-    m, p = beta.shape
-    v = sigma_coordinates(Sigma, R)
-    L, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
-    proposal = v + step * v_scale * z
-    L_new, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
-    beta_new = np.empty((m, p))
-    d = np.empty(p)
-    e = np.empty(p)
+def likelihood_linear_term(info, h_ref, alpha, alpha_ref):
+    """h_j(alpha) = h_j - G_j (alpha - alpha_ref): the linear coefficient in beta_j of the
+    Gaussian approximation -beta_j' H_j beta_j / 2 + beta_j' h_j(alpha) of group j's log-likelihood
+    (G_j = X_j'W_jZ_j the off-diagonal block of ``info[j]``)."""
+    m, p = h_ref.shape
+    r = alpha.shape[0]
+    h = h_ref.copy()
     for j in range(m):
         for a in range(p):
-            d[a] = beta[j, a] - theta[a]
-        _lower_solve_into(L, d, e)
+            t = 0.0
+            for c in range(r):
+                t += info[j, a, p + c] * (alpha[c] - alpha_ref[c])
+            h[j, a] -= t
+    return h
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _laplace_factors(Sigma_inv, info, h, theta, L, mean):
+    """For every group, L_j = chol(Sigma^-1 + H_j) and mean_j = (Sigma^-1 + H_j)^-1 (h_j + Sigma^-1 theta),
+    the Laplace approximation of beta_j | y_j, theta, alpha, Sigma; returns sum_j log det L_j, or NaN
+    when some Sigma^-1 + H_j is not positive definite."""
+    m, p = h.shape
+    b = np.empty(p)
+    logdet = 0.0
+    for j in range(m):
         for a in range(p):
-            t = theta[a]
-            for b in range(a + 1):
-                t += L_new[a, b] * e[b]
-            beta_new[j, a] = t
-    ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, beta_new)
-    log_ratio = (np.sum(ll_new) - np.sum(ll) + _log_prior_Sigma(Si_new, logdet_new, S0, eta0) + log_jac_new
-                 - _log_prior_Sigma(Sigma_inv, logdet, S0, eta0) - log_jac)
-    if log_u < log_ratio:
-        return S_new, Si_new, beta_new, ll_new, grad_new, True
-    return Sigma, Sigma_inv, beta, ll, grad, False
+            t = h[j, a]
+            for c in range(p):
+                L[j, a, c] = Sigma_inv[a, c] + info[j, a, c]
+                t += Sigma_inv[a, c] * theta[c]
+            b[a] = t
+        if not _cholesky_inplace(L[j]):
+            return np.nan
+        for a in range(p):
+            for c in range(a + 1, p):
+                L[j, a, c] = 0.0
+            logdet += np.log(L[j, a, a])
+        _lower_solve_into(L[j], b, b)
+        _upper_solve_into(L[j], b, mean[j])
+    return logdet
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def Sigma_partial_steps(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, h,
+                        R, step, v_scale, S0, eta0, z, log_u):
+    """Random walks v + step * v_scale * z_k (one per row of ``z``) on Sigma's coordinates v
+    (Sigma = R C C' R') in the partially non-centred parametrisation (Papaspiliopoulos,
+    Roberts and Skold 2007) that the Laplace approximation N(mean_j, P_j^-1) of
+    beta_j | y_j, theta, alpha, Sigma gives (P_j = Sigma^-1 + H_j = L_j L_j',
+    mean_j = P_j^-1 (h_j + Sigma^-1 theta), see :func:`likelihood_linear_term`):
+    e_j = L_j' (beta_j - mean_j) is held fixed, so beta*_j = mean*_j + L*_j'^-1 e_j. Where the
+    approximation is exact the e_j are independent of Sigma and this is a move on Sigma with
+    the beta_j integrated out; where groups say little (H_j -> 0) it is the non-centred move,
+    where they say much (H_j -> inf) the centred one. The map is deterministic given (theta,
+    alpha) and its own reverse with -z; the ratio is the joint density ratio x prior of Sigma
+    x Jacobians (coordinates, and prod_j det L_j / det L*_j for the beta_j).
+    Returns (Sigma, Sigma^-1, beta, ll, grad, number accepted)."""
+    m, p = beta.shape
+    L = np.empty((m, p, p))
+    mean = np.empty((m, p))
+    L_new = np.empty((m, p, p))
+    mean_new = np.empty((m, p))
+    beta_new = np.empty((m, p))
+    e = np.empty(p)
+    v = sigma_coordinates(Sigma, R)
+    _, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
+    half_logdet = _laplace_factors(Sigma_inv, info, h, theta, L, mean)
+    prior = np.sum(_prior_kernel(beta, theta, Sigma_inv))
+    accepted = 0
+    for k in range(z.shape[0]):
+        if not np.isfinite(half_logdet):
+            break
+        proposal = v + step * v_scale * z[k]
+        _, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
+        half_logdet_new = _laplace_factors(Si_new, info, h, theta, L_new, mean_new)
+        if not np.isfinite(half_logdet_new):
+            continue
+        for j in range(m):
+            for a in range(p):  # e = L_j' (beta_j - mean_j)
+                t = 0.0
+                for c in range(a, p):
+                    t += L[j, c, a] * (beta[j, c] - mean[j, c])
+                e[a] = t
+            _upper_solve_into(L_new[j], e, e)
+            for a in range(p):
+                beta_new[j, a] = mean_new[j, a] + e[a]
+        ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, beta_new)
+        prior_new = np.sum(_prior_kernel(beta_new, theta, Si_new))
+        log_ratio = (np.sum(ll_new) - np.sum(ll) + prior_new - prior - 0.5 * m * (logdet_new - logdet)
+                     + _log_prior_Sigma(Si_new, logdet_new, S0, eta0) + log_jac_new
+                     - _log_prior_Sigma(Sigma_inv, logdet, S0, eta0) - log_jac
+                     + half_logdet - half_logdet_new)
+        if log_u[k] < log_ratio:
+            accepted += 1
+            v, Sigma, Sigma_inv, logdet, log_jac = proposal, S_new, Si_new, logdet_new, log_jac_new
+            beta, ll, grad, prior, half_logdet = beta_new.copy(), ll_new, grad_new, prior_new, half_logdet_new
+            L, L_new = L_new, L
+            mean, mean_new = mean_new, mean
+    return Sigma, Sigma_inv, beta, ll, grad, accepted
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -402,11 +538,13 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
               beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, log_scale, scale_alpha, alpha_chol,
               scale_theta, theta_chol, R, step_Sigma, v_scale,
               laplace, interweave, free, alpha_prec, alpha_mean, theta_prec, theta_shift, mu0, S0, eta0,
+              level_cols, level_terms, level_weight, h_ref, alpha_ref,
               z_beta, u_beta, z_alpha, u_alpha, z_theta, z_theta_nc, u_theta, gammas, iw_normals, z_Sigma, u_Sigma):
     """One sweep (see :mod:`multilevel.samplers.metropolis`): beta_j (all groups), the joint
-    (alpha, beta, theta) move when there are fixed-only effects (one per row of ``z_alpha``), theta by Gibbs, then its
-    non-centred move (``interweave``), Sigma by inverse-Wishart (Bartlett, chi2(eta0 + m - k)
-    = 2 ``gammas[k]``), then its non-centred move (``interweave``).
+    (alpha, beta, theta) move when there are fixed-only effects (one per row of ``z_alpha``), theta
+    (with the group-level columns of alpha, ``level_cols``: :func:`theta_alpha_gibbs`) by Gibbs,
+    then theta's non-centred move (``interweave``), Sigma by inverse-Wishart (Bartlett,
+    chi2(eta0 + m - k) = 2 ``gammas[k]``), then its non-centred move (``interweave``).
 
     Returns (beta, alpha, theta, Sigma, Sigma^-1, ll, grad, accepted beta (m,), share of the
     alpha moves accepted, accepted theta and Sigma moves, status): status 0 on success, else which matrix was not
@@ -416,7 +554,7 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
     r = alpha.shape[0]
     Lp, failed = beta_precision_factors(Sigma_inv, info)
     if failed >= 0:
-        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), 0.0, False, False,
+        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), 0.0, False, 0.0,
                 FAILED_BETA_PRECISION)
     beta, ll, grad, acc_beta = beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll,
                                          grad, Lp, log_scale, laplace, z_beta, u_beta)
@@ -429,21 +567,23 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
                                                           alpha_prec, alpha_mean, theta_prec, mu0, z_alpha[k],
                                                           u_alpha[k])
             acc_alpha += ok / u_alpha.shape[0]
-    theta, ok = theta_gibbs(beta, Sigma_inv, free, theta_prec, theta_shift, z_theta)
+    theta, alpha, beta, ok = theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, level_cols,
+                                               level_terms, level_weight, alpha_prec, alpha_mean, z_theta)
     if not ok:
-        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, False, False, FAILED_THETA_PRECISION
+        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, False, 0.0, FAILED_THETA_PRECISION
     acc_theta = False
     if interweave and free.shape[0]:
-        theta, beta, ll, grad, acc_theta = theta_noncentred_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
-                                                                 ll, grad, theta_chol, scale_theta, free, theta_prec,
-                                                                 mu0, z_theta_nc, u_theta)
+        theta, beta, ll, grad, acc_theta = theta_partial_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
+                                                              Sigma_inv, ll, grad, Lp, theta_chol, scale_theta, free,
+                                                              theta_prec, mu0, z_theta_nc, u_theta)
     Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(wishart_scale(S0, beta, theta), 2.0 * gammas, iw_normals)
     if not ok:
-        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, False, FAILED_SIGMA_SCALE
-    acc_Sigma = False
+        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, 0.0, FAILED_SIGMA_SCALE
+    acc_Sigma = 0.0
     if interweave:
-        Sigma, Sigma_inv, beta, ll, grad, acc_Sigma = Sigma_noncentred_step(code, X, Z, offset, y, n, starts, beta,
-                                                                            alpha, theta, Sigma, Sigma_inv, ll, grad,
-                                                                            R, step_Sigma, v_scale, S0, eta0, z_Sigma,
-                                                                            u_Sigma)
+        h = likelihood_linear_term(info, h_ref, alpha, alpha_ref)
+        Sigma, Sigma_inv, beta, ll, grad, n_acc = Sigma_partial_steps(code, X, Z, offset, y, n, starts, beta, alpha,
+                                                                      theta, Sigma, Sigma_inv, ll, grad, info, h, R,
+                                                                      step_Sigma, v_scale, S0, eta0, z_Sigma, u_Sigma)
+        acc_Sigma = n_acc / max(u_Sigma.shape[0], 1)
     return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, acc_Sigma, OK

@@ -18,18 +18,29 @@ canonical link, beta_j ~ MVN(theta, Sigma). One sweep:
   with the Metropolis-Hastings correction for the drift), C = L_C L_C' the inverse of
   A0^-1 plus alpha's information with the beta_j integrated out,
   sum_j (K_j - G_j' (Sigma^-1 + H_j)^-1 G_j), K_j = Z_j'W_jZ_j; s_a adapted in warm-up;
-* theta | beta, Sigma and Sigma | beta, theta: the Gibbs draws of the linear model, with
-  theta interwoven (Yu and Meng 2011): after its centred Gibbs draw, theta moves once more
-  in the non-centred parametrisation gamma_j = beta_j - theta held fixed, i.e.
-  theta* = theta + delta and beta*_j = beta_j + delta for every group (free components),
-  a Metropolis step whose ratio is the likelihood ratio times theta's prior ratio
-  (beta_j's prior given theta is unchanged); delta ~ MVN(0, s_t^2 (Lambda0^-1 + sum_j H_j)^-1),
-  s_t adapted in warm-up. The centred draw moves theta well when groups are
-  informative, the non-centred move when they are not. Sigma likewise: after its centred
-  inverse-Wishart draw, one Metropolis step in the non-centred parametrisation
-  beta_j = theta + L eta_j (Sigma = L L') with the eta_j held fixed: a random walk on
-  Sigma's coordinates Sigma = R C C' R' (log C_kk, C_kl; R fixed after warm-up), ratio =
-  likelihood ratio x prior ratio of Sigma x Jacobian of the coordinates.
+* theta | beta, Sigma by Gibbs as in the linear model, drawn jointly with the group-level
+  columns of alpha in hierarchical centring (Gelfand, Sahu and Carlin 1995): a fixed-only
+  column c with z_ic = w_jc x_i,t(c) in every group j (:func:`group_level_columns`: a
+  group-level predictor, t the intercept, or a cross-level interaction, t a varying slope)
+  moves into the group effects, b_j = beta_j + W_j alpha_c ~ MVN(theta + W_j alpha_c, Sigma),
+  the likelihood depends on b_j alone, and (theta_f, alpha_c) | b, Sigma is Gaussian
+  (:func:`multilevel.glmsweep.theta_alpha_gibbs`); the linear predictor does not change;
+* Sigma | beta, theta: the inverse-Wishart Gibbs draw of the linear model;
+* the partially non-centred moves (Papaspiliopoulos, Roberts and Skold 2007), when
+  ``interweave``: after theta's draw, and after Sigma's (``n_sigma_steps`` of them), a random
+  walk on theta, or on Sigma's coordinates Sigma = R C C' R' (log C_kk, C_kl; R fixed after
+  warm-up), that holds e_j = L_j' (beta_j - mean_j) fixed, N(mean_j, (L_j L_j')^-1) the
+  Laplace approximation of beta_j | y_j, theta, alpha, Sigma (L_j L_j' = Sigma^-1 + H_j,
+  mean_j = (Sigma^-1 + H_j)^-1 (h_j + Sigma^-1 theta), h_j the linear coefficient of the
+  Gaussian approximation of group j's log-likelihood, frozen after warm-up). Where that
+  approximation is exact, theta and Sigma move with the beta_j integrated out; a group that
+  says little about its effects gets the non-centred move (its beta_j follows theta and
+  Sigma), one that says much the centred one (its beta_j stays). The maps are deterministic
+  given the rest and their own reverse, so the ratio is the joint density ratio (with the
+  Jacobian prod_j det L_j / det L*_j for Sigma) whatever the approximation's quality, which
+  only sets the acceptance rate. The proposals' covariances (theta: its Laplace-marginal
+  covariance; Sigma: per-coordinate scales from warm-up) and step sizes are frozen after
+  warm-up.
 
 Proposals for beta_j:
 
@@ -44,14 +55,16 @@ Proposals for beta_j:
 * ``"textbook"``: the specification's beta*_j ~ MVN(beta_j, delta Sigma) with one delta
   adapted in warm-up, then frozen.
 
-The two non-centred moves cost a pass over the rows each and pay only when the groups inform
-their effects weakly (then centred Gibbs moves theta and Sigma slowly). By default
-(``interweave=None``, ``sampler="auto"``) the kernel decides at half of warm-up
-(:meth:`GLMMetropolis.choose_interweave`): on when, for some term k, the mean over groups of
-[(Sigma^-1 + H_j)^-1]_kk / Sigma_kk (the share of Sigma's variance left in beta_j given the
-group's data) exceeds ``INTERWEAVE_SHARE``, else off. ``interweave=True``
-(``sampler="interweaving"``) keeps them on; ``False`` (``sampler="centred"``) leaves them out:
-theta and Sigma then come from their Gibbs draws alone, as in the specification.
+Each non-centred move costs a pass over the rows, and pays when the groups leave much of
+Sigma's variance in their effects (centred Gibbs then moves Sigma at a rate near
+1 - (1 - f)^2, f that share). By default (``interweave=None``, ``sampler="auto"``) the kernel
+decides at half of warm-up (:meth:`GLMMetropolis.choose_interweave`): on when, for some term
+k, f = mean over groups of [(Sigma^-1 + H_j)^-1]_kk / Sigma_kk exceeds ``INTERWEAVE_SHARE``
+(or ``INTERWEAVE_SHARE_SMALL_DATA`` on data of at most ``SMALL_DATA_ROWS`` rows, where a pass
+costs less than a sweep's fixed cost), with ceil(``MAX_SIGMA_STEPS`` f) Sigma moves per sweep
+(:meth:`GLMMetropolis.choose_sigma_steps`). ``interweave=True`` (``sampler="interweaving"``)
+keeps them on; ``False`` (``sampler="centred"``) leaves them out: theta and Sigma then come from
+their Gibbs draws alone, as in the specification.
 
 The sweep runs as one compiled call (:func:`multilevel.glmsweep.glm_sweep`) on random
 numbers drawn beforehand from the chain's NumPy Generator (:meth:`GLMMetropolis.draw_inputs`);
@@ -83,8 +96,11 @@ def target_acceptance(p: int) -> float:
 
 
 #: the non-centred moves are made when the share of Sigma's variance left in some term of
-#: beta_j given its group's data exceeds this (see ``GLMMetropolis.choose_interweave``)
-INTERWEAVE_SHARE = 0.5
+#: beta_j given its group's data exceeds this (see ``GLMMetropolis.choose_interweave``), and on
+#: data of at most ``SMALL_DATA_ROWS`` rows when it exceeds ``INTERWEAVE_SHARE_SMALL_DATA``
+INTERWEAVE_SHARE, INTERWEAVE_SHARE_SMALL_DATA, SMALL_DATA_ROWS = 0.5, 0.1, 2500
+#: most non-centred Sigma moves per sweep (see ``GLMMetropolis.choose_sigma_steps``)
+MAX_SIGMA_STEPS = 6
 
 #: target acceptance of the Langevin proposal (Roberts and Rosenthal 1998)
 LANGEVIN_TARGET = 0.574
@@ -109,12 +125,15 @@ class GLMState(NamedTuple):
     accept_theta: bool
     R: np.ndarray  # (p, p) reference factor of the non-centred Sigma move's coordinates
     log_step_Sigma: float
-    accept_Sigma: bool
+    accept_Sigma: float  # share of the sweep's non-centred Sigma moves accepted
     v_scale: np.ndarray  # (p (p + 1) / 2,) per-coordinate scale of the non-centred Sigma proposal
     v_sum: np.ndarray  # warm-up sums of the Sigma coordinates and their squares, for v_scale
     v_sq: np.ndarray
     n_v: int
     interweave: bool  # the non-centred theta and Sigma moves are made
+    h_ref: np.ndarray  # (m, p) H_j beta_j + score_j where the information was last evaluated (see likelihood_linear_term)
+    alpha_ref: np.ndarray  # (r,) alpha there
+    n_sigma_steps: int  # non-centred Sigma moves per sweep (when ``interweave``)
 
 
 class GLMSweepInputs(NamedTuple):
@@ -124,13 +143,13 @@ class GLMSweepInputs(NamedTuple):
     u_beta: np.ndarray  # (m,)
     z_alpha: np.ndarray  # (alpha_steps, r)
     u_alpha: np.ndarray  # (alpha_steps,)
-    z_theta: np.ndarray  # (q,) centred Gibbs draw
+    z_theta: np.ndarray  # (q + k,) centred Gibbs draw of theta and the k group-level columns of alpha
     z_theta_nc: np.ndarray  # (q,) non-centred move
     u_theta: float
     gammas: np.ndarray  # (p,) Gamma((eta0 + m - k) / 2)
     iw_normals: np.ndarray  # (p (p - 1) / 2,)
-    z_Sigma: np.ndarray  # (p (p + 1) / 2,)
-    u_Sigma: float
+    z_Sigma: np.ndarray  # (sigma_steps, p (p + 1) / 2)
+    u_Sigma: np.ndarray  # (sigma_steps,)
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,34 @@ def default_alpha_steps(Z: np.ndarray, starts: np.ndarray) -> int:
     return CONFOUNDED_ALPHA_STEPS if np.any(shares > 0.5) else 1
 
 
+def group_level_columns(X: np.ndarray, Z: np.ndarray, starts: np.ndarray, tol: float = 1e-9
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed-only columns c that, within every group j, are a multiple of one column t(c)
+    of the group effects: z_ic = w_jc x_i,t(c) for the rows i of group j. A group-level
+    predictor is one (t the intercept, w_jc its value in group j), and so is a cross-level
+    interaction (t a varying slope). Their coefficients are confounded with the group effects,
+    and :func:`multilevel.glmsweep.theta_alpha_gibbs` draws them with theta in hierarchical
+    centring. Returns (cols (k,), terms (k,), weights w (m, k)); the first matching t is taken.
+    """
+    starts = np.asarray(starts)
+    sizes = np.diff(starts)
+    m, r, p = sizes.shape[0], Z.shape[1], X.shape[1]
+    cols, terms, weights = [], [], []
+    for c in range(r):
+        zc = Z[:, c]
+        for t in range(p):
+            xt = X[:, t]
+            sxx = np.add.reduceat(xt * xt, starts[:-1])
+            w = np.divide(np.add.reduceat(zc * xt, starts[:-1]), sxx, out=np.zeros(m), where=sxx > 0)
+            if np.max(np.abs(zc - np.repeat(w, sizes) * xt), initial=0.0) <= tol * max(1.0, float(np.max(np.abs(zc)))):
+                cols.append(c)
+                terms.append(t)
+                weights.append(w)
+                break
+    return (np.asarray(cols, dtype=np.int64), np.asarray(terms, dtype=np.int64),
+            np.ascontiguousarray(np.column_stack(weights)) if weights else np.zeros((m, 0)))
+
+
 def mvn_logpdf_kernel(beta: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
     """-0.5 (beta_j - theta)' Sigma^-1 (beta_j - theta) for every group (the part that varies)."""
     d = beta - theta
@@ -187,6 +234,8 @@ class GLMMetropolis:
     interweave: bool | None = None  # the non-centred theta and Sigma moves: on, off, or None (chosen in warm-up)
     compiled: bool = True  # the sweep as one compiled call; False runs its NumPy form (same draws)
     alpha_steps: int = 1  # joint (alpha, beta, theta) moves per sweep (Model: :func:`default_alpha_steps`)
+    sigma_steps: int | None = None  # partially non-centred Sigma moves per sweep (None: chosen in warm-up)
+    centre_group_level: bool = True  # draw the group-level columns of alpha with theta (:func:`group_level_columns`)
 
     def __post_init__(self) -> None:
         pr = self.priors
@@ -200,9 +249,13 @@ class GLMMetropolis:
         object.__setattr__(self, "_alpha_chol0", np.linalg.cholesky(np.linalg.inv(A_prec + info)) if r else np.zeros((0, 0)))
         object.__setattr__(self, "_free_index", np.flatnonzero(self.theta_free).astype(np.int64))
         m, p = self.data.starts.shape[0] - 1, self.data.X.shape[1]
+        level = (group_level_columns(self.data.X, self.data.Z, self.data.starts) if self.centre_group_level
+                 else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((m, 0))))
+        object.__setattr__(self, "group_level", level)
         object.__setattr__(self, "_gamma_shapes", 0.5 * (pr.eta0 + m - np.arange(p)))
         object.__setattr__(self, "_shape", (m, p))
-        sizes = [m * p, self.alpha_steps * r, int(self.theta_free.sum()), int(self.theta_free.sum()), p * (p - 1) // 2, p * (p + 1) // 2]
+        q, k = int(self.theta_free.sum()), level[0].shape[0]
+        sizes = [m * p, self.alpha_steps * r, q + k, q, p * (p - 1) // 2]
         object.__setattr__(self, "_cuts", tuple(int(c) for c in np.cumsum(sizes)))
 
     # -- pieces ---------------------------------------------------------------------
@@ -236,28 +289,39 @@ class GLMMetropolis:
         except np.linalg.LinAlgError:
             return self._alpha_chol0
 
-    def theta_proposal_chol(self, info: np.ndarray) -> np.ndarray:
-        """Cholesky factor of (Lambda0^-1 + sum_j [H_j]_ff)^-1, the non-centred theta proposal."""
+    @staticmethod
+    def _reference(info: np.ndarray, beta: np.ndarray, alpha: np.ndarray, grad: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(h_ref, alpha_ref): h_j = H_j beta_j + score_j, the linear coefficient of the Gaussian
+        approximation of group j's log-likelihood at (beta_j, alpha)."""
+        p = beta.shape[1]
+        return np.einsum("jab,jb->ja", info[:, :p, :p], beta) + grad[:, :p], alpha.copy()
+
+    def theta_proposal_chol(self, info: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
+        """Cholesky factor of theta's covariance with the beta_j integrated out (Laplace),
+        (Lambda0^-1 + sum_j [Sigma^-1 - Sigma^-1 (Sigma^-1 + H_j)^-1 Sigma^-1]_ff)^-1: the
+        partially non-centred theta proposal."""
         free = self.theta_free
         p = free.shape[0]
-        H = info[:, :p, :p].sum(axis=0)[np.ix_(free, free)]
         try:
-            return np.linalg.cholesky(np.linalg.inv(self._theta_prec + H))
+            V = np.linalg.inv(Sigma_inv + info[:, :p, :p])
+            H = (info.shape[0] * Sigma_inv - Sigma_inv @ V.sum(axis=0) @ Sigma_inv)[np.ix_(free, free)]
+            return np.linalg.cholesky(np.linalg.inv(self._theta_prec + 0.5 * (H + H.T)))
         except np.linalg.LinAlgError:
             return np.linalg.cholesky(self.priors.Lambda0) if free.any() else np.zeros((0, 0))
 
     # -- random inputs of a sweep -------------------------------------------------------
-    def draw_inputs(self, rng: np.random.Generator) -> GLMSweepInputs:
-        """All random numbers of one sweep, in three Generator calls."""
+    def draw_inputs(self, rng: np.random.Generator, n_sigma: int) -> GLMSweepInputs:
+        """All random numbers of one sweep with ``n_sigma`` non-centred Sigma moves, in three Generator calls."""
         m, p = self._shape
-        a, b, c, d, e, total = self._cuts
-        normals = rng.standard_normal(total)
+        a, b, c, d, e = self._cuts
+        normals = rng.standard_normal(e + n_sigma * p * (p + 1) // 2)
         k = self.alpha_steps
-        log_u = np.log(rng.uniform(size=m + k + 2))
+        log_u = np.log(rng.uniform(size=m + k + 1 + n_sigma))
         gammas = rng.standard_gamma(self._gamma_shapes)
         return GLMSweepInputs(normals[:a].reshape(m, p), log_u[:m], normals[a:b].reshape(k, -1), log_u[m:m + k],
-                              normals[b:c], normals[c:d], float(log_u[m + k]), gammas, normals[d:e], normals[e:],
-                              float(log_u[m + k + 1]))
+                              normals[b:c], normals[c:d], float(log_u[m + k]), gammas, normals[d:e],
+                              normals[e:].reshape(n_sigma, p * (p + 1) // 2), log_u[m + k + 1:])
 
     # -- the sweep in NumPy (reference of the compiled sweep, and its fallback) ----------
     def update_beta(self, state: GLMState, z: np.ndarray, log_u: np.ndarray
@@ -345,32 +409,77 @@ class GLMMetropolis:
             return alpha_new, beta_new, theta_new, ll_new, grad_new, True
         return alpha, beta, theta, ll, grad, False
 
-    def draw_theta(self, beta: np.ndarray, Sigma_inv: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """theta | beta, Sigma by Gibbs (free components; zeros elsewhere), from normals z."""
-        free = self.theta_free
-        theta = np.zeros(beta.shape[1])
-        if free.any():
-            P = self._theta_prec + beta.shape[0] * Sigma_inv[np.ix_(free, free)]
-            rhs = self._theta_shift + (Sigma_inv @ beta.sum(axis=0))[free]
-            theta[free] = mvn_from_precision(P, rhs, z, "theta")
-        return theta
+    def draw_theta_alpha(self, beta: np.ndarray, alpha: np.ndarray, Sigma_inv: np.ndarray, z: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """theta and the group-level columns c of alpha by Gibbs in hierarchical centring
+        (:func:`multilevel.glmsweep.theta_alpha_gibbs`, the compiled form): b_j = beta_j + W_j alpha_c,
+        (theta_f, alpha_c) ~ MVN(P^-1 h, P^-1) with D_j = [E_f, W_j],
+        P = diag(Lambda0^-1, A0^-1_cc) + sum_j D_j' Sigma^-1 D_j,
+        h = (Lambda0^-1 mu0, [A0^-1 a0]_c - [A0^-1]_c,rest alpha_rest) + sum_j D_j' Sigma^-1 b_j;
+        then beta_j = b_j - W_j alpha_c. Returns (theta, alpha, beta)."""
+        cols, terms, weight = self.group_level
+        free = self._free_index
+        m, p = beta.shape
+        q, k = free.shape[0], cols.shape[0]
+        theta = np.zeros(p)
+        if not q + k:
+            return theta, alpha, beta
+        D = np.zeros((m, p, q + k))
+        D[:, free, np.arange(q)] = 1.0
+        for c in range(k):
+            D[:, terms[c], q + c] = weight[:, c]
+        b = beta + np.einsum("jpc,c->jp", D[:, :, q:], alpha[cols])
+        prior_prec = np.zeros((q + k, q + k))
+        prior_prec[:q, :q] = self._theta_prec
+        prior_prec[q:, q:] = self._alpha_prec[np.ix_(cols, cols)]
+        rest = np.ones(alpha.shape[0], dtype=bool)
+        rest[cols] = False
+        h = np.concatenate([self._theta_shift,
+                            (self._alpha_prec @ self.priors.alpha_mean)[cols]
+                            - self._alpha_prec[np.ix_(cols, rest)] @ alpha[rest]])
+        P = prior_prec + np.einsum("jad,ab,jbe->de", D, Sigma_inv, D)
+        h = h + np.einsum("jad,ab,jb->d", D, Sigma_inv, b)
+        x = mvn_from_precision(P, h, z, "theta")
+        theta[free] = x[:q]
+        alpha = alpha.copy()
+        alpha[cols] = x[q:]
+        return theta, alpha, b - np.einsum("jpc,c->jp", D[:, :, q:], x[q:])
 
-    def update_theta_noncentred(self, state: GLMState, beta: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
-                                ll: np.ndarray, grad: np.ndarray, z: np.ndarray, log_u: float):
-        """The non-centred theta move of the module docstring; returns (theta, beta, ll, grad, accepted)."""
+    def laplace_factors(self, Sigma_inv: np.ndarray, info: np.ndarray, h: np.ndarray, theta: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, float]:
+        """(L_j, mean_j, sum_j log det L_j): P_j = Sigma^-1 + H_j = L_j L_j' and
+        mean_j = P_j^-1 (h_j + Sigma^-1 theta), the Laplace approximation of beta_j | y_j, theta, alpha, Sigma."""
+        p = Sigma_inv.shape[0]
+        L = np.linalg.cholesky(Sigma_inv + info[:, :p, :p])
+        mean = np.linalg.solve(Sigma_inv + info[:, :p, :p], (h + Sigma_inv @ theta)[:, :, None])[:, :, 0]
+        return L, mean, float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
+
+    def likelihood_linear_term(self, state: GLMState, alpha: np.ndarray) -> np.ndarray:
+        """h_j(alpha) = h_ref_j - G_j (alpha - alpha_ref) (:func:`multilevel.glmsweep.likelihood_linear_term`)."""
+        p = state.beta.shape[1]
+        return state.h_ref - np.einsum("jac,c->ja", state.info[:, :p, p:], alpha - state.alpha_ref)
+
+    def update_theta_partial(self, state: GLMState, beta: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
+                             ll: np.ndarray, grad: np.ndarray, z: np.ndarray, log_u: float):
+        """The partially non-centred theta move (:func:`multilevel.glmsweep.theta_partial_step`):
+        theta* = theta + delta, beta*_j = beta_j + (Sigma^-1 + H_j)^-1 Sigma^-1 delta.
+        Returns (theta, beta, ll, grad, accepted)."""
         free = self.theta_free
         if not free.any():
             return theta, beta, ll, grad, False
-        shift = np.zeros(free.shape[0])
-        shift[free] = np.exp(state.log_scale_theta) * (state.theta_chol @ z)
-        theta_new, beta_new = theta + shift, beta + shift
+        p = beta.shape[1]
+        delta = np.zeros(p)
+        delta[free] = np.exp(state.log_scale_theta) * (state.theta_chol @ z)
+        theta_new = theta + delta
+        shift = np.linalg.solve(state.Sigma_inv + state.info[:, :p, :p], np.tile(state.Sigma_inv @ delta, (beta.shape[0], 1))[:, :, None])
+        beta_new = beta + shift[:, :, 0]
         ll_new, grad_new = self.loglik_grad(beta_new, alpha)
 
-        def log_prior(t: np.ndarray) -> float:
+        def log_prior(t: np.ndarray, b: np.ndarray) -> float:
             d = t[free] - self.priors.mu0
-            return -0.5 * float(d @ self._theta_prec @ d)
+            return -0.5 * float(d @ self._theta_prec @ d) + float(mvn_logpdf_kernel(b, t, state.Sigma_inv).sum())
 
-        log_ratio = float(ll_new.sum() - ll.sum()) + log_prior(theta_new) - log_prior(theta)
+        log_ratio = float(ll_new.sum() - ll.sum()) + log_prior(theta_new, beta_new) - log_prior(theta, beta)
         if log_u < log_ratio:
             return theta_new, beta_new, ll_new, grad_new, True
         return theta, beta, ll, grad, False
@@ -390,23 +499,35 @@ class GLMMetropolis:
         p = Sigma_inv.shape[0]
         return -0.5 * (self.priors.eta0 + p + 1) * logdet - 0.5 * float(np.sum(self.priors.S0 * Sigma_inv))
 
-    def update_Sigma_noncentred(self, state: GLMState, beta: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
-                                Sigma: np.ndarray, Sigma_inv: np.ndarray, ll: np.ndarray, grad: np.ndarray, z: np.ndarray,
-                                log_u: float):
-        """The non-centred Sigma move; returns (Sigma, Sigma_inv, beta, ll, grad, accepted)."""
-        R = state.R
+    def update_Sigma_partial(self, state: GLMState, beta: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
+                             Sigma: np.ndarray, Sigma_inv: np.ndarray, ll: np.ndarray, grad: np.ndarray, z: np.ndarray,
+                             log_u: np.ndarray):
+        """The partially non-centred Sigma moves (:func:`multilevel.glmsweep.Sigma_partial_steps`), one per
+        row of ``z``: beta*_j = mean*_j + L*_j'^-1 L_j' (beta_j - mean_j).
+        Returns (Sigma, Sigma_inv, beta, ll, grad, number accepted)."""
+        R, m = state.R, beta.shape[0]
+        h = self.likelihood_linear_term(state, alpha)
         v = sigma_coordinates(Sigma, R)
-        L, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
-        eta = np.linalg.solve(L, (beta - theta).T)  # (p, m): the eta_j held fixed
-        proposal = v + np.exp(state.log_step_Sigma) * state.v_scale * z
-        L_new, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
-        beta_new = theta + (L_new @ eta).T
-        ll_new, grad_new = self.loglik_grad(beta_new, alpha)
-        log_ratio = (float(ll_new.sum() - ll.sum()) + self.log_prior_Sigma(Si_new, logdet_new) + log_jac_new
-                     - self.log_prior_Sigma(Sigma_inv, logdet) - log_jac)
-        if log_u < log_ratio:
-            return S_new, Si_new, beta_new, ll_new, grad_new, True
-        return Sigma, Sigma_inv, beta, ll, grad, False
+        _, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
+        L, mean, half_logdet = self.laplace_factors(Sigma_inv, state.info, h, theta)
+        accepted = 0
+        for z_k, log_u_k in zip(z, log_u):
+            proposal = v + np.exp(state.log_step_Sigma) * state.v_scale * z_k
+            _, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
+            L_new, mean_new, half_logdet_new = self.laplace_factors(Si_new, state.info, h, theta)
+            e = np.einsum("jca,jc->ja", L, beta - mean)
+            beta_new = mean_new + np.linalg.solve(np.swapaxes(L_new, 1, 2), e[:, :, None])[:, :, 0]
+            ll_new, grad_new = self.loglik_grad(beta_new, alpha)
+            log_ratio = (float(ll_new.sum() - ll.sum())
+                         + float(mvn_logpdf_kernel(beta_new, theta, Si_new).sum())
+                         - float(mvn_logpdf_kernel(beta, theta, Sigma_inv).sum()) - 0.5 * m * (logdet_new - logdet)
+                         + self.log_prior_Sigma(Si_new, logdet_new) + log_jac_new
+                         - self.log_prior_Sigma(Sigma_inv, logdet) - log_jac + half_logdet - half_logdet_new)
+            if log_u_k < log_ratio:
+                accepted += 1
+                v, Sigma, Sigma_inv, logdet, log_jac = proposal, S_new, Si_new, logdet_new, log_jac_new
+                beta, ll, grad, L, mean, half_logdet = beta_new, ll_new, grad_new, L_new, mean_new, half_logdet_new
+        return Sigma, Sigma_inv, beta, ll, grad, accepted
 
     def sweep_numpy(self, state: GLMState, u: GLMSweepInputs) -> GLMState:
         """One sweep step by step in NumPy, from the random inputs ``u``."""
@@ -416,15 +537,16 @@ class GLMMetropolis:
             alpha, beta, theta, ll, grad, ok = self.update_alpha(state, alpha, theta, beta, ll, grad, z, log_u)
             accepted += ok
         accept_alpha = accepted / self.alpha_steps
-        theta = self.draw_theta(beta, state.Sigma_inv, u.z_theta)
-        accept_theta = accept_Sigma = False
+        theta, alpha, beta = self.draw_theta_alpha(beta, alpha, state.Sigma_inv, u.z_theta)
+        accept_theta, accept_Sigma = False, 0.0
         if state.interweave:
-            theta, beta, ll, grad, accept_theta = self.update_theta_noncentred(state, beta, alpha, theta, ll, grad,
-                                                                               u.z_theta_nc, u.u_theta)
+            theta, beta, ll, grad, accept_theta = self.update_theta_partial(state, beta, alpha, theta, ll, grad,
+                                                                            u.z_theta_nc, u.u_theta)
         Sigma, Sigma_inv = self.draw_Sigma(beta, theta, u.gammas, u.iw_normals)
         if state.interweave:
-            Sigma, Sigma_inv, beta, ll, grad, accept_Sigma = self.update_Sigma_noncentred(
+            Sigma, Sigma_inv, beta, ll, grad, accepted = self.update_Sigma_partial(
                 state, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, u.z_Sigma, u.u_Sigma)
+            accept_Sigma = accepted / max(u.u_Sigma.shape[0], 1)
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
                               accept_beta=accept, accept_alpha=accept_alpha, accept_theta=accept_theta,
                               accept_Sigma=accept_Sigma)
@@ -447,23 +569,25 @@ class GLMMetropolis:
         sd = np.sqrt(np.diag(Sigma))
         beta = start + 0.1 * sd * rng.standard_normal((m, p))
         info = self.information(beta, alpha)
+        ll, grad = self.loglik_grad(beta, alpha)
         n_scale = m if self.proposal == "laplace" else 1
         init_scale = np.log(1.0) if self.proposal == "laplace" else np.log(0.5)
-        return GLMState(beta, alpha, theta, Sigma, Sigma_inv, *self.loglik_grad(beta, alpha),
+        return GLMState(beta, alpha, theta, Sigma, Sigma_inv, ll, grad,
                         np.zeros(m, dtype=bool), 0.0, np.full(n_scale, init_scale), info,
                         0.0, self.alpha_proposal_chol(info, Sigma_inv),
                         float(np.log(2.38 / np.sqrt(max(int(self.theta_free.sum()), 1)))),
-                        self.theta_proposal_chol(info), False, np.linalg.cholesky(Sigma),
+                        self.theta_proposal_chol(info, Sigma_inv), False, np.linalg.cholesky(Sigma),
                         float(np.log(0.5 / np.sqrt(p * (p + 1) / 2))), False, np.ones(p * (p + 1) // 2),
                         np.zeros(p * (p + 1) // 2), np.zeros(p * (p + 1) // 2), 0,
-                        True if self.interweave is None else bool(self.interweave))
+                        True if self.interweave is None else bool(self.interweave), *self._reference(info, beta, alpha, grad),
+                        self.sigma_steps or 1)
 
     def step(self, state: GLMState, rng: np.random.Generator) -> GLMState:
         """One sweep with the proposal scales and information held fixed: one compiled call
         (:func:`multilevel.glmsweep.glm_sweep`), or :meth:`sweep_numpy` when ``compiled`` is
         off or the compiled sweep met a matrix that is not positive definite (the NumPy form
         then retries with jitter or names the failure)."""
-        u = self.draw_inputs(rng)
+        u = self.draw_inputs(rng, state.n_sigma_steps if state.interweave else 0)
         if not self.compiled:
             return self.sweep_numpy(state, u)
         d, pr = self.data, self.priors
@@ -474,14 +598,14 @@ class GLMMetropolis:
                         float(np.exp(state.log_step_Sigma)), state.v_scale,
                         self.proposal == "laplace", state.interweave, self._free_index, self._alpha_prec,
                         pr.alpha_mean, self._theta_prec, self._theta_shift, pr.mu0, pr.S0, float(pr.eta0),
-                        u.z_beta, u.u_beta, u.z_alpha, u.u_alpha, u.z_theta, u.z_theta_nc, u.u_theta, u.gammas,
+                        *self.group_level, state.h_ref, state.alpha_ref, u.z_beta, u.u_beta, u.z_alpha, u.u_alpha, u.z_theta, u.z_theta_nc, u.u_theta, u.gammas,
                         u.iw_normals, u.z_Sigma, u.u_Sigma)
         if out[-1]:
             return self.sweep_numpy(state, u)
         beta, alpha, theta, Sigma, Sigma_inv, ll, grad, accept, accept_alpha, accept_theta, accept_Sigma, _ = out
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
                               accept_beta=accept, accept_alpha=float(accept_alpha), accept_theta=bool(accept_theta),
-                              accept_Sigma=bool(accept_Sigma))
+                              accept_Sigma=float(accept_Sigma))
 
     def warmup_step(self, state: GLMState, rng: np.random.Generator, i: int, n_warmup: int) -> GLMState:
         """A sweep, then adaptation: log-scales move towards the target acceptance rate with
@@ -504,6 +628,7 @@ class GLMMetropolis:
         log_scale_theta = state.log_scale_theta + (gain * (float(state.accept_theta) - target_acceptance(q)) if q else 0.0)
         log_step_Sigma = state.log_step_Sigma + gain * (float(state.accept_Sigma) - target_acceptance(p * (p + 1) // 2))
         info, alpha_chol, theta_chol, R = state.info, state.alpha_chol, state.theta_chol, state.R
+        h_ref, alpha_ref, n_sigma_steps = state.h_ref, state.alpha_ref, state.n_sigma_steps
         v_scale, v_sum, v_sq, n_v = state.v_scale, state.v_sum, state.v_sq, state.n_v
         half, three_quarters = max(n_warmup // 2, 1), max(3 * n_warmup // 4, 1)
         interweave = state.interweave
@@ -518,23 +643,39 @@ class GLMMetropolis:
         if i + 1 in (max(n_warmup // 4, 1), half):
             info = self.information(state.beta, state.alpha)
             alpha_chol = self.alpha_proposal_chol(info, state.Sigma_inv)
-            theta_chol = self.theta_proposal_chol(info)
+            theta_chol = self.theta_proposal_chol(info, state.Sigma_inv)
             R = np.linalg.cholesky(state.Sigma)
+            h_ref, alpha_ref = self._reference(info, state.beta, state.alpha, state.grad)
             if self.interweave is None and i + 1 == half:
                 interweave = self.choose_interweave(info, state.Sigma)
+            if self.sigma_steps is None and i + 1 == half:
+                n_sigma_steps = self.choose_sigma_steps(info, state.Sigma)
         return state._replace(interweave=interweave, log_scale=np.clip(log_scale, -10.0, 5.0),
                               log_scale_alpha=float(np.clip(log_scale_alpha, -10.0, 5.0)),
                               log_scale_theta=float(np.clip(log_scale_theta, -10.0, 5.0)),
                               log_step_Sigma=float(np.clip(log_step_Sigma, -10.0, 3.0)),
                               info=info, alpha_chol=alpha_chol, theta_chol=theta_chol, R=R, v_scale=v_scale,
-                              v_sum=v_sum, v_sq=v_sq, n_v=n_v)
+                              v_sum=v_sum, v_sq=v_sq, n_v=n_v, h_ref=h_ref, alpha_ref=alpha_ref,
+                              n_sigma_steps=n_sigma_steps)
 
     def choose_interweave(self, info: np.ndarray, Sigma: np.ndarray) -> bool:
-        """Whether the non-centred moves pay: the share of Sigma's variance the groups leave in
-        their effects (:func:`multilevel.distributions.weak_information_share`, H_j the Fisher
-        information of beta_j) exceeds ``INTERWEAVE_SHARE``."""
+        """Whether the partially non-centred moves pay, from f, the share of Sigma's variance the
+        groups leave in their effects (:func:`multilevel.distributions.weak_information_share`,
+        H_j the Fisher information of beta_j): centred Gibbs moves Sigma at a rate near
+        1 - (1 - f)^2, so the moves pay when f exceeds ``INTERWEAVE_SHARE``; on small data
+        (at most ``SMALL_DATA_ROWS`` rows, where a pass over the rows costs less than a sweep's
+        fixed cost) already when f exceeds ``INTERWEAVE_SHARE_SMALL_DATA``."""
         p = Sigma.shape[0]
-        return weak_information_share(Sigma, info[:, :p, :p]) > INTERWEAVE_SHARE
+        f = weak_information_share(Sigma, info[:, :p, :p])
+        small = self.data.y.shape[0] <= SMALL_DATA_ROWS
+        return f > (INTERWEAVE_SHARE_SMALL_DATA if small else INTERWEAVE_SHARE)
+
+    def choose_sigma_steps(self, info: np.ndarray, Sigma: np.ndarray) -> int:
+        """Non-centred Sigma moves per sweep: ceil(``MAX_SIGMA_STEPS`` f), at least 1, f as in
+        :meth:`choose_interweave` (each move is a pass over the rows)."""
+        p = Sigma.shape[0]
+        f = weak_information_share(Sigma, info[:, :p, :p])
+        return int(np.clip(np.ceil(MAX_SIGMA_STEPS * f), 1, MAX_SIGMA_STEPS))
 
     def record(self, state: GLMState) -> dict[str, np.ndarray]:
         return {
@@ -545,6 +686,6 @@ class GLMMetropolis:
             "accept_beta": state.accept_beta,
             "accept_alpha": np.float64(state.accept_alpha),
             "accept_theta": np.bool_(state.accept_theta),
-            "accept_Sigma": np.bool_(state.accept_Sigma),
+            "accept_Sigma": np.float64(state.accept_Sigma),
             "loglik": np.float64(state.ll.sum()),
         }
