@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import multilevel
 
-FORMULAS = ["y ~ x + (1 | g)", "y ~ x + (x | g)", "y ~ x + z + (x | g)", "y ~ 1 + (0 + x | g)"]
+#: w is a group-level predictor, w:x a cross-level interaction (drawn with theta in GLMs)
+FORMULAS = ["y ~ x + (1 | g)", "y ~ x + (x | g)", "y ~ x + z + (x | g)", "y ~ 1 + (0 + x | g)", "y ~ x * w + (x | g)"]
 
 
 @st.composite
@@ -41,7 +42,8 @@ def datasets(draw):
     else:
         y = (rng.uniform(size=n) < 1 / (1 + np.exp(-eta))).astype(float)
     labels = draw(st.sampled_from(["int", "str"]))
-    frame = pd.DataFrame({"y": y, "x": x, "z": z, "g": g if labels == "int" else [f"s{j}" for j in g]})
+    w = rng.standard_normal(m)[g]
+    frame = pd.DataFrame({"y": y, "x": x, "z": z, "w": w, "g": g if labels == "int" else [f"s{j}" for j in g]})
     return frame, family, draw(st.sampled_from(FORMULAS))
 
 
@@ -57,6 +59,30 @@ def test_fit_gives_finite_draws_or_a_clear_error(case):
             message = str(exc)
             assert message and "\n" not in message
             return
+    for name, var in fit.posterior.data_vars.items():
+        assert np.all(np.isfinite(var.values)), name
+
+
+def test_more_fixed_columns_than_rows_refused():
+    """Found by the property search: 3 rows, 4 fixed columns (x * w) escaped the rank check
+    (the SVD of a wide matrix has no zero singular value) and overflowed at the start."""
+    frame = pd.DataFrame({"y": [0.0, 1.0, 0.0], "x": [0.13, -0.13, 0.64], "w": [-0.73, -0.54, -0.32], "g": [0, 1, 2]})
+    with pytest.raises(multilevel.ModelError, match="has 4 columns .* but only 3 rows"):
+        multilevel.Model("y ~ x * w + (x | g)", frame, family="poisson")
+
+
+def test_separated_pooled_glm_fit_is_regularised():
+    """Found by the property search: all counts 0 but one, so the pooled Poisson MLE does not
+    exist and its drifting fit gave prior variances of 1e12 and a start that overflowed. The
+    pooled fit is now refitted with weakly-informative penalties, and the fallback says so."""
+    frame = pd.DataFrame({"y": [0, 0, 0, 0, 0, 0, 2.0], "x": [0.13, -0.13, 0.64, 0.10, -0.54, 0.36, 1.30],
+                          "w": [0.22, 0.22, -1.01, -1.01, -1.01, -1.01, -1.01], "g": [0, 0, 1, 1, 1, 1, 1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = multilevel.Model("y ~ x * w + (x | g)", frame, family="poisson")
+        assert "did not converge" in model.priors.fallback
+        assert np.all(np.abs(model.priors.alpha_mean) < 10) and np.all(np.diag(model.priors.alpha_cov) < 1e3)
+        fit = model.fit(chains=1, draws=15, warmup=15, seed=1, cores=1, progress=False, log_likelihood=False)
     for name, var in fit.posterior.data_vars.items():
         assert np.all(np.isfinite(var.values)), name
 

@@ -147,6 +147,11 @@ def check_identifiable(design: "Design") -> None:
     terms the groups cannot identify."""
     M = np.hstack([design.X[:, design.theta_free], design.Z])
     names = [t for t, f in zip(design.varying_terms, design.theta_free) if f] + list(design.fixed_terms)
+    if M.shape[1] > M.shape[0]:
+        raise ModelError(
+            f"the fixed-effects design has {M.shape[1]} columns ({', '.join(names)}) but only {M.shape[0]} rows; "
+            "use fewer fixed-effect terms or more data"
+        )
     if M.shape[1]:
         scale = np.sqrt(np.mean(M * M, axis=0))
         scale[scale == 0] = 1.0

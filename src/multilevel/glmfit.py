@@ -33,9 +33,26 @@ class GLMEstimates(NamedTuple):
     converged: bool
 
 
+#: sd of the weakly-informative normal penalty of a pooled fit that does not converge, per
+#: standard deviation of the predictor (Gelman, Jakulin, Pittau and Su 2008 use 2.5), and for
+#: a constant column (the intercept)
+PENALTY_SD, PENALTY_SD_CONSTANT = 2.5, 10.0
+
+
+def weak_penalty(D: np.ndarray) -> np.ndarray:
+    """Precisions of N(0, (2.5 / sd(d_k))^2) for each column d_k of D (N(c, 10^2 / d^2) for a constant column d)."""
+    sd = D.std(axis=0)
+    const = sd <= 1e-12 * np.maximum(np.abs(D).max(axis=0), 1e-300)
+    scale = np.where(const, PENALTY_SD_CONSTANT / np.maximum(np.abs(D[0]), 1e-300), PENALTY_SD / np.where(const, 1.0, sd))
+    return 1.0 / scale**2
+
+
 def pooled_fit(family: Family, D: np.ndarray, y: np.ndarray, n: np.ndarray, offset: np.ndarray,
-               iterations: int = 50, ridge: float = 1e-8) -> tuple[np.ndarray, np.ndarray, bool]:
-    """ML fit of one GLM on the design D (N x k); returns (coefficients, information, converged)."""
+               iterations: int = 50, ridge: float = 1e-8, penalty: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """ML fit of one GLM on the design D (N x k), or with ``penalty`` (k,) the mode under independent
+    normal priors of those precisions centred at the start (the intercept at the overall rate, the
+    rest at 0); returns (coefficients, information (with the penalty), converged)."""
     k = D.shape[1]
     coef = np.zeros(k)
     if family.name == "poisson":
@@ -46,26 +63,36 @@ def pooled_fit(family: Family, D: np.ndarray, y: np.ndarray, n: np.ndarray, offs
     const = np.where(np.all(D == D[:1], axis=0) & (D[0] != 0))[0]
     if const.size:
         coef[const[0]] = coef_int / D[0, const[0]]
+    centre = coef.copy()
+    prec = np.zeros(k) if penalty is None else penalty
     converged = False
     for _ in range(iterations):
         eta = D @ coef + offset
         mu, w = mean_and_weight(family, n, eta)
-        info = D.T @ (D * w[:, None]) + ridge * np.eye(k)
-        step = np.linalg.solve(info, D.T @ (y - mu))
+        info = D.T @ (D * w[:, None]) + np.diag(prec) + ridge * np.eye(k)
+        try:
+            step = np.linalg.solve(info, D.T @ (y - mu) - prec * (coef - centre))
+        except np.linalg.LinAlgError:  # no information left (separated data drove every weight to 0)
+            break
+        if not np.all(np.isfinite(step)):
+            break
         coef = coef + step
         if np.max(np.abs(step)) < 1e-9 * (1 + np.max(np.abs(coef))):
             converged = True
             break
     eta = D @ coef + offset
     _, w = mean_and_weight(family, n, eta)
-    return coef, D.T @ (D * w[:, None]), converged
+    return coef, D.T @ (D * w[:, None]) + np.diag(prec), converged
 
 
 def glm_estimates(design: Design, family: Family, iterations: int = 30) -> GLMEstimates:
     """Pooled fit of y on [X Z], then each group's own fit on X_j with alpha at the pooled value."""
     X, Z, y, n = design.X, design.Z, np.asarray(design.y, float), design.trials
     p = X.shape[1]
-    coef, info, converged = pooled_fit(family, np.hstack([X, Z]), y, n, design.offset)
+    D = np.hstack([X, Z])
+    coef, info, converged = pooled_fit(family, D, y, n, design.offset)
+    if not converged:  # (quasi-)separation: the MLE does not exist and the fit drifts; regularise it
+        coef, info, _ = pooled_fit(family, D, y, n, design.offset, penalty=weak_penalty(D))
     b_pool, a_pool = coef[:p], coef[p:]
     base = design.offset + Z @ a_pool
     starts, g = design.starts, design.group

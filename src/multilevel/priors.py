@@ -29,7 +29,11 @@ maximum-likelihood GLM fit (:mod:`multilevel.glmfit`; a group is left out when i
 more rows than terms, does not converge, or drifts more than 10 from the pooled fit on
 the link scale, the sign of separation), alpha_cov = N times the pooled fit's inverse
 Fisher information (unit information), and the fallback Lambda0 = S0 = diag(1 / var(x_k))
-(1 for the intercept): a unit change on the link scale per standard deviation of x.
+(1 for the intercept): a unit change on the link scale per standard deviation of x. When the
+pooled fit itself does not converge (separation: its MLE does not exist), it is refitted as
+the mode under weakly-informative normal penalties, sd 2.5 per standard deviation of each
+predictor (Gelman, Jakulin, Pittau and Su 2008) and 10 for the intercept, and its information
+includes them; the fallback records this.
 nu0 and sigma0_sq do not apply to them.
 """
 
@@ -157,6 +161,10 @@ def default_priors(design: Design, est: Any, family: Family | None = None) -> Pr
     else:
         alpha_cov = design.n_obs * np.linalg.pinv(est.info_pool)[p:, p:]
     alpha_cov = 0.5 * (alpha_cov + alpha_cov.T)
+    if not gaussian and not est.converged:
+        fallback = "; ".join(filter(None, [fallback, (
+            "the pooled fit did not converge (separation: the data pin the response at a bound), so it was refitted "
+            "with weakly-informative normal penalties (sd 2.5 per standard deviation of each predictor)")]))
     return Priors(
         mu0=centre[free],
         Lambda0=cov[np.ix_(free, free)],
