@@ -34,10 +34,10 @@ POSTERIOR_DIMS: dict[str, list[str]] = {
     "alpha": ["fixed_term"],
 }
 #: sample_stats: ``loglik`` the total log-likelihood of the draw (for GLMs up to the
-#: constants log y! and log binomial(n, y)); ``accept_beta`` (group), ``accept_theta`` and
-#: ``accept_Sigma`` whether each Metropolis proposal of the draw's sweep was accepted (GLMs),
-#: ``accept_alpha`` the share of its joint alpha moves accepted; for the collapsed Gaussian
-#: sampler ``accept_Sigma`` is the share of the sweep's Sigma steps accepted.
+#: constants log y! and log binomial(n, y)); ``accept_beta`` (group) and ``accept_theta``
+#: whether each Metropolis proposal of the draw's sweep was accepted (GLMs), ``accept_alpha``
+#: and ``accept_Sigma`` the share of its joint alpha moves and of its Sigma moves accepted
+#: (GLMs and the collapsed Gaussian sampler).
 #: the training-data column that holds an ``offset=`` argument (not a formula term)
 OFFSET_COLUMN = "(offset argument)"
 
