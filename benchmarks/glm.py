@@ -126,10 +126,12 @@ def bench_glm_sweep(quick: bool = False) -> Result:
         "glm_sweep",
         "GLM: per-sweep time against rows and groups (Poisson)",
         f"Model `{POISSON_FORMULA}`, family poisson, default proposal (\"laplace\"), `sampler=\"interweaving\"` "
-        "with one non-centred Sigma move per sweep (so that every size makes the same moves), on simulated data: "
+        "with one partially non-centred theta move and one Sigma move per sweep (so that every size makes the same "
+        "moves), on simulated data: "
         "intercept and slope of x vary by group, z is fixed-only; every group has at least one row and the "
         "other rows fall in groups at random. Each model is built with `multilevel.Model(formula, df, "
-        f"family=\"poisson\", sampler=\"interweaving\")`, its chain runs {warmup} adaptive warm-up sweeps (`kernel.warmup_step`, as "
+        f"family=\"poisson\", sampler=\"interweaving\")`, its chain runs {warmup} adaptive warm-up sweeps "
+        "(`kernel.warmup_step`, as "
         "`fit()` does: scales adapted, information re-evaluated, then frozen), then `kernel.step` is timed in a "
         f"loop. numba code is loaded first on a tiny model. All {len(grid)} sizes are timed interleaved, "
         f"{repeats} blocks of about 100 ms each (at least one sweep); wall-clock is the median block, CPU this "
@@ -144,8 +146,9 @@ def bench_glm_sweep(quick: bool = False) -> Result:
             t0 = time.perf_counter()
             model = multilevel.Model(POISSON_FORMULA, df, family="poisson", sampler="interweaving")
             build[(n, m)] = time.perf_counter() - t0
-            # one non-centred Sigma move: ROW_PASSES passes over the rows at every size
-            chains[(n, m)] = _warmed_chain(dataclasses.replace(model.kernel, sigma_steps=1), seed=n + m, warmup=warmup)
+            # one partially non-centred theta and Sigma move each: ROW_PASSES passes over the rows at every size
+            kernel = dataclasses.replace(model.kernel, partial_steps=1)
+            chains[(n, m)] = _warmed_chain(kernel, seed=n + m, warmup=warmup)
             del df, model
         t = interleaved(chains, repeats, block_seconds=0.1)
     rows = []

@@ -189,7 +189,8 @@ def test_theta_alpha_gibbs_draws_the_gaussian_conditional():
     prior_prec = np.zeros((4, 4))
     prior_prec[:2, :2] = theta_prec
     prior_prec[2:, 2:] = alpha_prec[np.ix_(cols, cols)]
-    prior_lin = np.concatenate([theta_shift, alpha_prec[cols] @ alpha_mean - alpha_prec[np.ix_(cols, [1])] @ alpha[[1]]])
+    prior_lin = np.concatenate([theta_shift,
+                                alpha_prec[cols] @ alpha_mean - alpha_prec[np.ix_(cols, [1])] @ alpha[[1]]])
     P = prior_prec + big_D.T @ big_prec @ big_D
     mean = np.linalg.solve(P, prior_lin + big_D.T @ big_prec @ b.ravel())
     draws = []

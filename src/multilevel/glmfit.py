@@ -43,7 +43,8 @@ def weak_penalty(D: np.ndarray) -> np.ndarray:
     """Precisions of N(0, (2.5 / sd(d_k))^2) for each column d_k of D (N(c, 10^2 / d^2) for a constant column d)."""
     sd = D.std(axis=0)
     const = sd <= 1e-12 * np.maximum(np.abs(D).max(axis=0), 1e-300)
-    scale = np.where(const, PENALTY_SD_CONSTANT / np.maximum(np.abs(D[0]), 1e-300), PENALTY_SD / np.where(const, 1.0, sd))
+    scale = np.where(const, PENALTY_SD_CONSTANT / np.maximum(np.abs(D[0]), 1e-300),
+                     PENALTY_SD / np.where(const, 1.0, sd))
     return 1.0 / scale**2
 
 

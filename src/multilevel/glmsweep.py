@@ -543,7 +543,7 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
     """One sweep (see :mod:`multilevel.samplers.metropolis`): beta_j (all groups), the joint
     (alpha, beta, theta) move when there are fixed-only effects (one per row of ``z_alpha``), theta
     (with the group-level columns of alpha, ``level_cols``: :func:`theta_alpha_gibbs`) by Gibbs,
-    then theta's non-centred move (``interweave``), Sigma by inverse-Wishart (Bartlett,
+    then theta's non-centred moves (``interweave``), Sigma by inverse-Wishart (Bartlett,
     chi2(eta0 + m - k) = 2 ``gammas[k]``), then its non-centred move (``interweave``).
 
     Returns (beta, alpha, theta, Sigma, Sigma^-1, ll, grad, accepted beta (m,), share of the
@@ -570,12 +570,14 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
     theta, alpha, beta, ok = theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, level_cols,
                                                level_terms, level_weight, alpha_prec, alpha_mean, z_theta)
     if not ok:
-        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, False, 0.0, FAILED_THETA_PRECISION
-    acc_theta = False
+        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, 0.0, 0.0, FAILED_THETA_PRECISION
+    acc_theta = 0.0
     if interweave and free.shape[0]:
-        theta, beta, ll, grad, acc_theta = theta_partial_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
-                                                              Sigma_inv, ll, grad, Lp, theta_chol, scale_theta, free,
-                                                              theta_prec, mu0, z_theta_nc, u_theta)
+        for k in range(u_theta.shape[0]):
+            theta, beta, ll, grad, ok = theta_partial_step(code, X, Z, offset, y, n, starts, beta, alpha, theta,
+                                                           Sigma_inv, ll, grad, Lp, theta_chol, scale_theta, free,
+                                                           theta_prec, mu0, z_theta_nc[k], u_theta[k])
+            acc_theta += ok / u_theta.shape[0]
     Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(wishart_scale(S0, beta, theta), 2.0 * gammas, iw_normals)
     if not ok:
         return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, 0.0, FAILED_SIGMA_SCALE

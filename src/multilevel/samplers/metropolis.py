@@ -27,7 +27,7 @@ canonical link, beta_j ~ MVN(theta, Sigma). One sweep:
   (:func:`multilevel.glmsweep.theta_alpha_gibbs`); the linear predictor does not change;
 * Sigma | beta, theta: the inverse-Wishart Gibbs draw of the linear model;
 * the partially non-centred moves (Papaspiliopoulos, Roberts and Skold 2007), when
-  ``interweave``: after theta's draw, and after Sigma's (``n_sigma_steps`` of them), a random
+  ``interweave``: after theta's draw and after Sigma's (``n_partial_steps`` of each), a random
   walk on theta, or on Sigma's coordinates Sigma = R C C' R' (log C_kk, C_kl; R fixed after
   warm-up), that holds e_j = L_j' (beta_j - mean_j) fixed, N(mean_j, (L_j L_j')^-1) the
   Laplace approximation of beta_j | y_j, theta, alpha, Sigma (L_j L_j' = Sigma^-1 + H_j,
@@ -61,8 +61,8 @@ Sigma's variance in their effects (centred Gibbs then moves Sigma at a rate near
 decides at half of warm-up (:meth:`GLMMetropolis.choose_interweave`): on when, for some term
 k, f = mean over groups of [(Sigma^-1 + H_j)^-1]_kk / Sigma_kk exceeds ``INTERWEAVE_SHARE``
 (or ``INTERWEAVE_SHARE_SMALL_DATA`` on data of at most ``SMALL_DATA_ROWS`` rows, where a pass
-costs less than a sweep's fixed cost), with ceil(``MAX_SIGMA_STEPS`` f) Sigma moves per sweep
-(:meth:`GLMMetropolis.choose_sigma_steps`). ``interweave=True`` (``sampler="interweaving"``)
+costs less than a sweep's fixed cost), with ceil(``MAX_PARTIAL_STEPS`` f) theta and Sigma moves per sweep
+(:meth:`GLMMetropolis.choose_partial_steps`). ``interweave=True`` (``sampler="interweaving"``)
 keeps them on; ``False`` (``sampler="centred"``) leaves them out: theta and Sigma then come from
 their Gibbs draws alone, as in the specification.
 
@@ -99,8 +99,8 @@ def target_acceptance(p: int) -> float:
 #: beta_j given its group's data exceeds this (see ``GLMMetropolis.choose_interweave``), and on
 #: data of at most ``SMALL_DATA_ROWS`` rows when it exceeds ``INTERWEAVE_SHARE_SMALL_DATA``
 INTERWEAVE_SHARE, INTERWEAVE_SHARE_SMALL_DATA, SMALL_DATA_ROWS = 0.5, 0.1, 2500
-#: most non-centred Sigma moves per sweep (see ``GLMMetropolis.choose_sigma_steps``)
-MAX_SIGMA_STEPS = 6
+#: most partially non-centred theta and Sigma moves per sweep (each) (see ``GLMMetropolis.choose_partial_steps``)
+MAX_PARTIAL_STEPS = 6
 
 #: target acceptance of the Langevin proposal (Roberts and Rosenthal 1998)
 LANGEVIN_TARGET = 0.574
@@ -122,7 +122,7 @@ class GLMState(NamedTuple):
     alpha_chol: np.ndarray  # (r, r) Cholesky factor of C, the alpha proposal's covariance
     log_scale_theta: float
     theta_chol: np.ndarray  # (q, q) Cholesky factor of the non-centred theta proposal's covariance
-    accept_theta: bool
+    accept_theta: float  # share of the sweep's non-centred theta moves accepted
     R: np.ndarray  # (p, p) reference factor of the non-centred Sigma move's coordinates
     log_step_Sigma: float
     accept_Sigma: float  # share of the sweep's non-centred Sigma moves accepted
@@ -131,9 +131,9 @@ class GLMState(NamedTuple):
     v_sq: np.ndarray
     n_v: int
     interweave: bool  # the non-centred theta and Sigma moves are made
-    h_ref: np.ndarray  # (m, p) H_j beta_j + score_j where the information was last evaluated (see likelihood_linear_term)
+    h_ref: np.ndarray  # (m, p) H_j beta_j + score_j where the information was last evaluated
     alpha_ref: np.ndarray  # (r,) alpha there
-    n_sigma_steps: int  # non-centred Sigma moves per sweep (when ``interweave``)
+    n_partial_steps: int  # partially non-centred theta moves and Sigma moves per sweep (when ``interweave``)
 
 
 class GLMSweepInputs(NamedTuple):
@@ -144,12 +144,12 @@ class GLMSweepInputs(NamedTuple):
     z_alpha: np.ndarray  # (alpha_steps, r)
     u_alpha: np.ndarray  # (alpha_steps,)
     z_theta: np.ndarray  # (q + k,) centred Gibbs draw of theta and the k group-level columns of alpha
-    z_theta_nc: np.ndarray  # (q,) non-centred move
-    u_theta: float
+    z_theta_nc: np.ndarray  # (partial_steps, q) non-centred moves
+    u_theta: np.ndarray  # (partial_steps,)
     gammas: np.ndarray  # (p,) Gamma((eta0 + m - k) / 2)
     iw_normals: np.ndarray  # (p (p - 1) / 2,)
-    z_Sigma: np.ndarray  # (sigma_steps, p (p + 1) / 2)
-    u_Sigma: np.ndarray  # (sigma_steps,)
+    z_Sigma: np.ndarray  # (partial_steps, p (p + 1) / 2)
+    u_Sigma: np.ndarray  # (partial_steps,)
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ class GLMMetropolis:
     interweave: bool | None = None  # the non-centred theta and Sigma moves: on, off, or None (chosen in warm-up)
     compiled: bool = True  # the sweep as one compiled call; False runs its NumPy form (same draws)
     alpha_steps: int = 1  # joint (alpha, beta, theta) moves per sweep (Model: :func:`default_alpha_steps`)
-    sigma_steps: int | None = None  # partially non-centred Sigma moves per sweep (None: chosen in warm-up)
+    partial_steps: int | None = None  # partially non-centred theta and Sigma moves per sweep (None: chosen in warm-up)
     centre_group_level: bool = True  # draw the group-level columns of alpha with theta (:func:`group_level_columns`)
 
     def __post_init__(self) -> None:
@@ -255,7 +255,7 @@ class GLMMetropolis:
         object.__setattr__(self, "_gamma_shapes", 0.5 * (pr.eta0 + m - np.arange(p)))
         object.__setattr__(self, "_shape", (m, p))
         q, k = int(self.theta_free.sum()), level[0].shape[0]
-        sizes = [m * p, self.alpha_steps * r, q + k, q, p * (p - 1) // 2]
+        sizes = [m * p, self.alpha_steps * r, q + k, p * (p - 1) // 2]
         object.__setattr__(self, "_cuts", tuple(int(c) for c in np.cumsum(sizes)))
 
     # -- pieces ---------------------------------------------------------------------
@@ -311,17 +311,20 @@ class GLMMetropolis:
             return np.linalg.cholesky(self.priors.Lambda0) if free.any() else np.zeros((0, 0))
 
     # -- random inputs of a sweep -------------------------------------------------------
-    def draw_inputs(self, rng: np.random.Generator, n_sigma: int) -> GLMSweepInputs:
-        """All random numbers of one sweep with ``n_sigma`` non-centred Sigma moves, in three Generator calls."""
+    def draw_inputs(self, rng: np.random.Generator, n_partial: int) -> GLMSweepInputs:
+        """All random numbers of one sweep with ``n_partial`` partially non-centred theta and Sigma
+        moves, in three Generator calls."""
         m, p = self._shape
-        a, b, c, d, e = self._cuts
-        normals = rng.standard_normal(e + n_sigma * p * (p + 1) // 2)
+        a, b, c, d = self._cuts
+        q, v = self._free_index.shape[0], p * (p + 1) // 2
+        normals = rng.standard_normal(d + n_partial * (q + v))
         k = self.alpha_steps
-        log_u = np.log(rng.uniform(size=m + k + 1 + n_sigma))
+        log_u = np.log(rng.uniform(size=m + k + 2 * n_partial))
         gammas = rng.standard_gamma(self._gamma_shapes)
+        e = d + n_partial * q
         return GLMSweepInputs(normals[:a].reshape(m, p), log_u[:m], normals[a:b].reshape(k, -1), log_u[m:m + k],
-                              normals[b:c], normals[c:d], float(log_u[m + k]), gammas, normals[d:e],
-                              normals[e:].reshape(n_sigma, p * (p + 1) // 2), log_u[m + k + 1:])
+                              normals[b:c], normals[d:e].reshape(n_partial, q), log_u[m + k:m + k + n_partial], gammas,
+                              normals[c:d], normals[e:].reshape(n_partial, v), log_u[m + k + n_partial:])
 
     # -- the sweep in NumPy (reference of the compiled sweep, and its fallback) ----------
     def update_beta(self, state: GLMState, z: np.ndarray, log_u: np.ndarray
@@ -471,8 +474,8 @@ class GLMMetropolis:
         delta = np.zeros(p)
         delta[free] = np.exp(state.log_scale_theta) * (state.theta_chol @ z)
         theta_new = theta + delta
-        shift = np.linalg.solve(state.Sigma_inv + state.info[:, :p, :p], np.tile(state.Sigma_inv @ delta, (beta.shape[0], 1))[:, :, None])
-        beta_new = beta + shift[:, :, 0]
+        Sd = np.tile(state.Sigma_inv @ delta, (beta.shape[0], 1))[:, :, None]
+        beta_new = beta + np.linalg.solve(state.Sigma_inv + state.info[:, :p, :p], Sd)[:, :, 0]
         ll_new, grad_new = self.loglik_grad(beta_new, alpha)
 
         def log_prior(t: np.ndarray, b: np.ndarray) -> float:
@@ -538,10 +541,11 @@ class GLMMetropolis:
             accepted += ok
         accept_alpha = accepted / self.alpha_steps
         theta, alpha, beta = self.draw_theta_alpha(beta, alpha, state.Sigma_inv, u.z_theta)
-        accept_theta, accept_Sigma = False, 0.0
-        if state.interweave:
-            theta, beta, ll, grad, accept_theta = self.update_theta_partial(state, beta, alpha, theta, ll, grad,
-                                                                            u.z_theta_nc, u.u_theta)
+        accept_theta, accept_Sigma = 0.0, 0.0
+        if state.interweave and self.theta_free.any():
+            for z, log_u in zip(u.z_theta_nc, u.u_theta):
+                theta, beta, ll, grad, ok = self.update_theta_partial(state, beta, alpha, theta, ll, grad, z, log_u)
+                accept_theta += ok / u.u_theta.shape[0]
         Sigma, Sigma_inv = self.draw_Sigma(beta, theta, u.gammas, u.iw_normals)
         if state.interweave:
             Sigma, Sigma_inv, beta, ll, grad, accepted = self.update_Sigma_partial(
@@ -579,15 +583,16 @@ class GLMMetropolis:
                         self.theta_proposal_chol(info, Sigma_inv), False, np.linalg.cholesky(Sigma),
                         float(np.log(0.5 / np.sqrt(p * (p + 1) / 2))), False, np.ones(p * (p + 1) // 2),
                         np.zeros(p * (p + 1) // 2), np.zeros(p * (p + 1) // 2), 0,
-                        True if self.interweave is None else bool(self.interweave), *self._reference(info, beta, alpha, grad),
-                        self.sigma_steps or 1)
+                        True if self.interweave is None else bool(self.interweave),
+                        *self._reference(info, beta, alpha, grad),
+                        self.partial_steps or 1)
 
     def step(self, state: GLMState, rng: np.random.Generator) -> GLMState:
         """One sweep with the proposal scales and information held fixed: one compiled call
         (:func:`multilevel.glmsweep.glm_sweep`), or :meth:`sweep_numpy` when ``compiled`` is
         off or the compiled sweep met a matrix that is not positive definite (the NumPy form
         then retries with jitter or names the failure)."""
-        u = self.draw_inputs(rng, state.n_sigma_steps if state.interweave else 0)
+        u = self.draw_inputs(rng, state.n_partial_steps if state.interweave else 0)
         if not self.compiled:
             return self.sweep_numpy(state, u)
         d, pr = self.data, self.priors
@@ -598,13 +603,14 @@ class GLMMetropolis:
                         float(np.exp(state.log_step_Sigma)), state.v_scale,
                         self.proposal == "laplace", state.interweave, self._free_index, self._alpha_prec,
                         pr.alpha_mean, self._theta_prec, self._theta_shift, pr.mu0, pr.S0, float(pr.eta0),
-                        *self.group_level, state.h_ref, state.alpha_ref, u.z_beta, u.u_beta, u.z_alpha, u.u_alpha, u.z_theta, u.z_theta_nc, u.u_theta, u.gammas,
+                        *self.group_level, state.h_ref, state.alpha_ref, u.z_beta, u.u_beta, u.z_alpha, u.u_alpha,
+                        u.z_theta, u.z_theta_nc, u.u_theta, u.gammas,
                         u.iw_normals, u.z_Sigma, u.u_Sigma)
         if out[-1]:
             return self.sweep_numpy(state, u)
         beta, alpha, theta, Sigma, Sigma_inv, ll, grad, accept, accept_alpha, accept_theta, accept_Sigma, _ = out
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
-                              accept_beta=accept, accept_alpha=float(accept_alpha), accept_theta=bool(accept_theta),
+                              accept_beta=accept, accept_alpha=float(accept_alpha), accept_theta=float(accept_theta),
                               accept_Sigma=float(accept_Sigma))
 
     def warmup_step(self, state: GLMState, rng: np.random.Generator, i: int, n_warmup: int) -> GLMState:
@@ -628,7 +634,7 @@ class GLMMetropolis:
         log_scale_theta = state.log_scale_theta + (gain * (float(state.accept_theta) - target_acceptance(q)) if q else 0.0)
         log_step_Sigma = state.log_step_Sigma + gain * (float(state.accept_Sigma) - target_acceptance(p * (p + 1) // 2))
         info, alpha_chol, theta_chol, R = state.info, state.alpha_chol, state.theta_chol, state.R
-        h_ref, alpha_ref, n_sigma_steps = state.h_ref, state.alpha_ref, state.n_sigma_steps
+        h_ref, alpha_ref, n_partial_steps = state.h_ref, state.alpha_ref, state.n_partial_steps
         v_scale, v_sum, v_sq, n_v = state.v_scale, state.v_sum, state.v_sq, state.n_v
         half, three_quarters = max(n_warmup // 2, 1), max(3 * n_warmup // 4, 1)
         interweave = state.interweave
@@ -648,15 +654,15 @@ class GLMMetropolis:
             h_ref, alpha_ref = self._reference(info, state.beta, state.alpha, state.grad)
             if self.interweave is None and i + 1 == half:
                 interweave = self.choose_interweave(info, state.Sigma)
-            if self.sigma_steps is None and i + 1 == half:
-                n_sigma_steps = self.choose_sigma_steps(info, state.Sigma)
+            if self.partial_steps is None and i + 1 == half:
+                n_partial_steps = self.choose_partial_steps(info, state.Sigma)
         return state._replace(interweave=interweave, log_scale=np.clip(log_scale, -10.0, 5.0),
                               log_scale_alpha=float(np.clip(log_scale_alpha, -10.0, 5.0)),
                               log_scale_theta=float(np.clip(log_scale_theta, -10.0, 5.0)),
                               log_step_Sigma=float(np.clip(log_step_Sigma, -10.0, 3.0)),
                               info=info, alpha_chol=alpha_chol, theta_chol=theta_chol, R=R, v_scale=v_scale,
                               v_sum=v_sum, v_sq=v_sq, n_v=n_v, h_ref=h_ref, alpha_ref=alpha_ref,
-                              n_sigma_steps=n_sigma_steps)
+                              n_partial_steps=n_partial_steps)
 
     def choose_interweave(self, info: np.ndarray, Sigma: np.ndarray) -> bool:
         """Whether the partially non-centred moves pay, from f, the share of Sigma's variance the
@@ -670,12 +676,12 @@ class GLMMetropolis:
         small = self.data.y.shape[0] <= SMALL_DATA_ROWS
         return f > (INTERWEAVE_SHARE_SMALL_DATA if small else INTERWEAVE_SHARE)
 
-    def choose_sigma_steps(self, info: np.ndarray, Sigma: np.ndarray) -> int:
-        """Non-centred Sigma moves per sweep: ceil(``MAX_SIGMA_STEPS`` f), at least 1, f as in
-        :meth:`choose_interweave` (each move is a pass over the rows)."""
+    def choose_partial_steps(self, info: np.ndarray, Sigma: np.ndarray) -> int:
+        """Partially non-centred theta and Sigma moves per sweep (each): ceil(``MAX_PARTIAL_STEPS`` f),
+        at least 1, f as in :meth:`choose_interweave` (each move is a pass over the rows)."""
         p = Sigma.shape[0]
         f = weak_information_share(Sigma, info[:, :p, :p])
-        return int(np.clip(np.ceil(MAX_SIGMA_STEPS * f), 1, MAX_SIGMA_STEPS))
+        return int(np.clip(np.ceil(MAX_PARTIAL_STEPS * f), 1, MAX_PARTIAL_STEPS))
 
     def record(self, state: GLMState) -> dict[str, np.ndarray]:
         return {
@@ -685,7 +691,7 @@ class GLMMetropolis:
             "alpha": state.alpha,
             "accept_beta": state.accept_beta,
             "accept_alpha": np.float64(state.accept_alpha),
-            "accept_theta": np.bool_(state.accept_theta),
+            "accept_theta": np.float64(state.accept_theta),
             "accept_Sigma": np.float64(state.accept_Sigma),
             "loglik": np.float64(state.ll.sum()),
         }
