@@ -284,7 +284,6 @@ def bench_glm_ess(quick: bool = False) -> Result:
     chains, warmup, draws = 4, (300 if quick else 1000), (300 if quick else 1000)
     seeds = [1] if quick else [1, 2, 3, 4, 5]  # the textbook arm's low ESS varies much between seeds
     sim_groups = 200 if quick else 1000
-    sweeps = chains * (warmup + draws)
     res = Result(
         "glm_ess",
         "GLM: effective samples per second, Laplace-Langevin (default) against textbook proposal",
