@@ -235,7 +235,6 @@ class GLMMetropolis:
     compiled: bool = True  # the sweep as one compiled call; False runs its NumPy form (same draws)
     alpha_steps: int = 1  # joint (alpha, beta, theta) moves per sweep (Model: :func:`default_alpha_steps`)
     partial_steps: int | None = None  # partially non-centred theta and Sigma moves per sweep (None: chosen in warm-up)
-    centre_group_level: bool = True  # draw the group-level columns of alpha with theta (:func:`group_level_columns`)
 
     def __post_init__(self) -> None:
         pr = self.priors
@@ -249,8 +248,7 @@ class GLMMetropolis:
         object.__setattr__(self, "_alpha_chol0", np.linalg.cholesky(np.linalg.inv(A_prec + info)) if r else np.zeros((0, 0)))
         object.__setattr__(self, "_free_index", np.flatnonzero(self.theta_free).astype(np.int64))
         m, p = self.data.starts.shape[0] - 1, self.data.X.shape[1]
-        level = (group_level_columns(self.data.X, self.data.Z, self.data.starts) if self.centre_group_level
-                 else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((m, 0))))
+        level = group_level_columns(self.data.X, self.data.Z, self.data.starts)  # drawn with theta
         object.__setattr__(self, "group_level", level)
         object.__setattr__(self, "_gamma_shapes", 0.5 * (pr.eta0 + m - np.arange(p)))
         object.__setattr__(self, "_shape", (m, p))
@@ -652,10 +650,12 @@ class GLMMetropolis:
             theta_chol = self.theta_proposal_chol(info, state.Sigma_inv)
             R = np.linalg.cholesky(state.Sigma)
             h_ref, alpha_ref = self._reference(info, state.beta, state.alpha, state.grad)
-            if self.interweave is None and i + 1 == half:
-                interweave = self.choose_interweave(info, state.Sigma)
-            if self.partial_steps is None and i + 1 == half:
-                n_partial_steps = self.choose_partial_steps(info, state.Sigma)
+            if i + 1 == half and (self.interweave is None or self.partial_steps is None):
+                f = weak_information_share(state.Sigma, info[:, :p, :p])
+                if self.interweave is None:
+                    interweave = self.choose_interweave(f)
+                if self.partial_steps is None:
+                    n_partial_steps = self.choose_partial_steps(f)
         return state._replace(interweave=interweave, log_scale=np.clip(log_scale, -10.0, 5.0),
                               log_scale_alpha=float(np.clip(log_scale_alpha, -10.0, 5.0)),
                               log_scale_theta=float(np.clip(log_scale_theta, -10.0, 5.0)),
@@ -664,23 +664,19 @@ class GLMMetropolis:
                               v_sum=v_sum, v_sq=v_sq, n_v=n_v, h_ref=h_ref, alpha_ref=alpha_ref,
                               n_partial_steps=n_partial_steps)
 
-    def choose_interweave(self, info: np.ndarray, Sigma: np.ndarray) -> bool:
+    def choose_interweave(self, f: float) -> bool:
         """Whether the partially non-centred moves pay, from f, the share of Sigma's variance the
         groups leave in their effects (:func:`multilevel.distributions.weak_information_share`,
-        H_j the Fisher information of beta_j): centred Gibbs moves Sigma at a rate near
-        1 - (1 - f)^2, so the moves pay when f exceeds ``INTERWEAVE_SHARE``; on small data
+        H_j the Fisher information of beta_j, at half of warm-up): centred Gibbs moves Sigma at a
+        rate near 1 - (1 - f)^2, so the moves pay when f exceeds ``INTERWEAVE_SHARE``; on small data
         (at most ``SMALL_DATA_ROWS`` rows, where a pass over the rows costs less than a sweep's
         fixed cost) already when f exceeds ``INTERWEAVE_SHARE_SMALL_DATA``."""
-        p = Sigma.shape[0]
-        f = weak_information_share(Sigma, info[:, :p, :p])
         small = self.data.y.shape[0] <= SMALL_DATA_ROWS
         return f > (INTERWEAVE_SHARE_SMALL_DATA if small else INTERWEAVE_SHARE)
 
-    def choose_partial_steps(self, info: np.ndarray, Sigma: np.ndarray) -> int:
+    def choose_partial_steps(self, f: float) -> int:
         """Partially non-centred theta and Sigma moves per sweep (each): ceil(``MAX_PARTIAL_STEPS`` f),
         at least 1, f as in :meth:`choose_interweave` (each move is a pass over the rows)."""
-        p = Sigma.shape[0]
-        f = weak_information_share(Sigma, info[:, :p, :p])
         return int(np.clip(np.ceil(MAX_PARTIAL_STEPS * f), 1, MAX_PARTIAL_STEPS))
 
     def record(self, state: GLMState) -> dict[str, np.ndarray]:
