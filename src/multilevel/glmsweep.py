@@ -118,8 +118,23 @@ def beta_precision_factors(Sigma_inv: np.ndarray, info: np.ndarray) -> tuple[np.
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def beta_step_sizes(log_scale: np.ndarray, phi_max: float, laplace: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(drift, noise) of the beta_j proposals. ``laplace``: group j's angle
+    phi_j = min(exp(log_scale_j), phi_max), drift 1 - cos(phi_j) and noise sin(phi_j), so that
+    beta*_j = mean_j + cos(phi_j) (beta_j - mean_j) + sin(phi_j) L_j'^-1 z_j with
+    mean_j = beta_j + P_j^-1 g_j the Newton step: exactly reversible for a Gaussian target
+    N(mean_j, P_j^-1) at every angle (phi small: a Langevin step of size phi; pi / 2: an
+    independent draw from the Laplace approximation; beyond: antithetic). Textbook:
+    noise exp(log_scale[0]), no drift."""
+    if not laplace:
+        return np.zeros(1), np.exp(log_scale)
+    phi = np.minimum(np.exp(log_scale), phi_max)
+    return 1.0 - np.cos(phi), np.sin(phi)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, Lp, log_scale,
-              laplace, z, log_u):
+              phi_max, laplace, z, log_u):
     """The Metropolis(-Hastings) steps of all groups' beta_j at once (one pass over the rows).
 
     ``laplace``: beta*_j = beta_j + (s_j^2 / 2) V_j g_j + s_j L_j'^-1 z_j with V_j = P_j^-1 =
@@ -130,17 +145,17 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
     """
     m, p = beta.shape
     prop = np.empty((m, p))
-    s = np.exp(log_scale)
+    drift, noise = beta_step_sizes(log_scale, phi_max, laplace)
     g = np.empty(p)  # work vectors, reused for every group
     w = np.empty(p)
     if laplace:
         for j in range(m):
             _conditional_gradient(grad[j], beta[j], theta, Sigma_inv, g)
             for a in range(p):
-                g[a] *= 0.5 * s[j] * s[j]
+                g[a] *= drift[j]
             _lower_solve_into(Lp[j], g, w)
             for a in range(p):
-                w[a] += s[j] * z[j, a]
+                w[a] += noise[j] * z[j, a]
             _upper_solve_into(Lp[j], w, w)
             for a in range(p):
                 prop[j, a] = beta[j, a] + w[a]
@@ -152,7 +167,7 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
                 t = 0.0
                 for b in range(a + 1):
                     t += C[a, b] * z[j, b]
-                prop[j, a] = beta[j, a] + s[0] * t
+                prop[j, a] = beta[j, a] + noise[0] * t
     ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, prop)
     log_ratio = ll_new - ll + _prior_kernel(prop, theta, Sigma_inv) - _prior_kernel(beta, theta, Sigma_inv)
     if laplace:
@@ -162,7 +177,7 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
             _lower_solve_into(Lp[j], g, w)
             _upper_solve_into(Lp[j], w, w)  # w = P_j^-1 g
             for a in range(p):
-                back[a] = beta[j, a] - prop[j, a] - 0.5 * s[j] * s[j] * w[a]
+                back[a] = beta[j, a] - prop[j, a] - drift[j] * w[a]
             # |L_j' back|^2 = back' P_j back
             q_back = 0.0
             for a in range(p):
@@ -173,7 +188,7 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
             zz = 0.0
             for a in range(p):
                 zz += z[j, a] * z[j, a]
-            log_ratio[j] += -0.5 * q_back / (s[j] * s[j]) + 0.5 * zz
+            log_ratio[j] += -0.5 * q_back / (noise[j] * noise[j]) + 0.5 * zz
     accepted = np.zeros(m, dtype=np.bool_)
     beta = beta.copy()
     ll = ll.copy()
@@ -535,7 +550,7 @@ def Sigma_partial_steps(code, X, Z, offset, y, n, starts, beta, alpha, theta, Si
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def glm_sweep(code, X, Z, offset, y, n, starts,
-              beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, log_scale, scale_alpha, alpha_chol,
+              beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, log_scale, phi_max, scale_alpha, alpha_chol,
               scale_theta, theta_chol, R, step_Sigma, v_scale,
               laplace, interweave, free, alpha_prec, alpha_mean, theta_prec, theta_shift, mu0, S0, eta0,
               level_cols, level_terms, level_weight, h_ref, alpha_ref,
@@ -557,7 +572,7 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
         return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), 0.0, False, 0.0,
                 FAILED_BETA_PRECISION)
     beta, ll, grad, acc_beta = beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll,
-                                         grad, Lp, log_scale, laplace, z_beta, u_beta)
+                                         grad, Lp, log_scale, phi_max, laplace, z_beta, u_beta)
     acc_alpha = 0.0
     if r:
         M = alpha_shift(Lp, info)
