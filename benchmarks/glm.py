@@ -6,8 +6,8 @@ repeats for a smoke run; its targets are then reported but not assessed.
 - ``glm_sweep``: time per sweep of a Poisson model over a grid of rows x groups: O(rows);
 - ``glm_ess``: min bulk-ESS per second over the population parameters, proposal
   ``"laplace"`` (default) against ``"textbook"``, on ``epil`` and on a simulated set;
-- ``glm_ess_bound``: on ``epil``, the population parameters' mixing with the beta_j drawn almost
-  exactly (ten beta_j steps per sweep): what any beta_j proposal could give them;
+- ``glm_ess_bound``: on both sets of ``glm_ess``, the population parameters' mixing with the beta_j
+  drawn almost exactly (ten beta_j steps per sweep): what any beta_j proposal could give them;
 - ``glm_weak``: weak-data Poisson, the default sampler's partially non-centred moves against none;
 - ``glm_large``: 2000 sweeps of a 1e6-row, 1e4-group Poisson model on one core.
 """
@@ -286,7 +286,7 @@ def bench_glm_ess(quick: bool = False) -> Result:
     sim_groups = 200 if quick else 1000
     res = Result(
         "glm_ess",
-        "GLM: effective samples per second, Laplace-Langevin (default) against textbook proposal",
+        "GLM: effective samples per second, Laplace (default) against textbook proposal",
         f"Two Poisson models: `epil` with `{EPIL_FORMULA}` (random intercept, five fixed-only terms) and a "
         f"simulated set, `{POISSON_FORMULA}` with {fmt_count(sim_groups)} groups of varying size (1 + negative "
         "binomial, mean 20 rows: from 1 to about 100), intercept and slope of x varying, z fixed-only. For "
@@ -357,7 +357,7 @@ def bench_glm_ess(quick: bool = False) -> Result:
     ))
     res.notes.append(
         "Both proposals make the same passes over the rows (each beta_j step evaluates all groups' "
-        "log-likelihood and score once) and share every other move; the Laplace-Langevin proposal adds O(m p^3) "
+        "log-likelihood and score once) and share every other move; the Laplace proposal adds O(m p^3) "
         "work per sweep (a batched Cholesky draw and solve for the drift's reverse step), hence the cost column. "
         "The ratio per draw is the mixing gain alone; the ratio per CPU second is that divided by the cost ratio."
     )
@@ -436,58 +436,77 @@ def _repeated_beta_kernel(kernel, repeats: int):
 BOUND_REPEATS = (1, 10)
 
 
+def _bound_sets(quick: bool) -> list[tuple[str, str, object, list[int], list[tuple[str, int]]]]:
+    """(label, formula, data, seeds, arms) of ``glm_ess_bound``: epil with both proposals, and the
+    ``glm_ess`` simulated set (slower in NumPy: fewer seeds, no textbook arm with repeated steps)."""
+    sim_groups = 200 if quick else 1000
+    sim = simulate_poisson(None, sim_groups, seed=0, sizes="varying")
+    return [
+        ("epil", EPIL_FORMULA, "epil", [1] if quick else [1, 2, 3], [(p, k) for p in PROPOSALS for k in BOUND_REPEATS]),
+        (f"simulated, {fmt_count(sim_groups)} groups", POISSON_FORMULA, sim, [1] if quick else [1, 2],
+         [("laplace", 1), ("laplace", BOUND_REPEATS[-1]), ("textbook", 1)]),
+    ]
+
+
 def bench_glm_ess_bound(quick: bool = False) -> Result:
-    """What any beta_j proposal can give epil's population parameters: 10 beta_j steps per sweep."""
+    """What any beta_j proposal can give the population parameters: 10 beta_j steps per sweep."""
     import arviz as az
 
     import multilevel
 
     chains, warmup, draws = 4, (300 if quick else 1000), (300 if quick else 1000)
-    seeds = [1] if quick else [1, 2, 3]
+    sets = _bound_sets(quick)
     res = Result(
         "glm_ess_bound",
-        "GLM: how far a better beta_j proposal can move epil's population parameters",
-        f"`epil`, `{EPIL_FORMULA}`, the default sampler (`sampler=\"auto\"`) with each proposal, once with the "
+        "GLM: how far a better beta_j proposal can move the population parameters",
+        f"The two sets of `glm_ess` (`epil`, `{EPIL_FORMULA}`, and the simulated set, `{POISSON_FORMULA}`), the "
+        "default sampler (`sampler=\"auto\"`) with each proposal, once with the "
         f"beta_j step made once per sweep (as always) and once made {BOUND_REPEATS[-1]} times per sweep (the extra "
         "steps' random numbers from a generator seeded by the sweep's own), which draws every beta_j almost "
-        "exactly from its full conditional (its ESS per draw near 1): what an ideal beta_j proposal would give "
+        "exactly from its full conditional: what an ideal beta_j proposal would give "
         "the population parameters at one step per sweep. All other moves are the default's. The sweeps "
         "run in their NumPy form (`compiled=False`, same moves; the repeated step is not compiled), so only ESS "
-        f"per draw is reported. `fit(chains={chains}, warmup={warmup}, draws={draws}, cores=1, seed=s)` for s in "
-        + ", ".join(map(str, seeds)) + "; medians over seeds.",
+        f"per draw is reported. `fit(chains={chains}, warmup={warmup}, draws={draws}, cores=1, seed=s)`; seeds "
+        + "; ".join(f"{label}: " + ", ".join(map(str, seeds)) for label, _, _, seeds, _ in sets)
+        + "; medians over seeds.",
     )
-    arms = [(p, k) for p in PROPOSALS for k in BOUND_REPEATS]
-    runs: dict[tuple[str, int], list[dict]] = {a: [] for a in arms}
+    rows, data, notes = [], {}, []
     with one_core():
-        for seed in seeds:
+        for label, formula, frame, seeds, arms in sets:
+            runs: dict[tuple[str, int], list[dict]] = {a: [] for a in arms}
+            for seed in seeds:
+                for proposal, k in arms:
+                    model = multilevel.Model(formula, frame, family="poisson", proposal=proposal)
+                    model.kernel = _repeated_beta_kernel(model.kernel, k)
+                    fit = model.fit(chains=chains, draws=draws, warmup=warmup, cores=1, progress=False, seed=seed,
+                                    log_likelihood=False)
+                    ess = population_ess(fit.idata.posterior)
+                    low = min(ess, key=ess.get)
+                    beta = az.ess(fit.idata.posterior[["beta"]], method="bulk")["beta"].values.ravel() / (chains * draws)
+                    runs[(proposal, k)].append({"per_draw": ess[low] / (chains * draws), "min_param": low,
+                                                "beta_median": float(np.median(beta))})
             for proposal, k in arms:
-                model = multilevel.Model(EPIL_FORMULA, "epil", family="poisson", proposal=proposal)
-                model.kernel = _repeated_beta_kernel(model.kernel, k)
-                fit = model.fit(chains=chains, draws=draws, warmup=warmup, cores=1, progress=False, seed=seed,
-                                log_likelihood=False)
-                ess = population_ess(fit.idata.posterior)
-                low = min(ess, key=ess.get)
-                beta = az.ess(fit.idata.posterior[["beta"]], method="bulk")["beta"].values.ravel() / (chains * draws)
-                runs[(proposal, k)].append({"per_draw": ess[low] / (chains * draws), "min_param": low,
-                                            "beta_median": float(np.median(beta))})
-    rows = []
-    for proposal, k in arms:
-        rs = runs[(proposal, k)]
-        rows.append([f"`{proposal}`", str(k), f"**{_median(rs, 'per_draw'):.3f}**",
-                     ", ".join(sorted({f"`{r['min_param']}`" for r in rs})), f"{_median(rs, 'beta_median'):.3f}"])
-    res.tables.append(Table(["proposal", "beta_j steps per sweep", "population min ESS per draw (median)",
+                rs = runs[(proposal, k)]
+                rows.append([label, f"`{proposal}`", str(k), f"**{_median(rs, 'per_draw'):.3f}**",
+                             ", ".join(sorted({f"`{r['min_param']}`" for r in rs})), f"{_median(rs, 'beta_median'):.3f}"])
+            best = max(_median(rs, "per_draw") for (_, k), rs in runs.items() if k == BOUND_REPEATS[-1])
+            default = _median(runs[("laplace", 1)], "per_draw")
+            textbook = _median(runs[("textbook", 1)], "per_draw")
+            notes.append(f"{label}: with the beta_j drawn almost exactly the population min ESS per draw is "
+                         f"{best:.3f}; the default proposal reaches {default:.3f} ({default / best:.0%} of it), the "
+                         f"textbook one {textbook:.3f}. At equal cost per sweep no beta_j proposal can beat the "
+                         f"textbook one by more than {best / textbook:.2f}x here.")
+            data[label] = {f"{p}, {k}": rs for (p, k), rs in runs.items()}
+    res.tables.append(Table(["data set", "proposal", "beta_j steps per sweep", "population min ESS per draw (median)",
                              "minimum at", "beta_j: ESS per draw, median over groups"], rows))
-    best = _median(runs[("laplace", BOUND_REPEATS[-1])], "per_draw")
-    textbook = _median(runs[("textbook", 1)], "per_draw")
+    res.notes.extend(notes)
     res.notes.append(
-        f"With the beta_j drawn almost exactly, the population min ESS per draw is {best:.3f}; the textbook "
-        f"proposal's, one step per sweep, is {textbook:.3f}. At equal cost per sweep a beta_j proposal that "
-        f"draws from the full conditionals (none does better short of antithetic draws) beats the textbook one "
-        f"by {best / textbook:.2f}x on epil's population parameters: they are set by the moves both proposals "
-        "share. (Issue 3's 3x target on epil was set when those moves were "
-        "slower and the beta_j's mixing showed through them.)"
+        "The population parameters are moved by the theta, alpha and Sigma moves, shared by both proposals; the "
+        "beta_j proposal reaches them only through the beta_j, and a proposal that draws from the full "
+        "conditionals is the most it can do (short of antithetic draws, which measured no better). (Issue 3's 3x "
+        "target on epil was set when the shared moves were slower and the beta_j's mixing showed through them.)"
     )
-    res.data = {f"{p}, {k}": rs for (p, k), rs in runs.items()}
+    res.data = data
     return res
 
 

@@ -359,7 +359,7 @@ def acceptance_data():
     the prior, sd ~0.3). The textbook proposal's one scale, delta Sigma, tuned for the typical
     group, is far too wide for 'heavy' (measured acceptance ~0.01) and far too narrow for
     'single' (~0.95); the default proposal scales each group by its own information
-    (measured 0.34 to 0.73 for every group and chain)."""
+    (measured 0.95 to 1 for every group and chain: each group's angle reaches pi / 2)."""
     rng = np.random.default_rng(3)
     m = 30
     sizes = np.r_[np.full(m, 60), 20, 1]

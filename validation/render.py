@@ -75,7 +75,7 @@ def main(results: Path, out: Path) -> int:
         "`test_glm_sbc_catches_a_tempered_likelihood` squares the GLM likelihood and "
         "`test_glm_sbc_catches_a_beta_step_without_its_prior` drops the prior from the beta_j step; "
         "the same test rejects each. Samplers: collapsed (Gaussian default), interweaving and centred "
-        "(the specification's) Gibbs; GLMs with the Langevin-Laplace (default) and textbook proposals, "
+        "(the specification's) Gibbs; GLMs with the Laplace (default) and textbook proposals, "
         "each with the default sampler (non-centred moves kept or dropped in warm-up); the "
         "`bernoulli_group_level` configuration has a group-level fixed-only predictor, so the GLM kernel "
         "makes several joint alpha moves per sweep.",

@@ -218,6 +218,7 @@ class Model:
             "multilevel_version": __version__,
             "sampler": self.sampler,
             "proposal": self.proposal,
+            "proposal_scale": "angle",  # the Laplace proposal's log_scale is log phi_j (older fits: a Langevin step)
             "sampler_name": self.sampler_name,
             "seed": result.seed_entropy,
             "warmup": result.warmup,

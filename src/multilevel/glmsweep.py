@@ -137,9 +137,10 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
               phi_max, laplace, z, log_u):
     """The Metropolis(-Hastings) steps of all groups' beta_j at once (one pass over the rows).
 
-    ``laplace``: beta*_j = beta_j + (s_j^2 / 2) V_j g_j + s_j L_j'^-1 z_j with V_j = P_j^-1 =
-    (L_j L_j')^-1 and g_j the gradient of the log conditional density at beta_j; the ratio has
-    the reverse proposal's density. Otherwise the textbook random walk
+    ``laplace``: beta*_j = beta_j + a_j V_j g_j + b_j L_j'^-1 z_j with V_j = P_j^-1 =
+    (L_j L_j')^-1, g_j the gradient of the log conditional density at beta_j and (a_j, b_j) =
+    (1 - cos phi_j, sin phi_j) from :func:`beta_step_sizes`; the ratio has the reverse proposal's
+    density. Otherwise the textbook random walk
     beta*_j = beta_j + s chol(Sigma) z_j, s = exp(log_scale[0]).
     Returns (beta, ll, grad, accepted).
     """

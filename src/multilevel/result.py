@@ -168,7 +168,8 @@ class Fit:
         approximation (exact for a Gaussian conditional), so high acceptance is no sign of too
         small a step."""
         n_groups = self.posterior.sizes.get("group", 0)
-        if self.attrs.get("proposal") != "laplace" or "sampler_state" not in self.idata.groups():
+        a = self.attrs
+        if a.get("proposal") != "laplace" or a.get("proposal_scale") != "angle" or "sampler_state" not in self.idata.groups():
             return np.zeros(n_groups, dtype=bool)
         log_scale = self.idata.sampler_state["log_scale"].values  # (chain, group): log of the angle
         if log_scale.shape[-1] != n_groups:
