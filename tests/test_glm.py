@@ -570,6 +570,24 @@ def test_cli_fit_binomial_cbpp(tmp_path):
     assert "Metropolis acceptance of beta_j" in stdout2
 
 
+def test_lme4_cbind_response_is_the_same_binomial_model():
+    """lme4 writes a binomial response cbind(successes, failures): the same model, and with the
+    same seed the same draws, as p(successes, trials)."""
+    run = dict(chains=1, draws=50, warmup=50, seed=3, cores=1, progress=False)
+    a = multilevel.fit("p(incidence, size) ~ period + (1 | herd)", "cbpp", family="binomial", **run)
+    b = multilevel.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbpp", family="binomial", **run)
+    assert b.formula == "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    for name in ("theta", "alpha", "Sigma", "beta"):
+        np.testing.assert_array_equal(a.posterior[name].values, b.posterior[name].values)
+
+
+@pytest.mark.parametrize("formula", ["cbind(incidence) ~ period + (1 | herd)",
+                                     "cbind(incidence, size, size) ~ period + (1 | herd)"])
+def test_cbind_needs_two_columns(formula):
+    with pytest.raises(multilevel.ModelError, match=r"cbind\(successes, failures\)"):
+        multilevel.Model(formula, "cbpp", family="binomial")
+
+
 @pytest.mark.parametrize("data, formula, fragment", [
     ("hsb82", "mAch ~ ses + (1 | school)", "negative"),  # mAch: real-valued, some negative
     ("sleepstudy", "Reaction ~ Days + (1 | Subject)", "non-integer"),

@@ -66,7 +66,8 @@ def family_response(family: Family, raw: np.ndarray, name: str, kind: str, level
     ones = np.ones(raw.shape[0])
     if family.name == "binomial":
         if raw.ndim != 2 or raw.shape[1] != 2 or kind != "proportion":
-            raise ModelError(f"the binomial family needs a response written p(successes, trials), not {name!r}")
+            raise ModelError(f"the binomial family needs a response written p(successes, trials) "
+                             f"or cbind(successes, failures), not {name!r}")
         y = _counts(_numeric(raw[:, 0], name, "binomial"), name, "successes in")
         n = _counts(_numeric(raw[:, 1], name, "binomial"), name, "trials in")
         if np.any(y > n):

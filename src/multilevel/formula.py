@@ -65,8 +65,41 @@ def _response_expression(term: object) -> str:
     return term.name
 
 
+def _split_arguments(text: str) -> list[str]:
+    """The comma-separated arguments of a call's argument text, commas inside brackets kept."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def binomial_response_as_proportion(formula: str) -> str:
+    """lme4's binomial response ``cbind(successes, failures) ~ ...`` rewritten in the
+    ``p(successes, trials)`` form ``formulae`` reads: ``p(s, (s) + (f)) ~ ...``. Any other
+    formula is returned unchanged."""
+    lhs, sep, rhs = formula.partition("~")
+    head = lhs.strip()
+    if not sep or not head.startswith("cbind(") or not head.endswith(")"):
+        return formula
+    args = _split_arguments(head[len("cbind("):-1])
+    if len(args) != 2 or not all(args):
+        raise ModelError(f"response {head!r} needs two columns, cbind(successes, failures); "
+                         "or write p(successes, trials)")
+    s, f = args
+    return f"p({s}, ({s}) + ({f})) ~{rhs}"
+
+
 def parse_formula(formula: str) -> FormulaSpec:
-    """Parse an lme4-style formula with one grouping factor.
+    """Parse an lme4-style formula with one grouping factor. A binomial response may be
+    written as in Bambi, ``p(successes, trials)``, or as in lme4, ``cbind(successes, failures)``
+    (:func:`binomial_response_as_proportion`).
 
     Raises :class:`ModelError` when the formula does not parse, has no response, no
     group-specific part, or more than one grouping factor (crossed and nested effects
@@ -77,7 +110,7 @@ def parse_formula(formula: str) -> FormulaSpec:
             f"formula {formula!r} has no '~'; write it as 'response ~ predictors + (terms | group)'"
         )
     try:
-        desc = model_description(formula)
+        desc = model_description(binomial_response_as_proportion(formula))
     except Exception as exc:  # formulae raises several parser error types
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"formula {formula!r} does not parse: {detail}") from None
