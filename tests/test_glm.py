@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from scipy import stats
 from scipy.special import expit
 
@@ -395,9 +396,9 @@ def test_sample_stats_acceptance(acceptance_fits):
     assert np.allclose(table.values, ss["accept_beta"].mean("draw").values.T)
     # the default proposal scales each group by its own information: with counts this large every
     # group's conditional is nearly Gaussian, each angle grows past pi / 2 (an independent draw from the
-    # group's Laplace approximation, or past it) and nearly every proposal is accepted (measured 0.95 to 1),
-    # 'heavy' and 'single' included, where the textbook proposal fails (next test)
-    assert table.values.min() > 0.8, table
+    # group's widened Laplace approximation) and acceptance is that of the widening alone (measured
+    # 0.78 to 0.87), 'heavy' and 'single' included, where the textbook proposal fails (next test)
+    assert table.values.min() > 0.6 and table.values.max() < 0.95, table
     assert fit._widest_beta_proposal().all()
 
 
@@ -406,13 +407,27 @@ def test_report_shows_acceptance_without_warning_when_fine(acceptance_fits):
     assert "Metropolis acceptance of beta_j" in text
     assert "Metropolis acceptance of alpha" in text
     assert "acceptance below 5%" not in text and "acceptance above 90%" not in text
-    # high acceptance at the widest step is reported as what it is, not warned about
-    assert "32 groups draw beta_j independently from their Laplace approximation" in text
+
+
+def test_report_does_not_warn_of_high_acceptance_at_the_widest_step(acceptance_fits):
+    """Above 90% acceptance is a warning for a step too small to explore; a group whose Laplace
+    proposal reached pi / 2 draws independently from its approximation, where high acceptance means
+    the approximation is close. The same fit with every proposal marked accepted:"""
+    fit = acceptance_fits["laplace"]
+    idata = fit.idata.copy()
+    idata.sample_stats["accept_beta"] = xr.ones_like(idata.sample_stats["accept_beta"])
+    text = "\n".join(multilevel.Fit(idata).acceptance_lines())
+    assert "acceptance above 90%" not in text
+    assert "32 groups draw beta_j independently from their (widened) Laplace approximation" in text
+    # an older fit, whose scales are not angles, is warned about as before
+    idata.posterior.attrs.pop("proposal_scale")
+    text = "\n".join(multilevel.Fit(idata).acceptance_lines())
+    assert "acceptance above 90% in groups g00" in text
 
 
 def test_laplace_angle_adapts_towards_target_where_approximation_is_rough():
-    """Bernoulli groups of 8 rows: far from Gaussian, the widest step is refused too often, so
-    the angle settles below its largest value with acceptance near the target (0.8)."""
+    """Bernoulli groups of 8 rows: in groups far from Gaussian the widest step is refused too often,
+    so their angle settles below its largest value with acceptance near the target."""
     from multilevel.samplers.metropolis import BETA_TARGET, PHI_MAX
 
     rng = np.random.default_rng(11)
@@ -422,12 +437,14 @@ def test_laplace_angle_adapts_towards_target_where_approximation_is_rough():
     y = rng.uniform(size=g.shape[0]) < 1 / (1 + np.exp(-(b[g] + x)))
     fit = multilevel.fit("y ~ x + (1 | g)", pd.DataFrame({"y": y, "x": x, "g": g}), family="bernoulli",
                          chains=2, draws=400, warmup=400, seed=2, cores=1, progress=False)
-    phi = np.exp(fit.idata.sampler_state["log_scale"].values)
+    phi = np.exp(fit.idata.sampler_state["log_scale"].values).T  # (group, chain)
     assert np.all(phi <= PHI_MAX + 1e-12)
-    assert np.mean(phi < PHI_MAX - 1e-9) > 0.25, phi  # several groups adapted below the cap
+    below = phi < 0.9 * PHI_MAX  # settled clearly below the cap
+    assert below.mean() > 0.05, phi  # measured 0.11 of the (group, chain) pairs
     rate = fit.acceptance().values
-    assert abs(rate.mean() - BETA_TARGET) < 0.1, rate.mean()
-    assert rate.min() > 0.4, rate.min()
+    assert abs(rate[below].mean() - BETA_TARGET) < 0.1, rate[below]  # there: near the target (measured 0.63)
+    assert rate[~below].mean() > BETA_TARGET + 0.1, rate[~below]  # at the cap: above it (measured 0.82)
+    assert rate.min() > 0.3, rate.min()
 
 
 def test_report_warns_naming_groups_with_extreme_acceptance(acceptance_fits):

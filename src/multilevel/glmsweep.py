@@ -118,35 +118,35 @@ def beta_precision_factors(Sigma_inv: np.ndarray, info: np.ndarray) -> tuple[np.
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def beta_step_sizes(log_scale: np.ndarray, phi_max: float, laplace: bool) -> tuple[np.ndarray, np.ndarray]:
+def beta_step_sizes(log_scale: np.ndarray, phi_max: float, kappa: float, laplace: bool) -> tuple[np.ndarray, np.ndarray]:
     """(drift, noise) of the beta_j proposals. ``laplace``: group j's angle
-    phi_j = min(exp(log_scale_j), phi_max), drift 1 - cos(phi_j) and noise sin(phi_j), so that
-    beta*_j = mean_j + cos(phi_j) (beta_j - mean_j) + sin(phi_j) L_j'^-1 z_j with
-    mean_j = beta_j + P_j^-1 g_j the Newton step: exactly reversible for a Gaussian target
-    N(mean_j, P_j^-1) at every angle (phi small: a Langevin step of size phi; pi / 2: an
-    independent draw from the Laplace approximation; beyond: antithetic). Textbook:
-    noise exp(log_scale[0]), no drift."""
+    phi_j = min(exp(log_scale_j), phi_max), drift 1 - cos(phi_j) and noise kappa sin(phi_j), so that
+    beta*_j = mean_j + cos(phi_j) (beta_j - mean_j) + kappa sin(phi_j) L_j'^-1 z_j with
+    mean_j = beta_j + P_j^-1 g_j the Newton step. With kappa = 1 the move is exactly reversible
+    for a Gaussian target N(mean_j, P_j^-1) at every angle (phi small: a Langevin step of size
+    phi; pi / 2: an independent draw from the Laplace approximation; beyond: antithetic);
+    kappa > 1 overdisperses it. Textbook: noise exp(log_scale[0]), no drift."""
     if not laplace:
         return np.zeros(1), np.exp(log_scale)
     phi = np.minimum(np.exp(log_scale), phi_max)
-    return 1.0 - np.cos(phi), np.sin(phi)
+    return 1.0 - np.cos(phi), kappa * np.sin(phi)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, Lp, log_scale,
-              phi_max, laplace, z, log_u):
+              phi_max, kappa, laplace, z, log_u):
     """The Metropolis(-Hastings) steps of all groups' beta_j at once (one pass over the rows).
 
     ``laplace``: beta*_j = beta_j + a_j V_j g_j + b_j L_j'^-1 z_j with V_j = P_j^-1 =
     (L_j L_j')^-1, g_j the gradient of the log conditional density at beta_j and (a_j, b_j) =
-    (1 - cos phi_j, sin phi_j) from :func:`beta_step_sizes`; the ratio has the reverse proposal's
+    (1 - cos phi_j, kappa sin phi_j) from :func:`beta_step_sizes`; the ratio has the reverse proposal's
     density. Otherwise the textbook random walk
     beta*_j = beta_j + s chol(Sigma) z_j, s = exp(log_scale[0]).
     Returns (beta, ll, grad, accepted).
     """
     m, p = beta.shape
     prop = np.empty((m, p))
-    drift, noise = beta_step_sizes(log_scale, phi_max, laplace)
+    drift, noise = beta_step_sizes(log_scale, phi_max, kappa, laplace)
     g = np.empty(p)  # work vectors, reused for every group
     w = np.empty(p)
     if laplace:
@@ -551,7 +551,7 @@ def Sigma_partial_steps(code, X, Z, offset, y, n, starts, beta, alpha, theta, Si
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def glm_sweep(code, X, Z, offset, y, n, starts,
-              beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, log_scale, phi_max, scale_alpha, alpha_chol,
+              beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, log_scale, phi_max, kappa, scale_alpha, alpha_chol,
               scale_theta, theta_chol, R, step_Sigma, v_scale,
               laplace, interweave, free, alpha_prec, alpha_mean, theta_prec, theta_shift, mu0, S0, eta0,
               level_cols, level_terms, level_weight, h_ref, alpha_ref,
@@ -573,7 +573,7 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
         return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), 0.0, False, 0.0,
                 FAILED_BETA_PRECISION)
     beta, ll, grad, acc_beta = beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll,
-                                         grad, Lp, log_scale, phi_max, laplace, z_beta, u_beta)
+                                         grad, Lp, log_scale, phi_max, kappa, laplace, z_beta, u_beta)
     acc_alpha = 0.0
     if r:
         M = alpha_shift(Lp, info)

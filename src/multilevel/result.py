@@ -154,7 +154,7 @@ class Fit:
         high = overall.index[(overall > 0.90) & ~widest].tolist()
         n_widest = int(((overall > 0.90) & widest).sum())
         if n_widest:
-            lines.append(f"{n_widest} groups draw beta_j independently from their Laplace approximation "
+            lines.append(f"{n_widest} groups draw beta_j independently from their (widened) Laplace approximation "
                          "(accepted over 90% of the time: the approximation is close, and their draws mix well)")
         for names, what in ((low, "below 5%"), (high, "above 90%")):
             if names:
