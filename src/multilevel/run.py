@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -162,15 +163,34 @@ def default_cores(chains: int) -> int:
     return max(1, min(chains, available))
 
 
-def prime(kernel: Kernel) -> None:
+#: priming that takes longer than this (seconds) is compiling: a line on stderr says so
+COMPILE_NOTICE_SECONDS = 1.0
+
+
+def _compile_notice() -> None:
+    print("compiling the sampler's code (first use only: cached on disk for later runs) ...", file=sys.stderr,
+          flush=True)
+
+
+def prime(kernel: Kernel, notice: bool = False) -> None:
     """Run one throwaway sweep (warm-up and kept kind) so compiled code is loaded once here,
-    before the workers fork, instead of once in every worker."""
-    rng = np.random.default_rng(0)
-    state = kernel.init(rng)
-    adapt = getattr(kernel, "warmup_step", None)
-    if adapt is not None:
-        state = adapt(state, rng, 0, 1)
-    kernel.step(state, rng)
+    before the workers fork, instead of once in every worker. Its own generator: the chains'
+    draws do not depend on it. ``notice``: if it takes over ``COMPILE_NOTICE_SECONDS`` (the
+    compiled sweeps' first use compiles them, 5 to 25 s), a line on stderr says why."""
+    timer = threading.Timer(COMPILE_NOTICE_SECONDS, _compile_notice) if notice else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        rng = np.random.default_rng(0)
+        state = kernel.init(rng)
+        adapt = getattr(kernel, "warmup_step", None)
+        if adapt is not None:
+            state = adapt(state, rng, 0, 1)
+        kernel.step(state, rng)
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _context() -> Any:
@@ -214,7 +234,6 @@ class _Blocks:
         self.kernel, self.cores, self.bar = kernel, cores, bar
         self.pool = self.queue = self.stop = None
         if cores > 1:
-            prime(kernel)
             ctx = _context()
             self.queue = ctx.Queue() if bar is not None else None
             self.stop = ctx.Event()
@@ -283,6 +302,9 @@ def run_chains(
     total = warmup + draws
     done = states[0].iteration
     size = block_size(total, checkpoint)
+    shown = progress and sys.stderr.isatty()
+    if cores > 1 or shown:  # before the workers fork; and so that a first-use compile is said, not a stuck bar
+        prime(kernel, notice=shown)
     bar = _progress_bar(chains * total, chains * done, progress)
     interrupted = False
     error = None
