@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,37 +15,21 @@ import numpy as np
 import pytest
 
 import multilevel
+from kerneltools import OnSweep
 from multilevel.run import run_chains
 
 FORMULA = "mAch ~ ses + (ses | school)"
 CLI = str(Path(sys.executable).with_name("multilevel"))
 
 
-@dataclass(frozen=True)
-class InterruptAt:
-    """Wraps a kernel; its ``calls``-th sweep raises KeyboardInterrupt, as Ctrl-C would."""
+def interrupt_at(kernel: Any, calls: int) -> OnSweep:
+    """``kernel`` whose ``calls``-th sweep raises KeyboardInterrupt, as Ctrl-C would."""
 
-    kernel: Any
-    calls: int
-    counter: list
-
-    def init(self, rng):
-        return self.kernel.init(rng)
-
-    def step(self, state, rng):
-        self.counter[0] += 1
-        if self.counter[0] == self.calls:
+    def hook(n: int) -> None:
+        if n == calls:
             raise KeyboardInterrupt
-        return self.kernel.step(state, rng)
 
-    def warmup_step(self, state, rng, i, n_warmup):
-        self.counter[0] += 1
-        if self.counter[0] == self.calls:
-            raise KeyboardInterrupt
-        return self.kernel.warmup_step(state, rng, i, n_warmup)
-
-    def record(self, state):
-        return self.kernel.record(state)
+    return OnSweep(kernel, hook)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +39,7 @@ def model():
 
 def test_interrupted_run_keeps_draws_up_to_last_block_and_resumes_exactly(model):
     full = run_chains(model.kernel, chains=2, draws=60, warmup=40, seed=7, cores=1, progress=False)
-    part = run_chains(InterruptAt(model.kernel, 135, [0]), chains=2, draws=60, warmup=40, seed=7, cores=1,
+    part = run_chains(interrupt_at(model.kernel, 135), chains=2, draws=60, warmup=40, seed=7, cores=1,
                       progress=False, checkpoint=10)
     assert part.interrupted and not part.complete
     # blocks of 10 sweeps run chain 0 then chain 1: the 135th sweep is in chain 0's 7th
@@ -72,7 +55,7 @@ def test_fit_interrupted_after_warmup_gives_partial_fit_with_warning(model, tmp_
     fit_full = model.fit(chains=2, draws=50, warmup=20, seed=3, cores=1, progress=False)
     model_kernel = model.kernel
     try:
-        model.kernel = InterruptAt(model_kernel, 100, [0])  # of 2 x 70 sweeps, in blocks of 4
+        model.kernel = interrupt_at(model_kernel, 100)  # of 2 x 70 sweeps, in blocks of 4
         with pytest.warns(UserWarning, match="interrupted"):
             part = model.fit(chains=2, draws=50, warmup=20, seed=3, cores=1, progress=False)
     finally:

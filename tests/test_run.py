@@ -4,52 +4,34 @@ is silent, and priming never changes the chains' draws."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 import multilevel
+from kerneltools import OnSweep
 from multilevel import run as run_module
 from multilevel.run import prime, run_chains
 
 
-@dataclass(frozen=True)
-class SlowFirstSweep:
-    """Wraps a kernel: its first sweep ever (warm-up or kept) sleeps ``seconds``, as compiling would."""
+def slow_first_sweep(kernel: Any, seconds: float) -> OnSweep:
+    """``kernel`` whose first sweep ever (warm-up or kept) sleeps ``seconds``, as compiling would."""
 
-    kernel: Any
-    seconds: float
-    calls: list
+    def hook(n: int) -> None:
+        if n == 1:
+            time.sleep(seconds)
 
-    def init(self, rng):
-        return self.kernel.init(rng)
-
-    def _first(self) -> None:
-        self.calls[0] += 1
-        if self.calls[0] == 1:
-            time.sleep(self.seconds)
-
-    def step(self, state, rng):
-        self._first()
-        return self.kernel.step(state, rng)
-
-    def warmup_step(self, state, rng, i, n_warmup):
-        self._first()
-        return self.kernel.warmup_step(state, rng, i, n_warmup)
-
-    def record(self, state):
-        return self.kernel.record(state)
+    return OnSweep(kernel, hook)
 
 
 def test_slow_priming_is_said_fast_priming_is_silent(monkeypatch, capsys):
     kernel = multilevel.Model("mAch ~ ses + (1 | school)", "hsb82").kernel
     monkeypatch.setattr(run_module, "COMPILE_NOTICE_SECONDS", 0.05)
-    prime(SlowFirstSweep(kernel, 0.5, [0]), notice=True)
+    prime(slow_first_sweep(kernel, 0.5), notice=True)
     err = capsys.readouterr().err
     assert "compiling the sampler's code (first use only" in err
-    prime(SlowFirstSweep(kernel, 0.0, [0]), notice=True)
-    prime(SlowFirstSweep(kernel, 0.5, [0]), notice=False)
+    prime(slow_first_sweep(kernel, 0.0), notice=True)
+    prime(slow_first_sweep(kernel, 0.5), notice=False)
     time.sleep(0.1)  # a timer left running would print now
     assert capsys.readouterr().err == ""
 
@@ -60,9 +42,9 @@ def test_priming_does_not_change_the_draws(monkeypatch):
     kernel = multilevel.Model("mAch ~ ses + (1 | school)", "hsb82").kernel
     quiet = run_chains(kernel, chains=2, draws=20, warmup=20, seed=5, cores=1, progress=False)
     monkeypatch.setattr(run_module.sys.stderr, "isatty", lambda: True, raising=False)
-    calls = [0]
-    shown = run_chains(SlowFirstSweep(kernel, 0.0, calls), chains=2, draws=20, warmup=20, seed=5, cores=1,
+    counted = slow_first_sweep(kernel, 0.0)
+    shown = run_chains(counted, chains=2, draws=20, warmup=20, seed=5, cores=1,
                        progress=True)
-    assert calls[0] == 2 * 40 + 2  # the chains' sweeps and the priming pair (warm-up and kept)
+    assert counted.counter[0] == 2 * 40 + 2  # the chains' sweeps and the priming pair (warm-up and kept)
     for name, values in quiet.draws.items():
         np.testing.assert_array_equal(values, shown.draws[name])
