@@ -3,7 +3,6 @@ uninterrupted one with the same seed, in Python and from the command line."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
