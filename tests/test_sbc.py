@@ -8,7 +8,7 @@ fixed seeds; ``pytest -m validate`` (``make validate``) runs the full one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
