@@ -87,18 +87,6 @@ def _quad(d: np.ndarray, A: np.ndarray) -> float:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _conditional_gradient(score: np.ndarray, beta_j: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray,
-                          g: np.ndarray) -> None:
-    """g = gradient in beta_j of log p(beta_j | rest): score_j[:p] - Sigma^-1 (beta_j - theta)."""
-    p = beta_j.shape[0]
-    for a in range(p):
-        t = score[a]
-        for b in range(p):
-            t -= Sigma_inv[a, b] * (beta_j[b] - theta[b])
-        g[a] = t
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
 def beta_precision_factors(Sigma_inv: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, int]:
     """Cholesky factors of P_j = Sigma^-1 + H_j (H_j the leading p x p block of ``info[j]``);
     returns (L (m, p, p), -1) or the first group whose P_j is not positive definite."""
@@ -132,31 +120,45 @@ def beta_step_sizes(log_scale: np.ndarray, phi_max: float, kappa: float, laplace
     return 1.0 - np.cos(phi), kappa * np.sin(phi)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _whitened_gradient(score: np.ndarray, at: np.ndarray, j: int, theta: np.ndarray, Sigma_inv: np.ndarray,
+                       Lp: np.ndarray, w: np.ndarray) -> None:
+    """w = L_j^-1 g, g = score_j[:p] - Sigma^-1 (at_j - theta) the gradient of group j's log
+    conditional density at ``at[j]`` (indices, no views: this runs for every group twice a sweep)."""
+    p = theta.shape[0]
+    for k in range(p):
+        t = score[j, k]
+        for b in range(p):
+            t -= Sigma_inv[k, b] * (at[j, b] - theta[b])
+        for i in range(k):
+            t -= Lp[j, k, i] * w[i]
+        w[k] = t / Lp[j, k, k]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, Lp, log_scale,
-              phi_max, kappa, laplace, z, log_u):
+def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, Lp, drift, noise,
+              laplace, z, log_u):
     """The Metropolis(-Hastings) steps of all groups' beta_j at once (one pass over the rows).
 
     ``laplace``: beta*_j = beta_j + a_j V_j g_j + b_j L_j'^-1 z_j with V_j = P_j^-1 =
     (L_j L_j')^-1, g_j the gradient of the log conditional density at beta_j and (a_j, b_j) =
-    (1 - cos phi_j, kappa sin phi_j) from :func:`beta_step_sizes`; the ratio has the reverse proposal's
-    density. Otherwise the textbook random walk
-    beta*_j = beta_j + s chol(Sigma) z_j, s = exp(log_scale[0]).
+    (``drift[j]``, ``noise[j]``) from :func:`beta_step_sizes`. The reverse proposal's density
+    needs |L_j' (beta_j - beta*_j - a_j V_j g*_j)|^2 / b_j^2, and
+    L_j' (beta*_j - beta_j) = a_j L_j^-1 g_j + b_j z_j, so it is
+    |a_j (L_j^-1 g_j + L_j^-1 g*_j) + b_j z_j|^2 / b_j^2: one triangular solve at the proposal.
+    Otherwise the textbook random walk beta*_j = beta_j + s chol(Sigma) z_j, s = ``noise[0]``.
     Returns (beta, ll, grad, accepted).
     """
     m, p = beta.shape
     prop = np.empty((m, p))
-    drift, noise = beta_step_sizes(log_scale, phi_max, kappa, laplace)
-    g = np.empty(p)  # work vectors, reused for every group
-    w = np.empty(p)
+    w = np.empty(p)  # work vector, reused for every group
     if laplace:
+        forward = np.empty((m, p))  # L_j^-1 g_j at beta_j, for the reverse density
         for j in range(m):
-            _conditional_gradient(grad[j], beta[j], theta, Sigma_inv, g)
+            _whitened_gradient(grad, beta, j, theta, Sigma_inv, Lp, w)
             for a in range(p):
-                g[a] *= drift[j]
-            _lower_solve_into(Lp[j], g, w)
-            for a in range(p):
-                w[a] += noise[j] * z[j, a]
+                forward[j, a] = w[a]
+                w[a] = drift[j] * w[a] + noise[j] * z[j, a]
             _upper_solve_into(Lp[j], w, w)
             for a in range(p):
                 prop[j, a] = beta[j, a] + w[a]
@@ -172,22 +174,13 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
     ll_new, grad_new = group_loglik_grad(code, X, Z, offset, alpha, y, n, starts, prop)
     log_ratio = ll_new - ll + _prior_kernel(prop, theta, Sigma_inv) - _prior_kernel(beta, theta, Sigma_inv)
     if laplace:
-        back = np.empty(p)
         for j in range(m):
-            _conditional_gradient(grad_new[j], prop[j], theta, Sigma_inv, g)
-            _lower_solve_into(Lp[j], g, w)
-            _upper_solve_into(Lp[j], w, w)  # w = P_j^-1 g
-            for a in range(p):
-                back[a] = beta[j, a] - prop[j, a] - drift[j] * w[a]
-            # |L_j' back|^2 = back' P_j back
+            _whitened_gradient(grad_new, prop, j, theta, Sigma_inv, Lp, w)
             q_back = 0.0
-            for a in range(p):
-                t = 0.0
-                for b in range(a, p):
-                    t += Lp[j, b, a] * back[b]
-                q_back += t * t
             zz = 0.0
             for a in range(p):
+                t = drift[j] * (forward[j, a] + w[a]) + noise[j] * z[j, a]
+                q_back += t * t
                 zz += z[j, a] * z[j, a]
             log_ratio[j] += -0.5 * q_back / (noise[j] * noise[j]) + 0.5 * zz
     accepted = np.zeros(m, dtype=np.bool_)
@@ -551,7 +544,7 @@ def Sigma_partial_steps(code, X, Z, offset, y, n, starts, beta, alpha, theta, Si
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def glm_sweep(code, X, Z, offset, y, n, starts,
-              beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, log_scale, phi_max, kappa, scale_alpha, alpha_chol,
+              beta, alpha, theta, Sigma, Sigma_inv, ll, grad, info, drift, noise, scale_alpha, alpha_chol,
               scale_theta, theta_chol, R, step_Sigma, v_scale,
               laplace, interweave, free, alpha_prec, alpha_mean, theta_prec, theta_shift, mu0, S0, eta0,
               level_cols, level_terms, level_weight, h_ref, alpha_ref,
@@ -573,7 +566,7 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
         return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), 0.0, False, 0.0,
                 FAILED_BETA_PRECISION)
     beta, ll, grad, acc_beta = beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll,
-                                         grad, Lp, log_scale, phi_max, kappa, laplace, z_beta, u_beta)
+                                         grad, Lp, drift, noise, laplace, z_beta, u_beta)
     acc_alpha = 0.0
     if r:
         M = alpha_shift(Lp, info)

@@ -271,6 +271,7 @@ class GLMMetropolis:
         q, k = int(self.theta_free.sum()), level[0].shape[0]
         sizes = [m * p, self.alpha_steps * r, q + k, p * (p - 1) // 2]
         object.__setattr__(self, "_cuts", tuple(int(c) for c in np.cumsum(sizes)))
+        object.__setattr__(self, "_step_sizes", [])  # see beta_step_sizes
 
     # -- pieces ---------------------------------------------------------------------
     def loglik_grad(self, beta: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -324,6 +325,18 @@ class GLMMetropolis:
         except np.linalg.LinAlgError:
             return np.linalg.cholesky(self.priors.Lambda0) if free.any() else np.zeros((0, 0))
 
+    def beta_step_sizes(self, log_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(drift, noise) of the beta_j proposals for these log-scales
+        (:func:`multilevel.glmsweep.beta_step_sizes`), kept for the last ``log_scale`` array seen:
+        after warm-up it is the same array at every sweep, and its m cosines and sines need not be
+        taken again. The array is held, so its identity cannot be reused by another."""
+        cache = self._step_sizes
+        if cache and cache[0] is log_scale:
+            return cache[1], cache[2]
+        drift, noise = beta_step_sizes(log_scale, PHI_MAX, KAPPA, self.proposal == "laplace")
+        cache[:] = [log_scale, drift, noise]
+        return drift, noise
+
     # -- random inputs of a sweep -------------------------------------------------------
     def draw_inputs(self, rng: np.random.Generator, n_partial: int) -> GLMSweepInputs:
         """All random numbers of one sweep with ``n_partial`` partially non-centred theta and Sigma
@@ -352,7 +365,7 @@ class GLMMetropolis:
             log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
                          - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv))
         else:
-            drift, noise = beta_step_sizes(state.log_scale, PHI_MAX, KAPPA, True)
+            drift, noise = self.beta_step_sizes(state.log_scale)
             a, b = drift[:, None], noise[:, None]
             P = np.ascontiguousarray(state.Sigma_inv + state.info[:, :p, :p])
             g = state.grad[:, :p] - (state.beta - state.theta) @ state.Sigma_inv
@@ -613,7 +626,7 @@ class GLMMetropolis:
         d, pr = self.data, self.priors
         out = glm_sweep(d.code, d.X, d.Z, d.offset, d.y, d.n, d.starts,
                         state.beta, state.alpha, state.theta, state.Sigma, state.Sigma_inv, state.ll, state.grad,
-                        state.info, state.log_scale, PHI_MAX, KAPPA, float(np.exp(state.log_scale_alpha)), state.alpha_chol,
+                        state.info, *self.beta_step_sizes(state.log_scale), float(np.exp(state.log_scale_alpha)), state.alpha_chol,
                         float(np.exp(state.log_scale_theta)), state.theta_chol, state.R,
                         float(np.exp(state.log_step_Sigma)), state.v_scale,
                         self.proposal == "laplace", state.interweave, self._free_index, self._alpha_prec,
