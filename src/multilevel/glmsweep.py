@@ -106,7 +106,8 @@ def beta_precision_factors(Sigma_inv: np.ndarray, info: np.ndarray) -> tuple[np.
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def beta_step_sizes(log_scale: np.ndarray, phi_max: float, kappa: float, laplace: bool) -> tuple[np.ndarray, np.ndarray]:
+def beta_step_sizes(log_scale: np.ndarray, phi_max: float, kappa: float, laplace: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(drift, noise) of the beta_j proposals. ``laplace``: group j's angle
     phi_j = min(exp(log_scale_j), phi_max), drift 1 - cos(phi_j) and noise kappa sin(phi_j), so that
     beta*_j = mean_j + cos(phi_j) (beta_j - mean_j) + kappa sin(phi_j) L_j'^-1 z_j with

@@ -164,12 +164,13 @@ class Fit:
 
     def _widest_beta_proposal(self) -> np.ndarray:
         """Per group: whether the default (Laplace) proposal's angle reached pi / 2 in every chain.
-        From there on the proposal is at least an independent draw from the group's Laplace
-        approximation (exact for a Gaussian conditional), so high acceptance is no sign of too
-        small a step."""
+        From there on the proposal is at least an independent draw from the group's (widened)
+        Laplace approximation, so high acceptance is no sign of too small a step. False for
+        fits whose scales are not angles (saved before the proposal took this form)."""
         n_groups = self.posterior.sizes.get("group", 0)
         a = self.attrs
-        if a.get("proposal") != "laplace" or a.get("proposal_scale") != "angle" or "sampler_state" not in self.idata.groups():
+        angles = a.get("proposal") == "laplace" and a.get("proposal_scale") == "angle"
+        if not angles or "sampler_state" not in self.idata.groups():
             return np.zeros(n_groups, dtype=bool)
         log_scale = self.idata.sampler_state["log_scale"].values  # (chain, group): log of the angle
         if log_scale.shape[-1] != n_groups:

@@ -626,7 +626,8 @@ class GLMMetropolis:
         d, pr = self.data, self.priors
         out = glm_sweep(d.code, d.X, d.Z, d.offset, d.y, d.n, d.starts,
                         state.beta, state.alpha, state.theta, state.Sigma, state.Sigma_inv, state.ll, state.grad,
-                        state.info, *self.beta_step_sizes(state.log_scale), float(np.exp(state.log_scale_alpha)), state.alpha_chol,
+                        state.info, *self.beta_step_sizes(state.log_scale), float(np.exp(state.log_scale_alpha)),
+                        state.alpha_chol,
                         float(np.exp(state.log_scale_theta)), state.theta_chol, state.R,
                         float(np.exp(state.log_step_Sigma)), state.v_scale,
                         self.proposal == "laplace", state.interweave, self._free_index, self._alpha_prec,
