@@ -285,6 +285,20 @@ def test_binomial_predictions():
     np.testing.assert_array_equal(fit.predict(num, kind="linear").values, lin.values)
 
 
+
+def test_binomial_predictions_after_cbind():
+    """Fitted with lme4's cbind(successes, failures), the new rows' trials are their successes plus
+    failures when the new data have both columns; otherwise trials= is asked for."""
+    cbpp = multilevel.load_dataset("cbpp").assign(healthy=lambda d: d["size"] - d["incidence"])
+    fit = multilevel.fit("cbind(incidence, healthy) ~ period + (1 | herd)", cbpp, family="binomial", **SMALL)
+    rows = cbpp.head(4)
+    resp = fit.predict(rows, kind="response", seed=1).values
+    assert np.all((resp >= 0) & (resp <= rows["size"].to_numpy()))
+    assert np.any(resp > 0)
+    with pytest.raises(ModelError, match=r"the columns of 'incidence \+ healthy' or trials="):
+        fit.predict(rows.drop(columns="healthy"), kind="response")
+    assert fit.predict(rows.drop(columns="healthy"), kind="response", seed=1, trials=10).values.max() <= 10
+
 # -- command line ----------------------------------------------------------------------------
 
 from clitools import run_main

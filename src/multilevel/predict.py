@@ -308,9 +308,15 @@ def _new_trials(fit: Fit, data: pd.DataFrame, trials: Any) -> np.ndarray | None:
         return None
     if trials is None:
         name = _trials_name(fit.design.spec.response)
-        if name is None or name not in data.columns:
+        if name is None:
             return None
-        trials = data[name]
+        if name in data.columns:
+            trials = data[name]
+        else:  # an expression, as cbind(successes, failures) gives: (successes) + (failures)
+            try:
+                trials = data.eval(name, engine="python")
+            except Exception:
+                return None
     values = np.broadcast_to(np.asarray(trials, dtype=float), (data.shape[0],)) if not isinstance(trials, str) else (
         data[trials].to_numpy(dtype=float) if trials in data.columns else None)
     if values is None:
@@ -356,8 +362,8 @@ def predict(fit: Fit, newdata: Any, kind: str = "mean", include_group_effects: b
     nd = new_design(fit, newdata, include_group_effects=include_group_effects, offset=offset, trials=trials)
     if kind == "response" and family.name == "binomial" and nd.trials is None:
         name = _trials_name(fit.design.spec.response)
-        raise ModelError(f"kind='response' of the binomial family needs the new rows' trials: a column {name!r} "
-                         "in the new data or trials=")
+        where = f"a column {name!r} in the new data" if re.fullmatch(r"\w+", name or "") else f"the columns of {name!r}"
+        raise ModelError(f"kind='response' of the binomial family needs the new rows' trials: {where} or trials=")
     rng = make_rng(seed)
     post = fit.posterior
     idx = draw_positions(post.sizes["draw"], draws)
