@@ -23,6 +23,11 @@ RHAT_MAX = 1.01
 ESS_MIN = 400
 
 
+def _some(names: list) -> str:
+    """The first ten names, and how many more."""
+    return ", ".join(map(str, names[:10])) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
 class Fit:
     """A fitted multilevel model.
 
@@ -152,14 +157,13 @@ class Fit:
         low = overall.index[overall < 0.05].tolist()
         widest = self._widest_beta_proposal()
         high = overall.index[(overall > 0.90) & ~widest].tolist()
-        n_widest = int(((overall > 0.90) & widest).sum())
-        if n_widest:
-            lines.append(f"{n_widest} groups draw beta_j independently from their (widened) Laplace approximation "
-                         "(accepted over 90% of the time: the approximation is close, and their draws mix well)")
+        close = overall.index[(overall > 0.90) & widest].tolist()
+        if close:
+            lines.append(f"Acceptance above 90% in groups {_some(close)}: they draw beta_j independently from their "
+                         "(widened) Laplace approximation, which is close; their draws mix well")
         for names, what in ((low, "below 5%"), (high, "above 90%")):
             if names:
-                shown = ", ".join(map(str, names[:10])) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-                lines.append(f"Warning: acceptance {what} in groups {shown}: their draws mix poorly")
+                lines.append(f"Warning: acceptance {what} in groups {_some(names)}: their draws mix poorly")
         return [*lines, ""]
 
     def _widest_beta_proposal(self) -> np.ndarray:
