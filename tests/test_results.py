@@ -45,7 +45,7 @@ def hsb():
 
 @pytest.fixture(scope="module")
 def hsb_fit(hsb):
-    return multilevel.fit(HSB_FORMULA, hsb, **SMALL)
+    return multilevel.fit(HSB_FORMULA, hsb, log_likelihood=True, **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def sim():
 
 @pytest.fixture(scope="module")
 def sim_fit(sim):
-    return multilevel.fit(SIM_FORMULA, sim, **SMALL)
+    return multilevel.fit(SIM_FORMULA, sim, log_likelihood=True, **SMALL)
 
 
 def ll_var(idata) -> str:
@@ -92,7 +92,9 @@ def test_fixed_only_effects_in_their_own_variable(sim_fit):
     assert post["alpha"].dims == ("chain", "draw", "fixed_term")
     assert list(post["fixed_term"].values) == ["z"]
     assert list(post["term"].values) == ["Intercept", "x"]
-    assert post["group"].values.dtype.kind in "iu"
+    # group labels are strings whatever the column held (here integers), as R's factor levels
+    assert post["group"].values.dtype.kind == "U"
+    assert post["group"].values[0] == "100"
     # z's true coefficient is 0.7 (sd of its posterior about 0.07 here)
     assert abs(float(post["alpha"].mean()) - 0.7) < 0.35
 
@@ -130,7 +132,7 @@ def test_attributes(hsb_fit):
 def hand_loglik(fit, row: pd.Series) -> np.ndarray:
     """log N(y | beta_g0 + beta_g1 x + alpha z, sigma2) for one data row, per draw."""
     post = fit.idata.posterior
-    beta = post["beta"].sel(group=row["g"])
+    beta = post["beta"].sel(group=str(int(row["g"])))
     mu = beta.sel(term="Intercept").values + beta.sel(term="x").values * row["x"]
     mu = mu + post["alpha"].sel(fixed_term="z").values * row["z"]
     return stats.norm.logpdf(row["y"], loc=mu, scale=np.sqrt(post["sigma2"].values))
@@ -163,13 +165,15 @@ def test_log_likelihood_on_demand_equals_stored(sim_fit, sim):
     np.testing.assert_allclose(np.asarray(lazy.log_likelihood(chunk=7)), stored, rtol=1e-10)
 
 
-def test_log_likelihood_not_stored_above_limit(sim, monkeypatch):
-    import multilevel.api
-
-    monkeypatch.setattr(multilevel.api, "LOGLIK_STORE_LIMIT", 10)
+def test_log_likelihood_stored_only_on_request(sim):
     fit = multilevel.fit(SIM_FORMULA, sim, **SMALL)
     assert "log_likelihood" not in fit.idata.groups()
-    assert np.asarray(fit.log_likelihood()).shape == (2, 200, len(sim))
+    on_demand = np.asarray(fit.log_likelihood())
+    assert on_demand.shape == (2, 200, len(sim))
+    assert fit.add_log_likelihood() is fit
+    assert "log_likelihood" in fit.idata.groups()
+    np.testing.assert_array_equal(fit.idata.log_likelihood["y"].values, on_demand)
+    assert np.isfinite(float(az.loo(fit.idata).elpd_loo))
 
 
 # -- ArviZ works on the fit ------------------------------------------------------------------
@@ -280,7 +284,8 @@ def test_save_load_round_trip_int_labels_and_log_likelihood(sim_fit, tmp_path):
     sim_fit.save(str(path))
     back = multilevel.load(str(path))
     assert_same_fit(sim_fit, back)
-    assert back.idata.posterior["group"].values.dtype.kind in "iu"
+    assert "log_likelihood" in back.group_names()
+    assert [str(v) for v in back.idata.posterior["group"].values] == list(sim_fit.posterior["group"].values)
     np.testing.assert_allclose(np.asarray(back.log_likelihood()), np.asarray(sim_fit.log_likelihood()))
 
 

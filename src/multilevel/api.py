@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .convert import OFFSET_COLUMN, dataset_to_frame, sampler_state_to_dataset, to_inference_data
+from .convert import OFFSET_COLUMN, dataset_to_frame, fit_groups, sampler_state_to_dataset
 from .design import NaAction, build_design, check_identifiable
 from .errors import ModelError, NumericalError
 from .families import CODES, check_family, family_response
@@ -32,11 +32,6 @@ GAUSSIAN_SAMPLERS = ("collapsed", "interweaving", "centred")
 GLM_SAMPLERS = ("auto", "interweaving", "centred")
 from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis, default_alpha_steps
 from .suffstats import gaussian_stats
-
-#: Store the pointwise log-likelihood in the InferenceData when chains x draws x rows is
-#: at most this (about 240 MB); above it, ``Fit.log_likelihood()`` computes it on demand.
-LOGLIK_STORE_LIMIT = 30_000_000
-
 
 def _count(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
@@ -144,7 +139,7 @@ class Model:
         seed: int | None = None,
         cores: int | None = None,
         progress: bool = True,
-        log_likelihood: bool | str = "auto",
+        log_likelihood: bool = False,
         checkpoint: int | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         posterior_predictive: bool = False,
@@ -153,8 +148,9 @@ class Model:
 
         ``cores`` worker processes (default: one per chain, capped by the machine's
         cores; 1 runs the chains in this process). The same ``seed`` gives the same draws
-        whatever ``cores`` is. ``log_likelihood``: store the pointwise log-likelihood
-        (True), not (False), or when chains x draws x rows <= ``LOGLIK_STORE_LIMIT`` ("auto").
+        whatever ``cores`` is. ``log_likelihood=True`` stores the pointwise log-likelihood
+        (chains x draws x rows numbers) in the fit; otherwise :meth:`Fit.loo` and
+        :meth:`Fit.waic` compute it when asked and :meth:`Fit.add_log_likelihood` adds it.
         ``checkpoint``: every so many sweeps write the fit so far to ``checkpoint_path``
         (atomically). Ctrl-C stops sampling and returns the draws so far with a warning;
         :meth:`resume` continues such a fit.
@@ -176,7 +172,7 @@ class Model:
         return fit
 
     def resume(self, fit: Fit, draws: int | None = None, cores: int | None = None, progress: bool = True,
-               log_likelihood: bool | str = "auto", checkpoint: int | None = None,
+               log_likelihood: bool = False, checkpoint: int | None = None,
                checkpoint_path: str | os.PathLike | None = None) -> Fit:
         """Continue ``fit`` (a fit of this model): to its planned number of draws if it was
         interrupted, plus ``draws`` more if given. The draws equal those of one uninterrupted run."""
@@ -202,15 +198,16 @@ class Model:
         check_writable(path, overwrite=True)
         return lambda result: self.to_fit(result, log_likelihood=False, quiet=True).save(path, overwrite=True)
 
-    def to_fit(self, result: ChainDraws, log_likelihood: bool | str = "auto", quiet: bool = False) -> Fit:
+    def to_fit(self, result: ChainDraws, log_likelihood: bool = False, quiet: bool = False) -> Fit:
         """The :class:`Fit` of a run's draws, with the chains' state for resuming."""
         d = self.design
         if not result.draws:
             if result.error:
                 raise NumericalError(result.error)
             raise ModelError("sampling stopped during warm-up: no draws to keep; run again")
-        chains, n_draws = len(result.chains), result.n_draws
-        store = log_likelihood if isinstance(log_likelihood, bool) else chains * n_draws * d.n_obs <= LOGLIK_STORE_LIMIT
+        n_draws = result.n_draws
+        if not isinstance(log_likelihood, bool):
+            raise ModelError(f"log_likelihood must be True or False, got {log_likelihood!r}")
         attrs = {
             "formula": self.spec.formula,
             "family": self.family.name,
@@ -220,7 +217,8 @@ class Model:
             "proposal": self.proposal,
             "proposal_scale": "angle",  # the Laplace proposal's log_scale is log phi_j (older fits: a Langevin step)
             "sampler_name": self.sampler_name,
-            "seed": result.seed_entropy,
+            # a drawn entropy has up to 128 bits, more than NetCDF integers hold: kept as its decimal string
+            "seed": result.seed_entropy if result.seed_entropy < 2**63 else str(result.seed_entropy),
             "warmup": result.warmup,
             "target_draws": result.target_draws,
             "n_obs": d.n_obs,
@@ -228,13 +226,13 @@ class Model:
             "zero_mean_terms": json.dumps([t for t, f in zip(d.varying_terms, d.theta_free) if not f]),
             "sampling_seconds": result.sampling_seconds,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "log_likelihood": "stored" if store else "on demand",
+            "log_likelihood": "stored" if log_likelihood else "on demand",
             "complete": int(result.complete),
         }
-        fit = Fit(to_inference_data(result.draws, d, None, attrs), design=d)
-        fit.idata.add_groups(sampler_state=sampler_state_to_dataset(result.chains, result.warmup, result.target_draws))
-        if store:
-            fit.idata.add_groups(log_likelihood=fit.log_likelihood().to_dataset())
+        fit = Fit(fit_groups(result.draws, d, attrs), design=d)
+        fit.set_group("sampler_state", sampler_state_to_dataset(result.chains, result.warmup, result.target_draws))
+        if log_likelihood:
+            fit.add_log_likelihood()
         if result.error and not quiet:
             raise NumericalError(f"{result.error}; the draws up to then are in the error's .fit", fit)
         if result.interrupted and not quiet:
@@ -246,7 +244,7 @@ class Model:
 def model_of(fit: Fit) -> Model:
     """Rebuild the :class:`Model` of a fit (same data, priors and sampler) from what it stores."""
     attrs = fit.attrs
-    frame = dataset_to_frame(fit.idata.training_data)
+    frame = dataset_to_frame(fit.group("training_data"))
     offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
     priors = replace(Priors.from_json(attrs["priors"]), fallback=None)
     sampler = attrs.get("sampler_name")
@@ -274,7 +272,7 @@ def fit(
     progress: bool = True,
     cores: int | None = None,
     na_action: NaAction = "drop",
-    log_likelihood: bool | str = "auto",
+    log_likelihood: bool = False,
     offset: Any = None,
     proposal: str = "laplace",
     posterior_predictive: bool = False,

@@ -62,10 +62,16 @@ def cli() -> None:
               help="Write the fit so far to --out every N sweeps (atomically); resume it with 'multilevel resume'.")
 @click.option("--na-action", type=click.Choice(["drop", "raise"]), default="drop", show_default=True,
               help="Rows with missing values in used columns: drop them with a warning, or refuse.")
+@click.option("--log-likelihood", "log_likelihood", is_flag=True,
+              help="Store the pointwise log-likelihood in --out (chains x draws x rows numbers; az.loo reads it). "
+              "Without it, 'multilevel' computes it when needed.")
+@click.option("--no-group-draws", is_flag=True,
+              help="Leave the per-group draws out of --out (a much smaller file for many groups; no per-group "
+              "results, seen-group predictions or resuming from it).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def fit_command(data: str, formula: str, family: str, offset: str | None, proposal: str, sampler: str | None, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
-                no_progress: bool) -> None:
+                log_likelihood: bool, no_group_draws: bool, no_progress: bool) -> None:
     """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp)."""
     from .api import Model
     from .result import check_writable
@@ -74,25 +80,38 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, propos
         check_writable(Path(out), overwrite)
     if checkpoint is not None and out is None:
         raise ModelError("--checkpoint needs --out, the file the checkpoints go to")
+    if (log_likelihood or no_group_draws) and out is None:
+        raise ModelError(f"{'--log-likelihood' if log_likelihood else '--no-group-draws'} applies to the file --out "
+                         "writes; add --out FILE")
     model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal, sampler=sampler)
     try:
         fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
                         progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out,
-                        log_likelihood="auto" if out is not None else False)
+                        log_likelihood=log_likelihood)
     except NumericalError as exc:
         if exc.fit is not None and out is not None:
-            exc.fit.save(out, overwrite=True)
+            _save(exc.fit, out, overwrite=True)
             click.echo(f"saved the draws before the failure to {out}", err=True)
         raise
-    _finish(fit, out, overwrite or checkpoint is not None)
+    _finish(fit, out, overwrite or checkpoint is not None, group_draws=not no_group_draws)
 
 
-def _finish(fit: Any, out: str | None, overwrite: bool) -> None:
+def _save(fit: Any, out: str, overwrite: bool, group_draws: bool = True) -> None:
+    """Save ``fit`` to ``out``, writing what can be written: a part of the fit that cannot be
+    saved is left out with an error line (exit status 1), so the draws are never lost."""
+    try:
+        fit.save(out, overwrite=overwrite, group_draws=group_draws, partial=True)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _finish(fit: Any, out: str | None, overwrite: bool, group_draws: bool = True) -> None:
     """Print the report and save the fit; an interrupted fit is saved (when --out was given)
     and the command exits with status 130."""
     _print_fit(fit)
     if out is not None:
-        fit.save(out, overwrite=overwrite)
+        _save(fit, out, overwrite, group_draws)
         click.echo(f"saved fit to {out}", err=True)
     if not int(fit.attrs.get("complete", 1)):
         click.echo("interrupted: " + (f"resume with 'multilevel resume {out}'" if out else "nothing saved (no --out)"), err=True)

@@ -5,13 +5,22 @@ Posterior variables and their dims:
 * ``theta`` (term): population means of the varying terms (0 where a term has no mean);
 * ``Sigma`` (term, term_): covariance of the group effects;
 * ``sigma2``: residual variance (Gaussian family);
-* ``beta`` (group, term): each group's coefficients, labelled by the real group labels;
-* ``alpha`` (fixed_term): fixed-only effects.
+* ``beta`` (group, term): each group's coefficients, labelled by the group labels of the
+  data as strings (as lme4 labels factor levels: ``beta.sel(group="1224")`` whether the
+  column held numbers or text);
+* ``alpha`` (fixed_term): fixed-only effects, left out when the model has none (ArviZ's
+  plots fail on empty variables).
+
+A fit keeps these groups as plain xarray Datasets (:func:`fit_groups`); the ArviZ
+InferenceData is made from them on first use (:func:`to_inference_data`), so that fitting,
+reporting and saving never import ArviZ, which costs about two CPU seconds.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
+from pathlib import Path
 from typing import Any
 
 import warnings
@@ -22,9 +31,24 @@ import xarray as xr
 
 from .design import Design
 
-with warnings.catch_warnings():  # ArviZ 0.2x announces its 1.x refactor on import
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
+
+
+def arviz() -> Any:
+    """The ``arviz`` module, imported on first use (ArviZ 0.2x announces its 1.x refactor on import)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as module
+    return module
+
+
+class _LazyArviz:
+    """``az.<name>`` imports ArviZ at its first use, not when this package is imported."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(arviz(), name)
+
+
+az = _LazyArviz()
 
 POSTERIOR_DIMS: dict[str, list[str]] = {
     "theta": ["term"],
@@ -44,10 +68,28 @@ OFFSET_COLUMN = "(offset argument)"
 SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_theta": [], "accept_Sigma": []}
 
 
+def label_key(value: Any) -> str:
+    """A group label as a string key, so that 1224, 1224.0 and "1224" name the same group
+    (a CSV read back gives numbers where the fitted data had strings, and vice versa)."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def label_values(labels: pd.Index) -> np.ndarray:
-    """Group labels as an array NetCDF can store: numbers stay numbers, the rest strings."""
-    if isinstance(labels, pd.CategoricalIndex):
-        labels = pd.Index(np.asarray(labels.astype(labels.categories.dtype)))
+    """Group labels as strings (:func:`label_key`), whatever the column held (numbers, text or
+    categories), so that a label is spelled the same however the data were read (``"1224"``,
+    as R spells factor levels)."""
+    return np.asarray([label_key(v) for v in np.asarray(labels, dtype=object)], dtype=str)
+
+
+def index_values(labels: pd.Index) -> np.ndarray:
+    """Row labels (a DataFrame's index) as an array NetCDF can store: numbers stay numbers,
+    anything else becomes strings."""
     values = np.asarray(labels)
     if values.dtype.kind in "biuf":
         return values
@@ -60,42 +102,64 @@ def coords_of(design: Design) -> dict[str, Any]:
         "term_": list(design.varying_terms),
         "group": label_values(design.group_labels),
         "fixed_term": list(design.fixed_terms),
-        "obs": np.arange(design.n_obs),
     }
 
 
-def to_inference_data(
-    draws: dict[str, np.ndarray],
-    design: Design,
-    log_likelihood: np.ndarray | None,
-    attrs: dict[str, Any],
-) -> az.InferenceData:
-    """Build the InferenceData of a fit from the chains' draws (shapes (chain, draw, ...))."""
+def _dataset(values: dict[str, np.ndarray], dims: dict[str, list[str]], coords: dict[str, Any],
+             leading: tuple[str, ...]) -> xr.Dataset:
+    """A Dataset of ``values`` whose dims are ``leading`` then ``dims[name]``, with the coords
+    its dims use (``chain`` and ``draw`` numbered from 0, as ArviZ numbers them)."""
+    out = {}
+    for name, v in values.items():
+        v = np.asarray(v)
+        names = (*leading, *dims.get(name, [f"{name}_dim_{k}" for k in range(v.ndim - len(leading))]))
+        out[name] = xr.DataArray(v, dims=names)
+    ds = xr.Dataset(out)
+    used = {d: (coords[d] if d in coords else np.arange(ds.sizes[d])) for d in ds.dims
+            if d in coords or d in ("chain", "draw")}
+    return ds.assign_coords(used)
+
+
+def fit_groups(draws: dict[str, np.ndarray], design: Design, attrs: dict[str, Any]) -> dict[str, xr.Dataset]:
+    """The groups of a fit as xarray Datasets, in ArviZ's layout (draws have shape (chain, draw, ...)):
+    ``posterior``, ``sample_stats``, ``observed_data``, ``constant_data`` and ``training_data``.
+
+    Variables with no entries (``alpha`` of a model without fixed-only terms) are left out.
+    ``constant_data`` leaves out an offset of zeros and trials of ones (readers default to
+    them) and stores the group index as 32-bit integers.
+    """
     coords = coords_of(design)
-    posterior = {k: v for k, v in draws.items() if k in POSTERIOR_DIMS}
+    posterior = {k: v for k, v in draws.items() if k in POSTERIOR_DIMS and np.size(v)}
     sample_stats = {k: v for k, v in draws.items() if k in SAMPLE_STATS}
-    dims = {k: POSTERIOR_DIMS[k] for k in posterior}
-    dims.update({k: SAMPLE_STATS[k] for k in sample_stats})
-    dims.update({"y": ["obs"], "X": ["obs", "term"], "Z": ["obs", "fixed_term"], "group_index": ["obs"], "row_label": ["obs"],
-                 "offset": ["obs"], "trials": ["obs"]})
-    row_label = label_values(design.row_labels)
+    n_groups = design.n_groups
+    constant = {"X": design.X, "Z": design.Z, "group_index": design.group.astype(np.int32 if n_groups < 2**31 else np.int64),
+                "row_label": index_values(design.row_labels)}
+    if np.any(design.offset != 0):
+        constant["offset"] = design.offset
+    if np.any(design.trials != 1):
+        constant["trials"] = design.trials
+    data_dims = {"y": ["obs"], "X": ["obs", "term"], "Z": ["obs", "fixed_term"], "group_index": ["obs"],
+                 "row_label": ["obs"], "offset": ["obs"], "trials": ["obs"]}
     clean_attrs = {k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in attrs.items()}
-    idata = az.from_dict(
-        posterior=posterior,
-        sample_stats=sample_stats,
-        log_likelihood={"y": log_likelihood} if log_likelihood is not None else None,
-        observed_data={"y": np.asarray(design.y)},
-        constant_data={"X": design.X, "Z": design.Z, "group_index": design.group, "row_label": row_label,
-                       "offset": design.offset, "trials": design.trials},
-        coords=coords,
-        dims=dims,
-    )
-    idata.posterior.attrs.update(clean_attrs)
+    groups = {
+        "posterior": _dataset(posterior, POSTERIOR_DIMS, coords, ("chain", "draw")),
+        "sample_stats": _dataset(sample_stats, SAMPLE_STATS, coords, ("chain", "draw")),
+        "observed_data": _dataset({"y": np.asarray(design.y)}, data_dims, coords, ()),
+        "constant_data": _dataset(constant, data_dims, coords, ()),
+    }
+    groups["posterior"].attrs.update(clean_attrs)
     frame = design.frame
     if design.offset_argument is not None:
         frame = frame.assign(**{OFFSET_COLUMN: design.offset_argument})
-    idata.add_groups(training_data=frame_to_dataset(frame))
-    return idata
+    groups["training_data"] = frame_to_dataset(frame)
+    return groups
+
+
+def to_inference_data(groups: dict[str, xr.Dataset]) -> Any:
+    """An ArviZ InferenceData of a fit's groups (the Datasets themselves, not copies)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # groups ArviZ does not know (training_data, sampler_state)
+        return arviz().InferenceData(**groups)
 
 
 def frame_to_dataset(frame: pd.DataFrame) -> xr.Dataset:
@@ -170,3 +234,67 @@ def sampler_state_from_dataset(ds: xr.Dataset, state_type: Any) -> list[Any]:
         bit_generator.state = rng_state
         chains.append(ChainState(state_type(**fields), np.random.Generator(bit_generator), int(ds.attrs["iteration"])))
     return chains
+
+
+#: arrays at least this large whose values are integers, booleans or fixed-width text are
+#: written compressed (gzip level 1 after byte shuffling: group indices, labels, counts);
+#: floating-point draws and data are written as they are, since random doubles do not
+#: compress and compressing them would cost more time than it saves space
+COMPRESS_MIN_SIZE = 4096
+
+
+def encoding_of(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """NetCDF encoding of ``ds``'s variables: compression per :data:`COMPRESS_MIN_SIZE`."""
+    out = {}
+    for name, var in ds.variables.items():
+        if var.dtype.kind in "biu" and var.size >= COMPRESS_MIN_SIZE:
+            out[name] = {"zlib": True, "complevel": 1, "shuffle": True}
+    return out
+
+
+def write_groups(groups: dict[str, xr.Dataset], path: str | Path, partial: bool = False) -> dict[str, str]:
+    """Write each Dataset as a NetCDF group of the file ``path`` (ArviZ's layout, so
+    ``az.from_netcdf`` reads it). A group that cannot be written (an attribute HDF5 cannot
+    hold, say) raises, or with ``partial`` is left out; returns {group: why} of those left
+    out. An ``OSError`` (disk full, no permission) always raises."""
+    failed: dict[str, str] = {}
+    mode = "w"
+    for name, ds in groups.items():
+        try:
+            ds.to_netcdf(path, mode=mode, group=name, engine="h5netcdf", encoding=encoding_of(ds))
+        except OSError:
+            raise
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+            if not partial:
+                from .errors import ModelError
+
+                raise ModelError(f"cannot save group {name!r} of the fit: {why}; the fit is unchanged in memory") from None
+            failed[name] = why
+            if mode == "a":
+                _drop_group(path, name)
+            continue
+        mode = "a"
+    return failed
+
+
+def _drop_group(path: str | Path, name: str) -> None:
+    """Remove what a failed write left of group ``name`` in the file."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        if name in f:
+            del f[name]
+
+
+def read_groups(path: str | Path) -> dict[str, xr.Dataset]:
+    """Every group of a NetCDF file written by :func:`write_groups` (or ArviZ), read into memory."""
+    import h5netcdf
+
+    with h5netcdf.File(path, "r") as f:
+        names = list(f.groups)
+    groups = {}
+    for name in names:
+        with xr.open_dataset(path, group=name, engine="h5netcdf") as ds:
+            groups[name] = ds.load()
+    return groups

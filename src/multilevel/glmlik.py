@@ -98,3 +98,17 @@ def group_loglik_grad(code: int, X: np.ndarray, Z: np.ndarray, offset: np.ndarra
                 grad[j, p + k] += Z[i, k] * resid
         ll[j] = s
     return ll, grad
+
+
+@njit(cache=True, nogil=True)
+def row_linear_predictor(X: np.ndarray, g: np.ndarray, beta: np.ndarray, out: np.ndarray) -> None:
+    """out[d, i] = x_i' beta[d, g_i] for every draw d and row i: the group-specific part of
+    the linear predictor of the observed rows, in one pass over the rows per draw (a NumPy
+    gather ``beta[:, g]`` would build a draws x rows x terms temporary)."""
+    p = X.shape[1]
+    for d in range(beta.shape[0]):
+        for i in range(X.shape[0]):
+            acc = 0.0
+            for k in range(p):
+                acc += X[i, k] * beta[d, g[i], k]
+            out[d, i] = acc

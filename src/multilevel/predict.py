@@ -37,7 +37,7 @@ import pandas as pd
 import xarray as xr
 from formulae import model_description
 
-from .convert import label_values
+from .convert import index_values, label_key
 from .design import _column_labels
 from .errors import ModelError
 from .families import Family, check_family
@@ -61,18 +61,6 @@ def make_rng(seed: Any) -> np.random.Generator:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ModelError(f"seed must be a non-negative integer or None, got {seed!r}")
     return np.random.default_rng(seed)
-
-
-def label_key(value: Any) -> str:
-    """A group label as a string key, so that 1224, 1224.0 and "1224" name the same group
-    (a CSV read back gives numbers where the fitted data had strings, and vice versa)."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real) and np.isfinite(value) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def draw_positions(n_draw: int, draws: Any) -> np.ndarray:
@@ -394,7 +382,7 @@ def predict(fit: Fit, newdata: Any, kind: str = "mean", include_group_effects: b
         sigma2 = post["sigma2"].values[:, idx] if family.is_gaussian else None
         values = draw_response(family, eta, rng, sigma2=sigma2, trials=nd.trials)
     coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(n)}
-    coords["row"] = ("obs", label_values(nd.index))
+    coords["row"] = ("obs", index_values(nd.index))
     if nd.labels is not None:
         coords["group"] = ("obs", np.asarray(nd.labels, dtype=str))
         coords["new_group"] = ("obs", nd.group < 0)

@@ -7,13 +7,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .convert import az, dataset_to_frame
+from .convert import dataset_to_frame
+from .diagnostics import summary as summarize
 from .errors import ModelError
 from .families import check_family, pointwise_loglik
 from .priors import Priors
@@ -32,25 +34,62 @@ class Fit:
     """A fitted multilevel model.
 
     ``idata`` is an ArviZ InferenceData: ``az.summary(fit.idata)``, ``az.plot_trace``
-    and ``az.loo`` work on it directly. See :mod:`multilevel.convert` for its variables.
+    and ``az.loo`` (after :meth:`add_log_likelihood`) work on it directly. See
+    :mod:`multilevel.convert` for its variables. A fit holds its groups as xarray Datasets
+    and makes the InferenceData of them on first use of ``idata`` (importing ArviZ then):
+    fitting, printing and saving a fit never import ArviZ.
     """
 
-    def __init__(self, idata: az.InferenceData, design: Any = None):
-        self.idata = idata
+    def __init__(self, groups: Any, design: Any = None):
+        if isinstance(groups, Mapping):
+            self._groups: dict[str, xr.Dataset] | None = dict(groups)
+            self._idata = None
+        else:  # an InferenceData
+            self._groups, self._idata = None, groups
         self._design = design
+
+    @property
+    def idata(self) -> Any:
+        """The ArviZ InferenceData of the fit (made on first use; from then on it is the fit's data)."""
+        if self._idata is None:
+            from .convert import to_inference_data
+
+            self._idata, self._groups = to_inference_data(self._groups), None
+        return self._idata
+
+    def group_names(self) -> list[str]:
+        """The names of the fit's groups (posterior, sample_stats, constant_data, ...)."""
+        return list(self._groups) if self._idata is None else list(self._idata.groups())
+
+    def group(self, name: str) -> xr.Dataset | None:
+        """The fit's group ``name`` (an xarray Dataset), or None."""
+        if self._idata is None:
+            return self._groups.get(name)
+        return self._idata[name] if name in self._idata.groups() else None
+
+    def set_group(self, name: str, ds: xr.Dataset) -> None:
+        """Add group ``name`` to the fit, replacing any group of that name."""
+        if self._idata is None:
+            self._groups[name] = ds
+            return
+        if name in self._idata.groups():
+            del self._idata[name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self._idata.add_groups({name: ds})
 
     @property
     def design(self) -> Any:
         """The model's :class:`~multilevel.design.Design`, rebuilt from the stored training
         data after loading, so that new data get the same transformations."""
-        if self._design is None and "training_data" in self.idata.groups():
+        if self._design is None and self.group("training_data") is not None:
             from .design import build_design
             from .formula import parse_formula
 
             from .convert import OFFSET_COLUMN
             from .families import family_response
 
-            frame = dataset_to_frame(self.idata.training_data)
+            frame = dataset_to_frame(self.group("training_data"))
             offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
             spec = parse_formula(self.formula)
             design = build_design(spec, frame, na_action="raise", offset=offset)
@@ -62,7 +101,7 @@ class Fit:
     # -- attributes ---------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.idata.posterior.attrs)
+        return dict(self.posterior.attrs)
 
     @property
     def formula(self) -> str:
@@ -78,7 +117,7 @@ class Fit:
 
     @property
     def posterior(self) -> xr.Dataset:
-        return self.idata.posterior
+        return self.group("posterior")
 
     @property
     def zero_mean_terms(self) -> list[str]:
@@ -90,38 +129,37 @@ class Fit:
         post = self.posterior
         return [n for n in names if n in post and post[n].size > 0]
 
-    def summary(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
-        """Posterior summary of the population-level parameters.
+    def summary(self, hdi_prob: float = HDI_PROB, round_to: int | None = None) -> pd.DataFrame:
+        """Posterior summary of the population-level parameters, at full precision unless
+        ``round_to`` (decimals) is given.
 
         Rows ``theta[<term>]`` (terms with a population mean), ``alpha[<term>]``,
         ``Sigma[<term>, <term>]`` (lower triangle) and ``sigma2``; columns mean, sd, the
-        HDI bounds, MCSE, ess_bulk, ess_tail and r_hat.
+        HDI bounds, mcse_mean, mcse_sd, ess_bulk, ess_tail and r_hat, as ``az.summary``
+        computes them (:mod:`multilevel.diagnostics`).
         """
-        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)  # constant theta of zero-mean terms, dropped below
-            table = az.summary(self.idata, var_names=self.population_var_names(), hdi_prob=hdi_prob)
-        return table.loc[[i for i in table.index if self._keep_row(i)]]
+        from .comparison import population_dataset
 
-    def _keep_row(self, name: str) -> bool:
-        if name.startswith("theta["):
-            return name[6:-1] not in self.zero_mean_terms
-        if name.startswith("Sigma["):
-            a, b = (t.strip() for t in name[6:-1].split(","))
-            terms = list(self.posterior["term"].values)
-            return terms.index(a) >= terms.index(b)
-        return True
+        ds = population_dataset(self)
+        return _rounded(summarize({k: v.values for k, v in ds.data_vars.items()}, hdi_prob), round_to)
 
-    def group_level(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
+    def group_level(self, hdi_prob: float = HDI_PROB, round_to: int | None = None) -> pd.DataFrame:
         """sd(term) and cor(term, term) of the group effects, as in lme4 and brms reports."""
-        Sigma = self.posterior["Sigma"]
-        terms = list(self.posterior["term"].values)
-        sd = np.sqrt(xr.apply_ufunc(np.diagonal, Sigma, input_core_dims=[["term", "term_"]], output_core_dims=[["term"]], kwargs={"axis1": -2, "axis2": -1}))
-        data = {f"sd({t})": sd.sel(term=t) for t in terms}
+        Sigma = self.posterior["Sigma"].values
+        terms = [str(t) for t in self.posterior["term"].values]
+        sd = np.sqrt(np.diagonal(Sigma, axis1=-2, axis2=-1))
+        data = {f"sd({t})": sd[..., k] for k, t in enumerate(terms)}
         for i, a in enumerate(terms):
-            for b in terms[i + 1:]:
-                data[f"cor({a},{b})"] = Sigma.sel(term=a, term_=b) / (sd.sel(term=a) * sd.sel(term=b))
-        ds = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in ("chain", "draw")]) for k, v in data.items()})
-        return az.summary(ds, hdi_prob=hdi_prob)
+            for j in range(i + 1, len(terms)):
+                data[f"cor({a},{terms[j]})"] = Sigma[..., i, j] / (sd[..., i] * sd[..., j])
+        return _rounded(summarize(data, hdi_prob), round_to)
+
+    def residual(self, hdi_prob: float = HDI_PROB, round_to: int | None = None) -> pd.DataFrame:
+        """Residual variance ``sigma2`` and sd ``sigma`` (Gaussian family; empty otherwise)."""
+        if "sigma2" not in self.posterior:
+            return summarize({}, hdi_prob)
+        sigma2 = self.posterior["sigma2"].values
+        return _rounded(summarize({"sigma2": sigma2, "sigma": np.sqrt(sigma2)}, hdi_prob), round_to)
 
     def diagnostics_warnings(self, table: pd.DataFrame | None = None) -> list[str]:
         """Messages for parameters with r_hat > 1.01 or ess_bulk < 400."""
@@ -137,7 +175,7 @@ class Fit:
 
     def acceptance(self) -> pd.DataFrame | None:
         """Metropolis acceptance rate of each group's beta_j, per chain (rows: groups), or None."""
-        ss = self.idata.get("sample_stats")
+        ss = self.group("sample_stats")
         if ss is None or "accept_beta" not in ss:
             return None
         rate = ss["accept_beta"].mean("draw")
@@ -151,8 +189,8 @@ class Fit:
         overall = table.mean(axis=1)
         lines = [f"Metropolis acceptance of beta_j: median {overall.median():.2f} over groups "
                  f"(range {overall.min():.2f} to {overall.max():.2f}; per chain {', '.join(f'{v:.2f}' for v in table.mean(axis=0))})"]
-        ss = self.idata.sample_stats
-        if "accept_alpha" in ss and self.posterior["alpha"].size:
+        ss = self.group("sample_stats")
+        if "accept_alpha" in ss and "alpha" in self.posterior:
             lines.append(f"Metropolis acceptance of alpha: {float(ss['accept_alpha'].mean()):.2f}")
         low = overall.index[overall < 0.05].tolist()
         widest = self._widest_beta_proposal()
@@ -174,9 +212,9 @@ class Fit:
         n_groups = self.posterior.sizes.get("group", 0)
         a = self.attrs
         angles = a.get("proposal") == "laplace" and a.get("proposal_scale") == "angle"
-        if not angles or "sampler_state" not in self.idata.groups():
+        if not angles or self.group("sampler_state") is None:
             return np.zeros(n_groups, dtype=bool)
-        log_scale = self.idata.sampler_state["log_scale"].values  # (chain, group): log of the angle
+        log_scale = self.group("sampler_state")["log_scale"].values  # (chain, group): log of the angle
         if log_scale.shape[-1] != n_groups:
             return np.zeros(n_groups, dtype=bool)
         return np.all(log_scale >= np.log(0.5 * np.pi), axis=0)
@@ -195,17 +233,10 @@ class Fit:
             "",
         ]
         table = self.summary()
-        cols = ["mean", "sd", table.columns[2], table.columns[3], "r_hat", "ess_bulk", "ess_tail"]
-        labels = {"mean": "Estimate", "sd": "Est.Error"}
 
         def block(title: str, rows: pd.DataFrame) -> None:
             if len(rows):
-                lines.append(title)
-                shown = rows[cols].rename(columns=labels).copy()
-                for c in ("ess_bulk", "ess_tail"):
-                    shown[c] = shown[c].map(lambda v: "nan" if v != v else f"{v:.0f}")
-                lines.append(shown.to_string(float_format=lambda x: f"{x:.3f}"))
-                lines.append("")
+                lines.extend([title, format_table(rows), ""])
 
         def strip(prefix: str, rows: pd.DataFrame) -> pd.DataFrame:
             return rows.rename(index=lambda s: s[len(prefix) + 1:-1])
@@ -217,7 +248,7 @@ class Fit:
         ])
         block("Population-level effects:", fixed)
         block("Group-effect covariance Sigma:", table.loc[[i for i in table.index if i.startswith("Sigma[")]])
-        block("Residual variance:", table.loc[[i for i in table.index if i == "sigma2"]])
+        block("Residual variance and sd:", self.residual())
         lines.extend(self.acceptance_lines())
         for msg in self.diagnostics_warnings(table):
             lines.append(f"Warning: {msg}")
@@ -235,38 +266,55 @@ class Fit:
         from .convert import sampler_state_from_dataset
         from .run import ChainDraws
 
-        if "sampler_state" not in self.idata.groups():
+        ss = self.group("sampler_state")
+        if ss is None:
             raise ModelError("this fit has no sampler state to resume from (saved by an older version?)")
-        ss = self.idata.sampler_state
-        draws = {k: self.posterior[k].values for k in self.posterior.data_vars}
-        if "sample_stats" in self.idata.groups():
-            draws.update({k: self.idata.sample_stats[k].values for k in self.idata.sample_stats.data_vars})
+        post = self.posterior
+        if "beta" not in post:
+            raise ModelError("this fit was saved without its per-group draws (group_draws=False) and cannot be "
+                             "resumed; fit the model again")
+        draws = {k: post[k].values for k in post.data_vars}
+        if "alpha" not in draws:  # left out of the posterior when empty; the kernel records it
+            draws["alpha"] = np.empty((post.sizes["chain"], post.sizes["draw"], 0))
+        stats = self.group("sample_stats")
+        if stats is not None:
+            draws.update({k: stats[k].values for k in stats.data_vars})
         return ChainDraws(draws, int(self.attrs["seed"]), float(self.attrs.get("sampling_seconds", 0.0)),
                           sampler_state_from_dataset(ss, state_type), int(ss.attrs["warmup"]),
                           int(ss.attrs["target_draws"]), False)
 
     # -- log-likelihood -------------------------------------------------------------
     def linear_predictor(self, draws: slice = slice(None)) -> np.ndarray:
-        """eta (chain, draw, obs) = x_i' beta_g[i] + z_i' alpha for the observed rows."""
-        cd = self.idata.constant_data
+        """eta (chain, draw, obs) = x_i' beta_g[i] + z_i' alpha + offset_i for the observed rows
+        (one compiled pass over rows per draw, :func:`multilevel.glmlik.row_linear_predictor`)."""
+        from .glmlik import row_linear_predictor
+
+        cd = self.group("constant_data")
+        post = self.posterior
+        if "beta" not in post:
+            raise ModelError("this fit was saved without its per-group draws (group_draws=False): the observed rows' "
+                             "predictions need them; fit the model again")
         X, Z, g = cd["X"].values, cd["Z"].values, cd["group_index"].values
-        beta = self.posterior["beta"].values[:, draws]
-        eta = np.zeros((beta.shape[0], beta.shape[1], X.shape[0]))
-        for k in range(X.shape[1]):  # one term at a time: temporaries (chain, draw, obs), never x terms
-            eta += X[:, k] * beta[:, :, g, k]
+        beta = post["beta"].values[:, draws]
+        n_chain, n_draw = beta.shape[:2]
+        eta = np.empty((n_chain, n_draw, X.shape[0]))
+        row_linear_predictor(np.ascontiguousarray(X, dtype=float), np.ascontiguousarray(g, dtype=np.int64),
+                             np.ascontiguousarray(beta.reshape(n_chain * n_draw, *beta.shape[2:]), dtype=float),
+                             eta.reshape(n_chain * n_draw, X.shape[0]))
         if "offset" in cd:
             eta += cd["offset"].values
-        if Z.shape[1]:
-            eta += np.einsum("ir,cdr->cdi", Z, self.posterior["alpha"].values[:, draws])
+        if Z.shape[1] and "alpha" in post:
+            eta += np.einsum("ir,cdr->cdi", Z, post["alpha"].values[:, draws], optimize=True)
         return eta
 
     def log_likelihood(self, chunk: int | None = None) -> xr.DataArray:
         """Pointwise log-likelihood (chain, draw, obs): stored, or computed from the draws in
         chunks of ``chunk`` draws (default: about 2e7 values a chunk) so temporaries stay small."""
-        if "log_likelihood" in self.idata.groups():
-            return self.idata.log_likelihood["y"]
-        y = self.idata.observed_data["y"].values
-        cd = self.idata.constant_data
+        stored = self.group("log_likelihood")
+        if stored is not None:
+            return stored["y"]
+        y = self.group("observed_data")["y"].values
+        cd = self.group("constant_data")
         trials = cd["trials"].values if "trials" in cd else np.ones_like(y)
         family = check_family(self.family)
         n_chain, n_draw = self.posterior.sizes["chain"], self.posterior.sizes["draw"]
@@ -280,22 +328,58 @@ class Fit:
         return xr.DataArray(out, dims=("chain", "draw", "obs"),
                             coords={"chain": self.posterior["chain"], "draw": self.posterior["draw"], "obs": np.arange(y.shape[0])}, name="y")
 
+    def add_log_likelihood(self) -> "Fit":
+        """Compute the pointwise log-likelihood (in chunks) and store it in the fit's
+        ``log_likelihood`` group, so that ``az.loo(fit.idata)`` and ``az.waic(fit.idata)`` work
+        and :meth:`save` writes it. It is chains x draws x rows numbers (230 MB for 4 x 1000
+        draws of 7,185 rows), which is why a fit does not store it unless asked
+        (``fit(..., log_likelihood=True)``, CLI ``--log-likelihood``). Returns the fit."""
+        if self.group("log_likelihood") is None:
+            self.set_group("log_likelihood", self.log_likelihood().to_dataset())
+        return self
+
     # -- I/O ------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the fit to NetCDF at ``path`` (atomically: temporary file, then rename)."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False, group_draws: bool = True,
+             partial: bool = False) -> Path:
+        """Write the fit to NetCDF at ``path``, atomically (a temporary file, then a rename).
+
+        ``group_draws=False`` leaves out the per-group draws ``beta`` (chains x draws x groups
+        x terms numbers, most of a large fit's file): the saved fit still has its summary,
+        population parameters and plots of them, but not per-group results, predictions for
+        seen groups or resuming. Integer and label arrays are compressed; draws are not
+        (random doubles do not compress), so saving costs little more than writing the bytes.
+
+        If a part of the fit cannot be written, nothing is written and a :class:`ModelError`
+        says why; the fit in memory is unchanged. With ``partial=True`` the parts that can be
+        written are (when the posterior is one of them), and the error names the parts left out.
+        """
+        from .convert import write_groups
+
         path = Path(path)
         check_writable(path, overwrite)
+        groups = {name: self.group(name) for name in self.group_names()}
+        if not group_draws and "beta" in groups["posterior"]:
+            groups["posterior"] = groups["posterior"].drop_vars("beta")
+            groups["posterior"].attrs["group_draws"] = "left out"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            self.idata.to_netcdf(tmp)
+            failed = write_groups(groups, tmp, partial)
+            if "posterior" in failed:
+                raise ModelError(f"cannot save the fit to {str(path)!r}: {failed['posterior']}; the fit is unchanged "
+                                 "in memory")
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, path)
+        except OSError as exc:
+            raise ModelError(f"cannot write {str(path)!r}: {exc.strerror or exc}; the fit is unchanged in memory") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        if failed:
+            parts = "; ".join(f"{name}: {why}" for name, why in failed.items())
+            raise ModelError(f"saved the fit to {str(path)!r} without {', '.join(failed)} ({parts})")
         return path
 
     # -- predictions, checks, comparison and plots (multilevel.predict, .comparison, .plots) ------
@@ -322,12 +406,8 @@ class Fit:
         from .predict import posterior_predictive
 
         y_rep = posterior_predictive(self, seed=seed)
-        if "posterior_predictive" in self.idata.groups():
-            del self.idata["posterior_predictive"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            self.idata.add_groups(posterior_predictive=y_rep.to_dataset(name="y"))
-        return self.idata.posterior_predictive["y"]
+        self.set_group("posterior_predictive", y_rep.to_dataset(name="y"))
+        return self.group("posterior_predictive")["y"]
 
     def loo(self, pointwise: bool | None = None, **kwargs: Any) -> Any:
         """PSIS leave-one-out cross-validation by ArviZ (``az.loo``) from :meth:`log_likelihood`."""
@@ -372,6 +452,43 @@ class Fit:
         return self.plot("pairs", **kwargs)
 
 
+def _rounded(table: pd.DataFrame, round_to: int | None) -> pd.DataFrame:
+    if round_to is None:
+        return table
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 0:
+        raise ModelError(f"round_to must be a number of decimals (a non-negative integer) or None, got {round_to!r}")
+    return table.round(round_to)
+
+
+#: significant digits of a row's posterior sd in the report; its other values get as many decimals
+REPORT_DIGITS = 2
+
+
+def row_decimals(mean: float, sd: float, digits: int = REPORT_DIGITS) -> int:
+    """Decimals that show ``sd`` to ``digits`` significant digits (or ``mean`` to digits + 1
+    when sd is 0 or not finite), between 0 and 12: a row's precision follows its own scale,
+    as brms prints, so that a variance of 2e-5 does not show as 0.000."""
+    scale, want = (sd, digits) if np.isfinite(sd) and sd > 0 else (abs(mean), digits + 1)
+    if not np.isfinite(scale) or scale == 0:
+        return 3
+    return int(np.clip(want - 1 - np.floor(np.log10(scale)), 0, 12))
+
+
+def format_table(rows: pd.DataFrame) -> str:
+    """Rows of a summary as the report prints them: Estimate, Est.Error and the HDI bounds
+    with :func:`row_decimals` decimals per row, r_hat with 3 and the ESS as whole numbers."""
+    lo, hi = rows.columns[2], rows.columns[3]
+    out = {}
+    for name, r in rows.iterrows():
+        d = row_decimals(r["mean"], r["sd"])
+        out[name] = {"Estimate": f"{r['mean']:.{d}f}", "Est.Error": f"{r['sd']:.{d}f}",
+                     lo: f"{r[lo]:.{d}f}", hi: f"{r[hi]:.{d}f}",
+                     "r_hat": "nan" if r["r_hat"] != r["r_hat"] else f"{r['r_hat']:.3f}",
+                     "ess_bulk": "nan" if r["ess_bulk"] != r["ess_bulk"] else f"{r['ess_bulk']:.0f}",
+                     "ess_tail": "nan" if r["ess_tail"] != r["ess_tail"] else f"{r['ess_tail']:.0f}"}
+    return pd.DataFrame.from_dict(out, orient="index").to_string()
+
+
 def check_writable(path: Path, overwrite: bool) -> None:
     """Refuse an output path before any work: existing (without ``overwrite``) or unwritable."""
     if path.exists() and not overwrite:
@@ -386,16 +503,16 @@ def check_writable(path: Path, overwrite: bool) -> None:
 
 
 def load(path: str | os.PathLike) -> Fit:
-    """Read a fit written by :meth:`Fit.save`."""
+    """Read a fit written by :meth:`Fit.save` (every group into memory; the file is closed)."""
+    from .convert import read_groups
+
     path = Path(path)
     if not path.exists():
         raise ModelError(f"fit file {str(path)!r} not found")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            idata = az.from_netcdf(path)
+        groups = read_groups(path)
     except Exception as exc:
         raise ModelError(f"cannot read {str(path)!r} as a saved fit: {type(exc).__name__}") from None
-    if "posterior" not in idata.groups() or "formula" not in idata.posterior.attrs:
+    if "posterior" not in groups or "formula" not in groups["posterior"].attrs:
         raise ModelError(f"{str(path)!r} is not a fit saved by multilevel")
-    return Fit(idata)
+    return Fit(groups)
