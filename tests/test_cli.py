@@ -111,6 +111,23 @@ def test_fit_overwrite_replaces_existing_file(tmp_path):
     assert multilevel.load(path).formula == "Reaction ~ Days + (Days | Subject)"
 
 
+# -- resume ----------------------------------------------------------------------------------
+
+def test_resume_to_existing_out_needs_overwrite(fitted, tmp_path):
+    path, _, _ = fitted
+    out = tmp_path / "more.nc"
+    out.write_bytes(b"old")
+    code, _, err = run_main(["resume", path, "--draws", "10", "--out", out, "--cores", "1", "--no-progress"])
+    assert_one_line_error(code, err, "exists", "--overwrite")
+    assert out.read_bytes() == b"old"
+    code, _, err = run_main(["resume", path, "--draws", "10", "--out", out, "--overwrite", "--cores", "1",
+                             "--no-progress"])
+    assert code == 0, err
+    assert multilevel.load(out).posterior.sizes["draw"] == 110
+    _, out_help, _ = run_main(["resume", "--help"])
+    assert "--overwrite" in out_help
+
+
 # -- summary ---------------------------------------------------------------------------------
 
 def test_summary_json(fitted):

@@ -97,9 +97,33 @@ def test_cli_non_integer_seed_one_line(capsys):
 
 
 def test_more_varying_terms_than_groups_can_identify_warns():
+    """In a GLM (no residual variance); a Gaussian model is refused (below)."""
     frame = small_frame(n_groups=8, per=2)
     with pytest.warns(UserWarning, match="more rows than the 2 varying terms"):
+        multilevel.Model("count ~ x + (x | g)", frame, family="poisson")
+
+
+def test_gaussian_observation_level_effect_refused():
+    """lme4's checkNlevels: as many levels as rows confounds the group variance with sigma2."""
+    frame = small_frame(n_groups=30, per=1)
+    with pytest.raises(multilevel.ModelError, match=r"'g' has 30 levels for 30 rows.*sigma2.*\(1 \| g\).*GLM"):
+        multilevel.Model("y ~ x + (1 | g)", frame)
+
+
+def test_gaussian_no_more_rows_than_group_effects_refused():
+    """lme4's checkZdims: rows <= groups x varying terms (here 16 <= 8 x 2) is refused; one
+    row more is accepted."""
+    frame = small_frame(n_groups=8, per=2)
+    with pytest.raises(multilevel.ModelError, match="16 rows are no more than the 16 group effects"):
         multilevel.Model("y ~ x + (x | g)", frame)
+    extra = pd.concat([frame, frame.iloc[:1]], ignore_index=True)
+    assert multilevel.Model("y ~ x + (x | g)", extra).design.n_obs == 17
+
+
+def test_cli_gaussian_observation_level_effect_one_line(tmp_path, capsys):
+    path = write(tmp_path, "d.csv", small_frame(n_groups=10, per=1).to_csv(index=False))
+    code, err = run_cli(["fit", path, "-f", "y ~ x + (1 | g)"], capsys)
+    assert code == 2 and "sigma2" in err and len(err.strip().splitlines()) == 1
 
 
 def test_unreadable_data_file(tmp_path, capsys, monkeypatch):

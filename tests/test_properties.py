@@ -88,9 +88,11 @@ def test_separated_pooled_glm_fit_is_regularised():
 
 
 def test_groups_of_one_row_fit():
+    """Mostly groups of one row (all of them would be refused: the group variance would be
+    confounded with sigma2): too few groups have their own fit, so the priors fall back."""
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"g": np.arange(30), "x": rng.standard_normal(30)})
-    frame["y"] = 1 + frame["x"] + rng.standard_normal(30)
+    frame = pd.DataFrame({"g": np.r_[np.arange(30), 0, 1], "x": rng.standard_normal(32)})
+    frame["y"] = 1 + frame["x"] + rng.standard_normal(32)
     fit = multilevel.fit("y ~ x + (1 | g)", frame, chains=2, draws=50, warmup=50, seed=2, progress=False, cores=1)
     assert np.all(np.isfinite(fit.posterior["beta"].values))
     assert "fallback" not in fit.attrs["priors"] or True
@@ -164,10 +166,15 @@ def test_varying_term_constant_within_groups_warns():
 
 
 def test_exact_pooled_fit_gets_a_usable_sigma2_prior():
-    """Two groups of one row and two varying terms: the pooled fit passes through both rows
-    (residuals of rounding size), so sigma0_sq falls back to var(y) instead of ~1e-32, which
-    made every precision matrix of the sampler singular (a case found by the search above)."""
+    """Rows on one line: the groups' own fits pass through their rows (residuals of rounding
+    size), so sigma0_sq falls back to var(y) instead of ~1e-32, which made every precision
+    matrix of the sampler singular (a case found by the search above, which had two groups of
+    one row; such a Gaussian model is now refused as lme4 refuses it)."""
     frame = pd.DataFrame({"y": [0.285698, 0.116331], "x": [0.125730, -0.132105], "g": [0, 1]})
+    with pytest.raises(multilevel.ModelError, match="sigma2"):
+        multilevel.Model("y ~ x + (x | g)", frame)
+    x = np.array([0.125730, -0.132105, 0.640423, 0.104900, -0.535669, 0.361595])
+    frame = pd.DataFrame({"y": 0.2 + 0.65 * x, "x": x, "g": [0, 0, 0, 1, 1, 1]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = multilevel.Model("y ~ x + (x | g)", frame)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .convert import OFFSET_COLUMN, dataset_to_frame, fit_groups, sampler_state_to_dataset
-from .design import NaAction, build_design, check_identifiable
+from .design import NaAction, build_design, check_group_counts, check_identifiable
 from .errors import ModelError, NumericalError
 from .families import CODES, check_family, family_response
 from .glmfit import glm_estimates
@@ -99,6 +99,7 @@ class Model:
         frame = read_data(data)
         design = build_design(spec, frame, na_action, offset=offset)
         design.y, design.trials = family_response(self.family, design.y, spec.response, design.response_kind, design.response_levels)
+        check_group_counts(design, self.family.is_gaussian)
         check_identifiable(design)
         if design.n_groups < 2:
             raise ModelError(

@@ -123,17 +123,18 @@ def _finish(fit: Any, out: str | None, overwrite: bool, group_draws: bool = True
 @click.option("--draws", default=None, type=int, help="Draws per chain to add (default: finish an interrupted run).")
 @click.option("--cores", default=None, type=int, help="Worker processes.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the result here instead of over FIT.nc.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--checkpoint", default=None, type=int, help="Write the fit every N sweeps.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def resume_command(fit_path: str, draws: int | None, cores: int | None, out: str | None, checkpoint: int | None,
-                   no_progress: bool) -> None:
+def resume_command(fit_path: str, draws: int | None, cores: int | None, out: str | None, overwrite: bool,
+                   checkpoint: int | None, no_progress: bool) -> None:
     """Continue a saved or interrupted fit; the draws equal those of one uninterrupted run."""
     from .api import resume
     from .result import check_writable
 
     target = out or fit_path
     if out is not None:
-        check_writable(Path(out), overwrite=False)
+        check_writable(Path(out), overwrite=overwrite)
     fit = resume(fit_path, draws=draws, cores=cores, progress=_progress(no_progress), checkpoint=checkpoint,
                  checkpoint_path=target if checkpoint else None)
     _finish(fit, target, overwrite=True)

@@ -184,6 +184,31 @@ def check_identifiable(design: "Design") -> None:
         )
 
 
+def check_group_counts(design: "Design", gaussian: bool) -> None:
+    """lme4's checks of the grouping factor against the rows (``checkNlevels``, ``checkZdims``),
+    for the Gaussian family: refuse as many groups as rows, or no more rows than group effects
+    (groups x varying terms), where the group-effect variances are confounded with the
+    residual variance sigma2. GLMs have no residual variance: there an observation-level
+    effect such as ``(1 | obs)`` is identified and allowed."""
+    if not gaussian:
+        return
+    n, m, p = design.n_obs, design.n_groups, design.X.shape[1]
+    factor = design.spec.group
+    if m >= n:
+        raise ModelError(
+            f"grouping factor {factor!r} has {m} levels for {n} rows (one row per level), so its variance is "
+            f"confounded with the residual variance sigma2 (lme4 refuses this too); remove the term "
+            f"({design.spec.varying_rhs()} | {factor}), "
+            "or use a GLM family (poisson, binomial, bernoulli), where an observation-level effect is identified"
+        )
+    if n <= m * p:
+        raise ModelError(
+            f"the {n} rows are no more than the {m * p} group effects ({m} groups of {factor!r} x {p} varying terms), "
+            "so the group-effect variances are confounded with the residual variance sigma2 (lme4 refuses this too); "
+            "use fewer varying terms or more rows per group"
+        )
+
+
 def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None) -> Design:
     """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group.
 
@@ -245,4 +270,4 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     )
 
 
-__all__ = ["Design", "build_design", "check_identifiable", "select_rows", "INTERCEPT"]
+__all__ = ["Design", "build_design", "check_group_counts", "check_identifiable", "select_rows", "INTERCEPT"]

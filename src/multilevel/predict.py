@@ -1,4 +1,5 @@
-r"""Predictions from a fit: for new rows, and posterior predictive draws for the observed rows.
+r"""Predictions from a fit: for new rows, fitted values of the observed rows, and posterior
+predictive draws for the observed rows.
 
 New data go through the *same* ``formulae`` transformations as the fitted data
 (``design.formulae_fixed.common.evaluate_new_data`` and its varying counterpart): the
@@ -331,10 +332,11 @@ def new_group_effects(theta: np.ndarray, Sigma: np.ndarray, k: int, rng: np.rand
     return theta[:, :, None, :] + np.einsum("cdkl,cdul->cduk", _cholesky(Sigma), u)
 
 
-def predict(fit: Fit, newdata: Any, kind: str = "mean", include_group_effects: bool = True, draws: int | None = None,
-            seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB, offset: Any = None,
-            trials: Any = None) -> xr.DataArray | pd.DataFrame:
-    """Posterior draws of predictions for the rows of ``newdata`` (see the module docstring).
+def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
+            draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
+            offset: Any = None, trials: Any = None) -> xr.DataArray | pd.DataFrame:
+    """Posterior draws of predictions for the rows of ``newdata`` (see the module docstring),
+    or with ``newdata=None`` the fitted values of the rows used in fitting (:func:`fitted`).
 
     Returns a DataArray (chain, draw, obs), ``obs`` the new rows in order (coordinates
     ``row``: the data's index labels; ``group`` and ``new_group`` with group effects), or
@@ -346,6 +348,12 @@ def predict(fit: Fit, newdata: Any, kind: str = "mean", include_group_effects: b
     """
     if kind not in KINDS:
         raise ModelError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if newdata is None:
+        if offset is not None or trials is not None:
+            raise ModelError("offset= and trials= describe new rows; the fitted rows use their own, "
+                             "so pass newdata or drop them")
+        return fitted(fit, kind=kind, include_group_effects=include_group_effects, draws=draws, seed=seed,
+                      summary=summary, hdi_prob=hdi_prob)
     family = check_family(fit.family)
     nd = new_design(fit, newdata, include_group_effects=include_group_effects, offset=offset, trials=trials)
     if kind == "response" and family.name == "binomial" and nd.trials is None:
@@ -393,6 +401,53 @@ def predict(fit: Fit, newdata: Any, kind: str = "mean", include_group_effects: b
     return out
 
 
+def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, draws: int | None = None,
+           seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB) -> xr.DataArray | pd.DataFrame:
+    """Predictions (as :func:`predict`) for the rows used in fitting, from the stored design
+    (the formula is not evaluated again): with group effects the linear predictor is
+    :meth:`Fit.linear_predictor`, without them x_i' theta + z_i' alpha + offset_i.
+
+    Rows are in the order of their index labels (coordinate ``row``), which is the data's own
+    order whenever its index increases (as a default RangeIndex does); rows dropped for
+    missing values are absent. ``summary=True`` gives a DataFrame indexed by the row labels.
+    """
+    family = check_family(fit.family)
+    rng = make_rng(seed)
+    post = fit.posterior
+    idx = draw_positions(post.sizes["draw"], draws)
+    cd = fit.group("constant_data")
+    if include_group_effects:
+        eta = fit.linear_predictor(idx)
+    else:
+        eta = np.einsum("ik,cdk->cdi", cd["X"].values, post["theta"].values[:, idx])
+        if cd["Z"].shape[1]:
+            eta += np.einsum("ir,cdr->cdi", cd["Z"].values, post["alpha"].values[:, idx])
+        if "offset" in cd:
+            eta += cd["offset"].values
+    order = np.argsort(cd["row_label"].values, kind="stable")  # the design sorted the rows by group
+    eta = eta[..., order]
+    if kind == "linear":
+        values = eta
+    elif kind == "mean":
+        values = inverse_link(family, eta)
+    else:
+        sigma2 = post["sigma2"].values[:, idx] if family.is_gaussian else None
+        trials = cd["trials"].values[order] if "trials" in cd else None
+        values = draw_response(family, eta, rng, sigma2=sigma2, trials=trials)
+    rows = cd["row_label"].values[order]
+    coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx],
+                              "obs": np.arange(rows.shape[0]), "row": ("obs", rows)}
+    if include_group_effects:
+        keys = np.asarray([label_key(v) for v in post["group"].values], dtype=str)
+        coords["group"] = ("obs", keys[cd["group_index"].values[order]])
+        coords["new_group"] = ("obs", np.zeros(rows.shape[0], dtype=bool))
+    out = xr.DataArray(values, dims=("chain", "draw", "obs"), coords=coords, name=kind,
+                       attrs={"kind": kind, "include_group_effects": int(include_group_effects), "family": family.name})
+    if summary:
+        return summarize(out, hdi_prob, index=pd.Index(rows, name="row"))
+    return out
+
+
 def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, chunk: int = 100) -> xr.DataArray:
     """Replicated responses y_rep (chain, draw, obs) for the observed rows, one per posterior
     draw (``draws``: this many evenly spaced per chain), drawn from the family with the
@@ -417,4 +472,4 @@ def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, c
                         coords={"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(y.shape[0])})
 
 
-__all__ = ["KINDS", "predict", "posterior_predictive", "new_design", "summarize", "hdi", "make_rng"]
+__all__ = ["KINDS", "predict", "fitted", "posterior_predictive", "new_design", "summarize", "hdi", "make_rng"]

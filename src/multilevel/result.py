@@ -382,10 +382,36 @@ class Fit:
             raise ModelError(f"saved the fit to {str(path)!r} without {', '.join(failed)} ({parts})")
         return path
 
+    # -- lme4-style accessors (multilevel.accessors) -------------------------------------
+    def fixef(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
+        """Population-level effects (lme4's ``fixef``): index term; mean, sd and HDI."""
+        from .accessors import fixef
+
+        return fixef(self, hdi_prob)
+
+    def ranef(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
+        """Groups' deviations beta_j - theta (lme4's ``ranef``): index (factor, group, term)."""
+        from .accessors import ranef
+
+        return ranef(self, hdi_prob)
+
+    def coef(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
+        """Groups' coefficients, fixed-only terms included (lme4's ``coef``): index (factor, group, term)."""
+        from .accessors import coef
+
+        return coef(self, hdi_prob)
+
+    def VarCorr(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
+        """sds and correlations per grouping factor and the residual sd (lme4's ``VarCorr``):
+        index (factor, kind, term, term2)."""
+        from .accessors import VarCorr
+
+        return VarCorr(self, hdi_prob)
+
     # -- predictions, checks, comparison and plots (multilevel.predict, .comparison, .plots) ------
-    def predict(self, newdata: Any, kind: str = "mean", include_group_effects: bool = True, draws: int | None = None,
-                seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB, offset: Any = None,
-                trials: Any = None) -> xr.DataArray | pd.DataFrame:
+    def predict(self, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
+                draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
+                offset: Any = None, trials: Any = None) -> xr.DataArray | pd.DataFrame:
         """Posterior draws (chain, draw, obs) of predictions for the rows of ``newdata``.
 
         ``kind``: ``"linear"`` predictor, ``"mean"`` (inverse link; the success probability
@@ -393,7 +419,8 @@ class Fit:
         Rows of groups seen in fitting use their beta_j draws; a group never seen gets a new
         beta ~ MVN(theta, Sigma) per posterior draw (from ``seed``); ``include_group_effects=False``
         predicts at beta = theta. ``summary=True`` returns a DataFrame (mean, sd, HDI) instead.
-        See :func:`multilevel.predict.predict`.
+        ``newdata=None``: the fitted values of the rows used in fitting, in the order of their
+        index labels. See :func:`multilevel.predict.predict`.
         """
         from .predict import predict
 
