@@ -14,6 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from .convert import az, dataset_to_frame
+from .design import predictor_lines
 from .errors import ModelError
 from .families import check_family, pointwise_loglik
 from .priors import Priors
@@ -190,6 +191,7 @@ class Fit:
             f" Family: {self.family} ({check_family(self.family).link} link)",
             f"Formula: {self.formula}",
             f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}",
+            *predictor_lines(self.design),
             f"  Draws: {post.sizes['chain']} chains x {post.sizes['draw']} draws after {a.get('warmup')} warm-up sweeps"
             f" ({a.get('sampler')}, seed {a.get('seed')})",
             "",
