@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .convert import OFFSET_COLUMN, dataset_to_frame, fit_groups, sampler_state_to_dataset
-from .design import NaAction, build_design, check_group_counts, check_identifiable
+from .design import NaAction, build_design, check_group_counts, check_identifiable, predictor_lines
 from .errors import ModelError, NumericalError
 from .families import CODES, check_family, family_response
 from .glmfit import glm_estimates
@@ -224,6 +224,7 @@ class Model:
             "target_draws": result.target_draws,
             "n_obs": d.n_obs,
             "group_factor": self.spec.group,
+            "predictors": "\n".join(predictor_lines(d)),  # how each predictor was read, for the report
             "zero_mean_terms": json.dumps([t for t, f in zip(d.varying_terms, d.theta_free) if not f]),
             "sampling_seconds": result.sampling_seconds,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -8,18 +8,55 @@ dense N x (m p) group design matrix.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from formulae import design_matrices
+from formulae.environment import Environment
+from formulae.terms import Variable
 
 from .errors import ModelError
 from .formula import INTERCEPT, FormulaSpec
+from .rformula import FORMULA_NAMESPACE, display_labels, display_name
 
 NaAction = Literal["drop", "raise"]
+
+
+#: a numeric data column with this many distinct integer values is pointed out as maybe a category
+FEW_INTEGER_VALUES = (3, 6)
+#: categorical levels listed in the report up to this many (else only their count)
+LEVELS_SHOWN = 6
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """How one variable or expression of the formula's fixed and varying parts was read,
+    as lme4's summary shows contrasts.
+
+    Attributes
+    ----------
+    name : the variable or expression as written (``ses``, ``factor(YEAR)``, ``log(x)``).
+    kind : ``"numeric"`` or ``"categorical"``.
+    levels : the levels of a categorical predictor, in coding order; () for numeric ones.
+    coding : how a categorical predictor is coded: ``"treatment"`` (dummies against
+        ``reference``, lme4's default), ``"sum"`` (sum-to-zero contrasts, ``reference`` the
+        level coded -1), ``"full"`` (one column per level, no intercept) or ``"custom"``.
+    reference : the reference (or sum-coded) level, or None.
+    integer_values : for a numeric data column with 3 to 6 distinct integer values (YEAR
+        95, 96, 97), those values: read as numbers it has one slope, not a level each.
+    """
+
+    name: str
+    kind: str
+    levels: tuple = ()
+    coding: str | None = None
+    reference: Any = None
+    integer_values: tuple = ()
 
 
 @dataclass
@@ -42,6 +79,8 @@ class Design:
     response_kind, response_levels : how ``formulae`` read the response.
     frame : the formula's columns of the rows used, in sorted order: what the design is
         rebuilt from (after loading a saved fit, or to evaluate new data consistently).
+    predictors : how each variable and expression of the fixed and varying parts was read
+        (numeric, or categorical with its levels and coding), see :func:`predictor_lines`.
     """
 
     spec: FormulaSpec
@@ -63,6 +102,7 @@ class Design:
     response_levels: Any = None
     formulae_fixed: Any = field(default=None, repr=False)
     formulae_varying: Any = field(default=None, repr=False)
+    predictors: tuple[Predictor, ...] = ()
 
     @property
     def n_obs(self) -> int:
@@ -78,11 +118,94 @@ class Design:
 
 
 def _column_labels(matrices: Any) -> list[str]:
-    """Column names of a ``formulae`` common design matrix, in column order."""
+    """Column names of a ``formulae`` common design matrix, in column order, in the user's
+    spelling (:func:`multilevel.rformula.display_labels`)."""
     names: list[str] = []
     for term in matrices.terms.values():
-        names.extend(term.labels)
+        names.extend(display_labels(term))
     return names
+
+
+def _coding(matrix: np.ndarray, levels: list) -> tuple[str, Any]:
+    """The coding of a categorical predictor from its contrast matrix (levels x columns)."""
+    rows, cols = matrix.shape
+    unit = np.all(np.isin(matrix, (0.0, 1.0)), axis=1) & (matrix.sum(axis=1) == 1)
+    if cols == rows and np.array_equal(matrix, np.eye(rows)):
+        return "full", None
+    if cols == rows - 1:
+        zero = np.all(matrix == 0, axis=1)
+        minus = np.all(matrix == -1, axis=1)
+        for kind, special in (("treatment", zero), ("sum", minus)):
+            if special.sum() == 1 and np.all(unit[~special]):
+                return kind, levels[int(np.flatnonzero(special)[0])]
+    return "custom", None
+
+
+def _integer_values(col: pd.Series) -> tuple:
+    """The distinct values of a numeric column when they are a few integers, else ()."""
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        return ()
+    values = pd.unique(col.to_numpy())
+    lo, hi = FEW_INTEGER_VALUES
+    if not lo <= len(values) <= hi or not np.all(np.mod(values, 1) == 0):
+        return ()
+    return tuple(v.item() if isinstance(v, np.generic) else v for v in np.sort(values))
+
+
+def read_predictors(matrices: Sequence[Any], frame: pd.DataFrame) -> tuple[Predictor, ...]:
+    """How each variable and expression of the ``formulae`` common design ``matrices`` was
+    read, in formula order, each once (offsets, the intercept and the response left out)."""
+    seen: dict[str, Predictor] = {}
+    for matrix in matrices:
+        for term in matrix.terms.values() if matrix is not None else ():
+            for component in getattr(term, "components", []):
+                name = display_name(component.name)
+                if name in seen or component.kind not in ("numeric", "categoric"):
+                    continue
+                if component.kind == "numeric":
+                    plain = isinstance(component, Variable) and component.name in frame.columns
+                    seen[name] = Predictor(name, "numeric",
+                                           integer_values=_integer_values(frame[component.name]) if plain else ())
+                    continue
+                levels = [v.item() if isinstance(v, np.generic) else v for v in component.levels]
+                coding, reference = _coding(np.asarray(component.contrast_matrix.matrix, dtype=float), levels)
+                seen[name] = Predictor(name, "categorical", tuple(levels), coding, reference)
+    return tuple(seen.values())
+
+
+def _level(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _describe(p: Predictor) -> str:
+    """One predictor's clause of the report's ``Predictors:`` line."""
+    if p.kind == "numeric":
+        values = ", ".join(map(_level, p.integer_values))
+        return (f"{p.name} numeric ({len(p.integer_values)} distinct integer values: {values}; "
+                f"write factor({p.name}) to treat it as a category)")
+    n = len(p.levels)
+    shown = f"{n} levels: {', '.join(map(_level, p.levels))}" if n <= LEVELS_SHOWN else f"{n} levels"
+    coding = {"treatment": f"reference {_level(p.reference)}", "full": "a column each",
+              "sum": f"sum-to-zero contrasts, {_level(p.reference)} coded -1"}.get(p.coding, "custom contrasts")
+    return f"{p.name} categorical ({shown}; {coding})"
+
+
+def predictor_lines(design: Design | None, width: int = 100) -> list[str]:
+    """The report's block on how each predictor was read, wrapped at ``width``, e.g.
+    ``Predictors: ses numeric; sector categorical (2 levels: 'Catholic', 'Public'; reference
+    'Catholic'); YEAR numeric (3 distinct integer values: 95, 96, 97; write factor(YEAR) to
+    treat it as a category)``. Plain numeric predictors share one clause (the first 8 named).
+    Empty for no design (a fit saved without its data) or no predictors."""
+    predictors = design.predictors if design is not None else ()
+    if not predictors:
+        return []
+    plain = [p.name for p in predictors if p.kind == "numeric" and not p.integer_values]
+    clauses = [_describe(p) for p in predictors if p.kind == "categorical" or p.integer_values]
+    if plain:
+        names = ", ".join(plain[:8]) + (f" and {len(plain) - 8} more" if len(plain) > 8 else "")
+        clauses.insert(0, f"{names} numeric")
+    return textwrap.wrap("Predictors: " + "; ".join(clauses), width=width, subsequent_indent=" " * 12,
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def select_rows(data: pd.DataFrame, spec: FormulaSpec, na_action: NaAction) -> pd.DataFrame:
@@ -209,6 +332,16 @@ def check_group_counts(design: "Design", gaussian: bool) -> None:
         )
 
 
+def _check_finite(M: np.ndarray, names: list[str], formula: str) -> None:
+    """Refuse design columns with infinite or missing values (``log(x)`` of x <= 0), naming them."""
+    bad = ~np.isfinite(M)
+    if bad.any():
+        counts = bad.sum(axis=0)
+        k = int(np.flatnonzero(counts)[0])
+        raise ModelError(f"term {names[k]!r} of formula {formula!r} is not finite in {counts[k]} rows "
+                         "(e.g. the log of 0 or of a negative number); transform or filter the data so that it is finite")
+
+
 def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None) -> Design:
     """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group.
 
@@ -221,8 +354,10 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     extra = _offset_argument(offset, data) if isinstance(offset, str) else (
         offset.loc[data.index].to_numpy() if offset is not None else 0.0)
     try:
-        fixed = design_matrices(f"{spec.response} ~ {spec.fixed_rhs()}", data, na_action="error")
-        varying = design_matrices(spec.varying_rhs(), data, na_action="error")
+        env = Environment([FORMULA_NAMESPACE])  # numpy, pandas and R's functions (multilevel.rformula)
+        with np.errstate(divide="ignore", invalid="ignore"):  # log(0) and the like: refused below, by name
+            fixed = design_matrices(f"{spec.response} ~ {spec.fixed_rhs()}", data, na_action="error", env=env)
+            varying = design_matrices(spec.varying_rhs(), data, na_action="error", env=env)
     except ModelError:
         raise
     except Exception as exc:
@@ -235,6 +370,8 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     fixed_names = _column_labels(fixed.common) if fixed.common is not None else []
     X = np.asarray(varying.common.design_matrix, dtype=float)
     varying_names = _column_labels(varying.common)
+    _check_finite(F, fixed_names, spec.formula)
+    _check_finite(X, varying_names, spec.formula)
     is_offset = [name.startswith("offset(") for name in fixed_names]
     off = F[:, [i for i, o in enumerate(is_offset) if o]].sum(axis=1) + extra
     theta_free = np.array([name in fixed_names for name in varying_names], dtype=bool)
@@ -267,7 +404,9 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
         response_levels=getattr(fixed.response, "levels", None),
         formulae_fixed=fixed,
         formulae_varying=varying,
+        predictors=read_predictors([fixed.common, varying.common], data),
     )
 
 
-__all__ = ["Design", "build_design", "check_group_counts", "check_identifiable", "select_rows", "INTERCEPT"]
+__all__ = ["Design", "Predictor", "build_design", "check_group_counts", "check_identifiable", "predictor_lines",
+           "read_predictors", "select_rows", "INTERCEPT"]

@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from formulae import model_description
+from formulae.categorical import ENCODINGS
 
 from .errors import ModelError
+from .rformula import check_functions, python_spelling
 
 INTERCEPT = "Intercept"
 
@@ -96,21 +98,33 @@ def binomial_response_as_proportion(formula: str) -> str:
     return f"p({s}, ({s}) + ({f})) ~{rhs}"
 
 
+def data_variables(desc: object) -> set[str]:
+    """The data columns a parsed ``formulae`` description uses: its variable names without
+    the contrast names (``Sum`` in ``C(x, Sum)``), which are not columns."""
+    return {v for v in desc.var_names if v and v not in ENCODINGS}
+
+
 def parse_formula(formula: str) -> FormulaSpec:
     """Parse an lme4-style formula with one grouping factor. A binomial response may be
     written as in Bambi, ``p(successes, trials)``, or as in lme4, ``cbind(successes, failures)``
     (:func:`binomial_response_as_proportion`).
 
-    Raises :class:`ModelError` when the formula does not parse, has no response, no
-    group-specific part, or more than one grouping factor (crossed and nested effects
-    are not supported yet).
+    R spellings are read as their Python ones (:mod:`multilevel.rformula`): ``log(x)``,
+    ``factor(x)``, ``as.factor(x)``, ``I(x^2)``, ``poly(x, 2, raw = TRUE)``, ``scale(x)``, ...;
+    the spec's terms are in the spelling ``formulae`` evaluates, ``formula`` as written.
+
+    Raises :class:`ModelError` when the formula does not parse, calls an unknown function
+    (naming the Python spelling), has no response, no group-specific part, or more than
+    one grouping factor (crossed and nested effects are not supported yet).
     """
     if not isinstance(formula, str) or "~" not in formula:
         raise ModelError(
             f"formula {formula!r} has no '~'; write it as 'response ~ predictors + (terms | group)'"
         )
+    text = binomial_response_as_proportion(formula)
+    check_functions(text, formula)
     try:
-        desc = model_description(binomial_response_as_proportion(formula))
+        desc = model_description(python_spelling(text))
     except Exception as exc:  # formulae raises several parser error types
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"formula {formula!r} does not parse: {detail}") from None
@@ -144,7 +158,7 @@ def parse_formula(formula: str) -> FormulaSpec:
         common = (INTERCEPT, *[t for t in common if t != INTERCEPT])
     if INTERCEPT in varying:
         varying = (INTERCEPT, *[t for t in varying if t != INTERCEPT])
-    variables = tuple(sorted(v for v in desc.var_names if v))
+    variables = tuple(sorted(data_variables(desc)))
     return FormulaSpec(
         formula=formula,
         response=_response_expression(desc.response.term),

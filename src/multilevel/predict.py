@@ -42,6 +42,7 @@ from .convert import index_values, label_key
 from .design import _column_labels
 from .errors import ModelError
 from .families import Family, check_family
+from .formula import data_variables
 from .io import read_data
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class NewDesign:
 
 def _rhs_variables(rhs: str) -> set[str]:
     try:
-        return {v for v in model_description(rhs).var_names if v}
+        return data_variables(model_description(rhs))
     except Exception:  # pragma: no cover - the fitted formula parsed
         return set()
 

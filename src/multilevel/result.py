@@ -15,6 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from .convert import dataset_to_frame
+from .design import predictor_lines
 from .diagnostics import summary as summarize
 from .errors import ModelError
 from .families import check_family, pointwise_loglik
@@ -228,6 +229,7 @@ class Fit:
             f" Family: {self.family} ({check_family(self.family).link} link)",
             f"Formula: {self.formula}",
             f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}",
+            *(a["predictors"].splitlines() if "predictors" in a else predictor_lines(self.design)),
             f"  Draws: {post.sizes['chain']} chains x {post.sizes['draw']} draws after {a.get('warmup')} warm-up sweeps"
             f" ({a.get('sampler')}, seed {a.get('seed')})",
             "",
