@@ -40,6 +40,9 @@ POSTERIOR_DIMS: dict[str, list[str]] = {
 #: (GLMs and the collapsed Gaussian sampler).
 #: the training-data column that holds an ``offset=`` argument (not a formula term)
 OFFSET_COLUMN = "(offset argument)"
+#: the training-data column that holds the ``weights=`` argument (Gaussian precision weights);
+#: a weighted fit also has ``weights`` (obs) in constant_data
+WEIGHTS_COLUMN = "(weights argument)"
 
 SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_theta": [], "accept_Sigma": []}
 
@@ -77,7 +80,7 @@ def to_inference_data(
     dims = {k: POSTERIOR_DIMS[k] for k in posterior}
     dims.update({k: SAMPLE_STATS[k] for k in sample_stats})
     dims.update({"y": ["obs"], "X": ["obs", "term"], "Z": ["obs", "fixed_term"], "group_index": ["obs"], "row_label": ["obs"],
-                 "offset": ["obs"], "trials": ["obs"]})
+                 "offset": ["obs"], "trials": ["obs"], "weights": ["obs"]})
     row_label = label_values(design.row_labels)
     clean_attrs = {k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in attrs.items()}
     idata = az.from_dict(
@@ -86,7 +89,8 @@ def to_inference_data(
         log_likelihood={"y": log_likelihood} if log_likelihood is not None else None,
         observed_data={"y": np.asarray(design.y)},
         constant_data={"X": design.X, "Z": design.Z, "group_index": design.group, "row_label": row_label,
-                       "offset": design.offset, "trials": design.trials},
+                       "offset": design.offset, "trials": design.trials,
+                       **({"weights": design.weights} if design.weights is not None else {})},
         coords=coords,
         dims=dims,
     )
@@ -94,6 +98,8 @@ def to_inference_data(
     frame = design.frame
     if design.offset_argument is not None:
         frame = frame.assign(**{OFFSET_COLUMN: design.offset_argument})
+    if design.weights is not None:
+        frame = frame.assign(**{WEIGHTS_COLUMN: design.weights})
     idata.add_groups(training_data=frame_to_dataset(frame))
     return idata
 
