@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .convert import OFFSET_COLUMN, dataset_to_frame, fit_groups, sampler_state_to_dataset
+from .convert import OFFSET_COLUMN, WEIGHTS_COLUMN, dataset_to_frame, fit_groups, sampler_state_to_dataset
 from .design import NaAction, build_design, check_group_counts, check_identifiable, predictor_lines
 from .errors import ModelError, NumericalError
 from .families import CODES, check_family, family_response
@@ -61,6 +61,10 @@ class Model:
     na_action : ``"drop"`` rows with missing values in used columns (with a warning), or ``"raise"``.
     offset : GLMs: a column name or one value per row added to the linear predictor
         (e.g. ``np.log(exposure)``); ``offset(...)`` in the formula does the same.
+    weights : Gaussian: precision weights, a column name or one value per row, finite and
+        positive (as lme4's ``weights``): row i has variance sigma2 / w_i. Zero weights are
+        refused (drop those rows); other families refuse weights (binomial trials go in
+        ``p(successes, trials)``).
     proposal : GLMs: ``"laplace"`` (default, per-group Fisher-information proposals) or
         ``"textbook"`` (the specification's MVN(beta_j, delta Sigma)).
     sampler : Gaussian: ``"collapsed"`` (default: also moves Sigma, theta and alpha with
@@ -84,6 +88,7 @@ class Model:
         offset: Any = None,
         proposal: str = "laplace",
         sampler: str | None = None,
+        weights: Any = None,
     ):
         self.family = check_family(family)
         choices = GAUSSIAN_SAMPLERS if self.family.is_gaussian else GLM_SAMPLERS
@@ -95,9 +100,12 @@ class Model:
             raise ModelError(f"proposal must be one of {', '.join(PROPOSALS)}, not {proposal!r}")
         if offset is not None and self.family.is_gaussian:
             raise ModelError("offset applies to the poisson, binomial and bernoulli families; for gaussian subtract it from the response")
+        if weights is not None and not self.family.is_gaussian:
+            raise ModelError(f"weights apply to the gaussian family only, not {self.family.name}; "
+                             "for binomial trials write the response p(successes, trials)")
         spec = parse_formula(formula)
         frame = read_data(data)
-        design = build_design(spec, frame, na_action, offset=offset)
+        design = build_design(spec, frame, na_action, offset=offset, weights=weights)
         design.y, design.trials = family_response(self.family, design.y, spec.response, design.response_kind, design.response_levels)
         check_group_counts(design, self.family.is_gaussian)
         check_identifiable(design)
@@ -109,6 +117,8 @@ class Model:
         self.design = design
         self.proposal = proposal
         self.sampler_name = sampler
+        #: how the fit's attrs name the weights: the column, or "given" for values
+        self.weights_label = None if weights is None else (weights if isinstance(weights, str) else "given")
         if self.family.is_gaussian:
             self.stats, self.estimates = gaussian_stats(design)
             self.priors = resolve_priors(priors, design, self.estimates, self.family)
@@ -231,6 +241,8 @@ class Model:
             "log_likelihood": "stored" if log_likelihood else "on demand",
             "complete": int(result.complete),
         }
+        if self.weights_label is not None:
+            attrs["weights"] = self.weights_label
         fit = Fit(fit_groups(result.draws, d, attrs), design=d)
         fit.set_group("sampler_state", sampler_state_to_dataset(result.chains, result.warmup, result.target_draws))
         if log_likelihood:
@@ -248,12 +260,17 @@ def model_of(fit: Fit) -> Model:
     attrs = fit.attrs
     frame = dataset_to_frame(fit.group("training_data"))
     offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
+    weights = frame.pop(WEIGHTS_COLUMN).to_numpy() if WEIGHTS_COLUMN in frame else None
     priors = replace(Priors.from_json(attrs["priors"]), fallback=None)
     sampler = attrs.get("sampler_name")
     if sampler == "collapsed" and attrs["family"] != "gaussian":  # GLM fits saved before GLMs had a sampler option
         sampler = None
-    return Model(attrs["formula"], frame, family=attrs["family"], priors=priors, na_action="raise", offset=offset,
-                 proposal=str(attrs.get("proposal", "laplace")), sampler=None if sampler is None else str(sampler))
+    model = Model(attrs["formula"], frame, family=attrs["family"], priors=priors, na_action="raise", offset=offset,
+                  proposal=str(attrs.get("proposal", "laplace")), sampler=None if sampler is None else str(sampler),
+                  weights=weights)
+    if weights is not None:
+        model.weights_label = str(attrs.get("weights", "given"))
+    return model
 
 
 def resume(fit: Fit | str | os.PathLike, draws: int | None = None, **kwargs: Any) -> Fit:
@@ -279,9 +296,10 @@ def fit(
     proposal: str = "laplace",
     posterior_predictive: bool = False,
     sampler: str | None = None,
+    weights: Any = None,
 ) -> Fit:
     """Fit a hierarchical model: ``Model(formula, data, family, priors, ...).fit(...)``."""
     model = Model(formula, data, family=family, priors=priors, na_action=na_action, offset=offset, proposal=proposal,
-                  sampler=sampler)
+                  sampler=sampler, weights=weights)
     return model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=progress,
                      log_likelihood=log_likelihood, posterior_predictive=posterior_predictive)

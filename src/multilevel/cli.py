@@ -45,6 +45,8 @@ def cli() -> None:
 @click.option("--family", default="gaussian", show_default=True,
               help="Response family: gaussian, poisson, binomial (response p(successes, trials)) or bernoulli.")
 @click.option("--offset", default=None, help="GLMs: column added to the linear predictor, e.g. a log exposure.")
+@click.option("--weights", default=None, metavar="COLUMN",
+              help="Gaussian: column of precision weights (row i has variance sigma2 / w_i, as lme4's weights).")
 @click.option("--proposal", type=click.Choice(["laplace", "textbook"]), default="laplace", show_default=True,
               help="GLMs: Metropolis proposal for the group effects.")
 @click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred", "auto"]), default=None,
@@ -69,7 +71,7 @@ def cli() -> None:
               help="Leave the per-group draws out of --out (a much smaller file for many groups; no per-group "
               "results, seen-group predictions or resuming from it).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def fit_command(data: str, formula: str, family: str, offset: str | None, proposal: str, sampler: str | None, chains: int, draws: int, warmup: int, seed: int | None,
+def fit_command(data: str, formula: str, family: str, offset: str | None, weights: str | None, proposal: str, sampler: str | None, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
                 log_likelihood: bool, no_group_draws: bool, no_progress: bool) -> None:
     """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp)."""
@@ -83,7 +85,8 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, propos
     if (log_likelihood or no_group_draws) and out is None:
         raise ModelError(f"{'--log-likelihood' if log_likelihood else '--no-group-draws'} applies to the file --out "
                          "writes; add --out FILE")
-    model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal, sampler=sampler)
+    model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal, sampler=sampler,
+                  weights=weights)
     try:
         fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
                         progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out,
@@ -285,9 +288,11 @@ PREDICT_KINDS = ("mean", "linear", "response")
 @click.option("--seed", default=None, type=int, help="Seed of new groups' effects and of response draws.")
 @click.option("--hdi-prob", default=0.94, show_default=True, type=float, help="Probability of the HDI columns.")
 @click.option("--offset", default=None, help="Column of NEW with the offset, for fits made with --offset.")
+@click.option("--weights", default=None, metavar="COLUMN",
+              help="Gaussian --kind response: column of NEW with the rows' precision weights (default 1).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def predict_command(fit_path: str, new_data: str, out: str | None, kind: str, no_group_effects: bool, draws: int | None,
-                    seed: int | None, hdi_prob: float, offset: str | None, overwrite: bool) -> None:
+                    seed: int | None, hdi_prob: float, offset: str | None, weights: str | None, overwrite: bool) -> None:
     """Predict the rows of NEW.csv (CSV or Parquet) from a saved fit: one output row per input
     row, the input's columns followed by mean, sd and the HDI bounds (hdi_3%, hdi_97%).
     Rows of groups not in the fit get new group effects drawn from MVN(theta, Sigma)."""
@@ -306,7 +311,7 @@ def predict_command(fit_path: str, new_data: str, out: str | None, kind: str, no
     fit = load(fit_path)
     data = read_data(new_data)
     table = fit.predict(data, kind=kind, include_group_effects=not no_group_effects, draws=draws, seed=seed,
-                        summary=True, hdi_prob=hdi_prob, offset=offset)
+                        summary=True, hdi_prob=hdi_prob, offset=offset, weights=weights)
     table = table.rename(columns={c: f"pred_{c}" for c in table.columns if c in data.columns})
     result = pd.concat([data.reset_index(drop=True), table.reset_index(drop=True)], axis=1)
     if out_path is None:

@@ -64,6 +64,9 @@ POSTERIOR_DIMS: dict[str, list[str]] = {
 #: (GLMs and the collapsed Gaussian sampler).
 #: the training-data column that holds an ``offset=`` argument (not a formula term)
 OFFSET_COLUMN = "(offset argument)"
+#: the training-data column that holds the ``weights=`` argument (Gaussian precision weights);
+#: a weighted fit also has ``weights`` (obs) in constant_data
+WEIGHTS_COLUMN = "(weights argument)"
 
 SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_theta": [], "accept_Sigma": []}
 
@@ -138,8 +141,10 @@ def fit_groups(draws: dict[str, np.ndarray], design: Design, attrs: dict[str, An
         constant["offset"] = design.offset
     if np.any(design.trials != 1):
         constant["trials"] = design.trials
+    if design.weights is not None:
+        constant["weights"] = design.weights
     data_dims = {"y": ["obs"], "X": ["obs", "term"], "Z": ["obs", "fixed_term"], "group_index": ["obs"],
-                 "row_label": ["obs"], "offset": ["obs"], "trials": ["obs"]}
+                 "row_label": ["obs"], "offset": ["obs"], "trials": ["obs"], "weights": ["obs"]}
     clean_attrs = {k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in attrs.items()}
     groups = {
         "posterior": _dataset(posterior, POSTERIOR_DIMS, coords, ("chain", "draw")),
@@ -151,6 +156,8 @@ def fit_groups(draws: dict[str, np.ndarray], design: Design, attrs: dict[str, An
     frame = design.frame
     if design.offset_argument is not None:
         frame = frame.assign(**{OFFSET_COLUMN: design.offset_argument})
+    if design.weights is not None:
+        frame = frame.assign(**{WEIGHTS_COLUMN: design.weights})
     groups["training_data"] = frame_to_dataset(frame)
     return groups
 

@@ -76,6 +76,8 @@ class Design:
     row_labels : the data's index labels of the rows used, in sorted order.
     offset : (N,) known part of the linear predictor (``offset(...)`` terms, ``offset=``).
     trials : (N,) binomial trials (ones for the other families).
+    weights : (N,) precision weights w_i of the Gaussian family (observation i has variance
+        sigma2 / w_i, lme4's ``weights``), or None for an unweighted model.
     response_kind, response_levels : how ``formulae`` read the response.
     frame : the formula's columns of the rows used, in sorted order: what the design is
         rebuilt from (after loading a saved fit, or to evaluate new data consistently).
@@ -98,6 +100,7 @@ class Design:
     offset: np.ndarray = field(default=None, repr=False)
     offset_argument: np.ndarray | None = field(default=None, repr=False)
     trials: np.ndarray = field(default=None, repr=False)
+    weights: np.ndarray | None = field(default=None, repr=False)
     response_kind: str = "numeric"
     response_levels: Any = None
     formulae_fixed: Any = field(default=None, repr=False)
@@ -265,6 +268,29 @@ def _offset_argument(offset: Any, data: pd.DataFrame) -> np.ndarray:
     return values.astype(float)
 
 
+def _weights_argument(weights: Any, data: pd.DataFrame) -> np.ndarray:
+    """Precision weights from a column name or one value per row: finite and positive numbers.
+
+    Zero weights are refused rather than dropped: a zero-weight row adds nothing to the
+    likelihood, and counting it in sigma2's degrees of freedom would be wrong.
+    """
+    if isinstance(weights, str):
+        if weights not in data.columns:
+            raise ModelError(f"weights column {weights!r} is not in the data")
+        values = data[weights].to_numpy()
+    else:
+        values = np.asarray(weights)
+        if values.shape != (len(data),):
+            raise ModelError(f"weights must have one value per row ({len(data)}), got shape {values.shape}")
+    if values.dtype.kind not in "biuf" or not np.all(np.isfinite(values.astype(float))):
+        raise ModelError("weights must be finite numbers (precision weights: row i has variance sigma2 / w_i)")
+    values = values.astype(float)
+    if np.any(values <= 0):
+        raise ModelError(f"weights must be positive; {int(np.sum(values <= 0))} rows have weight <= 0 "
+                         "(drop zero-weight rows from the data)")
+    return values
+
+
 def check_identifiable(design: "Design") -> None:
     """Refuse a rank-deficient fixed design, naming the collinear columns; warn about varying
     terms the groups cannot identify."""
@@ -342,17 +368,24 @@ def _check_finite(M: np.ndarray, names: list[str], formula: str) -> None:
                          "(e.g. the log of 0 or of a negative number); transform or filter the data so that it is finite")
 
 
-def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None) -> Design:
+def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None,
+                 weights: Any = None) -> Design:
     """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group.
 
     ``offset(...)`` terms of the formula and the ``offset`` argument (a column name or
     one value per row) are added into the known part of the linear predictor.
+    ``weights`` (a column name or one value per row; Gaussian precision weights) follow
+    the rows kept and their sorting.
     """
     if offset is not None and not isinstance(offset, str):
         offset = pd.Series(_offset_argument(offset, data), index=data.index)
+    if weights is not None and not isinstance(weights, str):
+        weights = pd.Series(_weights_argument(weights, data), index=data.index)
     data = select_rows(data, spec, na_action)
     extra = _offset_argument(offset, data) if isinstance(offset, str) else (
         offset.loc[data.index].to_numpy() if offset is not None else 0.0)
+    w = _weights_argument(weights, data) if isinstance(weights, str) else (
+        weights.loc[data.index].to_numpy() if weights is not None else None)
     try:
         env = Environment([FORMULA_NAMESPACE])  # numpy, pandas and R's functions (multilevel.rformula)
         with np.errstate(divide="ignore", invalid="ignore"):  # log(0) and the like: refused below, by name
@@ -400,6 +433,7 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
         offset=np.ascontiguousarray(np.broadcast_to(off, (len(data),))[order], dtype=float),
         offset_argument=None if offset is None else np.broadcast_to(extra, (len(data),))[order].astype(float),
         trials=np.ones(len(data)),
+        weights=None if w is None else np.ascontiguousarray(w[order], dtype=float),
         response_kind=str(getattr(fixed.response, "kind", "numeric")),
         response_levels=getattr(fixed.response, "levels", None),
         formulae_fixed=fixed,

@@ -1,6 +1,7 @@
 """Response families: link, response checks, log-likelihoods, working weights.
 
-* ``gaussian``: identity link, y ~ N(eta, sigma2).
+* ``gaussian``: identity link, y ~ N(eta, sigma2), or N(eta, sigma2 / w_i) with precision
+  weights (``weights=``, as lme4's; they apply to this family only).
 * ``poisson``: log link, y ~ Poisson(exp(eta)), eta including any offset
   (``offset(np.log(exposure))`` in the formula or the ``offset=`` argument).
 * ``binomial``: logit link, y ~ Binomial(n, logistic(eta)); the response is written
@@ -105,10 +106,14 @@ def softplus(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
 
 
-def pointwise_loglik(family: Family, y: np.ndarray, n: np.ndarray, eta: np.ndarray, sigma2: np.ndarray | None = None) -> np.ndarray:
-    """Pointwise log-likelihood log p(y_i | eta_i), normalising constants included."""
+def pointwise_loglik(family: Family, y: np.ndarray, n: np.ndarray, eta: np.ndarray, sigma2: np.ndarray | None = None,
+                     weights: np.ndarray | None = None) -> np.ndarray:
+    """Pointwise log-likelihood log p(y_i | eta_i), normalising constants included; Gaussian
+    precision ``weights`` w_i (None: all 1) make it log N(y_i | eta_i, sigma2 / w_i)."""
     if family.name == "gaussian":
-        return -0.5 * (np.log(2 * np.pi * sigma2) + (y - eta) ** 2 / sigma2)
+        if weights is None:
+            return -0.5 * (np.log(2 * np.pi * sigma2) + (y - eta) ** 2 / sigma2)
+        return -0.5 * (np.log(2 * np.pi * sigma2 / weights) + weights * (y - eta) ** 2 / sigma2)
     if family.name == "poisson":
         with np.errstate(over="ignore"):
             return y * eta - np.exp(eta) - gammaln(y + 1.0)

@@ -24,6 +24,9 @@ For each posterior draw s (chain c, draw d) and new row i of group j:
 (poisson), the success probability logistic(eta) (binomial, bernoulli); ``"response"`` a
 new response drawn from the family: N(eta, sigma2), Poisson(exp(eta)), Binomial(n_i,
 logistic(eta)) successes out of the new rows' trials, Bernoulli(logistic(eta)).
+A Gaussian fit with precision weights draws N(eta_i, sigma2 / w_i): the observed rows'
+replicates (:func:`posterior_predictive`) with their fitted weights; new rows with weight 1
+(variance sigma2) unless ``weights=`` gives theirs (a column name or one value per row).
 """
 
 from __future__ import annotations
@@ -83,10 +86,13 @@ def inverse_link(family: Family, eta: np.ndarray) -> np.ndarray:
 
 
 def draw_response(family: Family, eta: np.ndarray, rng: np.random.Generator,
-                  sigma2: np.ndarray | None = None, trials: np.ndarray | None = None) -> np.ndarray:
-    """One response per entry of ``eta`` (chain, draw, obs); ``sigma2`` is (chain, draw)."""
+                  sigma2: np.ndarray | None = None, trials: np.ndarray | None = None,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+    """One response per entry of ``eta`` (chain, draw, obs); ``sigma2`` is (chain, draw);
+    Gaussian precision ``weights`` (obs,) give row i the variance sigma2 / w_i."""
     if family.name == "gaussian":
-        return eta + np.sqrt(sigma2)[..., None] * rng.standard_normal(eta.shape)
+        noise = np.sqrt(sigma2)[..., None] * rng.standard_normal(eta.shape)
+        return eta + (noise if weights is None else noise / np.sqrt(weights))
     if family.name == "poisson":
         return rng.poisson(np.exp(np.minimum(eta, EXP_CAP)))
     prob = inverse_link(family, eta)
@@ -316,6 +322,24 @@ def _new_trials(fit: Fit, data: pd.DataFrame, trials: Any) -> np.ndarray | None:
     return np.asarray(values, dtype=float)
 
 
+def _new_weights(data: pd.DataFrame, weights: Any) -> np.ndarray:
+    """The new rows' precision weights: a column of the new data or one value per row (or one for all)."""
+    if isinstance(weights, str):
+        if weights not in data.columns:
+            raise ModelError(f"weights column {weights!r} is not in the new data")
+        values = pd.to_numeric(data[weights], errors="coerce").to_numpy(dtype=float)
+    else:
+        try:
+            values = np.asarray(weights, dtype=float)
+        except (TypeError, ValueError):
+            raise ModelError("weights must be positive numbers") from None
+        if values.shape not in ((), (data.shape[0],)):
+            raise ModelError(f"weights must be one number or one per new row ({data.shape[0]}), got shape {values.shape}")
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ModelError("weights must be finite positive numbers (precision weights: variance sigma2 / w_i)")
+    return np.broadcast_to(values, (data.shape[0],))
+
+
 # -- predictions ----------------------------------------------------------------------------
 
 def _cholesky(Sigma: np.ndarray) -> np.ndarray:
@@ -335,7 +359,7 @@ def new_group_effects(theta: np.ndarray, Sigma: np.ndarray, k: int, rng: np.rand
 
 def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
             draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
-            offset: Any = None, trials: Any = None) -> xr.DataArray | pd.DataFrame:
+            offset: Any = None, trials: Any = None, weights: Any = None) -> xr.DataArray | pd.DataFrame:
     """Posterior draws of predictions for the rows of ``newdata`` (see the module docstring),
     or with ``newdata=None`` the fitted values of the rows used in fitting (:func:`fitted`).
 
@@ -346,16 +370,22 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     ``seed`` seeds the new-group effects and the response draws. ``offset``: for models
     fitted with ``offset=``, the new rows' offset (column name or values). ``trials``:
     binomial ``kind="response"``, the new rows' trials when the data lack the trials column.
+    ``weights``: Gaussian ``kind="response"``, the new rows' precision weights (column name or
+    one value per row; default 1, variance sigma2); the other kinds do not depend on them.
     """
     if kind not in KINDS:
         raise ModelError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if newdata is None:
-        if offset is not None or trials is not None:
-            raise ModelError("offset= and trials= describe new rows; the fitted rows use their own, "
+        if offset is not None or trials is not None or weights is not None:
+            raise ModelError("offset=, trials= and weights= describe new rows; the fitted rows use their own, "
                              "so pass newdata or drop them")
         return fitted(fit, kind=kind, include_group_effects=include_group_effects, draws=draws, seed=seed,
                       summary=summary, hdi_prob=hdi_prob)
     family = check_family(fit.family)
+    if weights is not None and not family.is_gaussian:
+        raise ModelError(f"weights apply to the gaussian family only, not {family.name}")
+    newdata = read_data(newdata)
+    w = _new_weights(newdata, weights) if weights is not None else None
     nd = new_design(fit, newdata, include_group_effects=include_group_effects, offset=offset, trials=trials)
     if kind == "response" and family.name == "binomial" and nd.trials is None:
         name = _trials_name(fit.design.spec.response)
@@ -389,7 +419,7 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
         values = inverse_link(family, eta)
     else:
         sigma2 = post["sigma2"].values[:, idx] if family.is_gaussian else None
-        values = draw_response(family, eta, rng, sigma2=sigma2, trials=nd.trials)
+        values = draw_response(family, eta, rng, sigma2=sigma2, trials=nd.trials, weights=w)
     coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(n)}
     coords["row"] = ("obs", index_values(nd.index))
     if nd.labels is not None:
@@ -434,7 +464,8 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
     else:
         sigma2 = post["sigma2"].values[:, idx] if family.is_gaussian else None
         trials = cd["trials"].values[order] if "trials" in cd else None
-        values = draw_response(family, eta, rng, sigma2=sigma2, trials=trials)
+        weights = cd["weights"].values[order] if "weights" in cd else None
+        values = draw_response(family, eta, rng, sigma2=sigma2, trials=trials, weights=weights)
     rows = cd["row_label"].values[order]
     coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx],
                               "obs": np.arange(rows.shape[0]), "row": ("obs", rows)}
@@ -460,6 +491,7 @@ def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, c
     cd = fit.idata.constant_data
     y = fit.idata.observed_data["y"].values
     trials = cd["trials"].values if "trials" in cd else None
+    weights = cd["weights"].values if "weights" in cd else None
     out = np.empty((post.sizes["chain"], idx.shape[0], y.shape[0]), dtype=float if family.is_gaussian else np.int64)
     # Fit.linear_predictor gathers (chain, draws, rows, terms): keep that under ~200 MB
     per_draw = post.sizes["chain"] * y.shape[0] * max(post.sizes.get("term", 1), 1)
@@ -468,7 +500,8 @@ def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, c
         sel = idx[start:start + chunk]
         eta = fit.linear_predictor(sel)
         sigma2 = post["sigma2"].values[:, sel] if family.is_gaussian else None
-        out[:, start:start + sel.shape[0]] = draw_response(family, eta, rng, sigma2=sigma2, trials=trials)
+        out[:, start:start + sel.shape[0]] = draw_response(family, eta, rng, sigma2=sigma2, trials=trials,
+                                                           weights=weights)
     return xr.DataArray(out, dims=("chain", "draw", "obs"), name="y",
                         coords={"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(y.shape[0])})
 

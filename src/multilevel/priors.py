@@ -24,6 +24,10 @@ Data-informed defaults, as in the specification's running example:
   residual degrees of freedom, or fits to rounding error); the fallback used is recorded;
 * alpha_mean = a_pool, alpha_cov = N sigma0_sq (Z'Z)^-1: a unit-information prior.
 
+With Gaussian precision weights w_i the fits are weighted least squares, RSS_j the weighted
+sums sum_i w_i r_i^2 (estimates of sigma2 itself: w_i r_i^2 has mean about sigma2), and
+alpha_cov = N sigma0_sq (Z'WZ)^-1; the fallback's var(y) and var(x_k) stay unweighted.
+
 GLMs (Poisson, binomial, Bernoulli) take the same rules with each group's own
 maximum-likelihood GLM fit (:mod:`multilevel.glmfit`; a group is left out when it has no
 more rows than terms, does not converge, or drifts more than 10 from the pooled fit on
@@ -157,7 +161,8 @@ def default_priors(design: Design, est: Any, family: Family | None = None) -> Pr
     if not r:
         alpha_cov = np.zeros((0, 0))
     elif gaussian:
-        alpha_cov = design.n_obs * sigma0_sq * np.linalg.pinv(design.Z.T @ design.Z)
+        Zw = design.Z if design.weights is None else design.Z * design.weights[:, None]
+        alpha_cov = design.n_obs * sigma0_sq * np.linalg.pinv(design.Z.T @ Zw)
     else:
         alpha_cov = design.n_obs * np.linalg.pinv(est.info_pool)[p:, p:]
     alpha_cov = 0.5 * (alpha_cov + alpha_cov.T)

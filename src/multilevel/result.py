@@ -87,13 +87,14 @@ class Fit:
             from .design import build_design
             from .formula import parse_formula
 
-            from .convert import OFFSET_COLUMN
+            from .convert import OFFSET_COLUMN, WEIGHTS_COLUMN
             from .families import family_response
 
             frame = dataset_to_frame(self.group("training_data"))
             offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
+            weights = frame.pop(WEIGHTS_COLUMN).to_numpy() if WEIGHTS_COLUMN in frame else None
             spec = parse_formula(self.formula)
-            design = build_design(spec, frame, na_action="raise", offset=offset)
+            design = build_design(spec, frame, na_action="raise", offset=offset, weights=weights)
             design.y, design.trials = family_response(check_family(self.family), design.y, spec.response,
                                                       design.response_kind, design.response_levels)
             self._design = design
@@ -228,7 +229,8 @@ class Fit:
         lines = [
             f" Family: {self.family} ({check_family(self.family).link} link)",
             f"Formula: {self.formula}",
-            f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}",
+            f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}"
+            + (f", precision weights {a['weights']}" if a.get("weights") else ""),
             *(a["predictors"].splitlines() if "predictors" in a else predictor_lines(self.design)),
             f"  Draws: {post.sizes['chain']} chains x {post.sizes['draw']} draws after {a.get('warmup')} warm-up sweeps"
             f" ({a.get('sampler')}, seed {a.get('seed')})",
@@ -323,10 +325,11 @@ class Fit:
         out = np.empty((n_chain, n_draw, y.shape[0]))
         chunk = chunk or max(1, int(2e7 // (n_chain * max(y.shape[0], 1))))
         sigma2 = self.posterior["sigma2"].values if family.is_gaussian else None
+        weights = cd["weights"].values if "weights" in cd else None
         for start in range(0, n_draw, chunk):
             sl = slice(start, min(start + chunk, n_draw))
             s2 = sigma2[:, sl, None] if sigma2 is not None else None
-            out[:, sl] = pointwise_loglik(family, y, trials, self.linear_predictor(sl), s2)
+            out[:, sl] = pointwise_loglik(family, y, trials, self.linear_predictor(sl), s2, weights)
         return xr.DataArray(out, dims=("chain", "draw", "obs"),
                             coords={"chain": self.posterior["chain"], "draw": self.posterior["draw"], "obs": np.arange(y.shape[0])}, name="y")
 
@@ -413,7 +416,7 @@ class Fit:
     # -- predictions, checks, comparison and plots (multilevel.predict, .comparison, .plots) ------
     def predict(self, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
                 draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
-                offset: Any = None, trials: Any = None) -> xr.DataArray | pd.DataFrame:
+                offset: Any = None, trials: Any = None, weights: Any = None) -> xr.DataArray | pd.DataFrame:
         """Posterior draws (chain, draw, obs) of predictions for the rows of ``newdata``.
 
         ``kind``: ``"linear"`` predictor, ``"mean"`` (inverse link; the success probability
@@ -422,12 +425,13 @@ class Fit:
         beta ~ MVN(theta, Sigma) per posterior draw (from ``seed``); ``include_group_effects=False``
         predicts at beta = theta. ``summary=True`` returns a DataFrame (mean, sd, HDI) instead.
         ``newdata=None``: the fitted values of the rows used in fitting, in the order of their
-        index labels. See :func:`multilevel.predict.predict`.
+        index labels. ``weights``: Gaussian ``kind="response"``, the new rows' precision weights
+        (column name or values; default 1: variance sigma2). See :func:`multilevel.predict.predict`.
         """
         from .predict import predict
 
         return predict(self, newdata, kind=kind, include_group_effects=include_group_effects, draws=draws, seed=seed,
-                       summary=summary, hdi_prob=hdi_prob, offset=offset, trials=trials)
+                       summary=summary, hdi_prob=hdi_prob, offset=offset, trials=trials, weights=weights)
 
     def posterior_predictive(self, seed: Any = None) -> xr.DataArray:
         """Draw a replicated response for every observed row and posterior draw, store it as

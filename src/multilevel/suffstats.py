@@ -17,6 +17,23 @@ reference residuals r = y - X_j b_ref_j - Z a_ref computed row by row once,
           + 2 sum_j d_j'X_j'Z_j c + c'Z'Z c,      d_j = beta_j - b_ref_j, c = alpha - a_ref,
 
 whose terms are all of the size of the residuals, not of y.
+
+Precision weights (lme4's ``weights``: y_i ~ N(eta_i, sigma2 / w_i)) enter only here. The
+log-likelihood is
+
+    sum_i log N(y_i | eta_i, sigma2 / w_i)
+        = -N log(2 pi sigma2) / 2 + sum_i log(w_i) / 2 - sum_i w_i (y_i - eta_i)^2 / (2 sigma2),
+
+the unweighted one of the rows scaled by sqrt(w_i) (y_i, x_i and z_i alike) plus the constant
+sum_i log(w_i) / 2 (``logw``). So every statistic above is computed on the scaled rows:
+X_j'W_jX_j, X_j'W_jy_j, X_j'W_jZ_j, Z'WZ, Z'Wy and the weighted SSR sum_i w_i r_i^2, while
+n_j and N stay counts of rows (sigma2 | . ~ IG((nu0 + N) / 2, (nu0 sigma0_sq + SSR_w) / 2)).
+Every sampler reads the data only through these statistics, so this is the whole change for
+sampling; in the collapsed sampler's marginal y_j ~ N(., sigma2 W_j^-1 + X_j Sigma X_j'),
+log det(sigma2 W_j^-1 + X_j Sigma X_j') = n_j log sigma2 - sum_i log w_i + log det Sigma
++ log det P_j with P_j = Sigma^-1 + X_j'W_jX_j / sigma2: the weights add a constant that does
+not involve Sigma, theta or alpha, which the collapsed steps (given sigma2) drop. The
+least-squares fits below are weighted least squares for the same reason.
 """
 
 from __future__ import annotations
@@ -46,6 +63,7 @@ class GaussianStats(NamedTuple):
     rtr: float  # r'r of the reference residuals
     Xtr: np.ndarray  # (m, p)
     Ztr: np.ndarray  # (r,)
+    logw: float = 0.0  # sum_i log w_i of the precision weights (0 unweighted)
 
 
 class LeastSquares(NamedTuple):
@@ -78,8 +96,14 @@ def gaussian_stats(design: Design) -> tuple[GaussianStats, LeastSquares]:
     The pooled fit of y on [X Z] gives a_pool; each group with n_j > p and a well
     conditioned X_j'X_j gets its own fit of y_j - Z_j a_pool on X_j (from the statistics);
     the others take the pooled b. The reference residuals are then computed row by row.
+    With precision weights, all of this runs on the rows scaled by sqrt(w_i) (module doc).
     """
     X, Z, y, starts = design.X, design.Z, np.asarray(design.y, dtype=float), design.starts
+    logw = 0.0
+    if design.weights is not None:
+        root = np.sqrt(design.weights)
+        X, Z, y = X * root[:, None], Z * root[:, None], y * root
+        logw = float(np.sum(np.log(design.weights)))
     p = X.shape[1]
     coef, *_ = np.linalg.lstsq(np.hstack([X, Z]), y, rcond=None)
     b_pool, a_pool = coef[:p], coef[p:]
@@ -108,6 +132,7 @@ def gaussian_stats(design: Design) -> tuple[GaussianStats, LeastSquares]:
         rtr=float(resid @ resid),
         Xtr=segment_sum(X * resid[:, None], starts),
         Ztr=Z.T @ resid,
+        logw=logw,
     )
     ls = LeastSquares(
         b_pool=b_pool,
@@ -121,7 +146,8 @@ def gaussian_stats(design: Design) -> tuple[GaussianStats, LeastSquares]:
 
 
 def residual_sum_of_squares(stats: GaussianStats, beta: np.ndarray, alpha: np.ndarray) -> float:
-    """SSR = sum_j ||y_j - X_j beta_j - Z_j alpha||^2 from the statistics (see module doc)."""
+    """SSR = sum_j ||y_j - X_j beta_j - Z_j alpha||^2 from the statistics (see module doc);
+    with precision weights, the weighted sum_i w_i (y_i - x_i'beta_j - z_i'alpha)^2."""
     d = beta - stats.b_ref
     c = alpha - stats.a_ref
     XtXd = np.einsum("jkl,jl->jk", stats.XtX, d)

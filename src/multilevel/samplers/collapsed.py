@@ -11,7 +11,10 @@ sufficient statistics give in O(m p^3) through P_j = Sigma^-1 + X_j'X_j / sigma2
     log p(y | theta, alpha, Sigma, sigma2) = const - sum_j [log det Sigma + log det P_j
                                               - (X_j'r_j)' P_j^-1 (X_j'r_j) / sigma2^2] / 2,
 
-with r_j = y_j - X_j theta - Z_j alpha. One sweep (a partially collapsed Gibbs sampler,
+with r_j = y_j - X_j theta - Z_j alpha. With precision weights (V_j = sigma2 W_j^-1 + X_j Sigma X_j')
+the same formulas hold with X_j'W_jX_j, X_j'W_jr_j in place of X_j'X_j, X_j'r_j (the statistics
+are weighted, :mod:`multilevel.suffstats`), and log det V_j gains -sum_i log w_i, constant
+in Sigma, theta and alpha, so "const" absorbs it. One sweep (a partially collapsed Gibbs sampler,
 van Dyk and Park 2008; the order matters):
 
 1. Sigma: a few random-walk Metropolis steps on p(Sigma | theta, alpha, sigma2, y)
@@ -281,6 +284,7 @@ class CollapsedGibbs:
             "sigma2": np.float64(state.sigma2),
             "beta": state.beta,
             "alpha": state.alpha,
-            "loglik": np.float64(-0.5 * (self._n_obs * np.log(2 * np.pi * state.sigma2) + ssr / state.sigma2)),
+            "loglik": np.float64(-0.5 * (self._n_obs * np.log(2 * np.pi * state.sigma2) - self.stats.logw
+                                         + ssr / state.sigma2)),
             "accept_Sigma": np.float64(state.accept_Sigma),
         }

@@ -174,9 +174,10 @@ class GaussianGibbs:
         return GibbsState(beta, alpha, theta, Sigma, Sigma_inv, sigma2)
 
     def loglik(self, state: GibbsState) -> float:
-        """Total log-likelihood sum_ij log N(y_ij | x_ij' beta_j + z_ij' alpha, sigma2)."""
+        """Total log-likelihood sum_ij log N(y_ij | x_ij' beta_j + z_ij' alpha, sigma2 / w_ij) (w = 1 unweighted):
+        -(N log(2 pi sigma2) - sum log w + SSR_w / sigma2) / 2, SSR_w the weighted SSR."""
         ssr = residual_sum_of_squares(self.stats, state.beta, state.alpha)
-        return -0.5 * (self._n_obs * np.log(2 * np.pi * state.sigma2) + ssr / state.sigma2)
+        return -0.5 * (self._n_obs * np.log(2 * np.pi * state.sigma2) - self.stats.logw + ssr / state.sigma2)
 
     def record(self, state: GibbsState) -> dict[str, np.ndarray]:
         """What is kept of each draw: the parameters and the total log-likelihood."""
