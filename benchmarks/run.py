@@ -26,6 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import endtoend  # noqa: E402
 from benchmarks import gaussian  # noqa: E402
 from benchmarks import glm  # noqa: E402
 from benchmarks import peers  # noqa: E402
@@ -37,6 +38,7 @@ SUITES = {
     "gaussian": gaussian.BENCHMARKS,
     "glm": glm.BENCHMARKS,
     "peers": peers.BENCHMARKS,  # needs the `bench` extra (PyMC, NumPyro)
+    "endtoend": endtoend.BENCHMARKS,
 }
 
 

@@ -57,7 +57,7 @@ def cli() -> None:
 @click.option("--draws", default=1000, show_default=True, type=int, help="Kept draws per chain.")
 @click.option("--warmup", default=1000, show_default=True, type=int, help="Warm-up sweeps per chain, discarded.")
 @click.option("--seed", default=None, type=int, help="Random seed; the same seed gives the same draws.")
-@click.option("--cores", default=None, type=int, help="Worker processes (default: one per chain, up to the machine's cores).")
+@click.option("--cores", default=None, type=int, help="Worker processes (default: one per chain, up to the machine's cores; none for runs of under 2 CPU seconds).")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Save the fit to this NetCDF file.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--checkpoint", default=None, type=int,
@@ -68,8 +68,8 @@ def cli() -> None:
               help="Store the pointwise log-likelihood in --out (chains x draws x rows numbers; az.loo reads it). "
               "Without it, 'multilevel' computes it when needed.")
 @click.option("--no-group-draws", is_flag=True,
-              help="Leave the per-group draws out of --out (a much smaller file for many groups; no per-group "
-              "results, seen-group predictions or resuming from it).")
+              help="Keep no per-group draws (much less memory and a much smaller --out for many groups; no "
+              "per-group results, seen-group predictions or resuming).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def fit_command(data: str, formula: str, family: str, offset: str | None, weights: str | None, proposal: str, sampler: str | None, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
@@ -82,15 +82,14 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, weight
         check_writable(Path(out), overwrite)
     if checkpoint is not None and out is None:
         raise ModelError("--checkpoint needs --out, the file the checkpoints go to")
-    if (log_likelihood or no_group_draws) and out is None:
-        raise ModelError(f"{'--log-likelihood' if log_likelihood else '--no-group-draws'} applies to the file --out "
-                         "writes; add --out FILE")
+    if log_likelihood and out is None:
+        raise ModelError("--log-likelihood applies to the file --out writes; add --out FILE")
     model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal, sampler=sampler,
                   weights=weights)
     try:
         fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
                         progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out,
-                        log_likelihood=log_likelihood)
+                        log_likelihood=log_likelihood, group_draws=not no_group_draws)
     except NumericalError as exc:
         if exc.fit is not None and out is not None:
             _save(exc.fit, out, overwrite=True)

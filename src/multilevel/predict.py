@@ -286,7 +286,7 @@ def _external_offset(fit: Fit, data: pd.DataFrame, offset: Any) -> np.ndarray | 
 
 def fit_uses_external_offset(fit: Fit) -> bool:
     """Whether the fitted offset differs from the formula's own ``offset(...)`` terms."""
-    cd = fit.idata.constant_data
+    cd = fit.group("constant_data")
     stored = cd["offset"].values if "offset" in cd else np.zeros(1)
     if not np.any(stored != 0):
         return False
@@ -488,8 +488,8 @@ def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, c
     rng = make_rng(seed)
     post = fit.posterior
     idx = draw_positions(post.sizes["draw"], draws)
-    cd = fit.idata.constant_data
-    y = fit.idata.observed_data["y"].values
+    cd = fit.group("constant_data")
+    y = fit.group("observed_data")["y"].values
     trials = cd["trials"].values if "trials" in cd else None
     weights = cd["weights"].values if "weights" in cd else None
     out = np.empty((post.sizes["chain"], idx.shape[0], y.shape[0]), dtype=float if family.is_gaussian else np.int64)

@@ -225,7 +225,7 @@ class Fit:
         """An lme4/brms-like text report of the fit."""
         a = self.attrs
         post = self.posterior
-        n_groups = post.sizes.get("group", 0)
+        n_groups = a.get("n_groups", post.sizes.get("group", 0))
         lines = [
             f" Family: {self.family} ({check_family(self.family).link} link)",
             f"Formula: {self.formula}",

@@ -41,6 +41,23 @@ class Kernel(Protocol):
     def record(self, state: Any) -> dict[str, np.ndarray]: ...
 
 
+@dataclass(frozen=True)
+class Recording:
+    """``kernel`` whose kept draws leave out the variables ``leave_out`` (the per-group draws
+    of a large model, say); everything else is the kernel's own."""
+
+    kernel: Any
+    leave_out: frozenset
+
+    def record(self, state: Any) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.kernel.record(state).items() if k not in self.leave_out}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("kernel", "leave_out") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.kernel, name)
+
+
 @dataclass
 class ChainState:
     """What a chain needs to go on: kernel state, generator, and sweeps done (warm-up included)."""
@@ -172,11 +189,12 @@ def _compile_notice() -> None:
           flush=True)
 
 
-def prime(kernel: Kernel, notice: bool = False) -> None:
+def prime(kernel: Kernel, notice: bool = False, timed: int = 0) -> float:
     """Run one throwaway sweep (warm-up and kept kind) so compiled code is loaded once here,
     before the workers fork, instead of once in every worker. Its own generator: the chains'
     draws do not depend on it. ``notice``: if it takes over ``COMPILE_NOTICE_SECONDS`` (the
-    compiled sweeps' first use compiles them, 5 to 25 s), a line on stderr says why."""
+    compiled sweeps' first use compiles them, 5 to 25 s), a line on stderr says why.
+    ``timed``: then time so many more sweeps; returns the CPU seconds of one (0 if none)."""
     timer = threading.Timer(COMPILE_NOTICE_SECONDS, _compile_notice) if notice else None
     if timer is not None:
         timer.daemon = True
@@ -187,10 +205,22 @@ def prime(kernel: Kernel, notice: bool = False) -> None:
         adapt = getattr(kernel, "warmup_step", None)
         if adapt is not None:
             state = adapt(state, rng, 0, 1)
-        kernel.step(state, rng)
+        state = kernel.step(state, rng)
     finally:
         if timer is not None:
             timer.cancel()
+    start = time.process_time()
+    for _ in range(timed):
+        state = kernel.step(state, rng)
+    return (time.process_time() - start) / timed if timed else 0.0
+
+
+#: when ``cores`` is not given, chains whose sweeps would take less than this many CPU seconds
+#: in all run in this process: worker processes would cost more (starting them, sending their
+#: draws back) than they save
+SERIAL_BELOW_SECONDS = 2.0
+#: sweeps timed to estimate a run's cost
+TIMED_SWEEPS = 20
 
 
 def _context() -> Any:
@@ -298,12 +328,19 @@ def run_chains(
         states = [ChainState(kernel.init(rng), rng, 0) for rng in rngs]
         pieces = [[] for _ in range(chains)]
         elapsed_before = 0.0
-    cores = default_cores(chains) if cores is None else max(1, min(cores, chains))
     total = warmup + draws
     done = states[0].iteration
     size = block_size(total, checkpoint)
     shown = progress and sys.stderr.isatty()
-    if cores > 1 or shown:  # before the workers fork; and so that a first-use compile is said, not a stuck bar
+    primed = False
+    if cores is None:
+        cores = default_cores(chains)
+        if cores > 1:  # small runs stay in this process (SERIAL_BELOW_SECONDS)
+            per_sweep, primed = prime(kernel, notice=shown, timed=TIMED_SWEEPS), True
+            if per_sweep * chains * (total - done) < SERIAL_BELOW_SECONDS:
+                cores = 1
+    cores = max(1, min(cores, chains))
+    if not primed and (cores > 1 or shown):  # before the workers fork; so that a first-use compile is said
         prime(kernel, notice=shown)
     bar = _progress_bar(chains * total, chains * done, progress)
     interrupted = False
@@ -313,8 +350,12 @@ def run_chains(
     def result() -> ChainDraws:
         draws_now = {}
         if pieces[0]:
-            draws_now = {k: np.stack([np.concatenate([p[k] for p in chain_pieces]) for chain_pieces in pieces])
-                         for k in pieces[0][0]}
+            n_kept = sum(p[next(iter(p))].shape[0] for p in pieces[0])
+            for k, first in pieces[0][0].items():  # one copy into the result (no stacked temporaries)
+                out = np.empty((len(pieces), n_kept, *first.shape[1:]), dtype=first.dtype)
+                for c, chain_pieces in enumerate(pieces):
+                    np.concatenate([p[k] for p in chain_pieces], out=out[c])
+                draws_now[k] = out
         return ChainDraws(draws_now, entropy, elapsed_before + time.perf_counter() - start, list(states), warmup,
                           draws, interrupted, error)
 
