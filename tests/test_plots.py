@@ -294,3 +294,193 @@ def test_demo_writes_plots(tmp_path, monkeypatch):
     blocker.write_text("x")
     code, _, err = run_main(["demo", "--plots-dir", blocker])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "file" in err
+
+
+# -- choosing groups (issue 11, point 7) ------------------------------------------------------
+
+from matplotlib.text import Annotation  # noqa: E402
+
+from multilevel import plots  # noqa: E402
+from multilevel.predict import hdi  # noqa: E402
+
+
+def beta_means(fit, term):
+    return fit.posterior["beta"].sel(term=term).mean(("chain", "draw")).values
+
+
+def caterpillar_rows(ax):
+    """(means, tick labels) of a caterpillar panel, bottom to top."""
+    means = np.asarray(ax.containers[0].lines[0].get_xdata())
+    return means, [t.get_text() for t in ax.get_yticklabels()]
+
+
+def test_group_means_and_hdi_in_chunks(gfit, monkeypatch):
+    """Chunks of groups (here 3 values at a time, so one group per chunk) give the same means
+    and HDIs as one pass over all draws, for rows in any order."""
+    monkeypatch.setattr(plots, "CHUNK_VALUES", 3)
+    beta = plots._beta_draws(gfit)
+    np.testing.assert_allclose(plots.group_means(beta),
+                               gfit.posterior["beta"].mean(("chain", "draw")).transpose("group", "term").values)
+    rows = np.array([7, 2, 11, 0, 5])
+    flat = gfit.posterior["beta"].sel(term="x").values.reshape(-1, M)[:, rows]
+    lo, hi = plots.group_hdi(beta, 1, rows, 0.8)
+    elo, ehi = hdi(flat, 0.8)
+    np.testing.assert_array_equal(lo, elo)
+    np.testing.assert_array_equal(hi, ehi)
+
+
+def test_caterpillar_chosen_groups(gfit):
+    fig = gfit.plot_caterpillar(groups=["3", 0, "7", "3"])  # labels compared as strings; repeats dropped
+    assert "3 chosen of 12 groups" in fig._suptitle.get_text()
+    for ax, term in zip(fig.axes, ["Intercept", "x"]):
+        full = beta_means(gfit, term)
+        means, ticks = caterpillar_rows(ax)
+        assert sorted(ticks) == ["0", "3", "7"]
+        np.testing.assert_allclose(means, full[[int(t) for t in ticks]])
+        assert np.all(np.diff(means) >= 0)
+        # the HDI of each chosen group, as computed from all its draws
+        flat = gfit.posterior["beta"].sel(term=term).values.reshape(-1, M)[:, [int(t) for t in ticks]]
+        lo, _ = hdi(flat, 0.94)
+        left = ax.containers[0].lines[2][0].get_segments()
+        np.testing.assert_allclose([seg[0][0] for seg in left], np.minimum(lo, means))
+
+
+def test_caterpillar_top(gfit):
+    fig = gfit.plot_caterpillar(top=5)
+    assert "5 of 12 groups: the 3 highest and 2 lowest posterior means" in fig._suptitle.get_text()
+    assert "default" not in fig._suptitle.get_text()
+    for ax, term in zip(fig.axes, ["Intercept", "x"]):
+        full = beta_means(gfit, term)
+        order = np.argsort(full, kind="stable")
+        means, ticks = caterpillar_rows(ax)
+        assert ticks == [str(g) for g in order[[0, 1, -3, -2, -1]]]
+        np.testing.assert_allclose(means, full[order[[0, 1, -3, -2, -1]]])
+        gap = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+        assert len(gap) == 1 and gap[0].get_ydata()[0] == pytest.approx(1.5)
+        assert any(t.get_text() == "7 groups not shown" for t in ax.texts)
+    # top at least the number of groups: all of them, no note
+    fig = gfit.plot_caterpillar(top=M)
+    assert errorbar_points(fig.axes[0]) == [M] and "\n" not in fig._suptitle.get_text()
+
+
+def test_caterpillar_default_subset_above_max_groups(gfit, monkeypatch):
+    monkeypatch.setattr(plots, "DEFAULT_TOP", 4)
+    fig = gfit.plot_caterpillar(max_groups=10)
+    assert errorbar_points(fig.axes[0]) == [4]
+    assert "4 of 12 groups: the 2 highest and 2 lowest posterior means (the default above 10 groups)" \
+        in fig._suptitle.get_text()
+    assert errorbar_points(gfit.plot_caterpillar(max_groups=12).axes[0]) == [M]
+    assert errorbar_points(gfit.plot_caterpillar(max_groups=None).axes[0]) == [M]
+    assert errorbar_points(gfit.plot_caterpillar(max_groups=10, groups=["1"]).axes[0]) == [1]
+
+
+def highlighted(ax):
+    """The blue (highlighted) points of a shrinkage panel and its grey background points."""
+    points = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label() != "theta"]
+    grey = [c for c in points if c.get_label().startswith("other groups")]
+    return [c for c in points if c not in grey], grey
+
+
+def test_shrinkage_chosen_groups(gfit, monkeypatch):
+    b_own, own = own_estimates(gfit)
+    own = own.copy()
+    own[5] = False  # group 5 has no own estimate here
+    monkeypatch.setattr(plots, "own_estimates", lambda fit: (b_own, own))
+    post_mean = gfit.posterior["beta"].mean(("chain", "draw")).values
+    fig = gfit.plot_shrinkage(groups=["9", "2", "5"])
+    title = fig._suptitle.get_text()
+    assert "11 groups as points; pulls drawn for the 2 chosen" in title
+    assert "1 group without their own estimate not shown" in title
+    assert "1 of the chosen groups have no own estimate" in title
+    for k, ax in enumerate(fig.axes[:2]):
+        lit, grey = highlighted(ax)
+        assert len(grey) == 1 and len(grey[0].get_offsets()) == own.sum()
+        assert len(lit) == 1
+        np.testing.assert_allclose(lit[0].get_offsets(), np.column_stack([b_own[[9, 2], k], post_mean[[9, 2], k]]))
+        segments = [c for c in ax.collections if isinstance(c, LineCollection)]
+        assert len(segments) == 1 and len(segments[0].get_segments()) == 2
+        assert sorted(a.get_text() for a in ax.texts if isinstance(a, Annotation)) == ["2", "9"]
+    quiver = [c for c in fig.axes[2].collections if isinstance(c, Quiver)]
+    assert len(quiver) == 1 and quiver[0].N == 2
+
+
+def test_shrinkage_top_most_shrunk(gfit):
+    b_own, own = own_estimates(gfit)
+    post_mean = gfit.posterior["beta"].mean(("chain", "draw")).values
+    shown = np.flatnonzero(own)
+    scaled = (b_own[shown] - post_mean[shown]) / b_own[shown].std(axis=0)
+    most = shown[np.argsort(-np.hypot(scaled[:, 0], scaled[:, 1]))[:3]]
+    fig = gfit.plot_shrinkage(top=3)
+    assert "pulls drawn for the 3 most shrunk" in fig._suptitle.get_text()
+    lit, grey = highlighted(fig.axes[0])
+    np.testing.assert_allclose(lit[0].get_offsets()[:, 0], b_own[most, 0])
+    # one term: its pull alone
+    fig = gfit.plot_shrinkage(terms=["x"], top=2)
+    assert len(fig.axes) == 1
+    pull = np.abs(b_own[shown, 1] - post_mean[shown, 1])
+    lit, _ = highlighted(fig.axes[0])
+    np.testing.assert_allclose(lit[0].get_offsets()[:, 0], b_own[shown[np.argsort(-pull)[:2]], 1])
+
+
+def test_shrinkage_default_subset_above_max_groups(gfit, monkeypatch):
+    monkeypatch.setattr(plots, "DEFAULT_TOP", 4)
+    fig = gfit.plot_shrinkage(max_groups=10)
+    assert "pulls drawn for the 4 most shrunk, the default above 10 groups" in fig._suptitle.get_text()
+    lit, grey = highlighted(fig.axes[0])
+    assert len(lit[0].get_offsets()) == 4 and len(grey) == 1
+    assert len([a for a in fig.axes[0].texts if isinstance(a, Annotation)]) == 4  # up to max_labels are named
+    assert not [a for a in gfit.plot_shrinkage(top=4, max_labels=3).axes[0].texts if isinstance(a, Annotation)]
+    assert len(highlighted(gfit.plot_shrinkage(max_groups=None).axes[0])[1]) == 0  # all groups, no background
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(groups=["3", "nope", "zz"]),
+     "unknown group 'nope' (and 1 more); the groups are labelled like 0, 1, 2, 3, 4 (12 in all)"),
+    (dict(groups=[]), "groups= is empty"),
+    (dict(groups=["1"], top=3), "give groups= or top=, not both"),
+    (dict(top=0), "top must be a positive integer, got 0"),
+    (dict(top=2.5), "top must be a positive integer"),
+    (dict(top=True), "top must be a positive integer"),
+    (dict(max_groups=0), "max_groups must be a positive integer"),
+])
+@pytest.mark.parametrize("kind", ["caterpillar", "shrinkage"])
+def test_group_choice_errors(gfit, kind, kwargs, fragment):
+    with pytest.raises(ModelError) as info:
+        gfit.plot(kind, **kwargs)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_plot_groups_and_top(gfit, tmp_path, monkeypatch):
+    import multilevel.cli as cli
+
+    path = gfit.save(tmp_path / "fit.nc")
+    figures = []
+    original = cli._save_figure
+    monkeypatch.setattr(cli, "_save_figure", lambda fig, *a, **kw: (figures.append(fig), original(fig, *a, **kw)))
+    code, _, err = run_main(["plot", path, "--kind", "caterpillar", "--groups", "4, 1", "--groups", "10",
+                             "--out", tmp_path / "c.png"])
+    assert code == 0, err
+    assert sorted(caterpillar_rows(figures[-1].axes[0])[1]) == ["1", "10", "4"]
+    code, _, err = run_main(["plot", path, "--kind", "caterpillar", "--top", "4", "--out", tmp_path / "t.png"])
+    assert code == 0, err
+    assert errorbar_points(figures[-1].axes[1]) == [4]
+    code, _, err = run_main(["plot", path, "--kind", "shrinkage", "--top", "3", "--out", tmp_path / "s.png"])
+    assert code == 0, err
+    assert "3 most shrunk" in figures[-1]._suptitle.get_text()
+    assert (tmp_path / "s.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--kind", "caterpillar", "--groups", "1,nope"], "unknown group 'nope'"),
+    (["--kind", "shrinkage", "--groups", " , "], "--groups is empty"),
+    (["--kind", "caterpillar", "--groups", "1", "--top", "3"], "not both"),
+    (["--kind", "caterpillar", "--top", "0"], "--top must be a positive integer"),
+    (["--kind", "trace", "--top", "3"], "not of trace"),
+])
+def test_cli_plot_group_errors(gfit, tmp_path, argv, fragment):
+    path = gfit.save(tmp_path / "fit.nc")
+    code, _, err = run_main(["plot", path, *argv, "--out", tmp_path / "x.png"])
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err and fragment in lines[0], err
+    assert not (tmp_path / "x.png").exists()

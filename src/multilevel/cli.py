@@ -252,7 +252,13 @@ PLOT_KINDS = ("trace", "rank", "caterpillar", "shrinkage", "ppc", "pairs")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the replicated data of the ppc plot.")
 @click.option("--dpi", default=120, show_default=True, type=int, help="Resolution of raster images.")
-def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, seed: int, dpi: int) -> None:
+@click.option("--groups", "groups", multiple=True,
+              help="Caterpillar, shrinkage: only these groups, labels separated by commas (repeatable).")
+@click.option("--top", default=None, type=int,
+              help="Caterpillar: the N/2 highest and N/2 lowest groups of each term; shrinkage: the N most shrunk "
+              "(default above 300 groups: 40).")
+def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, seed: int, dpi: int,
+                 groups: tuple[str, ...], top: int | None) -> None:
     """Plot a saved fit: trace, rank (population parameters), caterpillar (group effects),
     shrinkage (own estimates against posterior means), ppc (posterior predictive check) or pairs."""
     from .result import check_writable, load
@@ -266,9 +272,21 @@ def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, see
     _image_format(out_path)
     if dpi < 1:
         raise ModelError(f"--dpi must be a positive integer, got {dpi}")
+    options: dict[str, Any] = {"seed": seed} if kind == "ppc" else {}
+    if groups or top is not None:
+        if kind not in ("caterpillar", "shrinkage"):
+            raise ModelError(f"--groups and --top choose groups of the caterpillar and shrinkage plots, not of {kind}")
+        if groups and top is not None:
+            raise ModelError("give --groups or --top, not both")
+        if top is not None and top < 1:
+            raise ModelError(f"--top must be a positive integer, got {top}")
+        labels = [g.strip() for text in groups for g in text.split(",") if g.strip()]
+        if groups and not labels:
+            raise ModelError("--groups is empty: give group labels separated by commas, e.g. --groups a,b,c")
+        options.update({"groups": labels} if groups else {"top": top})
     _agg()
     fit = load(fit_path)
-    fig = fit.plot(kind, seed=seed) if kind == "ppc" else fit.plot(kind)
+    fig = fit.plot(kind, **options)
     _save_figure(fig, out_path, overwrite, dpi=dpi)
     click.echo(f"wrote {kind} plot to {out}", err=True)
 

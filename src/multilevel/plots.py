@@ -9,6 +9,12 @@
   (gaussian), frequencies of the counts (poisson), per-group proportions (binomial,
   bernoulli).
 
+The two group-level plots take ``groups=`` (labels) or ``top=N`` and, above
+:data:`MAX_GROUPS` groups, show :data:`DEFAULT_TOP` of them by default (the title says
+which). Their cost is O(groups x draws) with temporaries of at most :data:`CHUNK_VALUES`
+values: beta is read in slices of groups (from the file, for a loaded fit), for every
+group's mean and, only for the groups drawn, their HDIs.
+
 This module does not choose a matplotlib backend: scripts without a display select
 ``Agg`` (the command line does).
 """
@@ -19,6 +25,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from .comparison import population_dataset
 from .convert import az
@@ -32,6 +39,15 @@ if TYPE_CHECKING:
     from .result import Fit
 
 KINDS = ("trace", "rank", "caterpillar", "shrinkage", "ppc", "pairs")
+#: above this many groups the caterpillar and shrinkage plots show a subset unless told otherwise
+MAX_GROUPS = 300
+#: the size of that default subset (``top=``)
+DEFAULT_TOP = 40
+#: values read at a time by the per-group means and HDIs (16 MB of float64)
+CHUNK_VALUES = 2**21
+#: scatters with more points than this are rasterized in vector formats (PDF, SVG)
+RASTERIZE_ABOVE = 1000
+BACKGROUND = "0.6"
 OBSERVED = "black"
 MODEL = "C0"
 POOL = "C3"
@@ -114,27 +130,150 @@ def _flat(da: Any) -> np.ndarray:
     return v.reshape(-1, *v.shape[2:])
 
 
-def plot_caterpillar(fit: Fit, terms: list[str] | None = None, hdi_prob: float = HDI_PROB, max_labels: int = 40) -> Figure:
+# -- choosing groups ----------------------------------------------------------------------------
+
+def _group_labels(fit: Fit) -> np.ndarray:
+    return np.asarray(fit.posterior["group"].values).astype(str)
+
+
+def _positive_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ModelError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _chosen(labels: np.ndarray, groups: Any) -> np.ndarray:
+    """Positions of the ``groups`` labels (compared as strings), in the order given, without repeats."""
+    wanted = [str(g) for g in ([groups] if np.ndim(groups) == 0 else groups)]
+    if not wanted:
+        raise ModelError("groups= is empty: give at least one group label")
+    pos = pd.Index(labels).get_indexer(wanted)
+    missing = [w for w, i in zip(wanted, pos) if i < 0]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelError(f"unknown group {missing[0]!r}{more}; the groups are labelled like "
+                         f"{', '.join(labels[:5])} ({labels.shape[0]:,} in all)")
+    return pd.unique(pos)
+
+
+def _selection(labels: np.ndarray, groups: Any, top: Any,
+               max_groups: Any) -> tuple[np.ndarray | None, int | None, bool]:
+    """Validated choice of groups: (positions of ``groups`` or None, ``top`` or None, whether
+    ``top`` is the default for more than ``max_groups`` groups). (None, None, False): all."""
+    if groups is not None and top is not None:
+        raise ModelError("give groups= or top=, not both")
+    if max_groups is not None:
+        max_groups = _positive_count(max_groups, "max_groups")
+    if groups is not None:
+        return _chosen(labels, groups), None, False
+    if top is not None:
+        top = _positive_count(top, "top")
+        return None, (top if top < labels.shape[0] else None), False
+    if max_groups is not None and labels.shape[0] > max_groups:
+        return None, DEFAULT_TOP, True
+    return None, None, False
+
+
+def _top_positions(score: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` largest scores, largest first (O(m) selection, then a sort of n)."""
+    part = np.argpartition(-score, n - 1)[:n]
+    return part[np.argsort(-score[part], kind="stable")]
+
+
+# -- per-group summaries in O(groups x draws) ----------------------------------------------------
+
+def _beta_draws(fit: Fit) -> Any:
+    """beta as a (chain, draw, group, term) DataArray; not read into memory here (a loaded
+    fit reads it from its file chunk by chunk below)."""
+    return fit.posterior["beta"].transpose("chain", "draw", "group", "term")
+
+
+def _chunk(per_group: int) -> int:
+    """Groups per chunk: at most :data:`CHUNK_VALUES` values of ``per_group`` each."""
+    return max(1, CHUNK_VALUES // max(per_group, 1))
+
+
+def group_means(beta: Any) -> np.ndarray:
+    """(group, term) posterior means of (chain, draw, group, term) draws, in chunks of groups:
+    no temporary of the draws' size (xarray's NaN-skipping mean copies them several times)."""
+    n_chain, n_draw, m, p = beta.shape
+    step = _chunk(n_chain * n_draw * p)
+    out = np.empty((m, p))
+    for a in range(0, m, step):  # chunks of groups, not groups
+        out[a:a + step] = np.mean(np.asarray(beta[:, :, a:a + step].values), axis=(0, 1), dtype=float)
+    return out
+
+
+def group_hdi(beta: Any, term: int, rows: np.ndarray, hdi_prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """``hdi_prob`` HDI of beta[:, :, rows, term]: the rows are read by slices of the group axis
+    of at most :data:`CHUNK_VALUES` values (skipping slices without a row; a file is read no
+    further than the slice), one sort over the draws each."""
+    n_draws = beta.shape[0] * beta.shape[1]
+    step = _chunk(n_draws)
+    order = np.argsort(rows, kind="stable")
+    ranked = rows[order]
+    bounds = np.searchsorted(ranked, np.arange(0, beta.shape[2] + step, step))
+    lo, hi = np.empty(rows.shape[0]), np.empty(rows.shape[0])
+    for c in np.flatnonzero(np.diff(bounds)):  # slices of groups, not groups
+        i, j = bounds[c], bounds[c + 1]
+        block = np.asarray(beta.isel(group=ranked[i:j], term=term).values, dtype=float).reshape(n_draws, -1)
+        lo[order[i:j]], hi[order[i:j]] = hdi(block, hdi_prob)
+    return lo, hi
+
+
+def _count_groups(n: int) -> str:
+    return f"{n:,} group{'s' if n != 1 else ''}"
+
+
+def plot_caterpillar(fit: Fit, terms: list[str] | None = None, hdi_prob: float = HDI_PROB, groups: Any = None,
+                     top: int | None = None, max_groups: int | None = MAX_GROUPS, max_labels: int = 40) -> Figure:
     """Each group's coefficient beta_jk: posterior mean and ``hdi_prob`` HDI, groups sorted
     by the mean, one panel per varying term; the vertical line and band are theta_k's
-    posterior mean and HDI (0 where the term's mean is fixed at 0)."""
+    posterior mean and HDI (0 where the term's mean is fixed at 0).
+
+    Which groups: ``groups``, a list of group labels; or ``top=N``, in each panel the
+    ceil(N/2) groups with the highest posterior means and the floor(N/2) lowest (the two
+    ends of the full caterpillar, a dotted line between them). With neither, every group
+    when there are at most ``max_groups`` (None: no limit), else ``top=DEFAULT_TOP``. The
+    figure title says which groups are shown; up to ``max_labels`` rows are labelled.
+    """
     plt = _plt()
+    if not 0 < hdi_prob < 1:
+        raise ModelError(f"hdi_prob must be between 0 and 1, got {hdi_prob!r}")
+    all_terms = [str(t) for t in fit.posterior["term"].values]
     terms = _terms(fit, terms)
+    labels = _group_labels(fit)
+    m = labels.shape[0]
+    chosen, top, by_default = _selection(labels, groups, top, max_groups)
+    beta = _beta_draws(fit)
+    means = group_means(beta)
+    n_rows = chosen.shape[0] if chosen is not None else top or m
     post = fit.posterior
-    groups = np.asarray([str(g) for g in post["group"].values])
-    m = groups.shape[0]
     zero = set(fit.zero_mean_terms)
-    fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), max(4.0, min(0.06 * m + 2.0, 12.0))), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), max(4.0, min(0.06 * n_rows + 2.0, 12.0))),
+                             squeeze=False, layout="constrained")
     for ax, term in zip(axes[0], terms):
-        draws = _flat(post["beta"].sel(term=term))  # (S, m)
-        mean = draws.mean(axis=0)
-        lo, hi = hdi(draws, hdi_prob)
-        order = np.argsort(mean, kind="stable")
-        y = np.arange(m)
-        xerr = np.clip([mean[order] - lo[order], hi[order] - mean[order]], 0.0, None)
-        ax.errorbar(mean[order], y, xerr=xerr, fmt="o", color=MODEL,
-                    markersize=2.5 if m > 40 else 4, elinewidth=0.8, label=f"group {term} ({100 * hdi_prob:g}% HDI)")
+        k = all_terms.index(term)
+        mean = means[:, k]
+        n_low = 0
+        if chosen is not None:
+            rows = chosen[np.argsort(mean[chosen], kind="stable")]
+        elif top is not None:
+            order = np.argsort(mean, kind="stable")
+            n_low = top // 2
+            rows = np.r_[order[:n_low], order[m - (top - n_low):]]
+        else:
+            rows = np.argsort(mean, kind="stable")
+        lo, hi = group_hdi(beta, k, rows, hdi_prob)
+        y = np.arange(rows.shape[0])
+        xerr = np.clip([mean[rows] - lo, hi - mean[rows]], 0.0, None)
+        ax.errorbar(mean[rows], y, xerr=xerr, fmt="o", color=MODEL,
+                    markersize=2.5 if rows.shape[0] > 40 else 4, elinewidth=0.8,
+                    label=f"group {term} ({100 * hdi_prob:g}% HDI)")
+        if n_low:
+            ax.axhline(n_low - 0.5, color="grey", ls=":", lw=1)
+            ax.text(0.5, n_low - 0.5, f"{_count_groups(m - top)} not shown", transform=ax.get_yaxis_transform(),
+                    fontsize=7, color="grey", ha="center", va="center", bbox={"fc": "white", "ec": "none", "pad": 1})
         if term in zero:
             ax.axvline(0.0, color=POOL, lw=1.5, label="mean fixed at 0")
         else:
@@ -144,16 +283,27 @@ def plot_caterpillar(fit: Fit, terms: list[str] | None = None, hdi_prob: float =
             ax.axvline(float(th.mean()), color=POOL, lw=1.5, label=f"theta[{term}]")
         ax.set_xlabel(f"{term} coefficient")
         ax.set_title(term)
-        if m <= max_labels:
+        if rows.shape[0] <= max_labels:
             ax.set_yticks(y)
-            ax.set_yticklabels(groups[order], fontsize=7)
+            ax.set_yticklabels(labels[rows], fontsize=7)
         else:
             ax.set_yticks([])
         ax.set_ylabel(f"{fit.attrs.get('group_factor', 'group')} (sorted by posterior mean)")
-        ax.set_ylim(-1, m)
+        ax.set_ylim(-1, rows.shape[0])
         ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"Group effects: {fit.formula}")
+    fig.suptitle(f"Group effects: {fit.formula}{_caterpillar_note(m, chosen, top, by_default, max_groups)}")
     return fig
+
+
+def _caterpillar_note(m: int, chosen: np.ndarray | None, top: int | None, by_default: bool, max_groups: Any) -> str:
+    """Second title line: which groups the caterpillar shows (nothing when all)."""
+    if chosen is not None:
+        return f"\n{chosen.shape[0]:,} chosen of {_count_groups(m)}"
+    if top is None:
+        return ""
+    ends = f"the {top - top // 2:,} highest and {top // 2:,} lowest" if top > 1 else "the highest"
+    note = f"\n{top:,} of {_count_groups(m)}: {ends} posterior means"
+    return note + (f" (the default above {max_groups:,} groups)" if by_default else "")
 
 
 def own_estimates(fit: Fit) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +334,21 @@ def own_estimates(fit: Fit) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(est.b_group), np.asarray(est.own, dtype=bool)
 
 
-def plot_shrinkage(fit: Fit, terms: list[str] | None = None) -> Figure:
+def _pull_score(b_own: np.ndarray, b_post: np.ndarray) -> np.ndarray:
+    """How far each group is pulled from its own estimate to its posterior mean: the length
+    of own - posterior mean with each term in units of the sd of the own estimates across groups."""
+    scale = b_own.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    return np.sqrt((((b_own - b_post) / scale) ** 2).sum(axis=1))
+
+
+def _label_points(ax: Any, x: np.ndarray, y: np.ndarray, names: np.ndarray) -> None:
+    for xi, yi, name in zip(x, y, names):  # at most max_labels points
+        ax.annotate(name, (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6, color="0.25")
+
+
+def plot_shrinkage(fit: Fit, terms: list[str] | None = None, groups: Any = None, top: int | None = None,
+                   max_groups: int | None = MAX_GROUPS, max_labels: int = 15) -> Figure:
     """Shrinkage of the group effects towards theta.
 
     One panel per varying term k: for each group with its own estimate, x = its own
@@ -193,53 +357,94 @@ def plot_shrinkage(fit: Fit, terms: list[str] | None = None) -> Figure:
     from the diagonal to each point is the group's pull towards theta (longer for small,
     noisy groups). With two or more varying terms, a last panel shows the first two in the
     plane: arrows from each own estimate (open circle) to the posterior mean (dot), and theta.
+
+    Every group with an own estimate is a point. The pulls are drawn for all of them when
+    there are at most ``max_groups`` (None: no limit); otherwise only for the highlighted
+    groups, the rest staying small grey points (rasterized in PDF and SVG when many):
+    ``groups`` (labels), or ``top=N`` the N most shrunk groups (the longest pull from own
+    estimate to posterior mean, each term in units of the sd of the own estimates across
+    groups), by default ``top=DEFAULT_TOP``. Up to ``max_labels`` highlighted groups are labelled.
     """
     plt = _plt()
     all_terms = [str(t) for t in fit.posterior["term"].values]
     terms = _terms(fit, terms)
+    labels = _group_labels(fit)
+    m = labels.shape[0]
+    chosen, top, by_default = _selection(labels, groups, top, max_groups)
     b_own, own = own_estimates(fit)
-    post = fit.posterior
-    b_post = post["beta"].mean(("chain", "draw")).transpose("group", "term").values
-    theta = post["theta"].mean(("chain", "draw")).values
-    n_sizes = np.bincount(fit.idata.constant_data["group_index"].values, minlength=b_post.shape[0])
+    b_post = group_means(_beta_draws(fit))
+    theta = np.mean(np.asarray(fit.posterior["theta"].transpose("chain", "draw", "term").data), axis=(0, 1))
+    n_sizes = np.bincount(fit.idata.constant_data["group_index"].values, minlength=m)
+    shown = np.flatnonzero(own)
+    left_out = m - shown.shape[0]
+    ks = [all_terms.index(t) for t in terms]
+    # highlighted: positions into ``shown``, or None for all of them
+    if chosen is not None:
+        lit = np.flatnonzero(np.isin(shown, chosen))
+        lit = lit[np.argsort(pd.Index(chosen).get_indexer(shown[lit]), kind="stable")]
+    elif top is not None and top < shown.shape[0]:
+        lit = _top_positions(_pull_score(b_own[np.ix_(shown, ks)], b_post[np.ix_(shown, ks)]), top)
+    else:
+        lit = None
     plane = len(terms) >= 2
     n_panels = len(terms) + int(plane)
     fig, axes = plt.subplots(1, n_panels, figsize=(4.8 * n_panels, 4.8), squeeze=False, layout="constrained")
     axes = axes[0]
-    shown = np.flatnonzero(own)
-    left_out = int((~own).sum())
     sizes = 8 + 40 * np.sqrt(n_sizes[shown] / max(n_sizes.max(), 1))
-    for ax, term in zip(axes, terms):
-        k = all_terms.index(term)
+    many = shown.shape[0] > RASTERIZE_ABOVE
+    hl = slice(None) if lit is None else lit
+    named = lit is not None and lit.shape[0] <= max_labels
+    from matplotlib.collections import LineCollection
+
+    for ax, term, k in zip(axes, terms, ks):
         x, y = b_own[shown, k], b_post[shown, k]
         lo, hi = float(np.min(np.r_[x, y, theta[k]])), float(np.max(np.r_[x, y, theta[k]]))
         pad = 0.05 * (hi - lo or 1.0)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--", label="no pooling (y = x)")
         ax.axhline(theta[k], color=POOL, lw=1.5, label=f"theta[{term}] (complete pooling)")
-        segments = np.stack([np.column_stack([x, x]), np.column_stack([x, y])], axis=1)
-        from matplotlib.collections import LineCollection
-
+        if lit is not None:
+            ax.scatter(x, y, s=3, color=BACKGROUND, alpha=0.5, lw=0, rasterized=many, label="other groups")
+        segments = np.stack([np.column_stack([x[hl], x[hl]]), np.column_stack([x[hl], y[hl]])], axis=1)
         ax.add_collection(LineCollection(segments, colors=MODEL, alpha=0.5, lw=0.8, label="pull towards theta"))
-        ax.scatter(x, y, s=sizes, color=MODEL, zorder=3, label="posterior mean (size: rows)")
+        ax.scatter(x[hl], y[hl], s=sizes[hl], color=MODEL, zorder=3, rasterized=many and lit is None,
+                   label="posterior mean (size: rows)")
+        if named:
+            _label_points(ax, x[lit], y[lit], labels[shown[lit]])
         ax.set_xlabel(f"own {'least-squares' if fit.family == 'gaussian' else 'GLM'} estimate of {term}")
         ax.set_ylabel(f"posterior mean of {term}")
         ax.set_title(term)
         ax.legend(fontsize=7, loc="upper left")
     if plane:
         ax = axes[-1]
-        k0, k1 = all_terms.index(terms[0]), all_terms.index(terms[1])
+        k0, k1 = ks[0], ks[1]
         x0, y0 = b_own[shown, k0], b_own[shown, k1]
         x1, y1 = b_post[shown, k0], b_post[shown, k1]
+        if lit is not None:
+            ax.scatter(x1, y1, s=3, color=BACKGROUND, alpha=0.5, lw=0, rasterized=many,
+                       label="other groups' posterior means")
+        x0, y0, x1, y1 = x0[hl], y0[hl], x1[hl], y1[hl]
         ax.quiver(x0, y0, x1 - x0, y1 - y0, angles="xy", scale_units="xy", scale=1, color=MODEL, alpha=0.6,
                   width=0.003, headwidth=4, label="own estimate -> posterior mean")
-        ax.scatter(x0, y0, s=14, facecolors="none", edgecolors="grey", label="own estimate")
-        ax.scatter(x1, y1, s=10, color=MODEL, zorder=3, label="posterior mean")
+        ax.scatter(x0, y0, s=14, facecolors="none", edgecolors="grey", rasterized=many and lit is None,
+                   label="own estimate")
+        ax.scatter(x1, y1, s=10, color=MODEL, zorder=3, rasterized=many and lit is None, label="posterior mean")
+        if named:
+            _label_points(ax, x1, y1, labels[shown[lit]])
         ax.scatter([theta[k0]], [theta[k1]], marker="*", s=220, color=POOL, zorder=4, label="theta")
         ax.set_xlabel(terms[0])
         ax.set_ylabel(terms[1])
         ax.set_title(f"{terms[0]} and {terms[1]}")
-        ax.legend(fontsize=7, loc="best")
-    note = f"\n({left_out} groups without their own estimate not shown)" if left_out else ""
+        ax.legend(fontsize=7, loc="upper left" if many else "best")  # "best" costs O(points) in Python
+    notes = []
+    if lit is not None:
+        what = "chosen" if chosen is not None else "most shrunk"
+        notes.append(f"{_count_groups(shown.shape[0])} as points; pulls drawn for the {lit.shape[0]:,} {what}"
+                     + (f", the default above {max_groups:,} groups" if by_default else ""))
+    if left_out:
+        notes.append(f"{_count_groups(left_out)} without their own estimate not shown")
+    if chosen is not None and lit.shape[0] < chosen.shape[0]:
+        notes.append(f"{chosen.shape[0] - lit.shape[0]:,} of the chosen groups have no own estimate")
+    note = "".join(f"\n({n})" for n in notes)
     fig.suptitle(f"Shrinkage towards theta: {fit.formula}{note}")
     return fig
 
@@ -353,4 +558,5 @@ def plot(fit: Fit, kind: str = "trace", **kwargs: Any) -> Figure:
     return PLOTTERS[kind](fit, **kwargs)
 
 
-__all__ = ["KINDS", "plot", "own_estimates", *[f.__name__ for f in PLOTTERS.values()]]
+__all__ = ["KINDS", "MAX_GROUPS", "DEFAULT_TOP", "plot", "own_estimates", "group_means", "group_hdi",
+           *[f.__name__ for f in PLOTTERS.values()]]
