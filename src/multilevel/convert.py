@@ -294,14 +294,21 @@ def _drop_group(path: str | Path, name: str) -> None:
             del f[name]
 
 
+#: groups at most this large (bytes) are read into memory at once; larger ones are read as
+#: they are used (the per-group draws of a large fit: a summary never reads them)
+EAGER_BYTES = 50_000_000
+
+
 def read_groups(path: str | Path) -> dict[str, xr.Dataset]:
-    """Every group of a NetCDF file written by :func:`write_groups` (or ArviZ), read into memory."""
+    """Every group of a NetCDF file written by :func:`write_groups` (or ArviZ). Small groups
+    are read into memory; larger ones (:data:`EAGER_BYTES`) stay in the file and are read
+    as used. Writing a fit over its own file is safe: the open file keeps its old content."""
     import h5netcdf
 
     with h5netcdf.File(path, "r") as f:
         names = list(f.groups)
     groups = {}
     for name in names:
-        with xr.open_dataset(path, group=name, engine="h5netcdf") as ds:
-            groups[name] = ds.load()
+        ds = xr.open_dataset(path, group=name, engine="h5netcdf")
+        groups[name] = ds.load() if ds.nbytes <= EAGER_BYTES else ds
     return groups
