@@ -16,7 +16,8 @@ The estimators are those of Vehtari, Gelman, Simpson, Carpenter and Buerkner (20
   rank-normalised draws and of the rank-normalised folded draws |x - median|;
 * ``mcse_mean`` = sd / sqrt(ESS of the split chains); ``mcse_sd`` by the delta method on
   the split-chain ESS of (x - mean)^2;
-* the HDI: the narrowest interval that holds floor(prob S) + 1 of the sorted draws.
+* the HDI: the narrowest interval that holds floor(prob S) + 1 of the sorted draws
+  (:func:`hdi`, for many columns at once: also what predictions and plots use).
 
 ArviZ does all this too, but importing it costs about two CPU seconds (it compiles numba
 code and loads its plotting stack), more than a whole small fit; this module makes the
@@ -155,20 +156,28 @@ def mcse_sd(x: np.ndarray) -> float:
     return float(np.sqrt(var_var / e / 4))
 
 
-def hdi(flat: np.ndarray, hdi_prob: float) -> tuple[float, float]:
-    """Highest density interval of draws ``flat``: the narrowest of the intervals between
-    sorted draws k and k + floor(hdi_prob n)."""
-    ordered = np.sort(np.ravel(flat))
-    inside = int(np.floor(hdi_prob * ordered.size))
-    width = ordered[inside:] - ordered[:ordered.size - inside]
-    k = int(np.argmin(width))
-    return float(ordered[k]), float(ordered[k + inside])
+def hdi(flat: np.ndarray, hdi_prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """Highest density interval of each column of ``flat`` (draws x columns): the narrowest
+    of the intervals between sorted draws k and k + floor(hdi_prob n), as ArviZ computes it
+    for unimodal distributions."""
+    if not 0 < hdi_prob < 1:
+        from .errors import ModelError
+
+        raise ModelError(f"hdi_prob must be between 0 and 1, got {hdi_prob!r}")
+    s = np.sort(flat, axis=0)
+    n = s.shape[0]
+    k = int(np.floor(hdi_prob * n))
+    if k >= n or k == 0:
+        return s[0], s[-1]
+    j = np.argmin(s[k:] - s[:n - k], axis=0)
+    cols = np.arange(s.shape[1])
+    return s[j, cols], s[j + k, cols]
 
 
 def summarize_draws(x: np.ndarray, hdi_prob: float) -> dict[str, float]:
     """Every column of :func:`summary` for one parameter's draws (chains, draws)."""
     x = np.asarray(x, dtype=float)
-    low, high = hdi(x, hdi_prob)
+    low, high = (float(v[0]) for v in hdi(x.reshape(-1, 1), hdi_prob))
     lo_name, hi_name = hdi_names(hdi_prob)
     with np.errstate(invalid="ignore", divide="ignore"):  # constant draws: NaN R-hat and MCSE of the sd, as ArviZ
         return _columns(x, low, high, lo_name, hi_name)
@@ -183,10 +192,7 @@ def _columns(x: np.ndarray, low: float, high: float, lo_name: str, hi_name: str)
 def summary(draws: dict[str, np.ndarray], hdi_prob: float = 0.94) -> pd.DataFrame:
     """The table of ``az.summary`` for named draws, each (chains, draws): one row per name;
     columns mean, sd, the HDI bounds, mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat."""
-    if not 0 < hdi_prob < 1:
-        from .errors import ModelError
-
-        raise ModelError(f"hdi_prob must be between 0 and 1, got {hdi_prob!r}")
+    hdi(np.zeros((2, 1)), hdi_prob)  # checks hdi_prob
     rows = {name: summarize_draws(x, hdi_prob) for name, x in draws.items()}
     columns = ["mean", "sd", *hdi_names(hdi_prob), "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns)

@@ -42,6 +42,7 @@ import xarray as xr
 from formulae import model_description
 
 from .convert import index_values, label_key
+from .diagnostics import hdi, hdi_names as hdi_columns
 from .design import _column_labels
 from .errors import ModelError
 from .families import Family, check_family
@@ -100,25 +101,15 @@ def draw_response(family: Family, eta: np.ndarray, rng: np.random.Generator,
     return rng.binomial(np.broadcast_to(n, eta.shape), prob)
 
 
-def hdi_columns(hdi_prob: float) -> tuple[str, str]:
-    """ArviZ's names of the HDI bounds: ``hdi_3%`` and ``hdi_97%`` for 0.94."""
-    return f"hdi_{100 * (1 - hdi_prob) / 2:g}%", f"hdi_{100 * (1 + hdi_prob) / 2:g}%"
-
-
-def hdi(flat: np.ndarray, hdi_prob: float) -> tuple[np.ndarray, np.ndarray]:
-    """Narrowest interval holding ``hdi_prob`` of the draws of each column of ``flat``
-    (samples x columns), as ArviZ computes it for unimodal distributions."""
-    if not 0 < hdi_prob < 1:
-        raise ModelError(f"hdi_prob must be between 0 and 1, got {hdi_prob!r}")
-    s = np.sort(flat, axis=0)
-    n = s.shape[0]
-    k = int(np.floor(hdi_prob * n))
-    if k >= n or k == 0:
-        return s[0], s[-1]
-    width = s[k:] - s[: n - k]
-    j = np.argmin(width, axis=0)
-    cols = np.arange(s.shape[1])
-    return s[j, cols], s[j + k, cols]
+def on_scale(kind: str, family: Family, eta: np.ndarray, rng: np.random.Generator, sigma2: np.ndarray | None,
+             trials: np.ndarray | None, weights: np.ndarray | None) -> np.ndarray:
+    """Predictions of ``kind`` from the linear predictor ``eta`` (chain, draw, obs): eta itself
+    (``"linear"``), the inverse link (``"mean"``) or a response drawn from the family (``"response"``)."""
+    if kind == "linear":
+        return eta
+    if kind == "mean":
+        return inverse_link(family, eta)
+    return draw_response(family, eta, rng, sigma2=sigma2, trials=trials, weights=weights)
 
 
 def summarize(draws: xr.DataArray, hdi_prob: float = HDI_PROB, index: pd.Index | None = None) -> pd.DataFrame:
@@ -413,13 +404,8 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
             b_new = new_group_effects(theta, post["Sigma"].values[:, idx], len(nd.new_labels), rng)
             for k in range(nd.X.shape[1]):
                 eta[..., unseen] += nd.X[unseen, k] * b_new[:, :, nd.new_group[unseen], k]
-    if kind == "linear":
-        values = eta
-    elif kind == "mean":
-        values = inverse_link(family, eta)
-    else:
-        sigma2 = post["sigma2"].values[:, idx] if family.is_gaussian else None
-        values = draw_response(family, eta, rng, sigma2=sigma2, trials=nd.trials, weights=w)
+    values = on_scale(kind, family, eta, rng, post["sigma2"].values[:, idx] if kind == "response" and family.is_gaussian
+                      else None, nd.trials, w)
     coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(n)}
     coords["row"] = ("obs", index_values(nd.index))
     if nd.labels is not None:
@@ -457,15 +443,9 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
             eta += cd["offset"].values
     order = np.argsort(cd["row_label"].values, kind="stable")  # the design sorted the rows by group
     eta = eta[..., order]
-    if kind == "linear":
-        values = eta
-    elif kind == "mean":
-        values = inverse_link(family, eta)
-    else:
-        sigma2 = post["sigma2"].values[:, idx] if family.is_gaussian else None
-        trials = cd["trials"].values[order] if "trials" in cd else None
-        weights = cd["weights"].values[order] if "weights" in cd else None
-        values = draw_response(family, eta, rng, sigma2=sigma2, trials=trials, weights=weights)
+    values = on_scale(kind, family, eta, rng, post["sigma2"].values[:, idx] if kind == "response" and family.is_gaussian
+                      else None, cd["trials"].values[order] if "trials" in cd else None,
+                      cd["weights"].values[order] if "weights" in cd else None)
     rows = cd["row_label"].values[order]
     coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx],
                               "obs": np.arange(rows.shape[0]), "row": ("obs", rows)}
