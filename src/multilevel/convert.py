@@ -19,7 +19,6 @@ reporting and saving never import ArviZ, which costs about two CPU seconds.
 from __future__ import annotations
 
 import json
-import numbers
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from .design import Design
+from .factors import label_key
 
 
 
@@ -69,18 +69,6 @@ OFFSET_COLUMN = "(offset argument)"
 WEIGHTS_COLUMN = "(weights argument)"
 
 SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_theta": [], "accept_Sigma": []}
-
-
-def label_key(value: Any) -> str:
-    """A group label as a string key, so that 1224, 1224.0 and "1224" name the same group
-    (a CSV read back gives numbers where the fitted data had strings, and vice versa)."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real) and np.isfinite(value) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def label_values(labels: pd.Index) -> np.ndarray:

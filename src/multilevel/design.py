@@ -21,7 +21,9 @@ from formulae.environment import Environment
 from formulae.terms import Variable
 
 from .errors import ModelError
+from .factors import grouping_factor, row_labels
 from .formula import INTERCEPT, FormulaSpec
+from .terms import rhs_of
 from .rformula import FORMULA_NAMESPACE, display_labels, display_name
 
 NaAction = Literal["drop", "raise"]
@@ -70,7 +72,8 @@ class Design:
     Z : (N, r) covariates of the fixed-only terms (alpha), columns ``fixed_terms``.
     group : (N,) integer group index in 0..m-1, non-decreasing.
     starts : (m + 1,) row offsets: group j is rows ``starts[j]:starts[j+1]``.
-    group_labels : the m group labels, as in the data.
+    group_labels : the m group labels, as in the data (an interaction factor's as
+        ``:``-joined strings, :mod:`multilevel.factors`).
     theta_free : (p,) True where the varying term also stands in the fixed part and so
         has a population mean theta_k; False where its mean is fixed at 0.
     row_labels : the data's index labels of the rows used, in sorted order.
@@ -243,9 +246,10 @@ def select_rows(data: pd.DataFrame, spec: FormulaSpec, na_action: NaAction) -> p
                 "remove them or use na_action='drop'"
             )
         warnings.warn(f"dropped {n_bad} rows with missing or infinite values in {', '.join(cols)}", stacklevel=4)
-        before = pd.unique(used[spec.group].dropna())
+        columns = spec.group_columns
+        before = dict.fromkeys(row_labels(used.loc[used[list(columns)].notna().all(axis=1)], columns))
         data = data.loc[~bad]
-        lost = [g for g in before if g not in set(pd.unique(data[spec.group]))]
+        lost = [g for g in before if g not in set(row_labels(data, columns))]
         if lost:
             shown = ", ".join(map(str, lost[:5])) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
             warnings.warn(f"{len(lost)} groups of {spec.group!r} had no rows left and are dropped: {shown}", stacklevel=4)
@@ -289,6 +293,31 @@ def _weights_argument(weights: Any, data: pd.DataFrame) -> np.ndarray:
         raise ModelError(f"weights must be positive; {int(np.sum(values <= 0))} rows have weight <= 0 "
                          "(drop zero-weight rows from the data)")
     return values
+
+
+def check_one_term(spec: FormulaSpec) -> None:
+    """Refuse a formula with several random-effects terms (after lme4's expansions): the
+    models fitted today have one term, one covariance Sigma."""
+    if len(spec.terms) < 2:
+        return
+    terms = ", ".join(map(str, spec.terms))
+    factors = list(dict.fromkeys(t.factor for t in spec.terms))
+    if len(factors) > 1:
+        where = f"on grouping factors {', '.join(factors)}"
+        fix = f"fit one grouping factor, such as {spec.terms[0]}"
+    else:
+        where = f"of grouping factor {factors[0]}"
+        merged = tuple(dict.fromkeys(e for t in spec.terms for e in t.varying))
+        fix = f"write them as one correlated term, ({display_name(rhs_of(merged))} | {factors[0]})"
+    raise ModelError(f"formula {spec.formula!r} has several random-effects terms ({terms}) {where}: crossed, nested "
+                     f"and uncorrelated terms are not supported yet; {fix}")
+
+
+def mean_is_free(varying_names: Sequence[str], fixed_names: Sequence[str]) -> np.ndarray:
+    """theta_free of a term's design columns: True where a varying column also stands in the
+    fixed part (by its label), so its group effects have a population mean theta_k; False
+    where the mean is fixed at 0 (lme4: ``y ~ 1 + (0 + x | g)``)."""
+    return np.array([name in fixed_names for name in varying_names], dtype=bool)
 
 
 def check_identifiable(design: "Design") -> None:
@@ -375,8 +404,10 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     ``offset(...)`` terms of the formula and the ``offset`` argument (a column name or
     one value per row) are added into the known part of the linear predictor.
     ``weights`` (a column name or one value per row; Gaussian precision weights) follow
-    the rows kept and their sorting.
+    the rows kept and their sorting. A formula with several random-effects terms is
+    refused (:func:`check_one_term`).
     """
+    check_one_term(spec)
     if offset is not None and not isinstance(offset, str):
         offset = pd.Series(_offset_argument(offset, data), index=data.index)
     if weights is not None and not isinstance(weights, str):
@@ -407,15 +438,14 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     _check_finite(X, varying_names, spec.formula)
     is_offset = [name.startswith("offset(") for name in fixed_names]
     off = F[:, [i for i, o in enumerate(is_offset) if o]].sum(axis=1) + extra
-    theta_free = np.array([name in fixed_names for name in varying_names], dtype=bool)
+    theta_free = mean_is_free(varying_names, fixed_names)
     z_cols = [i for i, name in enumerate(fixed_names) if name not in varying_names and not is_offset[i]]
     Z = F[:, z_cols]
 
-    labels = data[spec.group]
-    codes, uniques = pd.factorize(labels, sort=True)
-    order = np.argsort(codes, kind="stable")
-    codes = codes[order].astype(np.int64)
-    m = len(uniques)
+    factor = grouping_factor(data, spec.terms[0])
+    order = np.argsort(factor.index, kind="stable")
+    codes = factor.index[order]
+    m = factor.n_levels
     starts = np.searchsorted(codes, np.arange(m + 1)).astype(np.int64)
     return Design(
         spec=spec,
@@ -424,7 +454,7 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
         Z=np.ascontiguousarray(Z[order]),
         group=codes,
         starts=starts,
-        group_labels=pd.Index(uniques, name=spec.group),
+        group_labels=factor.levels,
         varying_terms=varying_names,
         fixed_terms=[fixed_names[i] for i in z_cols],
         theta_free=theta_free,
@@ -442,5 +472,5 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     )
 
 
-__all__ = ["Design", "Predictor", "build_design", "check_group_counts", "check_identifiable", "predictor_lines",
-           "read_predictors", "select_rows", "INTERCEPT"]
+__all__ = ["Design", "Predictor", "build_design", "check_group_counts", "check_identifiable", "check_one_term",
+           "mean_is_free", "predictor_lines", "read_predictors", "select_rows", "INTERCEPT"]

@@ -4,10 +4,13 @@ A formula ``y ~ fixed part + (varying part | group)`` is split into
 
 * the response expression,
 * the common (fixed) terms, evaluated by ``formulae`` into the design ``F``,
-* the group-specific expressions of one grouping factor, evaluated into the per-row
-  covariates ``X`` of the varying terms (never into a dense rows x (groups x terms)
-  matrix), and
-* the grouping factor, whose labels index the groups.
+* the random-effects terms ``(expr | factor)``, expanded as lme4 expands them
+  (:mod:`multilevel.terms`): each term's expressions are evaluated into the per-row
+  covariates ``X`` of its varying terms (never into a dense rows x (groups x terms)
+  matrix), and its grouping factor's levels index the groups (:mod:`multilevel.factors`).
+
+The models fitted today have one term; a formula with several parses (``spec.terms``) and
+is refused where the model is built (:func:`multilevel.design.check_one_term`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from formulae.categorical import ENCODINGS
 
 from .errors import ModelError
 from .rformula import check_functions, python_spelling
-
-INTERCEPT = "Intercept"
+from .terms import INTERCEPT, RandomTerm, check_against_formulae, random_terms, rhs_of, single_bars
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,13 @@ class FormulaSpec:
     formula : the formula as written.
     response : the response expression (``"mAch"``, ``"np.log(y)"``, ``"p(s, n)"``).
     common : names of the common terms, ``"Intercept"`` first when present.
-    varying : the group-specific expressions, ``"Intercept"`` for ``1``.
-    group : the name of the grouping factor.
+    varying : the first random-effects term's expressions, ``"Intercept"`` for ``1``: the
+        group-specific expressions of a one-term formula.
+    group : the first random-effects term's grouping factor (``"g"``, ``"batch:cask"``).
     variables : every data column the formula uses.
+    terms : every random-effects term, in formula order after lme4's expansions
+        (``(1 | a/b)`` is ``(1 | a)``, ``(1 | a:b)``; ``(x || g)`` is ``(1 | g)``,
+        ``(0 + x | g)``).
     """
 
     formula: str
@@ -43,20 +49,20 @@ class FormulaSpec:
     varying: tuple[str, ...]
     group: str
     variables: tuple[str, ...]
+    terms: tuple[RandomTerm, ...]
+
+    @property
+    def group_columns(self) -> tuple[str, ...]:
+        """The data columns of the first term's grouping factor (two for ``batch:cask``)."""
+        return self.terms[0].factor_columns
 
     def fixed_rhs(self) -> str:
         """Right-hand side of the common part alone, for ``formulae``."""
-        return _rhs(self.common)
+        return rhs_of(self.common)
 
     def varying_rhs(self) -> str:
         """Right-hand side of the group-specific covariates alone, for ``formulae``."""
-        return _rhs(self.varying)
-
-
-def _rhs(terms: tuple[str, ...]) -> str:
-    rest = [t for t in terms if t != INTERCEPT]
-    head = "1" if INTERCEPT in terms else "0"
-    return " + ".join([head, *rest])
+        return rhs_of(self.varying)
 
 
 def _response_expression(term: object) -> str:
@@ -105,8 +111,9 @@ def data_variables(desc: object) -> set[str]:
 
 
 def parse_formula(formula: str) -> FormulaSpec:
-    """Parse an lme4-style formula with one grouping factor. A binomial response may be
-    written as in Bambi, ``p(successes, trials)``, or as in lme4, ``cbind(successes, failures)``
+    """Parse an lme4-style formula into its parts, with any number of random-effects terms
+    (:mod:`multilevel.terms`). A binomial response may be written as in Bambi,
+    ``p(successes, trials)``, or as in lme4, ``cbind(successes, failures)``
     (:func:`binomial_response_as_proportion`).
 
     R spellings are read as their Python ones (:mod:`multilevel.rformula`): ``log(x)``,
@@ -114,56 +121,41 @@ def parse_formula(formula: str) -> FormulaSpec:
     the spec's terms are in the spelling ``formulae`` evaluates, ``formula`` as written.
 
     Raises :class:`ModelError` when the formula does not parse, calls an unknown function
-    (naming the Python spelling), has no response, no group-specific part, or more than
-    one grouping factor (crossed and nested effects are not supported yet).
+    (naming the Python spelling), has no response, no group-specific part, or a
+    random-effects term that is not ``(expressions | factor)`` with a factor of data
+    columns (``g``, ``a:b``, ``a/b``). Several terms parse; the model refuses them
+    (:func:`multilevel.design.check_one_term`).
     """
     if not isinstance(formula, str) or "~" not in formula:
         raise ModelError(
             f"formula {formula!r} has no '~'; write it as 'response ~ predictors + (terms | group)'"
         )
-    text = binomial_response_as_proportion(formula)
+    text = python_spelling(binomial_response_as_proportion(formula))
     check_functions(text, formula)
     try:
-        desc = model_description(python_spelling(text))
+        desc = model_description(single_bars(text, formula))
+    except ModelError:
+        raise
     except Exception as exc:  # formulae raises several parser error types
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"formula {formula!r} does not parse: {detail}") from None
     if desc.response is None:
         raise ModelError(f"formula {formula!r} has no response on the left of '~'")
-    groups = desc.group_terms
-    if not groups:
+    terms = random_terms(text, formula)
+    if not terms:
         raise ModelError(
             f"formula {formula!r} has no group-specific part; add one such as '(1 | group)'"
         )
-    factors = list(dict.fromkeys(t.factor.name for t in groups))
-    if len(factors) > 1:
-        raise ModelError(
-            f"formula {formula!r} has {len(factors)} grouping factors ({', '.join(factors)}); "
-            "only one grouping factor is supported yet (crossed and nested effects are planned)"
-        )
-    if formula.count("|") > len(factors):
-        raise ModelError(
-            f"formula {formula!r} has several group-specific terms for {factors[0]!r}; write them in one "
-            f"term such as '(x | {factors[0]})' (separate, uncorrelated terms are not supported yet)"
-        )
-    factor = groups[0].factor
-    if len(factor.components) != 1:
-        raise ModelError(
-            f"grouping factor {factor.name!r} is an interaction; nested grouping is not supported "
-            "yet: make one column that labels the groups and use it instead"
-        )
-    varying = tuple(dict.fromkeys(t.expr.name for t in groups))
+    check_against_formulae(terms, desc, formula)
     common = tuple(t.name for t in desc.common_terms)
     if INTERCEPT in common:
         common = (INTERCEPT, *[t for t in common if t != INTERCEPT])
-    if INTERCEPT in varying:
-        varying = (INTERCEPT, *[t for t in varying if t != INTERCEPT])
-    variables = tuple(sorted(data_variables(desc)))
     return FormulaSpec(
         formula=formula,
         response=_response_expression(desc.response.term),
         common=common,
-        varying=varying,
-        group=factor.name,
-        variables=variables,
+        varying=terms[0].varying,
+        group=terms[0].factor,
+        variables=tuple(sorted(data_variables(desc))),
+        terms=terms,
     )

@@ -45,6 +45,7 @@ from .convert import index_values, label_key
 from .diagnostics import hdi, hdi_names as hdi_columns
 from .design import _column_labels
 from .errors import ModelError
+from .factors import row_labels
 from .families import Family, check_family
 from .formula import data_variables
 from .io import read_data
@@ -195,12 +196,12 @@ def new_design(fit: Fit, newdata: Any, include_group_effects: bool = True, offse
     spec = design.spec
     fixed, varying = design.formulae_fixed, design.formulae_varying
     needed = sorted(_rhs_variables(spec.fixed_rhs()) | _rhs_variables(spec.varying_rhs()))
-    group_col = spec.group
-    columns = needed + ([group_col] if include_group_effects and group_col not in needed else [])
+    group_cols = spec.group_columns
+    columns = needed + ([c for c in group_cols if c not in needed] if include_group_effects else [])
     missing = [c for c in columns if c not in data.columns]
     if missing:
         cols = ", ".join(map(str, data.columns[:12])) + (", ..." if data.shape[1] > 12 else "")
-        hint = " (or predict at the population level: include_group_effects=False, --no-group-effects)" if missing[0] == group_col else ""
+        hint = " (or predict at the population level: include_group_effects=False, --no-group-effects)" if missing[0] in group_cols else ""
         raise ModelError(f"column {missing[0]!r} needed by the formula is not in the new data (columns are: {cols}){hint}")
     used = data[columns]
     bad = used.isna().any(axis=1).to_numpy().copy()
@@ -242,7 +243,7 @@ def new_design(fit: Fit, newdata: Any, include_group_effects: bool = True, offse
     labels = None
     if include_group_effects:
         fitted = {label_key(v): j for j, v in enumerate(fit.posterior["group"].values)}
-        labels = [label_key(v) for v in data[group_col].tolist()]
+        labels = row_labels(data, group_cols)
         new_index: dict[str, int] = {}
         for i, key in enumerate(labels):
             j = fitted.get(key)
