@@ -31,19 +31,57 @@ def _cli() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "multilevel.cli"]
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from ``/proc/<pid>/task/*/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size of one process (bytes): its private pages plus its share of the
+    pages it shares (with forked workers, say), so that the sum over processes is the memory
+    they use together."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _run_with_peak(cmd: list[str], cwd: str | None = None) -> tuple[subprocess.CompletedProcess, int]:
+    """Run ``cmd``, sampling the summed PSS of its process tree every 20 ms; (result, peak bytes)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            cwd=cwd, env={**os.environ, "MPLBACKEND": "Agg"})
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, sum(_pss(p) for p in _tree(proc.pid)))
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak
+
+
 def _run(cmd: list[str], cwd: str) -> dict[str, float]:
-    """Run ``cmd`` to its end: wall seconds, CPU seconds of it and the processes it waited for,
-    and the peak resident memory of the largest of them (``ru_maxrss`` of the children)."""
+    """Run ``cmd`` to its end: wall seconds, CPU seconds of it and the processes it waited for
+    (``RUSAGE_CHILDREN``), and the peak memory of its process tree (:func:`_run_with_peak`)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "MPLBACKEND": "Agg"})
+    proc, peak = _run_with_peak(cmd, cwd)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[-6:])} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu, "maxrss": after.ru_maxrss * 1024, "stdout": proc.stdout}
+    return {"wall": wall, "cpu": cpu, "maxrss": peak, "stdout": proc.stdout}
 
 
 def bench_cli_file(quick: bool = False) -> Result:
@@ -61,7 +99,7 @@ def bench_cli_file(quick: bool = False) -> Result:
         f"`{shown}` (4 chains x 1000 warm-up + 1000 kept sweeps, the defaults) as a subprocess, timed from its "
         "start to its exit after the report is printed and the file written. CPU is user + system time of the "
         "process and of any workers it waited for (`RUSAGE_CHILDREN`), the measure of the target; peak memory "
-        "is `ru_maxrss` of the largest process. One untimed run first (it loads numba's cache), then "
+        "is the largest summed PSS of its processes (sampled every 20 ms). One untimed run first (it loads numba's cache), then "
         f"{repeats} timed runs of each command, interleaved; medians. The imports row is the start-up cost "
         "inside every run.",
     )
@@ -142,44 +180,6 @@ own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print(json.dumps({"t": t, "own_peak": own, "workers_peak": kids}))
 """ % LARGE_FORMULA
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (from ``/proc/<pid>/task/*/children``)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-            except OSError:
-                pass
-    return out
-
-
-def _pss(pid: int) -> int:
-    """Proportional set size of one process (bytes): its private pages plus its share of the
-    pages it shares (with forked workers, say), so that the sum over processes is the memory
-    they use together."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _run_with_peak(cmd: list[str]) -> tuple[subprocess.CompletedProcess, int]:
-    """Run ``cmd``, sampling the summed PSS of its process tree every 20 ms; (result, peak bytes)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, sum(_pss(p) for p in _tree(proc.pid)))
-        time.sleep(0.02)
-    out, err = proc.communicate()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak
 
 
 def bench_large_file(quick: bool = False) -> Result:
