@@ -158,10 +158,10 @@ class Model:
     ) -> Fit:
         """Sample the posterior: ``chains`` chains of ``warmup`` + ``draws`` sweeps.
 
-        ``cores`` worker processes (default: one per chain, capped by the machine's
-        cores, or none when all the sweeps would take under ``multilevel.run.SERIAL_BELOW_SECONDS``
-        CPU seconds, as timed on a few sweeps; 1 runs the chains in this process). The same ``seed`` gives the same draws
-        whatever ``cores`` is. ``log_likelihood=True`` stores the pointwise log-likelihood
+        ``cores`` worker processes (default: one per chain, capped by the machine's cores,
+        or none when all the sweeps would take under ``multilevel.run.SERIAL_BELOW_SECONDS``
+        CPU seconds, as timed on a few sweeps; 1 runs the chains in this process). The same
+        ``seed`` gives the same draws whatever ``cores`` is. ``log_likelihood=True`` stores the pointwise log-likelihood
         (chains x draws x rows numbers) in the fit; otherwise :meth:`Fit.loo` and
         :meth:`Fit.waic` compute it when asked and :meth:`Fit.add_log_likelihood` adds it.
         ``checkpoint``: every so many sweeps write the fit so far to ``checkpoint_path``
