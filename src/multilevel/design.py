@@ -258,18 +258,24 @@ def select_rows(data: pd.DataFrame, spec: FormulaSpec, na_action: NaAction) -> p
     return data
 
 
-def _offset_argument(offset: Any, data: pd.DataFrame) -> np.ndarray:
-    if isinstance(offset, str):
-        if offset not in data.columns:
-            raise ModelError(f"offset column {offset!r} is not in the data")
-        values = data[offset].to_numpy()
+def _row_values(value: Any, data: pd.DataFrame, name: str, example: str) -> np.ndarray:
+    """One finite number per row of ``data``, from a column name or the values themselves
+    (the ``offset=`` and ``weights=`` arguments)."""
+    if isinstance(value, str):
+        if value not in data.columns:
+            raise ModelError(f"{name} column {value!r} is not in the data")
+        values = data[value].to_numpy()
     else:
-        values = np.asarray(offset)
+        values = np.asarray(value)
         if values.shape != (len(data),):
-            raise ModelError(f"offset must have one value per row ({len(data)}), got shape {values.shape}")
+            raise ModelError(f"{name} must have one value per row ({len(data)}), got shape {values.shape}")
     if values.dtype.kind not in "biuf" or not np.all(np.isfinite(values.astype(float))):
-        raise ModelError("offset must be finite numbers, e.g. offset=np.log(exposure)")
+        raise ModelError(f"{name} must be finite numbers ({example})")
     return values.astype(float)
+
+
+def _offset_argument(offset: Any, data: pd.DataFrame) -> np.ndarray:
+    return _row_values(offset, data, "offset", "e.g. offset=np.log(exposure)")
 
 
 def _weights_argument(weights: Any, data: pd.DataFrame) -> np.ndarray:
@@ -278,17 +284,7 @@ def _weights_argument(weights: Any, data: pd.DataFrame) -> np.ndarray:
     Zero weights are refused rather than dropped: a zero-weight row adds nothing to the
     likelihood, and counting it in sigma2's degrees of freedom would be wrong.
     """
-    if isinstance(weights, str):
-        if weights not in data.columns:
-            raise ModelError(f"weights column {weights!r} is not in the data")
-        values = data[weights].to_numpy()
-    else:
-        values = np.asarray(weights)
-        if values.shape != (len(data),):
-            raise ModelError(f"weights must have one value per row ({len(data)}), got shape {values.shape}")
-    if values.dtype.kind not in "biuf" or not np.all(np.isfinite(values.astype(float))):
-        raise ModelError("weights must be finite numbers (precision weights: row i has variance sigma2 / w_i)")
-    values = values.astype(float)
+    values = _row_values(weights, data, "weights", "precision weights: row i has variance sigma2 / w_i")
     if np.any(values <= 0):
         raise ModelError(f"weights must be positive; {int(np.sum(values <= 0))} rows have weight <= 0 "
                          "(drop zero-weight rows from the data)")
