@@ -336,6 +336,19 @@ def test_cli_predict_round_trip(fit, tmp_path):
     np.testing.assert_allclose(printed["mean"], pop["mean"], rtol=1e-9)
 
 
+def test_cli_predict_without_new_data_gives_fitted_values(fit, tmp_path):
+    fit_path = fit.save(tmp_path / "fit.nc")
+    code, stdout, err = run_main(["predict", fit_path, "--kind", "linear"])
+    assert code == 0, err
+    printed = pd.read_csv(io.StringIO(stdout))
+    expected = fit.predict(kind="linear", summary=True)
+    assert list(printed.columns) == ["row", "mean", "sd", "hdi_3%", "hdi_97%"]
+    np.testing.assert_array_equal(printed["row"], expected.index)
+    np.testing.assert_allclose(printed["mean"], expected["mean"], rtol=1e-9)
+    code, _, err = run_main(["predict", fit_path, "--offset", "x"])
+    assert_one_line_error(code, err, "NEW.csv")
+
+
 def test_cli_predict_errors(fit, tmp_path):
     fit_path = fit.save(tmp_path / "fit.nc")
     rows = new_rows().iloc[:3]

@@ -296,7 +296,7 @@ PREDICT_KINDS = ("mean", "linear", "response")
 
 @cli.command("predict")
 @click.argument("fit_path", metavar="FIT.nc")
-@click.argument("new_data", metavar="NEW.csv")
+@click.argument("new_data", metavar="[NEW.csv]", required=False)
 @click.option("--out", default=None, help="CSV (or .parquet) file for the predictions; default: print CSV.")
 @click.option("--kind", default="mean", show_default=True,
               help="mean (inverse link; probability for binomial), linear (predictor) or response (new draws).")
@@ -308,11 +308,12 @@ PREDICT_KINDS = ("mean", "linear", "response")
 @click.option("--weights", default=None, metavar="COLUMN",
               help="Gaussian --kind response: column of NEW with the rows' precision weights (default 1).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def predict_command(fit_path: str, new_data: str, out: str | None, kind: str, no_group_effects: bool, draws: int | None,
+def predict_command(fit_path: str, new_data: str | None, out: str | None, kind: str, no_group_effects: bool, draws: int | None,
                     seed: int | None, hdi_prob: float, offset: str | None, weights: str | None, overwrite: bool) -> None:
     """Predict the rows of NEW.csv (CSV or Parquet) from a saved fit: one output row per input
     row, the input's columns followed by mean, sd and the HDI bounds (hdi_3%, hdi_97%).
-    Rows of groups not in the fit get new group effects drawn from MVN(theta, Sigma)."""
+    Rows of groups not in the fit get new group effects drawn from MVN(theta, Sigma).
+    Without NEW.csv: the fitted values of the rows used in fitting, by row label."""
     import pandas as pd
 
     from .io import read_data
@@ -325,12 +326,17 @@ def predict_command(fit_path: str, new_data: str, out: str | None, kind: str, no
         check_writable(out_path, overwrite)
         if out_path.suffix.lower() not in (".csv", ".txt", ".parquet", ".pq"):
             raise ModelError(f"cannot tell the format of {out!r}: end the name with .csv or .parquet")
+    if new_data is None and (offset is not None or weights is not None):
+        raise ModelError("--offset and --weights describe the rows of NEW.csv; without it the fitted rows use their own")
     fit = load(fit_path)
-    data = read_data(new_data)
+    data = read_data(new_data) if new_data is not None else None
     table = fit.predict(data, kind=kind, include_group_effects=not no_group_effects, draws=draws, seed=seed,
                         summary=True, hdi_prob=hdi_prob, offset=offset, weights=weights)
-    table = table.rename(columns={c: f"pred_{c}" for c in table.columns if c in data.columns})
-    result = pd.concat([data.reset_index(drop=True), table.reset_index(drop=True)], axis=1)
+    if data is None:
+        result = table.reset_index()
+    else:
+        table = table.rename(columns={c: f"pred_{c}" for c in table.columns if c in data.columns})
+        result = pd.concat([data.reset_index(drop=True), table.reset_index(drop=True)], axis=1)
     if out_path is None:
         click.echo(result.to_csv(index=False), nl=False)
         return
