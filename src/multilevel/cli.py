@@ -74,7 +74,7 @@ def cli() -> None:
 def fit_command(data: str, formula: str, family: str, offset: str | None, weights: str | None, proposal: str, sampler: str | None, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
                 log_likelihood: bool, no_group_draws: bool, no_progress: bool) -> None:
-    """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp)."""
+    """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp, insteval)."""
     from .api import Model
     from .result import check_writable
 

@@ -12,6 +12,7 @@ _LABEL_COLUMNS: dict[str, list[str]] = {
     "sleepstudy": ["Subject"],
     "epil": ["subject", "period"],
     "cbpp": ["herd", "period"],
+    "insteval": ["s", "d", "studage", "lectage", "service", "dept"],
 }
 
 NAMES: tuple[str, ...] = tuple(_LABEL_COLUMNS)
