@@ -126,11 +126,6 @@ class Fit:
         return json.loads(self.attrs.get("zero_mean_terms", "[]"))
 
     # -- summaries ----------------------------------------------------------------
-    def population_var_names(self) -> list[str]:
-        names = ["theta", "alpha", "Sigma", "sigma2"]
-        post = self.posterior
-        return [n for n in names if n in post and post[n].size > 0]
-
     def summary(self, hdi_prob: float = HDI_PROB, round_to: int | None = None) -> pd.DataFrame:
         """Posterior summary of the population-level parameters, at full precision unless
         ``round_to`` (decimals) is given.
