@@ -18,9 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/multilevel demo
 
-## Install, then run the default test suite (a few minutes on 2 cores).
+## Install, then run the default test suite (about 7 minutes on 2 cores: one test process per core).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 ## Long validation: full simulation-based calibration runs, rendered to docs/validation.md.
 validate: $(STAMP)
