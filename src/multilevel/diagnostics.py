@@ -30,8 +30,6 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-#: the columns of :func:`summary`, as ``az.summary`` names them (HDI bounds are added per hdi_prob)
-STAT_COLUMNS = ("mean", "sd", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat")
 
 
 def hdi_names(hdi_prob: float) -> tuple[str, str]:

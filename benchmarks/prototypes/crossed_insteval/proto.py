@@ -74,7 +74,6 @@ def build(y, X, idx, L):
     # of another factor, sum of x_i over rows in (j, m), flag m belongs to l < k)
     ptr = np.zeros(Lt + 1, np.int64)
     cols_l, vals_l, low_l = [], [], []
-    rows_per_level = []
     for k in range(K):
         ents = []
         for l in range(K):
@@ -162,6 +161,24 @@ def slice_log_tau(rng, u0, cnt, S, gn, s2, G, w):
             lo = u
         else:
             hi = u
+
+
+@njit(cache=True)
+def table_ssr(yy, Xty, XtX, U, Zy, n, crs, a, b):
+    """SSR from statistics: yy - 2 a'X'y + a'X'Xa + sum_j b_j (-2 Zy_j + 2 U_j'a + n_j b_j + 2 crs_j),
+    crs_j the cross-factor sums sum_{l<k} N_kl b_l for level j."""
+    p = a.shape[0]
+    ssr = yy
+    for r in range(p):
+        ssr -= 2.0 * a[r] * Xty[r]
+        for q in range(p):
+            ssr += a[r] * XtX[r, q] * a[q]
+    for j in range(b.shape[0]):
+        ua = 0.0
+        for r in range(p):
+            ua += U[j, r] * a[r]
+        ssr += b[j] * (-2.0 * Zy[j] + 2.0 * ua + n[j] * b[j] + 2.0 * crs[j])
+    return ssr
 
 
 @njit(cache=True)
@@ -286,16 +303,7 @@ def run_tables(Zy, Xy, ptr, cols, vals, low, yy, Xty, K, off, n, U, XtX, grp, go
         if it > 0:
             # SSR from statistics: yy - 2 a'X'y - 2 sum b'Zy + a'X'Xa + 2 sum a'U_k b_k
             #   + sum n b^2 + 2 sum_{l<k} b_k' N_kl b_l
-            ssr = yy
-            for r in range(p):
-                ssr -= 2.0 * a[r] * Xty[r]
-                for q in range(p):
-                    ssr += a[r] * XtX[r, q] * a[q]
-            for j in range(Lt):
-                ua = 0.0
-                for r in range(p):
-                    ua += U[j, r] * a[r]
-                ssr += b[j] * (-2.0 * Zy[j] + 2.0 * ua + n[j] * b[j] + 2.0 * crs[j])
+            ssr = table_ssr(yy, Xty, XtX, U, Zy, n, crs, a, b)
             s2 = draw_ig(rng, A_S2 + 0.5 * N, B_S2 + 0.5 * ssr)
         for k in range(K):
             for j in range(off[k], off[k + 1]):
@@ -346,7 +354,7 @@ def build_block(D, nbig):
                 ii.append(p + m - s0); vv.append(D["vals"][e, 0])
         fidx += ii; fval += vv; fptr[j + 1] = len(fidx)
     # F'F
-    X = D["X"]; FtF = np.zeros((P_, P_))
+    FtF = np.zeros((P_, P_))
     FtF[:p, :p] = D["XtX"]
     for g in range(s0, Lt):
         FtF[:p, p + g - s0] = D["U"][g]; FtF[p + g - s0, :p] = D["U"][g]
@@ -440,16 +448,7 @@ def run_block(Zy, ptr, cols, vals, low, lowbig, yy, Xty, XtX, K, nbig, off, n, U
                     if low[e]:
                         c0 += vals[e] * b[cols[e]]
                 crs[g] = c0
-            ssr = yy
-            for r in range(p):
-                ssr -= 2.0 * a[r] * Xty[r]
-                for q in range(p):
-                    ssr += a[r] * XtX[r, q] * a[q]
-            for j in range(Lt):
-                ua = 0.0
-                for r in range(p):
-                    ua += U[j, r] * a[r]
-                ssr += b[j] * (-2.0 * Zy[j] + 2.0 * ua + n[j] * b[j] + 2.0 * crs[j])
+            ssr = table_ssr(yy, Xty, XtX, U, Zy, n, crs, a, b)
             s2 = draw_ig(rng, A_S2 + 0.5 * N, B_S2 + 0.5 * ssr)
         for k in range(nbig):
             lo_, hi_ = off[k], off[k + 1]
