@@ -261,8 +261,8 @@ def test_model_error_is_value_error():
 @pytest.mark.parametrize(
     "formula, kwargs, pattern",
     [
-        ("y ~ x + (1 | g) + (1 | c)", {}, r"grouping factor"),
-        ("y ~ x + (1 | g) + (x | c)", {}, r"supported"),
+        ("y ~ x + (1 | g) + (1 | c)", {"family": "poisson"}, r"the poisson family fits one term so far"),
+        ("y ~ x + (1 | g) + (x | g)", {}, r"varies by .g. in two terms"),
         ("y x + (1 | g)", {}, r"~"),
         ("y ~ x + z", {}, r"group-specific"),
         ("y ~ x + w + (1 | g)", {}, r"'w'"),
@@ -270,7 +270,7 @@ def test_model_error_is_value_error():
         ("y ~ x + (1 | g)", {"family": "no-such-family"}, r"no-such-family"),
         ("y ~ x + (1 | ", {}, r"formula"),
     ],
-    ids=["two-factors", "two-factors-slope", "no-tilde", "no-group-part", "missing-column",
+    ids=["two-factors-glm", "one-expression-twice", "no-tilde", "no-group-part", "missing-column",
          "missing-group-column", "unknown-family", "unparsable"],
 )
 def test_bad_input_raises_model_error(formula, kwargs, pattern):

@@ -12,7 +12,7 @@ import pytest
 
 import multilevel
 from multilevel import ModelError
-from multilevel.design import build_design, check_one_term, mean_is_free
+from multilevel.design import CrossedDesign, build_design, mean_is_free
 from multilevel.factors import grouping_factor, label_key, row_labels
 from multilevel.formula import parse_formula
 from multilevel.terms import RandomTerm, find_bars
@@ -129,31 +129,33 @@ def crossed_data(seed: int = 0) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(
-    "formula, pattern",
+    "formula, factors, blocks",
     [
-        ("y ~ x + (1 | batch) + (1 | s)",
-         r"several random-effects terms \(\(1 \| batch\), \(1 \| s\)\) on grouping factors batch, s: crossed, nested "
-         r"and uncorrelated terms are not supported yet; fit one grouping factor, such as \(1 \| batch\)"),
-        ("y ~ x + (1 | batch/cask)", r"\(\(1 \| batch\), \(1 \| batch:cask\)\) on grouping factors batch, batch:cask"),
-        ("y ~ x + (x || batch)",
-         r"\(\(1 \| batch\), \(0 \+ x \| batch\)\) of grouping factor batch: .*one correlated term, \(1 \+ x \| batch\)"),
-        ("y ~ x + (1 | batch) + (0 + x | batch)", r"not supported yet; write them as one correlated term"),
+        ("y ~ x + (1 | batch) + (1 | s)", ["batch", "s"], [((0,),), ((0,),)]),
+        ("y ~ x + (1 | batch/cask)", ["batch", "batch:cask"], [((0,),), ((0,),)]),
+        ("y ~ x + (x || batch)", ["batch"], [((0,), (1,))]),
+        ("y ~ x + (1 | batch) + (0 + x | batch)", ["batch"], [((0,), (1,))]),
     ],
 )
-def test_several_terms_refused_where_the_model_is_built(formula, pattern):
-    spec = parse_formula(formula)  # the parser reads them
+def test_several_terms_give_one_object_per_factor(formula, factors, blocks):
+    """Several terms build a CrossedDesign: one FactorTerms per grouping factor, the terms of
+    one factor as blocks of its covariance (uncorrelated)."""
+    spec = parse_formula(formula)
     assert len(spec.terms) > 1
-    with pytest.raises(ModelError, match=pattern) as err:
-        multilevel.Model(formula, crossed_data())
+    design = build_design(spec, crossed_data())
+    assert isinstance(design, CrossedDesign)
+    assert [f.name for f in design.factors] == factors
+    assert [f.blocks for f in design.factors] == blocks
+    assert design.theta_terms == ["Intercept", "x"] if "x |" in formula or "x ||" in formula else ["Intercept"]
+
+
+@pytest.mark.parametrize("family", ["poisson", "bernoulli"])
+def test_several_terms_refused_for_glms_in_one_line(family):
+    df = crossed_data().assign(y=lambda d: (d["y"] > 1).astype(int))
+    with pytest.raises(ModelError, match=r"several random-effects terms \(\(1 \| batch\), \(1 \| s\)\); the "
+                       rf"{family} family fits one term so far") as err:
+        multilevel.Model("y ~ x + (1 | batch) + (1 | s)", df, family=family)
     assert "\n" not in str(err.value)
-    with pytest.raises(ModelError, match=pattern):
-        check_one_term(spec)
-    with pytest.raises(ModelError, match=pattern):
-        build_design(spec, crossed_data())
-
-
-def test_one_term_passes_check():
-    check_one_term(parse_formula("y ~ x + (x | g)"))
 
 
 # -- grouping factors ---------------------------------------------------------------------------

@@ -14,17 +14,21 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .convert import OFFSET_COLUMN, WEIGHTS_COLUMN, dataset_to_frame, fit_groups, sampler_state_to_dataset
-from .design import NaAction, build_design, check_group_counts, check_identifiable, predictor_lines
+from .convert import (OFFSET_COLUMN, WEIGHTS_COLUMN, crossed_fit_groups, dataset_to_frame, fit_groups,
+                      sampler_state_to_dataset)
+from .blockstats import block_stats, factor_layout
+from .design import (CrossedDesign, NaAction, build_design, check_crossed_identifiable, check_group_counts,
+                     check_identifiable, predictor_lines)
 from .errors import ModelError, NumericalError
 from .families import CODES, check_family, family_response
 from .glmfit import glm_estimates
 from .formula import parse_formula
 from .io import read_data
-from .priors import Priors, resolve_priors
+from .priors import Priors, resolve_crossed_priors, resolve_priors
 from .result import Fit, check_writable, load
 from .run import ChainDraws, Recording, run_chains
 from .samplers.collapsed import CollapsedGibbs
+from .samplers.crossed import CrossedGibbs
 from .samplers.gibbs import GaussianGibbs
 from .samplers.interweaving import InterweavingGibbs
 
@@ -32,6 +36,18 @@ GAUSSIAN_SAMPLERS = ("collapsed", "interweaving", "centred")
 GLM_SAMPLERS = ("auto", "interweaving", "centred")
 from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis, default_alpha_steps
 from .suffstats import gaussian_stats
+
+def check_several_terms(spec: Any, family: Any, sampler: str | None) -> None:
+    """Refuse what models with several random-effects terms do not do yet: GLM families,
+    and a Gaussian sampler other than the default."""
+    terms = ", ".join(map(str, spec.terms))
+    if not family.is_gaussian:
+        raise ModelError(f"formula {spec.formula!r} has several random-effects terms ({terms}); the {family.name} "
+                         "family fits one term so far (several are fitted for the gaussian family): keep one term")
+    if sampler not in (None, "collapsed"):
+        raise ModelError(f"sampler {sampler!r} fits one random-effects term; formula {spec.formula!r} has several "
+                         f"({terms}): leave sampler unset (its collapsed Gibbs sampler is the one for several terms)")
+
 
 def _count(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
@@ -104,9 +120,22 @@ class Model:
             raise ModelError(f"weights apply to the gaussian family only, not {self.family.name}; "
                              "for binomial trials write the response p(successes, trials)")
         spec = parse_formula(formula)
+        if len(spec.terms) > 1:
+            check_several_terms(spec, self.family, sampler)
         frame = read_data(data)
         design = build_design(spec, frame, na_action, offset=offset, weights=weights)
         design.y, design.trials = family_response(self.family, design.y, spec.response, design.response_kind, design.response_levels)
+        if isinstance(design, CrossedDesign):
+            check_crossed_identifiable(design)
+            self.spec, self.design, self.proposal = spec, design, proposal
+            self.sampler_name = "collapsed"
+            self.weights_label = None if weights is None else (weights if isinstance(weights, str) else "given")
+            layout = factor_layout(design)
+            self.stats = block_stats(design, layout)
+            self.estimates = None
+            self.priors = resolve_crossed_priors(priors, design)
+            self.kernel = CrossedGibbs(self.stats, layout, self.priors, design)
+            return
         check_group_counts(design, self.family.is_gaussian)
         check_identifiable(design)
         if design.n_groups < 2:
@@ -138,6 +167,8 @@ class Model:
 
     @property
     def sampler(self) -> str:
+        if isinstance(self.design, CrossedDesign):
+            return "collapsed blocked gibbs (several factors)"
         if self.family.is_gaussian:
             return f"{self.sampler_name} gibbs"
         return f"metropolis-within-gibbs ({self.proposal} proposal, {self.sampler_name})"
@@ -181,7 +212,8 @@ class Model:
         if cores is not None:
             cores = _count(cores, "cores", 1)
         on_checkpoint = self._checkpointer(checkpoint, checkpoint_path)
-        kernel = self.kernel if group_draws else Recording(self.kernel, frozenset({"beta"}))
+        kernel = self.kernel if group_draws else Recording(self.kernel, getattr(self.kernel, "group_variables",
+                                                                                  frozenset({"beta"})))
         result = run_chains(kernel, chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
                             progress=progress, checkpoint=checkpoint, on_checkpoint=on_checkpoint)
         fit = self.to_fit(result, log_likelihood)
@@ -240,19 +272,22 @@ class Model:
             "warmup": result.warmup,
             "target_draws": result.target_draws,
             "n_obs": d.n_obs,
-            "n_groups": d.n_groups,
-            "group_factor": self.spec.group,
+            "n_groups": json.dumps(d.n_groups) if isinstance(d, CrossedDesign) else d.n_groups,
+            "group_factor": (", ".join(f.name for f in d.factors) if isinstance(d, CrossedDesign)
+                             else self.spec.group),
             "predictors": "\n".join(predictor_lines(d)),  # how each predictor was read, for the report
-            "zero_mean_terms": json.dumps([t for t, f in zip(d.varying_terms, d.theta_free) if not f]),
+            "zero_mean_terms": json.dumps(zero_mean_terms(d)),
             "sampling_seconds": result.sampling_seconds,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "log_likelihood": "stored" if log_likelihood else "on demand",
             "complete": int(result.complete),
-            **({} if "beta" in result.draws else {"group_draws": "left out"}),
+            **({} if any(k == "beta" or k.startswith("beta_") for k in result.draws) else {"group_draws": "left out"}),
         }
         if self.weights_label is not None:
             attrs["weights"] = self.weights_label
-        fit = Fit(fit_groups(result.draws, d, attrs), design=d)
+        groups = crossed_fit_groups(result.draws, d, attrs) if isinstance(d, CrossedDesign) else fit_groups(
+            result.draws, d, attrs)
+        fit = Fit(groups, design=d)
         fit.set_group("sampler_state", sampler_state_to_dataset(result.chains, result.warmup, result.target_draws))
         if log_likelihood:
             fit.add_log_likelihood()
@@ -262,6 +297,17 @@ class Model:
             warnings.warn(f"sampling interrupted: the fit holds {n_draws} of {result.target_draws} draws per chain; "
                           "continue it with multilevel.resume (CLI: multilevel resume)", stacklevel=3)
         return fit
+
+
+def zero_mean_terms(design: Any) -> list[str]:
+    """The varying terms whose population mean is fixed at 0 (one-factor fits, where theta
+    spans the factor's terms)."""
+    if isinstance(design, CrossedDesign):
+        if len(design.factors) > 1:
+            return []
+        f = design.factors[0]
+        return [n for n, i in zip(f.names, f.mean_index) if i < 0]
+    return [t for t, f in zip(design.varying_terms, design.theta_free) if not f]
 
 
 def model_of(fit: Fit) -> Model:

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 def population_dataset(fit: Fit) -> xr.Dataset:
     """The population parameters as scalar variables per draw: ``theta[<term>]`` (terms with
-    a mean), ``alpha[<term>]``, ``Sigma[<a>,<b>]`` (lower triangle) and ``sigma2``."""
+    a mean), ``alpha[<term>]``, ``Sigma[<a>, <b>]`` (lower triangle; with several grouping
+    factors ``Sigma_<factor>[<a>, <b>]`` per factor, and the covariances between uncorrelated
+    terms, ``||``, left out) and ``sigma2``."""
     post = fit.posterior
     terms = [str(t) for t in post["term"].values]
     zero = set(fit.zero_mean_terms)
@@ -38,9 +40,16 @@ def population_dataset(fit: Fit) -> xr.Dataset:
     if "alpha" in post:
         for a in post["fixed_term"].values:
             out[f"alpha[{a}]"] = scalar(post["alpha"].sel(fixed_term=a))
-    for i, a in enumerate(terms):
-        for b in terms[: i + 1]:
-            out[f"Sigma[{a}, {b}]"] = scalar(post["Sigma"].sel(term=a, term_=b))
+    for name in [str(v) for v in post.data_vars if str(v) == "Sigma" or str(v).startswith("Sigma_")]:
+        da = post[name]
+        row, col = da.dims[-2], da.dims[-1]
+        names = [str(t) for t in da[row].values]
+        for i, a in enumerate(names):
+            for j, b in enumerate(names[: i + 1]):
+                entry = da.isel({row: i, col: j})
+                if i != j and not np.any(entry.values):  # between uncorrelated terms: 0 by the model
+                    continue
+                out[f"{name}[{a}, {b}]"] = scalar(entry)
     if "sigma2" in post:
         out["sigma2"] = scalar(post["sigma2"])
     return xr.Dataset(out)

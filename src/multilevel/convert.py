@@ -150,6 +150,53 @@ def fit_groups(draws: dict[str, np.ndarray], design: Design, attrs: dict[str, An
     return groups
 
 
+def factor_dims(name: str, one: bool) -> tuple[str, str]:
+    """The dims of a factor's levels and terms: ``group`` and ``term`` in a one-factor fit,
+    else the factor's name and ``<factor>_term`` (``s``, ``s_term``; ``dept:service``, ...)."""
+    return ("group", "term") if one else (name, f"{name}_term")
+
+
+def crossed_fit_groups(draws: dict[str, np.ndarray], design: Any, attrs: dict[str, Any]) -> dict[str, xr.Dataset]:
+    """:func:`fit_groups` of a model with several random-effects terms
+    (:class:`~multilevel.design.CrossedDesign`): per factor f, ``Sigma_<f>`` (``<f>_term``,
+    ``<f>_term_``) and ``beta_<f>`` (``<f>``, ``<f>_term``), labelled by the factor's levels as
+    strings; a fit with one factor (``(x || g)``) keeps ``Sigma`` (term, term_) and ``beta``
+    (group, term), its theta spanning the factor's terms. ``constant_data`` holds the fixed
+    design ``F`` (obs, fixed), and per factor its covariates ``Z_<f>`` and level index
+    ``index_<f>``."""
+    one = len(design.factors) == 1
+    dims: dict[str, list[str]] = {"sigma2": [], "alpha": ["fixed_term"], "theta": ["term"]}
+    coords: dict[str, Any] = {"fixed_term": list(design.alpha_terms), "fixed": list(design.fixed_names)}
+    coords["term"] = list(design.factors[0].names) if one else list(design.theta_terms)
+    constant = {"F": design.F, "row_label": index_values(design.row_labels)}
+    data_dims = {"y": ["obs"], "F": ["obs", "fixed"], "row_label": ["obs"], "weights": ["obs"]}
+    for f in design.factors:
+        level, term = factor_dims(f.name, one)
+        sig, beta = ("Sigma", "beta") if one else (f"Sigma_{f.name}", f"beta_{f.name}")
+        dims[sig], dims[beta] = [term, f"{term}_"], [level, term]
+        coords[level], coords[term], coords[f"{term}_"] = label_values(pd.Index(f.labels)), list(f.names), list(f.names)
+        constant[f"Z_{f.name}"] = f.Z
+        constant[f"index_{f.name}"] = f.index.astype(np.int32 if f.n_levels < 2**31 else np.int64)
+        data_dims[f"Z_{f.name}"], data_dims[f"index_{f.name}"] = ["obs", term], ["obs"]
+    if design.weights is not None:
+        constant["weights"] = design.weights
+    posterior = {k: v for k, v in draws.items() if k in dims and np.size(v)}
+    sample_stats = {k: v for k, v in draws.items() if k in SAMPLE_STATS}
+    clean_attrs = {k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in attrs.items()}
+    groups = {
+        "posterior": _dataset(posterior, dims, coords, ("chain", "draw")),
+        "sample_stats": _dataset(sample_stats, SAMPLE_STATS, coords, ("chain", "draw")),
+        "observed_data": _dataset({"y": np.asarray(design.y)}, data_dims, coords, ()),
+        "constant_data": _dataset(constant, data_dims, coords, ()),
+    }
+    groups["posterior"].attrs.update(clean_attrs)
+    frame = design.frame
+    if design.weights is not None:
+        frame = frame.assign(**{WEIGHTS_COLUMN: design.weights})
+    groups["training_data"] = frame_to_dataset(frame)
+    return groups
+
+
 def to_inference_data(groups: dict[str, xr.Dataset]) -> Any:
     """An ArviZ InferenceData of a fit's groups (the Datasets themselves, not copies)."""
     with warnings.catch_warnings():

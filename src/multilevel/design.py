@@ -291,24 +291,6 @@ def _weights_argument(weights: Any, data: pd.DataFrame) -> np.ndarray:
     return values
 
 
-def check_one_term(spec: FormulaSpec) -> None:
-    """Refuse a formula with several random-effects terms (after lme4's expansions): the
-    models fitted today have one term, one covariance Sigma."""
-    if len(spec.terms) < 2:
-        return
-    terms = ", ".join(map(str, spec.terms))
-    factors = list(dict.fromkeys(t.factor for t in spec.terms))
-    if len(factors) > 1:
-        where = f"on grouping factors {', '.join(factors)}"
-        fix = f"fit one grouping factor, such as {spec.terms[0]}"
-    else:
-        where = f"of grouping factor {factors[0]}"
-        merged = tuple(dict.fromkeys(e for t in spec.terms for e in t.varying))
-        fix = f"write them as one correlated term, ({display_name(rhs_of(merged))} | {factors[0]})"
-    raise ModelError(f"formula {spec.formula!r} has several random-effects terms ({terms}) {where}: crossed, nested "
-                     f"and uncorrelated terms are not supported yet; {fix}")
-
-
 def mean_is_free(varying_names: Sequence[str], fixed_names: Sequence[str]) -> np.ndarray:
     """theta_free of a term's design columns: True where a varying column also stands in the
     fixed part (by its label), so its group effects have a population mean theta_k; False
@@ -316,11 +298,9 @@ def mean_is_free(varying_names: Sequence[str], fixed_names: Sequence[str]) -> np
     return np.array([name in fixed_names for name in varying_names], dtype=bool)
 
 
-def check_identifiable(design: "Design") -> None:
-    """Refuse a rank-deficient fixed design, naming the collinear columns; warn about varying
-    terms the groups cannot identify."""
-    M = np.hstack([design.X[:, design.theta_free], design.Z])
-    names = [t for t, f in zip(design.varying_terms, design.theta_free) if f] + list(design.fixed_terms)
+def _check_full_rank(M: np.ndarray, names: list[str]) -> None:
+    """Refuse a fixed-effects design ``M`` (columns ``names``) with more columns than rows or
+    collinear columns, naming them."""
     if M.shape[1] > M.shape[0]:
         raise ModelError(
             f"the fixed-effects design has {M.shape[1]} columns ({', '.join(names)}) but only {M.shape[0]} rows; "
@@ -338,6 +318,14 @@ def check_identifiable(design: "Design") -> None:
                 f"the fixed-effects design is rank deficient: columns {', '.join(involved)} are collinear; "
                 "drop or combine one of them"
             )
+
+
+def check_identifiable(design: "Design") -> None:
+    """Refuse a rank-deficient fixed design, naming the collinear columns; warn about varying
+    terms the groups cannot identify."""
+    M = np.hstack([design.X[:, design.theta_free], design.Z])
+    names = [t for t, f in zip(design.varying_terms, design.theta_free) if f] + list(design.fixed_terms)
+    _check_full_rank(M, names)
     p = design.X.shape[1]
     for k, term in enumerate(design.varying_terms):
         if term == INTERCEPT:
@@ -393,17 +381,31 @@ def _check_finite(M: np.ndarray, names: list[str], formula: str) -> None:
                          "(e.g. the log of 0 or of a negative number); transform or filter the data so that it is finite")
 
 
-def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None,
-                 weights: Any = None) -> Design:
-    """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group.
+def _evaluate(spec: FormulaSpec, data: pd.DataFrame, parts: list[str]) -> list[Any]:
+    """``formulae`` design matrices of ``parts`` (formula texts) on ``data``, with numpy, pandas
+    and R's functions in scope; an evaluation error becomes one line naming the formula."""
+    try:
+        env = Environment([FORMULA_NAMESPACE])  # numpy, pandas and R's functions (multilevel.rformula)
+        with np.errstate(divide="ignore", invalid="ignore"):  # log(0) and the like: refused later, by name
+            return [design_matrices(part, data, na_action="error", env=env) for part in parts]
+    except ModelError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot evaluate formula {spec.formula!r} on the data: {detail}") from None
 
-    ``offset(...)`` terms of the formula and the ``offset`` argument (a column name or
-    one value per row) are added into the known part of the linear predictor.
-    ``weights`` (a column name or one value per row; Gaussian precision weights) follow
-    the rows kept and their sorting. A formula with several random-effects terms is
-    refused (:func:`check_one_term`).
-    """
-    check_one_term(spec)
+
+def _response(fixed: Any) -> np.ndarray:
+    response = np.asarray(fixed.response.design_matrix)
+    if response.ndim == 2 and response.shape[1] == 1:
+        response = response[:, 0]
+    return response
+
+
+def _rows(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction, offset: Any, weights: Any
+          ) -> tuple[pd.DataFrame, Any, np.ndarray | None, Any]:
+    """The rows used (missing values dropped or refused), the ``offset=`` values on them (0.0
+    when none) and the precision weights on them (None when none), and the offset as given."""
     if offset is not None and not isinstance(offset, str):
         offset = pd.Series(_offset_argument(offset, data), index=data.index)
     if weights is not None and not isinstance(weights, str):
@@ -413,19 +415,24 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
         offset.loc[data.index].to_numpy() if offset is not None else 0.0)
     w = _weights_argument(weights, data) if isinstance(weights, str) else (
         weights.loc[data.index].to_numpy() if weights is not None else None)
-    try:
-        env = Environment([FORMULA_NAMESPACE])  # numpy, pandas and R's functions (multilevel.rformula)
-        with np.errstate(divide="ignore", invalid="ignore"):  # log(0) and the like: refused below, by name
-            fixed = design_matrices(f"{spec.response} ~ {spec.fixed_rhs()}", data, na_action="error", env=env)
-            varying = design_matrices(spec.varying_rhs(), data, na_action="error", env=env)
-    except ModelError:
-        raise
-    except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot evaluate formula {spec.formula!r} on the data: {detail}") from None
-    response = np.asarray(fixed.response.design_matrix)
-    if response.ndim == 2 and response.shape[1] == 1:
-        response = response[:, 0]
+    return data, extra, w, offset
+
+
+def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None,
+                 weights: Any = None) -> "Design | CrossedDesign":
+    """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group.
+
+    ``offset(...)`` terms of the formula and the ``offset`` argument (a column name or
+    one value per row) are added into the known part of the linear predictor.
+    ``weights`` (a column name or one value per row; Gaussian precision weights) follow
+    the rows kept and their sorting. A formula with several random-effects terms gives a
+    :class:`CrossedDesign` (:func:`build_crossed_design`).
+    """
+    if len(spec.terms) > 1:
+        return build_crossed_design(spec, data, na_action, offset=offset, weights=weights)
+    data, extra, w, offset = _rows(spec, data, na_action, offset, weights)
+    fixed, varying = _evaluate(spec, data, [f"{spec.response} ~ {spec.fixed_rhs()}", spec.varying_rhs()])
+    response = _response(fixed)
     F = np.asarray(fixed.common.design_matrix, dtype=float) if fixed.common is not None else np.empty((len(data), 0))
     fixed_names = _column_labels(fixed.common) if fixed.common is not None else []
     X = np.asarray(varying.common.design_matrix, dtype=float)
@@ -468,5 +475,127 @@ def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "d
     )
 
 
-__all__ = ["Design", "Predictor", "build_design", "check_group_counts", "check_identifiable", "check_one_term",
+@dataclass
+class CrossedDesign:
+    """Arrays of a model with several random-effects terms (crossed, nested or uncorrelated),
+    rows in the data's order (no single sort serves several factors).
+
+    The model: y = F a + sum_k Z_k b_k + e, with a the fixed effects (columns ``fixed_names``
+    of F), and per grouping factor k (:class:`~multilevel.reterms.FactorTerms`) the level
+    effects b_kj ~ MVN(0, Sigma_k). A fixed column that also varies in some factor is a
+    ``theta`` term, the others ``alpha`` terms (fixed-only), as in one-factor models.
+
+    Attributes
+    ----------
+    y : (N,) response. F : (N, p) fixed design, columns ``fixed_names``.
+    theta_index, alpha_index : positions in F of the theta and alpha terms.
+    factors : the grouping factors, in formula order.
+    offset, trials : zeros and ones (Gaussian family). weights : precision weights or None.
+    row_labels, frame, predictors, formulae_fixed, response_kind, response_levels : as in
+        :class:`Design`.
+    """
+
+    spec: FormulaSpec
+    y: np.ndarray
+    F: np.ndarray
+    fixed_names: list[str]
+    theta_index: np.ndarray
+    alpha_index: np.ndarray
+    factors: tuple
+    row_labels: pd.Index
+    frame: pd.DataFrame = field(default=None, repr=False)
+    offset: np.ndarray = field(default=None, repr=False)
+    offset_argument: np.ndarray | None = field(default=None, repr=False)
+    trials: np.ndarray = field(default=None, repr=False)
+    weights: np.ndarray | None = field(default=None, repr=False)
+    response_kind: str = "numeric"
+    response_levels: Any = None
+    formulae_fixed: Any = field(default=None, repr=False)
+    predictors: tuple[Predictor, ...] = ()
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def theta_terms(self) -> list[str]:
+        return [self.fixed_names[i] for i in self.theta_index]
+
+    @property
+    def alpha_terms(self) -> list[str]:
+        return [self.fixed_names[i] for i in self.alpha_index]
+
+    @property
+    def fixed_terms(self) -> list[str]:
+        """The fixed-only (alpha) terms, named as in one-factor designs."""
+        return self.alpha_terms
+
+    @property
+    def n_groups(self) -> dict[str, int]:
+        return {f.name: f.n_levels for f in self.factors}
+
+
+def build_crossed_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None,
+                         weights: Any = None) -> CrossedDesign:
+    """Evaluate a formula with several random-effects terms on ``data``: the fixed design, and
+    per grouping factor its covariates and level index (:mod:`multilevel.reterms`).
+    Offsets are refused (the Gaussian family has none); degenerate factors are refused
+    (:func:`multilevel.reterms.check_factors`)."""
+    from .reterms import check_factors, factor_terms, group_terms
+
+    if offset is not None:
+        raise ModelError("offset applies to the poisson, binomial and bernoulli families; "
+                         "for gaussian subtract it from the response")
+    data, _, w, _ = _rows(spec, data, na_action, None, weights)
+    grouped = group_terms(spec.terms)
+    parts = [f"{spec.response} ~ {spec.fixed_rhs()}"] + [t.rhs() for _, terms in grouped for t in terms]
+    fixed, *term_matrices = _evaluate(spec, data, parts)
+    F = np.asarray(fixed.common.design_matrix, dtype=float) if fixed.common is not None else np.empty((len(data), 0))
+    fixed_names = _column_labels(fixed.common) if fixed.common is not None else []
+    if any(name.startswith("offset(") for name in fixed_names):
+        raise ModelError("offset(...) applies to the poisson, binomial and bernoulli families; "
+                         "for gaussian subtract it from the response")
+    _check_finite(F, fixed_names, spec.formula)
+    factors, k = [], 0
+    for name, terms in grouped:
+        mats = term_matrices[k:k + len(terms)]
+        k += len(terms)
+        f = factor_terms(name, terms, data, mats, _column_labels, fixed_names, spec.formula)
+        _check_finite(f.Z, list(f.names), spec.formula)
+        factors.append(f)
+    check_factors(factors, len(data), gaussian=True)
+    varying = {n for f in factors for n in f.names}
+    theta_index = np.array([i for i, n in enumerate(fixed_names) if n in varying], dtype=np.int64)
+    alpha_index = np.array([i for i, n in enumerate(fixed_names) if n not in varying], dtype=np.int64)
+    return CrossedDesign(
+        spec=spec,
+        y=_response(fixed),
+        F=np.ascontiguousarray(F),
+        fixed_names=list(fixed_names),
+        theta_index=theta_index,
+        alpha_index=alpha_index,
+        factors=tuple(factors),
+        row_labels=data.index,
+        frame=data[list(spec.variables)],
+        offset=np.zeros(len(data)),
+        trials=np.ones(len(data)),
+        weights=None if w is None else np.ascontiguousarray(w, dtype=float),
+        response_kind=str(getattr(fixed.response, "kind", "numeric")),
+        response_levels=getattr(fixed.response, "levels", None),
+        formulae_fixed=fixed,
+        predictors=read_predictors([fixed.common, *(m.common for m in term_matrices)], data),
+    )
+
+
+def check_crossed_identifiable(design: CrossedDesign) -> None:
+    """Refuse a rank-deficient fixed design (naming the collinear columns) and a model with no
+    more rows than fixed and group effects together."""
+    _check_full_rank(design.F, design.fixed_names)
+    effects = design.F.shape[1] + sum(f.n_levels * f.q for f in design.factors)
+    if design.n_obs <= sum(f.n_levels * f.q for f in design.factors):
+        raise ModelError(f"the {design.n_obs} rows are no more than the {effects} fixed and group effects, so the "
+                         "variances are confounded with the residual variance sigma2; use fewer terms or more rows")
+
+
+__all__ = ["CrossedDesign", "Design", "Predictor", "build_crossed_design", "build_design", "check_crossed_identifiable", "check_group_counts", "check_identifiable",
            "mean_is_free", "predictor_lines", "read_predictors", "select_rows", "INTERCEPT"]

@@ -9,8 +9,8 @@ A formula ``y ~ fixed part + (varying part | group)`` is split into
   covariates ``X`` of its varying terms (never into a dense rows x (groups x terms)
   matrix), and its grouping factor's levels index the groups (:mod:`multilevel.factors`).
 
-The models fitted today have one term; a formula with several parses (``spec.terms``) and
-is refused where the model is built (:func:`multilevel.design.check_one_term`).
+A formula with several terms (crossed, nested, uncorrelated) gives one object per grouping
+factor (:mod:`multilevel.reterms`).
 """
 
 from __future__ import annotations
@@ -123,8 +123,7 @@ def parse_formula(formula: str) -> FormulaSpec:
     Raises :class:`ModelError` when the formula does not parse, calls an unknown function
     (naming the Python spelling), has no response, no group-specific part, or a
     random-effects term that is not ``(expressions | factor)`` with a factor of data
-    columns (``g``, ``a:b``, ``a/b``). Several terms parse; the model refuses them
-    (:func:`multilevel.design.check_one_term`).
+    columns (``g``, ``a:b``, ``a/b``).
     """
     if not isinstance(formula, str) or "~" not in formula:
         raise ModelError(

@@ -67,8 +67,10 @@ class Priors:
     ----------
     mu0 : (q,) prior mean of theta, q = varying terms that have a population mean.
     Lambda0 : (q, q) prior covariance of theta.
-    eta0 : inverse-Wishart degrees of freedom of Sigma, > p - 1.
-    S0 : (p, p) inverse-Wishart scale matrix of Sigma.
+    eta0 : inverse-Wishart degrees of freedom of Sigma, > p - 1; with several grouping
+        factors, a dict keyed by factor name (``{"s": 3.0}``).
+    S0 : (p, p) inverse-Wishart scale matrix of Sigma; with several grouping factors, a dict
+        keyed by factor name of each factor's (q_k, q_k) scale (``{"s": [[0.1]]}``).
     nu0 : prior degrees of freedom of sigma2, > 0 (Gaussian family).
     sigma0_sq : prior scale of sigma2, > 0 (Gaussian family).
     alpha_mean : (r,) prior mean of the fixed-only effects.
@@ -90,13 +92,21 @@ class Priors:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, dict):  # per grouping factor (models with several factors)
+                value = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in value.items()}
             out[f.name] = value.tolist() if isinstance(value, np.ndarray) else value
         return json.dumps(out)
 
     @classmethod
     def from_json(cls, text: str) -> "Priors":
         raw = json.loads(text)
-        return cls(**{k: (np.asarray(v, dtype=float) if isinstance(v, list) else v) for k, v in raw.items()})
+
+        def value(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: value(x) for k, x in v.items()}
+            return np.asarray(v, dtype=float) if isinstance(v, list) else v
+
+        return cls(**{k: value(v) for k, v in raw.items()})
 
 
 def as_priors(priors: Priors | dict | None) -> Priors:
@@ -227,5 +237,132 @@ def resolve_priors(user: Priors | dict | None, design: Design, est: Any, family:
         sigma0_sq=_positive(merged.sigma0_sq, "sigma0_sq") if gaussian else None,
         alpha_mean=_vector(merged.alpha_mean, "alpha_mean", r),
         alpha_cov=check_spd(merged.alpha_cov, "alpha_cov", r) if r else np.zeros((0, 0)),
+        fallback=defaults.fallback if uses_fallback else None,
+    )
+
+
+# -- several grouping factors -------------------------------------------------------------------
+
+def _per_level_fits(f: Any, r: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Each level's least-squares fit of the residuals ``r`` on the factor's covariates Z_k
+    (weighted), for the levels with more rows than terms and a well-conditioned Z_j'Z_j;
+    returns the fits (levels with one, q) and how many levels had one."""
+    Z, idx, q, J = f.Z, f.index, f.q, f.n_levels
+    Zw = Z if w is None else Z * w[:, None]
+    ZtZ = np.zeros((J, q, q))
+    for s in range(q):
+        for c in range(q):
+            ZtZ[:, s, c] = np.bincount(idx, weights=Zw[:, s] * Z[:, c], minlength=J)
+    Ztr = np.stack([np.bincount(idx, weights=Zw[:, s] * r, minlength=J) for s in range(q)], axis=1)
+    n = np.bincount(idx, minlength=J)
+    eig = np.linalg.eigvalsh(ZtZ)
+    own = (n > q) & (eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300))
+    if not own.any():
+        return np.zeros((0, q)), 0
+    fits = np.linalg.solve(ZtZ[own], Ztr[own][..., None])[..., 0]
+    return fits, int(own.sum())
+
+
+def default_crossed_priors(design: Any) -> Priors:
+    r"""Data-informed defaults for a model with several grouping factors (Gaussian family).
+
+    * fixed effects a (theta and alpha terms): the pooled (weighted) least-squares fit a_ls of
+      y on F, with the unit-information covariance N s2 (F'WF)^-1, s2 = RSS / (N - p) of that
+      fit; mu0/Lambda0 are its theta block, alpha_mean/alpha_cov its alpha block;
+    * per factor k with q_k terms: Sigma_k ~ IW(eta0_k = q_k + 2, S0_k), E[Sigma_k] = S0_k,
+      where S0_k is the covariance of the per-level least-squares fits of the pooled residuals
+      y - F a_ls on the factor's covariates Z_k (levels with more rows than terms); fallback,
+      when fewer than q_k + 2 levels have a fit or their covariance is not positive definite:
+      S0_k = diag(var(r) / var(z_kc)) (var(r) for a constant column), recorded in ``fallback``.
+      Off the factor's blocks (``||`` terms) S0_k is 0, and each block gets the marginal of
+      IW(eta0_k, S0_k) on it, IW(eta0_k - q_k + q_b, S0_k[block]);
+    * sigma2 ~ IG(nu0 / 2, nu0 sigma0_sq / 2), nu0 = 1, sigma0_sq = s2 (an upper bound: the
+      pooled residuals hold the group effects too; with nu0 = 1 the prior is weak).
+    """
+    F, y, w = design.F, np.asarray(design.y, dtype=float), design.weights
+    n, p = F.shape
+    root = np.ones(n) if w is None else np.sqrt(w)
+    a_ls = np.linalg.lstsq(F * root[:, None], y * root, rcond=None)[0] if p else np.zeros(0)
+    r = y - F @ a_ls
+    rss = float(np.sum((r * root) ** 2))
+    var_y = float(np.var(y)) or 1.0
+    s2 = rss / (n - p) if n > p else var_y
+    if not s2 > 1e-12 * var_y:
+        s2 = var_y
+    cov = n * s2 * np.linalg.pinv((F * (root ** 2)[:, None]).T @ F) if p else np.zeros((0, 0))
+    cov = 0.5 * (cov + cov.T)
+    th, al = design.theta_index, design.alpha_index
+    eta0, S0, notes = {}, {}, []
+    var_r = float(np.var(r)) or var_y
+    for f in design.factors:
+        fits, count = _per_level_fits(f, r, w)
+        S = None
+        if count >= f.q + 2:
+            S = np.atleast_2d(np.cov(fits, rowvar=False))
+            try:
+                np.linalg.cholesky(S)
+            except np.linalg.LinAlgError:
+                S = None
+        if S is None:
+            vz = np.var(f.Z, axis=0)
+            varying = vz > 1e-12 * max(vz.max(), 1e-300)
+            S = np.diag(np.where(varying, var_r / np.where(varying, vz, 1.0), var_r))
+            notes.append(f"factor {f.name!r}: only {count} of {f.n_levels} levels have their own fit (need "
+                         f"{f.q + 2} with a positive definite covariance): S0 from the pooled residual variance")
+        S0[f.name] = np.where(f.block_mask(), S, 0.0)
+        eta0[f.name] = float(f.q + 2)
+    return Priors(
+        mu0=a_ls[th], Lambda0=cov[np.ix_(th, th)], eta0=eta0, S0=S0, nu0=1.0, sigma0_sq=s2,
+        alpha_mean=a_ls[al], alpha_cov=cov[np.ix_(al, al)] if al.size else np.zeros((0, 0)),
+        fallback="; ".join(notes) or None,
+    )
+
+
+def _per_factor(value: Any, name: str, factors: list[str]) -> dict[str, Any]:
+    """A per-factor prior given as a dict keyed by factor name (None: all defaults)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ModelError(f"prior {name} of a model with several grouping factors is one per factor: give a dict "
+                         f"keyed by factor, e.g. {name}={{{factors[0]!r}: ...}} (factors: {', '.join(factors)})")
+    unknown = [k for k in value if k not in factors]
+    if unknown:
+        raise ModelError(f"prior {name} names factor {unknown[0]!r}, which the formula does not have "
+                         f"(factors: {', '.join(factors)})")
+    return dict(value)
+
+
+def resolve_crossed_priors(user: Priors | dict | None, design: Any) -> Priors:
+    """Fill the user's priors of a several-factor model with :func:`default_crossed_priors`
+    and validate every one. ``eta0`` and ``S0`` are dicts keyed by factor name
+    (``{"s": [[0.1]], "d": [[0.3]]}``); factors left out take their defaults."""
+    user = as_priors(user)
+    defaults = default_crossed_priors(design)
+    names = [f.name for f in design.factors]
+    eta_user, S_user = _per_factor(user.eta0, "eta0", names), _per_factor(user.S0, "S0", names)
+    eta0, S0 = {}, {}
+    for f in design.factors:
+        S = check_spd(S_user[f.name], f"S0[{f.name!r}]", f.q) if f.name in S_user else defaults.S0[f.name]
+        if f.correlated or f.q > 1:
+            off_block = np.abs(np.where(f.block_mask(), 0.0, S))
+            if f.name in S_user and np.any(off_block > 0):
+                raise ModelError(f"prior S0[{f.name!r}] is non-zero between uncorrelated terms of {f.name!r}; "
+                                 "set those entries to 0 (the terms' covariances are not modelled)")
+        eta = float(eta_user.get(f.name, defaults.eta0[f.name]))
+        if not np.isfinite(eta) or eta <= f.q - 1:
+            raise ModelError(f"prior eta0[{f.name!r}] must exceed q - 1 = {f.q - 1} ({f.q} terms), got {eta!r}")
+        eta0[f.name], S0[f.name] = eta, np.asarray(S, dtype=float)
+    q, r = design.theta_index.size, design.alpha_index.size
+    merged = {k: (getattr(user, k) if getattr(user, k) is not None else getattr(defaults, k))
+              for k in ("mu0", "Lambda0", "nu0", "sigma0_sq", "alpha_mean", "alpha_cov")}
+    uses_fallback = user.S0 is None or set(S_user) != set(names)
+    return Priors(
+        mu0=_vector(merged["mu0"], "mu0", q),
+        Lambda0=check_spd(merged["Lambda0"], "Lambda0", q) if q else np.zeros((0, 0)),
+        eta0=eta0, S0=S0,
+        nu0=_positive(merged["nu0"], "nu0"),
+        sigma0_sq=_positive(merged["sigma0_sq"], "sigma0_sq"),
+        alpha_mean=_vector(merged["alpha_mean"], "alpha_mean", r),
+        alpha_cov=check_spd(merged["alpha_cov"], "alpha_cov", r) if r else np.zeros((0, 0)),
         fallback=defaults.fallback if uses_fallback else None,
     )
