@@ -351,7 +351,8 @@ def new_group_effects(theta: np.ndarray, Sigma: np.ndarray, k: int, rng: np.rand
 
 def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
             draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
-            offset: Any = None, trials: Any = None, weights: Any = None) -> xr.DataArray | pd.DataFrame:
+            offset: Any = None, trials: Any = None, weights: Any = None,
+            re_form: Any = None) -> xr.DataArray | pd.DataFrame:
     """Posterior draws of predictions for the rows of ``newdata`` (see the module docstring),
     or with ``newdata=None`` the fitted values of the rows used in fitting (:func:`fitted`).
 
@@ -364,20 +365,38 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     binomial ``kind="response"``, the new rows' trials when the data lack the trials column.
     ``weights``: Gaussian ``kind="response"``, the new rows' precision weights (column name or
     one value per row; default 1, variance sigma2); the other kinds do not depend on them.
+    ``re_form``: fits with several grouping factors, which factors' group effects to include
+    (lme4's ``re.form``: None all, a list of factor names, ``"~0"`` none, or ``"~(1 | s)"``;
+    :mod:`multilevel.predict_crossed`).
     """
     if kind not in KINDS:
         raise ModelError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    crossed = "F" in fit.group("constant_data")
+    if re_form is not None and not crossed:
+        raise ModelError("re_form chooses among several grouping factors; this fit has one: use "
+                         "include_group_effects=False to leave its group effects out")
     if newdata is None:
         if offset is not None or trials is not None or weights is not None:
             raise ModelError("offset=, trials= and weights= describe new rows; the fitted rows use their own, "
                              "so pass newdata or drop them")
         return fitted(fit, kind=kind, include_group_effects=include_group_effects, draws=draws, seed=seed,
-                      summary=summary, hdi_prob=hdi_prob)
+                      summary=summary, hdi_prob=hdi_prob, re_form=re_form)
     family = check_family(fit.family)
     if weights is not None and not family.is_gaussian:
         raise ModelError(f"weights apply to the gaussian family only, not {family.name}")
     newdata = read_data(newdata)
     w = _new_weights(newdata, weights) if weights is not None else None
+    if crossed:
+        from .predict_crossed import as_array, predict_crossed, resolve_re_form
+
+        factors = resolve_re_form(fit, re_form, include_group_effects)
+        rng = make_rng(seed)
+        idx = draw_positions(fit.posterior.sizes["draw"], draws)
+        eta, coords = predict_crossed(fit, newdata, idx, factors, rng, _conform)
+        values = on_scale(kind, family, eta, rng, fit.posterior["sigma2"].values[:, idx] if kind == "response"
+                          else None, None, w)
+        out = as_array(values, fit, idx, newdata.index, kind, factors, coords)
+        return summarize(out, hdi_prob, index=newdata.index) if summary else out
     nd = new_design(fit, newdata, include_group_effects=include_group_effects, offset=offset, trials=trials)
     if kind == "response" and family.name == "binomial" and nd.trials is None:
         name = _trials_name(fit.design.spec.response)
@@ -420,7 +439,8 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
 
 
 def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, draws: int | None = None,
-           seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB) -> xr.DataArray | pd.DataFrame:
+           seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
+           re_form: Any = None) -> xr.DataArray | pd.DataFrame:
     """Predictions (as :func:`predict`) for the rows used in fitting, from the stored design
     (the formula is not evaluated again): with group effects the linear predictor is
     :meth:`Fit.linear_predictor`, without them x_i' theta + z_i' alpha + offset_i.
@@ -434,6 +454,15 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
     post = fit.posterior
     idx = draw_positions(post.sizes["draw"], draws)
     cd = fit.group("constant_data")
+    if "F" in cd:  # several grouping factors: rows in the data's order
+        from .predict_crossed import as_array, fitted_crossed, resolve_re_form
+
+        factors = resolve_re_form(fit, re_form, include_group_effects)
+        eta, rows = fitted_crossed(fit, idx, factors)
+        values = on_scale(kind, family, eta, rng, post["sigma2"].values[:, idx] if kind == "response" else None, None,
+                          cd["weights"].values if "weights" in cd else None)
+        out = as_array(values, fit, idx, rows, kind, factors, {})
+        return summarize(out, hdi_prob, index=pd.Index(rows, name="row")) if summary else out
     if include_group_effects:
         eta = fit.linear_predictor(idx)
     else:

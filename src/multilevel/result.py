@@ -140,16 +140,40 @@ class Fit:
         ds = population_dataset(self)
         return _rounded(summarize({k: v.values for k, v in ds.data_vars.items()}, hdi_prob), round_to)
 
-    def group_level(self, hdi_prob: float = HDI_PROB, round_to: int | None = None) -> pd.DataFrame:
-        """sd(term) and cor(term, term) of the group effects, as in lme4 and brms reports."""
-        Sigma = self.posterior["Sigma"].values
-        terms = [str(t) for t in self.posterior["term"].values]
+    def group_level(self, hdi_prob: float = HDI_PROB, round_to: int | None = None,
+                    factor: str | None = None) -> pd.DataFrame:
+        """sd(term) and cor(term, term) of the group effects, as in lme4 and brms reports; with
+        several grouping factors, of ``factor`` (default: the first). Correlations between
+        uncorrelated terms (``||``) are 0 by the model and left out."""
+        name = self.sigma_variables().get(factor) if factor is not None else next(iter(self.sigma_variables().values()))
+        if name is None:
+            raise ModelError(f"the fit has no grouping factor {factor!r}; its factors are: "
+                             f"{', '.join(self.sigma_variables())}")
+        da = self.posterior[name]
+        Sigma = da.values
+        terms = [str(t) for t in da[da.dims[-1]].values]
         sd = np.sqrt(np.diagonal(Sigma, axis1=-2, axis2=-1))
         data = {f"sd({t})": sd[..., k] for k, t in enumerate(terms)}
         for i, a in enumerate(terms):
             for j in range(i + 1, len(terms)):
-                data[f"cor({a},{terms[j]})"] = Sigma[..., i, j] / (sd[..., i] * sd[..., j])
+                if np.any(Sigma[..., i, j]):
+                    data[f"cor({a},{terms[j]})"] = Sigma[..., i, j] / (sd[..., i] * sd[..., j])
         return _rounded(summarize(data, hdi_prob), round_to)
+
+    def sigma_variables(self) -> dict[str, str]:
+        """{grouping factor: its covariance variable in the posterior}: ``Sigma`` for a
+        one-factor fit, ``Sigma_<factor>`` per factor otherwise."""
+        post = self.posterior
+        if "Sigma" in post:
+            return {str(self.attrs.get("group_factor", "group")): "Sigma"}
+        return {str(v)[len("Sigma_"):]: str(v) for v in post.data_vars if str(v).startswith("Sigma_")}
+
+    def beta_variables(self) -> dict[str, str]:
+        """{grouping factor: its per-group variable}, those the posterior holds (none when
+        saved with ``group_draws=False``)."""
+        post = self.posterior
+        return {f: ("beta" if v == "Sigma" else "beta_" + v[len("Sigma_"):]) for f, v in self.sigma_variables().items()
+                if ("beta" if v == "Sigma" else "beta_" + v[len("Sigma_"):]) in post}
 
     def residual(self, hdi_prob: float = HDI_PROB, round_to: int | None = None) -> pd.DataFrame:
         """Residual variance ``sigma2`` and sd ``sigma`` (Gaussian family; empty otherwise)."""
@@ -221,10 +245,17 @@ class Fit:
         a = self.attrs
         post = self.posterior
         n_groups = a.get("n_groups", post.sizes.get("group", 0))
+        factors = self.sigma_variables()
+        if len(factors) > 1:
+            counts = json.loads(n_groups) if isinstance(n_groups, str) else {}
+            data_line = f"   Data: {a.get('n_obs')} rows; levels: " + ", ".join(
+                f"{f} {counts.get(f, '?')}" for f in factors)
+        else:
+            data_line = f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}"
         lines = [
             f" Family: {self.family} ({check_family(self.family).link} link)",
             f"Formula: {self.formula}",
-            f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}"
+            data_line
             + (f", precision weights {a['weights']}" if a.get("weights") else ""),
             *(a["predictors"].splitlines() if "predictors" in a else predictor_lines(self.design)),
             f"  Draws: {post.sizes['chain']} chains x {post.sizes['draw']} draws after {a.get('warmup')} warm-up sweeps"
@@ -240,13 +271,16 @@ class Fit:
         def strip(prefix: str, rows: pd.DataFrame) -> pd.DataFrame:
             return rows.rename(index=lambda s: s[len(prefix) + 1:-1])
 
-        block(f"Group-level effects ({a.get('group_factor')}):", self.group_level())
+        for f in factors:
+            block(f"Group-level effects ({f}):", self.group_level(factor=f))
         fixed = pd.concat([
             strip("theta", table.loc[[i for i in table.index if i.startswith("theta[")]]),
             strip("alpha", table.loc[[i for i in table.index if i.startswith("alpha[")]]),
         ])
         block("Population-level effects:", fixed)
-        block("Group-effect covariance Sigma:", table.loc[[i for i in table.index if i.startswith("Sigma[")]])
+        for f, name in factors.items():
+            title = "Group-effect covariance Sigma:" if name == "Sigma" else f"Group-effect covariance Sigma ({f}):"
+            block(title, table.loc[[i for i in table.index if i.startswith(f"{name}[")]])
         block("Residual variance and sd:", self.residual())
         lines.extend(self.acceptance_lines())
         for msg in self.diagnostics_warnings(table):
@@ -269,7 +303,7 @@ class Fit:
         if ss is None:
             raise ModelError("this fit has no sampler state to resume from (saved by an older version?)")
         post = self.posterior
-        if "beta" not in post:
+        if not self.beta_variables():
             raise ModelError("this fit was saved without its per-group draws (group_draws=False) and cannot be "
                              "resumed; fit the model again")
         draws = {k: post[k].values for k in post.data_vars}
@@ -290,9 +324,11 @@ class Fit:
 
         cd = self.group("constant_data")
         post = self.posterior
-        if "beta" not in post:
+        if len(self.beta_variables()) < len(self.sigma_variables()):
             raise ModelError("this fit was saved without its per-group draws (group_draws=False): the observed rows' "
                              "predictions need them; fit the model again")
+        if "F" in cd:  # several random-effects terms
+            return self._crossed_linear_predictor(draws)
         X, Z, g = cd["X"].values, cd["Z"].values, cd["group_index"].values
         beta = post["beta"].values[:, draws]
         n_chain, n_draw = beta.shape[:2]
@@ -305,6 +341,14 @@ class Fit:
         if Z.shape[1] and "alpha" in post:
             eta += np.einsum("ir,cdr->cdi", Z, post["alpha"].values[:, draws], optimize=True)
         return eta
+
+    def _crossed_linear_predictor(self, draws: Any) -> np.ndarray:
+        """eta = F a + sum_k Z_k b_k[index_k] of a fit with several terms
+        (:func:`multilevel.predict_crossed.fitted_crossed`)."""
+        from .predict_crossed import fitted_crossed
+
+        idx = np.arange(self.posterior.sizes["draw"])[draws]
+        return fitted_crossed(self, idx, list(self.sigma_variables()))[0]
 
     def log_likelihood(self, chunk: int | None = None) -> xr.DataArray:
         """Pointwise log-likelihood (chain, draw, obs): stored, or computed from the draws in
@@ -358,8 +402,9 @@ class Fit:
         path = Path(path)
         check_writable(path, overwrite)
         groups = {name: self.group(name) for name in self.group_names()}
-        if not group_draws and "beta" in groups["posterior"]:
-            groups["posterior"] = groups["posterior"].drop_vars("beta")
+        group_vars = list(self.beta_variables().values())
+        if not group_draws and group_vars:
+            groups["posterior"] = groups["posterior"].drop_vars(group_vars)
             groups["posterior"].attrs["group_draws"] = "left out"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
@@ -411,7 +456,8 @@ class Fit:
     # -- predictions, checks, comparison and plots (multilevel.predict, .comparison, .plots) ------
     def predict(self, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
                 draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
-                offset: Any = None, trials: Any = None, weights: Any = None) -> xr.DataArray | pd.DataFrame:
+                offset: Any = None, trials: Any = None, weights: Any = None,
+                re_form: Any = None) -> xr.DataArray | pd.DataFrame:
         """Posterior draws (chain, draw, obs) of predictions for the rows of ``newdata``.
 
         ``kind``: ``"linear"`` predictor, ``"mean"`` (inverse link; the success probability
@@ -426,7 +472,8 @@ class Fit:
         from .predict import predict
 
         return predict(self, newdata, kind=kind, include_group_effects=include_group_effects, draws=draws, seed=seed,
-                       summary=summary, hdi_prob=hdi_prob, offset=offset, trials=trials, weights=weights)
+                       summary=summary, hdi_prob=hdi_prob, offset=offset, trials=trials, weights=weights,
+                       re_form=re_form)
 
     def posterior_predictive(self, seed: Any = None) -> xr.DataArray:
         """Draw a replicated response for every observed row and posterior draw, store it as

@@ -1,0 +1,215 @@
+r"""Predictions of fits with several random-effects terms (crossed, nested, uncorrelated).
+
+For each posterior draw s and new row i,
+
+    eta_i = f_i' a^(s) + sum_{k in re_form} z_ki' b_k,j(i)^(s),
+
+with a the fixed effects (theta and alpha), and for each grouping factor k included:
+b_kj = beta_kj - (its terms' population means) for a level j seen in fitting; for a level
+never seen, a new effect drawn per posterior draw from MVN(0, Sigma_k^(s)) (all rows of one
+unseen level share it). ``re_form`` chooses the factors, as lme4's ``re.form``: None (all),
+a list of factor names, ``[]`` / ``"~0"`` / ``"NA"`` (none: the population-level prediction),
+or an lme4 formula such as ``"~(1 | s)"`` (its factors). The normals of the new levels come
+from the generator, factor by factor in formula order, levels in order of first appearance:
+``rng.standard_normal((chains, draws, k, q_k))``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .convert import index_values, label_key
+from .design import _column_labels
+from .errors import ModelError
+from .factors import row_labels
+from .families import check_family
+from .terms import find_bars
+
+if TYPE_CHECKING:
+    from .result import Fit
+
+
+def factors_of(fit: Fit) -> list[str]:
+    """The fit's grouping factors, in formula order."""
+    return list(fit.sigma_variables())
+
+
+def resolve_re_form(fit: Fit, re_form: Any, include_group_effects: bool = True) -> list[str]:
+    """The factors whose group effects a prediction includes (module docstring)."""
+    names = factors_of(fit)
+    if not include_group_effects:
+        return []
+    if re_form is None:
+        return names
+    if isinstance(re_form, str):
+        text = re_form.strip()
+        if text.replace(" ", "") in ("~0", "NA", "~1", ""):
+            return []
+        if not text.startswith("~"):
+            raise ModelError(f"re_form {re_form!r} is not a formula; write e.g. '~(1 | {names[0]})', '~0', or a list "
+                             "of factor names")
+        chosen = [bar.factor.strip() for bar in find_bars(text, text)]
+        chosen = [":".join(p.strip() for p in f.split(":")) for f in chosen]
+    else:
+        chosen = [str(f) for f in re_form]
+    unknown = [f for f in chosen if f not in names]
+    if unknown:
+        raise ModelError(f"re_form names factor {unknown[0]!r}, which the fit does not have (factors: "
+                         f"{', '.join(names)})")
+    return [f for f in names if f in chosen]
+
+
+def _cholesky(Sigma: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.cholesky(Sigma)
+    except np.linalg.LinAlgError:  # a numerically singular draw: symmetric square root instead
+        w, v = np.linalg.eigh(Sigma)
+        return v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
+
+
+def fixed_effect_draws(fit: Fit, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """{fixed column: (chain, draw) draws} from theta and alpha."""
+    post = fit.posterior
+    out = {str(t): post["theta"].sel(term=t).values[:, idx] for t in post["theta"][post["theta"].dims[-1]].values}
+    if "alpha" in post:
+        out.update({str(t): post["alpha"].sel(fixed_term=t).values[:, idx] for t in post["fixed_term"].values})
+    return out
+
+
+def deviations(fit: Fit, factor: str, idx: np.ndarray, fixed: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """(chain, draw, level, term) deviations b_kj = beta_kj - population means, and the terms."""
+    post = fit.posterior
+    var = fit.beta_variables().get(factor)
+    if var is None:
+        raise ModelError("this fit was saved without its per-group draws (group_draws=False): predictions with "
+                         "seen levels need them; predict at the population level (re_form='~0') or fit again")
+    beta = post[var].values[:, idx]
+    terms = [str(t) for t in post[var][post[var].dims[-1]].values]
+    shape = beta.shape[:2]
+    zero = set(fit.zero_mean_terms)
+    mean = np.stack([fixed[t] if t in fixed and t not in zero else np.zeros(shape) for t in terms], axis=-1)
+    return beta - mean[..., None, :], terms
+
+
+def predict_crossed(fit: Fit, data: pd.DataFrame, idx: np.ndarray, factors: list[str], rng: np.random.Generator,
+                    conform: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """eta (chain, draw, rows) of the new rows ``data``, and coordinates per factor (its level
+    labels and whether each is new). ``conform(name, new, train)`` checks a column against the
+    fitted one (:func:`multilevel.predict._conform`)."""
+    design = fit.design
+    if design is None:
+        raise ModelError("this fit has no stored training data, so new data cannot be transformed like the fitted data")
+    n = data.shape[0]
+    if n == 0:
+        raise ModelError("the new data have no rows")
+    used = [f for f in design.factors if f.name in factors]
+    needed = sorted(set(design.spec.variables) - {c for f in design.factors for c in f.factor.columns}
+                    - set(_response_columns(design)))
+    needed = [c for c in needed if c in design.frame.columns]
+    group_cols = [c for f in used for c in f.factor.columns]
+    columns = list(dict.fromkeys(needed + group_cols))
+    missing = [c for c in columns if c not in data.columns]
+    if missing:
+        cols = ", ".join(map(str, data.columns[:12])) + (", ..." if data.shape[1] > 12 else "")
+        hint = " (or leave its factor out: re_form)" if missing[0] in group_cols else ""
+        raise ModelError(f"column {missing[0]!r} needed by the formula is not in the new data (columns are: {cols}){hint}")
+    if data[columns].isna().any(axis=None):
+        bad = [c for c in columns if data[c].isna().any()]
+        raise ModelError(f"rows of the new data have missing values in {', '.join(bad)}; predictions need complete rows")
+    conformed = pd.DataFrame({c: conform(c, data[c], design.frame[c]) for c in needed}, index=data.index)
+    post = fit.posterior
+    fixed = fixed_effect_draws(fit, idx)
+    n_chain = post.sizes["chain"]
+    eta = np.zeros((n_chain, idx.shape[0], n))
+    try:
+        if design.formulae_fixed.common is not None:
+            fnew = design.formulae_fixed.common.evaluate_new_data(conformed)
+            F = np.asarray(fnew.design_matrix, dtype=float).reshape(n, -1)
+            for c, name in enumerate(_column_labels(fnew)):
+                eta += fixed[name][..., None] * F[:, c]
+        Zs = {f.name: np.hstack([np.asarray(m.common.evaluate_new_data(conformed).design_matrix,
+                                            dtype=float).reshape(n, -1) for m in f.matrices]) for f in used}
+    except ModelError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot evaluate formula {design.spec.formula!r} on the new data: {detail}") from None
+    coords: dict[str, Any] = {}
+    for f in used:
+        b, terms = deviations(fit, f.name, idx, fixed)
+        level_dim = post[fit.beta_variables()[f.name]].dims[-2]
+        fitted = {label_key(v): j for j, v in enumerate(post[level_dim].values)}
+        labels = row_labels(data, f.factor.columns)
+        level = np.array([fitted.get(key, -1) for key in labels], dtype=np.int64)
+        new_index: dict[str, int] = {}
+        new_level = np.array([-1 if j >= 0 else new_index.setdefault(key, len(new_index))
+                              for key, j in zip(labels, level)], dtype=np.int64)
+        Z = Zs[f.name]
+        seen = np.flatnonzero(level >= 0)
+        for k in range(Z.shape[1]):
+            eta[..., seen] += Z[seen, k] * b[:, :, level[seen], k]
+        if new_index:
+            Sigma = post[fit.sigma_variables()[f.name]].values[:, idx]
+            u = rng.standard_normal((n_chain, idx.shape[0], len(new_index), Z.shape[1]))
+            b_new = np.einsum("cdkl,cdul->cduk", _cholesky(Sigma), u)
+            unseen = np.flatnonzero(level < 0)
+            for k in range(Z.shape[1]):
+                eta[..., unseen] += Z[unseen, k] * b_new[:, :, new_level[unseen], k]
+        coords[f"{f.name}_level"] = ("obs", np.asarray(labels, dtype=str))
+        coords[f"{f.name}_new"] = ("obs", level < 0)
+    return eta, coords
+
+
+def _response_columns(design: Any) -> list[str]:
+    """Data columns used only by the response (not needed to predict)."""
+    from .formula import data_variables
+    from formulae import model_description
+
+    try:
+        rhs = data_variables(model_description(f"{design.spec.fixed_rhs()} + " + " + ".join(
+            t.rhs() for f in design.factors for t in f.terms)))
+        return [v for v in design.spec.variables if v not in rhs]
+    except Exception:  # pragma: no cover - the fitted formula parsed
+        return []
+
+
+def fitted_crossed(fit: Fit, idx: np.ndarray, factors: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """eta (chain, draw, rows) of the rows used in fitting with the group effects of ``factors``
+    only, and the rows' labels (data order)."""
+    from .glmlik import row_linear_predictor
+
+    cd, post = fit.group("constant_data"), fit.posterior
+    F = cd["F"].values
+    fixed = fixed_effect_draws(fit, idx)
+    n_chain = post.sizes["chain"]
+    eta = np.zeros((n_chain, idx.shape[0], F.shape[0]))
+    for c, name in enumerate(str(t) for t in cd["fixed"].values):
+        eta += fixed[name][..., None] * F[:, c]
+    part = np.empty_like(eta)
+    for factor in factors:
+        b, _ = deviations(fit, factor, idx, fixed)
+        row_linear_predictor(np.ascontiguousarray(cd[f"Z_{factor}"].values, dtype=float),
+                             np.ascontiguousarray(cd[f"index_{factor}"].values, dtype=np.int64),
+                             np.ascontiguousarray(b.reshape(-1, *b.shape[2:]), dtype=float),
+                             part.reshape(-1, F.shape[0]))
+        eta += part
+    return eta, cd["row_label"].values
+
+
+def as_array(values: np.ndarray, fit: Fit, idx: np.ndarray, rows: Any, kind: str, factors: list[str],
+             coords: dict[str, Any]) -> xr.DataArray:
+    """The predictions as a DataArray (chain, draw, obs) with the row labels and per-factor coords."""
+    post = fit.posterior
+    n = values.shape[-1]
+    all_coords = {"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(n),
+                  "row": ("obs", index_values(pd.Index(rows))), **coords}
+    return xr.DataArray(values, dims=("chain", "draw", "obs"), coords=all_coords, name=kind,
+                        attrs={"kind": kind, "re_form": ", ".join(factors) or "none",
+                               "include_group_effects": int(bool(factors)), "family": check_family(fit.family).name})
+
+
+__all__ = ["fitted_crossed", "predict_crossed", "resolve_re_form"]
