@@ -21,7 +21,12 @@ factors) and the large factors' effects b_k. One sweep, reading only the statist
         Q = Pi_t + G / sigma2 - sum_j W_kj P_kj^-1 W_kj' / sigma2^2,
         l = Pi_t m_t + X_t'r_k / sigma2 - sum_j W_kj P_kj^-1 Z_kj'r_k / sigma2^2,
       Pi_t the prior precision of t (Pi_a, and Sigma_l^-1 per level of a small factor l);
-   b. the small factors' Sigma_l | their effects in t (conjugate inverse-Wishart per block);
+   b. before t (a'), each diagonal variance tau_lc of a small factor l given b_{-k}, with t
+      and b_k integrated out, by slice sampling on log tau_lc from
+        log p(tau) + log tau - J_l log(tau) / 2 - log|Q| / 2 + l'Q^-1 l / 2
+      (Q and l of step a; only Q's prior block of l depends on tau: a Cholesky of Q per
+      evaluation); after t, the small factors' correlated Sigma_l | their effects in t
+      (conjugate inverse-Wishart per block);
    c. if Sigma_k is diagonal (every term of k one column: intercepts, ``||`` terms): each
       variance tau_kc | t, b_{-k}, sigma2 with b_k still integrated out, by slice sampling
       on log tau_kc (Neal 2003; stepping out by 1) from
@@ -31,9 +36,14 @@ factors) and the large factors' effects b_k. One sweep, reading only the statist
    d. b_kj | t, b_{-k}, Sigma_k, sigma2 ~ MVN(P_kj^-1 e_j, P_kj^-1), independently per level;
    e. if Sigma_k has a correlated block: Sigma_k[block] | b_k, conjugate inverse-Wishart.
 
-   Steps a, c, d draw (t, tau_k, b_k) from their joint conditional given b_{-k} in turn
-   (a partially collapsed Gibbs step: b_k is drawn right after the steps that integrate it).
-3. Without large factors, t | Sigma, sigma2 by one dense draw, then step 2b.
+   Steps b, a, c, d draw (tau_small, t, tau_k, b_k) from their joint conditional given b_{-k}
+   in turn (a partially collapsed Gibbs step: what is integrated out is drawn right after the
+   steps that integrate it). Integrating b_k out of the small factors' variance moves breaks
+   the trade-off between a small factor's effects and the means of a large factor's effects
+   within its levels (InstEval's lecturers, nearly nested in departments).
+3. Without large factors: step 2b's variance moves with t integrated out (Q = Pi_t + G / sigma2,
+   l = Pi_a m0 + X_t'y / sigma2), then t | Sigma, sigma2 ~ MVN(Q^-1 l, Q^-1), then the
+   correlated small factors' Sigma_l.
 
 Joining small factors to t is what makes InstEval mix (Var(dept:service)); integrating b_k
 out of the moves of t and tau_k is what makes the fixed effects and the large factors'
@@ -190,41 +200,110 @@ def _factor_marginal(log_tau, A, A_off, e, o, J, q, sigma2, g_count, g_A, g_ee):
 
 
 @njit(cache=True)
-def _log_target(log_tau, c, eta, S, A, A_off, e, o, J, q, sigma2, g_count, g_A, g_ee):
-    """Log density of u = log tau_c: IG(eta / 2, S / 2) prior on tau_c, its Jacobian, and the
-    factor's marginal likelihood."""
-    u = log_tau[c]
+def _large_target(u, args):
+    """Log density of u = log tau_c of a large factor k: IG(eta / 2, S / 2) prior on tau_c,
+    its Jacobian, and the factor's marginal likelihood with b_k integrated out."""
+    log_tau, c, eta, S, A, A_off, e, o, J, q, sigma2, g_count, g_A, g_ee = args
+    log_tau[c] = u
     return -0.5 * eta * u - 0.5 * S * np.exp(-u) + _factor_marginal(log_tau, A, A_off, e, o, J, q, sigma2, g_count,
                                                                      g_A, g_ee)
 
 
 @njit(cache=True)
-def _slice_log_tau(rng, log_tau, c, eta, S, A, A_off, e, o, J, q, sigma2, g_count, g_A, g_ee):
-    """One slice-sampling update of log_tau[c] (stepping out, then shrinkage), in place."""
-    u0 = log_tau[c]
-    level = _log_target(log_tau, c, eta, S, A, A_off, e, o, J, q, sigma2, g_count, g_A, g_ee) - rng.exponential(1.0)
+def _small_target(u, args):
+    """Log density of u = log tau_c of a small factor l (its effects in t): IG(eta / 2, S / 2)
+    prior, Jacobian, and the marginal likelihood with t (and the large factor being updated)
+    integrated out: |Pi_t|^(1/2) |Q|^(-1/2) exp(l'Q^-1 l / 2), where only Q = Q_base +
+    exp(-u) on the block's J_l diagonal entries depends on tau (Q_base: Q without them)."""
+    Q_base, lin, first, step, Jl, eta, S = args
+    P = Q_base.shape[0]
+    Q = Q_base.copy()
+    inv_tau = np.exp(-u)
+    for j in range(Jl):
+        i = first + j * step
+        Q[i, i] += inv_tau
+    if not _chol(Q, P):
+        return -np.inf
+    w = lin.copy()
+    _forward(Q, w, P)
+    total = 0.0
+    for i in range(P):
+        total += -2.0 * np.log(Q[i, i]) + w[i] * w[i]
+    return -0.5 * eta * u - 0.5 * S * inv_tau - 0.5 * Jl * u + 0.5 * total
+
+
+@njit(cache=True)
+def _small_variances(rng, Q, lin, Sig, Siginv, S0, sig_off, q, J, large, diagonal, off, blk_start, blk_factor,
+                     blk_eta):
+    """Slice updates of each small factor's diagonal variances with t integrated out, given
+    the precision Q and linear term ``lin`` of t (step 3 of the module docstring; with a large
+    factor integrated out too when Q, lin are its collapsed ones). Q is updated in place to
+    the new variances' prior blocks."""
+    for bl in range(blk_start.shape[0]):
+        l = blk_factor[bl]
+        if large[l] or not diagonal[l]:
+            continue
+        c, ql, base = blk_start[bl], q[l], sig_off[l]
+        first = off[l] + c
+        old = Siginv[base + c * ql + c]
+        for j in range(J[l]):
+            Q[first + j * ql, first + j * ql] -= old
+        u = _slice(rng, np.log(Sig[base + c * ql + c]), _no_large(),
+                   (Q, lin, first, ql, J[l], blk_eta[bl], S0[base + c * ql + c]))
+        Sig[base + c * ql + c] = np.exp(u)
+        Siginv[base + c * ql + c] = np.exp(-u)
+        for j in range(J[l]):
+            Q[first + j * ql, first + j * ql] += np.exp(-u)
+
+
+@njit(cache=True)
+def _target(u, large, small):
+    """The log density being sliced: a large factor's variance (``large`` given, ``small``
+    empty: its first array has no entries) or a small factor's (``small`` given)."""
+    if small[0].shape[0] > 0:
+        return _small_target(u, small)
+    return _large_target(u, large)
+
+
+@njit(cache=True)
+def _slice(rng, u0, large, small):
+    """One slice-sampling update of u from :func:`_target` (Neal 2003: stepping out by
+    :data:`SLICE_WIDTH`, then shrinkage); returns the new u (u0 if shrinkage never lands).
+    (One target function with both argument tuples, not a function argument: numba caches
+    compiled code only without first-class functions.)"""
+    level = _target(u0, large, small) - rng.exponential(1.0)
     lo = u0 - SLICE_WIDTH * rng.random()
     hi = lo + SLICE_WIDTH
     for _ in range(SLICE_MAX_STEPS):
-        log_tau[c] = lo
-        if _log_target(log_tau, c, eta, S, A, A_off, e, o, J, q, sigma2, g_count, g_A, g_ee) <= level:
+        if _target(lo, large, small) <= level:
             break
         lo -= SLICE_WIDTH
     for _ in range(SLICE_MAX_STEPS):
-        log_tau[c] = hi
-        if _log_target(log_tau, c, eta, S, A, A_off, e, o, J, q, sigma2, g_count, g_A, g_ee) <= level:
+        if _target(hi, large, small) <= level:
             break
         hi += SLICE_WIDTH
     for _ in range(200):
         u = lo + (hi - lo) * rng.random()
-        log_tau[c] = u
-        if _log_target(log_tau, c, eta, S, A, A_off, e, o, J, q, sigma2, g_count, g_A, g_ee) > level:
-            return
+        if _target(u, large, small) > level:
+            return u
         if u < u0:
             lo = u
         else:
             hi = u
-    log_tau[c] = u0
+    return u0
+
+
+@njit(cache=True)
+def _no_large():
+    """An empty large-factor argument tuple, of :func:`_large_target`'s types."""
+    z, zi = np.zeros(0), np.zeros(0, dtype=np.int64)
+    return (z, 0, 0.0, 0.0, z, 0, z, 0, 0, 0, 1.0, z, z, z)
+
+
+@njit(cache=True)
+def _no_small():
+    """An empty small-factor argument tuple, of :func:`_small_target`'s types."""
+    return (np.zeros((0, 0)), np.zeros(0), 0, 1, 0, 0.0, 0.0)
 
 
 # -- pieces of the sweep -----------------------------------------------------------------------
@@ -485,13 +564,15 @@ def crossed_sweep(rng, G, Xty_t, Xty_b, A, W_ptr, W_col, W_val, C_ptr, C_col, C_
                 for r in range(P):
                     for c in range(P):
                         Q[r, c] -= f * grp_M[g, r, c]
+        _small_variances(rng, Q, lin, Sig, Siginv, S0, sig_off, q, J, large, diagonal, off, blk_start, blk_factor,
+                         blk_eta)
         t_new, ok = _draw_t(rng, Q, lin, P)
         if not ok:
             return t, b, Sig, sigma2, ssr, K + 1
         t = t_new
-        # b. the small factors' covariances given their effects in t
+        # b. the small factors' correlated covariances given their effects in t
         for l in range(K):
-            if not large[l]:
+            if not large[l] and not diagonal[l]:
                 if not _conjugate_blocks(rng, Sig, sig_off, q, J, t, off[l], blk_start, blk_size, blk_factor,
                                          blk_eta, S0, l):
                     return t, b, Sig, sigma2, ssr, 1 + l
@@ -517,8 +598,9 @@ def crossed_sweep(rng, G, Xty_t, Xty_b, A, W_ptr, W_col, W_val, C_ptr, C_col, C_
                 if blk_factor[bl] != k:
                     continue
                 c = blk_start[bl]
-                _slice_log_tau(rng, log_tau, c, blk_eta[bl], S0[base + c * qk + c], A, A_off[k], e, o, Jk, qk,
-                               sigma2, grp_count[g0:g1], grp_A[g0:g1], g_ee)
+                args = (log_tau, c, blk_eta[bl], S0[base + c * qk + c], A, A_off[k], e, o, Jk, qk, sigma2,
+                        grp_count[g0:g1], grp_A[g0:g1], g_ee)
+                log_tau[c] = _slice(rng, log_tau[c], args, _no_small())
             for c in range(qk):
                 Sig[base + c * qk + c] = np.exp(log_tau[c])
                 Siginv[base + c * qk + c] = np.exp(-log_tau[c])
@@ -547,18 +629,23 @@ def crossed_sweep(rng, G, Xty_t, Xty_b, A, W_ptr, W_col, W_val, C_ptr, C_col, C_
                 return t, b, Sig, sigma2, ssr, 1 + k
             if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, k):
                 return t, b, Sig, sigma2, ssr, 1 + k
+    # 3. without large factors: the small factors' diagonal variances with t integrated out,
+    # then t | all, then the correlated ones
     if not any_large:
         Q, lin = _t_precision(G, sigma2, Pi_fixed, Pim_fixed, Siginv, sig_off, q, J, large, off, p, P)
         for i in range(P):
             lin[i] += Xty_t[i] / sigma2
+        _small_variances(rng, Q, lin, Sig, Siginv, S0, sig_off, q, J, large, diagonal, off, blk_start, blk_factor,
+                         blk_eta)
         t_new, ok = _draw_t(rng, Q, lin, P)
         if not ok:
             return t, b, Sig, sigma2, ssr, K + 1
         t = t_new
         for l in range(K):
-            if not _conjugate_blocks(rng, Sig, sig_off, q, J, t, off[l], blk_start, blk_size, blk_factor, blk_eta,
-                                     S0, l):
-                return t, b, Sig, sigma2, ssr, 1 + l
+            if not diagonal[l]:
+                if not _conjugate_blocks(rng, Sig, sig_off, q, J, t, off[l], blk_start, blk_size, blk_factor,
+                                         blk_eta, S0, l):
+                    return t, b, Sig, sigma2, ssr, 1 + l
     ssr = _ssr_with_cross(t, b, cross, G, A, W_ptr, W_col, W_val, u_ref_t, rtr, Xtr_t, Xtr_b, q, J, large, off, A_off)
     return t, b, Sig, sigma2, ssr, 0
 
