@@ -11,42 +11,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from . import __version__
 from .convert import (OFFSET_COLUMN, WEIGHTS_COLUMN, crossed_fit_groups, dataset_to_frame, fit_groups,
                       sampler_state_to_dataset)
-from .blockstats import block_stats, factor_layout
 from .design import (CrossedDesign, NaAction, build_design, check_crossed_identifiable, check_group_counts,
                      check_identifiable, predictor_lines)
 from .errors import ModelError, NumericalError
-from .families import CODES, check_family, family_response
-from .glmfit import glm_estimates
+from .families import check_family, family_response
 from .formula import parse_formula
 from .io import read_data
-from .priors import Priors, resolve_crossed_priors, resolve_priors
+from .priors import Priors
 from .result import Fit, check_writable, load
 from .run import ChainDraws, Recording, run_chains
-from .samplers.collapsed import CollapsedGibbs
-from .samplers.crossed import CrossedGibbs
-from .samplers.gibbs import GaussianGibbs
-from .samplers.interweaving import InterweavingGibbs
+from .samplers import registry
+from .samplers.metropolis import PROPOSALS
 
-GAUSSIAN_SAMPLERS = ("collapsed", "interweaving", "centred")
-GLM_SAMPLERS = ("auto", "interweaving", "centred")
-from .samplers.metropolis import PROPOSALS, GLMData, GLMMetropolis, default_alpha_steps
-from .suffstats import gaussian_stats
-
-def check_several_terms(spec: Any, family: Any, sampler: str | None) -> None:
-    """Refuse what models with several random-effects terms do not do yet: GLM families,
-    and a Gaussian sampler other than the default."""
-    terms = ", ".join(map(str, spec.terms))
-    if not family.is_gaussian:
-        raise ModelError(f"formula {spec.formula!r} has several random-effects terms ({terms}); the {family.name} "
-                         "family fits one term so far (several are fitted for the gaussian family): keep one term")
-    if sampler not in (None, "collapsed"):
-        raise ModelError(f"sampler {sampler!r} fits one random-effects term; formula {spec.formula!r} has several "
-                         f"({terms}): leave sampler unset (its collapsed Gibbs sampler is the one for several terms)")
+#: the ``sampler=`` names of one-term models, by family (the registry has every structure)
+GAUSSIAN_SAMPLERS = tuple(registry.REGISTRY[("gaussian", "one term")])
+GLM_SAMPLERS = tuple(registry.REGISTRY[("glm", "one term")])
 
 
 def _count(value: Any, name: str, minimum: int) -> int:
@@ -107,11 +90,6 @@ class Model:
         weights: Any = None,
     ):
         self.family = check_family(family)
-        choices = GAUSSIAN_SAMPLERS if self.family.is_gaussian else GLM_SAMPLERS
-        sampler = choices[0] if sampler is None else sampler
-        if sampler not in choices:
-            raise ModelError(f"sampler must be one of {', '.join(choices)} for the {self.family.name} family, "
-                             f"not {sampler!r}")
         if proposal not in PROPOSALS:
             raise ModelError(f"proposal must be one of {', '.join(PROPOSALS)}, not {proposal!r}")
         if offset is not None and self.family.is_gaussian:
@@ -120,58 +98,31 @@ class Model:
             raise ModelError(f"weights apply to the gaussian family only, not {self.family.name}; "
                              "for binomial trials write the response p(successes, trials)")
         spec = parse_formula(formula)
-        if len(spec.terms) > 1:
-            check_several_terms(spec, self.family, sampler)
+        n_terms = len(spec.terms)
+        sampler = registry.choose(self.family, n_terms, sampler, spec.formula, ", ".join(map(str, spec.terms)))
         frame = read_data(data)
         design = build_design(spec, frame, na_action, offset=offset, weights=weights)
         design.y, design.trials = family_response(self.family, design.y, spec.response, design.response_kind, design.response_levels)
         if isinstance(design, CrossedDesign):
             check_crossed_identifiable(design)
-            self.spec, self.design, self.proposal = spec, design, proposal
-            self.sampler_name = "collapsed"
-            self.weights_label = None if weights is None else (weights if isinstance(weights, str) else "given")
-            layout = factor_layout(design)
-            self.stats = block_stats(design, layout)
-            self.estimates = None
-            self.priors = resolve_crossed_priors(priors, design)
-            self.kernel = CrossedGibbs(self.stats, layout, self.priors, design)
-            return
-        check_group_counts(design, self.family.is_gaussian)
-        check_identifiable(design)
-        if design.n_groups < 2:
-            raise ModelError(
-                f"grouping factor {spec.group!r} has {design.n_groups} level; a multilevel model needs at least 2 groups"
-            )
+        else:
+            check_group_counts(design, self.family.is_gaussian)
+            check_identifiable(design)
+            if design.n_groups < 2:
+                raise ModelError(f"grouping factor {spec.group!r} has {design.n_groups} level; a multilevel model "
+                                 "needs at least 2 groups")
         self.spec = spec
         self.design = design
         self.proposal = proposal
         self.sampler_name = sampler
         #: how the fit's attrs name the weights: the column, or "given" for values
         self.weights_label = None if weights is None else (weights if isinstance(weights, str) else "given")
-        if self.family.is_gaussian:
-            self.stats, self.estimates = gaussian_stats(design)
-            self.priors = resolve_priors(priors, design, self.estimates, self.family)
-            centred = GaussianGibbs(self.stats, self.priors, design.theta_free)
-            self.kernel = {"collapsed": CollapsedGibbs(self.stats, self.priors, design.theta_free),
-                           "interweaving": InterweavingGibbs(centred), "centred": centred}[sampler]
-        else:
-            self.estimates = glm_estimates(design, self.family)
-            self.priors = resolve_priors(priors, design, self.estimates, self.family)
-            p = design.X.shape[1]
-            data = GLMData(CODES[self.family.name], design.X, design.Z, design.offset,
-                           np.asarray(design.y, dtype=float), design.trials, design.starts)
-            self.kernel = GLMMetropolis(data, self.priors, design.theta_free, proposal=proposal,
-                                        b_start=self.estimates.b_group, alpha_info=self.estimates.info_pool[p:, p:],
-                                        interweave={"auto": None, "interweaving": True, "centred": False}[sampler],
-                                        alpha_steps=default_alpha_steps(design.Z, design.starts))
+        built = registry.build(self.family, n_terms, sampler, design, priors, proposal)
+        self.kernel, self.priors, self.stats, self.estimates = built.kernel, built.priors, built.stats, built.estimates
 
     @property
     def sampler(self) -> str:
-        if isinstance(self.design, CrossedDesign):
-            return "collapsed blocked gibbs (several factors)"
-        if self.family.is_gaussian:
-            return f"{self.sampler_name} gibbs"
-        return f"metropolis-within-gibbs ({self.proposal} proposal, {self.sampler_name})"
+        return registry.describe(self.family, len(self.spec.terms), self.sampler_name, self.proposal)
 
     def fit(
         self,
