@@ -107,9 +107,7 @@ def predict_crossed(fit: Fit, data: pd.DataFrame, idx: np.ndarray, factors: list
     if n == 0:
         raise ModelError("the new data have no rows")
     used = [f for f in design.factors if f.name in factors]
-    needed = sorted(set(design.spec.variables) - {c for f in design.factors for c in f.factor.columns}
-                    - set(_response_columns(design)))
-    needed = [c for c in needed if c in design.frame.columns]
+    needed = [c for c in sorted(_predictor_columns(design)) if c in design.frame.columns]
     group_cols = [c for f in used for c in f.factor.columns]
     columns = list(dict.fromkeys(needed + group_cols))
     missing = [c for c in columns if c not in data.columns]
@@ -164,17 +162,13 @@ def predict_crossed(fit: Fit, data: pd.DataFrame, idx: np.ndarray, factors: list
     return eta, coords
 
 
-def _response_columns(design: Any) -> list[str]:
-    """Data columns used only by the response (not needed to predict)."""
-    from .formula import data_variables
-    from formulae import model_description
+def _predictor_columns(design: Any) -> set[str]:
+    """The data columns of the fixed part and of the random-effects terms' expressions (the
+    grouping factors' columns only where a predictor uses them too)."""
+    from .predict import _rhs_variables
 
-    try:
-        rhs = data_variables(model_description(f"{design.spec.fixed_rhs()} + " + " + ".join(
-            t.rhs() for f in design.factors for t in f.terms)))
-        return [v for v in design.spec.variables if v not in rhs]
-    except Exception:  # pragma: no cover - the fitted formula parsed
-        return []
+    parts = [design.spec.fixed_rhs()] + [t.rhs() for f in design.factors for t in f.terms]
+    return set().union(*(_rhs_variables(part) for part in parts))
 
 
 def fitted_crossed(fit: Fit, idx: np.ndarray, factors: list[str]) -> tuple[np.ndarray, np.ndarray]:
