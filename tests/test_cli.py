@@ -183,7 +183,8 @@ BAD = [
     (["fit", "hsb82", "-f", "mAch ses + (1 | school)"], ["formula"]),
     (["fit", "hsb82", "-f", "mAch ~ ses + (1 | "], ["formula"]),
     (["fit", "hsb82", "-f", "mAch ~ ses"], ["formula"]),
-    (["fit", "hsb82", "-f", "mAch ~ ses + (1 | school) + (1 | sector)"], ["grouping"]),
+    (["fit", "cbpp", "-f", "p(incidence, size) ~ period + (1 | herd) + (1 | period)", "--family", "binomial"],
+     ["several random-effects terms"]),
     (["fit", "hsb82", "-f", "mAch ~ nosuchcol + (1 | school)"], ["nosuchcol"]),
     (["fit", "hsb82", "-f", HSB_FORMULA, "--family", "no-such-family"], ["no-such-family"]),
     (["fit", "hsb82", "-f", HSB_FORMULA, "--chains", "0"], ["chains"]),
@@ -355,3 +356,97 @@ def test_demo(tmp_path):
     assert intercept == pytest.approx(12.66, abs=0.1)
     assert ses == pytest.approx(2.39, abs=0.06)
     assert not BAR.search(proc.stderr)
+
+
+# -- several grouping factors (issue 12, point 5) --------------------------------------------
+
+DATA = Path(__file__).resolve().parent / "data"
+CROSSED = "y ~ x + z + (x | subj) + (1 | item)"
+
+
+@pytest.fixture(scope="module")
+def crossed(tmp_path_factory) -> tuple[Path, str]:
+    """``multilevel fit tests/data/crossed.csv ... --out``: (path, stdout)."""
+    path = tmp_path_factory.mktemp("crossed") / "crossed.nc"
+    code, out, err = run_main(["fit", DATA / "crossed.csv", "--formula", CROSSED, *SMALL, "--out", path])
+    assert code == 0, err
+    return path, out
+
+
+def test_fit_and_summary_with_several_factors(crossed):
+    path, fit_out = crossed
+    for block in ("Group-level effects (subj):", "Group-level effects (item):",
+                  "Group-effect covariance Sigma (subj):", "Population-level effects:"):
+        assert block in fit_out
+    assert "levels: subj 60, item 40" in fit_out
+    code, out, err = run_main(["summary", path])
+    assert code == 0, err
+    assert out == fit_out
+    code, out, err = run_main(["summary", path, "--json"])
+    assert code == 0, err
+    params = [row["param"] for row in json.loads(out)]
+    assert {"theta[x]", "alpha[z]", "Sigma_subj[x, Intercept]", "Sigma_item[Intercept, Intercept]",
+            "sigma2"} <= set(params)
+
+
+def predict_csv(argv: list) -> pd.DataFrame:
+    import io
+
+    code, out, err = run_main(["predict", *argv])
+    assert code == 0, err
+    return pd.read_csv(io.StringIO(out))
+
+
+def test_predict_re_form(crossed, tmp_path):
+    path, _ = crossed
+    data = pd.read_csv(DATA / "crossed.csv").head(30)
+    new = tmp_path / "new.csv"
+    data.to_csv(new, index=False)
+    fit = multilevel.load(path)
+    both = predict_csv([path, new])
+    np.testing.assert_allclose(both["mean"], fit.predict(data, summary=True)["mean"])
+    subj = predict_csv([path, new, "--re-form", "~(1 | subj)"])
+    np.testing.assert_allclose(subj["mean"], fit.predict(data, re_form=["subj"], summary=True)["mean"])
+    assert not np.allclose(subj["mean"], both["mean"])
+    # the item column is not needed without item's effects
+    data.drop(columns="item").to_csv(new, index=False)
+    np.testing.assert_allclose(predict_csv([path, new, "--re-form", "~(x | subj)"])["mean"], subj["mean"])
+    none = predict_csv([path, new, "--no-group-effects"])
+    np.testing.assert_allclose(none["mean"], fit.predict(data, re_form="~0", summary=True)["mean"])
+    np.testing.assert_allclose(predict_csv([path, new, "--re-form", "~0"])["mean"], none["mean"])
+    # the fitted rows
+    fitted = predict_csv([path, "--re-form", "~(1 | item)"])
+    np.testing.assert_allclose(fitted["mean"], fit.predict(re_form=["item"], summary=True)["mean"])
+
+
+def test_predict_re_form_of_a_one_factor_fit(fitted):
+    path, _, _ = fitted
+    default = predict_csv([path, "--draws", "20"])
+    np.testing.assert_allclose(predict_csv([path, "--draws", "20", "--re-form", "~(ses | school)"])["mean"],
+                               default["mean"])
+    np.testing.assert_allclose(predict_csv([path, "--draws", "20", "--re-form", "~0"])["mean"],
+                               predict_csv([path, "--draws", "20", "--no-group-effects"])["mean"])
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["predict", "--re-form", "~(1 | school)"], ["'school'", "subj, item"]),
+    (["predict", "--re-form", "subj"], ["--re-form 'subj' is not a formula", "~(1 | subj)"]),
+    (["predict", "--re-form", "~(1 | subj"], ["names no grouping factor"]),
+    (["predict", "--re-form", "~0", "--no-group-effects"], ["not both"]),
+    (["plot", "--kind", "caterpillar", "--factor", "school", "--out", "c.png"], ["no grouping factor 'school'",
+                                                                                  "subj, item"]),
+    (["plot", "--kind", "rank", "--factor", "item", "--out", "r.png"], ["--factor", "not of rank"]),
+], ids=["unknown-factor", "not-a-formula", "no-bar", "both", "plot-unknown-factor", "plot-factor-of-rank"])
+def test_several_factors_bad_input_one_line_exit_2(crossed, argv, fragments, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path, _ = crossed
+    code, out, err = run_main([argv[0], path, *argv[1:]])
+    assert_one_line_error(code, err, *fragments)
+    assert not out and not list(tmp_path.iterdir())
+
+
+def test_help_of_factor_options():
+    _, out, _ = run_main(["plot", "--help"])
+    assert "--factor" in out
+    _, out, _ = run_main(["predict", "--help"])
+    assert "--re-form" in out and "--no-group-effects" in out

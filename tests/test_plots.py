@@ -385,7 +385,7 @@ def test_shrinkage_chosen_groups(gfit, monkeypatch):
     b_own, own = own_estimates(gfit)
     own = own.copy()
     own[5] = False  # group 5 has no own estimate here
-    monkeypatch.setattr(plots, "own_estimates", lambda fit: (b_own, own))
+    monkeypatch.setattr(plots, "own_estimates", lambda fit, factor=None: (b_own, own))
     post_mean = gfit.posterior["beta"].mean(("chain", "draw")).values
     fig = gfit.plot_shrinkage(groups=["9", "2", "5"])
     title = fig._suptitle.get_text()
@@ -450,13 +450,19 @@ def test_group_choice_errors(gfit, kind, kwargs, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-def test_cli_plot_groups_and_top(gfit, tmp_path, monkeypatch):
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the command line saves, in order."""
     import multilevel.cli as cli
 
-    path = gfit.save(tmp_path / "fit.nc")
-    figures = []
+    saved = []
     original = cli._save_figure
-    monkeypatch.setattr(cli, "_save_figure", lambda fig, *a, **kw: (figures.append(fig), original(fig, *a, **kw)))
+    monkeypatch.setattr(cli, "_save_figure", lambda fig, *a, **kw: (saved.append(fig), original(fig, *a, **kw)))
+    return saved
+
+
+def test_cli_plot_groups_and_top(gfit, tmp_path, figures):
+    path = gfit.save(tmp_path / "fit.nc")
     code, _, err = run_main(["plot", path, "--kind", "caterpillar", "--groups", "4, 1", "--groups", "10",
                              "--out", tmp_path / "c.png"])
     assert code == 0, err
@@ -480,6 +486,199 @@ def test_cli_plot_groups_and_top(gfit, tmp_path, monkeypatch):
 def test_cli_plot_group_errors(gfit, tmp_path, argv, fragment):
     path = gfit.save(tmp_path / "fit.nc")
     code, _, err = run_main(["plot", path, *argv, "--out", tmp_path / "x.png"])
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err and fragment in lines[0], err
+    assert not (tmp_path / "x.png").exists()
+
+
+# -- several grouping factors (issue 12, point 5) ---------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+CROSSED = "y ~ x + z + (x | subj) + (1 | item)"
+FEW = dict(chains=2, draws=100, warmup=100, seed=1, cores=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def crossed_fit():
+    return multilevel.fit(CROSSED, pd.read_csv(DATA / "crossed.csv"), **FEW)
+
+
+@pytest.fixture(scope="module")
+def crossed_path(crossed_fit, tmp_path_factory):
+    return crossed_fit.save(tmp_path_factory.mktemp("crossed") / "crossed.nc")
+
+
+def factor_means(fit, factor):
+    """(level, term) posterior means of beta_<factor>."""
+    da = fit.posterior[f"beta_{factor}"]
+    return da.mean(("chain", "draw")).transpose(factor, f"{factor}_term").values
+
+
+@pytest.mark.parametrize("factor,terms,n_levels", [(None, ["Intercept", "x"], 60), ("subj", ["Intercept", "x"], 60),
+                                                   ("item", ["Intercept"], 40)])
+def test_caterpillar_per_factor(crossed_fit, factor, terms, n_levels):
+    fig = crossed_fit.plot_caterpillar(factor=factor)
+    name = factor or "subj"  # default: the first factor of the formula
+    assert fig._suptitle.get_text().startswith(f"Group effects of {name}:")
+    assert [ax.get_title() for ax in fig.axes] == terms
+    means = factor_means(crossed_fit, name)
+    labels = crossed_fit.posterior[name].values.astype(str)
+    theta = crossed_fit.posterior["theta"].mean(("chain", "draw"))
+    for k, (ax, term) in enumerate(zip(fig.axes, terms)):
+        assert ax.get_ylabel() == f"{name} (sorted by posterior mean)"
+        assert errorbar_points(ax) == [n_levels]
+        order = np.argsort(means[:, k], kind="stable")
+        np.testing.assert_allclose(caterpillar_rows(ax)[0], means[order, k])
+        if n_levels <= 40:  # labelled: the factor's levels
+            assert caterpillar_rows(ax)[1] == list(labels[order])
+        pool = [ln for ln in ax.get_lines() if ln.get_label() == f"theta[{term}]"]
+        assert len(pool) == 1 and pool[0].get_xdata()[0] == pytest.approx(float(theta.sel(term=term)))
+
+
+def test_caterpillar_factor_groups_and_top(crossed_fit):
+    fig = crossed_fit.plot_caterpillar(factor="item", groups=["i07", "i02"])
+    assert sorted(caterpillar_rows(fig.axes[0])[1]) == ["i02", "i07"]
+    assert "2 chosen of 40 groups" in fig._suptitle.get_text()
+    fig = crossed_fit.plot_caterpillar(factor="subj", terms=["x"], top=6)
+    assert len(fig.axes) == 1 and errorbar_points(fig.axes[0]) == [6]
+    with pytest.raises(ModelError, match="unknown group 's01'; the groups are labelled like i01"):
+        crossed_fit.plot_caterpillar(factor="item", groups=["s01"])
+    with pytest.raises(ModelError, match="unknown varying term 'x'; the varying terms of item are Intercept"):
+        crossed_fit.plot_shrinkage(factor="item", terms=["x"])
+
+
+def partial_residual_own(fit, factor):
+    """Each level's least-squares fit, on its own rows, of y less the posterior-mean fixed
+    effects and the other factor's posterior-mean deviations; plus the population means."""
+    data = pd.read_csv(DATA / "crossed.csv")
+    post = fit.posterior
+    theta = post["theta"].mean(("chain", "draw")).to_series()
+    alpha = post["alpha"].mean(("chain", "draw")).to_series()
+    subj = pd.DataFrame(factor_means(fit, "subj"), index=post["subj"].values, columns=["Intercept", "x"])
+    item = pd.Series(factor_means(fit, "item")[:, 0], index=post["item"].values)
+    r = data["y"] - theta["Intercept"] - theta["x"] * data["x"] - alpha["z"] * data["z"]
+    dev_subj = subj.loc[data["subj"]].to_numpy() - theta[["Intercept", "x"]].to_numpy()
+    dev_item = item.loc[data["item"]].to_numpy() - theta["Intercept"]
+    if factor == "item":
+        r = r - dev_subj[:, 0] - dev_subj[:, 1] * data["x"]
+        return (r.groupby(data["item"]).mean() + theta["Intercept"]).loc[post["item"].values].to_numpy()[:, None]
+    r = r - dev_item
+    out = []
+    for level in post["subj"].values:
+        rows = (data["subj"] == level).to_numpy()
+        Z = np.column_stack([np.ones(rows.sum()), data["x"][rows]])
+        out.append(np.linalg.lstsq(Z, r[rows], rcond=None)[0] + theta[["Intercept", "x"]].to_numpy())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("factor", ["subj", "item"])
+def test_own_estimates_of_a_factor_from_partial_residuals(crossed_fit, factor):
+    b_own, own = own_estimates(crossed_fit, factor)
+    assert own.all()  # every level has more rows than terms
+    np.testing.assert_allclose(b_own, partial_residual_own(crossed_fit, factor), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("factor,terms", [("subj", ["Intercept", "x"]), ("item", ["Intercept"])])
+def test_shrinkage_per_factor(crossed_fit, factor, terms):
+    fig = crossed_fit.plot_shrinkage(factor=factor)
+    assert fig._suptitle.get_text().startswith(f"Shrinkage of {factor} effects towards theta:")
+    assert len(fig.axes) == len(terms) + (len(terms) >= 2)
+    b_own, own = own_estimates(crossed_fit, factor)
+    means = factor_means(crossed_fit, factor)
+    theta = crossed_fit.posterior["theta"].mean(("chain", "draw"))
+    for k, (ax, term) in enumerate(zip(fig.axes, terms)):
+        assert ax.get_title() == term
+        lit, grey = highlighted(ax)
+        assert not grey and len(lit) == 1
+        np.testing.assert_allclose(lit[0].get_offsets(), np.column_stack([b_own[own, k], means[own, k]]))
+        pool = [ln for ln in ax.get_lines() if ln.get_label() == f"theta[{term}] (complete pooling)"]
+        assert len(pool) == 1 and pool[0].get_ydata()[0] == pytest.approx(float(theta.sel(term=term)))
+
+
+def test_shrinkage_of_a_factor_after_load(crossed_fit, crossed_path):
+    loaded = multilevel.load(crossed_path)
+    for factor in ("subj", "item"):
+        np.testing.assert_allclose(own_estimates(loaded, factor)[0], own_estimates(crossed_fit, factor)[0],
+                                   rtol=1e-10)
+    fig = loaded.plot_shrinkage(factor="item", top=5)
+    assert "pulls drawn for the 5 most shrunk" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize("kind", ["caterpillar", "shrinkage"])
+def test_unknown_factor_one_line(crossed_fit, gfit, kind):
+    with pytest.raises(ModelError) as info:
+        crossed_fit.plot(kind, factor="school")
+    assert str(info.value) == "the fit has no grouping factor 'school'; its factors are: subj, item"
+    with pytest.raises(ModelError) as info:
+        gfit.plot(kind, factor="subj")
+    assert str(info.value) == "the fit has no grouping factor 'subj'; its factors are: g"
+
+
+def test_one_factor_fit_takes_its_own_factor_name(gfit):
+    fig = gfit.plot_caterpillar(factor="g")
+    assert fig._suptitle.get_text().startswith("Group effects of g:")
+    assert fig.axes[0].get_ylabel() == "g (sorted by posterior mean)"
+    np.testing.assert_allclose(caterpillar_rows(fig.axes[0])[0], np.sort(beta_means(gfit, "Intercept")))
+    b_own, own = own_estimates(gfit, "g")
+    np.testing.assert_array_equal(b_own, own_estimates(gfit)[0])
+    assert len(gfit.plot_shrinkage(factor="g").axes) == 3
+
+
+def test_uncorrelated_terms_plots():
+    """(x || g): one factor (beta, group) with a term per block; its own estimates come from
+    the partial residuals (its design has no one-factor X)."""
+    fit = multilevel.fit("y ~ x + (x || g)", pd.read_csv(DATA / "uncorrelated.csv"), **FEW)
+    b_own, own = own_estimates(fit)
+    assert b_own.shape == (50, 2) and own.all()
+    post_mean = fit.posterior["beta"].mean(("chain", "draw")).values
+    assert np.corrcoef(b_own[:, 1], post_mean[:, 1])[0, 1] > 0.8
+    fig = fit.plot_shrinkage()
+    assert fig._suptitle.get_text().startswith("Shrinkage of g effects towards theta:")
+    assert len(fig.axes) == 3
+    assert errorbar_points(fit.plot_caterpillar(factor="g").axes[1]) == [50]
+
+
+def test_ppc_and_population_plots_of_several_factors(crossed_fit):
+    assert len(crossed_fit.plot_ppc(num_pp_samples=10).axes[0].get_lines()) == 10 + 1
+    titles = [ax.get_title() for ax in crossed_fit.plot_rank().axes]
+    assert {"Sigma_subj[x, Intercept]", "Sigma_item[Intercept, Intercept]", "alpha[z]"} <= set(titles)
+
+
+def test_group_plots_without_group_draws(crossed_fit, tmp_path):
+    loaded = multilevel.load(crossed_fit.save(tmp_path / "nobeta.nc", group_draws=False))
+    for kind in ("caterpillar", "shrinkage"):
+        with pytest.raises(ModelError) as info:
+            loaded.plot(kind, factor="item")
+        assert "group_draws=False" in str(info.value) and "\n" not in str(info.value)
+    assert loaded.plot_trace(var_names=["sigma2"]) is not None
+
+
+def test_cli_plot_factor(crossed_path, tmp_path, figures):
+    path = crossed_path
+    code, _, err = run_main(["plot", path, "--kind", "caterpillar", "--factor", "item", "--dpi", "40",
+                             "--out", tmp_path / "c.png"])
+    assert code == 0, err
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG
+    assert figures[-1]._suptitle.get_text().startswith("Group effects of item:")
+    assert errorbar_points(figures[-1].axes[0]) == [40]
+    code, _, err = run_main(["plot", path, "--kind", "shrinkage", "--factor", "subj", "--groups", "s03,s01",
+                             "--dpi", "40", "--out", tmp_path / "s.png"])
+    assert code == 0, err
+    assert "pulls drawn for the 2 chosen" in figures[-1]._suptitle.get_text()
+    assert sorted(a.get_text() for a in figures[-1].axes[0].texts if isinstance(a, Annotation)) == ["s01", "s03"]
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--kind", "caterpillar", "--factor", "school"], "no grouping factor 'school'; its factors are: subj, item"),
+    (["--kind", "shrinkage", "--factor", "Subj"], "no grouping factor 'Subj'"),
+    (["--kind", "ppc", "--factor", "item"], "not of ppc"),
+    (["--kind", "caterpillar", "--factor", "item", "--groups", "s01"], "unknown group 's01'"),
+])
+def test_cli_plot_factor_errors(crossed_path, tmp_path, argv, fragment):
+    code, _, err = run_main(["plot", crossed_path, *argv, "--out", tmp_path / "x.png"])
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err and fragment in lines[0], err

@@ -252,13 +252,17 @@ PLOT_KINDS = ("trace", "rank", "caterpillar", "shrinkage", "ppc", "pairs")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the replicated data of the ppc plot.")
 @click.option("--dpi", default=120, show_default=True, type=int, help="Resolution of raster images.")
+@click.option("--factor", default=None,
+              help="Caterpillar, shrinkage: the grouping factor whose levels are plotted (default: the first in "
+              "the formula), e.g. --factor item.")
 @click.option("--groups", "groups", multiple=True,
-              help="Caterpillar, shrinkage: only these groups, labels separated by commas (repeatable).")
+              help="Caterpillar, shrinkage: only these groups (levels of the factor), labels separated by commas "
+              "(repeatable).")
 @click.option("--top", default=None, type=int,
               help="Caterpillar: the N/2 highest and N/2 lowest groups of each term; shrinkage: the N most shrunk "
               "(default above 300 groups: 40).")
 def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, seed: int, dpi: int,
-                 groups: tuple[str, ...], top: int | None) -> None:
+                 factor: str | None, groups: tuple[str, ...], top: int | None) -> None:
     """Plot a saved fit: trace, rank (population parameters), caterpillar (group effects),
     shrinkage (own estimates against posterior means), ppc (posterior predictive check) or pairs."""
     from .result import check_writable, load
@@ -284,6 +288,11 @@ def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, see
         if groups and not labels:
             raise ModelError("--groups is empty: give group labels separated by commas, e.g. --groups a,b,c")
         options.update({"groups": labels} if groups else {"top": top})
+    if factor is not None:
+        if kind not in ("caterpillar", "shrinkage"):
+            raise ModelError("--factor chooses the grouping factor of the caterpillar and shrinkage plots, "
+                             f"not of {kind}")
+        options["factor"] = factor
     _agg()
     fit = load(fit_path)
     fig = fit.plot(kind, **options)
@@ -292,6 +301,24 @@ def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, see
 
 
 PREDICT_KINDS = ("mean", "linear", "response")
+NO_FACTORS = ("~0", "~1", "NA")
+
+
+def _re_form_factors(fit: Any, re_form: str | None, no_group_effects: bool) -> list[str]:
+    """The grouping factors whose effects --re-form (or --no-group-effects) includes: all by
+    default, none for '~0', '~1' or 'NA', else those of the formula's bars, which must name one."""
+    from .predict_crossed import resolve_re_form
+
+    if re_form is None or no_group_effects:
+        return resolve_re_form(fit, None, include_group_effects=not no_group_effects)
+    text = re_form.replace(" ", "")
+    example = f"e.g. --re-form '~(1 | {next(iter(fit.sigma_variables()))})', or '~0' for none"
+    if not text.startswith("~") and text != "NA":
+        raise ModelError(f"--re-form {re_form!r} is not a formula; write {example}")
+    factors = resolve_re_form(fit, re_form)
+    if not factors and text not in NO_FACTORS:
+        raise ModelError(f"--re-form {re_form!r} names no grouping factor in a term (expr | factor); write {example}")
+    return factors
 
 
 @cli.command("predict")
@@ -301,6 +328,9 @@ PREDICT_KINDS = ("mean", "linear", "response")
 @click.option("--kind", default="mean", show_default=True,
               help="mean (inverse link; probability for binomial), linear (predictor) or response (new draws).")
 @click.option("--no-group-effects", is_flag=True, help="Population-level predictions (beta = theta); no group column needed.")
+@click.option("--re-form", "re_form", default=None, metavar="FORMULA",
+              help="Which grouping factors' effects to include, as lme4's re.form: '~(1 | subj)' (those in the "
+              "formula; the others' columns are not needed), '~0' (none, as --no-group-effects); default: all.")
 @click.option("--draws", default=None, type=int, help="Use this many evenly spaced draws per chain (default: all).")
 @click.option("--seed", default=None, type=int, help="Seed of new groups' effects and of response draws.")
 @click.option("--hdi-prob", default=0.94, show_default=True, type=float, help="Probability of the HDI columns.")
@@ -308,11 +338,13 @@ PREDICT_KINDS = ("mean", "linear", "response")
 @click.option("--weights", default=None, metavar="COLUMN",
               help="Gaussian --kind response: column of NEW with the rows' precision weights (default 1).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def predict_command(fit_path: str, new_data: str | None, out: str | None, kind: str, no_group_effects: bool, draws: int | None,
-                    seed: int | None, hdi_prob: float, offset: str | None, weights: str | None, overwrite: bool) -> None:
+def predict_command(fit_path: str, new_data: str | None, out: str | None, kind: str, no_group_effects: bool,
+                    re_form: str | None, draws: int | None, seed: int | None, hdi_prob: float, offset: str | None,
+                    weights: str | None, overwrite: bool) -> None:
     """Predict the rows of NEW.csv (CSV or Parquet) from a saved fit: one output row per input
     row, the input's columns followed by mean, sd and the HDI bounds (hdi_3%, hdi_97%).
     Rows of groups not in the fit get new group effects drawn from MVN(theta, Sigma).
+    With several grouping factors, --re-form chooses whose effects are included.
     Without NEW.csv: the fitted values of the rows used in fitting, by row label."""
     import pandas as pd
 
@@ -328,10 +360,15 @@ def predict_command(fit_path: str, new_data: str | None, out: str | None, kind: 
             raise ModelError(f"cannot tell the format of {out!r}: end the name with .csv or .parquet")
     if new_data is None and (offset is not None or weights is not None):
         raise ModelError("--offset and --weights describe the rows of NEW.csv; without it the fitted rows use their own")
+    if re_form is not None and no_group_effects:
+        raise ModelError("give --re-form or --no-group-effects, not both (--no-group-effects is --re-form '~0')")
     fit = load(fit_path)
+    factors = _re_form_factors(fit, re_form, no_group_effects)
+    several = "F" in fit.group("constant_data")  # a one-factor fit takes the choice as include_group_effects
     data = read_data(new_data) if new_data is not None else None
-    table = fit.predict(data, kind=kind, include_group_effects=not no_group_effects, draws=draws, seed=seed,
-                        summary=True, hdi_prob=hdi_prob, offset=offset, weights=weights)
+    table = fit.predict(data, kind=kind, include_group_effects=bool(factors), draws=draws, seed=seed,
+                        summary=True, hdi_prob=hdi_prob, offset=offset, weights=weights,
+                        re_form=factors if several else None)
     if data is None:
         result = table.reset_index()
     else:

@@ -9,7 +9,9 @@
   (gaussian), frequencies of the counts (poisson), per-group proportions (binomial,
   bernoulli).
 
-The two group-level plots take ``groups=`` (labels) or ``top=N`` and, above
+The two group-level plots show one grouping factor (``factor=``, default the first in the
+formula; a fit with several factors has ``beta_<factor>`` per factor), take ``groups=``
+(labels of its levels) or ``top=N`` and, above
 :data:`MAX_GROUPS` groups, show :data:`DEFAULT_TOP` of them by default (the title says
 which). Their cost is O(groups x draws) with temporaries of at most :data:`CHUNK_VALUES`
 values: beta is read in slices of groups (from the file, for a loaded fit), for every
@@ -22,6 +24,7 @@ This module does not choose a matplotlib backend: scripts without a display sele
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -114,13 +117,24 @@ def plot_pairs(fit: Fit, var_names: list[str] | None = None, max_points: int = 1
     return fig
 
 
-def _terms(fit: Fit, terms: list[str] | None) -> list[str]:
-    all_terms = [str(t) for t in fit.posterior["term"].values]
+def _title(fig: Figure, head: str, formula: str, note: str = "") -> None:
+    """Set the figure title ``head: formula`` and ``note``; where that line would be wider
+    than the figure (about 0.09 inch a character), the formula goes on a line of its own and
+    the head is wrapped."""
+    width = max(int(fig.get_figwidth() / 0.09), 20)
+    line = f"{head}: {formula}"
+    fig.suptitle((line if len(line) <= width else f"{textwrap.fill(head + ':', width)}\n{formula}") + note)
+
+
+def _terms(fit: Fit, terms: list[str] | None, factor: Factor | None = None) -> list[str]:
+    """The chosen varying terms (of ``factor``, default the first), all of them for None."""
+    all_terms = (factor or _factor(fit)).terms(fit)
     if terms is None:
         return all_terms
     unknown = [t for t in terms if t not in all_terms]
     if unknown:
-        raise ModelError(f"unknown varying term {unknown[0]!r}; the varying terms are {', '.join(all_terms)}")
+        of = f" of {factor.name}" if factor is not None and factor.several else ""
+        raise ModelError(f"unknown varying term {unknown[0]!r}; the varying terms{of} are {', '.join(all_terms)}")
     return list(terms)
 
 
@@ -130,10 +144,73 @@ def _flat(da: Any) -> np.ndarray:
     return v.reshape(-1, *v.shape[2:])
 
 
+# -- grouping factors ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Factor:
+    """A grouping factor as the posterior stores it: ``beta`` (chain, draw, ``level_dim``,
+    ``term_dim``) and ``Sigma``; ``beta`` and ``group`` dims in a one-factor fit, ``beta_<f>``
+    and ``<f>`` otherwise (:func:`multilevel.convert.factor_dims`)."""
+
+    name: str
+    beta: str
+    level_dim: str
+    term_dim: str
+    several: bool
+
+    def terms(self, fit: Fit) -> list[str]:
+        return [str(t) for t in fit.posterior[self.term_dim].values]
+
+
+def _factor(fit: Fit, factor: str | None = None, draws: bool = False) -> Factor:
+    """The grouping factor ``factor`` (None: the first in the formula); ``draws``: its
+    per-group draws are needed. A one-line ModelError for a factor the fit does not have."""
+    from .convert import factor_dims
+
+    sigmas = fit.sigma_variables()
+    names = list(sigmas)
+    if factor is None:
+        factor = names[0]
+    elif str(factor) not in sigmas:
+        raise ModelError(f"the fit has no grouping factor {factor!r}; its factors are: {', '.join(names)}")
+    name = str(factor)
+    one = sigmas[name] == "Sigma"
+    level_dim, term_dim = factor_dims(name, one)
+    beta = "beta" if one else f"beta_{name}"
+    if draws and beta not in fit.posterior:
+        raise ModelError("this fit was saved without its per-group draws (group_draws=False): the caterpillar and "
+                         "shrinkage plots need them; fit the model again")
+    return Factor(name, beta, level_dim, term_dim, not one)
+
+
+def _level_index(fit: Fit, factor: Factor) -> np.ndarray:
+    """Each fitted row's level of ``factor`` (positions along its level dim)."""
+    cd = fit.idata.constant_data
+    return np.asarray(cd["group_index"].values if "group_index" in cd else cd[f"index_{factor.name}"].values)
+
+
+def _population_draws(fit: Fit, term: str) -> np.ndarray | None:
+    """(chain x draw,) draws of the population mean of a varying term: theta (or alpha) of
+    that name, None where the mean is fixed at 0."""
+    post = fit.posterior
+    if term in fit.zero_mean_terms:
+        return None
+    for var, dim in (("theta", "term"), ("alpha", "fixed_term")):
+        if var in post and term in post[dim].values:
+            return _flat(post[var].sel({dim: term}))
+    return None
+
+
+def _population_means(fit: Fit, terms: list[str]) -> np.ndarray:
+    """Posterior means of the terms' population means (0 where fixed at 0)."""
+    draws = [_population_draws(fit, t) for t in terms]
+    return np.array([0.0 if d is None else float(np.mean(d)) for d in draws])
+
+
 # -- choosing groups ----------------------------------------------------------------------------
 
-def _group_labels(fit: Fit) -> np.ndarray:
-    return np.asarray(fit.posterior["group"].values).astype(str)
+def _group_labels(fit: Fit, factor: Factor | None = None) -> np.ndarray:
+    return np.asarray(fit.posterior[(factor or _factor(fit)).level_dim].values).astype(str)
 
 
 def _positive_count(value: Any, name: str) -> int:
@@ -182,10 +259,11 @@ def _top_positions(score: np.ndarray, n: int) -> np.ndarray:
 
 # -- per-group summaries in O(groups x draws) ----------------------------------------------------
 
-def _beta_draws(fit: Fit) -> Any:
-    """beta as a (chain, draw, group, term) DataArray; not read into memory here (a loaded
-    fit reads it from its file chunk by chunk below)."""
-    return fit.posterior["beta"].transpose("chain", "draw", "group", "term")
+def _beta_draws(fit: Fit, factor: Factor | None = None) -> Any:
+    """``factor``'s beta as a (chain, draw, level, term) DataArray; not read into memory here
+    (a loaded fit reads it from its file chunk by chunk below)."""
+    f = factor or _factor(fit, draws=True)
+    return fit.posterior[f.beta].transpose("chain", "draw", f.level_dim, f.term_dim)
 
 
 def _chunk(per_group: int) -> int:
@@ -216,7 +294,8 @@ def group_hdi(beta: Any, term: int, rows: np.ndarray, hdi_prob: float) -> tuple[
     lo, hi = np.empty(rows.shape[0]), np.empty(rows.shape[0])
     for c in np.flatnonzero(np.diff(bounds)):  # slices of groups, not groups
         i, j = bounds[c], bounds[c + 1]
-        block = np.asarray(beta.isel(group=ranked[i:j], term=term).values, dtype=float).reshape(n_draws, -1)
+        block = np.asarray(beta.isel({beta.dims[2]: ranked[i:j], beta.dims[3]: term}).values,
+                           dtype=float).reshape(n_draws, -1)
         lo[order[i:j]], hi[order[i:j]] = hdi(block, hdi_prob)
     return lo, hi
 
@@ -226,10 +305,15 @@ def _count_groups(n: int) -> str:
 
 
 def plot_caterpillar(fit: Fit, terms: list[str] | None = None, hdi_prob: float = HDI_PROB, groups: Any = None,
-                     top: int | None = None, max_groups: int | None = MAX_GROUPS, max_labels: int = 40) -> Figure:
+                     top: int | None = None, max_groups: int | None = MAX_GROUPS, max_labels: int = 40,
+                     factor: str | None = None) -> Figure:
     """Each group's coefficient beta_jk: posterior mean and ``hdi_prob`` HDI, groups sorted
     by the mean, one panel per varying term; the vertical line and band are theta_k's
     posterior mean and HDI (0 where the term's mean is fixed at 0).
+
+    ``factor``: the grouping factor whose levels are the groups (default: the first in the
+    formula); with several factors, its ``beta_<factor>`` (population mean plus the level's
+    deviation, as lme4's ``coef``) and its varying terms.
 
     Which groups: ``groups``, a list of group labels; or ``top=N``, in each panel the
     ceil(N/2) groups with the highest posterior means and the floor(N/2) lowest (the two
@@ -240,16 +324,15 @@ def plot_caterpillar(fit: Fit, terms: list[str] | None = None, hdi_prob: float =
     plt = _plt()
     if not 0 < hdi_prob < 1:
         raise ModelError(f"hdi_prob must be between 0 and 1, got {hdi_prob!r}")
-    all_terms = [str(t) for t in fit.posterior["term"].values]
-    terms = _terms(fit, terms)
-    labels = _group_labels(fit)
+    f = _factor(fit, factor, draws=True)
+    all_terms = f.terms(fit)
+    terms = _terms(fit, terms, f)
+    labels = _group_labels(fit, f)
     m = labels.shape[0]
     chosen, top, by_default = _selection(labels, groups, top, max_groups)
-    beta = _beta_draws(fit)
+    beta = _beta_draws(fit, f)
     means = group_means(beta)
     n_rows = chosen.shape[0] if chosen is not None else top or m
-    post = fit.posterior
-    zero = set(fit.zero_mean_terms)
     fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), max(4.0, min(0.06 * n_rows + 2.0, 12.0))),
                              squeeze=False, layout="constrained")
     for ax, term in zip(axes[0], terms):
@@ -274,10 +357,11 @@ def plot_caterpillar(fit: Fit, terms: list[str] | None = None, hdi_prob: float =
             ax.axhline(n_low - 0.5, color="grey", ls=":", lw=1)
             ax.text(0.5, n_low - 0.5, f"{_count_groups(m - top)} not shown", transform=ax.get_yaxis_transform(),
                     fontsize=7, color="grey", ha="center", va="center", bbox={"fc": "white", "ec": "none", "pad": 1})
-        if term in zero:
+        th = _population_draws(fit, term)
+        if th is None:
             ax.axvline(0.0, color=POOL, lw=1.5, label="mean fixed at 0")
         else:
-            th = _flat(post["theta"].sel(term=term))[:, None]
+            th = th[:, None]
             tlo, thi = hdi(th, hdi_prob)
             ax.axvspan(float(tlo[0]), float(thi[0]), color=POOL, alpha=0.15, lw=0)
             ax.axvline(float(th.mean()), color=POOL, lw=1.5, label=f"theta[{term}]")
@@ -288,10 +372,10 @@ def plot_caterpillar(fit: Fit, terms: list[str] | None = None, hdi_prob: float =
             ax.set_yticklabels(labels[rows], fontsize=7)
         else:
             ax.set_yticks([])
-        ax.set_ylabel(f"{fit.attrs.get('group_factor', 'group')} (sorted by posterior mean)")
+        ax.set_ylabel(f"{f.name} (sorted by posterior mean)")
         ax.set_ylim(-1, rows.shape[0])
         ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"Group effects: {fit.formula}{_caterpillar_note(m, chosen, top, by_default, max_groups)}")
+    _title(fig, f"Group effects of {f.name}", fit.formula, _caterpillar_note(m, chosen, top, by_default, max_groups))
     return fig
 
 
@@ -306,17 +390,26 @@ def _caterpillar_note(m: int, chosen: np.ndarray | None, top: int | None, by_def
     return note + (f" (the default above {max_groups:,} groups)" if by_default else "")
 
 
-def own_estimates(fit: Fit) -> tuple[np.ndarray, np.ndarray]:
+def own_estimates(fit: Fit, factor: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(b_group (m, p), own (m,)): each group's own least-squares (gaussian) or maximum-
     likelihood GLM estimate, recomputed from ``fit.design`` (so it works after ``load``)
-    with the stored response, trials and offset; ``own`` marks groups that have one."""
+    with the stored response, trials and offset; ``own`` marks groups that have one.
+
+    One grouping factor: group j's fit of y_j - Z_j alpha_pool on X_j (alpha_pool from the
+    pooled least-squares fit), :func:`multilevel.suffstats.gaussian_stats`. Several factors
+    (or uncorrelated terms, ``||``), for the levels of ``factor`` (default: the first): see
+    :func:`partial_residual_estimates`.
+    """
     design = fit.design
     if design is None:
         raise ModelError("this fit has no stored training data, so the groups' own estimates cannot be computed")
+    f = _factor(fit, factor)
     cd = fit.idata.constant_data
     y = np.asarray(fit.idata.observed_data["y"].values, dtype=float)
     if y.shape[0] != design.n_obs:
         raise ModelError("the stored training data do not match the fitted rows")
+    if hasattr(design, "factors"):  # a CrossedDesign: fixed design F and one Z per factor
+        return partial_residual_estimates(fit, design, y, f)
     design = dataclasses.replace(
         design, y=y,
         trials=np.asarray(cd["trials"].values, dtype=float) if "trials" in cd else np.ones_like(y),
@@ -334,6 +427,50 @@ def own_estimates(fit: Fit) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(est.b_group), np.asarray(est.own, dtype=bool)
 
 
+def partial_residual_estimates(fit: Fit, design: Any, y: np.ndarray, factor: Factor) -> tuple[np.ndarray, np.ndarray]:
+    """(b (m, q), own (m,)) of a model with several random-effects terms (gaussian,
+    :class:`~multilevel.design.CrossedDesign`, rows in data order): level j's own
+    least-squares estimate of ``factor``'s coefficients from the rows of that level alone,
+    with everything else held at its posterior mean. The partial residuals
+
+        r = y - F a_hat - sum_{k != factor} Z_k b_hat_k[level_k],
+
+    subtract the posterior-mean fixed effects a_hat (theta and alpha) and the other factors'
+    posterior-mean deviations b_hat_k (beta_k less the terms' population means); level j's
+    estimate is then its (weighted) least-squares fit of r_j on Z_j plus the population means
+    of the factor's terms, on the scale of ``beta_<factor>``. ``own[j]``: level j has more rows
+    than terms and a well-conditioned Z_j'W_jZ_j (the one-factor rule); other levels get the
+    population means and are not shown."""
+    post = fit.posterior
+    fixed = np.array([0.0 if d is None else float(np.mean(d))
+                      for d in (_population_draws(fit, name) for name in design.fixed_names)])
+    r = y - np.asarray(design.F, dtype=float) @ fixed
+    own_terms = None
+    for fd in design.factors:
+        g = _factor(fit, fd.name, draws=True)
+        if fd.name == factor.name:
+            own_terms = fd
+            continue
+        b_hat = group_means(_beta_draws(fit, g)) - _population_means(fit, g.terms(fit))
+        r -= np.einsum("ik,ik->i", np.asarray(fd.Z, dtype=float), b_hat[fd.index])
+    if own_terms is None:  # pragma: no cover - _factor checked the name
+        raise ModelError(f"the design has no grouping factor {factor.name!r}")
+    Z, level, m = np.asarray(own_terms.Z, dtype=float), np.asarray(own_terms.index), int(post.sizes[factor.level_dim])
+    q = Z.shape[1]
+    w = np.ones_like(y) if design.weights is None else np.asarray(design.weights, dtype=float)
+    ZtZ, Ztr = np.empty((m, q, q)), np.empty((m, q))
+    for a in range(q):  # O(rows x q^2) by bincount: no (rows, q, q) temporary
+        Ztr[:, a] = np.bincount(level, weights=w * Z[:, a] * r, minlength=m)
+        for b in range(a, q):
+            ZtZ[:, a, b] = ZtZ[:, b, a] = np.bincount(level, weights=w * Z[:, a] * Z[:, b], minlength=m)
+    n = np.bincount(level, minlength=m)
+    eig = np.linalg.eigvalsh(ZtZ)
+    own = (n > q) & (eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300))
+    safe = np.where(own[:, None, None], ZtZ, np.eye(q))
+    dev = np.where(own[:, None], np.linalg.solve(safe, Ztr[..., None])[..., 0], 0.0)
+    return dev + _population_means(fit, factor.terms(fit)), own
+
+
 def _pull_score(b_own: np.ndarray, b_post: np.ndarray) -> np.ndarray:
     """How far each group is pulled from its own estimate to its posterior mean: the length
     of own - posterior mean with each term in units of the sd of the own estimates across groups."""
@@ -348,7 +485,7 @@ def _label_points(ax: Any, x: np.ndarray, y: np.ndarray, names: np.ndarray) -> N
 
 
 def plot_shrinkage(fit: Fit, terms: list[str] | None = None, groups: Any = None, top: int | None = None,
-                   max_groups: int | None = MAX_GROUPS, max_labels: int = 15) -> Figure:
+                   max_groups: int | None = MAX_GROUPS, max_labels: int = 15, factor: str | None = None) -> Figure:
     """Shrinkage of the group effects towards theta.
 
     One panel per varying term k: for each group with its own estimate, x = its own
@@ -364,17 +501,25 @@ def plot_shrinkage(fit: Fit, terms: list[str] | None = None, groups: Any = None,
     ``groups`` (labels), or ``top=N`` the N most shrunk groups (the longest pull from own
     estimate to posterior mean, each term in units of the sd of the own estimates across
     groups), by default ``top=DEFAULT_TOP``. Up to ``max_labels`` highlighted groups are labelled.
+
+    ``factor``: the grouping factor whose levels are the groups (default: the first in the
+    formula). With several factors (or uncorrelated terms, ``||``), a level's own estimate
+    is its least-squares fit of the partial residuals, the response less the posterior-mean
+    fixed effects and the other factors' posterior-mean effects, on the rows of that level
+    (:func:`partial_residual_estimates`); theta is then the population mean of the factor's
+    terms (0 where fixed at 0).
     """
     plt = _plt()
-    all_terms = [str(t) for t in fit.posterior["term"].values]
-    terms = _terms(fit, terms)
-    labels = _group_labels(fit)
+    f = _factor(fit, factor, draws=True)
+    all_terms = f.terms(fit)
+    terms = _terms(fit, terms, f)
+    labels = _group_labels(fit, f)
     m = labels.shape[0]
     chosen, top, by_default = _selection(labels, groups, top, max_groups)
-    b_own, own = own_estimates(fit)
-    b_post = group_means(_beta_draws(fit))
-    theta = np.mean(np.asarray(fit.posterior["theta"].transpose("chain", "draw", "term").data), axis=(0, 1))
-    n_sizes = np.bincount(fit.idata.constant_data["group_index"].values, minlength=m)
+    b_own, own = own_estimates(fit, f.name)
+    b_post = group_means(_beta_draws(fit, f))
+    theta = _population_means(fit, all_terms)
+    n_sizes = np.bincount(_level_index(fit, f), minlength=m)
     shown = np.flatnonzero(own)
     left_out = m - shown.shape[0]
     ks = [all_terms.index(t) for t in terms]
@@ -401,7 +546,8 @@ def plot_shrinkage(fit: Fit, terms: list[str] | None = None, groups: Any = None,
         lo, hi = float(np.min(np.r_[x, y, theta[k]])), float(np.max(np.r_[x, y, theta[k]]))
         pad = 0.05 * (hi - lo or 1.0)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--", label="no pooling (y = x)")
-        ax.axhline(theta[k], color=POOL, lw=1.5, label=f"theta[{term}] (complete pooling)")
+        pool = f"theta[{term}]" if _population_draws(fit, term) is not None else "mean fixed at 0"
+        ax.axhline(theta[k], color=POOL, lw=1.5, label=f"{pool} (complete pooling)")
         if lit is not None:
             ax.scatter(x, y, s=3, color=BACKGROUND, alpha=0.5, lw=0, rasterized=many, label="other groups")
         segments = np.stack([np.column_stack([x[hl], x[hl]]), np.column_stack([x[hl], y[hl]])], axis=1)
@@ -445,7 +591,7 @@ def plot_shrinkage(fit: Fit, terms: list[str] | None = None, groups: Any = None,
     if chosen is not None and lit.shape[0] < chosen.shape[0]:
         notes.append(f"{chosen.shape[0] - lit.shape[0]:,} of the chosen groups have no own estimate")
     note = "".join(f"\n({n})" for n in notes)
-    fig.suptitle(f"Shrinkage towards theta: {fit.formula}{note}")
+    _title(fig, f"Shrinkage of {f.name} effects towards theta", fit.formula, note)
     return fig
 
 
@@ -515,9 +661,11 @@ def plot_ppc(fit: Fit, num_pp_samples: int = 100, seed: Any = 0, hdi_prob: float
         ax.set_ylabel("number of rows")
         ax.set_title(f"Posterior predictive check: counts ({rep.shape[0]} replicates)")
     else:
-        g = fit.idata.constant_data["group_index"].values
+        f = _factor(fit)  # the first grouping factor
+        g = _level_index(fit, f)
         trials = fit.idata.constant_data["trials"].values if "trials" in fit.idata.constant_data else np.ones_like(y)
-        m = fit.posterior.sizes["group"]
+        groups = _group_labels(fit, f)
+        m = groups.shape[0]
         n_g = np.bincount(g, weights=trials, minlength=m)
         obs = np.bincount(g, weights=y, minlength=m) / n_g
         props = np.stack([np.bincount(g, weights=r, minlength=m) for r in rep]) / n_g
@@ -529,9 +677,8 @@ def plot_ppc(fit: Fit, num_pp_samples: int = 100, seed: Any = 0, hdi_prob: float
         ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], fmt="o", color=MODEL, markersize=3, alpha=0.8,
                     label=f"replicated: median and {100 * hdi_prob:g}% interval")
         ax.scatter(x, obs[order], color=OBSERVED, s=14, zorder=3, label="observed proportion")
-        ax.set_xlabel(f"{fit.attrs.get('group_factor', 'group')} (sorted by observed proportion)")
+        ax.set_xlabel(f"{f.name} (sorted by observed proportion)")
         ax.set_ylabel("proportion of successes")
-        groups = np.asarray([str(v) for v in fit.posterior["group"].values])
         if order.shape[0] <= 40:
             ax.set_xticks(x)
             ax.set_xticklabels(groups[order], rotation=90, fontsize=7)
@@ -558,5 +705,6 @@ def plot(fit: Fit, kind: str = "trace", **kwargs: Any) -> Figure:
     return PLOTTERS[kind](fit, **kwargs)
 
 
-__all__ = ["KINDS", "MAX_GROUPS", "DEFAULT_TOP", "plot", "own_estimates", "group_means", "group_hdi",
+__all__ = ["KINDS", "MAX_GROUPS", "DEFAULT_TOP", "plot", "own_estimates", "partial_residual_estimates",
+           "group_means", "group_hdi",
            *[f.__name__ for f in PLOTTERS.values()]]
