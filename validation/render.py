@@ -62,9 +62,10 @@ def main(results: Path, out: Path) -> int:
         "# Validation: simulation-based calibration",
         "",
         "Made by `make validate` "
-        f"(rendered {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; each run's own date in the table): the full SBC runs of `tests/test_sbc.py` and "
-        "`tests/test_glm_sbc.py` (marker `validate`). Each replication draws the population parameters "
-        "from the prior, the group effects and data from the model, fits one chain, thins it to L draws, "
+        f"(rendered {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; each run's own date in the table): the full SBC runs of `tests/test_sbc.py`, "
+        "`tests/test_glm_sbc.py` and `tests/test_crossed_sbc.py` (several grouping factors; marker "
+        "`validate`). Each replication draws the population parameters from the prior, the group "
+        "effects and data from the model, fits one chain, thins it to L draws, "
         "and records the rank of each true parameter among them (Talts et al. 2018). Ranks of a correct "
         "sampler are uniform: each parameter's are tested by a chi-square test on equal bins, at a "
         "family-wise level 0.01 with a Bonferroni correction over the parameters of the run. The figures "
@@ -72,8 +73,10 @@ def main(results: Path, out: Path) -> int:
         "",
         "That the check has power is shown in the default suite: `test_sbc_catches_wrong_sigma_step` "
         "gives the Sigma update a wrong degree of freedom (eta0 + m + 3, + 10), "
-        "`test_glm_sbc_catches_a_tempered_likelihood` squares the GLM likelihood and "
-        "`test_glm_sbc_catches_a_beta_step_without_its_prior` drops the prior from the beta_j step; "
+        "`test_glm_sbc_catches_a_tempered_likelihood` squares the GLM likelihood, "
+        "`test_glm_sbc_catches_a_beta_step_without_its_prior` drops the prior from the beta_j step and "
+        "`test_crossed_sbc_catches_a_slice_move_without_its_jacobian` drops the Jacobian from the slice "
+        "move of a large factor's variance; "
         "the same test rejects each. Samplers: collapsed (Gaussian default), interweaving and centred "
         "(the specification's) Gibbs; GLMs with the Laplace (default) and textbook proposals, "
         "each with the default sampler (non-centred moves kept or dropped in warm-up); the "
