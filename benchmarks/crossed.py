@@ -75,7 +75,7 @@ PARAMETRISATIONS: dict[str, tuple[bool, ...]] = {
     "mixed (s non-centred; d, dept:service centred)": (False, True, True),
 }
 #: the one the benchmark runs: the faster in min bulk ESS per CPU second, measured (see README)
-NUTS_PARAMETRISATION = "non-centred"
+NUTS_PARAMETRISATION = "centred"
 
 
 # --------------------------------------------------------------------------- the problem
@@ -474,6 +474,9 @@ def bench_insteval(quick: bool = False, parametrisations: tuple[str, ...] | None
         "sampling time includes the warm-up. Min bulk ESS (`az.ess`) over the population parameters: the fixed effects "
         "(`theta`), each factor's variance (`Sigma_<factor>`), `sigma2`.",
     )
+    if ml:
+        res.notes.append(f"multilevel's sampler: {ml['sampler']}. Its CPU time is that of the whole `Model.fit` "
+                         "call (the sweeps and the making of the fit's InferenceData).")
     if unsupported:
         res.notes.append(f"**multilevel: not yet supported** (`Model` raised {unsupported}); only the NUTS side "
                          "ran. Its priors are the placeholder ones of `crossed.placeholder_priors`.")
@@ -492,13 +495,15 @@ def bench_insteval(quick: bool = False, parametrisations: tuple[str, ...] | None
         rows.append([label, f"{r['chains']} x ({r['warmup']} + {r['draws']})", comp, f"{r['wall']:.1f} s",
                      f"{r['cpu']:.1f} s", f"{r['min_ess']:.0f} (`{r['min_at']}`)", _fmt(r["ess_cpu"]),
                      "not reached" if t1000 != t1000 else f"{_fmt(t1000)} s", f"{r['max_rhat']:.3f}",
-                     str(r["divergences"]) if is_nuts else "", f"{r['mean_steps']:.0f}" if is_nuts else ""])
+                     str(r["divergences"]) if is_nuts else "",
+                     f"{r['mean_steps']:.0f} ({r['total_steps'] / (r['chains'] * (r['warmup'] + r['draws'])):.0f}); "
+                     f"{r['ms_per_step']:.2f} ms" if is_nuts else ""])
     if not ml:
         rows.insert(0, ["multilevel", "not yet supported", "", "", "", "", "", "", "", "", ""])
     res.tables.append(Table(
         ["sampler", "chains x (warm-up + draws)", "compile / setup", "sampling, wall", "sampling, CPU (all chains)",
          "min bulk ESS (at)", "min ESS / CPU s", "CPU s to bulk ESS 1000 (every parameter)", "max R-hat",
-         "divergences", "mean leapfrog steps"], rows))
+         "divergences", "leapfrog steps per draw (per iteration, warm-up included); CPU per step"], rows))
 
     labels = list(table_runs)
     prow = []
