@@ -350,8 +350,24 @@ _JAX_CACHE: str | None = None
 
 
 def _numpyro_chain(P: Problem, centred: bool, warmup: int, draws: int, seed: int, cache: str | None = None) -> dict:
+    """One NumPyro NUTS chain of ``P`` in this (worker) process (see :func:`numpyro_nuts_chain`)."""
+
+    def build():
+        import jax.numpy as jnp
+
+        init = {k: jnp.asarray(v) for k, v in initial_values(P, seed, centred).items()}
+        keep = ["theta", "Sigma"] + (["alpha"] if P.r else []) + (["sigma2"] if P.gaussian else [])
+        return numpyro_model_fn(P, centred), numpyro_data(P), init, keep
+
+    return numpyro_nuts_chain(build, warmup, draws, seed, cache)
+
+
+def numpyro_nuts_chain(build, warmup: int, draws: int, seed: int, cache: str | None = None) -> dict:
     """One NumPyro NUTS chain in this (worker) process: compile apart, then warm-up + draws.
 
+    ``build()`` returns ``(model, kw, init, keep)``: the model function, its data as keyword
+    arguments, the starting values (constrained) and the sites whose draws to keep; it runs
+    after JAX is set up (float64, the compilation cache ``cache``) and inside the compile timing.
     The same steps as ``numpyro.infer.MCMC`` (``NUTS.init``, then ``NUTS.sample`` in a compiled
     loop, warm-up adaptation inside ``sample``), with the initialisation jitted and the loop
     compiled ahead of time, so that compilation is timed apart from sampling.
@@ -363,18 +379,14 @@ def _numpyro_chain(P: Problem, centred: bool, warmup: int, draws: int, seed: int
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    import jax.numpy as jnp
     from jax import lax
     from numpyro.infer import NUTS, init_to_value
 
     c0, t0 = time.process_time(), time.perf_counter()
-    model = numpyro_model_fn(P, centred)
-    kw = numpyro_data(P)
-    init = {k: jnp.asarray(v) for k, v in initial_values(P, seed, centred).items()}
+    model, kw, init, keep = build()
     kernel = NUTS(model, init_strategy=init_to_value(values=init))
     # NUTS.init run eagerly compiles hundreds of small programs (20-60 s here); jitted it is one program
     state = jax.jit(lambda key: kernel.init(key, warmup, None, (), kw))(jax.random.PRNGKey(seed))
-    keep = ["theta", "Sigma"] + (["alpha"] if P.r else []) + (["sigma2"] if P.gaussian else [])
 
     def run(state, kw):
         post = kernel.postprocess_fn((), kw)
@@ -393,8 +405,8 @@ def _numpyro_chain(P: Problem, centred: bool, warmup: int, draws: int, seed: int
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {k: np.asarray(v)[warmup:] for k, v in out.items()}
     return {"draws": out, "divergences": int(np.asarray(div)[warmup:].sum()),
-            "mean_steps": float(np.asarray(steps)[warmup:].mean()), "compile": compile_wall,
-            "compile_cpu": compile_cpu, "wall": wall, "cpu": cpu}
+            "mean_steps": float(np.asarray(steps)[warmup:].mean()), "total_steps": int(np.asarray(steps).sum()),
+            "compile": compile_wall, "compile_cpu": compile_cpu, "wall": wall, "cpu": cpu}
 
 
 # --------------------------------------------------------------------------- PyMC
@@ -509,26 +521,37 @@ def run_nuts(which: str, P: Problem, centred: bool, warmup: int, draws: int, cha
              seed: int = 1) -> dict:
     """``chains`` chains of one peer, two at a time (one per core), each in its own process."""
     fn = {"numpyro": _numpyro_chain, "pymc": _pymc_chain}[which]
-    results = []
-    with _worker_env(), ProcessPoolExecutor(max_workers=min(2, chains), mp_context=mp.get_context("spawn")) as pool:
-        cache = _jax_cache_dir() if which == "numpyro" else None
-        futures = [pool.submit(fn, P, centred, warmup, draws, seed + 1000 * c, cache) for c in range(chains)]
-        results = [f.result() for f in futures]
+    cache = _jax_cache_dir() if which == "numpyro" else None
+    results = run_worker_chains(fn, (P, centred, warmup, draws), chains, seed=seed, cache=cache)
     names = results[0]["draws"].keys()
     stacked = {n: np.stack([r["draws"][n] for r in results]) for n in names}
     scal = P.scalars(stacked["theta"] if "theta" in stacked else np.zeros((chains, draws, 0)),
                      stacked.get("alpha", np.zeros((chains, draws, 0))), stacked["Sigma"], stacked.get("sigma2"))
-    rounds = [results[i:i + 2] for i in range(0, chains, 2)]
+    return {"scalars": scal, **pool_chain_times(results), "chains": chains, "warmup": warmup, "draws": draws,
+            "blas": results[0].get("blas")}
+
+
+def run_worker_chains(fn, args: tuple, chains: int, seed: int = 1, cache: str | None = None,
+                      workers: int = 2) -> list[dict]:
+    """``fn(*args, seed + 1000 c, cache)`` for chains c = 0 .. chains - 1, each chain in a spawned
+    single-threaded process (:func:`_worker_env`), at most ``workers`` at a time; their results in order."""
+    with _worker_env(), ProcessPoolExecutor(max_workers=max(1, min(workers, chains)),
+                                            mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *args, seed + 1000 * c, cache) for c in range(chains)]
+        return [f.result() for f in futures]
+
+
+def pool_chain_times(results: list[dict], workers: int = 2) -> dict:
+    """Compile time (median over chains), sampling wall time (the chains of a round of ``workers``
+    run side by side), CPU time (all chains), divergences and mean leapfrog steps of worker chains."""
+    rounds = [results[i:i + workers] for i in range(0, len(results), workers)]
     return {
-        "scalars": scal,
         "compile": float(np.median([r["compile"] for r in results])),
         "compile_cpu": float(np.median([r["compile_cpu"] for r in results])),
-        "wall": float(sum(max(r["wall"] for r in rd) for rd in rounds)),  # chains of a round run side by side
+        "wall": float(sum(max(r["wall"] for r in rd) for rd in rounds)),
         "cpu": float(sum(r["cpu"] for r in results)),
         "divergences": int(sum(r["divergences"] for r in results)),
         "mean_steps": float(np.mean([r["mean_steps"] for r in results])),
-        "chains": chains, "warmup": warmup, "draws": draws,
-        "blas": results[0].get("blas"),
     }
 
 

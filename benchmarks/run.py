@@ -8,7 +8,7 @@
     python benchmarks/run.py --list                        # names of the benchmarks
 
 Each benchmark is a function returning a ``common.Result``; the groups of benchmarks
-(``gaussian``, ``glm``, ``peers``) register them in ``SUITES`` below.
+(``gaussian``, ``glm``, ``peers``, ``endtoend``, ``crossed``) register them in ``SUITES`` below.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import crossed  # noqa: E402
 from benchmarks import endtoend  # noqa: E402
 from benchmarks import gaussian  # noqa: E402
 from benchmarks import glm  # noqa: E402
@@ -39,6 +40,7 @@ SUITES = {
     "glm": glm.BENCHMARKS,
     "peers": peers.BENCHMARKS,  # needs the `bench` extra (PyMC, NumPyro)
     "endtoend": endtoend.BENCHMARKS,
+    "crossed": crossed.BENCHMARKS,  # several grouping factors (issue 12); InstEval needs the `bench` extra (NumPyro)
 }
 
 
