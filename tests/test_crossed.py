@@ -437,3 +437,28 @@ def test_crossed_errors_in_one_line(formula, options, problem, fix):
     message = str(err.value)
     assert "\n" not in message
     assert re.search(problem, message) and re.search(fix, message), message
+
+
+@pytest.mark.parametrize("re_form, expected", [
+    (None, ["a", "b"]), ("~0", []), ("~ 1", []), ("NA", []), ("~(1 | a)", ["a"]), ("~ (x | a) + (1 | b)", ["a", "b"]),
+    (["b"], ["b"]), ("~ 1 + (1 | b)", ["b"]),
+])
+def test_re_form_chooses_factors(two_factor_fit, re_form, expected):
+    from multilevel.predict_crossed import resolve_re_form
+
+    assert resolve_re_form(two_factor_fit, re_form) == expected
+
+
+@pytest.mark.parametrize("re_form, message", [
+    ("~(1 |", "names no grouping factor"), ("~ a", "names no grouping factor"), ("~ x + (1 | a)", "names no grouping"),
+    ("(1 | a)", "is not a formula"), ("~(1 | g)", "names factor 'g', which the fit does not have"),
+])
+def test_re_form_malformed_is_refused(two_factor_fit, re_form, message):
+    with pytest.raises(multilevel.ModelError, match=re.escape(message)) as err:
+        two_factor_fit.predict(re_form=re_form)
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def two_factor_fit():
+    return multilevel.Model(TWO, error_frame()).fit(chains=1, warmup=50, draws=20, seed=3, progress=False)

@@ -301,7 +301,6 @@ def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, see
 
 
 PREDICT_KINDS = ("mean", "linear", "response")
-NO_FACTORS = ("~0", "~1", "NA")
 
 
 def _re_form_factors(fit: Any, re_form: str | None, no_group_effects: bool) -> list[str]:
@@ -315,10 +314,10 @@ def _re_form_factors(fit: Any, re_form: str | None, no_group_effects: bool) -> l
     example = f"e.g. --re-form '~(1 | {next(iter(fit.sigma_variables()))})', or '~0' for none"
     if not text.startswith("~") and text != "NA":
         raise ModelError(f"--re-form {re_form!r} is not a formula; write {example}")
-    factors = resolve_re_form(fit, re_form)
-    if not factors and text not in NO_FACTORS:
-        raise ModelError(f"--re-form {re_form!r} names no grouping factor in a term (expr | factor); write {example}")
-    return factors
+    try:
+        return resolve_re_form(fit, re_form)
+    except ModelError as err:
+        raise ModelError(f"--{err}".replace("--re_form", "--re-form", 1)) from None
 
 
 @cli.command("predict")

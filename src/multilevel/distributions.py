@@ -82,15 +82,17 @@ def check_spd(M: np.ndarray, name: str, size: int) -> np.ndarray:
     """Return ``M`` as a float (size, size) array, refusing it unless symmetric positive definite."""
     M = np.atleast_2d(np.asarray(M, dtype=float))
     if M.shape != (size, size):
-        raise ModelError(f"prior {name} must be a {size} x {size} matrix, got shape {M.shape}")
+        raise ModelError(f"prior {name} must be a {size} x {size} matrix, got shape {M.shape}; give one row and "
+                         "column per term, in the formula's order")
     if not np.all(np.isfinite(M)):
-        raise ModelError(f"prior {name} has non-finite entries")
+        raise ModelError(f"prior {name} has non-finite entries; give finite numbers")
     if not np.allclose(M, M.T, rtol=1e-8, atol=1e-12 * max(np.abs(M).max(), 1.0)):
-        raise ModelError(f"prior {name} must be symmetric")
+        raise ModelError(f"prior {name} must be symmetric; make entry [i, j] equal [j, i]")
     try:
         np.linalg.cholesky(M)
     except np.linalg.LinAlgError:
-        raise ModelError(f"prior {name} must be positive definite") from None
+        raise ModelError(f"prior {name} must be positive definite (all eigenvalues > 0); shrink its off-diagonal "
+                         "entries or leave it unset for the data-informed default") from None
     return 0.5 * (M + M.T)
 
 

@@ -52,8 +52,12 @@ def resolve_re_form(fit: Fit, re_form: Any, include_group_effects: bool = True) 
         if not text.startswith("~"):
             raise ModelError(f"re_form {re_form!r} is not a formula; write e.g. '~(1 | {names[0]})', '~0', or a list "
                              "of factor names")
-        chosen = [bar.factor.strip() for bar in find_bars(text, text)]
-        chosen = [":".join(p.strip() for p in f.split(":")) for f in chosen]
+        bars = find_bars(text, text)
+        rest = "".join(ch for i, ch in enumerate(text[1:], 1) if not any(b.start <= i <= b.end for b in bars))
+        if not bars or any(part.strip() not in ("", "0", "1") for part in rest.split("+")):
+            raise ModelError(f"re_form {re_form!r} names no grouping factor in a term (expr | factor) alone; write "
+                             f"e.g. '~(1 | {names[0]})', '~0' for none, or a list of factor names")
+        chosen = [f for bar in bars for f in _nested_factors(bar.factor)]
     else:
         chosen = [str(f) for f in re_form]
     unknown = [f for f in chosen if f not in names]
@@ -61,6 +65,12 @@ def resolve_re_form(fit: Fit, re_form: Any, include_group_effects: bool = True) 
         raise ModelError(f"re_form names factor {unknown[0]!r}, which the fit does not have (factors: "
                          f"{', '.join(names)})")
     return [f for f in names if f in chosen]
+
+
+def _nested_factors(factor: str) -> list[str]:
+    """``a/b/c`` -> ``a``, ``a:b``, ``a:b:c`` (lme4's nesting); ``a : b`` -> ``a:b``."""
+    parts = [":".join(p.strip() for p in level.split(":")) for level in factor.split("/")]
+    return [":".join(parts[:i + 1]) for i in range(len(parts))]
 
 
 def _cholesky(Sigma: np.ndarray) -> np.ndarray:
@@ -113,7 +123,7 @@ def predict_crossed(fit: Fit, data: pd.DataFrame, idx: np.ndarray, factors: list
     missing = [c for c in columns if c not in data.columns]
     if missing:
         cols = ", ".join(map(str, data.columns[:12])) + (", ..." if data.shape[1] > 12 else "")
-        hint = " (or leave its factor out: re_form)" if missing[0] in group_cols else ""
+        hint = " (or leave its factor out: re_form, --re-form in the CLI)" if missing[0] in group_cols else ""
         raise ModelError(f"column {missing[0]!r} needed by the formula is not in the new data (columns are: {cols}){hint}")
     if data[columns].isna().any(axis=None):
         bad = [c for c in columns if data[c].isna().any()]

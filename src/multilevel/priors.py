@@ -350,7 +350,7 @@ def resolve_crossed_priors(user: Priors | dict | None, design: Any) -> Priors:
                                  "set those entries to 0 (the terms' covariances are not modelled)")
         eta = float(eta_user.get(f.name, defaults.eta0[f.name]))
         if not np.isfinite(eta) or eta <= f.q - 1:
-            raise ModelError(f"prior eta0[{f.name!r}] must exceed q - 1 = {f.q - 1} ({f.q} terms), got {eta!r}")
+            raise ModelError(f"prior eta0[{f.name!r}] must exceed q - 1 = {f.q - 1} ({f.q} term{'s' if f.q > 1 else ''}), got {eta!r}")
         eta0[f.name], S0[f.name] = eta, np.asarray(S, dtype=float)
     q, r = design.theta_index.size, design.alpha_index.size
     merged = {k: (getattr(user, k) if getattr(user, k) is not None else getattr(defaults, k))

@@ -116,8 +116,11 @@ def choose(family: Any, n_terms: int, sampler: str | None, formula: str, terms: 
     if sampler is None:
         return next(iter(entry))
     if sampler not in entry:
-        what = f"formula {formula!r} has several random-effects terms ({terms}): " if key[1] == "several terms" else ""
-        raise ModelError(f"{what}sampler must be one of {', '.join(entry)} for the {family.name} family"
+        others = [k for k, e in REGISTRY.items() if k[0] == key[0] and sampler in e]
+        if key[1] == "several terms" and others:
+            raise ModelError(f"sampler {sampler!r} fits one random-effects term; formula {formula!r} has several "
+                             f"({terms}): leave sampler unset or use one of {', '.join(entry)}")
+        raise ModelError(f"sampler must be one of {', '.join(entry)} for the {family.name} family"
                          f"{' with several terms' if key[1] == 'several terms' else ''}, not {sampler!r}")
     return sampler
 
