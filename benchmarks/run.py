@@ -8,7 +8,7 @@
     python benchmarks/run.py --list                        # names of the benchmarks
 
 Each benchmark is a function returning a ``common.Result``; the groups of benchmarks
-(``gaussian``, ``glm``, ``peers``, ``endtoend``, ``crossed``) register them in ``SUITES`` below.
+(``gaussian``, ``glm``, ``peers``, ``endtoend``, ``crossed``, ``crossed_glm``) register them in ``SUITES`` below.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import crossed  # noqa: E402
+from benchmarks import crossed_glm  # noqa: E402
 from benchmarks import endtoend  # noqa: E402
 from benchmarks import gaussian  # noqa: E402
 from benchmarks import glm  # noqa: E402
@@ -41,6 +42,7 @@ SUITES = {
     "peers": peers.BENCHMARKS,  # needs the `bench` extra (PyMC, NumPyro)
     "endtoend": endtoend.BENCHMARKS,
     "crossed": crossed.BENCHMARKS,  # several grouping factors (issue 12); InstEval needs the `bench` extra (NumPyro)
+    "crossed_glm": crossed_glm.BENCHMARKS,  # Polya-Gamma sampler of binomial and bernoulli models (issue 13)
 }
 
 

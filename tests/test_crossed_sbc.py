@@ -181,7 +181,8 @@ def prepared(name: str):
 
 def draw_truth(rng: np.random.Generator, model: multilevel.Model):
     """Fixed effects a (the design's F order), per factor Sigma_k (block by block) and level
-    effects b_k (J_k, q_k), and sigma2, all from the model's priors (scipy's samplers)."""
+    effects b_k (J_k, q_k), and sigma2 (None for a GLM, whose priors have no nu0), all from the
+    model's priors (scipy's samplers)."""
     d, pr = model.design, model.priors
     a = np.zeros(d.F.shape[1])
     if d.theta_index.size:
@@ -197,14 +198,16 @@ def draw_truth(rng: np.random.Generator, model: multilevel.Model):
                                                        scale=pr.S0[f.name][ix], random_state=rng))
         Sigma[f.name] = S
         b[f.name] = rng.multivariate_normal(np.zeros(f.q), S, size=f.n_levels)
+    if pr.nu0 is None:
+        return a, Sigma, b, None
     sigma2 = float(stats.invgamma.rvs(pr.nu0 / 2, scale=pr.nu0 * pr.sigma0_sq / 2, random_state=rng))
     return a, Sigma, b, sigma2
 
 
 def scalars(kernel: CrossedGibbs, model: multilevel.Model, theta, alpha, Sigma, beta, sigma2) -> dict:
     """Named scalars over any leading axes: theta and alpha by term, each factor's Sigma
-    within its blocks (lower triangle) and beta of its first level, sigma2. ``Sigma`` and
-    ``beta`` are keyed by the kernel's record names."""
+    within its blocks (lower triangle) and beta of its first level, sigma2 (unless None). ``Sigma``
+    and ``beta`` are keyed by the kernel's record names."""
     d = model.design
     out = {f"theta[{t}]": theta[..., k] for k, t in enumerate(d.factors[0].names if len(d.factors) == 1
                                                               else d.theta_terms)}
@@ -217,7 +220,8 @@ def scalars(kernel: CrossedGibbs, model: multilevel.Model, theta, alpha, Sigma, 
                         out[f"{sig}[{f.names[r]},{f.names[c]}]"] = Sigma[sig][..., r, c]
         for c in range(f.q):
             out[f"{bet}[{f.labels[0]},{f.names[c]}]"] = beta[bet][..., 0, c]
-    out["sigma2"] = np.asarray(sigma2)
+    if sigma2 is not None:
+        out["sigma2"] = np.asarray(sigma2)
     return out
 
 

@@ -74,7 +74,10 @@ class Model:
         of theta and Sigma each followed by partially non-centred Metropolis moves), ``"centred"``
         (Gibbs draws only, as in the specification) or ``"auto"`` (default: interweaving when the
         groups inform their effects weakly or the data are small, decided in warm-up);
-        see :mod:`multilevel.samplers.metropolis`. ``None``: the family's default.
+        see :mod:`multilevel.samplers.metropolis`; binomial and bernoulli also ``"polya-gamma"``
+        (Polya-Gamma augmentation, each sweep a Gaussian update of the several-factor sampler,
+        :mod:`multilevel.samplers.polya_gamma`; the only sampler of their models with several
+        grouping factors). ``None``: the family's default.
     """
 
     def __init__(
@@ -101,10 +104,11 @@ class Model:
         n_terms = len(spec.terms)
         sampler = registry.choose(self.family, n_terms, sampler, spec.formula, ", ".join(map(str, spec.terms)))
         frame = read_data(data)
-        design = build_design(spec, frame, na_action, offset=offset, weights=weights)
+        design = build_design(spec, frame, na_action, offset=offset, weights=weights,
+                              gaussian=self.family.is_gaussian, crossed=registry.crossed_design(n_terms, sampler))
         design.y, design.trials = family_response(self.family, design.y, spec.response, design.response_kind, design.response_levels)
         if isinstance(design, CrossedDesign):
-            check_crossed_identifiable(design)
+            check_crossed_identifiable(design, self.family.is_gaussian)
         else:
             check_group_counts(design, self.family.is_gaussian)
             check_identifiable(design)

@@ -141,12 +141,7 @@ def fit_groups(draws: dict[str, np.ndarray], design: Design, attrs: dict[str, An
         "constant_data": _dataset(constant, data_dims, coords, ()),
     }
     groups["posterior"].attrs.update(clean_attrs)
-    frame = design.frame
-    if design.offset_argument is not None:
-        frame = frame.assign(**{OFFSET_COLUMN: design.offset_argument})
-    if design.weights is not None:
-        frame = frame.assign(**{WEIGHTS_COLUMN: design.weights})
-    groups["training_data"] = frame_to_dataset(frame)
+    groups["training_data"] = frame_to_dataset(training_frame(design))
     return groups
 
 
@@ -163,13 +158,15 @@ def crossed_fit_groups(draws: dict[str, np.ndarray], design: Any, attrs: dict[st
     strings; a fit with one factor (``(x || g)``) keeps ``Sigma`` (term, term_) and ``beta``
     (group, term), its theta spanning the factor's terms. ``constant_data`` holds the fixed
     design ``F`` (obs, fixed), and per factor its covariates ``Z_<f>`` and level index
-    ``index_<f>``."""
+    ``index_<f>``, and as in :func:`fit_groups` a non-zero ``offset`` and trials other than 1
+    (GLMs)."""
     one = len(design.factors) == 1
     dims: dict[str, list[str]] = {"sigma2": [], "alpha": ["fixed_term"], "theta": ["term"]}
     coords: dict[str, Any] = {"fixed_term": list(design.alpha_terms), "fixed": list(design.fixed_names)}
     coords["term"] = list(design.factors[0].names) if one else list(design.theta_terms)
     constant = {"F": design.F, "row_label": index_values(design.row_labels)}
-    data_dims = {"y": ["obs"], "F": ["obs", "fixed"], "row_label": ["obs"], "weights": ["obs"]}
+    data_dims = {"y": ["obs"], "F": ["obs", "fixed"], "row_label": ["obs"], "weights": ["obs"], "offset": ["obs"],
+                 "trials": ["obs"]}
     for f in design.factors:
         level, term = factor_dims(f.name, one)
         sig, beta = ("Sigma", "beta") if one else (f"Sigma_{f.name}", f"beta_{f.name}")
@@ -180,6 +177,10 @@ def crossed_fit_groups(draws: dict[str, np.ndarray], design: Any, attrs: dict[st
         data_dims[f"Z_{f.name}"], data_dims[f"index_{f.name}"] = ["obs", term], ["obs"]
     if design.weights is not None:
         constant["weights"] = design.weights
+    if np.any(design.offset != 0):
+        constant["offset"] = design.offset
+    if np.any(design.trials != 1):
+        constant["trials"] = design.trials
     posterior = {k: v for k, v in draws.items() if k in dims and np.size(v)}
     sample_stats = {k: v for k, v in draws.items() if k in SAMPLE_STATS}
     clean_attrs = {k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in attrs.items()}
@@ -190,11 +191,19 @@ def crossed_fit_groups(draws: dict[str, np.ndarray], design: Any, attrs: dict[st
         "constant_data": _dataset(constant, data_dims, coords, ()),
     }
     groups["posterior"].attrs.update(clean_attrs)
+    groups["training_data"] = frame_to_dataset(training_frame(design))
+    return groups
+
+
+def training_frame(design: Any) -> pd.DataFrame:
+    """The formula's columns of the rows used, with the ``offset=`` and ``weights=`` arguments
+    as columns :data:`OFFSET_COLUMN` and :data:`WEIGHTS_COLUMN` where given."""
     frame = design.frame
+    if design.offset_argument is not None:
+        frame = frame.assign(**{OFFSET_COLUMN: design.offset_argument})
     if design.weights is not None:
         frame = frame.assign(**{WEIGHTS_COLUMN: design.weights})
-    groups["training_data"] = frame_to_dataset(frame)
-    return groups
+    return frame
 
 
 def to_inference_data(groups: dict[str, xr.Dataset]) -> Any:

@@ -419,17 +419,18 @@ def _rows(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction, offset: An
 
 
 def build_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None,
-                 weights: Any = None) -> "Design | CrossedDesign":
+                 weights: Any = None, gaussian: bool = True, crossed: bool = False) -> "Design | CrossedDesign":
     """Evaluate ``spec`` on ``data`` with ``formulae`` and sort the rows by group.
 
     ``offset(...)`` terms of the formula and the ``offset`` argument (a column name or
     one value per row) are added into the known part of the linear predictor.
     ``weights`` (a column name or one value per row; Gaussian precision weights) follow
-    the rows kept and their sorting. A formula with several random-effects terms gives a
-    :class:`CrossedDesign` (:func:`build_crossed_design`).
+    the rows kept and their sorting. A formula with several random-effects terms, or any
+    formula with ``crossed`` (a sampler of several terms run on one), gives a
+    :class:`CrossedDesign` (:func:`build_crossed_design`; ``gaussian``: the family is Gaussian).
     """
-    if len(spec.terms) > 1:
-        return build_crossed_design(spec, data, na_action, offset=offset, weights=weights)
+    if len(spec.terms) > 1 or crossed:
+        return build_crossed_design(spec, data, na_action, offset=offset, weights=weights, gaussian=gaussian)
     data, extra, w, offset = _rows(spec, data, na_action, offset, weights)
     fixed, varying = _evaluate(spec, data, [f"{spec.response} ~ {spec.fixed_rhs()}", spec.varying_rhs()])
     response = _response(fixed)
@@ -490,7 +491,9 @@ class CrossedDesign:
     y : (N,) response. F : (N, p) fixed design, columns ``fixed_names``.
     theta_index, alpha_index : positions in F of the theta and alpha terms.
     factors : the grouping factors, in formula order.
-    offset, trials : zeros and ones (Gaussian family). weights : precision weights or None.
+    offset : (N,) known part of the linear predictor (``offset(...)`` terms and ``offset=``;
+        zeros for the Gaussian family). offset_argument : the ``offset=`` part, or None.
+    trials : (N,) binomial trials (ones for the other families). weights : precision weights or None.
     row_labels, frame, predictors, formulae_fixed, response_kind, response_levels : as in
         :class:`Design`.
     """
@@ -536,26 +539,30 @@ class CrossedDesign:
 
 
 def build_crossed_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None,
-                         weights: Any = None) -> CrossedDesign:
+                         weights: Any = None, gaussian: bool = True) -> CrossedDesign:
     """Evaluate a formula with several random-effects terms on ``data``: the fixed design, and
     per grouping factor its covariates and level index (:mod:`multilevel.reterms`).
-    Offsets are refused (the Gaussian family has none); degenerate factors are refused
-    (:func:`multilevel.reterms.check_factors`)."""
+    Offsets (``offset(...)`` terms and the ``offset`` argument) go into ``offset`` for GLMs
+    (``gaussian=False``) and are refused for the Gaussian family; degenerate factors are
+    refused (:func:`multilevel.reterms.check_factors`)."""
     from .reterms import check_factors, factor_terms, group_terms
 
-    if offset is not None:
+    if offset is not None and gaussian:
         raise ModelError("offset applies to the poisson, binomial and bernoulli families; "
                          "for gaussian subtract it from the response")
-    data, _, w, _ = _rows(spec, data, na_action, None, weights)
+    data, extra, w, offset = _rows(spec, data, na_action, offset, weights)
     grouped = group_terms(spec.terms)
     parts = [f"{spec.response} ~ {spec.fixed_rhs()}"] + [t.rhs() for _, terms in grouped for t in terms]
     fixed, *term_matrices = _evaluate(spec, data, parts)
     F = np.asarray(fixed.common.design_matrix, dtype=float) if fixed.common is not None else np.empty((len(data), 0))
     fixed_names = _column_labels(fixed.common) if fixed.common is not None else []
-    if any(name.startswith("offset(") for name in fixed_names):
+    is_offset = np.array([name.startswith("offset(") for name in fixed_names], dtype=bool)
+    if is_offset.any() and gaussian:
         raise ModelError("offset(...) applies to the poisson, binomial and bernoulli families; "
                          "for gaussian subtract it from the response")
     _check_finite(F, fixed_names, spec.formula)
+    off = F[:, is_offset].sum(axis=1) + extra
+    F, fixed_names = F[:, ~is_offset], [n for n, o in zip(fixed_names, is_offset) if not o]
     factors, k = [], 0
     for name, terms in grouped:
         mats = term_matrices[k:k + len(terms)]
@@ -563,7 +570,7 @@ def build_crossed_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAct
         f = factor_terms(name, terms, data, mats, _column_labels, fixed_names, spec.formula)
         _check_finite(f.Z, list(f.names), spec.formula)
         factors.append(f)
-    check_factors(factors, len(data), gaussian=True)
+    check_factors(factors, len(data), gaussian=gaussian)
     varying = {n for f in factors for n in f.names}
     theta_index = np.array([i for i, n in enumerate(fixed_names) if n in varying], dtype=np.int64)
     alpha_index = np.array([i for i, n in enumerate(fixed_names) if n not in varying], dtype=np.int64)
@@ -577,7 +584,8 @@ def build_crossed_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAct
         factors=tuple(factors),
         row_labels=data.index,
         frame=data[list(spec.variables)],
-        offset=np.zeros(len(data)),
+        offset=np.ascontiguousarray(np.broadcast_to(off, (len(data),)), dtype=float),
+        offset_argument=None if offset is None else np.broadcast_to(extra, (len(data),)).astype(float),
         trials=np.ones(len(data)),
         weights=None if w is None else np.ascontiguousarray(w, dtype=float),
         response_kind=str(getattr(fixed.response, "kind", "numeric")),
@@ -587,12 +595,13 @@ def build_crossed_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAct
     )
 
 
-def check_crossed_identifiable(design: CrossedDesign) -> None:
-    """Refuse a rank-deficient fixed design (naming the collinear columns) and a model with no
-    more rows than fixed and group effects together."""
+def check_crossed_identifiable(design: CrossedDesign, gaussian: bool = True) -> None:
+    """Refuse a rank-deficient fixed design (naming the collinear columns) and, for the Gaussian
+    family, a model with no more rows than fixed and group effects together (GLMs have no
+    residual variance to confound with)."""
     _check_full_rank(design.F, design.fixed_names)
     effects = design.F.shape[1] + sum(f.n_levels * f.q for f in design.factors)
-    if design.n_obs <= sum(f.n_levels * f.q for f in design.factors):
+    if gaussian and design.n_obs <= sum(f.n_levels * f.q for f in design.factors):
         raise ModelError(f"the {design.n_obs} rows are no more than the {effects} fixed and group effects, so the "
                          "variances are confounded with the residual variance sigma2; use fewer terms or more rows")
 

@@ -86,19 +86,48 @@ def pooled_fit(family: Family, D: np.ndarray, y: np.ndarray, n: np.ndarray, offs
     return coef, D.T @ (D * w[:, None]) + np.diag(prec), converged
 
 
+def pooled_glm(family: Family, D: np.ndarray, y: np.ndarray, n: np.ndarray, offset: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """:func:`pooled_fit` of y on D; when it does not converge ((quasi-)separation: the MLE does
+    not exist and the fit drifts), the mode under :func:`weak_penalty` instead. Returns
+    (coefficients, information, whether the unpenalised fit converged)."""
+    coef, info, converged = pooled_fit(family, D, y, n, offset)
+    if not converged:
+        coef, info, _ = pooled_fit(family, D, y, n, offset, penalty=weak_penalty(D))
+    return coef, info, converged
+
+
+def level_fits(family: Family, Z: np.ndarray, index: np.ndarray, n_levels: int, y: np.ndarray, n: np.ndarray,
+               base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`group_fits` of rows in any order, level ``index[i]`` of row i (0..n_levels-1, every
+    level with rows), from 0: each level's own fit of y on Z given the known part ``base`` of the
+    linear predictor (a level's deviation from it). Returns (fits (n_levels, q), own (n_levels,))."""
+    order = np.argsort(index, kind="stable")
+    starts = np.searchsorted(index[order], np.arange(n_levels + 1)).astype(np.int64)
+    return group_fits(family, Z[order], y[order], n[order], base[order], starts, np.zeros(Z.shape[1]))
+
+
 def glm_estimates(design: Design, family: Family, iterations: int = 30) -> GLMEstimates:
     """Pooled fit of y on [X Z], then each group's own fit on X_j with alpha at the pooled value."""
     X, Z, y, n = design.X, design.Z, np.asarray(design.y, float), design.trials
     p = X.shape[1]
-    D = np.hstack([X, Z])
-    coef, info, converged = pooled_fit(family, D, y, n, design.offset)
-    if not converged:  # (quasi-)separation: the MLE does not exist and the fit drifts; regularise it
-        coef, info, _ = pooled_fit(family, D, y, n, design.offset, penalty=weak_penalty(D))
+    coef, info, converged = pooled_glm(family, np.hstack([X, Z]), y, n, design.offset)
     b_pool, a_pool = coef[:p], coef[p:]
-    base = design.offset + Z @ a_pool
-    starts, g = design.starts, design.group
-    m = design.n_groups
-    b = np.tile(b_pool, (m, 1))
+    b, own = group_fits(family, X, y, n, design.offset + Z @ a_pool, design.starts, b_pool, iterations)
+    return GLMEstimates(b_pool, a_pool, np.where(own[:, None], b, b_pool), own, info, converged)
+
+
+def group_fits(family: Family, X: np.ndarray, y: np.ndarray, n: np.ndarray, base: np.ndarray, starts: np.ndarray,
+               start: np.ndarray, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's own ML fit of y on X_j with the known part ``base`` of the linear predictor
+    (rows sorted by group, group j = rows ``starts[j]:starts[j+1]``), all groups at once by
+    damped Newton from ``start`` (p,). Returns the fits (m, p) and ``own`` (m,): whether group
+    j's fit counts, i.e. it has more rows than terms, converged, stays within
+    :data:`SEPARATION_LIMIT` of ``start`` and has a well-conditioned information."""
+    p = X.shape[1]
+    m = starts.shape[0] - 1
+    g = np.repeat(np.arange(m), np.diff(starts))
+    b = np.tile(start, (m, 1))
     done = np.zeros(m, dtype=bool)
     eye = np.eye(p)
     for _ in range(iterations):
@@ -126,7 +155,7 @@ def glm_estimates(design: Design, family: Family, iterations: int = 30) -> GLMEs
         (np.diff(starts) > p)
         & done
         & np.all(np.isfinite(b), axis=1)
-        & (np.max(np.abs(b - b_pool), axis=1) < SEPARATION_LIMIT)
+        & (np.max(np.abs(b - start), axis=1) < SEPARATION_LIMIT)
         & (eig[:, 0] > 1e-8 * np.maximum(eig[:, -1], 1e-300))
     )
-    return GLMEstimates(b_pool, a_pool, np.where(own[:, None], b, b_pool), own, info, converged)
+    return b, own

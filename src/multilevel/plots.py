@@ -428,8 +428,8 @@ def own_estimates(fit: Fit, factor: str | None = None) -> tuple[np.ndarray, np.n
 
 
 def partial_residual_estimates(fit: Fit, design: Any, y: np.ndarray, factor: Factor) -> tuple[np.ndarray, np.ndarray]:
-    """(b (m, q), own (m,)) of a model with several random-effects terms (gaussian,
-    :class:`~multilevel.design.CrossedDesign`, rows in data order): level j's own
+    """(b (m, q), own (m,)) of a model with several random-effects terms
+    (:class:`~multilevel.design.CrossedDesign`, rows in data order): level j's own
     least-squares estimate of ``factor``'s coefficients from the rows of that level alone,
     with everything else held at its posterior mean. The partial residuals
 
@@ -440,7 +440,9 @@ def partial_residual_estimates(fit: Fit, design: Any, y: np.ndarray, factor: Fac
     estimate is then its (weighted) least-squares fit of r_j on Z_j plus the population means
     of the factor's terms, on the scale of ``beta_<factor>``. ``own[j]``: level j has more rows
     than terms and a well-conditioned Z_j'W_jZ_j (the one-factor rule); other levels get the
-    population means and are not shown."""
+    population means and are not shown. GLMs: level j's own ML GLM fit of y_j on Z_j with the
+    rest, offset + F a_hat + sum_{k != factor} Z_k b_hat_k, as the known part of its linear
+    predictor (:func:`multilevel.glmfit.level_fits`; the one-factor GLM rule for ``own``)."""
     post = fit.posterior
     fixed = np.array([0.0 if d is None else float(np.mean(d))
                       for d in (_population_draws(fit, name) for name in design.fixed_names)])
@@ -456,6 +458,13 @@ def partial_residual_estimates(fit: Fit, design: Any, y: np.ndarray, factor: Fac
     if own_terms is None:  # pragma: no cover - _factor checked the name
         raise ModelError(f"the design has no grouping factor {factor.name!r}")
     Z, level, m = np.asarray(own_terms.Z, dtype=float), np.asarray(own_terms.index), int(post.sizes[factor.level_dim])
+    family = check_family(fit.family)
+    if not family.is_gaussian:  # each level's own GLM fit given the rest of the linear predictor
+        from .glmfit import level_fits
+
+        dev, own = level_fits(family, Z, level, m, y, np.asarray(design.trials, dtype=float),
+                              np.asarray(design.offset, dtype=float) + y - r)
+        return np.where(own[:, None], dev, 0.0) + _population_means(fit, factor.terms(fit)), own
     q = Z.shape[1]
     w = np.ones_like(y) if design.weights is None else np.asarray(design.weights, dtype=float)
     ZtZ, Ztr = np.empty((m, q, q)), np.empty((m, q))

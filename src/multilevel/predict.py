@@ -390,18 +390,18 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
         from .predict_crossed import as_array, predict_crossed, resolve_re_form
 
         factors = resolve_re_form(fit, re_form, include_group_effects)
+        new_trials = _response_trials(fit, kind, _new_trials(fit, newdata, trials))
+        external = _external_offset(fit, newdata, offset)
         rng = make_rng(seed)
         idx = draw_positions(fit.posterior.sizes["draw"], draws)
         eta, coords = predict_crossed(fit, newdata, idx, factors, rng, _conform)
+        eta += external
         values = on_scale(kind, family, eta, rng, fit.posterior["sigma2"].values[:, idx] if kind == "response"
-                          else None, None, w)
+                          and family.is_gaussian else None, new_trials, w)
         out = as_array(values, fit, idx, newdata.index, kind, factors, coords)
         return summarize(out, hdi_prob, index=newdata.index) if summary else out
     nd = new_design(fit, newdata, include_group_effects=include_group_effects, offset=offset, trials=trials)
-    if kind == "response" and family.name == "binomial" and nd.trials is None:
-        name = _trials_name(fit.design.spec.response)
-        where = f"a column {name!r} in the new data" if re.fullmatch(r"\w+", name or "") else f"the columns of {name!r}"
-        raise ModelError(f"kind='response' of the binomial family needs the new rows' trials: {where} or trials=")
+    _response_trials(fit, kind, nd.trials)
     rng = make_rng(seed)
     post = fit.posterior
     idx = draw_positions(post.sizes["draw"], draws)
@@ -438,6 +438,15 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     return out
 
 
+def _response_trials(fit: Fit, kind: str, trials: np.ndarray | None) -> np.ndarray | None:
+    """``trials``, refused in one line when binomial responses are drawn for new rows without them."""
+    if kind == "response" and fit.family == "binomial" and trials is None:
+        name = _trials_name(fit.design.spec.response)
+        where = f"a column {name!r} in the new data" if re.fullmatch(r"\w+", name or "") else f"the columns of {name!r}"
+        raise ModelError(f"kind='response' of the binomial family needs the new rows' trials: {where} or trials=")
+    return trials
+
+
 def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, draws: int | None = None,
            seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
            re_form: Any = None) -> xr.DataArray | pd.DataFrame:
@@ -459,7 +468,8 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
 
         factors = resolve_re_form(fit, re_form, include_group_effects)
         eta, rows = fitted_crossed(fit, idx, factors)
-        values = on_scale(kind, family, eta, rng, post["sigma2"].values[:, idx] if kind == "response" else None, None,
+        values = on_scale(kind, family, eta, rng, post["sigma2"].values[:, idx] if kind == "response"
+                          and family.is_gaussian else None, cd["trials"].values if "trials" in cd else None,
                           cd["weights"].values if "weights" in cd else None)
         out = as_array(values, fit, idx, rows, kind, factors, {})
         return summarize(out, hdi_prob, index=pd.Index(rows, name="row")) if summary else out

@@ -2,9 +2,10 @@ r"""Predictions of fits with several random-effects terms (crossed, nested, unco
 
 For each posterior draw s and new row i,
 
-    eta_i = f_i' a^(s) + sum_{k in re_form} z_ki' b_k,j(i)^(s),
+    eta_i = offset_i + f_i' a^(s) + sum_{k in re_form} z_ki' b_k,j(i)^(s),
 
-with a the fixed effects (theta and alpha), and for each grouping factor k included:
+with a the fixed effects (theta and alpha), offset_i the formula's ``offset(...)`` terms (GLMs;
+an ``offset=`` argument is added by :func:`multilevel.predict.predict`), and for each grouping factor k included:
 b_kj = beta_kj - (its terms' population means) for a level j seen in fitting; for a level
 never seen, a new effect drawn per posterior draw from MVN(0, Sigma_k^(s)) (all rows of one
 unseen level share it). ``re_form`` chooses the factors, as lme4's ``re.form``: None (all),
@@ -138,7 +139,7 @@ def predict_crossed(fit: Fit, data: pd.DataFrame, idx: np.ndarray, factors: list
             fnew = design.formulae_fixed.common.evaluate_new_data(conformed)
             F = np.asarray(fnew.design_matrix, dtype=float).reshape(n, -1)
             for c, name in enumerate(_column_labels(fnew)):
-                eta += fixed[name][..., None] * F[:, c]
+                eta += F[:, c] if name.startswith("offset(") else fixed[name][..., None] * F[:, c]
         Zs = {f.name: np.hstack([np.asarray(m.common.evaluate_new_data(conformed).design_matrix,
                                             dtype=float).reshape(n, -1) for m in f.matrices]) for f in used}
     except ModelError:
@@ -183,7 +184,7 @@ def _predictor_columns(design: Any) -> set[str]:
 
 def fitted_crossed(fit: Fit, idx: np.ndarray, factors: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """eta (chain, draw, rows) of the rows used in fitting with the group effects of ``factors``
-    only, and the rows' labels (data order)."""
+    only (and the offset), and the rows' labels (data order)."""
     from .glmlik import row_linear_predictor
 
     cd, post = fit.group("constant_data"), fit.posterior
@@ -193,6 +194,8 @@ def fitted_crossed(fit: Fit, idx: np.ndarray, factors: list[str]) -> tuple[np.nd
     eta = np.zeros((n_chain, idx.shape[0], F.shape[0]))
     for c, name in enumerate(str(t) for t in cd["fixed"].values):
         eta += fixed[name][..., None] * F[:, c]
+    if "offset" in cd:
+        eta += cd["offset"].values
     part = np.empty_like(eta)
     for factor in factors:
         b, _ = deviations(fit, factor, idx, fixed)

@@ -39,6 +39,10 @@ the mode under weakly-informative normal penalties, sd 2.5 per standard deviatio
 predictor (Gelman, Jakulin, Pittau and Su 2008) and 10 for the intercept, and its information
 includes them; the fallback records this.
 nu0 and sigma0_sq do not apply to them.
+
+Models with several grouping factors take their defaults from :func:`default_crossed_priors`
+(Gaussian) and :func:`default_crossed_glm_priors` (binomial, Bernoulli: on the logit scale),
+also when a one-factor binomial or Bernoulli model is fitted by their Polya-Gamma sampler.
 """
 
 from __future__ import annotations
@@ -263,6 +267,27 @@ def _per_level_fits(f: Any, r: np.ndarray, w: np.ndarray | None) -> tuple[np.nda
     return fits, int(own.sum())
 
 
+def _factor_scale(f: Any, fits: np.ndarray, scale: float, fallback: str, notes: list[str]) -> np.ndarray:
+    """S0_k of factor ``f``: the covariance of its levels' own fits ``fits`` (levels with one, q)
+    when at least q + 2 levels have one and it is positive definite; else diag(scale / var(z_kc))
+    (``scale`` for a constant column), with a note ending in ``fallback``. Zero off its blocks."""
+    count = fits.shape[0]
+    S = None
+    if count >= f.q + 2:
+        S = np.atleast_2d(np.cov(fits, rowvar=False))
+        try:
+            np.linalg.cholesky(S)
+        except np.linalg.LinAlgError:
+            S = None
+    if S is None:
+        vz = np.var(f.Z, axis=0)
+        varying = vz > 1e-12 * max(vz.max(), 1e-300)
+        S = np.diag(np.where(varying, scale / np.where(varying, vz, 1.0), scale))
+        notes.append(f"factor {f.name!r}: only {count} of {f.n_levels} levels have their own fit (need "
+                     f"{f.q + 2} with a positive definite covariance): {fallback}")
+    return np.where(f.block_mask(), S, 0.0)
+
+
 def default_crossed_priors(design: Any) -> Priors:
     r"""Data-informed defaults for a model with several grouping factors (Gaussian family).
 
@@ -295,21 +320,8 @@ def default_crossed_priors(design: Any) -> Priors:
     eta0, S0, notes = {}, {}, []
     var_r = float(np.var(r)) or var_y
     for f in design.factors:
-        fits, count = _per_level_fits(f, r, w)
-        S = None
-        if count >= f.q + 2:
-            S = np.atleast_2d(np.cov(fits, rowvar=False))
-            try:
-                np.linalg.cholesky(S)
-            except np.linalg.LinAlgError:
-                S = None
-        if S is None:
-            vz = np.var(f.Z, axis=0)
-            varying = vz > 1e-12 * max(vz.max(), 1e-300)
-            S = np.diag(np.where(varying, var_r / np.where(varying, vz, 1.0), var_r))
-            notes.append(f"factor {f.name!r}: only {count} of {f.n_levels} levels have their own fit (need "
-                         f"{f.q + 2} with a positive definite covariance): S0 from the pooled residual variance")
-        S0[f.name] = np.where(f.block_mask(), S, 0.0)
+        S0[f.name] = _factor_scale(f, _per_level_fits(f, r, w)[0], var_r, "S0 from the pooled residual variance",
+                                   notes)
         eta0[f.name] = float(f.q + 2)
     return Priors(
         mu0=a_ls[th], Lambda0=cov[np.ix_(th, th)], eta0=eta0, S0=S0, nu0=1.0, sigma0_sq=s2,
@@ -318,10 +330,62 @@ def default_crossed_priors(design: Any) -> Priors:
     )
 
 
+def default_crossed_glm_priors(design: Any, family: Family) -> Priors:
+    r"""Data-informed defaults for a GLM with several grouping factors (binomial, Bernoulli,
+    Poisson), on the link scale (the logit of binomial and Bernoulli), as
+    :func:`default_crossed_priors` does for the Gaussian family:
+
+    * fixed effects a: the pooled ML fit a_ml of y on F (with the offset), with the unit-information
+      covariance N I(a_ml)^-1 (I the pooled fit's Fisher information); when the pooled fit does
+      not converge (separation), the mode under weakly-informative normal penalties (sd 2.5 per
+      standard deviation of each predictor, 10 for the intercept; Gelman et al. 2008) and its
+      information with them, recorded in ``fallback``;
+    * per factor k: Sigma_k ~ IW(eta0_k = q_k + 2, S0_k), E[Sigma_k] = S0_k, with S0_k the covariance
+      of the levels' own ML fits of y on Z_k given the pooled linear predictor (offset + F a_ml),
+      counting the levels with more rows than terms whose fit converges within 10 of 0 on the
+      link scale (a level with only successes or only failures has no finite fit); fallback,
+      when fewer than q_k + 2 levels have a fit or their covariance is not positive definite:
+      S0_k = diag(1 / var(z_kc)) (1 for a constant column): a unit change of the logit per
+      standard deviation of the covariate, the GLM fallback of one-term models;
+    * no sigma2 (nu0 and sigma0_sq are None).
+    """
+    from .glmfit import level_fits, pooled_glm
+
+    F, y, n, off = design.F, np.asarray(design.y, dtype=float), design.trials, design.offset
+    N, p = F.shape
+    notes = []
+    if p:
+        a_ml, info, converged = pooled_glm(family, F, y, n, off)
+        if not converged:
+            notes.append("the pooled fit did not converge (separation: the data pin the response at a bound), so it "
+                         "was refitted with weakly-informative normal penalties (sd 2.5 per standard deviation of "
+                         "each predictor)")
+        cov = N * np.linalg.pinv(info)
+        cov = 0.5 * (cov + cov.T)
+    else:
+        a_ml, cov = np.zeros(0), np.zeros((0, 0))
+    base = off + F @ a_ml
+    eta0, S0 = {}, {}
+    for f in design.factors:
+        fits, own = level_fits(family, f.Z, f.index, f.n_levels, y, n, base)
+        S0[f.name] = _factor_scale(f, fits[own], 1.0, "S0 of a unit change on the link scale", notes)
+        eta0[f.name] = float(f.q + 2)
+    th, al = design.theta_index, design.alpha_index
+    return Priors(
+        mu0=a_ml[th], Lambda0=cov[np.ix_(th, th)], eta0=eta0, S0=S0, nu0=None, sigma0_sq=None,
+        alpha_mean=a_ml[al], alpha_cov=cov[np.ix_(al, al)] if al.size else np.zeros((0, 0)),
+        fallback="; ".join(notes) or None,
+    )
+
+
 def _per_factor(value: Any, name: str, factors: list[str]) -> dict[str, Any]:
-    """A per-factor prior given as a dict keyed by factor name (None: all defaults)."""
+    """A per-factor prior given as a dict keyed by factor name (None: all defaults); with one
+    factor (a one-term model fitted by a several-factor sampler, or ``(x || g)``) also as the
+    value itself, as one-term models take it."""
     if value is None:
         return {}
+    if not isinstance(value, dict) and len(factors) == 1:
+        return {factors[0]: value}
     if not isinstance(value, dict):
         raise ModelError(f"prior {name} of a model with several grouping factors is one per factor: give a dict "
                          f"keyed by factor, e.g. {name}={{{factors[0]!r}: ...}} (factors: {', '.join(factors)})")
@@ -332,12 +396,14 @@ def _per_factor(value: Any, name: str, factors: list[str]) -> dict[str, Any]:
     return dict(value)
 
 
-def resolve_crossed_priors(user: Priors | dict | None, design: Any) -> Priors:
+def resolve_crossed_priors(user: Priors | dict | None, design: Any, family: Family | None = None) -> Priors:
     """Fill the user's priors of a several-factor model with :func:`default_crossed_priors`
-    and validate every one. ``eta0`` and ``S0`` are dicts keyed by factor name
-    (``{"s": [[0.1]], "d": [[0.3]]}``); factors left out take their defaults."""
+    (GLMs: :func:`default_crossed_glm_priors`) and validate every one. ``eta0`` and ``S0``
+    are dicts keyed by factor name (``{"s": [[0.1]], "d": [[0.3]]}``); factors left out take
+    their defaults. GLMs have no nu0 and sigma0_sq."""
     user = as_priors(user)
-    defaults = default_crossed_priors(design)
+    gaussian = family is None or family.is_gaussian
+    defaults = default_crossed_priors(design) if gaussian else default_crossed_glm_priors(design, family)
     names = [f.name for f in design.factors]
     eta_user, S_user = _per_factor(user.eta0, "eta0", names), _per_factor(user.S0, "S0", names)
     eta0, S0 = {}, {}
@@ -360,8 +426,8 @@ def resolve_crossed_priors(user: Priors | dict | None, design: Any) -> Priors:
         mu0=_vector(merged["mu0"], "mu0", q),
         Lambda0=check_spd(merged["Lambda0"], "Lambda0", q) if q else np.zeros((0, 0)),
         eta0=eta0, S0=S0,
-        nu0=_positive(merged["nu0"], "nu0"),
-        sigma0_sq=_positive(merged["sigma0_sq"], "sigma0_sq"),
+        nu0=_positive(merged["nu0"], "nu0") if gaussian else None,
+        sigma0_sq=_positive(merged["sigma0_sq"], "sigma0_sq") if gaussian else None,
         alpha_mean=_vector(merged["alpha_mean"], "alpha_mean", r),
         alpha_cov=check_spd(merged["alpha_cov"], "alpha_cov", r) if r else np.zeros((0, 0)),
         fallback=defaults.fallback if uses_fallback else None,

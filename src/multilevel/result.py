@@ -94,7 +94,9 @@ class Fit:
             offset = frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None
             weights = frame.pop(WEIGHTS_COLUMN).to_numpy() if WEIGHTS_COLUMN in frame else None
             spec = parse_formula(self.formula)
-            design = build_design(spec, frame, na_action="raise", offset=offset, weights=weights)
+            design = build_design(spec, frame, na_action="raise", offset=offset, weights=weights,
+                                  gaussian=check_family(self.family).is_gaussian,
+                                  crossed="F" in self.group("constant_data"))
             design.y, design.trials = family_response(check_family(self.family), design.y, spec.response,
                                                       design.response_kind, design.response_levels)
             self._design = design
@@ -250,8 +252,9 @@ class Fit:
             counts = json.loads(n_groups) if isinstance(n_groups, str) else {}
             data_line = f"   Data: {a.get('n_obs')} rows; levels: " + ", ".join(
                 f"{f} {counts.get(f, '?')}" for f in factors)
-        else:
-            data_line = f"   Data: {a.get('n_obs')} rows, {n_groups} groups of {a.get('group_factor')}"
+        else:  # a one-factor fit of a several-factor sampler stores {factor: levels}
+            count = next(iter(json.loads(n_groups).values())) if isinstance(n_groups, str) else n_groups
+            data_line = f"   Data: {a.get('n_obs')} rows, {count} groups of {a.get('group_factor')}"
         lines = [
             f" Family: {self.family} ({check_family(self.family).link} link)",
             f"Formula: {self.formula}",

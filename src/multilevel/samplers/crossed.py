@@ -49,6 +49,11 @@ Joining small factors to t is what makes InstEval mix (Var(dept:service)); integ
 out of the moves of t and tau_k is what makes the fixed effects and the large factors'
 variances mix. The compiled sweep is :func:`crossed_sweep`; the kernel is a pure
 ``step(state, rng) -> state`` over :class:`CrossedState`.
+
+With sigma2 known (``sigma2_known``) step 1 and the SSR are skipped and every other step is
+as above: the Polya-Gamma sampler of binomial and Bernoulli models
+(:mod:`multilevel.samplers.polya_gamma`) runs the sweep with sigma2 = 1 on statistics
+weighted anew every sweep (:meth:`CrossedGibbs.sweep`).
 """
 
 from __future__ import annotations
@@ -473,15 +478,24 @@ def _ssr_with_cross(t, b, cross, G, A, W_ptr, W_col, W_val, u_ref_t, rtr, Xtr_t,
 @njit(cache=True)
 def crossed_sweep(rng, G, Xty_t, Xty_b, A, W_ptr, W_col, W_val, C_ptr, C_col, C_val, u_ref_t, rtr, Xtr_t, Xtr_b,
                   n_obs, p, q, J, large, off, A_off, sig_off, diagonal, blk_start, blk_size, blk_factor,
-                  grp, grp_off, grp_count, grp_A, grp_dense, grp_M, Pi_fixed, Pim_fixed, S0, blk_eta, nu0, sigma0_sq, t, b, Sig, ssr):
+                  grp, grp_off, grp_count, grp_A, grp_dense, grp_M, Pi_fixed, Pim_fixed, S0, blk_eta, nu0, sigma0_sq,
+                  sigma2_known, t, b, Sig, ssr):
     """One sweep (module docstring); returns (t, b, Sigma, sigma2, ssr, status): status 0, or
-    1 + the factor whose precision or covariance was not positive definite (K + 1: t's)."""
+    1 + the factor whose precision or covariance was not positive definite (K + 1: t's).
+
+    ``sigma2_known`` > 0 holds sigma2 at that value: step 1 and the SSR (returned unchanged)
+    are skipped, and nu0, sigma0_sq, n_obs and the reference point (u_ref_t, rtr, Xtr_t,
+    Xtr_b) are not read (the Polya-Gamma sweep, :mod:`multilevel.samplers.polya_gamma`);
+    0 draws it."""
     t = t.copy()
     b = b.copy()
     Sig = Sig.copy()
     P = t.shape[0]
     K = q.shape[0]
-    sigma2 = 0.5 * (nu0 * sigma0_sq + ssr) / rng.gamma(0.5 * (nu0 + n_obs), 1.0)
+    if sigma2_known > 0.0:
+        sigma2 = sigma2_known
+    else:
+        sigma2 = 0.5 * (nu0 * sigma0_sq + ssr) / rng.gamma(0.5 * (nu0 + n_obs), 1.0)
     Siginv = np.zeros(Sig.shape[0])
     for k in range(K):
         if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, k):
@@ -646,7 +660,9 @@ def crossed_sweep(rng, G, Xty_t, Xty_b, A, W_ptr, W_col, W_val, C_ptr, C_col, C_
                 if not _conjugate_blocks(rng, Sig, sig_off, q, J, t, off[l], blk_start, blk_size, blk_factor,
                                          blk_eta, S0, l):
                     return t, b, Sig, sigma2, ssr, 1 + l
-    ssr = _ssr_with_cross(t, b, cross, G, A, W_ptr, W_col, W_val, u_ref_t, rtr, Xtr_t, Xtr_b, q, J, large, off, A_off)
+    if sigma2_known <= 0.0:
+        ssr = _ssr_with_cross(t, b, cross, G, A, W_ptr, W_col, W_val, u_ref_t, rtr, Xtr_t, Xtr_b, q, J, large, off,
+                              A_off)
     return t, b, Sig, sigma2, ssr, 0
 
 
@@ -702,12 +718,17 @@ class CrossedGibbs:
     stats, layout : :func:`multilevel.blockstats.block_stats`, :func:`~multilevel.blockstats.factor_layout`.
     priors : resolved priors (:func:`multilevel.priors.resolve_crossed_priors`).
     design : the :class:`~multilevel.design.CrossedDesign` (names, mean positions).
+    sigma2_known : hold sigma2 at this value (the Polya-Gamma sweep's 1), or None to draw it.
+    groups : the levels' grouping for :meth:`step` (default :func:`level_groups` of ``stats``).
     """
 
     State = CrossedState
 
-    def __init__(self, stats: BlockStats, layout: FactorLayout, priors: Any, design: Any):
+    def __init__(self, stats: BlockStats, layout: FactorLayout, priors: Any, design: Any,
+                 sigma2_known: float | None = None, groups: tuple[np.ndarray, ...] | None = None):
         self.stats, self.layout, self.priors = stats, layout, priors
+        #: sigma2 held at this value (no nu0, sigma0_sq needed), or None to draw it
+        self.sigma2_known = sigma2_known
         p = stats.p
         self.names = [f.name for f in design.factors]
         self.factor_terms = [list(f.names) for f in design.factors]
@@ -740,7 +761,7 @@ class CrossedGibbs:
             eta[bl] = float(priors.eta0[self.names[k]]) - layout.q[k] + layout.block_size[bl]
         self._S0, self._blk_eta = S0, eta
         self._P = stats.G.shape[0]
-        self._groups = level_groups(stats, layout)
+        self._groups = level_groups(stats, layout) if groups is None else groups
         self._nb = stats.Xty_b.shape[0]
 
     # -- pieces ----------------------------------------------------------------------
@@ -753,33 +774,52 @@ class CrossedGibbs:
         """Start at the pooled least-squares fixed effects (jittered by about a standard error),
         zero group effects, each covariance at its prior scale S0 times a random factor in
         about [0.5, 2], and sigma2 at sigma0_sq times a factor in about [0.8, 1.25]."""
-        st, L, pr = self.stats, self.layout, self.priors
+        t, b, Sigma = self.start(rng, self.stats.u_ref_t)
+        sigma2 = float(self.priors.sigma0_sq) * float(np.exp(0.1 * rng.standard_normal()))
+        return CrossedState(t=t, b=b, Sigma=Sigma, sigma2=sigma2, ssr=self._ssr(t, b))
+
+    def start(self, rng: np.random.Generator, t0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A starting (t, b, Sigma): t0 with its fixed effects jittered by about a standard error
+        (the unit-information prior sd / sqrt(N)), zero large-factor effects, each covariance at
+        its prior scale S0 times a random factor in about [0.5, 2]."""
+        st, L = self.stats, self.layout
         p = st.p
-        t = st.u_ref_t.copy()
+        t = np.array(t0, dtype=float)
         if p:
             sd = np.sqrt(np.diag(np.linalg.inv(self._Pi_fixed)) / max(st.n_obs, 1))
             t[:p] += sd * rng.standard_normal(p)
-        b = np.zeros(self._nb)
         Sigma = self._S0 * np.repeat(np.exp(0.35 * rng.standard_normal(len(self.names))), L.q ** 2)
-        sigma2 = float(pr.sigma0_sq) * float(np.exp(0.1 * rng.standard_normal()))
-        return CrossedState(t=t, b=b, Sigma=Sigma, sigma2=sigma2, ssr=self._ssr(t, b))
+        return t, np.zeros(self._nb), Sigma
 
     def step(self, state: CrossedState, rng: np.random.Generator) -> CrossedState:
         """One sweep (:func:`crossed_sweep`)."""
-        st, L = self.stats, self.layout
+        t, b, Sigma, sigma2, ssr = self.sweep(rng, self.stats, self._groups, state.t, state.b, state.Sigma,
+                                              float(state.ssr))
+        if not np.isfinite(sigma2) or sigma2 <= 0:
+            raise FloatingPointError(f"sigma2 drew {sigma2!r} (residual sum of squares {ssr!r})")
+        return CrossedState(t=t, b=b, Sigma=Sigma, sigma2=float(sigma2), ssr=float(ssr))
+
+    def sweep(self, rng: np.random.Generator, stats: BlockStats, groups: tuple[np.ndarray, ...], t: np.ndarray,
+              b: np.ndarray, Sigma: np.ndarray, ssr: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float,
+                                                                          float]:
+        """:func:`crossed_sweep` from (t, b, Sigma) on the statistics ``stats`` with the levels
+        grouped as ``groups`` (:func:`level_groups`); with ``sigma2_known``, sigma2 held there
+        (``ssr`` then not used). Returns (t, b, Sigma, sigma2, ssr); raises FloatingPointError
+        naming the factor whose precision or covariance was not positive definite."""
+        L = self.layout
+        known = self.sigma2_known is not None
+        nu0, sigma0_sq = (1.0, 1.0) if known else (float(self.priors.nu0), float(self.priors.sigma0_sq))
         t, b, Sigma, sigma2, ssr, status = crossed_sweep(
-            rng, st.G, st.Xty_t, st.Xty_b, st.A, st.W_ptr, st.W_col, st.W_val, st.C_ptr, st.C_col, st.C_val,
-            st.u_ref_t, st.rtr, st.Xtr_t, st.Xtr_b, st.n_obs, st.p, L.q, L.J, L.large, L.off, L.A_off, L.sig_off,
-            L.diagonal, L.block_start, L.block_size, L.block_factor, *self._groups, self._Pi_fixed, self._Pim_fixed, self._S0,
-            self._blk_eta, float(self.priors.nu0), float(self.priors.sigma0_sq), state.t, state.b, state.Sigma,
-            float(state.ssr))
+            rng, stats.G, stats.Xty_t, stats.Xty_b, stats.A, stats.W_ptr, stats.W_col, stats.W_val, stats.C_ptr,
+            stats.C_col, stats.C_val, stats.u_ref_t, stats.rtr, stats.Xtr_t, stats.Xtr_b, stats.n_obs, stats.p, L.q,
+            L.J, L.large, L.off, L.A_off, L.sig_off, L.diagonal, L.block_start, L.block_size, L.block_factor,
+            *groups, self._Pi_fixed, self._Pim_fixed, self._S0, self._blk_eta, nu0, sigma0_sq,
+            float(self.sigma2_known) if known else 0.0, t, b, Sigma, float(ssr))
         if status:
             what = (f"the covariance or level precisions of factor {self.names[status - 1]!r}"
                     if status <= len(self.names) else "the precision of the fixed effects")
             raise FloatingPointError(f"{what} became not positive definite")
-        if not np.isfinite(sigma2) or sigma2 <= 0:
-            raise FloatingPointError(f"sigma2 drew {sigma2!r} (residual sum of squares {ssr!r})")
-        return CrossedState(t=t, b=b, Sigma=Sigma, sigma2=float(sigma2), ssr=float(ssr))
+        return t, b, Sigma, sigma2, ssr
 
     def effects(self, state: CrossedState, k: int) -> np.ndarray:
         """(J_k, q_k) group effects b_k of factor k."""
@@ -788,9 +828,9 @@ class CrossedGibbs:
         source = state.b if L.large[k] else state.t
         return source[o:o + Jk * qk].reshape(Jk, qk)
 
-    def record(self, state: CrossedState) -> dict[str, np.ndarray]:
-        """theta, alpha, per factor Sigma and beta (= the population mean + b_kj, lme4's coef),
-        sigma2, and the log-likelihood."""
+    def location_record(self, state: Any) -> dict[str, np.ndarray]:
+        """theta, alpha, and per factor Sigma and beta (= the population mean + b_kj, lme4's
+        coef) of any state with fields t, b and Sigma."""
         L, st = self.layout, self.stats
         a = state.t[:st.p]
         if len(self.names) == 1:  # theta spans the factor's terms (0 without a mean), as in one-term fits
@@ -804,6 +844,12 @@ class CrossedGibbs:
             out[self.sigma_names[k]] = state.Sigma[L.sig_off[k]:L.sig_off[k] + qk * qk].reshape(qk, qk)
             mean = np.where(self.mean_index[k] >= 0, a[np.maximum(self.mean_index[k], 0)] if a.size else 0.0, 0.0)
             out[self.beta_names[k]] = self.effects(state, k) + mean
+        return out
+
+    def record(self, state: CrossedState) -> dict[str, np.ndarray]:
+        """:meth:`location_record`, sigma2 and the log-likelihood."""
+        st = self.stats
+        out = self.location_record(state)
         out["sigma2"] = np.float64(state.sigma2)
         out["loglik"] = np.float64(-0.5 * (st.n_obs * np.log(2 * np.pi * state.sigma2) - st.logw
                                            + state.ssr / state.sigma2))

@@ -8,7 +8,10 @@
 Each entry maps the names a user may pass as ``sampler=`` to a builder; the first name is
 the default. A builder takes the design, the user's priors and the model's options and
 returns a :class:`Built`: the kernel with the statistics, estimates and resolved priors it
-was made from. A structure a family does not have yet (GLMs with several terms) is absent.
+was made from. :data:`SAMPLER_FAMILIES` limits a sampler to some families (Polya-Gamma
+augmentation: the logit link of binomial and bernoulli), so a family may have no sampler
+for a structure (Poisson with several terms); :data:`CROSSED_SAMPLERS` run on a
+:class:`~multilevel.design.CrossedDesign` even for one term.
 """
 
 from __future__ import annotations
@@ -83,17 +86,37 @@ def _glm_one_term(name: str) -> Callable[..., Built]:
     return build
 
 
+def _glm_polya_gamma(design: Any, priors: Any, family: Any, proposal: str) -> Built:
+    from ..blockstats import factor_layout
+    from ..glmfit import pooled_glm
+    from ..priors import resolve_crossed_priors
+    from .polya_gamma import PolyaGammaGibbs
+
+    layout = factor_layout(design)
+    resolved = resolve_crossed_priors(priors, design, family)
+    a_start = pooled_glm(family, design.F, np.asarray(design.y, dtype=float), design.trials, design.offset)[0]
+    return Built(PolyaGammaGibbs(design, layout, resolved, a_start), resolved)
+
+
 REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
     ("gaussian", "one term"): {n: _gaussian_one_term(n) for n in ("collapsed", "interweaving", "centred")},
     ("gaussian", "several terms"): {"collapsed": _gaussian_several_terms},
-    ("glm", "one term"): {n: _glm_one_term(n) for n in ("auto", "interweaving", "centred")},
+    ("glm", "one term"): {**{n: _glm_one_term(n) for n in ("auto", "interweaving", "centred")},
+                          "polya-gamma": _glm_polya_gamma},
+    ("glm", "several terms"): {"polya-gamma": _glm_polya_gamma},
 }
 
-#: how a fit names each sampler (its ``sampler`` attribute), by (family, structure)
+#: the families a sampler fits, where not every family of its registry entries
+SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli")}
+#: samplers that run on a CrossedDesign whatever the number of terms
+CROSSED_SAMPLERS = frozenset({"polya-gamma"})
+
+#: how a fit names each sampler (its ``sampler`` attribute), by (family, structure), or by name
 DESCRIPTIONS = {
     ("gaussian", "one term"): "{name} gibbs",
     ("gaussian", "several terms"): "collapsed blocked gibbs (several factors)",
     ("glm", "one term"): "metropolis-within-gibbs ({proposal} proposal, {name})",
+    "polya-gamma": "polya-gamma augmented collapsed blocked gibbs",
 }
 
 
@@ -105,16 +128,30 @@ def structure_of(n_terms: int) -> str:
     return "one term" if n_terms <= 1 else "several terms"
 
 
+def available(family: Any, n_terms: int) -> list[str]:
+    """The samplers of this family and structure, the default first."""
+    entry = REGISTRY.get((family_kind(family), structure_of(n_terms)), {})
+    return [n for n in entry if family.name in SAMPLER_FAMILIES.get(n, (family.name,))]
+
+
 def choose(family: Any, n_terms: int, sampler: str | None, formula: str, terms: str) -> str:
     """The sampler's name for this family and structure: ``sampler`` if it has one of that
     name, else the default; a one-line error names what is available."""
+    from ..families import FAMILIES, check_family
+
     key = (family_kind(family), structure_of(n_terms))
-    entry = REGISTRY.get(key)
-    if entry is None:
+    entry = available(family, n_terms)
+    if not entry:
+        several = [f for f in FAMILIES if available(check_family(f), 2)]
         raise ModelError(f"formula {formula!r} has several random-effects terms ({terms}); the {family.name} "
-                         "family fits one term so far (several are fitted for the gaussian family): keep one term")
+                         f"family fits one term so far (several are fitted for the {', '.join(several[:-1])} and "
+                         f"{several[-1]} families): keep one term")
     if sampler is None:
-        return next(iter(entry))
+        return entry[0]
+    if sampler in SAMPLER_FAMILIES and family.name not in SAMPLER_FAMILIES[sampler]:
+        fits = " and ".join(SAMPLER_FAMILIES[sampler])
+        raise ModelError(f"sampler {sampler!r} fits {fits} models (Polya-Gamma augmentation of the logit link), not "
+                         f"{family.name}: leave sampler unset or use one of {', '.join(entry)}")
     if sampler not in entry:
         others = [k for k, e in REGISTRY.items() if k[0] == key[0] and sampler in e]
         if key[1] == "several terms" and others:
@@ -131,7 +168,15 @@ def build(family: Any, n_terms: int, sampler: str, design: Any, priors: Any, pro
 
 
 def describe(family: Any, n_terms: int, sampler: str, proposal: str) -> str:
-    return DESCRIPTIONS[(family_kind(family), structure_of(n_terms))].format(name=sampler, proposal=proposal)
+    text = DESCRIPTIONS.get(sampler) or DESCRIPTIONS[(family_kind(family), structure_of(n_terms))]
+    return text.format(name=sampler, proposal=proposal) + (" (several factors)" if sampler in DESCRIPTIONS and
+                                                           n_terms > 1 else "")
 
 
-__all__ = ["Built", "REGISTRY", "build", "choose", "describe", "structure_of"]
+def crossed_design(n_terms: int, sampler: str) -> bool:
+    """Whether the model's design is a :class:`~multilevel.design.CrossedDesign`."""
+    return n_terms > 1 or sampler in CROSSED_SAMPLERS
+
+
+__all__ = ["Built", "CROSSED_SAMPLERS", "REGISTRY", "SAMPLER_FAMILIES", "available", "build", "choose",
+           "crossed_design", "describe", "structure_of"]
