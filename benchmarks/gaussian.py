@@ -151,9 +151,11 @@ def bench_sweep_rows(quick: bool = False) -> Result:
 
 def _collapsed_steps(kernel, state) -> dict:
     """The parts of one collapsed sweep as separate calls at a fixed state (see ``CollapsedGibbs.step``):
-    its random inputs, the whole compiled sweep, and the steps of its NumPy form (``sweep_numpy``)."""
+    its random inputs, the whole compiled sweep, and the steps of its NumPy form (the tests' reference,
+    ``tests/reference_sweeps.py``, and the centred sampler's draws of beta and Sigma)."""
     from multilevel.samplers.gibbs import GibbsState, draw_beta, draw_Sigma
     from multilevel.suffstats import residual_sum_of_squares
+    from tests.reference_sweeps import collapsed_theta_alpha, move_Sigma
 
     pr, st, rng = kernel.priors, kernel.stats, np.random.default_rng(1)
     view = GibbsState(state.beta, state.alpha, state.theta, state.Sigma, state.Sigma_inv, state.sigma2)
@@ -162,9 +164,9 @@ def _collapsed_steps(kernel, state) -> dict:
     return {
         "random inputs (NumPy Generator)": lambda: kernel.draw_inputs(rng, state.n_steps),
         "whole sweep, compiled (what `step` runs)": lambda: kernel.step(state, rng),
-        f"NumPy form: Sigma, collapsed Metropolis ({state.n_steps} steps)": lambda: kernel.move_Sigma(state, u),
-        "NumPy form: theta and alpha, collapsed": lambda: kernel.draw_theta_alpha(state.Sigma_inv, state.sigma2,
-                                                                                   u.ta_normals),
+        f"NumPy form: Sigma, collapsed Metropolis ({state.n_steps} steps)": lambda: move_Sigma(kernel, state, u),
+        "NumPy form: theta and alpha, collapsed": lambda: collapsed_theta_alpha(kernel, state.Sigma_inv, state.sigma2,
+                                                                                u.ta_normals),
         "NumPy form: beta": lambda: draw_beta(st, view, rng),
         "NumPy form: Sigma, inverse-Wishart": lambda: draw_Sigma(pr.eta0, pr.S0, state.beta, state.theta, rng),
         "NumPy form: residual sum of squares": lambda: residual_sum_of_squares(st, state.beta, state.alpha),
@@ -253,8 +255,8 @@ def bench_sweep_groups(quick: bool = False) -> Result:
             [[fmt_count(m), *[fmt_time(steps[m][k]) for k in names], fmt_time(t[(DEFAULT_SAMPLER, m)].cpu)]
              for m in sizes],
             caption="`collapsed` sampler: CPU time of the parts of its sweep, each called alone (the sweep runs as "
-                    "one compiled call on random inputs drawn beforehand; the NumPy form of its steps is the "
-                    "reference and fallback, shown for where the work lies):",
+                    "one compiled call on random inputs drawn beforehand; the NumPy form of its steps is the tests' "
+                    "reference, shown for where the work lies):",
         ))
     big, small = sizes[-1], sizes[-2]
     slopes = {s: (float(np.log(t[(s, big)].cpu / t[(s, small)].cpu) / np.log(big / small)),

@@ -407,29 +407,29 @@ def bench_glm_weak(quick: bool = False) -> Result:
 
 
 def _repeated_beta_kernel(kernel, repeats: int):
-    """The kernel's NumPy form with the beta_j step made ``repeats`` times per sweep (see
-    :class:`_RepeatedBeta`)."""
-    from multilevel.samplers.metropolis import GLMMetropolis
+    """The kernel with its sweep made move by move in NumPy by the tests' reference
+    (``tests/reference_sweeps.py``: the compiled sweep's moves, which cannot be changed from
+    Python) and the beta_j step made ``repeats`` times per sweep (see :class:`_RepeatedBeta`)."""
+    from tests.reference_sweeps import ReferenceGLM, as_reference
 
     @dataclasses.dataclass(frozen=True)
-    class _RepeatedBeta(GLMMetropolis):
+    class _RepeatedBeta(ReferenceGLM):
         """The beta_j Metropolis(-Hastings) step made ``repeats`` times, the extra random numbers
         from a generator seeded by the sweep's own normals (so runs repeat): with enough
         repeats each sweep draws the beta_j almost exactly from their full conditionals."""
 
         repeats: int = 1
 
-        def update_beta(self, state, z, log_u):
-            beta, ll, grad, accept = super().update_beta(state, z, log_u)
+        def beta_move(self, state, z, log_u):
+            beta, ll, grad, accept = super().beta_move(state, z, log_u)
             rng = np.random.default_rng([int(v) for v in np.ascontiguousarray(z).view(np.uint64).ravel()[:4]])
             for _ in range(self.repeats - 1):
                 inner = state._replace(beta=beta, ll=ll, grad=grad)
-                beta, ll, grad, accept = super().update_beta(inner, rng.standard_normal(z.shape),
-                                                             np.log(rng.uniform(size=log_u.shape)))
+                beta, ll, grad, accept = super().beta_move(inner, rng.standard_normal(z.shape),
+                                                           np.log(rng.uniform(size=log_u.shape)))
             return beta, ll, grad, accept
 
-    fields = {f.name: getattr(kernel, f.name) for f in dataclasses.fields(kernel)}
-    return _RepeatedBeta(**{**fields, "compiled": False}, repeats=repeats)
+    return as_reference(kernel, _RepeatedBeta, repeats=repeats)
 
 
 #: beta_j steps per sweep of the bound's arms: the default's one, and enough for an exact draw
@@ -465,7 +465,8 @@ def bench_glm_ess_bound(quick: bool = False) -> Result:
         "steps' random numbers from a generator seeded by the sweep's own), which draws every beta_j almost "
         "exactly from its full conditional: what an ideal beta_j proposal would give "
         "the population parameters at one step per sweep. All other moves are the default's. The sweeps "
-        "run in their NumPy form (`compiled=False`, same moves; the repeated step is not compiled), so only ESS "
+        "run in the tests' NumPy reference form (`tests/reference_sweeps.py`, same moves; the repeated step is not "
+        "compiled), so only ESS "
         f"per draw is reported. `fit(chains={chains}, warmup={warmup}, draws={draws}, cores=1, seed=s)`; seeds "
         + "; ".join(f"{label}: " + ", ".join(map(str, seeds)) for label, _, _, seeds, _ in sets)
         + "; medians over seeds.",

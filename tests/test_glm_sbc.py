@@ -24,7 +24,7 @@ its prior term) that the same small runs must reject, to show the check has powe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -35,10 +35,10 @@ from scipy import stats
 
 import multilevel
 from multilevel.run import run_chains
-from multilevel.samplers import metropolis
-from multilevel.samplers.metropolis import GLMMetropolis
 
+import reference_sweeps
 import sbc
+from reference_sweeps import ReferenceGLM, as_reference
 
 
 @dataclass(frozen=True)
@@ -202,11 +202,12 @@ def test_simulated_linear_predictors_are_sane():
 # -- the machinery can fail ------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class TemperedKernel(GLMMetropolis):
-    """A deliberately wrong kernel: the package's Metropolis-within-Gibbs sweep, but every
-    log-likelihood (and its gradient) multiplied by ``power``, so it samples a tempered
-    posterior: wider than the true one when power < 1, narrower when power > 1. ``power=1``
-    is the package's kernel."""
+class TemperedKernel(ReferenceGLM):
+    """A deliberately wrong kernel: the package's Metropolis-within-Gibbs sweep (in the tests'
+    reference form, which calls ``loglik_grad``; it gives the same draws as the compiled sweep,
+    ``test_glm_sweep.py``, which cannot be patched from Python), but every log-likelihood (and its
+    gradient) multiplied by ``power``, so it samples a tempered posterior: wider than the true one
+    when power < 1, narrower when power > 1. ``power=1`` is the package's kernel."""
 
     power: float = 1.0
 
@@ -217,10 +218,7 @@ class TemperedKernel(GLMMetropolis):
 
 def tempered(power: float):
     def factory(model):
-        k = model.kernel
-        # the NumPy form of the sweep (compiled=False) calls loglik_grad; it gives the same draws as the
-        # compiled sweep (tests/test_glm_sweep.py), which cannot be patched from Python
-        return TemperedKernel(**{**{f.name: getattr(k, f.name) for f in fields(k)}, "compiled": False}, power=power)
+        return as_reference(model.kernel, TemperedKernel, power=power)
     return factory
 
 
@@ -261,9 +259,9 @@ def test_glm_sbc_catches_a_beta_step_without_its_prior(monkeypatch):
     the same terms, are left out, so only the beta step changes).
     The group effects are then not shrunk and Sigma is overestimated; the same replications
     must be rejected. Measured p-values: Sigma[0,0] 2e-22, Sigma[1,1] 5e-93 (and theta[0] 3e-9)."""
-    monkeypatch.setattr(metropolis, "mvn_logpdf_kernel", lambda beta, theta, Sigma_inv: np.zeros(beta.shape[0]))
+    monkeypatch.setattr(reference_sweeps, "mvn_logpdf_kernel", lambda beta, theta, Sigma_inv: np.zeros(beta.shape[0]))
     result = run_glm_sbc(POISSON, proposal="laplace", seed=1001, **SMALL,
-                         kernel_factory=lambda model: replace(model.kernel, compiled=False, interweave=False))
+                         kernel_factory=lambda model: as_reference(model.kernel, interweave=False))
     assert {"Sigma[0,0]", "Sigma[1,1]"} <= set(result.rejected), result.report()
 
 

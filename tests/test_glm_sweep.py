@@ -1,17 +1,17 @@
 """The GLM kernel's sweep runs as one compiled call (:func:`multilevel.glmsweep.glm_sweep`);
-its NumPy form (``GLMMetropolis(compiled=False)``, :meth:`GLMMetropolis.sweep_numpy`) is the
-reference and the fallback. Given the same random inputs both must give the same state, for
-every proposal, family and sampler, with and without fixed-only effects; and the state's
-per-group log-likelihood and score must always be those of its (beta, alpha)."""
+its move-by-move NumPy form is the tests' reference (:func:`reference_sweeps.glm_sweep_reference`).
+Given the same random inputs both must give the same state, for every proposal, family and
+sampler, with and without fixed-only effects; and the state's per-group log-likelihood and
+score must always be those of its (beta, alpha). (A precision that is not positive definite:
+``test_jitter.py``.)"""
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
 
 import multilevel
+from reference_sweeps import as_reference, glm_inputs, glm_sweep_reference
 
 CASES = {
     "epil_laplace": ("y ~ lbase*trt + lage + V4 + (1 | subject)", "epil", "poisson", "laplace", None),
@@ -45,12 +45,11 @@ def case(request):
     return kernel, state
 
 
-def test_compiled_sweep_equals_numpy_sweep(case):
+def test_compiled_sweep_equals_reference_sweep(case):
     kernel, state = case
-    numpy_form = dataclasses.replace(kernel, compiled=False)
     for seed in range(6):
         a = kernel.step(state, np.random.default_rng(seed))
-        b = numpy_form.step(state, np.random.default_rng(seed))
+        b = glm_sweep_reference(kernel, state, glm_inputs(kernel, state, np.random.default_rng(seed)))
         for name in FIELDS:
             x, y = np.asarray(getattr(a, name), dtype=float), np.asarray(getattr(b, name), dtype=float)
             np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-9, err_msg=name)
@@ -69,15 +68,14 @@ def test_state_loglik_is_that_of_its_coefficients(case):
         np.testing.assert_allclose(state.grad, grad, rtol=1e-10, atol=1e-8)
 
 
-def test_failed_compiled_sweep_falls_back_to_numpy(case, monkeypatch):
-    import multilevel.samplers.metropolis as metropolis
-
+def test_reference_kernel_steps_with_the_reference_sweep(case):
+    """:class:`reference_sweeps.ReferenceGLM`, the kernel that the tempered-likelihood SBC check and
+    the repeated-beta benchmark subclass, makes the reference sweep from the kernel's random inputs."""
     kernel, state = case
-    expected = kernel.step(state, np.random.default_rng(9))
-    real = metropolis.glm_sweep
-    monkeypatch.setattr(metropolis, "glm_sweep", lambda *args: (*real(*args)[:-1], 1))
-    again = kernel.step(state, np.random.default_rng(9))
-    np.testing.assert_allclose(again.beta, expected.beta, rtol=1e-9, atol=1e-9)
+    a = as_reference(kernel).step(state, np.random.default_rng(3))
+    b = kernel.step(state, np.random.default_rng(3))
+    np.testing.assert_allclose(a.beta, b.beta, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.Sigma, b.Sigma, rtol=1e-9, atol=1e-9)
 
 
 def test_centred_sampler_makes_no_noncentred_moves():
@@ -195,9 +193,9 @@ def test_theta_alpha_gibbs_draws_the_gaussian_conditional():
     mean = np.linalg.solve(P, prior_lin + big_D.T @ big_prec @ b.ravel())
     draws = []
     for z in np.vstack([np.zeros(4), np.eye(4)]):
-        theta, alpha_new, beta_new, ok = theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, cols,
-                                                           terms, weight, alpha_prec, alpha_mean, z)
-        assert ok
+        theta, alpha_new, beta_new, level = theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift,
+                                                              cols, terms, weight, alpha_prec, alpha_mean, z)
+        assert level == 0  # P as given, no jitter
         u = np.concatenate([theta, alpha_new[cols]])
         draws.append(u)
         assert alpha_new[1] == alpha[1]  # not a group-level column: untouched

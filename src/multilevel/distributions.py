@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from .errors import ModelError
-from .linalg import inverse_wishart_from_bartlett, mvn_precision_batch
+from .linalg import JITTERS, NOT_PD, inverse_wishart_from_bartlett, mvn_precision_batch
 
 
 def mvn_from_precision(P: np.ndarray, b: np.ndarray, z: np.ndarray, what: str = "beta") -> np.ndarray:
@@ -33,22 +33,49 @@ def mvn_from_precision(P: np.ndarray, b: np.ndarray, z: np.ndarray, what: str = 
     return out[0] if single else out
 
 
-#: relative jitters tried, in turn, on a precision matrix that is not positive definite
-JITTERS = (1e-10, 1e-8, 1e-6)
-
-
 def _with_jitter(P: np.ndarray, b: np.ndarray, z: np.ndarray, failed: int, what: str, single: bool) -> np.ndarray:
-    """Retry the draw with P + jitter * mean(diag P) * I, warning once; give up past 1e-6."""
-    where = "" if single else f" in group {failed}"
+    """Retry the draw with P + jitter * mean(|diag P|) * I (``JITTERS`` in turn), warning once; give
+    up past the last."""
+    name, where = f"the precision matrix of {what}", "" if single else f" in group {failed}"
     scale = np.abs(np.diagonal(P, axis1=1, axis2=2)).mean(axis=1)[:, None, None]
     eye = np.eye(P.shape[-1])
     for jitter in JITTERS:
         out = np.empty_like(b)
         if mvn_precision_batch(P + jitter * scale * eye, b, z, out) < 0 and np.all(np.isfinite(out)):
-            warnings.warn(f"the precision matrix of {what}{where} was not positive definite; drew with a relative "
-                          f"jitter of {jitter:g} on its diagonal", RuntimeWarning, stacklevel=3)
+            warnings.warn(jitter_message(name, where, jitter), RuntimeWarning, stacklevel=3)
             return out
-    raise FloatingPointError(f"the precision matrix of {what}{where} is not positive definite, even with jitter")
+    raise FloatingPointError(not_positive_definite_message(name, where, jittered=True))
+
+
+def jitter_message(name: str, where: str, jitter: float, groups: int = 1) -> str:
+    """The warning that ``name`` (``where``: in which group(s)) was drawn with a jitter on its
+    diagonal (up to ``jitter`` over ``groups`` groups)."""
+    bound = "up to " if groups > 1 else ""
+    return (f"{name}{where} was not positive definite; drew with a relative jitter of {bound}{jitter:g} on its "
+            "diagonal")
+
+
+def not_positive_definite_message(name: str, where: str, jittered: bool) -> str:
+    """The error that ``name`` (``where``: in which group) is not positive definite (``jittered``:
+    even with the largest jitter)."""
+    return f"{name}{where} is not positive definite" + (", even with jitter" if jittered else "")
+
+
+def check_factorisations(report: tuple[tuple[int, int, int], ...], names: tuple[tuple[str, bool], ...]) -> None:
+    """Warn or raise from a compiled sweep's report of its Cholesky factorisations
+    (:func:`multilevel.linalg.cholesky_jittered`): row k = (level, group, groups jittered) of the
+    matrix ``names[k] = (name, jitter tried)``, group -1 for a matrix that is not per group.
+    Level k in 1..len(JITTERS) warns once that the relative jitter ``JITTERS[k - 1]`` was needed
+    (the largest over the groups, naming the first); ``NOT_PD`` raises :class:`FloatingPointError`
+    naming the matrix and the group that failed. Rows are read in order (the sweep's)."""
+    for (level, group, count), (name, jittered) in zip(report, names):
+        if level == NOT_PD:
+            raise FloatingPointError(not_positive_definite_message(name, "" if group < 0 else f" in group {group}",
+                                                                   jittered))
+        if level:
+            more = f" (and {count - 1} more groups)" if count > 1 else ""
+            where = "" if group < 0 else f" in group {group}{more}"
+            warnings.warn(jitter_message(name, where, JITTERS[level - 1], count), RuntimeWarning, stacklevel=3)
 
 
 def bartlett_factor(df: float, p: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,18 @@
 r"""One sweep of the hierarchical-GLM Metropolis-within-Gibbs kernel, compiled with numba.
 
 The kernel, its moves and their acceptance ratios are described in
-:mod:`multilevel.samplers.metropolis`, whose NumPy form of the same sweep is the reference
-(tests compare the two on the same random inputs) and the fallback when a matrix is not
-positive definite. Here the whole sweep is one call, so a sweep on a small data set costs
+:mod:`multilevel.samplers.metropolis`; the same sweep move by move in NumPy is the tests'
+reference (``tests/reference_sweeps.py``, compared with this one on the same random inputs).
+Here the whole sweep is one call, so a sweep on a small data set costs
 microseconds instead of the overhead of a hundred NumPy calls, and on a large one the
 passes over the rows dominate: the linear predictor eta_i = offset_i + z_i' alpha + x_i' beta_j
 is formed inside each pass (:func:`multilevel.glmlik.group_loglik_grad`), never stored.
 
 Random numbers are drawn beforehand by the caller from the chain's NumPy Generator (see
 ``GLMMetropolis.draw_inputs``); Metropolis tests accept when log u < log ratio, so a NaN or
--inf ratio rejects.
+-inf ratio rejects. A precision matrix that is not positive definite is retried with a small
+relative jitter on its diagonal (:func:`multilevel.linalg.cholesky_jittered`) and reported to
+the caller, which warns, or raises when even the largest jitter fails.
 """
 
 from __future__ import annotations
@@ -19,32 +21,13 @@ import numpy as np
 from numba import njit
 
 from .glmlik import group_loglik_grad
-from .linalg import (_cholesky_inplace, inverse_wishart_from_bartlett, sigma_coordinates, sigma_from_coordinates,
-                     wishart_scale)
+from .linalg import (AS_GIVEN, NOT_PD, _cholesky_inplace, _lower_solve_into, _upper_solve_into, cholesky_jittered,
+                     inverse_wishart_from_bartlett, noted, sigma_coordinates, sigma_from_coordinates, wishart_scale)
 
-OK, FAILED_BETA_PRECISION, FAILED_THETA_PRECISION, FAILED_SIGMA_SCALE = 0, 1, 2, 3
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _lower_solve_into(L: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
-    """w = L^-1 b for lower-triangular L (w may be b)."""
-    p = b.shape[0]
-    for k in range(p):
-        t = b[k]
-        for i in range(k):
-            t -= L[k, i] * w[i]
-        w[k] = t / L[k, k]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _upper_solve_into(L: np.ndarray, b: np.ndarray, x: np.ndarray) -> None:
-    """x = L'^-1 b for lower-triangular L (x may be b)."""
-    p = b.shape[0]
-    for k in range(p - 1, -1, -1):
-        t = b[k]
-        for i in range(k + 1, p):
-            t -= L[i, k] * x[i]
-        x[k] = t / L[k, k]
+#: the matrices :func:`glm_sweep` factorises, in the order of its report's rows, as (name, jitter
+#: tried) (see :func:`multilevel.distributions.check_factorisations`)
+GLM_FACTORISATIONS = (("the precision matrix Sigma^-1 + H_j of beta's proposal", True),
+                      ("the precision matrix of theta", True), ("the inverse-Wishart scale matrix of Sigma", False))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -87,22 +70,27 @@ def _quad(d: np.ndarray, A: np.ndarray) -> float:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def beta_precision_factors(Sigma_inv: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, int]:
-    """Cholesky factors of P_j = Sigma^-1 + H_j (H_j the leading p x p block of ``info[j]``);
-    returns (L (m, p, p), -1) or the first group whose P_j is not positive definite."""
+def beta_precision_factors(Sigma_inv: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Cholesky factors of P_j = Sigma^-1 + H_j (H_j the leading p x p block of ``info[j]``),
+    a P_j that is not positive definite jittered (:func:`multilevel.linalg.cholesky_jittered`);
+    returns (L (m, p, p), the report of the m factorisations, :func:`multilevel.linalg.noted`)."""
     m = info.shape[0]
     p = Sigma_inv.shape[0]
     L = np.zeros((m, p, p))
+    P = np.empty((p, p))
+    report = AS_GIVEN
     for j in range(m):
         for a in range(p):
             for b in range(p):
-                L[j, a, b] = Sigma_inv[a, b] + info[j, a, b]
-        if not _cholesky_inplace(L[j]):
-            return L, j
+                P[a, b] = Sigma_inv[a, b] + info[j, a, b]
+        level = cholesky_jittered(P, L[j])
+        report = noted(report, level, j)
+        if level == NOT_PD:
+            return L, report
         for a in range(p):
             for b in range(a + 1, p):
                 L[j, a, b] = 0.0
-    return L, -1
+    return L, report
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -324,14 +312,16 @@ def theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, col
     (Lambda0^-1 mu0, [A0^-1 a0]_c - [A0^-1]_c,rest alpha_rest) + sum_j D_j' Sigma^-1 b_j;
     draws mean + L'^-1 z (P = L L'), then beta_j = b_j - W_j alpha_c, which leaves every linear
     predictor as it was. Without group-level columns this is theta's Gibbs draw of the
-    linear model. Returns (theta, alpha, beta, ok); ok is False when P is not positive definite."""
+    linear model. A P that is not positive definite is jittered
+    (:func:`multilevel.linalg.cholesky_jittered`). Returns (theta, alpha, beta, level of the
+    factorisation); at level ``NOT_PD`` the draw is not made."""
     m, p = beta.shape
     q = free.shape[0]
     k = cols.shape[0]
     d = q + k
     theta = np.zeros(p)
     if not d:
-        return theta, alpha, beta, True
+        return theta, alpha, beta, 0
     b = beta.copy()
     for j in range(m):
         for c in range(k):
@@ -375,11 +365,13 @@ def theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, col
         for a in range(p):
             t += Sigma_inv[terms[c], a] * wb[c, a]
         rhs[q + c] = t
-    if not _cholesky_inplace(P):
-        return theta, alpha, beta, False
-    w = _lower_solve(P, rhs) + z
+    L = np.empty((d, d))
+    level = cholesky_jittered(P, L)
+    if level == NOT_PD:
+        return theta, alpha, beta, level
+    w = _lower_solve(L, rhs) + z
     x = np.empty(d)
-    _upper_solve_into(P, w, x)
+    _upper_solve_into(L, w, x)
     for u in range(q):
         theta[free[u]] = x[u]
     alpha = alpha.copy()
@@ -388,7 +380,7 @@ def theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, col
     for j in range(m):
         for c in range(k):
             b[j, terms[c]] -= weight[j, c] * x[q + c]
-    return theta, alpha, b, True
+    return theta, alpha, b, level
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -556,16 +548,22 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
     then theta's non-centred moves (``interweave``), Sigma by inverse-Wishart (Bartlett,
     chi2(eta0 + m - k) = 2 ``gammas[k]``), then its non-centred move (``interweave``).
 
+    A precision that is not positive definite (a group's Sigma^-1 + H_j, which shapes the
+    proposals and moves of beta_j, alpha and theta, so that its jitter leaves them exact; theta's
+    Gibbs precision) is jittered (:func:`multilevel.linalg.cholesky_jittered`).
     Returns (beta, alpha, theta, Sigma, Sigma^-1, ll, grad, accepted beta (m,), share of the
-    alpha moves accepted, accepted theta and Sigma moves, status): status 0 on success, else which matrix was not
-    positive definite (1: a group's beta precision, 2: theta's, 3: the inverse-Wishart scale).
+    alpha moves accepted, accepted theta and Sigma moves, report, level): report has one row
+    (largest level, group, groups jittered) per matrix of ``GLM_FACTORISATIONS``, and level is
+    the largest of its levels: 0 when every matrix was factorised as given. A row at level
+    ``NOT_PD`` (for the inverse-Wishart scale: not positive definite, no jitter tried) ends the
+    sweep there; the state returned is then incomplete.
     """
     m, p = beta.shape
     r = alpha.shape[0]
-    Lp, failed = beta_precision_factors(Sigma_inv, info)
-    if failed >= 0:
-        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), 0.0, False, 0.0,
-                FAILED_BETA_PRECISION)
+    Lp, beta_report = beta_precision_factors(Sigma_inv, info)
+    if beta_report[0] == NOT_PD:
+        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, np.zeros(m, dtype=np.bool_), 0.0, 0.0, 0.0,
+                (beta_report, AS_GIVEN, AS_GIVEN), NOT_PD)
     beta, ll, grad, acc_beta = beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma_inv, ll,
                                          grad, Lp, drift, noise, laplace, z_beta, u_beta)
     acc_alpha = 0.0
@@ -577,10 +575,12 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
                                                           alpha_prec, alpha_mean, theta_prec, mu0, z_alpha[k],
                                                           u_alpha[k])
             acc_alpha += ok / u_alpha.shape[0]
-    theta, alpha, beta, ok = theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, level_cols,
-                                               level_terms, level_weight, alpha_prec, alpha_mean, z_theta)
-    if not ok:
-        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, 0.0, 0.0, FAILED_THETA_PRECISION
+    theta, alpha, beta, level = theta_alpha_gibbs(beta, alpha, Sigma_inv, free, theta_prec, theta_shift, level_cols,
+                                                  level_terms, level_weight, alpha_prec, alpha_mean, z_theta)
+    theta_report = noted(AS_GIVEN, level, -1)
+    if level == NOT_PD:
+        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, 0.0, 0.0,
+                (beta_report, theta_report, AS_GIVEN), NOT_PD)
     acc_theta = 0.0
     if interweave and free.shape[0]:
         for k in range(u_theta.shape[0]):
@@ -590,7 +590,8 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
             acc_theta += ok / u_theta.shape[0]
     Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(wishart_scale(S0, beta, theta), 2.0 * gammas, iw_normals)
     if not ok:
-        return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, 0.0, FAILED_SIGMA_SCALE
+        return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, 0.0,
+                (beta_report, theta_report, (NOT_PD, -1, 0)), NOT_PD)
     acc_Sigma = 0.0
     if interweave:
         h = likelihood_linear_term(info, h_ref, alpha, alpha_ref)
@@ -598,4 +599,5 @@ def glm_sweep(code, X, Z, offset, y, n, starts,
                                                                       theta, Sigma, Sigma_inv, ll, grad, info, h, R,
                                                                       step_Sigma, v_scale, S0, eta0, z_Sigma, u_Sigma)
         acc_Sigma = n_acc / max(u_Sigma.shape[0], 1)
-    return beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, acc_Sigma, OK
+    return (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, acc_beta, acc_alpha, acc_theta, acc_Sigma,
+            (beta_report, theta_report, AS_GIVEN), max(beta_report[0], theta_report[0]))

@@ -35,6 +35,73 @@ def _cholesky_inplace(A: np.ndarray) -> bool:
     return True
 
 
+#: relative jitters tried, in turn, on a precision matrix P that is not positive definite:
+#: P + jitter * mean(|diag P|) * I (:func:`cholesky_jittered`,
+#: :func:`multilevel.distributions.mvn_from_precision`)
+JITTERS = (1e-10, 1e-8, 1e-6)
+#: the level of a factorisation: 0 for the matrix as given, k for the jitter ``JITTERS[k - 1]``,
+#: ``NOT_PD`` when the matrix is not positive definite even with the largest jitter
+NOT_PD = len(JITTERS) + 1
+#: the report (largest level, first group jittered or the group that failed, groups jittered) of
+#: a batch of factorisations that all took their matrices as given (see :func:`noted`)
+AS_GIVEN = (0, -1, 0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def cholesky_jittered(P: np.ndarray, L: np.ndarray) -> int:
+    """L = the lower Cholesky factor of P (p x p) or, when P is not positive definite, of
+    P + jitter * mean_k |P_kk| * I for the first jitter of ``JITTERS`` that gives one.
+    Returns the level (0: P as given, k: ``JITTERS[k - 1]``, ``NOT_PD``: none). L's strict
+    upper triangle is left as P's; P is not modified."""
+    p = P.shape[0]
+    for level in range(NOT_PD):
+        L[:, :] = P
+        if level:
+            scale = 0.0
+            for k in range(p):
+                scale += abs(P[k, k])
+            shift = JITTERS[level - 1] * scale / p
+            for k in range(p):
+                L[k, k] += shift
+        if _cholesky_inplace(L):
+            return level
+    return NOT_PD
+
+
+@njit(cache=True, nogil=True)
+def noted(report: tuple[int, int, int], level: int, group: int) -> tuple[int, int, int]:
+    """The report (largest level, first group jittered, groups jittered) of a batch of
+    factorisations (:func:`cholesky_jittered`) after that of group ``group`` at ``level``; a
+    failure (``NOT_PD``) is reported with its own group. Start from ``AS_GIVEN``."""
+    if level == 0:
+        return report
+    if level == NOT_PD:
+        return (NOT_PD, group, report[2] + 1)
+    return (max(report[0], level), report[1] if report[2] else group, report[2] + 1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _lower_solve_into(L: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
+    """w = L^-1 b for lower-triangular L (w may be b)."""
+    p = b.shape[0]
+    for k in range(p):
+        t = b[k]
+        for i in range(k):
+            t -= L[k, i] * w[i]
+        w[k] = t / L[k, k]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _upper_solve_into(L: np.ndarray, b: np.ndarray, x: np.ndarray) -> None:
+    """x = L'^-1 b for lower-triangular L (x may be b)."""
+    p = b.shape[0]
+    for k in range(p - 1, -1, -1):
+        t = b[k]
+        for i in range(k + 1, p):
+            t -= L[i, k] * x[i]
+        x[k] = t / L[k, k]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def mvn_precision_batch(P: np.ndarray, b: np.ndarray, z: np.ndarray, out: np.ndarray) -> int:
     """x_j = L_j'^-1 (L_j^-1 b_j + z_j) with P_j = L_j L_j': a draw from MVN(P_j^-1 b_j, P_j^-1).
@@ -226,7 +293,7 @@ def sigma_metropolis(v: np.ndarray, R: np.ndarray, U: np.ndarray, XtX: np.ndarra
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def collapsed_information(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, Sigma_inv: np.ndarray, sigma2: float
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
     """Sums over groups of X'V^-1X, X'V^-1y, X'V^-1Z, Z'V^-1Z and Z'V^-1y for
     V_j = sigma2 I + X_j Sigma X_j', through P_j = Sigma^-1 + X_j'X_j / sigma2:
 
@@ -235,7 +302,8 @@ def collapsed_information(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, Sig
         Z'V^-1Z = -(X'Z)' P^-1 (X'Z) / sigma2^2 (+ Z'Z / sigma2, added by the caller)
         Z'V^-1y = -(X'Z)' P^-1 X'y / sigma2^2 (+ Z'y / sigma2, added by the caller)
 
-    The last int is -1, or the first group whose P_j is not positive definite.
+    A P_j that is not positive definite is jittered (:func:`cholesky_jittered`); the last item is
+    the report of the m factorisations (:func:`noted`), its level ``NOT_PD`` if one failed.
     """
     m, p, _ = XtX.shape
     r = XtZ.shape[2]
@@ -244,14 +312,18 @@ def collapsed_information(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, Sig
     XVZ = np.zeros((p, r))
     ZVZ = np.zeros((r, r))
     ZVy = np.zeros(r)
+    P = np.empty((p, p))
     L = np.empty((p, p))
     B = np.empty((p, 1 + r + p))  # right-hand sides: X'y, X'Z, Sigma^-1
+    report = AS_GIVEN
     for j in range(m):
         for a in range(p):
             for b in range(p):
-                L[a, b] = Sigma_inv[a, b] + XtX[j, a, b] / sigma2
-        if not _cholesky_inplace(L):
-            return XVX, XVy, XVZ, ZVZ, ZVy, j
+                P[a, b] = Sigma_inv[a, b] + XtX[j, a, b] / sigma2
+        level = cholesky_jittered(P, L)
+        report = noted(report, level, j)
+        if level == NOT_PD:
+            return XVX, XVy, XVZ, ZVZ, ZVy, report
         for a in range(p):
             B[a, 0] = Xty[j, a]
             for c in range(r):
@@ -294,7 +366,7 @@ def collapsed_information(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, Sig
                 for k in range(p):
                     s += XtZ[j, k, c] * B[k, 1 + d]
                 ZVZ[c, d] -= s / (sigma2 * sigma2)
-    return XVX, XVy, XVZ, ZVZ, ZVy, -1
+    return XVX, XVy, XVZ, ZVZ, ZVy, report
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -323,27 +395,32 @@ def sigma_from_coordinates(v: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def gaussian_beta_draw(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, alpha: np.ndarray, Sigma_inv: np.ndarray,
-                       theta: np.ndarray, sigma2: float, z: np.ndarray) -> tuple[np.ndarray, int]:
+                       theta: np.ndarray, sigma2: float, z: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
     """All groups' beta_j ~ MVN(P_j^-1 b_j, P_j^-1), P_j = Sigma^-1 + X_j'X_j / sigma2,
     b_j = Sigma^-1 theta + (X_j'y_j - X_j'Z_j alpha) / sigma2, from standard normals z (m, p),
-    forming each P_j and b_j in place. Returns (beta, -1) or the first group whose P_j is not
-    positive definite."""
+    forming each P_j and b_j in place. A P_j that is not positive definite is jittered
+    (:func:`cholesky_jittered`). Returns (beta, the report of the m factorisations, :func:`noted`);
+    beta is incomplete when the report's level is ``NOT_PD``."""
     m, p = Xty.shape
     r = alpha.shape[0]
     out = np.empty((m, p))
     prior = Sigma_inv @ theta
+    P = np.empty((p, p))
     L = np.empty((p, p))
     w = np.empty(p)
+    report = AS_GIVEN
     for j in range(m):
         for a in range(p):
             for b in range(p):
-                L[a, b] = Sigma_inv[a, b] + XtX[j, a, b] / sigma2
+                P[a, b] = Sigma_inv[a, b] + XtX[j, a, b] / sigma2
             t = Xty[j, a]
             for c in range(r):
                 t -= XtZ[j, a, c] * alpha[c]
             w[a] = prior[a] + t / sigma2
-        if not _cholesky_inplace(L):
-            return out, j
+        level = cholesky_jittered(P, L)
+        report = noted(report, level, j)
+        if level == NOT_PD:
+            return out, report
         for k in range(p):
             t = w[k]
             for i in range(k):
@@ -358,17 +435,25 @@ def gaussian_beta_draw(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, alpha:
             w[k] = t / L[k, k]
         for k in range(p):
             out[j, k] = w[k]
-    return out, -1
+    return out, report
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _mvn_precision_single(P: np.ndarray, b: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, bool]:
-    """x ~ MVN(P^-1 b, P^-1) from standard normals z: x = L'^-1 (L^-1 b + z), P = L L'.
-    P is overwritten by its Cholesky factor; the flag is False when P is not positive definite."""
-    P3 = P.reshape((1, P.shape[0], P.shape[1]))
-    out = np.empty((1, b.shape[0]))
-    failed = mvn_precision_batch(P3, b.reshape((1, b.shape[0])), z.reshape((1, z.shape[0])), out)
-    return out[0], failed < 0
+def mvn_precision_jittered(P: np.ndarray, b: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, int]:
+    """x ~ MVN(P^-1 b, P^-1) from standard normals z: x = L'^-1 (L^-1 b + z), P = L L', with P
+    jittered when it is not positive definite. Returns (x, level of :func:`cholesky_jittered`);
+    x is undefined at level ``NOT_PD``. P is not modified."""
+    p = b.shape[0]
+    L = np.empty((p, p))
+    x = np.empty(p)
+    level = cholesky_jittered(P, L)
+    if level == NOT_PD:
+        return x, level
+    _lower_solve_into(L, b, x)
+    for k in range(p):
+        x[k] += z[k]
+    _upper_solve_into(L, x, x)
+    return x, level
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -417,6 +502,14 @@ def wishart_scale(S0: np.ndarray, beta: np.ndarray, theta: np.ndarray) -> np.nda
     return scale
 
 
+#: the name of the precision matrices P_j = Sigma^-1 + X_j'X_j / sigma2 in messages
+BETA_PRECISION = "the precision matrix of beta (group effects)"
+#: the matrices :func:`collapsed_sweep` factorises, in the order of its report's rows, as
+#: (name, jitter tried) (see :func:`multilevel.distributions.check_factorisations`)
+COLLAPSED_FACTORISATIONS = ((BETA_PRECISION, True), ("the precision matrix of theta and alpha (collapsed)", True),
+                            ("the inverse-Wishart scale matrix of Sigma", False))
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def collapsed_sweep(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, ZtZ: np.ndarray, Zty: np.ndarray,
                     b_ref: np.ndarray, a_ref: np.ndarray, rtr: float, Xtr: np.ndarray, Ztr: np.ndarray,
@@ -437,10 +530,13 @@ def collapsed_sweep(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, ZtZ: np.n
        Bartlett, chi2(eta0 + m - k) = 2 ``gammas[k]`` and ``iw_normals``;
     5. sigma2 = (sigma_rate0 + SSR / 2) / ``gammas[p]`` (the last gamma has shape (nu0 + N) / 2).
 
-    Returns (beta, alpha, theta, Sigma, Sigma^-1, sigma2, SSR, Sigma steps accepted, status):
-    status 0 on success, else the step that met a matrix that is not positive definite
-    (1: collapsed information, 2: theta/alpha precision, 3: beta, 4: inverse-Wishart scale);
-    the caller then redoes the sweep in NumPy with its jitter fallback and messages.
+    A precision that is not positive definite (the P_j = Sigma^-1 + X_j'X_j / sigma2 of steps 2
+    and 3, the P of step 2) is jittered (:func:`cholesky_jittered`). Returns (beta, alpha, theta,
+    Sigma, Sigma^-1, sigma2, SSR, Sigma steps accepted, report, level): report has one row
+    (largest level, group, groups jittered) per matrix of ``COLLAPSED_FACTORISATIONS``, and level
+    is the largest of its levels: 0 when every matrix was factorised as given. A row at level
+    ``NOT_PD`` (for the inverse-Wishart scale: not positive definite, no jitter tried) ends the
+    sweep there; the state returned is then incomplete.
     """
     m, p = Xty.shape
     r = alpha.shape[0]
@@ -457,9 +553,9 @@ def collapsed_sweep(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, ZtZ: np.n
             U[j, a] = t
     v = sigma_coordinates(Sigma, R)
     Sigma, Sigma_inv, accepted = sigma_metropolis(v, R, U, XtX, sigma2, S0, eta0, step, v_scale, mh_normals, log_u)
-    XVX, XVy, XVZ, ZVZ, ZVy, failed = collapsed_information(XtX, Xty, XtZ, Sigma_inv, sigma2)
-    if failed >= 0:
-        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 1
+    XVX, XVy, XVZ, ZVZ, ZVy, beta_report = collapsed_information(XtX, Xty, XtZ, Sigma_inv, sigma2)
+    if beta_report[0] == NOT_PD:
+        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, (beta_report, AS_GIVEN, AS_GIVEN), NOT_PD
     P = prior_prec.copy()
     rhs = prior_shift.copy()
     for a in range(q):
@@ -473,19 +569,24 @@ def collapsed_sweep(XtX: np.ndarray, Xty: np.ndarray, XtZ: np.ndarray, ZtZ: np.n
         for d in range(r):
             P[q + c, q + d] += 0.5 * (ZVZ[c, d] + ZVZ[d, c]) + 0.5 * (ZtZ[c, d] + ZtZ[d, c]) / sigma2
         rhs[q + c] += ZVy[c] + Zty[c] / sigma2
-    draw, ok = _mvn_precision_single(P, rhs, ta_normals)
-    if not ok:
-        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 2
+    draw, level = mvn_precision_jittered(P, rhs, ta_normals)
+    ta_report = noted(AS_GIVEN, level, -1)
+    if level == NOT_PD:
+        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, (beta_report, ta_report, AS_GIVEN), NOT_PD
     theta = np.zeros(p)
     for a in range(q):
         theta[free[a]] = draw[a]
     alpha = draw[q:].copy()
-    beta, failed = gaussian_beta_draw(XtX, Xty, XtZ, alpha, Sigma_inv, theta, sigma2, beta_normals)
-    if failed >= 0:
-        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 3
+    beta, draw_report = gaussian_beta_draw(XtX, Xty, XtZ, alpha, Sigma_inv, theta, sigma2, beta_normals)
+    if draw_report[0] > beta_report[0]:  # the P_j of step 2 again: reported once
+        beta_report = draw_report
+    if beta_report[0] == NOT_PD:
+        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, (beta_report, ta_report, AS_GIVEN), NOT_PD
     Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(wishart_scale(S0, beta, theta), 2.0 * gammas[:p], iw_normals)
     if not ok:
-        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted, 4
+        return (beta, alpha, theta, Sigma, Sigma_inv, sigma2, 0.0, accepted,
+                (beta_report, ta_report, (NOT_PD, -1, 0)), NOT_PD)
     ssr = _ssr_from_stats(XtX, XtZ, ZtZ, b_ref, a_ref, rtr, Xtr, Ztr, beta, alpha)
     sigma2 = (sigma_rate0 + 0.5 * ssr) / gammas[p]
-    return beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, 0
+    return (beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, (beta_report, ta_report, AS_GIVEN),
+            max(beta_report[0], ta_report[0]))

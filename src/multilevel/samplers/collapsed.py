@@ -32,9 +32,13 @@ van Dyk and Park 2008; the order matters):
 5. sigma2 | beta, alpha from its inverse-gamma full conditional.
 
 The sweep runs as one compiled call (:func:`multilevel.linalg.collapsed_sweep`) on random
-numbers drawn beforehand from the chain's NumPy Generator (:meth:`CollapsedGibbs.draw_inputs`);
-:meth:`CollapsedGibbs.sweep_numpy` is the same sweep step by step in NumPy, the reference
-of the tests and the fallback when a matrix is not positive definite.
+numbers drawn beforehand from the chain's NumPy Generator (:meth:`CollapsedGibbs.draw_inputs`).
+A precision matrix that is not positive definite (a group's P_j, or that of step 2) is retried
+there with a small relative jitter on its diagonal, P + jitter * mean(|diag P|) * I for jitter
+in :data:`multilevel.linalg.JITTERS`, and :meth:`CollapsedGibbs.step` warns that it was; past
+the largest jitter, or with an inverse-Wishart scale that is not positive definite, the step
+raises :class:`FloatingPointError` naming the matrix. The same sweep step by step in NumPy,
+from the same random inputs, is the tests' reference (``tests/reference_sweeps.py``).
 """
 
 from __future__ import annotations
@@ -44,9 +48,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..distributions import mvn_from_precision, weak_information_share
-from ..linalg import (collapsed_information, collapsed_sweep, inverse_wishart_from_bartlett, sigma_coordinates,
-                      sigma_metropolis)
+from ..distributions import check_factorisations, weak_information_share
+from ..linalg import COLLAPSED_FACTORISATIONS, collapsed_sweep, sigma_coordinates
 from ..priors import Priors
 from ..suffstats import GaussianStats, residual_sum_of_squares
 from .gibbs import initial_values
@@ -136,63 +139,6 @@ class CollapsedGibbs:
         return SweepInputs(normals[:a].reshape(k, d), log_u, normals[a:b], normals[b:c].reshape(m, p), gammas,
                            normals[c:])
 
-    # -- the sweep in NumPy (reference, and the fallback with jitter and messages) -------
-    def residual_cross(self, theta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        """U_j = X_j'(y_j - X_j theta - Z_j alpha) for all groups."""
-        st = self.stats
-        return st.Xty - st.XtX @ theta - (st.XtZ @ alpha if alpha.shape[0] else 0.0)
-
-    def move_Sigma(self, state: CollapsedState, u: SweepInputs) -> tuple[np.ndarray, np.ndarray, int]:
-        """The sweep's Metropolis steps on Sigma (one per row of ``u.mh_normals``) with the beta_j integrated out
-        (compiled: :func:`multilevel.linalg.sigma_metropolis`); returns the number accepted."""
-        U = self.residual_cross(state.theta, state.alpha)
-        v = sigma_coordinates(state.Sigma, state.R)
-        return sigma_metropolis(v, state.R, U, self.stats.XtX, float(state.sigma2), self._S0,
-                                float(self.priors.eta0), float(np.exp(state.log_step)), state.v_scale, u.mh_normals,
-                                u.log_u)
-
-    def draw_theta_alpha(self, Sigma_inv: np.ndarray, sigma2: float, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(theta_f, alpha) | Sigma, sigma2, y with the beta_j integrated out (Gaussian), from normals z."""
-        st, free = self.stats, self.theta_free
-        p, r = Sigma_inv.shape[0], st.ZtZ.shape[0]
-        q = int(free.sum())
-        XVX, XVy, XVZ, ZVZ, ZVy, failed = collapsed_information(st.XtX, st.Xty, st.XtZ, Sigma_inv, float(sigma2))
-        if failed >= 0:
-            raise FloatingPointError(f"the precision of beta in group {failed} is not positive definite (collapsed step)")
-        info = np.zeros((q + r, q + r))
-        rhs = np.zeros(q + r)
-        info[:q, :q] = XVX[np.ix_(free, free)]
-        rhs[:q] = XVy[free]
-        if r:
-            info[q:, q:] = ZVZ + st.ZtZ / sigma2
-            info[:q, q:] = XVZ[free]
-            info[q:, :q] = XVZ[free].T
-            rhs[q:] = ZVy + st.Zty / sigma2
-        P = self._prec + 0.5 * (info + info.T)
-        draw = mvn_from_precision(P, self._shift + rhs, z, "theta and alpha (collapsed)")
-        theta = np.zeros(p)
-        theta[free] = draw[:q]
-        return theta, draw[q:]
-
-    def sweep_numpy(self, state: CollapsedState, u: SweepInputs) -> tuple:
-        """The sweep of :func:`multilevel.linalg.collapsed_sweep` step by step in NumPy, from the
-        same random inputs; a precision that is not positive definite gets the jitter fallback
-        of :func:`multilevel.distributions.mvn_from_precision` or a FloatingPointError naming it."""
-        pr, st = self.priors, self.stats
-        Sigma, Sigma_inv, accepted = self.move_Sigma(state, u)
-        sigma2 = float(state.sigma2)
-        theta, alpha = self.draw_theta_alpha(Sigma_inv, sigma2, u.ta_normals)
-        P = Sigma_inv + st.XtX / sigma2
-        rhs = Sigma_inv @ theta + (st.Xty - (st.XtZ @ alpha if alpha.shape[0] else 0.0)) / sigma2
-        beta = mvn_from_precision(P, rhs, u.beta_normals, "beta (group effects)")
-        dev = beta - theta
-        Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(pr.S0 + dev.T @ dev, 2.0 * u.gammas[:-1], u.iw_normals)
-        if not ok:
-            raise FloatingPointError("the inverse-Wishart scale matrix of Sigma is not positive definite")
-        ssr = residual_sum_of_squares(st, beta, alpha)
-        sigma2 = (self._sigma_rate0 + 0.5 * ssr) / u.gammas[-1]
-        return beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, 0
-
     # -- the kernel -----------------------------------------------------------------
     def init(self, rng: np.random.Generator) -> CollapsedState:
         theta, alpha, Sigma, sigma2 = initial_values(self.priors, self.theta_free, rng)
@@ -217,17 +163,18 @@ class CollapsedGibbs:
 
     def step(self, state: CollapsedState, rng: np.random.Generator) -> CollapsedState:
         """One sweep: Sigma (collapsed Metropolis), (theta, alpha) collapsed, beta, Sigma, sigma2,
-        in one compiled call (:func:`multilevel.linalg.collapsed_sweep`); NumPy redoes a sweep
-        that met a matrix that is not positive definite (:meth:`sweep_numpy`)."""
+        in one compiled call (:func:`multilevel.linalg.collapsed_sweep`); a precision it had to
+        jitter is warned about, one that failed raises FloatingPointError
+        (:func:`multilevel.distributions.check_factorisations`)."""
         st, u = self.stats, self.draw_inputs(rng, state.n_steps)
         out = collapsed_sweep(st.XtX, st.Xty, st.XtZ, st.ZtZ, st.Zty, st.b_ref, st.a_ref, float(st.rtr), st.Xtr,
                               st.Ztr, self._free_index, self._prec, self._shift, self._S0, float(self.priors.eta0),
                               self._sigma_rate0, state.theta, state.alpha, state.Sigma, float(state.sigma2), state.R,
                               float(np.exp(state.log_step)), state.v_scale, u.mh_normals, u.log_u, u.ta_normals, u.beta_normals,
                               u.gammas, u.iw_normals)
-        if out[-1]:
-            out = self.sweep_numpy(state, u)
-        beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, _ = out
+        beta, alpha, theta, Sigma, Sigma_inv, sigma2, ssr, accepted, report, level = out
+        if level:
+            check_factorisations(report, COLLAPSED_FACTORISATIONS)
         if not np.isfinite(sigma2) or sigma2 <= 0:
             raise FloatingPointError(f"sigma2 drew {sigma2!r} (residual sum of squares {ssr!r})")
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv,

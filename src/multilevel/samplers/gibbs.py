@@ -26,8 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..distributions import inverse_gamma, inverse_wishart, mvn_from_precision
-from ..linalg import gaussian_beta_draw
+from ..distributions import check_factorisations, inverse_gamma, inverse_wishart, mvn_from_precision
+from ..linalg import BETA_PRECISION, gaussian_beta_draw
 from ..priors import Priors
 from ..suffstats import GaussianStats, residual_sum_of_squares
 
@@ -49,15 +49,13 @@ class GibbsState(NamedTuple):
 def draw_beta(stats: GaussianStats, state: GibbsState, rng: np.random.Generator) -> np.ndarray:
     """All groups' beta_j from their full conditional at once (one compiled pass over the
     groups: :func:`multilevel.linalg.gaussian_beta_draw`); a precision that is not positive
-    definite is retried with jitter by :func:`multilevel.distributions.mvn_from_precision`."""
+    definite is jittered there, with a warning here, or named in a FloatingPointError."""
     s2 = float(state.sigma2)
     z = rng.standard_normal(stats.Xty.shape)
-    beta, failed = gaussian_beta_draw(stats.XtX, stats.Xty, stats.XtZ, state.alpha, state.Sigma_inv, state.theta, s2, z)
-    if failed < 0:
-        return beta
-    P = state.Sigma_inv + stats.XtX / s2
-    rhs = state.Sigma_inv @ state.theta + (stats.Xty - stats.XtZ @ state.alpha) / s2
-    return mvn_from_precision(P, rhs, z, "beta (group effects)")
+    beta, report = gaussian_beta_draw(stats.XtX, stats.Xty, stats.XtZ, state.alpha, state.Sigma_inv, state.theta, s2, z)
+    if report[0]:
+        check_factorisations((report,), ((BETA_PRECISION, True),))
+    return beta
 
 
 def draw_alpha(

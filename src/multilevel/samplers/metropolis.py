@@ -72,9 +72,15 @@ keeps them on; ``False`` (``sampler="centred"``) leaves them out: theta and Sigm
 their Gibbs draws alone, as in the specification.
 
 The sweep runs as one compiled call (:func:`multilevel.glmsweep.glm_sweep`) on random
-numbers drawn beforehand from the chain's NumPy Generator (:meth:`GLMMetropolis.draw_inputs`);
-:meth:`GLMMetropolis.sweep_numpy` is the same sweep move by move in NumPy (``compiled=False``):
-the reference of the tests, and the fallback when a matrix is not positive definite.
+numbers drawn beforehand from the chain's NumPy Generator (:meth:`GLMMetropolis.draw_inputs`).
+A precision matrix that is not positive definite is retried there with a small relative jitter
+on its diagonal, P + jitter * mean(|diag P|) * I for jitter in :data:`multilevel.linalg.JITTERS`:
+a group's Sigma^-1 + H_j, which only shapes the proposals of beta_j, alpha and theta (the moves
+stay exact with the jittered matrix), and the precision of theta's Gibbs draw (which the jitter
+perturbs slightly). :meth:`GLMMetropolis.step` warns that a jitter was needed; past the largest,
+or with an inverse-Wishart scale that is not positive definite, it raises
+:class:`FloatingPointError` naming the matrix. The same sweep move by move in NumPy, from the
+same random inputs, is the tests' reference (``tests/reference_sweeps.py``).
 """
 
 from __future__ import annotations
@@ -84,11 +90,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..distributions import mvn_from_precision, weak_information_share
+from ..distributions import check_factorisations, weak_information_share
 from ..glmlik import group_information, group_loglik_grad
-from ..glmsweep import beta_step_sizes, glm_sweep
-from ..linalg import (inverse_wishart_from_bartlett, mvn_precision_batch, sigma_coordinates, sigma_from_coordinates,
-                      solve_spd_batch)
+from ..glmsweep import GLM_FACTORISATIONS, beta_step_sizes, glm_sweep
+from ..linalg import sigma_coordinates, solve_spd_batch
 from ..priors import Priors
 
 PROPOSALS = ("laplace", "textbook")
@@ -229,12 +234,6 @@ def group_level_columns(X: np.ndarray, Z: np.ndarray, starts: np.ndarray, tol: f
             np.ascontiguousarray(np.column_stack(weights)) if weights else np.zeros((m, 0)))
 
 
-def mvn_logpdf_kernel(beta: np.ndarray, theta: np.ndarray, Sigma_inv: np.ndarray) -> np.ndarray:
-    """-0.5 (beta_j - theta)' Sigma^-1 (beta_j - theta) for every group (the part that varies)."""
-    d = beta - theta
-    return -0.5 * np.einsum("jk,kl,jl->j", d, Sigma_inv, d)
-
-
 @dataclass(frozen=True)
 class GLMMetropolis:
     """Metropolis-within-Gibbs kernel for Poisson, binomial and Bernoulli hierarchical models."""
@@ -248,7 +247,6 @@ class GLMMetropolis:
     b_start: np.ndarray | None = None  # per-group fits: where H_j is first evaluated
     alpha_info: np.ndarray | None = None  # pooled Fisher information of alpha
     interweave: bool | None = None  # the non-centred theta and Sigma moves: on, off, or None (chosen in warm-up)
-    compiled: bool = True  # the sweep as one compiled call; False runs its NumPy form (same draws)
     alpha_steps: int = 1  # joint (alpha, beta, theta) moves per sweep (Model: :func:`default_alpha_steps`)
     partial_steps: int | None = None  # partially non-centred theta and Sigma moves per sweep (None: chosen in warm-up)
 
@@ -353,236 +351,6 @@ class GLMMetropolis:
                               normals[b:c], normals[d:e].reshape(n_partial, q), log_u[m + k:m + k + n_partial], gammas,
                               normals[c:d], normals[e:].reshape(n_partial, v), log_u[m + k + n_partial:])
 
-    # -- the sweep in NumPy (reference of the compiled sweep, and its fallback) ----------
-    def update_beta(self, state: GLMState, z: np.ndarray, log_u: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """All groups' Metropolis(-Hastings) steps at once; returns (beta, ll, grad, accepted)."""
-        m, p = state.beta.shape
-        if self.proposal == "textbook":
-            L = np.linalg.cholesky(state.Sigma)
-            proposal = state.beta + np.exp(state.log_scale[0]) * (z @ L.T)
-            ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
-            log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
-                         - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv))
-        else:
-            drift, noise = self.beta_step_sizes(state.log_scale)
-            a, b = drift[:, None], noise[:, None]
-            P = np.ascontiguousarray(state.Sigma_inv + state.info[:, :p, :p])
-            g = state.grad[:, :p] - (state.beta - state.theta) @ state.Sigma_inv
-            step = np.empty((m, p))
-            failed = mvn_precision_batch(P.copy(), a * g, b * z, step)
-            if failed >= 0:
-                raise FloatingPointError(f"the proposal precision of beta in group {failed} is not positive definite")
-            proposal = state.beta + step
-            ll_new, grad_new = self.loglik_grad(proposal, state.alpha)
-            g_new = grad_new[:, :p] - (proposal - state.theta) @ state.Sigma_inv
-            Vg_new, _ = solve_spd_batch(P, g_new[:, :, None])
-            back = state.beta - proposal - a * Vg_new[:, :, 0]
-            log_q_back = -0.5 * np.einsum("jk,jkl,jl->j", back, P, back) / (noise ** 2)
-            log_q_fwd = -0.5 * np.sum(z * z, axis=1)
-            log_ratio = (ll_new - state.ll + mvn_logpdf_kernel(proposal, state.theta, state.Sigma_inv)
-                         - mvn_logpdf_kernel(state.beta, state.theta, state.Sigma_inv) + log_q_back - log_q_fwd)
-        accept = log_u < log_ratio  # NaN or -inf never accept
-        beta = np.where(accept[:, None], proposal, state.beta)
-        ll = np.where(accept, ll_new, state.ll)
-        grad = np.where(accept[:, None], grad_new, state.grad)
-        return beta, ll, grad, accept
-
-    def joint_gradient(self, state: GLMState, M: np.ndarray, alpha: np.ndarray, beta: np.ndarray, theta: np.ndarray,
-                       grad: np.ndarray) -> np.ndarray:
-        """Gradient in delta, at delta = 0, of the log density along the joint move
-        (alpha + delta, beta_j - M_j delta, theta_f - mean_j(M_j delta)_f)."""
-        pr, free = self.priors, self.theta_free
-        p = beta.shape[1]
-        Mbar = M.mean(axis=0)  # (p, r)
-        Fm = np.where(free[:, None], Mbar, 0.0)
-        g = grad[:, p:].sum(axis=0) - np.einsum("jkr,jk->r", M, grad[:, :p])
-        g -= self._alpha_prec @ (alpha - pr.alpha_mean)
-        dev = (beta - theta) @ state.Sigma_inv  # (m, p)
-        g += np.einsum("jkr,jk->r", M, dev) - Fm.T @ dev.sum(axis=0)
-        if free.any():
-            g += Mbar[free].T @ (self._theta_prec @ (theta[free] - pr.mu0))
-        return g
-
-    def update_alpha(self, state: GLMState, alpha: np.ndarray, theta: np.ndarray, beta: np.ndarray, ll: np.ndarray,
-                     grad: np.ndarray, z: np.ndarray, log_u: float):
-        """The joint (alpha, beta, theta) move of the module docstring, as a Langevin step:
-        delta = (s^2 / 2) C g + s L_C z, with g the gradient along the move and the
-        Metropolis-Hastings correction for the drift. Returns (alpha, beta, theta, ll, grad, accepted)."""
-        r = alpha.shape[0]
-        if not r:
-            return alpha, beta, theta, ll, grad, False
-        pr = self.priors
-        s = np.exp(state.log_scale_alpha)
-        L = state.alpha_chol
-        C = L @ L.T
-        M, _ = self.alpha_shift(state.info, state.Sigma_inv)
-        g = self.joint_gradient(state, M, alpha, beta, theta, grad)
-        delta = 0.5 * s * s * (C @ g) + s * (L @ z)
-        alpha_new = alpha + delta
-        shift = M @ delta
-        beta_new = beta - shift
-        theta_new = theta.copy()
-        theta_new[self.theta_free] -= shift.mean(axis=0)[self.theta_free]
-        ll_new, grad_new = self.loglik_grad(beta_new, alpha_new)
-        g_new = self.joint_gradient(state, M, alpha_new, beta_new, theta_new, grad_new)
-        back = np.linalg.solve(L, -delta - 0.5 * s * s * (C @ g_new)) / s  # whitened reverse step
-
-        def log_prior(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> float:
-            d = a - pr.alpha_mean
-            f = t[self.theta_free] - pr.mu0
-            return (-0.5 * float(d @ self._alpha_prec @ d) - 0.5 * float(f @ self._theta_prec @ f)
-                    + float(mvn_logpdf_kernel(b, t, state.Sigma_inv).sum()))
-
-        log_ratio = (float(ll_new.sum() - ll.sum()) + log_prior(alpha_new, beta_new, theta_new)
-                     - log_prior(alpha, beta, theta) - 0.5 * float(back @ back) + 0.5 * float(z @ z))
-        if log_u < log_ratio:
-            return alpha_new, beta_new, theta_new, ll_new, grad_new, True
-        return alpha, beta, theta, ll, grad, False
-
-    def draw_theta_alpha(self, beta: np.ndarray, alpha: np.ndarray, Sigma_inv: np.ndarray, z: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """theta and the group-level columns c of alpha by Gibbs in hierarchical centring
-        (:func:`multilevel.glmsweep.theta_alpha_gibbs`, the compiled form): b_j = beta_j + W_j alpha_c,
-        (theta_f, alpha_c) ~ MVN(P^-1 h, P^-1) with D_j = [E_f, W_j],
-        P = diag(Lambda0^-1, A0^-1_cc) + sum_j D_j' Sigma^-1 D_j,
-        h = (Lambda0^-1 mu0, [A0^-1 a0]_c - [A0^-1]_c,rest alpha_rest) + sum_j D_j' Sigma^-1 b_j;
-        then beta_j = b_j - W_j alpha_c. Returns (theta, alpha, beta)."""
-        cols, terms, weight = self.group_level
-        free = self._free_index
-        m, p = beta.shape
-        q, k = free.shape[0], cols.shape[0]
-        theta = np.zeros(p)
-        if not q + k:
-            return theta, alpha, beta
-        D = np.zeros((m, p, q + k))
-        D[:, free, np.arange(q)] = 1.0
-        for c in range(k):
-            D[:, terms[c], q + c] = weight[:, c]
-        b = beta + np.einsum("jpc,c->jp", D[:, :, q:], alpha[cols])
-        prior_prec = np.zeros((q + k, q + k))
-        prior_prec[:q, :q] = self._theta_prec
-        prior_prec[q:, q:] = self._alpha_prec[np.ix_(cols, cols)]
-        rest = np.ones(alpha.shape[0], dtype=bool)
-        rest[cols] = False
-        h = np.concatenate([self._theta_shift,
-                            (self._alpha_prec @ self.priors.alpha_mean)[cols]
-                            - self._alpha_prec[np.ix_(cols, rest)] @ alpha[rest]])
-        P = prior_prec + np.einsum("jad,ab,jbe->de", D, Sigma_inv, D)
-        h = h + np.einsum("jad,ab,jb->d", D, Sigma_inv, b)
-        x = mvn_from_precision(P, h, z, "theta")
-        theta[free] = x[:q]
-        alpha = alpha.copy()
-        alpha[cols] = x[q:]
-        return theta, alpha, b - np.einsum("jpc,c->jp", D[:, :, q:], x[q:])
-
-    def laplace_factors(self, Sigma_inv: np.ndarray, info: np.ndarray, h: np.ndarray, theta: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray, float]:
-        """(L_j, mean_j, sum_j log det L_j): P_j = Sigma^-1 + H_j = L_j L_j' and
-        mean_j = P_j^-1 (h_j + Sigma^-1 theta), the Laplace approximation of beta_j | y_j, theta, alpha, Sigma."""
-        p = Sigma_inv.shape[0]
-        L = np.linalg.cholesky(Sigma_inv + info[:, :p, :p])
-        mean = np.linalg.solve(Sigma_inv + info[:, :p, :p], (h + Sigma_inv @ theta)[:, :, None])[:, :, 0]
-        return L, mean, float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
-
-    def likelihood_linear_term(self, state: GLMState, alpha: np.ndarray) -> np.ndarray:
-        """h_j(alpha) = h_ref_j - G_j (alpha - alpha_ref) (:func:`multilevel.glmsweep.likelihood_linear_term`)."""
-        p = state.beta.shape[1]
-        return state.h_ref - np.einsum("jac,c->ja", state.info[:, :p, p:], alpha - state.alpha_ref)
-
-    def update_theta_partial(self, state: GLMState, beta: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
-                             ll: np.ndarray, grad: np.ndarray, z: np.ndarray, log_u: float):
-        """The partially non-centred theta move (:func:`multilevel.glmsweep.theta_partial_step`):
-        theta* = theta + delta, beta*_j = beta_j + (Sigma^-1 + H_j)^-1 Sigma^-1 delta.
-        Returns (theta, beta, ll, grad, accepted)."""
-        free = self.theta_free
-        if not free.any():
-            return theta, beta, ll, grad, False
-        p = beta.shape[1]
-        delta = np.zeros(p)
-        delta[free] = np.exp(state.log_scale_theta) * (state.theta_chol @ z)
-        theta_new = theta + delta
-        Sd = np.tile(state.Sigma_inv @ delta, (beta.shape[0], 1))[:, :, None]
-        beta_new = beta + np.linalg.solve(state.Sigma_inv + state.info[:, :p, :p], Sd)[:, :, 0]
-        ll_new, grad_new = self.loglik_grad(beta_new, alpha)
-
-        def log_prior(t: np.ndarray, b: np.ndarray) -> float:
-            d = t[free] - self.priors.mu0
-            return -0.5 * float(d @ self._theta_prec @ d) + float(mvn_logpdf_kernel(b, t, state.Sigma_inv).sum())
-
-        log_ratio = float(ll_new.sum() - ll.sum()) + log_prior(theta_new, beta_new) - log_prior(theta, beta)
-        if log_u < log_ratio:
-            return theta_new, beta_new, ll_new, grad_new, True
-        return theta, beta, ll, grad, False
-
-    def draw_Sigma(self, beta: np.ndarray, theta: np.ndarray, gammas: np.ndarray, normals: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Sigma | beta, theta ~ inverse-Wishart(eta0 + m, [S0 + sum_j (beta_j - theta)(beta_j - theta)']^-1)
-        by Bartlett: chi2(eta0 + m - k) = 2 gammas[k], the lower entries ``normals``."""
-        dev = beta - theta
-        Sigma, Sigma_inv, ok = inverse_wishart_from_bartlett(self.priors.S0 + dev.T @ dev, 2.0 * gammas, normals)
-        if not ok:
-            raise FloatingPointError("the inverse-Wishart scale matrix of Sigma is not positive definite")
-        return Sigma, Sigma_inv
-
-    def log_prior_Sigma(self, Sigma_inv: np.ndarray, logdet: float) -> float:
-        """log inverse-Wishart(eta0, S0) density of Sigma, up to a constant."""
-        p = Sigma_inv.shape[0]
-        return -0.5 * (self.priors.eta0 + p + 1) * logdet - 0.5 * float(np.sum(self.priors.S0 * Sigma_inv))
-
-    def update_Sigma_partial(self, state: GLMState, beta: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
-                             Sigma: np.ndarray, Sigma_inv: np.ndarray, ll: np.ndarray, grad: np.ndarray, z: np.ndarray,
-                             log_u: np.ndarray):
-        """The partially non-centred Sigma moves (:func:`multilevel.glmsweep.Sigma_partial_steps`), one per
-        row of ``z``: beta*_j = mean*_j + L*_j'^-1 L_j' (beta_j - mean_j).
-        Returns (Sigma, Sigma_inv, beta, ll, grad, number accepted)."""
-        R, m = state.R, beta.shape[0]
-        h = self.likelihood_linear_term(state, alpha)
-        v = sigma_coordinates(Sigma, R)
-        _, _, _, logdet, log_jac = sigma_from_coordinates(v, R)
-        L, mean, half_logdet = self.laplace_factors(Sigma_inv, state.info, h, theta)
-        accepted = 0
-        for z_k, log_u_k in zip(z, log_u):
-            proposal = v + np.exp(state.log_step_Sigma) * state.v_scale * z_k
-            _, S_new, Si_new, logdet_new, log_jac_new = sigma_from_coordinates(proposal, R)
-            L_new, mean_new, half_logdet_new = self.laplace_factors(Si_new, state.info, h, theta)
-            e = np.einsum("jca,jc->ja", L, beta - mean)
-            beta_new = mean_new + np.linalg.solve(np.swapaxes(L_new, 1, 2), e[:, :, None])[:, :, 0]
-            ll_new, grad_new = self.loglik_grad(beta_new, alpha)
-            log_ratio = (float(ll_new.sum() - ll.sum())
-                         + float(mvn_logpdf_kernel(beta_new, theta, Si_new).sum())
-                         - float(mvn_logpdf_kernel(beta, theta, Sigma_inv).sum()) - 0.5 * m * (logdet_new - logdet)
-                         + self.log_prior_Sigma(Si_new, logdet_new) + log_jac_new
-                         - self.log_prior_Sigma(Sigma_inv, logdet) - log_jac + half_logdet - half_logdet_new)
-            if log_u_k < log_ratio:
-                accepted += 1
-                v, Sigma, Sigma_inv, logdet, log_jac = proposal, S_new, Si_new, logdet_new, log_jac_new
-                beta, ll, grad, L, mean, half_logdet = beta_new, ll_new, grad_new, L_new, mean_new, half_logdet_new
-        return Sigma, Sigma_inv, beta, ll, grad, accepted
-
-    def sweep_numpy(self, state: GLMState, u: GLMSweepInputs) -> GLMState:
-        """One sweep step by step in NumPy, from the random inputs ``u``."""
-        beta, ll, grad, accept = self.update_beta(state, u.z_beta, u.u_beta)
-        alpha, theta, accepted = state.alpha, state.theta, 0
-        for z, log_u in zip(u.z_alpha, u.u_alpha):
-            alpha, beta, theta, ll, grad, ok = self.update_alpha(state, alpha, theta, beta, ll, grad, z, log_u)
-            accepted += ok
-        accept_alpha = accepted / self.alpha_steps
-        theta, alpha, beta = self.draw_theta_alpha(beta, alpha, state.Sigma_inv, u.z_theta)
-        accept_theta, accept_Sigma = 0.0, 0.0
-        if state.interweave and self.theta_free.any():
-            for z, log_u in zip(u.z_theta_nc, u.u_theta):
-                theta, beta, ll, grad, ok = self.update_theta_partial(state, beta, alpha, theta, ll, grad, z, log_u)
-                accept_theta += ok / u.u_theta.shape[0]
-        Sigma, Sigma_inv = self.draw_Sigma(beta, theta, u.gammas, u.iw_normals)
-        if state.interweave:
-            Sigma, Sigma_inv, beta, ll, grad, accepted = self.update_Sigma_partial(
-                state, beta, alpha, theta, Sigma, Sigma_inv, ll, grad, u.z_Sigma, u.u_Sigma)
-            accept_Sigma = accepted / max(u.u_Sigma.shape[0], 1)
-        return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
-                              accept_beta=accept, accept_alpha=accept_alpha, accept_theta=accept_theta,
-                              accept_Sigma=accept_Sigma)
-
     # -- the kernel -----------------------------------------------------------------
     def init(self, rng: np.random.Generator) -> GLMState:
         """Start near the per-group fits (jittered), theta and alpha from their priors' means
@@ -617,12 +385,9 @@ class GLMMetropolis:
 
     def step(self, state: GLMState, rng: np.random.Generator) -> GLMState:
         """One sweep with the proposal scales and information held fixed: one compiled call
-        (:func:`multilevel.glmsweep.glm_sweep`), or :meth:`sweep_numpy` when ``compiled`` is
-        off or the compiled sweep met a matrix that is not positive definite (the NumPy form
-        then retries with jitter or names the failure)."""
+        (:func:`multilevel.glmsweep.glm_sweep`); a precision it had to jitter is warned about, one
+        that failed raises FloatingPointError (:func:`multilevel.distributions.check_factorisations`)."""
         u = self.draw_inputs(rng, state.n_partial_steps if state.interweave else 0)
-        if not self.compiled:
-            return self.sweep_numpy(state, u)
         d, pr = self.data, self.priors
         out = glm_sweep(d.code, d.X, d.Z, d.offset, d.y, d.n, d.starts,
                         state.beta, state.alpha, state.theta, state.Sigma, state.Sigma_inv, state.ll, state.grad,
@@ -635,9 +400,10 @@ class GLMMetropolis:
                         *self.group_level, state.h_ref, state.alpha_ref, u.z_beta, u.u_beta, u.z_alpha, u.u_alpha,
                         u.z_theta, u.z_theta_nc, u.u_theta, u.gammas,
                         u.iw_normals, u.z_Sigma, u.u_Sigma)
-        if out[-1]:
-            return self.sweep_numpy(state, u)
-        beta, alpha, theta, Sigma, Sigma_inv, ll, grad, accept, accept_alpha, accept_theta, accept_Sigma, _ = out
+        (beta, alpha, theta, Sigma, Sigma_inv, ll, grad, accept, accept_alpha, accept_theta, accept_Sigma, report,
+         level) = out
+        if level:
+            check_factorisations(report, GLM_FACTORISATIONS)
         return state._replace(beta=beta, alpha=alpha, theta=theta, Sigma=Sigma, Sigma_inv=Sigma_inv, ll=ll, grad=grad,
                               accept_beta=accept, accept_alpha=float(accept_alpha), accept_theta=float(accept_theta),
                               accept_Sigma=float(accept_Sigma))
