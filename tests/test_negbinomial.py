@@ -28,6 +28,7 @@ from multilevel.blockstats import factor_layout
 from multilevel.errors import ModelError
 from multilevel.families import check_family, pointwise_loglik
 from multilevel.glmfit import pooled_glm
+from multilevel.priors import log_prior_phi
 from multilevel.run import run_chains
 from multilevel.samplers.negbinomial import NegBinomialGibbs, nb_phi_loglik
 
@@ -129,23 +130,24 @@ def test_negbinomial_sbc_small(name):
     assert result.rejected == [], result.report()
 
 
-class NoPhiPrior(NegBinomialGibbs):
-    """phi's step without its prior: it then targets the likelihood alone (a flat prior on log phi)."""
+class WrongPhiPrior(NegBinomialGibbs):
+    """phi's step with four times the prior's rate (a proper prior, not the one the truth comes from)."""
 
     def log_target_phi(self, eta, log_phi_a, log_phi_b):
-        return nb_phi_loglik(self.y, eta, log_phi_a, log_phi_b)
+        la, lb = nb_phi_loglik(self.y, eta, log_phi_a, log_phi_b)
+        return la + log_prior_phi(log_phi_a, 4 * self.phi_rate), lb + log_prior_phi(log_phi_b, 4 * self.phi_rate)
 
 
-def test_negbinomial_sbc_catches_a_missing_phi_prior(monkeypatch):
-    """The small one-factor run must reject phi's step without its prior."""
+def test_negbinomial_sbc_catches_a_wrong_phi_prior(monkeypatch):
+    """The small one-factor run must reject phi's step when its prior is not the model's."""
     original = nb_kernel
 
-    def flat(model, design):
+    def wrong(model, design):
         kernel = original(model, design)
-        kernel.__class__ = NoPhiPrior
+        kernel.__class__ = WrongPhiPrior
         return kernel
 
-    monkeypatch.setattr(__import__(__name__), "nb_kernel", flat)
+    monkeypatch.setattr(__import__(__name__), "nb_kernel", wrong)
     result = run_nb_sbc("one factor", n_reps=150, L=19, thin=3, warmup=100, bins=5, seed=1341)
     assert "log phi" in result.rejected, result.report()
 
