@@ -349,17 +349,26 @@ def run_glm_sbc(n_reps: int, L: int, thin: int, warmup: int, bins: int, seed: in
         a, Sigma, b, _ = draw_truth(rng, model)
         eta = F @ a + sum(np.einsum("ic,ic->i", f.Z, b[f.name][f.index]) for f in d.factors)
         design = replace(d, y=rng.binomial(1, logistic(eta)).astype(float))
-        kernel = pg_kernel(model, small_columns, design)
-        res = run_chains(kernel, chains=1, draws=L * thin, warmup=warmup, seed=int(rng.integers(2**32)), cores=1,
-                         progress=False)
-        draws = {k: sbc.thin(v[0], L) for k, v in res.draws.items()}
-        beta_true = {bet: a[np.maximum(f.mean_index, 0)] * (f.mean_index >= 0) + b[f.name]
-                     for f, bet in zip(d.factors, kernel.beta_names)}
-        truth = scalars(kernel.inner, model, a[d.theta_index], a[d.alpha_index],
-                        dict(zip(kernel.sigma_names, Sigma.values())), beta_true, None)
-        post = scalars(kernel.inner, model, draws["theta"], draws["alpha"], draws, draws, None)
+        truth, post, _ = truth_and_draws(pg_kernel(model, small_columns, design), model, a, Sigma, b, rng, L, thin,
+                                         warmup)
         all_ranks.append(sbc.ranks(truth, post))
     return sbc.collect(all_ranks, L, bins)
+
+
+def truth_and_draws(kernel, model: multilevel.Model, a, Sigma, b, rng: np.random.Generator, L: int, thin: int,
+                    warmup: int) -> tuple[dict, dict, dict]:
+    """One SBC replication of a several-factor kernel: one chain of ``warmup`` + L x thin sweeps
+    (seeded from ``rng``); the true scalars (:func:`test_crossed_sbc.scalars`) of (a, Sigma, b),
+    their L thinned draws, and all L thinned records."""
+    d = model.design
+    res = run_chains(kernel, chains=1, draws=L * thin, warmup=warmup, seed=int(rng.integers(2**32)), cores=1,
+                     progress=False)
+    draws = {k: sbc.thin(v[0], L) for k, v in res.draws.items()}
+    beta_true = {bet: a[np.maximum(f.mean_index, 0)] * (f.mean_index >= 0) + b[f.name]
+                 for f, bet in zip(d.factors, kernel.beta_names)}
+    truth = scalars(kernel.inner, model, a[d.theta_index], a[d.alpha_index],
+                    dict(zip(kernel.sigma_names, Sigma.values())), beta_true, None)
+    return truth, scalars(kernel.inner, model, draws["theta"], draws["alpha"], draws, draws, None), draws
 
 
 SMALL = dict(n_reps=200, L=19, thin=4, warmup=100, bins=5, seed=1301)

@@ -29,13 +29,13 @@ from multilevel.errors import ModelError
 from multilevel.families import check_family, pointwise_loglik
 from multilevel.glmfit import pooled_glm
 from multilevel.priors import log_prior_phi
-from multilevel.run import run_chains
 from multilevel.samplers.negbinomial import NegBinomialGibbs, nb_phi_loglik
 
 import sbc
 from clitools import run_main
 from lme4_crossed import DATA_DIR, LME4_CROSSED
-from test_crossed_sbc import draw_truth, scalars
+from test_crossed_glm import truth_and_draws
+from test_crossed_sbc import draw_truth
 
 NB = check_family("negbinomial")
 
@@ -110,15 +110,8 @@ def run_nb_sbc(name: str, n_reps: int, L: int, thin: int, warmup: int, bins: int
         eta = d.F @ a + sum(np.einsum("ic,ic->i", f.Z, b[f.name][f.index]) for f in d.factors)
         mu = np.exp(np.minimum(eta, 20.0))
         y = rng.poisson(mu * rng.gamma(phi, 1 / phi, mu.shape)).astype(float)
-        kernel = nb_kernel(model, replace(d, y=y))
-        res = run_chains(kernel, chains=1, draws=L * thin, warmup=warmup, seed=int(rng.integers(2**32)), cores=1,
-                         progress=False)
-        draws = {k: sbc.thin(v[0], L) for k, v in res.draws.items()}
-        beta_true = {bet: a[np.maximum(f.mean_index, 0)] * (f.mean_index >= 0) + b[f.name]
-                     for f, bet in zip(d.factors, kernel.beta_names)}
-        truth = scalars(kernel.inner, model, a[d.theta_index], a[d.alpha_index],
-                        dict(zip(kernel.sigma_names, Sigma.values())), beta_true, None)
-        post = scalars(kernel.inner, model, draws["theta"], draws["alpha"], draws, draws, None)
+        truth, post, draws = truth_and_draws(nb_kernel(model, replace(d, y=y)), model, a, Sigma, b, rng, L, thin,
+                                             warmup)
         truth["log phi"], post["log phi"] = np.log(phi), np.log(draws["phi"])
         all_ranks.append(sbc.ranks(truth, post))
     return sbc.collect(all_ranks, L, bins)
@@ -278,7 +271,8 @@ def test_cli_fit_negbinomial(tmp_path):
 @pytest.mark.parametrize("change, options, fragment", [
     (lambda d: d.assign(y=d["y"] + 0.5), {}, "non-integer"),
     (lambda d: d.assign(y=d["y"] - 3), {}, "negative"),
-    (lambda d: d, {"sampler": "auto"}, "sampler 'auto' fits poisson, binomial and bernoulli models, not negbinomial"),
+    (lambda d: d, {"sampler": "auto"}, "the negbinomial family is fitted by sampler 'polya-gamma' only, not 'auto'"),
+    (lambda d: d, {"sampler": "collapsed"}, "the negbinomial family is fitted by sampler 'polya-gamma' only"),
     (lambda d: d, {"priors": {"phi_rate": 0.0}}, "prior phi_rate must be a positive number"),
     (lambda d: d, {"priors": {"phi_rate": "a"}}, "prior phi_rate must be a positive number"),
 ])
@@ -302,3 +296,23 @@ def test_cli_non_count_response_exits_2(tmp_path):
                                 "--chains", 1, "--draws", 10, "--warmup", 10])
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "non-integer" in lines[0] and "count" in lines[0], stderr
+
+
+def test_registry_limits_negbinomial_only():
+    """negbinomial has Polya-Gamma only, for one term and several; the other families keep theirs."""
+    from multilevel.samplers import registry
+
+    assert registry.available(NB, 1) == registry.available(NB, 2) == ["polya-gamma"]
+    assert registry.available(check_family("gaussian"), 1) == ["collapsed", "interweaving", "centred"]
+    assert registry.available(check_family("poisson"), 1) == ["auto", "interweaving", "centred"]
+    assert registry.available(check_family("bernoulli"), 1)[-1] == "polya-gamma"
+
+
+def test_resumed_run_gives_the_uninterrupted_draws():
+    """A run continued from its sampler state (phi and its frozen step included) equals one run."""
+    model = multilevel.Model("y ~ x + (1 | g) + (1 | h)", small_frame(), family="negbinomial")
+    whole = model.fit(chains=2, draws=40, warmup=30, seed=4, cores=1, progress=False)
+    part = model.fit(chains=2, draws=20, warmup=30, seed=4, cores=1, progress=False)
+    more = model.resume(part, draws=20, cores=1, progress=False)
+    np.testing.assert_array_equal(more.posterior["phi"].values, whole.posterior["phi"].values)
+    np.testing.assert_array_equal(more.posterior["alpha"].values, whole.posterior["alpha"].values)

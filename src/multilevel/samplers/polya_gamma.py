@@ -46,6 +46,11 @@ Each sweep reads the rows twice (eta and the statistics); each kept draw once mo
 log-likelihood, sum_i [y_i eta_i - n_i log(1 + exp(eta_i))] (without log binomial(n_i, y_i),
 as the Metropolis kernel's), recorded as ``loglik`` (computed in :meth:`PolyaGammaGibbs.record`,
 so warm-up sweeps do not pay for it).
+
+The negative binomial reuses this kernel with n_i = y_i + phi, kappa_i = (y_i - phi) / 2 and the
+offset shifted by -log phi (:meth:`PolyaGammaGibbs.draw_omega` and
+:meth:`PolyaGammaGibbs.statistics` take them as arguments), plus a Metropolis step for phi:
+:mod:`multilevel.samplers.negbinomial`.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Each entry maps the names a user may pass as ``sampler=`` to a builder; the firs
 the default. A builder takes the design, the user's priors and the model's options and
 returns a :class:`Built`: the kernel with the statistics, estimates and resolved priors it
 was made from. :data:`SAMPLER_FAMILIES` limits a sampler to some families (Polya-Gamma
-augmentation: binomial, bernoulli and negbinomial, the only sampler of the last; the one-term
-Metropolis samplers: not negbinomial), so a family may have no sampler
+augmentation: binomial, bernoulli and negbinomial) and :data:`FAMILY_SAMPLERS` a family to some
+samplers (negbinomial: Polya-Gamma only, for one term too), so a family may have no sampler
 for a structure (Poisson with several terms); :data:`CROSSED_SAMPLERS` run on a
 :class:`~multilevel.design.CrossedDesign` even for one term.
 """
@@ -112,8 +112,9 @@ REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
 }
 
 #: the families a sampler fits, where not every family of its registry entries
-SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli", "negbinomial"),
-                    **{n: ("poisson", "binomial", "bernoulli") for n in ("auto", "interweaving", "centred")}}
+SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli", "negbinomial")}
+#: the samplers a family is limited to, where not every sampler of its registry entries
+FAMILY_SAMPLERS = {"negbinomial": ("polya-gamma",)}
 #: samplers that run on a CrossedDesign whatever the number of terms
 CROSSED_SAMPLERS = frozenset({"polya-gamma"})
 
@@ -138,7 +139,8 @@ def structure_of(n_terms: int) -> str:
 def available(family: Any, n_terms: int) -> list[str]:
     """The samplers of this family and structure, the default first."""
     entry = REGISTRY.get((family_kind(family), structure_of(n_terms)), {})
-    return [n for n in entry if family.name in SAMPLER_FAMILIES.get(n, (family.name,))]
+    return [n for n in entry if family.name in SAMPLER_FAMILIES.get(n, (family.name,))
+            and n in FAMILY_SAMPLERS.get(family.name, (n,))]
 
 
 def choose(family: Any, n_terms: int, sampler: str | None, formula: str, terms: str) -> str:
@@ -159,6 +161,9 @@ def choose(family: Any, n_terms: int, sampler: str | None, formula: str, terms: 
         fits = ", ".join(SAMPLER_FAMILIES[sampler][:-1]) + " and " + SAMPLER_FAMILIES[sampler][-1]
         raise ModelError(f"sampler {sampler!r} fits {fits} models, not {family.name}: leave sampler unset or use "
                          f"one of {', '.join(entry)}")
+    if family.name in FAMILY_SAMPLERS and sampler not in FAMILY_SAMPLERS[family.name]:
+        raise ModelError(f"the {family.name} family is fitted by sampler {', '.join(map(repr, entry))} only, not "
+                         f"{sampler!r}: leave sampler unset")
     if sampler not in entry:
         others = [k for k, e in REGISTRY.items() if k[0] == key[0] and sampler in e]
         if key[1] == "several terms" and others:
@@ -185,5 +190,5 @@ def crossed_design(n_terms: int, sampler: str) -> bool:
     return n_terms > 1 or sampler in CROSSED_SAMPLERS
 
 
-__all__ = ["Built", "CROSSED_SAMPLERS", "REGISTRY", "SAMPLER_FAMILIES", "available", "build", "choose",
+__all__ = ["Built", "CROSSED_SAMPLERS", "FAMILY_SAMPLERS", "REGISTRY", "SAMPLER_FAMILIES", "available", "build", "choose",
            "crossed_design", "describe", "structure_of"]
