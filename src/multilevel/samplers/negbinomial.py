@@ -70,18 +70,28 @@ def _softplus(x: float) -> float:
 
 
 @njit(cache=True)
-def nb_phi_loglik(y, eta, log_phi_a, log_phi_b):
+def nb_phi_loglik(y, eta, values, counts, log_phi_a, log_phi_b):
     """(sum_i log NB(y_i | exp(eta_i), phi) at phi = exp(log_phi_a) and at exp(log_phi_b)), without
     log y_i! (constant in phi), in one pass: log Gamma(y + phi) - log Gamma(phi) + phi log phi +
-    y eta - (y + phi) (log phi + softplus(eta - log phi))."""
+    y eta - (y + phi) (log phi + softplus(eta - log phi)). The log Gamma terms are summed over the
+    distinct responses ``values`` (``counts`` rows each: :func:`distinct_counts`), not the rows."""
     ra, rb = math.exp(log_phi_a), math.exp(log_phi_b)
     lga, lgb = math.lgamma(ra), math.lgamma(rb)
     ta, tb = 0.0, 0.0
+    for u in range(values.shape[0]):
+        ta += counts[u] * (math.lgamma(values[u] + ra) - lga)
+        tb += counts[u] * (math.lgamma(values[u] + rb) - lgb)
     for i in range(eta.shape[0]):
         yi, e = y[i], eta[i]
-        ta += math.lgamma(yi + ra) - lga + ra * log_phi_a + yi * e - (yi + ra) * (log_phi_a + _softplus(e - log_phi_a))
-        tb += math.lgamma(yi + rb) - lgb + rb * log_phi_b + yi * e - (yi + rb) * (log_phi_b + _softplus(e - log_phi_b))
+        ta += ra * log_phi_a + yi * e - (yi + ra) * (log_phi_a + _softplus(e - log_phi_a))
+        tb += rb * log_phi_b + yi * e - (yi + rb) * (log_phi_b + _softplus(e - log_phi_b))
     return ta, tb
+
+
+def distinct_counts(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``y`` and how many rows hold each (floats), for :func:`nb_phi_loglik`."""
+    values, counts = np.unique(np.asarray(y, dtype=float), return_counts=True)
+    return values, counts.astype(float)
 
 
 def moment_phi(y: np.ndarray, mu: np.ndarray) -> float:
@@ -105,11 +115,12 @@ class NegBinomialGibbs(PolyaGammaGibbs):
         eta0 = self.offset + np.asarray(design.F, dtype=float) @ np.asarray(a_start, dtype=float)
         self.phi_start = moment_phi(self.y, np.exp(np.minimum(eta0, 700.0)))
         self.log_y_factorial = float(np.sum(gammaln(self.y + 1.0)))
+        self.y_values, self.y_counts = distinct_counts(self.y)
 
     def log_target_phi(self, eta: np.ndarray, log_phi_a: float, log_phi_b: float) -> tuple[float, float]:
         """log p(y | eta, phi) + log p(log phi) at log phi = ``log_phi_a`` and ``log_phi_b``, up to
         one constant."""
-        la, lb = nb_phi_loglik(self.y, eta, log_phi_a, log_phi_b)
+        la, lb = nb_phi_loglik(self.y, eta, self.y_values, self.y_counts, log_phi_a, log_phi_b)
         return la + log_prior_phi(log_phi_a, self.phi_rate), lb + log_prior_phi(log_phi_b, self.phi_rate)
 
     def init(self, rng: np.random.Generator) -> NegBinomialState:
@@ -142,7 +153,8 @@ class NegBinomialGibbs(PolyaGammaGibbs):
 
     def loglik(self, t: np.ndarray, b: np.ndarray, log_phi: float = 0.0) -> float:
         """sum_i log NB(y_i | exp(eta_i), phi), normalising constants included."""
-        return float(nb_phi_loglik(self.y, self.eta(t, b), log_phi, log_phi)[0] - self.log_y_factorial)
+        return float(nb_phi_loglik(self.y, self.eta(t, b), self.y_values, self.y_counts, log_phi, log_phi)[0]
+                     - self.log_y_factorial)
 
     def record(self, state: NegBinomialState) -> dict[str, np.ndarray]:
         """theta, alpha, per factor Sigma and beta, ``phi``, ``loglik`` and ``accept_phi``."""
@@ -153,4 +165,5 @@ class NegBinomialGibbs(PolyaGammaGibbs):
         return out
 
 
-__all__ = ["NegBinomialGibbs", "NegBinomialState", "PHI_TARGET", "moment_phi", "nb_phi_loglik"]
+__all__ = ["NegBinomialGibbs", "NegBinomialState", "PHI_STEPS", "PHI_TARGET", "distinct_counts", "moment_phi",
+           "nb_phi_loglik"]
