@@ -316,3 +316,10 @@ def test_resumed_run_gives_the_uninterrupted_draws():
     more = model.resume(part, draws=20, cores=1, progress=False)
     np.testing.assert_array_equal(more.posterior["phi"].values, whole.posterior["phi"].values)
     np.testing.assert_array_equal(more.posterior["alpha"].values, whole.posterior["alpha"].values)
+
+
+def test_response_draws_stay_finite_for_huge_means_and_small_phi():
+    from multilevel.predict import draw_response
+
+    y = draw_response(NB, np.full((1, 200, 2), 45.0), np.random.default_rng(1), sigma2=np.full((1, 200), 0.05))
+    assert np.all(y >= 0)

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 
 KINDS = ("linear", "mean", "response")
 HDI_PROB = 0.94
-#: exp(eta) is capped at exp(EXP_CAP) when Poisson responses are drawn (numpy's limit is ~1e19)
+#: exp(eta) is capped at exp(EXP_CAP) when Poisson responses are drawn (numpy's limit is ~1e19),
+#: and so is the negative binomial's gamma-mixed rate
 EXP_CAP = 41.0
 
 
@@ -101,7 +102,8 @@ def draw_response(family: Family, eta: np.ndarray, rng: np.random.Generator,
         return rng.poisson(np.exp(np.minimum(eta, EXP_CAP)))
     if family.name == "negbinomial":
         phi = np.asarray(sigma2, dtype=float)[..., None]
-        return rng.poisson(np.exp(np.minimum(eta, EXP_CAP)) * rng.gamma(np.broadcast_to(phi, eta.shape)) / phi)
+        rate = np.exp(np.minimum(eta, EXP_CAP)) * rng.gamma(np.broadcast_to(phi, eta.shape)) / phi
+        return rng.poisson(np.minimum(rate, np.exp(EXP_CAP)))
     prob = inverse_link(family, eta)
     n = np.ones(eta.shape[-1], dtype=np.int64) if trials is None else np.asarray(trials).astype(np.int64)
     return rng.binomial(np.broadcast_to(n, eta.shape), prob)
