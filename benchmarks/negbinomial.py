@@ -10,6 +10,15 @@ parameters (theta, alpha, each factor's variance, phi) per CPU second of the who
 (warm-up included).
 
     PYTHONPATH=src python benchmarks/negbinomial.py [--draws 1000] [--warmup 500]
+
+Measured (2026-12-01, a shared 2-core machine under load, defaults: 2 chains x (500 + 1000) sweeps):
+
+* negbin.csv: 1.56 ms/sweep; min bulk ESS 1394 of 2000 draws (phi; theta, alpha and Sigma
+  higher) = 298 per CPU s; posterior mean phi 2.728 (glmer.nb: 2.730);
+* simulated crossed, 20,000 rows: 26.8 ms/sweep, of which about 21 ms are the Polya-Gamma draws
+  (``polyagamma`` with non-integer n_i = y_i + phi, about 1 us a row), 1.1 ms the weighted
+  statistics, 3.8 ms the four phi steps; min bulk ESS 1272 of 2000 (phi) = 15.8 per CPU s;
+  posterior mean phi 2.036 (true 2).
 """
 
 from __future__ import annotations
