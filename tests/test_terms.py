@@ -150,12 +150,12 @@ def test_several_terms_give_one_object_per_factor(formula, factors, blocks):
 
 
 def test_several_terms_refused_for_poisson_in_one_line():
-    """Poisson fits one term so far; binomial and bernoulli fit several (Polya-Gamma,
-    tests/test_crossed_glm.py)."""
+    """Poisson fits one term so far; binomial, bernoulli and negbinomial fit several (Polya-Gamma,
+    tests/test_crossed_glm.py, tests/test_negbinomial.py)."""
     df = crossed_data().assign(y=lambda d: (d["y"] > 1).astype(int))
     with pytest.raises(ModelError, match=r"several random-effects terms \(\(1 \| batch\), \(1 \| s\)\); the "
-                       r"poisson family fits one term so far \(several are fitted for the gaussian, binomial and "
-                       r"bernoulli families\)") as err:
+                       r"poisson family fits one term so far \(several are fitted for the gaussian, binomial, "
+                       r"bernoulli and negbinomial families\)") as err:
         multilevel.Model("y ~ x + (1 | batch) + (1 | s)", df, family="poisson")
     assert "\n" not in str(err.value)
     model = multilevel.Model("y ~ x + (1 | batch) + (1 | s)", df, family="bernoulli")

@@ -55,7 +55,8 @@ class Model:
     formula : lme4-style formula, e.g. ``"mAch ~ ses + (ses | school)"``.
     data : pandas or polars DataFrame, CSV/Parquet path, or bundled data set name.
     family : ``"gaussian"``, ``"poisson"``, ``"binomial"`` (response ``p(successes, trials)``)
-        or ``"bernoulli"`` (see :mod:`multilevel.families`).
+        , ``"bernoulli"`` or ``"negbinomial"`` (NB2, Var(y) = mu + mu^2 / phi; also spelled
+        ``"negative_binomial"``, ``"nbinom2"``; see :mod:`multilevel.families`).
     priors : :class:`Priors` or dict of its fields; unset fields take the defaults.
     na_action : ``"drop"`` rows with missing values in used columns (with a warning), or ``"raise"``.
     offset : GLMs: a column name or one value per row added to the linear predictor
@@ -77,7 +78,8 @@ class Model:
         see :mod:`multilevel.samplers.metropolis`; binomial and bernoulli also ``"polya-gamma"``
         (Polya-Gamma augmentation, each sweep a Gaussian update of the several-factor sampler,
         :mod:`multilevel.samplers.polya_gamma`; the only sampler of their models with several
-        grouping factors). ``None``: the family's default.
+        grouping factors; negbinomial's only sampler, with a Metropolis step for phi,
+        :mod:`multilevel.samplers.negbinomial`). ``None``: the family's default.
     """
 
     def __init__(
@@ -96,7 +98,7 @@ class Model:
         if proposal not in PROPOSALS:
             raise ModelError(f"proposal must be one of {', '.join(PROPOSALS)}, not {proposal!r}")
         if offset is not None and self.family.is_gaussian:
-            raise ModelError("offset applies to the poisson, binomial and bernoulli families; for gaussian subtract it from the response")
+            raise ModelError("offset applies to the poisson, binomial, bernoulli and negbinomial families; for gaussian subtract it from the response")
         if weights is not None and not self.family.is_gaussian:
             raise ModelError(f"weights apply to the gaussian family only, not {self.family.name}; "
                              "for binomial trials write the response p(successes, trials)")

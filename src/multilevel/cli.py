@@ -43,7 +43,8 @@ def cli() -> None:
 @click.argument("data")
 @click.option("--formula", "-f", required=True, help="lme4-style formula, e.g. 'mAch ~ ses + (ses | school)'.")
 @click.option("--family", default="gaussian", show_default=True,
-              help="Response family: gaussian, poisson, binomial (response p(successes, trials)) or bernoulli.")
+              help="Response family: gaussian, poisson, binomial (response p(successes, trials)), bernoulli or "
+                   "negbinomial (NB2, Var = mu + mu^2 / phi).")
 @click.option("--offset", default=None, help="GLMs: column added to the linear predictor, e.g. a log exposure.")
 @click.option("--weights", default=None, metavar="COLUMN",
               help="Gaussian: column of precision weights (row i has variance sigma2 / w_i, as lme4's weights).")

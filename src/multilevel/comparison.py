@@ -25,7 +25,7 @@ def population_dataset(fit: Fit) -> xr.Dataset:
     """The population parameters as scalar variables per draw: ``theta[<term>]`` (terms with
     a mean), ``alpha[<term>]``, ``Sigma[<a>, <b>]`` (lower triangle; with several grouping
     factors ``Sigma_<factor>[<a>, <b>]`` per factor, and the covariances between uncorrelated
-    terms, ``||``, left out) and ``sigma2``."""
+    terms, ``||``, left out) and ``sigma2`` (Gaussian) or ``phi`` (negative binomial)."""
     post = fit.posterior
     terms = [str(t) for t in post["term"].values]
     zero = set(fit.zero_mean_terms)
@@ -50,8 +50,9 @@ def population_dataset(fit: Fit) -> xr.Dataset:
                 if i != j and not np.any(entry.values):  # between uncorrelated terms: 0 by the model
                     continue
                 out[f"{name}[{a}, {b}]"] = scalar(entry)
-    if "sigma2" in post:
-        out["sigma2"] = scalar(post["sigma2"])
+    for name in ("sigma2", "phi"):
+        if name in post:
+            out[name] = scalar(post[name])
     return xr.Dataset(out)
 
 

@@ -68,7 +68,8 @@ OFFSET_COLUMN = "(offset argument)"
 #: a weighted fit also has ``weights`` (obs) in constant_data
 WEIGHTS_COLUMN = "(weights argument)"
 
-SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_theta": [], "accept_Sigma": []}
+SAMPLE_STATS: dict[str, list[str]] = {"loglik": [], "accept_beta": ["group"], "accept_alpha": [], "accept_theta": [], "accept_Sigma": [],
+                                      "accept_phi": []}
 
 
 def label_values(labels: pd.Index) -> np.ndarray:
@@ -161,7 +162,7 @@ def crossed_fit_groups(draws: dict[str, np.ndarray], design: Any, attrs: dict[st
     ``index_<f>``, and as in :func:`fit_groups` a non-zero ``offset`` and trials other than 1
     (GLMs)."""
     one = len(design.factors) == 1
-    dims: dict[str, list[str]] = {"sigma2": [], "alpha": ["fixed_term"], "theta": ["term"]}
+    dims: dict[str, list[str]] = {"sigma2": [], "phi": [], "alpha": ["fixed_term"], "theta": ["term"]}
     coords: dict[str, Any] = {"fixed_term": list(design.alpha_terms), "fixed": list(design.fixed_names)}
     coords["term"] = list(design.factors[0].names) if one else list(design.theta_terms)
     constant = {"F": design.F, "row_label": index_values(design.row_labels)}

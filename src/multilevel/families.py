@@ -9,6 +9,10 @@
 * ``bernoulli``: logit link, y ~ Bernoulli(logistic(eta)); the response may be 0/1,
   boolean, or a two-level category whose *second* level (in sorted order, as R's glm)
   counts as success; write ``y[level] ~ ...`` to choose the success level.
+* ``negbinomial`` (NB2; also spelled ``negative_binomial``, ``nbinom2``): log link,
+  y ~ NB(mu = exp(eta), phi), Var(y) = mu + mu^2 / phi (lme4's ``glmer.nb`` theta, brms's
+  ``shape``, glmmTMB's ``nbinom2``); p(y) = Gamma(y + phi) / (Gamma(phi) y!)
+  (phi / (phi + mu))^phi (mu / (phi + mu))^y, the Poisson as phi -> infinity.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from scipy.special import gammaln
 
 from .errors import ModelError
 
-FAMILIES = ("gaussian", "poisson", "binomial", "bernoulli")
+FAMILIES = ("gaussian", "poisson", "binomial", "bernoulli", "negbinomial")
+#: other spellings users type, as lme4/glmmTMB/brms/statsmodels name the NB2 family
+ALIASES = {"negative_binomial": "negbinomial", "negative-binomial": "negbinomial", "nbinom2": "negbinomial",
+           "negativebinomial": "negbinomial"}
+LINKS = {"gaussian": "identity", "poisson": "log", "negbinomial": "log", "binomial": "logit", "bernoulli": "logit"}
 #: integer codes of the families in the compiled log-likelihood kernels
 CODES = {"poisson": 0, "binomial": 1, "bernoulli": 1}
 
@@ -34,13 +42,27 @@ class Family:
     def is_gaussian(self) -> bool:
         return self.name == "gaussian"
 
+    @property
+    def dispersion(self) -> str | None:
+        """The posterior variable of the family's dispersion: ``sigma2`` (gaussian), ``phi``
+        (negbinomial), None for the families without one."""
+        return {"gaussian": "sigma2", "negbinomial": "phi"}.get(self.name)
+
 
 def check_family(family: str) -> Family:
     """Return the family, or refuse an unknown name."""
     name = str(family).lower()
+    name = ALIASES.get(name, name)
     if name not in FAMILIES:
         raise ModelError(f"unknown family {family!r}; available families: {', '.join(FAMILIES)}")
-    return Family(name, "identity" if name == "gaussian" else ("log" if name == "poisson" else "logit"))
+    return Family(name, LINKS[name])
+
+
+def fitting_family(family: Family) -> Family:
+    """The family whose maximum-likelihood fits give starting values and default priors:
+    Poisson for the negative binomial (same log-link mean; its ML estimates of the fixed effects
+    are consistent under NB2 overdispersion), the family itself otherwise."""
+    return Family("poisson", "log") if family.name == "negbinomial" else family
 
 
 def _numeric(y: np.ndarray, name: str, family: str) -> np.ndarray:
@@ -93,7 +115,7 @@ def family_response(family: Family, raw: np.ndarray, name: str, kind: str, level
         raise ModelError(f"response {name!r} is constant ({y[0]:g}); there is nothing to model")
     if family.name == "gaussian":
         return y, ones
-    if family.name == "poisson":
+    if family.name in ("poisson", "negbinomial"):
         return _counts(y, name, "count response"), ones
     values = np.unique(y)
     if not np.all(np.isin(values, (0.0, 1.0))):
@@ -106,10 +128,21 @@ def softplus(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
 
 
+def negbinomial_loglik(y: np.ndarray, eta: np.ndarray, phi: np.ndarray | float) -> np.ndarray:
+    """log NB2(y | mu = exp(eta), phi) = log Gamma(y + phi) - log Gamma(phi) - log y!
+    + phi log phi + y eta - (y + phi) log(phi + exp(eta)), with
+    log(phi + exp(eta)) = log phi + softplus(eta - log phi) (no overflow)."""
+    log_phi = np.log(phi)
+    return (gammaln(y + phi) - gammaln(phi) - gammaln(y + 1.0) + phi * log_phi + y * eta
+            - (y + phi) * (log_phi + softplus(eta - log_phi)))
+
+
 def pointwise_loglik(family: Family, y: np.ndarray, n: np.ndarray, eta: np.ndarray, sigma2: np.ndarray | None = None,
                      weights: np.ndarray | None = None) -> np.ndarray:
     """Pointwise log-likelihood log p(y_i | eta_i), normalising constants included; Gaussian
-    precision ``weights`` w_i (None: all 1) make it log N(y_i | eta_i, sigma2 / w_i)."""
+    precision ``weights`` w_i (None: all 1) make it log N(y_i | eta_i, sigma2 / w_i).
+    ``sigma2`` is the family's dispersion (:attr:`Family.dispersion`): the Gaussian variance,
+    the negative binomial's phi."""
     if family.name == "gaussian":
         if weights is None:
             return -0.5 * (np.log(2 * np.pi * sigma2) + (y - eta) ** 2 / sigma2)
@@ -117,6 +150,8 @@ def pointwise_loglik(family: Family, y: np.ndarray, n: np.ndarray, eta: np.ndarr
     if family.name == "poisson":
         with np.errstate(over="ignore"):
             return y * eta - np.exp(eta) - gammaln(y + 1.0)
+    if family.name == "negbinomial":
+        return negbinomial_loglik(y, eta, sigma2)
     const = gammaln(n + 1.0) - gammaln(y + 1.0) - gammaln(n - y + 1.0)
     return const + y * eta - n * softplus(eta)
 

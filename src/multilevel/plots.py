@@ -33,7 +33,7 @@ import pandas as pd
 from .comparison import population_dataset
 from .convert import az
 from .errors import ModelError
-from .families import check_family
+from .families import check_family, fitting_family
 from .predict import HDI_PROB, draw_positions, hdi, posterior_predictive
 
 if TYPE_CHECKING:
@@ -462,7 +462,7 @@ def partial_residual_estimates(fit: Fit, design: Any, y: np.ndarray, factor: Fac
     if not family.is_gaussian:  # each level's own GLM fit given the rest of the linear predictor
         from .glmfit import level_fits
 
-        dev, own = level_fits(family, Z, level, m, y, np.asarray(design.trials, dtype=float),
+        dev, own = level_fits(fitting_family(family), Z, level, m, y, np.asarray(design.trials, dtype=float),
                               np.asarray(design.offset, dtype=float) + y - r)
         return np.where(own[:, None], dev, 0.0) + _population_means(fit, factor.terms(fit)), own
     q = Z.shape[1]
@@ -651,7 +651,7 @@ def plot_ppc(fit: Fit, num_pp_samples: int = 100, seed: Any = 0, hdi_prob: float
         ax.set_xlabel("y")
         ax.set_ylabel("density")
         ax.set_title(f"Posterior predictive check: {rep.shape[0]} replicated data sets")
-    elif family.name == "poisson":
+    elif family.link == "log":  # poisson, negbinomial: counts
         top = int(max(y.max(), 0))
         if top <= 40:
             edges = np.arange(-0.5, top + 1.5)

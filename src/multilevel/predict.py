@@ -21,8 +21,8 @@ For each posterior draw s (chain c, draw d) and new row i of group j:
   eta_i = x_i' theta^(s) + z_i' alpha^(s) + offset_i (a typical group, group column not needed).
 
 ``kind``: ``"linear"`` eta; ``"mean"`` the inverse link: eta (gaussian), exp(eta)
-(poisson), the success probability logistic(eta) (binomial, bernoulli); ``"response"`` a
-new response drawn from the family: N(eta, sigma2), Poisson(exp(eta)), Binomial(n_i,
+(poisson, negbinomial), the success probability logistic(eta) (binomial, bernoulli); ``"response"`` a
+new response drawn from the family: N(eta, sigma2), Poisson(exp(eta)), NB(exp(eta), phi), Binomial(n_i,
 logistic(eta)) successes out of the new rows' trials, Bernoulli(logistic(eta)).
 A Gaussian fit with precision weights draws N(eta_i, sigma2 / w_i): the observed rows'
 replicates (:func:`posterior_predictive`) with their fitted weights; new rows with weight 1
@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 
 KINDS = ("linear", "mean", "response")
 HDI_PROB = 0.94
-#: exp(eta) is capped at exp(EXP_CAP) when Poisson responses are drawn (numpy's limit is ~1e19)
+#: exp(eta) is capped at exp(EXP_CAP) when Poisson responses are drawn (numpy's limit is ~1e19),
+#: and so is the negative binomial's gamma-mixed rate
 EXP_CAP = 41.0
 
 
@@ -82,7 +83,7 @@ def draw_positions(n_draw: int, draws: Any) -> np.ndarray:
 def inverse_link(family: Family, eta: np.ndarray) -> np.ndarray:
     if family.name == "gaussian":
         return eta
-    if family.name == "poisson":
+    if family.link == "log":
         return np.exp(np.minimum(eta, 700.0))
     return 0.5 * (1.0 + np.tanh(0.5 * eta))
 
@@ -90,16 +91,30 @@ def inverse_link(family: Family, eta: np.ndarray) -> np.ndarray:
 def draw_response(family: Family, eta: np.ndarray, rng: np.random.Generator,
                   sigma2: np.ndarray | None = None, trials: np.ndarray | None = None,
                   weights: np.ndarray | None = None) -> np.ndarray:
-    """One response per entry of ``eta`` (chain, draw, obs); ``sigma2`` is (chain, draw);
-    Gaussian precision ``weights`` (obs,) give row i the variance sigma2 / w_i."""
+    """One response per entry of ``eta`` (chain, draw, obs); ``sigma2`` is (chain, draw), the
+    family's dispersion (:func:`dispersion`: sigma2, or the negative binomial's phi, drawn as the
+    gamma-Poisson mixture y ~ Poisson(mu g), g ~ Gamma(phi, 1 / phi)); Gaussian precision
+    ``weights`` (obs,) give row i the variance sigma2 / w_i."""
     if family.name == "gaussian":
         noise = np.sqrt(sigma2)[..., None] * rng.standard_normal(eta.shape)
         return eta + (noise if weights is None else noise / np.sqrt(weights))
     if family.name == "poisson":
         return rng.poisson(np.exp(np.minimum(eta, EXP_CAP)))
+    if family.name == "negbinomial":
+        phi = np.asarray(sigma2, dtype=float)[..., None]
+        rate = np.exp(np.minimum(eta, EXP_CAP)) * rng.gamma(np.broadcast_to(phi, eta.shape)) / phi
+        return rng.poisson(np.minimum(rate, np.exp(EXP_CAP)))
     prob = inverse_link(family, eta)
     n = np.ones(eta.shape[-1], dtype=np.int64) if trials is None else np.asarray(trials).astype(np.int64)
     return rng.binomial(np.broadcast_to(n, eta.shape), prob)
+
+
+def dispersion(post: Any, family: Family, idx: np.ndarray, kind: str = "response") -> np.ndarray | None:
+    """The draws ``idx`` (chain, len(idx)) of the family's dispersion (:attr:`Family.dispersion`:
+    sigma2, phi) when ``kind`` is ``"response"`` and the family has one, else None."""
+    if kind != "response" or family.dispersion is None:
+        return None
+    return post[family.dispersion].values[:, idx]
 
 
 def on_scale(kind: str, family: Family, eta: np.ndarray, rng: np.random.Generator, sigma2: np.ndarray | None,
@@ -396,8 +411,7 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
         idx = draw_positions(fit.posterior.sizes["draw"], draws)
         eta, coords = predict_crossed(fit, newdata, idx, factors, rng, _conform)
         eta += external
-        values = on_scale(kind, family, eta, rng, fit.posterior["sigma2"].values[:, idx] if kind == "response"
-                          and family.is_gaussian else None, new_trials, w)
+        values = on_scale(kind, family, eta, rng, dispersion(fit.posterior, family, idx, kind), new_trials, w)
         out = as_array(values, fit, idx, newdata.index, kind, factors, coords)
         return summarize(out, hdi_prob, index=newdata.index) if summary else out
     nd = new_design(fit, newdata, include_group_effects=include_group_effects, offset=offset, trials=trials)
@@ -424,8 +438,7 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
             b_new = new_group_effects(theta, post["Sigma"].values[:, idx], len(nd.new_labels), rng)
             for k in range(nd.X.shape[1]):
                 eta[..., unseen] += nd.X[unseen, k] * b_new[:, :, nd.new_group[unseen], k]
-    values = on_scale(kind, family, eta, rng, post["sigma2"].values[:, idx] if kind == "response" and family.is_gaussian
-                      else None, nd.trials, w)
+    values = on_scale(kind, family, eta, rng, dispersion(post, family, idx, kind), nd.trials, w)
     coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(n)}
     coords["row"] = ("obs", index_values(nd.index))
     if nd.labels is not None:
@@ -468,8 +481,7 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
 
         factors = resolve_re_form(fit, re_form, include_group_effects)
         eta, rows = fitted_crossed(fit, idx, factors)
-        values = on_scale(kind, family, eta, rng, post["sigma2"].values[:, idx] if kind == "response"
-                          and family.is_gaussian else None, cd["trials"].values if "trials" in cd else None,
+        values = on_scale(kind, family, eta, rng, dispersion(post, family, idx, kind), cd["trials"].values if "trials" in cd else None,
                           cd["weights"].values if "weights" in cd else None)
         out = as_array(values, fit, idx, rows, kind, factors, {})
         return summarize(out, hdi_prob, index=pd.Index(rows, name="row")) if summary else out
@@ -483,8 +495,7 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
             eta += cd["offset"].values
     order = np.argsort(cd["row_label"].values, kind="stable")  # the design sorted the rows by group
     eta = eta[..., order]
-    values = on_scale(kind, family, eta, rng, post["sigma2"].values[:, idx] if kind == "response" and family.is_gaussian
-                      else None, cd["trials"].values[order] if "trials" in cd else None,
+    values = on_scale(kind, family, eta, rng, dispersion(post, family, idx, kind), cd["trials"].values[order] if "trials" in cd else None,
                       cd["weights"].values[order] if "weights" in cd else None)
     rows = cd["row_label"].values[order]
     coords: dict[str, Any] = {"chain": post["chain"].values, "draw": post["draw"].values[idx],
@@ -519,7 +530,7 @@ def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, c
     for start in range(0, idx.shape[0], chunk):
         sel = idx[start:start + chunk]
         eta = fit.linear_predictor(sel)
-        sigma2 = post["sigma2"].values[:, sel] if family.is_gaussian else None
+        sigma2 = dispersion(post, family, sel)
         out[:, start:start + sel.shape[0]] = draw_response(family, eta, rng, sigma2=sigma2, trials=trials,
                                                            weights=weights)
     return xr.DataArray(out, dims=("chain", "draw", "obs"), name="y",

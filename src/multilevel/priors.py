@@ -40,6 +40,15 @@ predictor (Gelman, Jakulin, Pittau and Su 2008) and 10 for the intercept, and it
 includes them; the fallback records this.
 nu0 and sigma0_sq do not apply to them.
 
+The negative binomial's dispersion phi (Var(y) = mu + mu^2 / phi) has the penalised-complexity
+prior of Simpson et al. (2017) on the gamma mixing distribution's coefficient of variation:
+1 / sqrt(phi) ~ Exponential(phi_rate), default phi_rate = 1 (:func:`log_prior_phi`). It shrinks
+towards the Poisson (phi -> infinity) only as much as the data allow: a prior median of
+1 / sqrt(phi) of 0.69 (phi about 2.1), P(phi < 0.25) = e^-2 = 0.14, P(phi > 100) = 0.10, so
+both strong overdispersion and near-Poisson data stay plausible. Stan's prior-choice wiki
+advises a prior on 1 / sqrt(phi) for this reason; brms's gamma(0.01, 0.01) on phi piles its
+mass near 0 and at huge values and Gamma(2, 0.1) keeps phi mostly above 2.
+
 Models with several grouping factors take their defaults from :func:`default_crossed_priors`
 (Gaussian) and :func:`default_crossed_glm_priors` (binomial, Bernoulli: on the logit scale),
 also when a one-factor binomial or Bernoulli model is fitted by their Polya-Gamma sampler.
@@ -79,6 +88,7 @@ class Priors:
     sigma0_sq : prior scale of sigma2, > 0 (Gaussian family).
     alpha_mean : (r,) prior mean of the fixed-only effects.
     alpha_cov : (r, r) prior covariance of the fixed-only effects.
+    phi_rate : negative binomial: rate of the exponential prior on 1 / sqrt(phi), > 0 (default 1).
     """
 
     mu0: Any = None
@@ -90,6 +100,7 @@ class Priors:
     alpha_mean: Any = None
     alpha_cov: Any = None
     fallback: str | None = None
+    phi_rate: float | None = None
 
     def to_json(self) -> str:
         """The priors as JSON (arrays as nested lists), for the results' attributes."""
@@ -242,6 +253,7 @@ def resolve_priors(user: Priors | dict | None, design: Design, est: Any, family:
         alpha_mean=_vector(merged.alpha_mean, "alpha_mean", r),
         alpha_cov=check_spd(merged.alpha_cov, "alpha_cov", r) if r else np.zeros((0, 0)),
         fallback=defaults.fallback if uses_fallback else None,
+        phi_rate=_phi_rate(user.phi_rate, None, family),
     )
 
 
@@ -332,8 +344,10 @@ def default_crossed_priors(design: Any) -> Priors:
 
 def default_crossed_glm_priors(design: Any, family: Family) -> Priors:
     r"""Data-informed defaults for a GLM with several grouping factors (binomial, Bernoulli,
-    Poisson), on the link scale (the logit of binomial and Bernoulli), as
-    :func:`default_crossed_priors` does for the Gaussian family:
+    Poisson, negative binomial), on the link scale (the logit of binomial and Bernoulli), as
+    :func:`default_crossed_priors` does for the Gaussian family (the negative binomial's fits are
+    Poisson fits, :func:`multilevel.families.fitting_family`, its unit information NB2's,
+    :func:`_negbinomial_information`, and phi_rate = :data:`PHI_RATE`):
 
     * fixed effects a: the pooled ML fit a_ml of y on F (with the offset), with the unit-information
       covariance N I(a_ml)^-1 (I the pooled fit's Fisher information); when the pooled fit does
@@ -349,13 +363,17 @@ def default_crossed_glm_priors(design: Any, family: Family) -> Priors:
       standard deviation of the covariate, the GLM fallback of one-term models;
     * no sigma2 (nu0 and sigma0_sq are None).
     """
+    from .families import fitting_family
     from .glmfit import level_fits, pooled_glm
 
     F, y, n, off = design.F, np.asarray(design.y, dtype=float), design.trials, design.offset
     N, p = F.shape
     notes = []
+    negbinomial, family = family.name == "negbinomial", fitting_family(family)
     if p:
         a_ml, info, converged = pooled_glm(family, F, y, n, off)
+        if negbinomial:
+            info = _negbinomial_information(F, y, off + F @ a_ml)
         if not converged:
             notes.append("the pooled fit did not converge (separation: the data pin the response at a bound), so it "
                          "was refitted with weakly-informative normal penalties (sd 2.5 per standard deviation of "
@@ -374,7 +392,7 @@ def default_crossed_glm_priors(design: Any, family: Family) -> Priors:
     return Priors(
         mu0=a_ml[th], Lambda0=cov[np.ix_(th, th)], eta0=eta0, S0=S0, nu0=None, sigma0_sq=None,
         alpha_mean=a_ml[al], alpha_cov=cov[np.ix_(al, al)] if al.size else np.zeros((0, 0)),
-        fallback="; ".join(notes) or None,
+        fallback="; ".join(notes) or None, phi_rate=PHI_RATE if negbinomial else None,
     )
 
 
@@ -394,6 +412,29 @@ def _per_factor(value: Any, name: str, factors: list[str]) -> dict[str, Any]:
         raise ModelError(f"prior {name} names factor {unknown[0]!r}, which the formula does not have "
                          f"(factors: {', '.join(factors)})")
     return dict(value)
+
+
+#: default rate of the exponential prior on 1 / sqrt(phi) (negative binomial)
+PHI_RATE = 1.0
+
+
+def log_prior_phi(log_phi: float, rate: float) -> float:
+    """log p(log phi) under 1 / sqrt(phi) ~ Exponential(rate), up to a constant: with
+    c = exp(-log phi / 2), p(log phi) = rate exp(-rate c) |dc / dlog phi| = rate exp(-rate c) c / 2,
+    so log p = -rate c - log phi / 2 + const."""
+    return -rate * np.exp(-0.5 * log_phi) - 0.5 * log_phi
+
+
+def _negbinomial_information(F: np.ndarray, y: np.ndarray, eta: np.ndarray) -> np.ndarray:
+    """F' W F with the NB2 Fisher weights w = mu / (1 + mu / phi_m) at the Poisson fit's eta, phi_m
+    the moment estimate sum mu^2 / sum((y - mu)^2 - mu) (capped at 1e3; 1e3 when there is no
+    overdispersion): the pooled Poisson information, which ignores overdispersion, would make the
+    unit-information prior too narrow."""
+    mu = np.exp(np.minimum(eta, 700.0))
+    excess = float(np.sum((y - mu) ** 2 - mu))
+    phi_m = min(float(np.sum(mu**2)) / excess, 1e3) if excess > 0 else 1e3
+    w = mu / (1.0 + mu / phi_m)
+    return F.T @ (F * w[:, None])
 
 
 def resolve_crossed_priors(user: Priors | dict | None, design: Any, family: Family | None = None) -> Priors:
@@ -431,4 +472,15 @@ def resolve_crossed_priors(user: Priors | dict | None, design: Any, family: Fami
         alpha_mean=_vector(merged["alpha_mean"], "alpha_mean", r),
         alpha_cov=check_spd(merged["alpha_cov"], "alpha_cov", r) if r else np.zeros((0, 0)),
         fallback=defaults.fallback if uses_fallback else None,
+        phi_rate=_phi_rate(user.phi_rate, defaults.phi_rate, family),
     )
+
+
+def _phi_rate(user: Any, default: float | None, family: Family | None) -> float | None:
+    """The negative binomial's phi_rate (the user's, validated, or the default); other
+    families refuse one in one line."""
+    if family is None or family.name != "negbinomial":
+        if user is not None:
+            raise ModelError(f"prior phi_rate applies to the negbinomial family, not {family.name if family else 'gaussian'}")
+        return None
+    return _positive(user if user is not None else default, "phi_rate")

@@ -178,7 +178,10 @@ class Fit:
                 if ("beta" if v == "Sigma" else "beta_" + v[len("Sigma_"):]) in post}
 
     def residual(self, hdi_prob: float = HDI_PROB, round_to: int | None = None) -> pd.DataFrame:
-        """Residual variance ``sigma2`` and sd ``sigma`` (Gaussian family; empty otherwise)."""
+        """Residual variance ``sigma2`` and sd ``sigma`` (Gaussian family), the dispersion ``phi``
+        (negative binomial: Var(y) = mu + mu^2 / phi); empty otherwise."""
+        if "phi" in self.posterior:
+            return _rounded(summarize({"phi": self.posterior["phi"].values}, hdi_prob), round_to)
         if "sigma2" not in self.posterior:
             return summarize({}, hdi_prob)
         sigma2 = self.posterior["sigma2"].values
@@ -284,7 +287,8 @@ class Fit:
         for f, name in factors.items():
             title = "Group-effect covariance Sigma:" if name == "Sigma" else f"Group-effect covariance Sigma ({f}):"
             block(title, table.loc[[i for i in table.index if i.startswith(f"{name}[")]])
-        block("Residual variance and sd:", self.residual())
+        block("Dispersion (Var(y) = mu + mu^2 / phi):" if "phi" in post else "Residual variance and sd:",
+              self.residual())
         lines.extend(self.acceptance_lines())
         for msg in self.diagnostics_warnings(table):
             lines.append(f"Warning: {msg}")
@@ -366,7 +370,7 @@ class Fit:
         n_chain, n_draw = self.posterior.sizes["chain"], self.posterior.sizes["draw"]
         out = np.empty((n_chain, n_draw, y.shape[0]))
         chunk = chunk or max(1, int(2e7 // (n_chain * max(y.shape[0], 1))))
-        sigma2 = self.posterior["sigma2"].values if family.is_gaussian else None
+        sigma2 = self.posterior[family.dispersion].values if family.dispersion else None
         weights = cd["weights"].values if "weights" in cd else None
         for start in range(0, n_draw, chunk):
             sl = slice(start, min(start + chunk, n_draw))

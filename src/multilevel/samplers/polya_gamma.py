@@ -46,6 +46,11 @@ Each sweep reads the rows twice (eta and the statistics); each kept draw once mo
 log-likelihood, sum_i [y_i eta_i - n_i log(1 + exp(eta_i))] (without log binomial(n_i, y_i),
 as the Metropolis kernel's), recorded as ``loglik`` (computed in :meth:`PolyaGammaGibbs.record`,
 so warm-up sweeps do not pay for it).
+
+The negative binomial reuses this kernel with n_i = y_i + phi, kappa_i = (y_i - phi) / 2 and the
+offset shifted by -log phi (:meth:`PolyaGammaGibbs.draw_omega` and
+:meth:`PolyaGammaGibbs.statistics` take them as arguments), plus a Metropolis step for phi:
+:mod:`multilevel.samplers.negbinomial`.
 """
 
 from __future__ import annotations
@@ -271,20 +276,25 @@ class PolyaGammaGibbs:
         """sum_i [y_i eta_i - n_i log(1 + exp(eta_i))] at (t, b) (module docstring)."""
         return float(logit_loglik(self.y, self.trials, self.eta(t, b)))
 
-    def draw_omega(self, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """omega_i ~ PG(n_i, eta_i), from ``rng`` (the same generator state gives the same draws)."""
+    def draw_omega(self, eta: np.ndarray, rng: np.random.Generator, n: np.ndarray | None = None) -> np.ndarray:
+        """omega_i ~ PG(n_i, eta_i) (``n`` default: the trials), from ``rng`` (the same generator
+        state gives the same draws)."""
         from polyagamma import random_polyagamma
 
         omega = np.empty(eta.shape[0])
-        random_polyagamma(self.trials, eta, out=omega, random_state=rng, disable_checks=True)
+        random_polyagamma(self.trials if n is None else n, eta, out=omega, random_state=rng, disable_checks=True)
         return omega
 
-    def statistics(self, omega: np.ndarray) -> tuple[BlockStats, tuple[np.ndarray, ...]]:
-        """The weighted model's statistics (:func:`weighted_stats`) and its level groups."""
+    def statistics(self, omega: np.ndarray, kappa: np.ndarray | None = None, offset: np.ndarray | None = None
+                   ) -> tuple[BlockStats, tuple[np.ndarray, ...]]:
+        """The weighted model's statistics (:func:`weighted_stats`) and its level groups, for
+        pseudo-response z = kappa / omega - offset (defaults: the binomial kappa and the offset)."""
         r, L, st = self.rows, self.layout, self.inner.stats
+        kappa = self.kappa if kappa is None else kappa
+        offset = self.offset if offset is None else offset
         G, Xty_t, Xty_b, A, W_val, C_val = weighted_stats(
             r.t_col, r.t_val, r.b_col, r.b_val, r.b_factor, r.b_term, r.W_pos, r.C_pos, r.W_col.shape[0],
-            r.C_col.shape[0], omega, self.kappa - omega * self.offset, st.G.shape[0], st.Xty_b.shape[0],
+            r.C_col.shape[0], omega, kappa - omega * offset, st.G.shape[0], st.Xty_b.shape[0],
             self._A_size, L.off, L.A_off, L.q)
         stats = st._replace(G=G, Xty_t=Xty_t, Xty_b=Xty_b, A=A, W_val=W_val, C_val=C_val)
         g = self._groups

@@ -1,6 +1,6 @@
 """The sampler registry: a model's kernel chosen by (family, structure).
 
-* family: ``"gaussian"``, or ``"glm"`` for poisson, binomial and bernoulli;
+* family: ``"gaussian"``, or ``"glm"`` for poisson, binomial, bernoulli and negbinomial;
 * structure: ``"one term"`` (one random-effects term, one Sigma:
   :class:`~multilevel.design.Design`) or ``"several terms"`` (crossed, nested, uncorrelated:
   :class:`~multilevel.design.CrossedDesign`).
@@ -9,7 +9,8 @@ Each entry maps the names a user may pass as ``sampler=`` to a builder; the firs
 the default. A builder takes the design, the user's priors and the model's options and
 returns a :class:`Built`: the kernel with the statistics, estimates and resolved priors it
 was made from. :data:`SAMPLER_FAMILIES` limits a sampler to some families (Polya-Gamma
-augmentation: the logit link of binomial and bernoulli), so a family may have no sampler
+augmentation: binomial, bernoulli and negbinomial) and :data:`FAMILY_SAMPLERS` a family to some
+samplers (negbinomial: Polya-Gamma only, for one term too), so a family may have no sampler
 for a structure (Poisson with several terms); :data:`CROSSED_SAMPLERS` run on a
 :class:`~multilevel.design.CrossedDesign` even for one term.
 """
@@ -90,12 +91,16 @@ def _glm_polya_gamma(design: Any, priors: Any, family: Any, proposal: str) -> Bu
     from ..blockstats import factor_layout
     from ..glmfit import pooled_glm
     from ..priors import resolve_crossed_priors
+    from ..families import fitting_family
+    from .negbinomial import NegBinomialGibbs
     from .polya_gamma import PolyaGammaGibbs
 
     layout = factor_layout(design)
     resolved = resolve_crossed_priors(priors, design, family)
-    a_start = pooled_glm(family, design.F, np.asarray(design.y, dtype=float), design.trials, design.offset)[0]
-    return Built(PolyaGammaGibbs(design, layout, resolved, a_start), resolved)
+    a_start = pooled_glm(fitting_family(family), design.F, np.asarray(design.y, dtype=float), design.trials,
+                         design.offset)[0]
+    kernel = NegBinomialGibbs if family.name == "negbinomial" else PolyaGammaGibbs
+    return Built(kernel(design, layout, resolved, a_start), resolved)
 
 
 REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
@@ -107,7 +112,9 @@ REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
 }
 
 #: the families a sampler fits, where not every family of its registry entries
-SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli")}
+SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli", "negbinomial")}
+#: the samplers a family is limited to, where not every sampler of its registry entries
+FAMILY_SAMPLERS = {"negbinomial": ("polya-gamma",)}
 #: samplers that run on a CrossedDesign whatever the number of terms
 CROSSED_SAMPLERS = frozenset({"polya-gamma"})
 
@@ -117,6 +124,7 @@ DESCRIPTIONS = {
     ("gaussian", "several terms"): "collapsed blocked gibbs (several factors)",
     ("glm", "one term"): "metropolis-within-gibbs ({proposal} proposal, {name})",
     "polya-gamma": "polya-gamma augmented collapsed blocked gibbs",
+    "polya-gamma negbinomial": "polya-gamma augmented collapsed blocked gibbs, metropolis phi",
 }
 
 
@@ -131,7 +139,8 @@ def structure_of(n_terms: int) -> str:
 def available(family: Any, n_terms: int) -> list[str]:
     """The samplers of this family and structure, the default first."""
     entry = REGISTRY.get((family_kind(family), structure_of(n_terms)), {})
-    return [n for n in entry if family.name in SAMPLER_FAMILIES.get(n, (family.name,))]
+    return [n for n in entry if family.name in SAMPLER_FAMILIES.get(n, (family.name,))
+            and n in FAMILY_SAMPLERS.get(family.name, (n,))]
 
 
 def choose(family: Any, n_terms: int, sampler: str | None, formula: str, terms: str) -> str:
@@ -149,9 +158,12 @@ def choose(family: Any, n_terms: int, sampler: str | None, formula: str, terms: 
     if sampler is None:
         return entry[0]
     if sampler in SAMPLER_FAMILIES and family.name not in SAMPLER_FAMILIES[sampler]:
-        fits = " and ".join(SAMPLER_FAMILIES[sampler])
-        raise ModelError(f"sampler {sampler!r} fits {fits} models (Polya-Gamma augmentation of the logit link), not "
-                         f"{family.name}: leave sampler unset or use one of {', '.join(entry)}")
+        fits = ", ".join(SAMPLER_FAMILIES[sampler][:-1]) + " and " + SAMPLER_FAMILIES[sampler][-1]
+        raise ModelError(f"sampler {sampler!r} fits {fits} models, not {family.name}: leave sampler unset or use "
+                         f"one of {', '.join(entry)}")
+    if family.name in FAMILY_SAMPLERS and sampler not in FAMILY_SAMPLERS[family.name]:
+        raise ModelError(f"the {family.name} family is fitted by sampler {', '.join(map(repr, entry))} only, not "
+                         f"{sampler!r}: leave sampler unset")
     if sampler not in entry:
         others = [k for k, e in REGISTRY.items() if k[0] == key[0] and sampler in e]
         if key[1] == "several terms" and others:
@@ -168,7 +180,7 @@ def build(family: Any, n_terms: int, sampler: str, design: Any, priors: Any, pro
 
 
 def describe(family: Any, n_terms: int, sampler: str, proposal: str) -> str:
-    text = DESCRIPTIONS.get(sampler) or DESCRIPTIONS[(family_kind(family), structure_of(n_terms))]
+    text = DESCRIPTIONS.get(f"{sampler} {family.name}") or DESCRIPTIONS.get(sampler) or DESCRIPTIONS[(family_kind(family), structure_of(n_terms))]
     return text.format(name=sampler, proposal=proposal) + (" (several factors)" if sampler in DESCRIPTIONS and
                                                            n_terms > 1 else "")
 
@@ -178,5 +190,5 @@ def crossed_design(n_terms: int, sampler: str) -> bool:
     return n_terms > 1 or sampler in CROSSED_SAMPLERS
 
 
-__all__ = ["Built", "CROSSED_SAMPLERS", "REGISTRY", "SAMPLER_FAMILIES", "available", "build", "choose",
+__all__ = ["Built", "CROSSED_SAMPLERS", "FAMILY_SAMPLERS", "REGISTRY", "SAMPLER_FAMILIES", "available", "build", "choose",
            "crossed_design", "describe", "structure_of"]
