@@ -98,12 +98,28 @@ def _glm_polya_gamma(design: Any, priors: Any, family: Any, proposal: str) -> Bu
     return Built(PolyaGammaGibbs(design, layout, resolved, a_start), resolved)
 
 
+def _glm_crossed_metropolis(design: Any, priors: Any, family: Any, proposal: str) -> Built:
+    from ..blockstats import factor_layout
+    from ..families import CODES
+    from ..glmfit import pooled_glm
+    from ..priors import resolve_crossed_priors
+    from .crossed_metropolis import CrossedMetropolis
+
+    if family.name not in CODES:
+        raise ModelError(f"sampler 'metropolis' fits poisson, binomial and bernoulli models, not {family.name}: leave "
+                         "sampler unset")
+    layout = factor_layout(design, small_columns=0)
+    resolved = resolve_crossed_priors(priors, design, family)
+    a_start = pooled_glm(family, design.F, np.asarray(design.y, dtype=float), design.trials, design.offset)[0]
+    return Built(CrossedMetropolis(design, layout, resolved, a_start, CODES[family.name]), resolved)
+
+
 REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
     ("gaussian", "one term"): {n: _gaussian_one_term(n) for n in ("collapsed", "interweaving", "centred")},
     ("gaussian", "several terms"): {"collapsed": _gaussian_several_terms},
     ("glm", "one term"): {**{n: _glm_one_term(n) for n in ("auto", "interweaving", "centred")},
                           "polya-gamma": _glm_polya_gamma},
-    ("glm", "several terms"): {"polya-gamma": _glm_polya_gamma},
+    ("glm", "several terms"): {"polya-gamma": _glm_polya_gamma, "metropolis": _glm_crossed_metropolis},
 }
 
 #: the families a sampler fits, where not every family of its registry entries
@@ -117,6 +133,7 @@ DESCRIPTIONS = {
     ("gaussian", "several terms"): "collapsed blocked gibbs (several factors)",
     ("glm", "one term"): "metropolis-within-gibbs ({proposal} proposal, {name})",
     "polya-gamma": "polya-gamma augmented collapsed blocked gibbs",
+    "metropolis": "metropolis-within-gibbs (laplace proposals per factor level, shift and scale moves)",
 }
 
 
