@@ -10,7 +10,7 @@
    check with the level's prior variance misstated to the quadrature must fail.
 2. Simulation-based calibration (tests/sbc.py), truth from proper priors, one chain per
    replication: ``y ~ x + (1 | s) + (1 | i)`` (10 subjects crossed with 8 items) and
-   ``y ~ x + (1 | g) + (1 | obs)`` (an observation-level effect, 12 groups of 5 rows), 150
+   ``y ~ x + (1 | g) + (1 | obs)`` (an observation-level effect, 12 groups of 5 rows), 300
    replications each in the default suite, 600 under ``validate``.
 3. Agreement with lme4 ``glmer`` (Laplace) on tests/data/crossed_poisson.csv (tests/lme4_crossed.py):
    fixed effects' posterior means within 0.5 lme4 standard errors and sds within 15 %; the
@@ -98,8 +98,8 @@ def run_level_move(k: CrossedMetropolis, state, factor: int, phi: float, n: int,
     rng = np.random.default_rng(seed)
     out = np.empty((n, qk))
     for it in range(-200, n):  # 200 greedy moves (no Hastings correction) reach the bulk first
-        level_move(rng, k.code, k.y, k.trials, eta, r.Z, r.z_off[factor], qk, r.perm[factor], r.starts,
-                   r.starts_off[factor], Jk, b, o, Sinv, phi, it >= 0)
+        level_move(rng, k.code, r.y_sorted[factor], r.n_sorted[factor], eta, r.Z_sorted, r.z_off[factor], qk,
+                   r.perm[factor], r.starts, r.starts_off[factor], Jk, b, o, Sinv, phi, it >= 0)
         if it < 0:
             continue
         out[it] = b[o:o + qk]
@@ -260,7 +260,7 @@ def run_poisson_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins
 
 @pytest.mark.parametrize("case", ["crossed", "obs"])
 def test_poisson_sbc_small(case):
-    result = run_poisson_sbc(case, n_reps=150, L=19, thin=3, warmup=100, bins=5, seed=1331)
+    result = run_poisson_sbc(case, n_reps=300, L=19, thin=3, warmup=100, bins=5, seed=1331)
     assert result.rejected == [], result.report()
 
 
@@ -325,8 +325,12 @@ def test_row_grouping_and_linear_predictor():
         starts = r.starts[s0:s0 + f.n_levels + 1]
         for j in range(f.n_levels):
             np.testing.assert_array_equal(np.sort(perm[starts[j]:starts[j + 1]]), np.flatnonzero(f.index == j))
+    for kf, f in enumerate(d.factors):
+        np.testing.assert_array_equal(r.y_sorted[kf], d.y[r.perm[kf]])
+        np.testing.assert_array_equal(r.Z_sorted[:, r.z_off[kf]:r.z_off[kf] + f.q], f.Z[r.perm[kf]])
+    np.testing.assert_array_equal(r.perm[1], np.argsort(d.factors[1].index))  # obs: the index's inverse
     rng = np.random.default_rng(2)
-    a, b = rng.standard_normal(2), rng.standard_normal(k.rows.Z.shape[1] and k.layout.off[-1] + d.factors[-1].n_levels)
+    a, b = rng.standard_normal(2), rng.standard_normal(sum(f.n_levels * f.q for f in d.factors))
     eta = d.offset + d.F @ a
     for f, o in zip(d.factors, k.layout.off):
         eta = eta + np.einsum("ic,ic->i", f.Z, b[o:o + f.n_levels * f.q].reshape(f.n_levels, f.q)[f.index])

@@ -94,7 +94,9 @@ class FactorRows(NamedTuple):
     """All factors' rows in flat arrays: ``Z`` (N, sum q_k) their covariates side by side
     (factor k from column ``z_off[k]``), ``index`` (K, N) each row's level per factor, ``perm``
     (K, N) the rows grouped by level per factor, ``starts`` every factor's level starts
-    (factor k's J_k + 1 from ``starts_off[k]``)."""
+    (factor k's J_k + 1 from ``starts_off[k]``); and the rows' data in each factor's level order,
+    so that a factor's passes read memory in sequence: ``Z_sorted`` (factor k's columns of Z in
+    its order), ``y_sorted`` and ``n_sorted`` (K, N)."""
 
     Z: np.ndarray
     z_off: np.ndarray
@@ -102,6 +104,9 @@ class FactorRows(NamedTuple):
     perm: np.ndarray
     starts: np.ndarray
     starts_off: np.ndarray
+    Z_sorted: np.ndarray
+    y_sorted: np.ndarray
+    n_sorted: np.ndarray
 
 
 def factor_rows(design: Any) -> FactorRows:
@@ -120,10 +125,14 @@ def factor_rows(design: Any) -> FactorRows:
             perm[k] = np.argsort(idx, kind="stable")
         starts.append(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
         starts_off.append(starts_off[-1] + f.n_levels + 1)
+    y, n = np.asarray(design.y, dtype=float), np.asarray(design.trials, dtype=float)
     return FactorRows(np.ascontiguousarray(np.hstack([np.asarray(f.Z, dtype=float) for f in design.factors])),
                       np.concatenate([[0], np.cumsum(q)[:-1]]).astype(np.int64),
                       np.ascontiguousarray(np.vstack([f.index for f in design.factors]), dtype=np.int64),
-                      perm, np.concatenate(starts), np.array(starts_off[:-1], dtype=np.int64))
+                      perm, np.concatenate(starts), np.array(starts_off[:-1], dtype=np.int64),
+                      np.ascontiguousarray(np.hstack([np.asarray(f.Z, dtype=float)[perm[k]]
+                                                      for k, f in enumerate(design.factors)])),
+                      np.ascontiguousarray(y[perm]), np.ascontiguousarray(n[perm]))
 
 
 class ShiftGroups(NamedTuple):
@@ -275,13 +284,13 @@ def fixed_terms(code, y, n, eta, F, delta):
 
 
 @njit(cache=True)
-def level_terms(code, y, n, eta, Z, zc, qk, perm, starts, s0, Jk, delta):
-    """Per level j of one factor: ll_j, Z_j'(y - mu) and Z_j'WZ_j at eta_i + Z_i delta_j over the
-    level's rows (``perm[starts[s0 + j]:starts[s0 + j + 1]]``): one pass over the rows."""
+def level_terms(code, y, n, eta, Z, zc, qk, starts, s0, Jk, delta):
+    """Per level j of one factor: ll_j, Z_j'(y - mu) and Z_j'WZ_j at eta_r + Z_r delta_j over the
+    level's rows r in ``starts[s0 + j]:starts[s0 + j + 1]`` (every array in the factor's level
+    order): one pass over the rows."""
     ll, g, H = np.zeros(Jk), np.zeros((Jk, qk)), np.zeros((Jk, qk, qk))
     for j in range(Jk):
-        for r in range(starts[s0 + j], starts[s0 + j + 1]):
-            i = perm[r]
+        for i in range(starts[s0 + j], starts[s0 + j + 1]):
             e = eta[i]
             for c in range(qk):
                 e += Z[i, zc + c] * delta[j, c]
@@ -391,11 +400,17 @@ def fixed_move(rng, code, y, n, eta, F, Pi, Pim, a, phi, hastings=True):
 
 
 @njit(cache=True)
-def level_move(rng, code, y, n, eta, Z, zc, qk, perm, starts, s0, Jk, b, o, Siginv_k, phi, hastings=True):
+def level_move(rng, code, y, n, eta_rows, Z, zc, qk, perm, starts, s0, Jk, b, o, Siginv_k, phi, hastings=True):
     """Step 2 for one factor: every level's rotation move at once, each accepted on its own;
-    updates b[o:o + Jk qk] and eta in place. Returns the share of levels accepted."""
+    updates b[o:o + Jk qk] and ``eta_rows`` (the rows' order) in place; y, n and Z in the
+    factor's level order (:class:`FactorRows`). eta is gathered into that order once and
+    scattered back once. Returns the share of levels accepted."""
+    N = perm.shape[0]
+    eta = np.empty(N)
+    for r in range(N):
+        eta[r] = eta_rows[perm[r]]
     cur = np.zeros((Jk, qk))
-    ll0, g0, H0 = level_terms(code, y, n, eta, Z, zc, qk, perm, starts, s0, Jk, cur)
+    ll0, g0, H0 = level_terms(code, y, n, eta, Z, zc, qk, starts, s0, Jk, cur)
     prop = np.zeros((Jk, qk))
     accepted = 0
     if qk == 1:  # scalars: the same move without small-matrix work
@@ -406,7 +421,7 @@ def level_move(rng, code, y, n, eta, Z, zc, qk, perm, starts, s0, Jk, b, o, Sigi
             P = sinv + H0[j, 0, 0]
             m0[j] = x + (g0[j, 0] - sinv * x) / P
             prop[j, 0] = m0[j] + cphi * (x - m0[j]) + np.sqrt(s2 / P) * rng.standard_normal() - x
-        ll1, g1, H1 = level_terms(code, y, n, eta, Z, zc, qk, perm, starts, s0, Jk, prop)
+        ll1, g1, H1 = level_terms(code, y, n, eta, Z, zc, qk, starts, s0, Jk, prop)
         for j in range(Jk):
             u = rng.random()
             x = b[o + j]
@@ -441,7 +456,7 @@ def level_move(rng, code, y, n, eta, Z, zc, qk, perm, starts, s0, Jk, b, o, Sigi
             M0[j] = m
             Ls[j] = L
             prop[j] = rotation_draw(rng, x, m, L, phi) - x
-        ll1, g1, H1 = level_terms(code, y, n, eta, Z, zc, qk, perm, starts, s0, Jk, prop)
+        ll1, g1, H1 = level_terms(code, y, n, eta, Z, zc, qk, starts, s0, Jk, prop)
         for j in range(Jk):
             u = rng.random()
             if not valid[j]:
@@ -465,9 +480,10 @@ def level_move(rng, code, y, n, eta, Z, zc, qk, perm, starts, s0, Jk, b, o, Sigi
         if not moved:
             continue
         for r in range(starts[s0 + j], starts[s0 + j + 1]):
-            i = perm[r]
+            e = eta[r]
             for c in range(qk):
-                eta[i] += Z[i, zc + c] * prop[j, c]
+                e += Z[r, zc + c] * prop[j, c]
+            eta_rows[perm[r]] = e
     return accepted / max(Jk, 1)
 
 
@@ -555,10 +571,10 @@ def nested_move(rng, b, o_in, q_in, c_in, J_in, o_out, q_out, c_out, J_out, pare
 
 
 @njit(cache=True)
-def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, perm, starts, starts_off, b_off, q, J, sig_off,
-              blk_start, blk_size, blk_factor, blk_eta, S0, sh_factor, sh_col, sh_cols_off, sh_cols, sh_W_off, sh_W, ns_inner, ns_col_in, ns_outer,
-              ns_col_out, ns_parent_off, ns_parent, a, b, Sig,
-              log_phi, log_step, scale_moves, hastings):
+def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, perm, starts, starts_off, Z_sorted, y_sorted,
+              n_sorted, b_off, q, J, sig_off, blk_start, blk_size, blk_factor, blk_eta, S0, sh_factor, sh_col,
+              sh_cols_off, sh_cols, sh_W_off, sh_W, ns_inner, ns_col_in, ns_outer, ns_col_out, ns_parent_off, ns_parent,
+              a, b, Sig, log_phi, log_step, scale_moves, hastings):
     """One sweep (module docstring) from (a, b, Sigma) with the angles exp(log_phi) (per factor,
     then a) and scale steps exp(log_step) (per block). Returns (a, b, Sigma, acceptance per
     factor then a, acceptance per block (-1: no scale move), status): status 0, 1 + k when
@@ -578,7 +594,8 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, perm, starts
     for k in range(K):
         qk, Jk, o, base = q[k], J[k], b_off[k], sig_off[k]
         Sk_inv = Siginv[base:base + qk * qk].reshape((qk, qk)).copy()
-        acc[k] = level_move(rng, code, y, n, eta, Z, z_off[k], qk, perm[k], starts, starts_off[k], Jk, b, o, Sk_inv,
+        acc[k] = level_move(rng, code, y_sorted[k], n_sorted[k], eta, Z_sorted, z_off[k], qk, perm[k], starts,
+                            starts_off[k], Jk, b, o, Sk_inv,
                             np.exp(log_phi[k]), hastings)
         if not _conjugate_blocks(rng, Sig, sig_off, q, J, b, o, blk_start, blk_size, blk_factor, blk_eta, S0, k):
             return a, b, Sig, acc, acc_scale, 1 + k
@@ -672,8 +689,7 @@ class CrossedMetropolis:
         acceptance rates (per factor then a; per block, -1 where no scale move)."""
         r, L, g = self.rows, self.layout, self.inner
         a, b, Sigma, acc, acc_scale, status = mwg_sweep(
-            rng, self.code, self.y, self.trials, self.offset, self.F, g._Pi_fixed, g._Pim_fixed, r.Z, r.z_off,
-            r.index, r.perm, r.starts, r.starts_off, L.off, L.q, L.J, L.sig_off, L.block_start, L.block_size,
+            rng, self.code, self.y, self.trials, self.offset, self.F, g._Pi_fixed, g._Pim_fixed, *r, L.off, L.q, L.J, L.sig_off, L.block_start, L.block_size,
             L.block_factor, g._blk_eta, g._S0, *self.shifts, *self.nested, state.t, state.b, state.Sigma, state.log_phi,
             state.log_step, self.scale_moves, hastings)
         if status:

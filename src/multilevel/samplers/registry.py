@@ -10,7 +10,7 @@ the default. A builder takes the design, the user's priors and the model's optio
 returns a :class:`Built`: the kernel with the statistics, estimates and resolved priors it
 was made from. :data:`SAMPLER_FAMILIES` limits a sampler to some families (Polya-Gamma
 augmentation: the logit link of binomial and bernoulli), so a family may have no sampler
-for a structure (Poisson with several terms); :data:`CROSSED_SAMPLERS` run on a
+for a structure; :data:`CROSSED_SAMPLERS` run on a
 :class:`~multilevel.design.CrossedDesign` even for one term.
 """
 
