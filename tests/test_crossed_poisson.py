@@ -366,3 +366,25 @@ def test_bernoulli_option_runs_and_defaults_stay():
         fit = model.fit(chains=2, warmup=100, draws=100, seed=1, cores=1, progress=False)
     assert fit.attrs["sampler_name"] == "metropolis"
     assert np.isfinite(fit.posterior["theta"].values).all()
+
+
+def test_scale_moves_stay_where_levels_say_little_and_go_where_they_pin_effects():
+    """After warm-up a block's scale move is off (log h = SCALE_OFF) when its levels leave under
+    SCALE_SHARE of the variance to the prior: many large counts per level; on with one small
+    count per level (an observation-level factor)."""
+    from multilevel.samplers.crossed_metropolis import SCALE_OFF, SCALE_SHARE
+
+    rng = np.random.default_rng(8)
+    df = poisson_frame(8, n=3000)  # about 300 and 375 rows per level
+    k = multilevel.Model("y ~ x + (1 | s) + (1 | i)", df, family="poisson").kernel
+    state = k.init(rng)
+    for i in range(40):
+        state = k.warmup_step(state, rng, i, 40)
+    assert np.all(k.prior_shares(state) < SCALE_SHARE) and np.all(state.log_step == SCALE_OFF)
+    model = sbc_model("obs")
+    k = model.kernel
+    state = k.init(rng)
+    for i in range(40):
+        state = k.warmup_step(state, rng, i, 40)
+    shares = k.prior_shares(state)
+    assert shares[1] > SCALE_SHARE and state.log_step[1] > SCALE_OFF, shares
