@@ -98,8 +98,8 @@ def run_level_move(k: CrossedMetropolis, state, factor: int, phi: float, n: int,
     rng = np.random.default_rng(seed)
     out = np.empty((n, qk))
     for it in range(-200, n):  # 200 greedy moves (no Hastings correction) reach the bulk first
-        level_move(rng, k.code, r.y_sorted[factor], r.n_sorted[factor], eta, r.Z_sorted, r.z_off[factor], qk,
-                   r.perm[factor], r.starts, r.starts_off[factor], Jk, b, o, Sinv, phi, it >= 0)
+        level_move(rng, k.code, k.y, k.trials, eta, r.Z, r.z_off[factor], qk, r.index[factor], Jk, b, o, Sinv, phi,
+                   it >= 0)
         if it < 0:
             continue
         out[it] = b[o:o + qk]
@@ -314,28 +314,24 @@ def test_same_seed_same_draws_on_one_core_and_two():
     assert not np.array_equal(again.posterior["theta"].values, one.posterior["theta"].values)
 
 
-def test_row_grouping_and_linear_predictor():
-    """The per-factor permutations group each factor's rows by level (an observation-level
-    factor's is its index's inverse) and eta from the flat arrays equals eta from the factors."""
+def test_row_order_and_linear_predictor():
+    """The kernel's rows are sorted by the factor with the most levels (here the
+    observation-level one: the data's order), and eta from the flat arrays equals eta from the
+    factors in that order."""
     df = poisson_frame(12, n=90).assign(obs=lambda d: np.random.default_rng(0).permutation(len(d)))
     model = multilevel.Model("y ~ x + (x | s) + (1 | obs)", df, family="poisson")
     d, k = model.design, model.kernel
-    r = factor_rows(d)
-    for f, perm, s0 in zip(d.factors, r.perm, r.starts_off):
-        starts = r.starts[s0:s0 + f.n_levels + 1]
-        for j in range(f.n_levels):
-            np.testing.assert_array_equal(np.sort(perm[starts[j]:starts[j + 1]]), np.flatnonzero(f.index == j))
-    for kf, f in enumerate(d.factors):
-        np.testing.assert_array_equal(r.y_sorted[kf], d.y[r.perm[kf]])
-        np.testing.assert_array_equal(r.Z_sorted[:, r.z_off[kf]:r.z_off[kf] + f.q], f.Z[r.perm[kf]])
-    np.testing.assert_array_equal(r.perm[1], np.argsort(d.factors[1].index))  # obs: the index's inverse
+    np.testing.assert_array_equal(k.order, np.argsort(d.factors[1].index))
+    assert np.all(np.diff(k.rows.index[1]) >= 0)
+    r = factor_rows(d, k.order)
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal(2), rng.standard_normal(sum(f.n_levels * f.q for f in d.factors))
     eta = d.offset + d.F @ a
     for f, o in zip(d.factors, k.layout.off):
         eta = eta + np.einsum("ic,ic->i", f.Z, b[o:o + f.n_levels * f.q].reshape(f.n_levels, f.q)[f.index])
     L = k.layout
-    np.testing.assert_allclose(linear_predictor(d.offset, d.F, a, r.Z, r.index, r.z_off, L.q, L.off, b), eta)
+    np.testing.assert_allclose(linear_predictor(k.offset, k.F, a, r.Z, r.index, r.z_off, L.q, L.off, b), eta[k.order])
+    np.testing.assert_allclose(k.eta(a, b), eta[k.order])
 
 
 @pytest.mark.parametrize("formula, family, options, problem, fix", [
