@@ -8,7 +8,7 @@
     python benchmarks/run.py --list                        # names of the benchmarks
 
 Each benchmark is a function returning a ``common.Result``; the groups of benchmarks
-(``gaussian``, ``glm``, ``peers``, ``endtoend``, ``crossed``, ``crossed_glm``) register them in ``SUITES`` below.
+(``gaussian``, ``glm``, ``peers``, ``endtoend``, ``crossed``, ``crossed_glm``, ``crossed_poisson``) register them in ``SUITES`` below.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks import crossed  # noqa: E402
 from benchmarks import crossed_glm  # noqa: E402
+from benchmarks import crossed_poisson  # noqa: E402
 from benchmarks import endtoend  # noqa: E402
 from benchmarks import gaussian  # noqa: E402
 from benchmarks import glm  # noqa: E402
@@ -43,6 +44,7 @@ SUITES = {
     "endtoend": endtoend.BENCHMARKS,
     "crossed": crossed.BENCHMARKS,  # several grouping factors (issue 12); InstEval needs the `bench` extra (NumPyro)
     "crossed_glm": crossed_glm.BENCHMARKS,  # Polya-Gamma sampler of binomial and bernoulli models (issue 13)
+    "crossed_poisson": crossed_poisson.BENCHMARKS,  # Metropolis-within-Gibbs of Poisson models, several factors (issue 13)
 }
 
 

@@ -425,9 +425,10 @@ TWO = "y ~ x + (x | a) + (1 | b)"
      r"leave sampler unset"),
     ("y ~ x + (x || a)", {"sampler": "interweaving"}, r"sampler 'interweaving' fits one random-effects term",
      r"leave sampler unset"),
-    ("n ~ x + (1 | a) + (1 | b)", {"family": "poisson"}, r"several random-effects terms \(\(1 \| a\), \(1 \| b\)\); "
-     r"the poisson family fits one term so far", r"keep one term"),
-    ("n ~ x + (x || a)", {"family": "poisson"}, r"the poisson family fits one term so far", r"keep one term"),
+    ("n ~ x + (1 | a) + (1 | b)", {"family": "poisson", "sampler": "centred"}, r"sampler 'centred' fits one "
+     r"random-effects term; formula .* has several \(\(1 \| a\), \(1 \| b\)\)", r"use one of metropolis"),
+    ("n ~ x + (x || a)", {"family": "poisson", "sampler": "polya-gamma"}, r"sampler 'polya-gamma' fits binomial, "
+     r"bernoulli and negbinomial models, not poisson", r"use one of metropolis"),
 ], ids=["one level", "nested same grouping", "crossed same grouping", "level per row", "S0 not a dict",
         "S0 unknown factor", "eta0 unknown factor", "S0 not positive definite", "eta0 too small", "S0 across || terms", "centred sampler",
         "interweaving sampler", "poisson crossed", "poisson ||"])

@@ -529,8 +529,8 @@ def test_plots_of_a_crossed_binomial_fit(binomial_fit):
 
 
 @pytest.mark.parametrize("formula, family, options, problem, fix", [
-    ("y ~ x + (1 | a) + (1 | b)", "poisson", {}, r"the poisson family fits one term so far \(several are fitted for "
-     r"the gaussian, binomial, bernoulli and negbinomial families\)", r"keep one term"),
+    ("y ~ x + (1 | a) + (1 | b)", "poisson", {"sampler": "polya-gamma"}, r"sampler 'polya-gamma' fits binomial, "
+     r"bernoulli and negbinomial models, not poisson", r"use one of metropolis"),
     ("y ~ x + (1 | a)", "poisson", {"sampler": "polya-gamma"}, r"sampler 'polya-gamma' fits binomial, bernoulli and "
      r"negbinomial models, not poisson", r"use one of auto, interweaving, centred"),
     ("y ~ x + (1 | a) + (1 | b)", "gaussian", {"sampler": "polya-gamma"}, r"sampler 'polya-gamma' fits binomial, "

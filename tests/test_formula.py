@@ -261,7 +261,8 @@ def test_model_error_is_value_error():
 @pytest.mark.parametrize(
     "formula, kwargs, pattern",
     [
-        ("y ~ x + (1 | g) + (1 | c)", {"family": "poisson"}, r"the poisson family fits one term so far"),
+        ("y ~ x + (1 | g) + (1 | c)", {"family": "poisson", "sampler": "polya-gamma"},
+         r"sampler 'polya-gamma' fits binomial, bernoulli and negbinomial models"),
         ("y ~ x + (1 | g) + (x | g)", {}, r"varies by .g. in two terms"),
         ("y x + (1 | g)", {}, r"~"),
         ("y ~ x + z", {}, r"group-specific"),

@@ -149,15 +149,14 @@ def test_several_terms_give_one_object_per_factor(formula, factors, blocks):
     assert design.theta_terms == ["Intercept", "x"] if "x |" in formula or "x ||" in formula else ["Intercept"]
 
 
-def test_several_terms_refused_for_poisson_in_one_line():
-    """Poisson fits one term so far; binomial, bernoulli and negbinomial fit several (Polya-Gamma,
-    tests/test_crossed_glm.py, tests/test_negbinomial.py)."""
+def test_several_terms_of_every_glm_family():
+    """Poisson fits several terms by Metropolis-within-Gibbs (tests/test_crossed_poisson.py),
+    binomial and bernoulli by Polya-Gamma (tests/test_crossed_glm.py), negbinomial by Polya-Gamma
+    with a phi step (tests/test_negbinomial.py)."""
     df = crossed_data().assign(y=lambda d: (d["y"] > 1).astype(int))
-    with pytest.raises(ModelError, match=r"several random-effects terms \(\(1 \| batch\), \(1 \| s\)\); the "
-                       r"poisson family fits one term so far \(several are fitted for the gaussian, binomial, "
-                       r"bernoulli and negbinomial families\)") as err:
-        multilevel.Model("y ~ x + (1 | batch) + (1 | s)", df, family="poisson")
-    assert "\n" not in str(err.value)
+    chosen = {family: multilevel.Model("y ~ x + (1 | batch) + (1 | s)", df, family=family).sampler_name
+              for family in ("poisson", "bernoulli", "negbinomial")}
+    assert chosen == {"poisson": "metropolis", "bernoulli": "polya-gamma", "negbinomial": "polya-gamma"}
     model = multilevel.Model("y ~ x + (1 | batch) + (1 | s)", df, family="bernoulli")
     assert model.sampler_name == "polya-gamma"
 

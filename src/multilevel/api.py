@@ -77,9 +77,12 @@ class Model:
         groups inform their effects weakly or the data are small, decided in warm-up);
         see :mod:`multilevel.samplers.metropolis`; binomial and bernoulli also ``"polya-gamma"``
         (Polya-Gamma augmentation, each sweep a Gaussian update of the several-factor sampler,
-        :mod:`multilevel.samplers.polya_gamma`; the only sampler of their models with several
-        grouping factors; negbinomial's only sampler, with a Metropolis step for phi,
-        :mod:`multilevel.samplers.negbinomial`). ``None``: the family's default.
+        :mod:`multilevel.samplers.polya_gamma`; their default with several grouping factors;
+        negbinomial's only sampler, with a Metropolis step for phi,
+        :mod:`multilevel.samplers.negbinomial`). Several grouping factors: ``"metropolis"``
+        (Metropolis-within-Gibbs, all levels of a factor at once,
+        :mod:`multilevel.samplers.crossed_metropolis`; Poisson's default, an option for
+        binomial and bernoulli). ``None``: the family's default.
     """
 
     def __init__(

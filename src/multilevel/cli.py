@@ -50,12 +50,15 @@ def cli() -> None:
               help="Gaussian: column of precision weights (row i has variance sigma2 / w_i, as lme4's weights).")
 @click.option("--proposal", type=click.Choice(["laplace", "textbook"]), default="laplace", show_default=True,
               help="GLMs: Metropolis proposal for the group effects.")
-@click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred", "auto", "polya-gamma"]),
+@click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred", "auto", "polya-gamma",
+                                                             "metropolis"]),
               default=None,
               help="Gaussian: collapsed moves of Sigma, theta and alpha (default), centred Gibbs interwoven with "
               "non-centred moves, or the plain centred Gibbs sampler. GLMs: auto (default: interweaving when "
               "groups inform their effects weakly or the data are small), interweaving or centred; binomial and "
-              "bernoulli also polya-gamma (Polya-Gamma augmentation; their only sampler with several terms).")
+              "bernoulli also polya-gamma (Polya-Gamma augmentation; their default with several terms). Several terms: "
+              "metropolis (Metropolis-within-Gibbs per factor; poisson's default, an option for binomial and "
+              "bernoulli).")
 @click.option("--chains", default=4, show_default=True, type=int, help="Number of chains.")
 @click.option("--draws", default=1000, show_default=True, type=int, help="Kept draws per chain.")
 @click.option("--warmup", default=1000, show_default=True, type=int, help="Warm-up sweeps per chain, discarded.")

@@ -9,9 +9,10 @@ Each entry maps the names a user may pass as ``sampler=`` to a builder; the firs
 the default. A builder takes the design, the user's priors and the model's options and
 returns a :class:`Built`: the kernel with the statistics, estimates and resolved priors it
 was made from. :data:`SAMPLER_FAMILIES` limits a sampler to some families (Polya-Gamma
-augmentation: binomial, bernoulli and negbinomial) and :data:`FAMILY_SAMPLERS` a family to some
-samplers (negbinomial: Polya-Gamma only, for one term too), so a family may have no sampler
-for a structure (Poisson with several terms); :data:`CROSSED_SAMPLERS` run on a
+augmentation: binomial, bernoulli and negbinomial; the several-factor Metropolis kernel:
+families with a likelihood code) and :data:`FAMILY_SAMPLERS` a family to some samplers
+(negbinomial: Polya-Gamma only, for one term too), so a family may have no sampler for a
+structure; :data:`CROSSED_SAMPLERS` run on a
 :class:`~multilevel.design.CrossedDesign` even for one term.
 """
 
@@ -103,16 +104,33 @@ def _glm_polya_gamma(design: Any, priors: Any, family: Any, proposal: str) -> Bu
     return Built(kernel(design, layout, resolved, a_start), resolved)
 
 
+def _glm_crossed_metropolis(design: Any, priors: Any, family: Any, proposal: str) -> Built:
+    from ..blockstats import factor_layout
+    from ..families import CODES
+    from ..glmfit import pooled_glm
+    from ..priors import resolve_crossed_priors
+    from .crossed_metropolis import CrossedMetropolis
+
+    if family.name not in CODES:
+        raise ModelError(f"sampler 'metropolis' fits poisson, binomial and bernoulli models, not {family.name}: leave "
+                         "sampler unset")
+    layout = factor_layout(design, small_columns=0)
+    resolved = resolve_crossed_priors(priors, design, family)
+    a_start = pooled_glm(family, design.F, np.asarray(design.y, dtype=float), design.trials, design.offset)[0]
+    return Built(CrossedMetropolis(design, layout, resolved, a_start, CODES[family.name]), resolved)
+
+
 REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
     ("gaussian", "one term"): {n: _gaussian_one_term(n) for n in ("collapsed", "interweaving", "centred")},
     ("gaussian", "several terms"): {"collapsed": _gaussian_several_terms},
     ("glm", "one term"): {**{n: _glm_one_term(n) for n in ("auto", "interweaving", "centred")},
                           "polya-gamma": _glm_polya_gamma},
-    ("glm", "several terms"): {"polya-gamma": _glm_polya_gamma},
+    ("glm", "several terms"): {"polya-gamma": _glm_polya_gamma, "metropolis": _glm_crossed_metropolis},
 }
 
 #: the families a sampler fits, where not every family of its registry entries
-SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli", "negbinomial")}
+SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli", "negbinomial"),
+                    "metropolis": ("poisson", "binomial", "bernoulli")}
 #: the samplers a family is limited to, where not every sampler of its registry entries
 FAMILY_SAMPLERS = {"negbinomial": ("polya-gamma",)}
 #: samplers that run on a CrossedDesign whatever the number of terms
@@ -125,6 +143,7 @@ DESCRIPTIONS = {
     ("glm", "one term"): "metropolis-within-gibbs ({proposal} proposal, {name})",
     "polya-gamma": "polya-gamma augmented collapsed blocked gibbs",
     "polya-gamma negbinomial": "polya-gamma augmented collapsed blocked gibbs, metropolis phi",
+    "metropolis": "metropolis-within-gibbs (laplace proposals per factor level, shift and scale moves)",
 }
 
 
