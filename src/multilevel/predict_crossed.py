@@ -11,6 +11,7 @@ never seen, a new effect drawn per posterior draw from MVN(0, Sigma_k^(s)) (all 
 unseen level share it). ``re_form`` chooses the factors, as lme4's ``re.form``: None (all),
 a list of factor names, ``[]`` / ``"~0"`` / ``"NA"`` (none: the population-level prediction),
 or an lme4 formula such as ``"~(1 | s)"`` (its factors). The normals of the new levels come
+from .predict import _cholesky
 from the generator, factor by factor in formula order, levels in order of first appearance:
 ``rng.standard_normal((chains, draws, k, q_k))``.
 """
@@ -72,14 +73,6 @@ def _nested_factors(factor: str) -> list[str]:
     """``a/b/c`` -> ``a``, ``a:b``, ``a:b:c`` (lme4's nesting); ``a : b`` -> ``a:b``."""
     parts = [":".join(p.strip() for p in level.split(":")) for level in factor.split("/")]
     return [":".join(parts[:i + 1]) for i in range(len(parts))]
-
-
-def _cholesky(Sigma: np.ndarray) -> np.ndarray:
-    try:
-        return np.linalg.cholesky(Sigma)
-    except np.linalg.LinAlgError:  # a numerically singular draw: symmetric square root instead
-        w, v = np.linalg.eigh(Sigma)
-        return v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
 
 
 def fixed_effect_draws(fit: Fit, idx: np.ndarray) -> dict[str, np.ndarray]:
