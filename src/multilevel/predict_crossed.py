@@ -11,7 +11,6 @@ never seen, a new effect drawn per posterior draw from MVN(0, Sigma_k^(s)) (all 
 unseen level share it). ``re_form`` chooses the factors, as lme4's ``re.form``: None (all),
 a list of factor names, ``[]`` / ``"~0"`` / ``"NA"`` (none: the population-level prediction),
 or an lme4 formula such as ``"~(1 | s)"`` (its factors). The normals of the new levels come
-from .predict import _cholesky
 from the generator, factor by factor in formula order, levels in order of first appearance:
 ``rng.standard_normal((chains, draws, k, q_k))``.
 """
@@ -27,6 +26,7 @@ import xarray as xr
 from .convert import index_values, label_key
 from .design import _column_labels
 from .errors import ModelError
+from .predict import _cholesky
 from .factors import row_labels
 from .families import check_family
 from .terms import find_bars
