@@ -164,3 +164,20 @@ LME4_CROSSED = {
         "groups": {"g": 40},
     },
 }
+
+
+def assert_agrees_with_glmer(post, ref: dict) -> None:
+    """A GLM posterior against glmer's figures ``ref``: each fixed effect's mean within half a
+    standard error and its sd within 15% of it; each variance's median within half a posterior sd."""
+    import numpy as np
+    import pytest
+
+    for term, (est, se) in ref["fixef"].items():
+        draws = (post["theta"].sel(term=term) if term in post["term"] else post["alpha"].sel(fixed_term=term)).values
+        print(term, (draws.mean() - est) / se, draws.std() / se)
+        assert abs(draws.mean() - est) < 0.5 * se, (term, draws.mean(), est, se)
+        assert draws.std() == pytest.approx(se, rel=0.15), term
+    for factor, vc in ref["varcorr"].items():
+        draws = post[f"Sigma_{factor}"].values[..., 0, 0]
+        print(factor, (np.median(draws) - vc["cov"][0][0]) / draws.std())
+        assert abs(np.median(draws) - vc["cov"][0][0]) < 0.5 * draws.std(), (factor, np.median(draws), vc["cov"])
