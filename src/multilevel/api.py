@@ -27,6 +27,9 @@ from .run import ChainDraws, Recording, run_chains
 from .samplers import registry
 from .samplers.metropolis import PROPOSALS
 
+#: where the rows are while the model is built: read into memory, or left in Dask partitions
+ENGINES = ("pandas", "dask")
+
 #: the ``sampler=`` names of one-term models, by family (the registry has every structure)
 GAUSSIAN_SAMPLERS = tuple(registry.REGISTRY[("gaussian", "one term")])
 GLM_SAMPLERS = tuple(registry.REGISTRY[("glm", "one term")])
@@ -96,8 +99,11 @@ class Model:
         proposal: str = "laplace",
         sampler: str | None = None,
         weights: Any = None,
+        engine: str = "pandas",
     ):
         self.family = check_family(family)
+        if engine not in ENGINES:
+            raise ModelError(f"engine must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}")
         if proposal not in PROPOSALS:
             raise ModelError(f"proposal must be one of {', '.join(PROPOSALS)}, not {proposal!r}")
         if offset is not None and self.family.is_gaussian:
@@ -107,10 +113,27 @@ class Model:
                              "for binomial trials write the response p(successes, trials)")
         spec = parse_formula(formula)
         n_terms = len(spec.terms)
-        sampler = registry.choose(self.family, n_terms, sampler, spec.formula, ", ".join(map(str, spec.terms)))
+        if engine == "dask":
+            sampler = dask_sampler(self.family, n_terms, sampler, spec)
+            design = self._partitioned(spec, data, na_action, offset, weights)
+        else:
+            sampler = registry.choose(self.family, n_terms, sampler, spec.formula, ", ".join(map(str, spec.terms)))
+            design = self._in_memory(spec, data, na_action, offset, weights, registry.crossed_design(n_terms, sampler))
+        self.engine = engine
+        self.spec = spec
+        self.design = design
+        self.proposal = proposal
+        self.sampler_name = sampler
+        #: how the fit's attrs name the weights: the column, or "given" for values
+        self.weights_label = None if weights is None else (weights if isinstance(weights, str) else "given")
+        built = registry.build(self.family, n_terms, sampler, design, priors, proposal)
+        self.kernel, self.priors, self.stats, self.estimates = built.kernel, built.priors, built.stats, built.estimates
+
+    def _in_memory(self, spec: Any, data: Any, na_action: NaAction, offset: Any, weights: Any, crossed: bool) -> Any:
+        """The design of rows read into memory, checked."""
         frame = read_data(data)
         design = build_design(spec, frame, na_action, offset=offset, weights=weights,
-                              gaussian=self.family.is_gaussian, crossed=registry.crossed_design(n_terms, sampler))
+                              gaussian=self.family.is_gaussian, crossed=crossed)
         design.y, design.trials = family_response(self.family, design.y, spec.response, design.response_kind, design.response_levels)
         if isinstance(design, CrossedDesign):
             check_crossed_identifiable(design, self.family.is_gaussian)
@@ -120,14 +143,25 @@ class Model:
             if design.n_groups < 2:
                 raise ModelError(f"grouping factor {spec.group!r} has {design.n_groups} level; a multilevel model "
                                  "needs at least 2 groups")
-        self.spec = spec
-        self.design = design
-        self.proposal = proposal
-        self.sampler_name = sampler
-        #: how the fit's attrs name the weights: the column, or "given" for values
-        self.weights_label = None if weights is None else (weights if isinstance(weights, str) else "given")
-        built = registry.build(self.family, n_terms, sampler, design, priors, proposal)
-        self.kernel, self.priors, self.stats, self.estimates = built.kernel, built.priors, built.stats, built.estimates
+        return design
+
+    def _partitioned(self, spec: Any, data: Any, na_action: NaAction, offset: Any, weights: Any) -> Any:
+        """The design of rows left in their partitions (:mod:`multilevel.distributed`), checked
+        as far as no row is read: the response's kind on the first rows, and the counts."""
+        from .distributed.design import build_partitioned_design
+
+        if offset is not None:
+            raise ModelError("offset applies to the poisson, binomial, bernoulli and negbinomial families; "
+                             "for gaussian subtract it from the response")
+        design = build_partitioned_design(spec, data, na_action, weights=weights)
+        proto = design.plan.prototype
+        family_response(self.family, proto.y, spec.response, proto.response_kind, proto.response_levels)
+        effects = sum(f.n_levels * f.q for f in design.factors)
+        if design.n_obs <= effects:
+            raise ModelError(f"the {design.n_obs} rows are no more than the {effects + design.F.shape[1]} fixed and "
+                             "group effects, so the variances are confounded with the residual variance sigma2; use "
+                             "fewer terms or more rows")
+        return design
 
     @property
     def sampler(self) -> str:
@@ -241,6 +275,8 @@ class Model:
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "log_likelihood": "stored" if log_likelihood else "on demand",
             "complete": int(result.complete),
+            **({} if getattr(d, "in_memory", True) else {"engine": self.engine, "data_source": d.source,
+                                       "partitions": d.n_partitions}),
             **({} if any(k == "beta" or k.startswith("beta_") for k in result.draws) else {"group_draws": "left out"}),
         }
         if self.weights_label is not None:
@@ -257,6 +293,18 @@ class Model:
             warnings.warn(f"sampling interrupted: the fit holds {n_draws} of {result.target_draws} draws per chain; "
                           "continue it with multilevel.resume (CLI: multilevel resume)", stacklevel=3)
         return fit
+
+
+def dask_sampler(family: Any, n_terms: int, sampler: str | None, spec: Any) -> str:
+    """The sampler of a model fitted with ``engine="dask"``: Gaussian models so far, by the
+    collapsed blocked Gibbs sampler of several factors (``"blocked"`` for one term), which
+    reads only statistics summed partition by partition."""
+    if not family.is_gaussian:
+        raise ModelError(f"engine='dask' fits gaussian models so far, not {family.name}; use the in-memory engine")
+    wanted = "blocked" if n_terms == 1 else "collapsed"
+    if sampler not in (None, wanted):
+        raise ModelError(f"engine='dask' fits this model with sampler {wanted!r}, not {sampler!r}: leave sampler unset")
+    return registry.choose(family, n_terms, wanted, spec.formula, ", ".join(map(str, spec.terms)))
 
 
 def zero_mean_terms(design: Any) -> list[str]:
@@ -313,9 +361,10 @@ def fit(
     sampler: str | None = None,
     weights: Any = None,
     group_draws: bool = True,
+    engine: str = "pandas",
 ) -> Fit:
     """Fit a hierarchical model: ``Model(formula, data, family, priors, ...).fit(...)``."""
     model = Model(formula, data, family=family, priors=priors, na_action=na_action, offset=offset, proposal=proposal,
-                  sampler=sampler, weights=weights)
+                  sampler=sampler, weights=weights, engine=engine)
     return model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=progress,
                      log_likelihood=log_likelihood, posterior_predictive=posterior_predictive, group_draws=group_draws)

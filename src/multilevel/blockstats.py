@@ -30,6 +30,12 @@ r = y - X u_ref computed row by row once:
 
 whose terms are of the size of the residuals, not of y (no cancellation when y has a large
 mean). Precision weights scale rows by sqrt(w_i), as in :mod:`multilevel.suffstats`.
+
+The rows are read in two passes, each a sum over rows and so a sum over any batches of rows
+(:class:`BlockSums`, :class:`ResidualSums`): the first gives M, X'Wy and the reference point
+(the normal equations F'WF a = F'Wy), the second r'Wr and X'Wr. Rows in memory are one batch;
+a partitioned data set (:mod:`multilevel.distributed`) sums each partition's and adds them in
+partition order, so the statistics do not depend on which worker summed which partition.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+
+from .moments import Moments, combine_moments, moments_of
 
 if TYPE_CHECKING:
     from .design import CrossedDesign
@@ -138,22 +146,80 @@ def expanded_design(design: CrossedDesign, layout: FactorLayout) -> tuple[sp.csr
     return X, P
 
 
-def block_stats(design: CrossedDesign, layout: FactorLayout) -> BlockStats:
-    """One pass over the rows: every block of the module docstring, and the reference point."""
+class BlockSums(NamedTuple):
+    """The first pass's sums over a batch of rows (a partition, or all rows): additive, so
+    batches combine by :func:`add_block_sums` in a fixed order."""
+
+    M: sp.csr_matrix  # X'WX, (P + nb) square
+    Xty: np.ndarray  # (P + nb,) X'Wy
+    n_obs: int
+    logw: float  # sum log w_i
+    counts: tuple[np.ndarray, ...]  # per factor, rows per level
+    y: Moments  # of y (unweighted: the priors' fallback scale)
+    z: tuple[Moments, ...]  # per factor, of its covariates Z_k
+
+
+class ResidualSums(NamedTuple):
+    """The second pass's sums, of the reference residuals r = y - F a_ref: additive."""
+
+    rtr: float  # r'Wr
+    Xtr: np.ndarray  # (P + nb,) X'Wr
+    r: Moments  # of r (unweighted)
+
+
+def _weighted(design: CrossedDesign, layout: FactorLayout) -> tuple[sp.csr_matrix, int, np.ndarray, float]:
+    """X (rows scaled by sqrt(w)), P, y scaled alike, and sum log w."""
     X, P = expanded_design(design, layout)
     y = np.asarray(design.y, dtype=float)
-    logw = 0.0
-    if design.weights is not None:
-        y = y * np.sqrt(design.weights)
-        logw = float(np.sum(np.log(design.weights)))
-    p = design.F.shape[1]
-    Fw = X[:, :p].toarray()
-    a_ref = np.linalg.lstsq(Fw, y, rcond=None)[0] if p else np.zeros(0)
-    r = y - Fw @ a_ref
+    if design.weights is None:
+        return X, P, y, 0.0
+    return X, P, y * np.sqrt(design.weights), float(np.sum(np.log(design.weights)))
+
+
+def block_sums(design: CrossedDesign, layout: FactorLayout) -> BlockSums:
+    """The first pass over ``design``'s rows (level indices are the factors' full level sets)."""
+    X, _, y, logw = _weighted(design, layout)
     M = (X.T @ X).tocsr()
     M.sum_duplicates()
-    Xty = X.T @ y
-    Xtr = X.T @ r
+    return BlockSums(M=M, Xty=X.T @ y, n_obs=int(design.n_obs), logw=logw,
+                     counts=tuple(np.bincount(f.index, minlength=f.n_levels) for f in design.factors),
+                     y=moments_of(design.y), z=tuple(moments_of(f.Z) for f in design.factors))
+
+
+def residual_sums(design: CrossedDesign, layout: FactorLayout, a_ref: np.ndarray) -> ResidualSums:
+    """The second pass over ``design``'s rows: sums of r = y - F a_ref (weighted: sqrt(w) r)."""
+    X, _, y, _ = _weighted(design, layout)
+    r = np.asarray(design.y, dtype=float) - design.F @ a_ref
+    rw = r if design.weights is None else r * np.sqrt(design.weights)
+    return ResidualSums(rtr=float(rw @ rw), Xtr=X.T @ rw, r=moments_of(r))
+
+
+def add_block_sums(a: BlockSums, b: BlockSums) -> BlockSums:
+    """The :class:`BlockSums` of a's rows then b's."""
+    return BlockSums(M=a.M + b.M, Xty=a.Xty + b.Xty, n_obs=a.n_obs + b.n_obs, logw=a.logw + b.logw,
+                     counts=tuple(x + y for x, y in zip(a.counts, b.counts)), y=combine_moments(a.y, b.y),
+                     z=tuple(combine_moments(x, y) for x, y in zip(a.z, b.z)))
+
+
+def add_residual_sums(a: ResidualSums, b: ResidualSums) -> ResidualSums:
+    """The :class:`ResidualSums` of a's rows then b's."""
+    return ResidualSums(rtr=a.rtr + b.rtr, Xtr=a.Xtr + b.Xtr, r=combine_moments(a.r, b.r))
+
+
+def reference_point(sums: BlockSums, p: int) -> np.ndarray:
+    """a_ref: the pooled (weighted) least-squares fit of y on F, from the normal equations
+    F'WF a = F'Wy (the first p rows and columns of the sums)."""
+    if not p:
+        return np.zeros(0)
+    FtF = sums.M[:p, :p].toarray()
+    return np.linalg.lstsq(FtF, sums.Xty[:p], rcond=None)[0]
+
+
+def assemble(sums: BlockSums, resid: ResidualSums, layout: FactorLayout, a_ref: np.ndarray) -> BlockStats:
+    """The :class:`BlockStats` of the combined sums of both passes: M split into its blocks."""
+    p = a_ref.shape[0]
+    P = p + int(sum(layout.J[k] * layout.q[k] for k in range(len(layout.q)) if not layout.large[k]))
+    M, Xty, Xtr = sums.M, sums.Xty, resid.Xtr
     G = M[:P, :P].toarray()
     Mbt = M[P:, :P].tocsr()
     Mbt.sort_indices()
@@ -176,10 +242,47 @@ def block_stats(design: CrossedDesign, layout: FactorLayout) -> BlockStats:
         G=np.ascontiguousarray(G), Xty_t=np.ascontiguousarray(Xty[:P]), Xty_b=np.ascontiguousarray(Xty[P:]), A=A,
         W_ptr=Mbt.indptr.astype(np.int64), W_col=Mbt.indices.astype(np.int32), W_val=Mbt.data.astype(float),
         C_ptr=C.indptr.astype(np.int64), C_col=C.indices.astype(np.int32), C_val=C.data.astype(float),
-        u_ref_t=np.concatenate([a_ref, np.zeros(P - p)]), rtr=float(r @ r),
+        u_ref_t=np.concatenate([a_ref, np.zeros(P - p)]), rtr=resid.rtr,
         Xtr_t=np.ascontiguousarray(Xtr[:P]), Xtr_b=np.ascontiguousarray(Xtr[P:]),
-        n_obs=int(design.n_obs), logw=logw, p=p,
+        n_obs=int(sums.n_obs), logw=sums.logw, p=p,
     )
 
 
-__all__ = ["SMALL_FACTOR_COLUMNS", "BlockStats", "FactorLayout", "block_stats", "expanded_design", "factor_layout"]
+def level_blocks(stats: BlockStats, layout: FactorLayout, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Factor k's per-level Z_kj'WZ_kj (J, q, q) and Z_kj'Wr (J, q) of the reference residuals,
+    read from the statistics (A and X_b'Wr for a large factor, G and X_t'Wr for a small one)."""
+    q, J, off = int(layout.q[k]), int(layout.J[k]), int(layout.off[k])
+    idx = off + np.arange(J)[:, None] * q + np.arange(q)[None, :]
+    if layout.large[k]:
+        A = stats.A[layout.A_off[k]:layout.A_off[k] + J * q * q].reshape(J, q, q)
+        return A, stats.Xtr_b[idx]
+    return stats.G[idx[:, :, None], idx[:, None, :]], stats.Xtr_t[idx]
+
+
+class CrossedStatistics(NamedTuple):
+    """What the sampler and the default priors read: the blocks and the sums of both passes."""
+
+    stats: BlockStats
+    sums: BlockSums
+    resid: ResidualSums
+    layout: FactorLayout
+
+
+def block_stats(design: CrossedDesign, layout: FactorLayout) -> BlockStats:
+    """Both passes over ``design``'s rows: every block of the module docstring, and the
+    reference point (:func:`crossed_statistics` without the sums the priors use)."""
+    return crossed_statistics(design, layout).stats
+
+
+def crossed_statistics(design: CrossedDesign, layout: FactorLayout) -> CrossedStatistics:
+    """The statistics of ``design``'s rows in memory: its rows as the one batch of the passes a
+    partitioned design (:mod:`multilevel.distributed`) runs partition by partition."""
+    sums = block_sums(design, layout)
+    a_ref = reference_point(sums, design.F.shape[1])
+    resid = residual_sums(design, layout, a_ref)
+    return CrossedStatistics(assemble(sums, resid, layout, a_ref), sums, resid, layout)
+
+
+__all__ = ["SMALL_FACTOR_COLUMNS", "BlockStats", "BlockSums", "CrossedStatistics", "FactorLayout", "ResidualSums", "add_block_sums",
+           "add_residual_sums", "assemble", "block_stats", "block_sums", "crossed_statistics", "expanded_design",
+           "factor_layout", "level_blocks", "reference_point", "residual_sums"]

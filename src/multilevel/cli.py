@@ -50,11 +50,12 @@ def cli() -> None:
               help="Gaussian: column of precision weights (row i has variance sigma2 / w_i, as lme4's weights).")
 @click.option("--proposal", type=click.Choice(["laplace", "textbook"]), default="laplace", show_default=True,
               help="GLMs: Metropolis proposal for the group effects.")
-@click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred", "auto", "polya-gamma",
+@click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred", "blocked", "auto", "polya-gamma",
                                                              "metropolis"]),
               default=None,
               help="Gaussian: collapsed moves of Sigma, theta and alpha (default), centred Gibbs interwoven with "
-              "non-centred moves, or the plain centred Gibbs sampler. GLMs: auto (default: interweaving when "
+              "non-centred moves, the plain centred Gibbs sampler, or blocked (the collapsed blocked sampler of "
+              "several factors, which reads statistics only; the dask engine's). GLMs: auto (default: interweaving when "
               "groups inform their effects weakly or the data are small), interweaving or centred; binomial and "
               "bernoulli also polya-gamma (Polya-Gamma augmentation; their default with several terms). Several terms: "
               "metropolis (Metropolis-within-Gibbs per factor; poisson's default, an option for binomial and "
@@ -77,12 +78,25 @@ def cli() -> None:
               help="Keep no per-group draws (much less memory and a much smaller --out for many groups; no "
               "per-group results, seen-group predictions or resuming).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--engine", type=click.Choice(["pandas", "dask"]), default="pandas", show_default=True,
+              help="pandas: read the data into memory; dask: leave it in partitions and sum the model's statistics "
+              "partition by partition (Gaussian models; data beyond memory).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="dask: the scheduler to run on (tcp://host:8786); default: a local cluster for this command.")
+@click.option("--workers", default=None, type=int, help="dask: worker processes of the local cluster (default 2).")
+@click.option("--worker-memory", default=None, metavar="SIZE",
+              help="dask: memory limit of each local worker, e.g. 600MB (default: shared out of the machine's).")
 def fit_command(data: str, formula: str, family: str, offset: str | None, weights: str | None, proposal: str, sampler: str | None, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
-                log_likelihood: bool, no_group_draws: bool, no_progress: bool) -> None:
-    """Fit FORMULA to DATA (a CSV or Parquet file, or a bundled data set: hsb82, sleepstudy, epil, cbpp, insteval)."""
+                log_likelihood: bool, no_group_draws: bool, no_progress: bool, engine: str, scheduler: str | None,
+                workers: int | None, worker_memory: str | None) -> None:
+    """Fit FORMULA to DATA (a CSV or Parquet file, a directory or glob of them, or a bundled data
+    set: hsb82, sleepstudy, epil, cbpp, insteval)."""
     from .api import Model
     from .result import check_writable
+
+    if engine != "dask" and (scheduler or workers is not None or worker_memory):
+        raise ModelError("--scheduler, --workers and --worker-memory apply to --engine dask; add it or leave them out")
 
     if out is not None:
         check_writable(Path(out), overwrite)
@@ -90,8 +104,15 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, weight
         raise ModelError("--checkpoint needs --out, the file the checkpoints go to")
     if log_likelihood and out is None:
         raise ModelError("--log-likelihood applies to the file --out writes; add --out FILE")
-    model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal, sampler=sampler,
-                  weights=weights)
+    if engine == "dask":
+        from .distributed.cluster import dask_client
+
+        with dask_client(scheduler, workers, worker_memory):  # the statistics passes run on it, then it closes
+            model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal,
+                          sampler=sampler, weights=weights, engine=engine)
+    else:
+        model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal,
+                      sampler=sampler, weights=weights)
     try:
         fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
                         progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out,
@@ -369,7 +390,7 @@ def predict_command(fit_path: str, new_data: str | None, out: str | None, kind: 
         raise ModelError("give --re-form or --no-group-effects, not both (--no-group-effects is --re-form '~0')")
     fit = load(fit_path)
     factors = _re_form_factors(fit, re_form, no_group_effects)
-    several = "F" in fit.group("constant_data")  # a one-factor fit takes the choice as include_group_effects
+    several = fit.several_terms  # a one-factor fit takes the choice as include_group_effects
     data = read_data(new_data) if new_data is not None else None
     table = fit.predict(data, kind=kind, include_group_effects=bool(factors), draws=draws, seed=seed,
                         summary=True, hdi_prob=hdi_prob, offset=offset, weights=weights,

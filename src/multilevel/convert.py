@@ -188,11 +188,12 @@ def crossed_fit_groups(draws: dict[str, np.ndarray], design: Any, attrs: dict[st
     groups = {
         "posterior": _dataset(posterior, dims, coords, ("chain", "draw")),
         "sample_stats": _dataset(sample_stats, SAMPLE_STATS, coords, ("chain", "draw")),
-        "observed_data": _dataset({"y": np.asarray(design.y)}, data_dims, coords, ()),
-        "constant_data": _dataset(constant, data_dims, coords, ()),
     }
     groups["posterior"].attrs.update(clean_attrs)
-    groups["training_data"] = frame_to_dataset(training_frame(design))
+    if design.in_memory:  # a partitioned design's rows stay where they are (the fit records where)
+        groups["observed_data"] = _dataset({"y": np.asarray(design.y)}, data_dims, coords, ())
+        groups["constant_data"] = _dataset(constant, data_dims, coords, ())
+        groups["training_data"] = frame_to_dataset(training_frame(design))
     return groups
 
 

@@ -537,14 +537,25 @@ class CrossedDesign:
     def n_groups(self) -> dict[str, int]:
         return {f.name: f.n_levels for f in self.factors}
 
+    #: the rows are in memory (a :class:`~multilevel.distributed.design.PartitionedDesign`'s are not)
+    in_memory = True
+
+    def statistics(self, layout: Any) -> Any:
+        """The Gaussian model's statistics of these rows
+        (:func:`multilevel.blockstats.crossed_statistics`)."""
+        from .blockstats import crossed_statistics
+
+        return crossed_statistics(self, layout)
+
 
 def build_crossed_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAction = "drop", offset: Any = None,
-                         weights: Any = None, gaussian: bool = True) -> CrossedDesign:
+                         weights: Any = None, gaussian: bool = True, check: bool = True) -> CrossedDesign:
     """Evaluate a formula with several random-effects terms on ``data``: the fixed design, and
     per grouping factor its covariates and level index (:mod:`multilevel.reterms`).
     Offsets (``offset(...)`` terms and the ``offset`` argument) go into ``offset`` for GLMs
     (``gaussian=False``) and are refused for the Gaussian family; degenerate factors are
-    refused (:func:`multilevel.reterms.check_factors`)."""
+    refused (:func:`multilevel.reterms.check_factors`) unless ``check`` is False (a sample of
+    the rows, :mod:`multilevel.distributed.plan`)."""
     from .reterms import check_factors, factor_terms, group_terms
 
     if offset is not None and gaussian:
@@ -570,7 +581,8 @@ def build_crossed_design(spec: FormulaSpec, data: pd.DataFrame, na_action: NaAct
         f = factor_terms(name, terms, data, mats, _column_labels, fixed_names, spec.formula)
         _check_finite(f.Z, list(f.names), spec.formula)
         factors.append(f)
-    check_factors(factors, len(data), gaussian=gaussian)
+    if check:
+        check_factors(factors, len(data), gaussian=gaussian)
     varying = {n for f in factors for n in f.names}
     theta_index = np.array([i for i, n in enumerate(fixed_names) if n in varying], dtype=np.int64)
     alpha_index = np.array([i for i, n in enumerate(fixed_names) if n not in varying], dtype=np.int64)

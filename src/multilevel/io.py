@@ -18,7 +18,8 @@ def read_data(source: Any) -> pd.DataFrame:
     """Return ``source`` as a pandas DataFrame.
 
     ``source`` may be a pandas DataFrame, a polars DataFrame, a path to a CSV or Parquet
-    file, or the name of a bundled data set (``hsb82``, ``sleepstudy``, ``epil``, ``cbpp``).
+    file, a directory or glob of such files (read in name order, one frame), or the name of a
+    bundled data set (``hsb82``, ``sleepstudy``, ``epil``, ``cbpp``).
     """
     if isinstance(source, pd.DataFrame):
         return source
@@ -28,6 +29,12 @@ def read_data(source: Any) -> pd.DataFrame:
         text = str(source)
         if text in NAMES and not Path(text).exists():
             return load_dataset(text)
+        if Path(text).is_dir() or (any(c in text for c in "*?[") and not Path(text).exists()):
+            from .distributed.source import data_files, file_format
+
+            files = data_files(text)
+            file_format(files)
+            return pd.concat([_read_file(f) for f in files], ignore_index=True)
         return _read_file(Path(text))
     raise ModelError(
         f"data must be a pandas DataFrame, a CSV or Parquet path, or a bundled data set name; "
@@ -41,8 +48,6 @@ def _read_file(path: Path) -> pd.DataFrame:
             f"data file {str(path)!r} not found; give a CSV or Parquet path or one of the "
             f"bundled data sets: {', '.join(NAMES)}"
         )
-    if path.is_dir():
-        raise ModelError(f"data path {str(path)!r} is a directory; give a CSV or Parquet file")
     suffix = path.suffix.lower()
     try:
         if suffix in _CSV:

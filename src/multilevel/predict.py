@@ -294,6 +294,8 @@ def _external_offset(fit: Fit, data: pd.DataFrame, offset: Any) -> np.ndarray | 
 def fit_uses_external_offset(fit: Fit) -> bool:
     """Whether the fitted offset differs from the formula's own ``offset(...)`` terms."""
     cd = fit.group("constant_data")
+    if cd is None:  # a Dask fit: Gaussian, no offset
+        return False
     stored = cd["offset"].values if "offset" in cd else np.zeros(1)
     if not np.any(stored != 0):
         return False
@@ -386,7 +388,7 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     """
     if kind not in KINDS:
         raise ModelError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    crossed = "F" in fit.group("constant_data")
+    crossed = fit.several_terms
     if re_form is not None and not crossed:
         raise ModelError("re_form chooses among several grouping factors; this fit has one: use "
                          "include_group_effects=False to leave its group effects out")
@@ -475,6 +477,7 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
     rng = make_rng(seed)
     post = fit.posterior
     idx = draw_positions(post.sizes["draw"], draws)
+    fit.require_rows("predict() without new data")
     cd = fit.group("constant_data")
     if "F" in cd:  # several grouping factors: rows in the data's order
         from .predict_crossed import as_array, fitted_crossed, resolve_re_form
@@ -519,6 +522,7 @@ def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, c
     rng = make_rng(seed)
     post = fit.posterior
     idx = draw_positions(post.sizes["draw"], draws)
+    fit.require_rows("posterior_predictive()")
     cd = fit.group("constant_data")
     y = fit.group("observed_data")["y"].values
     trials = cd["trials"].values if "trials" in cd else None

@@ -259,18 +259,12 @@ def resolve_priors(user: Priors | dict | None, design: Design, est: Any, family:
 
 # -- several grouping factors -------------------------------------------------------------------
 
-def _per_level_fits(f: Any, r: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """Each level's least-squares fit of the residuals ``r`` on the factor's covariates Z_k
-    (weighted), for the levels with more rows than terms and a well-conditioned Z_j'Z_j;
-    returns the fits (levels with one, q) and how many levels had one."""
-    Z, idx, q, J = f.Z, f.index, f.q, f.n_levels
-    Zw = Z if w is None else Z * w[:, None]
-    ZtZ = np.zeros((J, q, q))
-    for s in range(q):
-        for c in range(q):
-            ZtZ[:, s, c] = np.bincount(idx, weights=Zw[:, s] * Z[:, c], minlength=J)
-    Ztr = np.stack([np.bincount(idx, weights=Zw[:, s] * r, minlength=J) for s in range(q)], axis=1)
-    n = np.bincount(idx, minlength=J)
+def _per_level_fits(ZtZ: np.ndarray, Ztr: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each level's least-squares fit of the residuals on the factor's covariates Z_k from its
+    (weighted) Z_j'Z_j (J, q, q) and Z_j'r (J, q), for the levels with more rows ``n`` than
+    terms and a well-conditioned Z_j'Z_j; returns the fits (levels with one, q) and how many
+    levels had one."""
+    q = ZtZ.shape[1]
     eig = np.linalg.eigvalsh(ZtZ)
     own = (n > q) & (eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300))
     if not own.any():
@@ -279,10 +273,12 @@ def _per_level_fits(f: Any, r: np.ndarray, w: np.ndarray | None) -> tuple[np.nda
     return fits, int(own.sum())
 
 
-def _factor_scale(f: Any, fits: np.ndarray, scale: float, fallback: str, notes: list[str]) -> np.ndarray:
+def _factor_scale(f: Any, fits: np.ndarray, scale: float, fallback: str, notes: list[str],
+                  vz: np.ndarray | None = None) -> np.ndarray:
     """S0_k of factor ``f``: the covariance of its levels' own fits ``fits`` (levels with one, q)
     when at least q + 2 levels have one and it is positive definite; else diag(scale / var(z_kc))
-    (``scale`` for a constant column), with a note ending in ``fallback``. Zero off its blocks."""
+    (``scale`` for a constant column; ``vz`` the columns' variances, else computed from f.Z),
+    with a note ending in ``fallback``. Zero off its blocks."""
     count = fits.shape[0]
     S = None
     if count >= f.q + 2:
@@ -292,7 +288,7 @@ def _factor_scale(f: Any, fits: np.ndarray, scale: float, fallback: str, notes: 
         except np.linalg.LinAlgError:
             S = None
     if S is None:
-        vz = np.var(f.Z, axis=0)
+        vz = np.var(f.Z, axis=0) if vz is None else vz
         varying = vz > 1e-12 * max(vz.max(), 1e-300)
         S = np.diag(np.where(varying, scale / np.where(varying, vz, 1.0), scale))
         notes.append(f"factor {f.name!r}: only {count} of {f.n_levels} levels have their own fit (need "
@@ -300,12 +296,15 @@ def _factor_scale(f: Any, fits: np.ndarray, scale: float, fallback: str, notes: 
     return np.where(f.block_mask(), S, 0.0)
 
 
-def default_crossed_priors(design: Any) -> Priors:
-    r"""Data-informed defaults for a model with several grouping factors (Gaussian family).
+def default_crossed_priors(design: Any, statistics: Any) -> Priors:
+    r"""Data-informed defaults for a model with several grouping factors (Gaussian family),
+    read from the model's statistics (:func:`multilevel.blockstats.crossed_statistics`; no row
+    is read here, so a partitioned design gives the same defaults):
 
     * fixed effects a (theta and alpha terms): the pooled (weighted) least-squares fit a_ls of
-      y on F, with the unit-information covariance N s2 (F'WF)^-1, s2 = RSS / (N - p) of that
-      fit; mu0/Lambda0 are its theta block, alpha_mean/alpha_cov its alpha block;
+      y on F (the statistics' reference point), with the unit-information covariance
+      N s2 (F'WF)^-1, s2 = RSS / (N - p) of that fit; mu0/Lambda0 are its theta block,
+      alpha_mean/alpha_cov its alpha block;
     * per factor k with q_k terms: Sigma_k ~ IW(eta0_k = q_k + 2, S0_k), E[Sigma_k] = S0_k,
       where S0_k is the covariance of the per-level least-squares fits of the pooled residuals
       y - F a_ls on the factor's covariates Z_k (levels with more rows than terms); fallback,
@@ -316,24 +315,27 @@ def default_crossed_priors(design: Any) -> Priors:
     * sigma2 ~ IG(nu0 / 2, nu0 sigma0_sq / 2), nu0 = 1, sigma0_sq = s2 (an upper bound: the
       pooled residuals hold the group effects too; with nu0 = 1 the prior is weak).
     """
-    F, y, w = design.F, np.asarray(design.y, dtype=float), design.weights
-    n, p = F.shape
-    root = np.ones(n) if w is None else np.sqrt(w)
-    a_ls = np.linalg.lstsq(F * root[:, None], y * root, rcond=None)[0] if p else np.zeros(0)
-    r = y - F @ a_ls
-    rss = float(np.sum((r * root) ** 2))
-    var_y = float(np.var(y)) or 1.0
+    from .blockstats import level_blocks
+
+    stats, sums, resid = statistics.stats, statistics.sums, statistics.resid
+    layout = statistics.layout
+    n, p = sums.n_obs, stats.p
+    a_ls = stats.u_ref_t[:p]
+    rss = resid.rtr
+    var_y = float(sums.y.variance) or 1.0
     s2 = rss / (n - p) if n > p else var_y
     if not s2 > 1e-12 * var_y:
         s2 = var_y
-    cov = n * s2 * np.linalg.pinv((F * (root ** 2)[:, None]).T @ F) if p else np.zeros((0, 0))
+    cov = n * s2 * np.linalg.pinv(stats.G[:p, :p]) if p else np.zeros((0, 0))
     cov = 0.5 * (cov + cov.T)
     th, al = design.theta_index, design.alpha_index
     eta0, S0, notes = {}, {}, []
-    var_r = float(np.var(r)) or var_y
-    for f in design.factors:
-        S0[f.name] = _factor_scale(f, _per_level_fits(f, r, w)[0], var_r, "S0 from the pooled residual variance",
-                                   notes)
+    var_r = float(resid.r.variance) or var_y
+    for k, f in enumerate(design.factors):
+        ZtZ, Ztr = level_blocks(stats, layout, k)
+        fits = _per_level_fits(ZtZ, Ztr, sums.counts[k])[0]
+        S0[f.name] = _factor_scale(f, fits, var_r, "S0 from the pooled residual variance", notes,
+                                   vz=np.atleast_1d(sums.z[k].variance))
         eta0[f.name] = float(f.q + 2)
     return Priors(
         mu0=a_ls[th], Lambda0=cov[np.ix_(th, th)], eta0=eta0, S0=S0, nu0=1.0, sigma0_sq=s2,
@@ -437,14 +439,16 @@ def _negbinomial_information(F: np.ndarray, y: np.ndarray, eta: np.ndarray) -> n
     return F.T @ (F * w[:, None])
 
 
-def resolve_crossed_priors(user: Priors | dict | None, design: Any, family: Family | None = None) -> Priors:
+def resolve_crossed_priors(user: Priors | dict | None, design: Any, family: Family | None = None,
+                           statistics: Any = None) -> Priors:
     """Fill the user's priors of a several-factor model with :func:`default_crossed_priors`
     (GLMs: :func:`default_crossed_glm_priors`) and validate every one. ``eta0`` and ``S0``
     are dicts keyed by factor name (``{"s": [[0.1]], "d": [[0.3]]}``); factors left out take
-    their defaults. GLMs have no nu0 and sigma0_sq."""
+    their defaults. GLMs have no nu0 and sigma0_sq. ``statistics``: the Gaussian model's
+    (:func:`multilevel.blockstats.crossed_statistics`), which its defaults are read from."""
     user = as_priors(user)
     gaussian = family is None or family.is_gaussian
-    defaults = default_crossed_priors(design) if gaussian else default_crossed_glm_priors(design, family)
+    defaults = default_crossed_priors(design, statistics) if gaussian else default_crossed_glm_priors(design, family)
     names = [f.name for f in design.factors]
     eta_user, S_user = _per_factor(user.eta0, "eta0", names), _per_factor(user.S0, "S0", names)
     eta0, S0 = {}, {}

@@ -80,9 +80,26 @@ class Fit:
             self._idata.add_groups({name: ds})
 
     @property
+    def several_terms(self) -> bool:
+        """Whether the fit has the layout of several random-effects terms (per-factor variables)."""
+        cd = self.group("constant_data")
+        return (cd is not None and "F" in cd) or self.attrs.get("engine") == "dask"
+
+    def require_rows(self, what: str) -> None:
+        """Refuse ``what`` in one line when the fitted rows are not in the fit (``engine="dask"``)."""
+        if self.group("observed_data") is None:
+            raise ModelError(f"{what} needs the fitted rows, which a fit made with engine='dask' leaves in "
+                             f"{self.attrs.get('data_source')}; over Dask data this is not available yet: predict "
+                             "new rows with predict(newdata) instead")
+
+    @property
     def design(self) -> Any:
         """The model's :class:`~multilevel.design.Design`, rebuilt from the stored training
         data after loading, so that new data get the same transformations."""
+        if self._design is None and self.group("training_data") is None and self.attrs.get("engine") == "dask":
+            raise ModelError(f"this fit was made with engine='dask' and loaded from a file: its rows stay in "
+                             f"{self.attrs.get('data_source')}, so new data cannot be coded as the fitted rows were; "
+                             "predict with the fit in the session that made it")
         if self._design is None and self.group("training_data") is not None:
             from .design import build_design
             from .formula import parse_formula
@@ -262,7 +279,8 @@ class Fit:
             f" Family: {self.family} ({check_family(self.family).link} link)",
             f"Formula: {self.formula}",
             data_line
-            + (f", precision weights {a['weights']}" if a.get("weights") else ""),
+            + (f", precision weights {a['weights']}" if a.get("weights") else "")
+            + (f" ({a['engine']}: {a.get('partitions')} partitions of {a.get('data_source')})" if a.get("engine") else ""),
             *(a["predictors"].splitlines() if "predictors" in a else predictor_lines(self.design)),
             f"  Draws: {post.sizes['chain']} chains x {post.sizes['draw']} draws after {a.get('warmup')} warm-up sweeps"
             f" ({a.get('sampler')}, seed {a.get('seed')})",
@@ -329,6 +347,7 @@ class Fit:
         (one compiled pass over rows per draw, :func:`multilevel.glmlik.row_linear_predictor`)."""
         from .glmlik import row_linear_predictor
 
+        self.require_rows("the linear predictor of the fitted rows")
         cd = self.group("constant_data")
         post = self.posterior
         if len(self.beta_variables()) < len(self.sigma_variables()):
@@ -363,6 +382,7 @@ class Fit:
         stored = self.group("log_likelihood")
         if stored is not None:
             return stored["y"]
+        self.require_rows("the log-likelihood")
         y = self.group("observed_data")["y"].values
         cd = self.group("constant_data")
         trials = cd["trials"].values if "trials" in cd else np.ones_like(y)

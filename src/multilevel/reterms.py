@@ -116,10 +116,11 @@ def factor_terms(name: str, terms: Sequence[RandomTerm], frame: pd.DataFrame, te
                        blocks=tuple(blocks), mean_index=mean_index, matrices=tuple(term_matrices))
 
 
-def check_factors(factors: Sequence[FactorTerms], n_obs: int, gaussian: bool) -> None:
+def check_factors(factors: Sequence[FactorTerms], n_obs: int, gaussian: bool, rows: bool = True) -> None:
     """Refuse degenerate factors in one line each: a factor with one level, two factors that
-    group the rows identically (``(1 | a/b)`` where every a has one b), and, for the Gaussian
-    family, a factor with a level per row (confounded with sigma2, as lme4 refuses)."""
+    group the rows identically (``(1 | a/b)`` where every a has one b; only with ``rows``, the
+    factors' row indices at hand), and, for the Gaussian family, a factor with a level per row
+    (confounded with sigma2, as lme4 refuses)."""
     for f in factors:
         if f.n_levels < 2:
             raise ModelError(f"grouping factor {f.name!r} has {f.n_levels} level; a random-effects factor needs at "
@@ -130,7 +131,7 @@ def check_factors(factors: Sequence[FactorTerms], n_obs: int, gaussian: bool) ->
                              "this too); remove its terms, or use a GLM family, where an observation-level effect "
                              "is identified")
     seen: dict[tuple, str] = {}
-    for f in factors:
+    for f in factors if rows else ():
         # two factors group the rows alike when each level of one is exactly one level of the other
         first = np.zeros(f.n_levels, dtype=np.int64)
         first[f.index[::-1]] = np.arange(len(f.index))[::-1]

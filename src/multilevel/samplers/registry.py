@@ -57,14 +57,14 @@ def _gaussian_one_term(name: str) -> Callable[..., Built]:
 
 
 def _gaussian_several_terms(design: Any, priors: Any, family: Any, proposal: str) -> Built:
-    from ..blockstats import block_stats, factor_layout
+    from ..blockstats import factor_layout
     from ..priors import resolve_crossed_priors
     from .crossed import CrossedGibbs
 
     layout = factor_layout(design)
-    stats = block_stats(design, layout)
-    resolved = resolve_crossed_priors(priors, design)
-    return Built(CrossedGibbs(stats, layout, resolved, design), resolved, stats)
+    statistics = design.statistics(layout)  # in memory, or partition by partition
+    resolved = resolve_crossed_priors(priors, design, statistics=statistics)
+    return Built(CrossedGibbs(statistics.stats, layout, resolved, design), resolved, statistics.stats)
 
 
 def _glm_one_term(name: str) -> Callable[..., Built]:
@@ -121,7 +121,8 @@ def _glm_crossed_metropolis(design: Any, priors: Any, family: Any, proposal: str
 
 
 REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
-    ("gaussian", "one term"): {n: _gaussian_one_term(n) for n in ("collapsed", "interweaving", "centred")},
+    ("gaussian", "one term"): {**{n: _gaussian_one_term(n) for n in ("collapsed", "interweaving", "centred")},
+                               "blocked": _gaussian_several_terms},
     ("gaussian", "several terms"): {"collapsed": _gaussian_several_terms},
     ("glm", "one term"): {**{n: _glm_one_term(n) for n in ("auto", "interweaving", "centred")},
                           "polya-gamma": _glm_polya_gamma},
@@ -134,13 +135,14 @@ SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli", "negbinomial"),
 #: the samplers a family is limited to, where not every sampler of its registry entries
 FAMILY_SAMPLERS = {"negbinomial": ("polya-gamma",)}
 #: samplers that run on a CrossedDesign whatever the number of terms
-CROSSED_SAMPLERS = frozenset({"polya-gamma"})
+CROSSED_SAMPLERS = frozenset({"polya-gamma", "blocked"})
 
 #: how a fit names each sampler (its ``sampler`` attribute), by (family, structure), or by name
 DESCRIPTIONS = {
     ("gaussian", "one term"): "{name} gibbs",
     ("gaussian", "several terms"): "collapsed blocked gibbs (several factors)",
     ("glm", "one term"): "metropolis-within-gibbs ({proposal} proposal, {name})",
+    "blocked": "collapsed blocked gibbs",
     "polya-gamma": "polya-gamma augmented collapsed blocked gibbs",
     "polya-gamma negbinomial": "polya-gamma augmented collapsed blocked gibbs, metropolis phi",
     "metropolis": "metropolis-within-gibbs (laplace proposals per factor level, shift and scale moves)",

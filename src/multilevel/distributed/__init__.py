@@ -1,0 +1,11 @@
+"""Fits of data beyond one machine's memory, partition by partition on Dask.
+
+The data path (``engine="dask"``): :mod:`.source` opens the data as a Dask DataFrame (a Dask
+DataFrame given, or a file, directory or glob of Parquet or CSV files); :mod:`.plan` learns
+in one pass what the formula needs from all rows (categorical levels, every grouping factor's
+levels, ``center``/``scale`` constants, rows dropped for missing values) and then evaluates
+the formula partition by partition exactly as on the rows in memory; :mod:`.design` sums the
+model's statistics per partition and combines them in partition order (a fixed tree), so the
+statistics, and so the draws, do not depend on the number of workers. The sampler then runs
+on the statistics as for data in memory: a Gaussian sweep never reads rows.
+"""

@@ -1,0 +1,112 @@
+"""A model's design whose rows stay in their partitions: names, levels and formulae matrices
+at hand, statistics computed partition by partition (:mod:`multilevel.blockstats`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..blockstats import (CrossedStatistics, add_block_sums, add_residual_sums, assemble, block_sums, reference_point,
+                          residual_sums)
+from ..design import CrossedDesign
+from ..errors import ModelError
+from ..formula import FormulaSpec
+from ..reterms import check_factors
+from .plan import PartitionPlan, make_plan, partition_design
+from .reduce import tree_reduce
+from .source import describe_source, open_dask
+
+
+def dask_compute(values: list[Any]) -> tuple:
+    """Compute delayed values on the current Dask scheduler (a distributed client when one is
+    active), in the order given."""
+    import dask
+
+    return dask.compute(*values)
+
+
+def partition_block_sums(frame: pd.DataFrame, plan: PartitionPlan, layout: Any) -> Any:
+    """First statistics pass over one partition (:func:`multilevel.blockstats.block_sums`)."""
+    return block_sums(partition_design(frame, plan), layout)
+
+
+def partition_residual_sums(frame: pd.DataFrame, plan: PartitionPlan, layout: Any, a_ref: np.ndarray) -> Any:
+    """Second statistics pass over one partition (:func:`multilevel.blockstats.residual_sums`)."""
+    return residual_sums(partition_design(frame, plan), layout, a_ref)
+
+
+@dataclass
+class PartitionedDesign(CrossedDesign):
+    """A :class:`~multilevel.design.CrossedDesign` without rows in memory: its names, factors
+    (global levels) and ``formulae`` matrices come from the :class:`PartitionPlan`; its row
+    arrays are empty (``frame`` has the columns and their types, no rows: how new data are
+    conformed for predictions); :meth:`statistics` runs over the partitions of ``ddf``."""
+
+    ddf: Any = field(default=None, repr=False)
+    plan: PartitionPlan | None = field(default=None, repr=False)
+    rows: int = 0
+    source: str = ""
+    compute: Callable[[list[Any]], tuple] = field(default=dask_compute, repr=False)
+
+    in_memory = False
+
+    @property
+    def n_obs(self) -> int:
+        return self.rows
+
+    @property
+    def n_partitions(self) -> int:
+        return int(self.ddf.npartitions)
+
+    def statistics(self, layout: Any) -> CrossedStatistics:
+        """The Gaussian statistics in two passes over the partitions, each combined in a fixed
+        tree (:func:`multilevel.distributed.reduce.tree_reduce`): the same numbers for any
+        number of workers."""
+        from dask import delayed
+
+        parts = self.ddf.to_delayed()
+        (sums,) = self.compute([tree_reduce([delayed(partition_block_sums)(p, self.plan, layout) for p in parts],
+                                            add_block_sums)])
+        p = self.F.shape[1]
+        check_fixed_rank(sums.M[:p, :p].toarray(), self.fixed_names)
+        a_ref = reference_point(sums, p)
+        (resid,) = self.compute([tree_reduce([delayed(partition_residual_sums)(q, self.plan, layout, a_ref)
+                                              for q in parts], add_residual_sums)])
+        return CrossedStatistics(assemble(sums, resid, layout, a_ref), sums, resid, layout)
+
+
+def check_fixed_rank(FtF: np.ndarray, names: list[str]) -> None:
+    """Refuse collinear fixed effects, read from F'WF (the rows are not at hand)."""
+    if not FtF.size:
+        return
+    scale = np.sqrt(np.maximum(np.diag(FtF), 1e-300))
+    eig, vec = np.linalg.eigh(FtF / np.outer(scale, scale))
+    if eig[0] < 1e-10 * max(eig[-1], 1e-300):
+        involved = [n for n, v in zip(names, vec[:, 0]) if abs(v) > 1e-3]
+        raise ModelError(f"the fixed effects {', '.join(involved)} are collinear (the design is rank deficient); "
+                         "remove one of them")
+
+
+def build_partitioned_design(spec: FormulaSpec, data: Any, na_action: str = "drop", weights: Any = None,
+                             compute: Callable[[list[Any]], tuple] = dask_compute) -> PartitionedDesign:
+    """The :class:`PartitionedDesign` of a Gaussian model of ``data`` (a Dask DataFrame, an
+    in-memory frame, or a Parquet/CSV path, directory or glob): one learning pass
+    (:func:`multilevel.distributed.plan.make_plan`); the statistics come later."""
+    columns = list(dict.fromkeys([*spec.variables, *([weights] if isinstance(weights, str) else [])]))
+    ddf = open_dask(data, columns=columns if isinstance(data, str) or hasattr(data, "__fspath__") else None)
+    plan, rows = make_plan(ddf, spec, na_action, weights, compute)
+    proto = plan.prototype
+    factors = tuple(type(f)(**{**{x.name: getattr(f, x.name) for x in fields(f)}, "factor": g.factor,
+                               "Z": np.zeros((0, f.q))}) for f, g in zip(proto.factors, plan.factors))
+    check_factors(factors, rows, gaussian=True, rows=False)
+    values = {x.name: getattr(proto, x.name) for x in fields(CrossedDesign)}
+    values.update(y=np.zeros(0), F=np.zeros((0, proto.F.shape[1])), factors=factors, row_labels=pd.RangeIndex(0),
+                  frame=proto.frame.iloc[:0], offset=np.zeros(0), offset_argument=None, trials=np.zeros(0),
+                  weights=None if weights is None else np.zeros(0))
+    return PartitionedDesign(**values, ddf=ddf, plan=plan, rows=rows, source=describe_source(data), compute=compute)
+
+
+__all__ = ["PartitionedDesign", "build_partitioned_design", "dask_compute"]

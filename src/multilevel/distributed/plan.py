@@ -1,0 +1,282 @@
+"""The formula over partitions: what one pass learns from all rows, then the design of each
+partition exactly as the rows in memory would give it.
+
+``formulae`` learns some things from the rows it sees: a categorical column's levels, the
+constants of ``center(x)`` and ``scale(x)``, the levels of a grouping factor. Evaluated on one
+partition alone it would learn them from that partition. So (:func:`make_plan`):
+
+1. one pass (:func:`scan_partition` per partition, combined in partition order) counts the
+   rows with missing or infinite values in the formula's columns (dropped with the in-memory
+   engine's warning, or refused), and collects the levels of every non-numeric column and of
+   every grouping factor over the rows kept;
+2. a prototype design is built on the first rows with those levels as ordered categoricals
+   (``formulae`` then codes every level, as it codes a column's sorted distinct values in
+   memory), and when the formula has ``center``/``scale`` calls a second pass gathers their
+   argument's count, mean and centred sum of squares (:mod:`multilevel.moments`) and sets the
+   calls' constants to those of all rows;
+3. :func:`partition_design` evaluates the prototype's ``formulae`` matrices on each partition's
+   rows (``evaluate_new_data``: the learned levels and constants, never relearned) and indexes
+   each grouping factor by the global levels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from formulae.terms import Call
+from formulae.transforms import Center, Scale
+
+from ..design import CrossedDesign, _evaluate, _response, _weights_argument, build_crossed_design
+from ..errors import ModelError
+from ..factors import GroupingFactor, grouping_factor
+from ..formula import FormulaSpec
+from ..moments import combine_moments, moments_of
+from ..reterms import group_terms
+
+#: rows of the first partition the prototype design is built on
+PROTOTYPE_ROWS = 2000
+
+
+def _bad_rows(used: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows with a missing value, or a non-finite number, in a used column, and per column how
+    many (the in-memory rule of :func:`multilevel.design.select_rows`)."""
+    bad = np.zeros(len(used), dtype=bool)
+    per_column = {}
+    for name in used.columns:
+        col = used[name]
+        mask = col.isna().to_numpy().copy()
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            mask |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
+        per_column[name] = int(mask.sum())
+        bad |= mask
+    return bad, per_column
+
+
+def categorical_columns(frame: pd.DataFrame, variables: tuple[str, ...]) -> list[str]:
+    """The used columns ``formulae`` reads as categories: neither numeric nor boolean."""
+    return [v for v in variables if not pd.api.types.is_numeric_dtype(frame[v]) and not pd.api.types.is_bool_dtype(frame[v])]
+
+
+def factor_columns(spec: FormulaSpec) -> dict[str, tuple[str, ...]]:
+    """Each grouping factor's data columns, by factor name."""
+    return {name: terms[0].factor_columns for name, terms in group_terms(spec.terms)}
+
+
+def factor_term(spec: FormulaSpec, name: str) -> Any:
+    """The first random-effects term of factor ``name``."""
+    return next(t for t in spec.terms if t.factor == name)
+
+
+def scan_partition(frame: pd.DataFrame, spec: FormulaSpec, categorical: list[str]) -> dict[str, Any]:
+    """The first pass over one partition: rows, missing-value counts by column, and the distinct
+    values of the categorical columns and of the grouping factors' columns on the rows kept."""
+    used = frame[list(spec.variables)]
+    bad, per_column = _bad_rows(used)
+    kept = used.loc[~bad]
+    return {
+        "rows": len(frame), "bad": int(bad.sum()), "per_column": per_column,
+        "categories": {c: kept[c].drop_duplicates() for c in categorical},
+        "factors": {name: kept[list(cols)].drop_duplicates() for name, cols in factor_columns(spec).items()},
+    }
+
+
+def combine_scans(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two scans' results as one (a's rows first)."""
+    return {
+        "rows": a["rows"] + b["rows"], "bad": a["bad"] + b["bad"],
+        "per_column": {c: a["per_column"][c] + b["per_column"][c] for c in a["per_column"]},
+        "categories": {c: pd.concat([a["categories"][c], b["categories"][c]]).drop_duplicates() for c in a["categories"]},
+        "factors": {f: pd.concat([a["factors"][f], b["factors"][f]]).drop_duplicates() for f in a["factors"]},
+    }
+
+
+def _categories(values: pd.Series) -> pd.CategoricalDtype:
+    """The ordered categorical type ``formulae`` gives a column in memory: its categories if it
+    is ordered, else its sorted distinct values."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and values.dtype.ordered:
+        return values.dtype
+    return pd.CategoricalDtype(sorted(np.unique(np.asarray(values)).tolist()), ordered=True)
+
+
+@dataclass(frozen=True)
+class GlobalFactor:
+    """A grouping factor's levels over all rows (no row index): ``factor`` ordered and labelled
+    as :func:`multilevel.factors.grouping_factor` orders and labels them in memory, and
+    ``keys``, the level of each combination of its columns (to index a partition's rows)."""
+
+    factor: GroupingFactor
+    keys: pd.Index
+
+
+def global_factor(term: Any, combos: pd.DataFrame) -> GlobalFactor:
+    """The :class:`GlobalFactor` of ``term`` from the distinct combinations of its columns."""
+    g = grouping_factor(combos, term)
+    order = np.argsort(g.index, kind="stable")
+    columns = list(term.factor_columns)
+    keys = (pd.Index(combos[columns[0]].to_numpy()[order]) if len(columns) == 1
+            else pd.MultiIndex.from_frame(combos[columns].iloc[order]))
+    return GlobalFactor(replace(g, index=np.zeros(0, dtype=np.int64)), keys)
+
+
+def level_index(kept: pd.DataFrame, factor: GlobalFactor) -> np.ndarray:
+    """Each row's level of ``factor`` (global levels, rows of the partition)."""
+    columns = list(factor.factor.columns)
+    rows = kept[columns[0]] if len(columns) == 1 else pd.MultiIndex.from_frame(kept[columns])
+    return np.asarray(factor.keys.get_indexer(rows), dtype=np.int64)
+
+
+def stateful_calls(matrices: Any) -> list[tuple[Any, Any, Any]]:
+    """The stateful transforms of a ``formulae`` common matrix: (transform, argument, env) per
+    call, nested calls included."""
+    found = []
+
+    def visit(lazy: Any, env: Any) -> None:
+        for arg in list(getattr(lazy, "args", ())) + list(getattr(lazy, "kwargs", {}).values()):
+            visit(arg, env)
+        if getattr(lazy, "stateful_transform", None) is not None:
+            found.append((lazy.stateful_transform, lazy.args[0] if lazy.args else None, env))
+
+    for term in matrices.terms.values() if matrices is not None else ():
+        for component in getattr(term, "components", []):
+            if isinstance(component, Call):
+                visit(component.call, component.env)
+    return found
+
+
+@dataclass
+class PartitionPlan:
+    """What :func:`partition_design` needs on a worker: the formula, the learned categorical
+    types and grouping factors, the prototype's ``formulae`` matrices (learned constants set)."""
+
+    spec: FormulaSpec
+    categories: dict[str, pd.CategoricalDtype]
+    factors: tuple[GlobalFactor, ...]
+    prototype: CrossedDesign
+    weights: str | None = None
+
+
+def prepare(frame: pd.DataFrame, plan: PartitionPlan) -> tuple[pd.DataFrame, np.ndarray]:
+    """A partition's rows kept (no missing values in used columns), categorical columns as the
+    learned ordered types, and each factor's global level index of them."""
+    columns = list(plan.spec.variables) + ([plan.weights] if plan.weights and plan.weights not in plan.spec.variables else [])
+    used = frame[columns]
+    bad, _ = _bad_rows(used[list(plan.spec.variables)])
+    kept = used.loc[~bad]
+    indices = [level_index(kept, f) for f in plan.factors]
+    return kept.astype(plan.categories) if plan.categories else kept, indices
+
+
+def partition_design(frame: pd.DataFrame, plan: PartitionPlan) -> CrossedDesign:
+    """The :class:`~multilevel.design.CrossedDesign` of one partition's rows: the prototype's
+    matrices evaluated on them, every factor indexed by its global levels."""
+    kept, indices = prepare(frame, plan)
+    proto, spec = plan.prototype, plan.spec
+    fixed = proto.formulae_fixed
+    try:
+        (response,) = _evaluate(spec, kept, [f"{spec.response} ~ 1"])
+        F = (np.asarray(fixed.common.evaluate_new_data(kept).design_matrix, dtype=float) if fixed.common is not None
+             else np.empty((len(kept), 0)))
+        Zs = [np.hstack([np.asarray(m.common.evaluate_new_data(kept).design_matrix, dtype=float) for m in f.matrices])
+              for f in proto.factors]
+    except ModelError:
+        raise
+    except Exception as exc:  # a value formulae cannot code, e.g. a level of C(x) not in the first rows
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot evaluate formula {spec.formula!r} on a partition: {detail}") from None
+    factors = tuple(replace(f, factor=replace(g.factor, index=idx), Z=np.ascontiguousarray(Z))
+                    for f, g, idx, Z in zip(proto.factors, plan.factors, indices, Zs))
+    weights = None if plan.weights is None else _weights_argument(plan.weights, kept)
+    y = np.asarray(_response(response), dtype=float)
+    return replace(proto, y=y, F=np.ascontiguousarray(F), factors=factors, row_labels=kept.index, frame=None,
+                   offset=np.zeros(len(kept)), offset_argument=None, trials=np.ones(len(kept)), weights=weights)
+
+
+def _set_constants(calls: list[tuple[Any, Any, Any]], moments: list[Any], formula: str) -> None:
+    """Set each ``center``/``scale`` call's constants to those of all rows."""
+    for (transform, _, _), m in zip(calls, moments):
+        mean = float(np.ravel(m.mean)[0])
+        transform.mean = mean
+        if isinstance(transform, Scale):
+            transform.std = float(np.sqrt(np.ravel(m.variance)[0]))
+        transform.params_set = True
+
+
+def argument_moments(frame: pd.DataFrame, plan: PartitionPlan, calls: list[tuple[Any, Any, Any]]) -> list[Any]:
+    """The second learning pass over one partition: moments of each stateful call's argument."""
+    kept, _ = prepare(frame, plan)
+    return [moments_of(np.asarray(arg.eval(kept, env), dtype=float)) for _, arg, env in calls]
+
+
+def check_stateful(calls: list[tuple[Any, Any, Any]], formula: str) -> None:
+    """Refuse the stateful transforms not yet learned over partitions (splines, polynomials)."""
+    for transform, arg, _ in calls:
+        if not isinstance(transform, (Center, Scale)) or arg is None:
+            name = getattr(transform, "__transform_name__", type(transform).__name__)
+            raise ModelError(f"engine='dask' learns center() and scale() over all rows, not {name}() (formula "
+                             f"{formula!r}); compute that column before fitting, or use the in-memory engine")
+
+
+def warn_dropped(scan: dict[str, Any], na_action: str) -> None:
+    """The in-memory engine's warning (or error) for rows with missing or infinite values."""
+    if not scan["bad"]:
+        return
+    cols = [c for c, n in scan["per_column"].items() if n]
+    if na_action == "raise":
+        raise ModelError(f"{scan['bad']} rows have missing or infinite values in {', '.join(cols)}; "
+                         "remove them or use na_action='drop'")
+    warnings.warn(f"dropped {scan['bad']} rows with missing or infinite values in {', '.join(cols)}", stacklevel=5)
+
+
+def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, compute: Any) -> tuple[PartitionPlan, int]:
+    """Learn the formula's levels and constants from all partitions of ``ddf`` (module doc):
+    the plan and the number of rows kept. ``compute`` runs a list of delayed values in order."""
+    from dask import delayed
+
+    from .reduce import tree_reduce
+
+    missing = [v for v in spec.variables if v not in ddf.columns]
+    if missing:
+        cols = ", ".join(map(str, list(ddf.columns)[:12]))
+        raise ModelError(f"column {missing[0]!r} named in the formula is not in the data (columns are: {cols})")
+    if na_action not in ("drop", "raise"):
+        raise ModelError(f"na_action must be 'drop' or 'raise', not {na_action!r}")
+    if weights is not None and not isinstance(weights, str):
+        raise ModelError("with engine='dask' give weights as the name of a column")
+    if weights is not None and weights not in ddf.columns:
+        raise ModelError(f"weights column {weights!r} is not in the data")
+    categorical = categorical_columns(ddf._meta, spec.variables)
+    parts = ddf.to_delayed()
+    (scan,) = compute([tree_reduce([delayed(scan_partition)(p, spec, categorical) for p in parts], combine_scans)])
+    warn_dropped(scan, na_action)
+    kept_rows = scan["rows"] - scan["bad"]
+    if kept_rows == 0:
+        raise ModelError("no rows left after dropping missing values")
+    dtypes = {c: _categories(scan["categories"][c]) for c in categorical}
+    factors = tuple(global_factor(factor_term(spec, name), scan["factors"][name]) for name in factor_columns(spec))
+    head = ddf.head(PROTOTYPE_ROWS, npartitions=-1, compute=True)
+    used = head[list(spec.variables) + ([weights] if weights and weights not in spec.variables else [])]
+    bad, _ = _bad_rows(used[list(spec.variables)])
+    sample = used.loc[~bad].astype(dtypes) if dtypes else used.loc[~bad]
+    if len(sample) == 0:
+        raise ModelError("the first rows of the data all have missing values; shuffle or filter the data")
+    proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=True, check=False)
+    plan = PartitionPlan(spec, dtypes, factors, proto, weights)
+    calls = [c for m in [proto.formulae_fixed.common, *(mm.common for f in proto.factors for mm in f.matrices)]
+             for c in stateful_calls(m)]
+    calls = list({id(c[0]): c for c in calls}.values())
+    if calls:
+        check_stateful(calls, spec.formula)
+
+        def fold(a: list, b: list) -> list:
+            return [combine_moments(x, y) for x, y in zip(a, b)]
+
+        (moments,) = compute([tree_reduce([delayed(argument_moments)(p, plan, calls) for p in parts], fold)])
+        _set_constants(calls, moments, spec.formula)
+    return plan, kept_rows
+
+
+__all__ = ["PROTOTYPE_ROWS", "PartitionPlan", "make_plan", "partition_design", "scan_partition"]

@@ -1,0 +1,194 @@
+"""The Dask engine (issue 14, Gaussian models): the formula over partitions, the statistics
+summed per partition, and the draws, against the in-memory engine on the same data and seed.
+
+* the partitioned design's statistics equal the in-memory ones up to the rounding of sums
+  (categorical levels seen only in a later partition, ``center()`` learned over all rows,
+  precision weights, missing values dropped with the same warning);
+* draws agree with the in-memory engine draw for draw (crossed; one term with sampler
+  "blocked", which the Dask engine uses for one term) up to that rounding;
+* a ``LocalCluster`` of 1 and of 2 workers give identical draws (the partition results are
+  combined in a fixed tree, never in order of arrival);
+* both engines read a directory or glob of Parquet files; bad inputs get one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import multilevel
+from multilevel.blockstats import crossed_statistics, factor_layout
+from multilevel.design import build_crossed_design
+from multilevel.distributed.design import build_partitioned_design
+from multilevel.errors import ModelError
+from multilevel.formula import parse_formula
+
+from clitools import run_main
+
+dd = pytest.importorskip("dask.dataframe")
+
+CROSSED = "y ~ center(x) + c + (1 + center(x) | g) + (1 | h)"
+RUN = dict(chains=2, draws=60, warmup=60, seed=11, cores=1, progress=False)
+
+
+def frame(n: int = 3000, seed: int = 1) -> pd.DataFrame:
+    """Crossed data whose mean is large (1e3) against its spread; level "z" of c only in the last rows."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"g": rng.integers(0, 150, n), "h": rng.choice(list("abcdefgh"), n), "x": rng.normal(2, 1, n),
+                       "c": rng.choice(["lo", "mid", "hi"], n), "w": rng.uniform(0.5, 2.0, n)})
+    df.loc[n - 40:, "c"] = "z"
+    df["y"] = 1e3 + df.x + rng.normal(size=n) + rng.normal(size=150)[df.g] + 0.5 * (df.c == "hi")
+    df.loc[[5, 2000], "x"] = np.nan
+    return df
+
+
+def partitioned(df: pd.DataFrame, n: int = 4):
+    return dd.from_pandas(df, npartitions=n, sort=False)
+
+
+def draws_of(fit) -> dict[str, np.ndarray]:
+    return {v: fit.posterior[v].values for v in fit.posterior.data_vars}
+
+
+def test_partitioned_statistics_equal_the_in_memory_ones():
+    df = frame()
+    spec = parse_formula(CROSSED)
+    with pytest.warns(UserWarning, match="dropped 2 rows with missing or infinite values in x"):
+        mem = build_crossed_design(spec, df, "drop", weights="w")
+    with pytest.warns(UserWarning, match="dropped 2 rows with missing or infinite values in x"):
+        par = build_partitioned_design(spec, partitioned(df), "drop", weights="w")
+    assert par.fixed_names == mem.fixed_names == ["Intercept", "center(x)", "c[lo]", "c[mid]", "c[z]"]
+    assert par.n_obs == mem.n_obs == len(df) - 2
+    for f, g in zip(par.factors, mem.factors):
+        assert f.labels.tolist() == g.labels.tolist() and f.names == g.names
+    want = crossed_statistics(mem, factor_layout(mem))
+    got = par.statistics(factor_layout(par))
+    for name, a in want.stats._asdict().items():
+        b = getattr(got.stats, name)
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+            scale = max(np.abs(a).max(), 1.0) if a.size else 1.0  # sums of n terms: rounding ~ n eps scale
+            assert np.allclose(a, b, rtol=1e-9, atol=1e-12 * par.n_obs * scale), name
+        else:
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == pytest.approx(b, rel=1e-10), name
+
+
+def test_center_is_learned_over_all_rows_not_the_first_partition():
+    df = frame()
+    df.loc[: len(df) // 2, "x"] += 5.0  # the first partitions' mean of x is far from the whole data's
+    par = build_partitioned_design(parse_formula(CROSSED), partitioned(df.dropna()), "drop")
+    center = _centers(par)[0]
+    assert center.mean == pytest.approx(df.x.mean(), rel=1e-12)
+
+
+def _centers(design):
+    from multilevel.distributed.plan import stateful_calls
+
+    return [t for t, _, _ in stateful_calls(design.formulae_fixed.common)]
+
+
+def test_draws_agree_with_the_in_memory_engine():
+    df = frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mem = multilevel.fit(CROSSED, df, weights="w", **RUN)
+        par = multilevel.fit(CROSSED, partitioned(df), weights="w", engine="dask", **RUN)
+    for name, a in draws_of(mem).items():
+        assert np.allclose(a, draws_of(par)[name], rtol=1e-7, atol=1e-7), name
+    assert par.attrs["engine"] == "dask" and par.attrs["partitions"] == 4
+    assert {"observed_data", "training_data"}.isdisjoint(par.group_names())
+
+
+def test_one_term_runs_the_blocked_sampler_in_both_engines():
+    df = frame().dropna()
+    mem = multilevel.fit("y ~ x + (1 | g)", df, sampler="blocked", **RUN)
+    par = multilevel.fit("y ~ x + (1 | g)", partitioned(df, 3), engine="dask", **RUN)
+    assert par.attrs["sampler"] == mem.attrs["sampler"] == "collapsed blocked gibbs"
+    for name, a in draws_of(mem).items():
+        assert np.allclose(a, draws_of(par)[name], rtol=1e-7, atol=1e-7), name
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as one, \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as two:
+        yield one, two
+
+
+def test_one_and_two_workers_give_identical_draws(clusters):
+    from distributed import Client
+
+    df = frame(seed=3)
+    fits = []
+    for cluster in clusters:
+        with Client(cluster), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fits.append(multilevel.fit(CROSSED, partitioned(df, 6), engine="dask", **RUN))
+    one, two = (draws_of(f) for f in fits)
+    for name in one:
+        assert np.array_equal(one[name], two[name]), name
+
+
+def test_both_engines_read_a_directory_or_glob_of_parquet(tmp_path):
+    df = frame().dropna()
+    for i, part in enumerate([df.iloc[:1000], df.iloc[1000:2000], df.iloc[2000:]]):
+        part.to_parquet(tmp_path / f"part-{i}.parquet")
+    mem = multilevel.fit("y ~ x + (1 | g)", str(tmp_path), sampler="blocked", **RUN)
+    par = multilevel.fit("y ~ x + (1 | g)", str(tmp_path / "part-*.parquet"), engine="dask", **RUN)
+    assert mem.attrs["n_obs"] == par.attrs["n_obs"] == len(df)
+    for name, a in draws_of(mem).items():
+        assert np.allclose(a, draws_of(par)[name], rtol=1e-7, atol=1e-7), name
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(family="poisson"), "engine='dask' fits gaussian models so far"),
+    (dict(sampler="interweaving"), "engine='dask' fits this model with sampler 'blocked'"),
+    (dict(formula="y ~ bs(x, df=4) + (1 | g)"), "not bs()"),
+    (dict(engine="spark"), "engine must be one of"),
+    (dict(data="/nonexistent/*.parquet"), "no files match"),
+])
+def test_bad_dask_inputs_get_one_line(kwargs, message):
+    df = frame().dropna()
+    args = dict(formula="y ~ x + (1 | g)", data=partitioned(df), engine="dask", family="gaussian")
+    args.update(kwargs)
+    if args["family"] == "poisson":
+        args["data"] = partitioned(df.assign(y=1))
+    with pytest.raises(ModelError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        multilevel.Model(args.pop("formula"), args.pop("data"), **args)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_refuses_cluster_options_without_the_dask_engine(tmp_path):
+    path = tmp_path / "d.csv"
+    frame().dropna().to_csv(path, index=False)
+    code, _, err = run_main(["fit", path, "-f", "y ~ x + (1 | g)", "--workers", "2"])
+    assert code == 2 and "apply to --engine dask" in err and "Traceback" not in err
+    code, _, err = run_main(["fit", path, "-f", "y ~ x + (1 | g)", "--engine", "dask", "--worker-memory", "lots"])
+    assert code == 2 and "--worker-memory must be a size" in err
+
+
+def test_predictions_of_new_rows_agree_and_fitted_rows_are_refused_in_one_line():
+    df = frame().dropna()
+    mem = multilevel.fit(CROSSED, df, **RUN)
+    par = multilevel.fit(CROSSED, partitioned(df), engine="dask", **RUN)
+    new = pd.DataFrame({"g": [0, 7, 10_000], "h": ["a", "zz", "b"], "x": [1.0, 2.0, 3.0], "c": ["lo", "z", "hi"]})
+    a = mem.predict(new, seed=3, summary=True)
+    b = par.predict(new, seed=3, summary=True)
+    assert np.allclose(a["mean"], b["mean"], rtol=1e-7) and np.isfinite(b["mean"]).all()
+    for call in (par.loo, lambda: par.posterior_predictive(seed=1), par.predict):
+        with pytest.raises(ModelError, match="engine='dask'") as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+def test_nested_and_uncorrelated_terms_agree_with_the_in_memory_engine():
+    df = frame().dropna()
+    formula = "y ~ x + (1 | h/c) + (x || g)"
+    mem = multilevel.fit(formula, df, **RUN)
+    par = multilevel.fit(formula, partitioned(df, 5), engine="dask", **RUN)
+    assert list(mem.posterior["beta_h:c"].coords["h:c"].values) == list(par.posterior["beta_h:c"].coords["h:c"].values)
+    for name, a in draws_of(mem).items():
+        assert np.allclose(a, draws_of(par)[name], rtol=1e-7, atol=1e-7), name
