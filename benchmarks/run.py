@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks import crossed  # noqa: E402
 from benchmarks import crossed_glm  # noqa: E402
 from benchmarks import crossed_poisson  # noqa: E402
+from benchmarks import dask_engine  # noqa: E402
 from benchmarks import endtoend  # noqa: E402
 from benchmarks import gaussian  # noqa: E402
 from benchmarks import glm  # noqa: E402
@@ -45,6 +46,7 @@ SUITES = {
     "crossed": crossed.BENCHMARKS,  # several grouping factors (issue 12); InstEval needs the `bench` extra (NumPyro)
     "crossed_glm": crossed_glm.BENCHMARKS,  # Polya-Gamma sampler of binomial and bernoulli models (issue 13)
     "crossed_poisson": crossed_poisson.BENCHMARKS,  # Metropolis-within-Gibbs of Poisson models, several factors (issue 13)
+    "dask": dask_engine.BENCHMARKS,  # data beyond memory on Dask (issue 14); the 1e8-row fit writes ~2.5 GB to a temp dir
 }
 
 

@@ -150,7 +150,9 @@ class BlockSums(NamedTuple):
     """The first pass's sums over a batch of rows (a partition, or all rows): additive, so
     batches combine by :func:`add_block_sums` in a fixed order."""
 
-    M: sp.csr_matrix  # X'WX, (P + nb) square
+    G: np.ndarray  # (P, P) X_t'WX_t
+    Mbt: sp.csr_matrix  # (nb, P) X_b'WX_t
+    Mbb: sp.csr_matrix  # (nb, nb) X_b'WX_b
     Xty: np.ndarray  # (P + nb,) X'Wy
     n_obs: int
     logw: float  # sum log w_i
@@ -177,12 +179,17 @@ def _weighted(design: CrossedDesign, layout: FactorLayout) -> tuple[sp.csr_matri
 
 
 def block_sums(design: CrossedDesign, layout: FactorLayout) -> BlockSums:
-    """The first pass over ``design``'s rows (level indices are the factors' full level sets)."""
-    X, _, y, logw = _weighted(design, layout)
-    M = (X.T @ X).tocsr()
-    M.sum_duplicates()
-    return BlockSums(M=M, Xty=X.T @ y, n_obs=int(design.n_obs), logw=logw,
-                     counts=tuple(np.bincount(f.index, minlength=f.n_levels) for f in design.factors),
+    """The first pass over ``design``'s rows (level indices are the factors' full level sets).
+    X'WX is formed by blocks (the dense columns t, the sparse columns b): a product of the
+    whole X would spend most of its time on t's long rows of X'X."""
+    X, P, y, logw = _weighted(design, layout)
+    Xt, Xb = X[:, :P].tocsc(), X[:, P:].tocsc()
+    Mbb = (Xb.T @ Xb).tocsr()
+    Mbb.sum_duplicates()
+    Mbt = (Xb.T @ Xt).tocsr()
+    Mbt.sum_duplicates()
+    return BlockSums(G=(Xt.T @ Xt).toarray(), Mbt=Mbt, Mbb=Mbb, Xty=X.T @ y, n_obs=int(design.n_obs), logw=logw,
+                     counts=tuple(np.bincount(f.index, minlength=J) for f, J in zip(design.factors, layout.J)),
                      y=moments_of(design.y), z=tuple(moments_of(f.Z) for f in design.factors))
 
 
@@ -196,7 +203,7 @@ def residual_sums(design: CrossedDesign, layout: FactorLayout, a_ref: np.ndarray
 
 def add_block_sums(a: BlockSums, b: BlockSums) -> BlockSums:
     """The :class:`BlockSums` of a's rows then b's."""
-    return BlockSums(M=a.M + b.M, Xty=a.Xty + b.Xty, n_obs=a.n_obs + b.n_obs, logw=a.logw + b.logw,
+    return BlockSums(G=a.G + b.G, Mbt=a.Mbt + b.Mbt, Mbb=a.Mbb + b.Mbb, Xty=a.Xty + b.Xty, n_obs=a.n_obs + b.n_obs, logw=a.logw + b.logw,
                      counts=tuple(x + y for x, y in zip(a.counts, b.counts)), y=combine_moments(a.y, b.y),
                      z=tuple(combine_moments(x, y) for x, y in zip(a.z, b.z)))
 
@@ -211,19 +218,17 @@ def reference_point(sums: BlockSums, p: int) -> np.ndarray:
     F'WF a = F'Wy (the first p rows and columns of the sums)."""
     if not p:
         return np.zeros(0)
-    FtF = sums.M[:p, :p].toarray()
-    return np.linalg.lstsq(FtF, sums.Xty[:p], rcond=None)[0]
+    return np.linalg.lstsq(sums.G[:p, :p], sums.Xty[:p], rcond=None)[0]
 
 
 def assemble(sums: BlockSums, resid: ResidualSums, layout: FactorLayout, a_ref: np.ndarray) -> BlockStats:
     """The :class:`BlockStats` of the combined sums of both passes: M split into its blocks."""
     p = a_ref.shape[0]
     P = p + int(sum(layout.J[k] * layout.q[k] for k in range(len(layout.q)) if not layout.large[k]))
-    M, Xty, Xtr = sums.M, sums.Xty, resid.Xtr
-    G = M[:P, :P].toarray()
-    Mbt = M[P:, :P].tocsr()
+    Xty, Xtr, G = sums.Xty, resid.Xtr, sums.G
+    Mbt = sums.Mbt.tocsr()
     Mbt.sort_indices()
-    Mbb = M[P:, P:].tocoo()
+    Mbb = sums.Mbb.tocoo()
     nb = Mbb.shape[0]
     factor_of = np.zeros(nb, dtype=np.int64)
     for k in np.flatnonzero(layout.large):

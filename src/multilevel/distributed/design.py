@@ -68,12 +68,13 @@ class PartitionedDesign(CrossedDesign):
         from dask import delayed
 
         parts = self.ddf.to_delayed()
-        (sums,) = self.compute([tree_reduce([delayed(partition_block_sums)(p, self.plan, layout) for p in parts],
+        plan, shape = delayed(self.plan, pure=True), delayed(layout, pure=True)  # in the graph once, not per task
+        (sums,) = self.compute([tree_reduce([delayed(partition_block_sums)(p, plan, shape) for p in parts],
                                             add_block_sums)])
         p = self.F.shape[1]
-        check_fixed_rank(sums.M[:p, :p].toarray(), self.fixed_names)
+        check_fixed_rank(sums.G[:p, :p], self.fixed_names)
         a_ref = reference_point(sums, p)
-        (resid,) = self.compute([tree_reduce([delayed(partition_residual_sums)(q, self.plan, layout, a_ref)
+        (resid,) = self.compute([tree_reduce([delayed(partition_residual_sums)(q, plan, shape, a_ref)
                                               for q in parts], add_residual_sums)])
         return CrossedStatistics(assemble(sums, resid, layout, a_ref), sums, resid, layout)
 
@@ -97,10 +98,10 @@ def build_partitioned_design(spec: FormulaSpec, data: Any, na_action: str = "dro
     (:func:`multilevel.distributed.plan.make_plan`); the statistics come later."""
     columns = list(dict.fromkeys([*spec.variables, *([weights] if isinstance(weights, str) else [])]))
     ddf = open_dask(data, columns=columns if isinstance(data, str) or hasattr(data, "__fspath__") else None)
-    plan, rows = make_plan(ddf, spec, na_action, weights, compute)
+    plan, levels, rows = make_plan(ddf, spec, na_action, weights, compute)
     proto = plan.prototype
-    factors = tuple(type(f)(**{**{x.name: getattr(f, x.name) for x in fields(f)}, "factor": g.factor,
-                               "Z": np.zeros((0, f.q))}) for f, g in zip(proto.factors, plan.factors))
+    factors = tuple(type(f)(**{**{x.name: getattr(f, x.name) for x in fields(f)}, "factor": g,
+                               "Z": np.zeros((0, f.q))}) for f, g in zip(proto.factors, levels))
     check_factors(factors, rows, gaussian=True, rows=False)
     values = {x.name: getattr(proto, x.name) for x in fields(CrossedDesign)}
     values.update(y=np.zeros(0), F=np.zeros((0, proto.F.shape[1])), factors=factors, row_labels=pd.RangeIndex(0),

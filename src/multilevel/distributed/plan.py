@@ -122,11 +122,10 @@ def global_factor(term: Any, combos: pd.DataFrame) -> GlobalFactor:
     return GlobalFactor(replace(g, index=np.zeros(0, dtype=np.int64)), keys)
 
 
-def level_index(kept: pd.DataFrame, factor: GlobalFactor) -> np.ndarray:
-    """Each row's level of ``factor`` (global levels, rows of the partition)."""
-    columns = list(factor.factor.columns)
-    rows = kept[columns[0]] if len(columns) == 1 else pd.MultiIndex.from_frame(kept[columns])
-    return np.asarray(factor.keys.get_indexer(rows), dtype=np.int64)
+def level_index(kept: pd.DataFrame, columns: tuple[str, ...], keys: pd.Index) -> np.ndarray:
+    """Each row's global level of the factor of ``columns`` whose levels' keys are ``keys``."""
+    rows = kept[columns[0]] if len(columns) == 1 else pd.MultiIndex.from_frame(kept[list(columns)])
+    return np.asarray(keys.get_indexer(rows), dtype=np.int64)
 
 
 def stateful_calls(matrices: Any) -> list[tuple[Any, Any, Any]]:
@@ -154,7 +153,7 @@ class PartitionPlan:
 
     spec: FormulaSpec
     categories: dict[str, pd.CategoricalDtype]
-    factors: tuple[GlobalFactor, ...]
+    keys: tuple[pd.Index, ...]  # per factor, :attr:`GlobalFactor.keys` (not its labels: a worker needs none)
     prototype: CrossedDesign
     weights: str | None = None
 
@@ -166,7 +165,7 @@ def prepare(frame: pd.DataFrame, plan: PartitionPlan) -> tuple[pd.DataFrame, np.
     used = frame[columns]
     bad, _ = _bad_rows(used[list(plan.spec.variables)])
     kept = used.loc[~bad]
-    indices = [level_index(kept, f) for f in plan.factors]
+    indices = [level_index(kept, f.factor.columns, keys) for f, keys in zip(plan.prototype.factors, plan.keys)]
     return kept.astype(plan.categories) if plan.categories else kept, indices
 
 
@@ -187,8 +186,10 @@ def partition_design(frame: pd.DataFrame, plan: PartitionPlan) -> CrossedDesign:
     except Exception as exc:  # a value formulae cannot code, e.g. a level of C(x) not in the first rows
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot evaluate formula {spec.formula!r} on a partition: {detail}") from None
-    factors = tuple(replace(f, factor=replace(g.factor, index=idx), Z=np.ascontiguousarray(Z))
-                    for f, g, idx, Z in zip(proto.factors, plan.factors, indices, Zs))
+    # the rows' global level indices; the factors' labels stay the prototype's (the statistics
+    # take the numbers of levels from the layout, the fit its labels from the client's design)
+    factors = tuple(replace(f, factor=replace(f.factor, index=idx), Z=np.ascontiguousarray(Z))
+                    for f, idx, Z in zip(proto.factors, indices, Zs))
     weights = None if plan.weights is None else _weights_argument(plan.weights, kept)
     y = np.asarray(_response(response), dtype=float)
     return replace(proto, y=y, F=np.ascontiguousarray(F), factors=factors, row_labels=kept.index, frame=None,
@@ -231,9 +232,11 @@ def warn_dropped(scan: dict[str, Any], na_action: str) -> None:
     warnings.warn(f"dropped {scan['bad']} rows with missing or infinite values in {', '.join(cols)}", stacklevel=5)
 
 
-def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, compute: Any) -> tuple[PartitionPlan, int]:
+def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, compute: Any
+              ) -> tuple[PartitionPlan, tuple[GroupingFactor, ...], int]:
     """Learn the formula's levels and constants from all partitions of ``ddf`` (module doc):
-    the plan and the number of rows kept. ``compute`` runs a list of delayed values in order."""
+    the plan, the grouping factors' global levels and the number of rows kept. ``compute``
+    runs a list of delayed values in order."""
     from dask import delayed
 
     from .reduce import tree_reduce
@@ -264,7 +267,7 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
     if len(sample) == 0:
         raise ModelError("the first rows of the data all have missing values; shuffle or filter the data")
     proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=True, check=False)
-    plan = PartitionPlan(spec, dtypes, factors, proto, weights)
+    plan = PartitionPlan(spec, dtypes, tuple(f.keys for f in factors), proto, weights)
     calls = [c for m in [proto.formulae_fixed.common, *(mm.common for f in proto.factors for mm in f.matrices)]
              for c in stateful_calls(m)]
     calls = list({id(c[0]): c for c in calls}.values())
@@ -274,9 +277,10 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
         def fold(a: list, b: list) -> list:
             return [combine_moments(x, y) for x, y in zip(a, b)]
 
-        (moments,) = compute([tree_reduce([delayed(argument_moments)(p, plan, calls) for p in parts], fold)])
+        shared = delayed(plan, pure=True), delayed(calls, pure=True)  # in the graph once, not per task
+        (moments,) = compute([tree_reduce([delayed(argument_moments)(p, *shared) for p in parts], fold)])
         _set_constants(calls, moments, spec.formula)
-    return plan, kept_rows
+    return plan, tuple(f.factor for f in factors), kept_rows
 
 
 __all__ = ["PROTOTYPE_ROWS", "PartitionPlan", "make_plan", "partition_design", "scan_partition"]

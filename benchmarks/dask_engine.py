@@ -1,0 +1,118 @@
+"""Data beyond memory: Gaussian fits with ``--engine dask`` as whole processes (issue 14).
+
+* ``dask_gaussian``: ``y ~ x + (1 | g)`` on 1e8 rows and 1e6 groups written as Parquet files,
+  fitted end to end by the command line on a local cluster of 2 workers: the learning pass,
+  the two statistics passes and 1 chain x 1,000 sweeps, saved; wall and CPU time of the whole
+  process tree, and its peak memory beside the data's size in memory;
+* ``dask_memory``: a 2e7-row fit of the same model read into memory (``--sampler blocked``,
+  the sampler the Dask engine runs) and through Dask with 2 workers of 600 MB each: the peak
+  memory of all processes of each.
+
+Peak memory is the largest sum of the proportional set sizes of the command and all its
+descendants (the Dask scheduler, nanny and worker processes), sampled every 20 ms
+(:func:`benchmarks.endtoend._run`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import Result, Table, Target, assess, fmt_bytes
+from benchmarks.endtoend import _cli, _run
+
+FORMULA = "y ~ x + (1 | g)"
+ROWS_PER_FILE = 1_000_000
+
+
+def write_parquet(directory: Path, rows: int, groups: int, seed: int = 1) -> int:
+    """Simulated y = 1 + 0.5 x + u_g + e (sd(u) = 0.7, sd(e) = 1) as Parquet files of
+    :data:`ROWS_PER_FILE` rows; returns the data's size in memory as a pandas frame (bytes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    u = 0.7 * np.random.default_rng(seed).standard_normal(groups)
+    size = 0
+    for i, start in enumerate(range(0, rows, ROWS_PER_FILE)):
+        n = min(ROWS_PER_FILE, rows - start)
+        rng = np.random.default_rng([seed, i])
+        g = rng.integers(0, groups, n)
+        x = rng.standard_normal(n)
+        frame = pd.DataFrame({"g": g, "x": x, "y": 1.0 + 0.5 * x + u[g] + rng.standard_normal(n)})
+        frame.to_parquet(directory / f"part-{i:05d}.parquet", index=False)
+        size += int(frame.memory_usage(index=False).sum())
+    return size
+
+
+def _fit(data: Path, out: Path, sweeps: int, engine: list[str]) -> dict:
+    cmd = [*_cli(), "fit", str(data), "-f", FORMULA, "--chains", "1", "--warmup", str(sweeps // 2), "--draws",
+           str(sweeps - sweeps // 2), "--seed", "1", "--cores", "1", "--no-group-draws", "--no-progress",
+           "--out", str(out), "--overwrite", *engine]
+    return _run(cmd, cwd=str(out.parent))
+
+
+def _sigma2(stdout: str) -> str:
+    line = next((s for s in stdout.splitlines() if s.startswith("sigma2")), "")
+    return line.split()[1] if line else "?"
+
+
+def bench_dask_gaussian(quick: bool = False) -> Result:
+    """1e8 rows, 1e6 groups, Parquet, engine dask on 2 local workers, 1 chain x 1000 sweeps."""
+    rows, groups = (2_000_000, 20_000) if quick else (100_000_000, 1_000_000)
+    res = Result(
+        "dask_gaussian", "A 1e8-row, 1e6-group Gaussian fit through Dask",
+        f"`multilevel fit DIR -f '{FORMULA}' --engine dask --workers 2 --chains 1 --warmup 500 --draws 500 "
+        f"--no-group-draws --out fit.nc` on {rows:,} simulated rows in {groups:,} groups, written as "
+        f"{-(-rows // ROWS_PER_FILE)} Parquet files of {ROWS_PER_FILE:,} rows. Wall and CPU time of the whole "
+        "command (its workers included) from start to the saved file; peak memory of all its processes together "
+        "(PSS). The per-group draws are left out: 1 chain x 1000 draws x 1e6 groups would be 8 GB.")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        in_memory = write_parquet(data, rows, groups)
+        on_disk = sum(f.stat().st_size for f in data.iterdir())
+        r = _fit(data, Path(tmp) / "fit.nc", 1000, ["--engine", "dask", "--workers", "2"])
+    res.tables.append(Table(
+        ["rows", "groups", "data in memory (pandas)", "Parquet on disk", "wall", "CPU (all processes)",
+         "peak memory (all processes, PSS)", "sigma2 (true 1)"],
+        [[f"{rows:,}", f"{groups:,}", fmt_bytes(in_memory), fmt_bytes(on_disk), f"**{r['wall']:.0f} s**",
+          f"{r['cpu']:.0f} s", f"**{fmt_bytes(r['maxrss'])}**", _sigma2(r["stdout"])]]))
+    res.targets.append(Target("1e8 rows / 1e6 groups end to end under 10 minutes", f"{r['wall']:.0f} s",
+                              assess(r["wall"] < 600, quick)))
+    res.targets.append(Target("its peak memory of all processes under 4 GB", fmt_bytes(r["maxrss"]),
+                              assess(r["maxrss"] < 4e9, quick)))
+    res.data = {"rows": rows, "groups": groups, "in_memory": in_memory, "on_disk": on_disk,
+                **{k: v for k, v in r.items() if k != "stdout"}}
+    return res
+
+
+def bench_dask_memory(quick: bool = False) -> Result:
+    """2e7 rows read into memory vs through Dask with 2 workers of 600 MB: peak memory."""
+    rows, groups = (2_000_000, 10_000) if quick else (20_000_000, 100_000)
+    res = Result(
+        "dask_memory", "Peak memory of a 2e7-row fit: in memory and through Dask",
+        f"The same data ({rows:,} rows, {groups:,} groups, Parquet files) and command "
+        f"(`multilevel fit DIR -f '{FORMULA}' --chains 1 --warmup 500 --draws 500 --no-group-draws`), once read "
+        "into memory (`--sampler blocked`, the sampler the Dask engine runs on one term) and once with `--engine "
+        "dask --workers 2 --worker-memory 600MB`; peak memory of all processes together (PSS).")
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        in_memory = write_parquet(data, rows, groups)
+        out["pandas"] = _fit(data, Path(tmp) / "a.nc", 1000, ["--sampler", "blocked"])
+        out["dask"] = _fit(data, Path(tmp) / "b.nc", 1000, ["--engine", "dask", "--workers", "2",
+                                                            "--worker-memory", "600MB"])
+    res.tables.append(Table(
+        ["engine", "wall", "CPU (all processes)", "peak memory (all processes, PSS)", "sigma2"],
+        [[k, f"{r['wall']:.0f} s", f"{r['cpu']:.0f} s", f"**{fmt_bytes(r['maxrss'])}**", _sigma2(r["stdout"])]
+         for k, r in out.items()],
+        caption=f"The data take {fmt_bytes(in_memory)} as a pandas DataFrame."))
+    ratio = out["dask"]["maxrss"] / out["pandas"]["maxrss"]
+    res.targets.append(Target("Dask with 2 workers of 600 MB peaks under half the in-memory fit's memory",
+                              f"{ratio:.2f} of it", assess(ratio < 0.5, quick)))
+    res.data = {k: {x: y for x, y in r.items() if x != "stdout"} for k, r in out.items()}
+    res.data["in_memory"] = in_memory
+    return res
+
+
+BENCHMARKS = {"dask_gaussian": bench_dask_gaussian, "dask_memory": bench_dask_memory}
