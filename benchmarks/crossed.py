@@ -12,7 +12,9 @@ The model, with K scalar random-intercept factors (InstEval: K = 3, students ``s
     y_i ~ N(F_i a + sum_k b_k[idx_k[i]], sigma2)
 
 ``CrossedProblem`` holds its arrays and priors (picklable, for the NUTS worker processes);
-``numpyro_crossed_model`` writes it in NumPyro, general in K, each factor centred or not.
+``numpyro_crossed_model`` writes it in NumPyro, general in K, each factor centred or not. The same
+machinery runs Poisson models (``family="poisson"``: y_i ~ Poisson(exp(F_i a + sum_k b_k[idx_k[i]])),
+no sigma2), built from a multilevel Model by ``problem_from_model`` (``crossed_poisson.py``).
 
 Priors: both samplers target the same posterior: the NUTS side takes ``multilevel.Model(...).priors``
 (:func:`priors_from_model`), the data-informed defaults multilevel records in its output;
@@ -84,7 +86,8 @@ NUTS_PARAMETRISATION = "centred"
 
 @dataclass
 class CrossedProblem:
-    """Arrays and priors of a crossed Gaussian model with K scalar random-intercept factors."""
+    """Arrays and priors of a crossed model with K scalar random-intercept factors: Gaussian (with
+    sigma2 ~ inverse-gamma(nu0 / 2, nu0 sigma0_sq / 2)) or Poisson (log link, no sigma2)."""
 
     name: str
     y: np.ndarray  # (N,)
@@ -97,9 +100,10 @@ class CrossedProblem:
     a_cov: np.ndarray
     eta0: list[float]  # per factor
     S0: list[float]  # per factor
-    nu0: float
-    sigma0_sq: float
+    nu0: float | None = None  # gaussian only
+    sigma0_sq: float | None = None
     priors_from: str = "placeholder"
+    family: str = "gaussian"  # or "poisson"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -114,15 +118,22 @@ class CrossedProblem:
     def n(self) -> int:
         return self.y.shape[0]
 
+    @property
+    def gaussian(self) -> bool:
+        return self.family == "gaussian"
+
     def param_names(self) -> list[str]:
         """Scalar population parameters, named as in multilevel's posterior (``theta`` for a)."""
-        return [f"theta[{t}]" for t in self.fixed_terms] + [f"Sigma_{f}" for f in self.factors] + ["sigma2"]
+        return ([f"theta[{t}]" for t in self.fixed_terms] + [f"Sigma_{f}" for f in self.factors]
+                + (["sigma2"] if self.gaussian else []))
 
-    def scalars(self, a, taus, sigma2) -> dict[str, np.ndarray]:
-        """Named scalars from arrays with leading (chain, draw) axes: a (..., p), K taus, sigma2."""
+    def scalars(self, a, taus, sigma2=None) -> dict[str, np.ndarray]:
+        """Named scalars from arrays with leading (chain, draw) axes: a (..., p), K taus, sigma2
+        (Gaussian only)."""
         out = {f"theta[{t}]": np.asarray(a)[..., j] for j, t in enumerate(self.fixed_terms)}
         out.update({f"Sigma_{f}": np.asarray(t) for f, t in zip(self.factors, taus)})
-        out["sigma2"] = np.asarray(sigma2)
+        if self.gaussian:
+            out["sigma2"] = np.asarray(sigma2)
         return out
 
     def centred_flags(self, centred: bool | tuple[bool, ...]) -> tuple[bool, ...]:
@@ -201,7 +212,8 @@ def priors_from_model(model) -> dict[str, Any]:
         a_mean = np.concatenate([a_mean, np.asarray(am, dtype=float)])
     return {"a_mean": a_mean, "a_cov": a_cov, "eta0": {f: float(v) for f, v in dict(pr.eta0).items()},
             "S0": {f: float(np.asarray(v, dtype=float).reshape(-1)[0]) for f, v in dict(pr.S0).items()},
-            "nu0": float(pr.nu0), "sigma0_sq": float(pr.sigma0_sq)}
+            "nu0": None if pr.nu0 is None else float(pr.nu0),
+            "sigma0_sq": None if pr.sigma0_sq is None else float(pr.sigma0_sq)}
 
 
 def insteval_problem(priors: dict | None = None, data=None) -> CrossedProblem:
@@ -225,11 +237,33 @@ def insteval_problem(priors: dict | None = None, data=None) -> CrossedProblem:
     )
 
 
+def problem_from_model(name: str, model) -> CrossedProblem:
+    """A CrossedProblem of a multilevel Model with several scalar random-intercept factors (Gaussian
+    or Poisson, no offset): its design (fixed columns ordered theta then alpha, as
+    :func:`priors_from_model` joins their priors) and its resolved priors."""
+    d = model.design
+    family = model.family.name
+    if family not in ("gaussian", "poisson") or any(tuple(f.names) != ("Intercept",) for f in d.factors):
+        raise ValueError(f"{name}: Gaussian or Poisson models with (1 | factor) terms only")
+    if d.offset is not None and np.any(d.offset):
+        raise ValueError(f"{name}: offsets are not written into the NumPyro model")
+    order = np.concatenate([d.theta_index, d.alpha_index])
+    pr = priors_from_model(model)
+    return CrossedProblem(
+        name=name, y=np.asarray(d.y, dtype=float), F=np.ascontiguousarray(d.F[:, order]),
+        fixed_terms=[d.fixed_names[i] for i in order], factors=[f.name for f in d.factors],
+        idx=[np.asarray(f.factor.index, dtype=np.int64) for f in d.factors], levels=[f.n_levels for f in d.factors],
+        a_mean=pr["a_mean"], a_cov=pr["a_cov"], eta0=[pr["eta0"][f.name] for f in d.factors],
+        S0=[pr["S0"][f.name] for f in d.factors], nu0=pr["nu0"], sigma0_sq=pr["sigma0_sq"],
+        priors_from="multilevel.Model(...).priors", family=family,
+    )
+
+
 def initial_values(P: CrossedProblem, seed: int, centred: bool | tuple[bool, ...]) -> dict[str, np.ndarray]:
     """Starting point of a NUTS chain (constrained values), the same point in either parametrisation:
     a = a_mean, tau_k = its prior mean S0_k / (eta0_k - 2) (S0_k where that is undefined), sigma2 =
-    sigma0_sq, each with PyMC's 'jitter' (uniform(-1, 1) on the unconstrained scale); eta_k uniform(-1, 1)
-    and, centred, b_k = sqrt(tau_k) eta_k."""
+    sigma0_sq (Gaussian only), each with PyMC's 'jitter' (uniform(-1, 1) on the unconstrained scale);
+    eta_k uniform(-1, 1) and, centred, b_k = sqrt(tau_k) eta_k."""
     rng = np.random.default_rng(seed)
     flags = P.centred_flags(centred)
     v: dict[str, np.ndarray] = {"a": P.a_mean + rng.uniform(-1, 1, P.p)}
@@ -242,7 +276,8 @@ def initial_values(P: CrossedProblem, seed: int, centred: bool | tuple[bool, ...
             v[f"b_{k}"] = math.sqrt(tau) * e
         else:
             v[f"eta_{k}"] = e
-    v["sigma2"] = np.asarray(P.sigma0_sq * math.exp(rng.uniform(-1, 1)))
+    if P.gaussian:
+        v["sigma2"] = np.asarray(P.sigma0_sq * math.exp(rng.uniform(-1, 1)))
     return v
 
 
@@ -250,8 +285,8 @@ def initial_values(P: CrossedProblem, seed: int, centred: bool | tuple[bool, ...
 
 
 def numpyro_crossed_model(P: CrossedProblem, centred: bool | tuple[bool, ...]):
-    """The NumPyro model (sites a, tau_k, b_k or eta_k, sigma2, y); data as keyword arguments
-    F, y, idx (a tuple of K index arrays), so that they are traced rather than baked in."""
+    """The NumPyro model (sites a, tau_k, b_k or eta_k, sigma2 if Gaussian, y); data as keyword
+    arguments F, y, idx (a tuple of K index arrays), so that they are traced rather than baked in."""
     import jax.numpy as jnp
     import numpyro
     import numpyro.distributions as dist
@@ -270,6 +305,9 @@ def numpyro_crossed_model(P: CrossedProblem, centred: bool | tuple[bool, ...]):
                 e = numpyro.sample(f"eta_{k}", dist.Normal(0.0, 1.0).expand([P.levels[k]]).to_event(1))
                 b = jnp.sqrt(tau) * e
             mu = mu + b[idx[k]]
+        if not P.gaussian:
+            numpyro.sample("y", dist.Poisson(jnp.exp(mu)), obs=y)
+            return
         sigma2 = numpyro.sample("sigma2", dist.InverseGamma(0.5 * P.nu0, 0.5 * P.nu0 * P.sigma0_sq))
         numpyro.sample("y", dist.Normal(mu, jnp.sqrt(sigma2)), obs=y)
 
@@ -289,7 +327,7 @@ def _crossed_chain(P: CrossedProblem, centred, warmup: int, draws: int, seed: in
         import jax.numpy as jnp
 
         init = {k: jnp.asarray(v) for k, v in initial_values(P, seed, centred).items()}
-        keep = ["a", "sigma2"] + [f"tau_{k}" for k in range(P.K)]
+        keep = ["a"] + [f"tau_{k}" for k in range(P.K)] + (["sigma2"] if P.gaussian else [])
         return numpyro_crossed_model(P, centred), numpyro_crossed_data(P), init, keep
 
     return numpyro_nuts_chain(build, warmup, draws, seed, cache)
@@ -302,7 +340,7 @@ def run_crossed_nuts(P: CrossedProblem, centred, warmup: int, draws: int, chains
     results = run_worker_chains(_crossed_chain, (P, centred, warmup, draws), chains, seed=seed,
                                 cache=_jax_cache_dir(), workers=workers)
     st = {n: np.stack([r["draws"][n] for r in results]) for n in results[0]["draws"]}
-    scal = P.scalars(st["a"], [st[f"tau_{k}"] for k in range(P.K)], st["sigma2"])
+    scal = P.scalars(st["a"], [st[f"tau_{k}"] for k in range(P.K)], st.get("sigma2"))
     total_steps = sum(r["total_steps"] for r in results)
     return {"scalars": scal, **pool_chain_times(results, workers), "chains": chains, "warmup": warmup,
             "draws": draws, "workers": workers, "total_steps": total_steps,
@@ -328,6 +366,8 @@ def reference_logdensity(P: CrossedProblem, values: dict[str, np.ndarray], centr
             lp += stats.norm().logpdf(e).sum()
             b = math.sqrt(tau) * e
         mu = mu + b[P.idx[k]]
+    if not P.gaussian:
+        return float(lp + stats.poisson(np.exp(mu)).logpmf(P.y).sum())
     s2 = float(values["sigma2"])
     lp += stats.invgamma(0.5 * P.nu0, scale=0.5 * P.nu0 * P.sigma0_sq).logpdf(s2)
     lp += stats.norm(mu, math.sqrt(s2)).logpdf(P.y).sum()
@@ -357,10 +397,12 @@ def check_crossed_model(P: CrossedProblem, parametrisations: tuple = (False, Tru
     return worst
 
 
-def self_check(P: CrossedProblem) -> float:
-    """:func:`check_crossed_model` of every parametrisation, in a spawned worker process."""
+def self_check(P: CrossedProblem, parametrisations: tuple | None = None) -> float:
+    """:func:`check_crossed_model` of the parametrisations (default: InstEval's, every one of
+    ``PARAMETRISATIONS``), in a spawned worker process."""
+    params = tuple(PARAMETRISATIONS.values()) if parametrisations is None else parametrisations
     with _worker_env(), ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(check_crossed_model, P, tuple(PARAMETRISATIONS.values())).result()
+        return pool.submit(check_crossed_model, P, params).result()
 
 
 # --------------------------------------------------------------------------- multilevel
@@ -388,7 +430,7 @@ def build_multilevel(formula: str, data) -> tuple[Any, float, float]:
 def multilevel_scalars(posterior, P: CrossedProblem) -> dict[str, np.ndarray]:
     """The population parameters of a multilevel fit of P's model, named as ``P.param_names()``:
     ``theta`` (dim term; ``alpha``'s fixed-only terms after it if the fit has them), ``Sigma_<factor>``
-    (1 x 1 each), ``sigma2``."""
+    (1 x 1 each), ``sigma2`` (Gaussian)."""
     fixed = [posterior["theta"]] + ([posterior["alpha"]] if "alpha" in posterior else [])
     out: dict[str, np.ndarray] = {}
     for da in fixed:
@@ -398,7 +440,8 @@ def multilevel_scalars(posterior, P: CrossedProblem) -> dict[str, np.ndarray]:
     for f in P.factors:
         da = posterior[f"Sigma_{f}"]
         out[f"Sigma_{f}"] = da.values.reshape(da.sizes["chain"], da.sizes["draw"])
-    out["sigma2"] = posterior["sigma2"].values
+    if P.gaussian:
+        out["sigma2"] = posterior["sigma2"].values
     missing = [n for n in P.param_names() if n not in out]
     if missing:
         raise KeyError(f"the multilevel fit lacks {missing}; it has {sorted(out)}")

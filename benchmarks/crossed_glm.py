@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 
+from . import glmer_check
 from .common import Result, Table, fmt_count, fmt_time, one_core
 
 CROSSED_FORMULA = "y ~ x + (1 | g1) + (1 | g2)"
@@ -51,8 +52,8 @@ def simulate_bernoulli(n_rows: int, levels: tuple[int, ...], intercept: float = 
 
 
 def min_population_ess(fit) -> tuple[float, str, dict[str, float]]:
-    """The smallest bulk ESS over theta, alpha and every Sigma variable's lower triangle, its
-    parameter, and all of them."""
+    """The smallest bulk ESS over theta, alpha, every Sigma variable's lower triangle and phi (the
+    negative binomial's), its parameter, and all of them."""
     import arviz as az
 
     post = fit.posterior
@@ -60,9 +61,12 @@ def min_population_ess(fit) -> tuple[float, str, dict[str, float]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for v in post.data_vars:
-            if not (v in ("theta", "alpha") or v.startswith("Sigma")):
+            if not (v in ("theta", "alpha", "phi") or v.startswith("Sigma")):
                 continue
             ess = az.ess(post[[v]], method="bulk")[v]
+            if v == "phi":
+                out[v] = float(ess)
+                continue
             values = ess.values.reshape(-1) if v in ("theta", "alpha") else ess.values[np.tril_indices(ess.shape[0])]
             labels = (list(ess[ess.dims[0]].values) if v in ("theta", "alpha")
                       else [f"{a},{b}" for a, b in zip(*np.tril_indices(ess.shape[0]))])
@@ -72,11 +76,15 @@ def min_population_ess(fit) -> tuple[float, str, dict[str, float]]:
     return out[name], name, out
 
 
-def timed_fit(model, chains: int, warmup: int, draws: int, seed: int) -> dict:
-    """Fit in this process; CPU seconds, min ESS and per-sweep CPU."""
-    c0 = time.process_time()
+def fit_timed(model, chains: int, warmup: int, draws: int, seed: int) -> tuple[object, float, float]:
+    """Fit in this process: the fit, its CPU seconds (``time.process_time``) and wall seconds."""
+    c0, t0 = time.process_time(), time.perf_counter()
     fit = model.fit(chains=chains, warmup=warmup, draws=draws, seed=seed, cores=1, progress=False)
-    cpu = time.process_time() - c0
+    return fit, time.process_time() - c0, time.perf_counter() - t0
+
+
+def fit_figures(fit, cpu: float, chains: int, warmup: int, draws: int) -> dict:
+    """CPU seconds, min ESS (and where), per-sweep CPU and max R-hat of a fit taking ``cpu`` seconds."""
     ess, name, all_ess = min_population_ess(fit)
     return {"cpu": cpu, "per_sweep": cpu / (chains * (warmup + draws)), "min_ess": ess, "min_param": name,
             "ess": all_ess, "ess_per_cpu_s": ess / cpu, "ess_per_draw": ess / (chains * draws),
@@ -87,49 +95,73 @@ def _warm_up() -> None:
     """Load (or compile) both kernels' numba code on a tiny model."""
     import multilevel
 
-    for formula, levels, sampler in ((CROSSED_FORMULA, (10, 8), None), (ONE_FORMULA, (10,), None),
-                                     (ONE_FORMULA, (10,), "polya-gamma")):
+    for formula, levels, sampler in ((CROSSED_FORMULA, (10, 8), None), (CROSSED_FORMULA, (10, 8), "metropolis"),
+                                     (ONE_FORMULA, (10,), None), (ONE_FORMULA, (10,), "polya-gamma")):
         df = simulate_bernoulli(300, levels, seed=99)
         multilevel.Model(formula, df, family="bernoulli", sampler=sampler).fit(chains=1, warmup=5, draws=5, cores=1,
                                                                                progress=False)
 
 
+#: the samplers compared on the crossed Bernoulli model (``Model(..., sampler=...)``)
+CROSSED_SAMPLERS = ("polya-gamma", "metropolis")
+
+
+def sampler_row(label: str, sampler: str, run: dict) -> list[str]:
+    """One table row of a timed fit (:func:`fit_figures`)."""
+    return [label, sampler, fmt_time(run["per_sweep"]), f"{run['min_ess']:.0f}", f"`{run['min_param']}`",
+            f"{run['ess_per_draw']:.3f}", f"**{run['ess_per_cpu_s']:.1f}**", f"{run['r_hat_max']:.3f}"]
+
+
 def bench_crossed_pg(quick: bool = False) -> Result:
-    """Crossed Bernoulli model: Polya-Gamma sweep time and min bulk ESS per CPU second."""
+    """Crossed Bernoulli model: Polya-Gamma against Metropolis-within-Gibbs, min bulk ESS per CPU second, and glmer."""
     import multilevel
 
     n, levels = (5_000, (100, 50)) if quick else (20_000, (500, 200))
     chains, warmup, draws = RUN[quick]
     res = Result(
         "crossed_glm_pg",
-        "Crossed Bernoulli model: Polya-Gamma sampler",
+        "Crossed Bernoulli model: Polya-Gamma against Metropolis-within-Gibbs",
         f"`{CROSSED_FORMULA}`, family bernoulli, simulated (`crossed_glm.simulate_bernoulli`): {fmt_count(n)} rows, "
         f"factors of {levels[0]} and {levels[1]} levels (sd {SDS[0]} and {SDS[1]}), intercept {INTERCEPT}, slope "
-        f"{SLOPE}; default priors and sampler (polya-gamma). `Model(...).fit(chains={chains}, warmup={warmup}, "
-        f"draws={draws}, cores=1, seed=1)` in this process; CPU = `time.process_time` around `fit` (numba code "
-        "loaded before); per sweep = CPU / (chains x (warmup + draws)). Bulk ESS of theta, alpha and each "
-        "factor's variance; the minimum is divided by the CPU seconds.",
+        f"{SLOPE}; default priors (resolved once, passed to both). Fitted by `sampler=\"polya-gamma\"` (the "
+        "default here) and by `sampler=\"metropolis\"`, each `Model(...).fit(chains="
+        f"{chains}, warmup={warmup}, draws={draws}, cores=1, seed=1)` in this process; CPU = `time.process_time` "
+        "around `fit` (numba code loaded before); per sweep = CPU / (chains x (warmup + draws)). Bulk ESS of theta, "
+        "alpha and each factor's variance; the minimum is divided by the CPU seconds.",
     )
+    runs, checks = {}, []
     with one_core():
         _warm_up()
         df = simulate_bernoulli(n, levels, seed=1)
         c0 = time.process_time()
-        model = multilevel.Model(CROSSED_FORMULA, df, family="bernoulli")
+        base = multilevel.Model(CROSSED_FORMULA, df, family="bernoulli", sampler=CROSSED_SAMPLERS[0])
         build = time.process_time() - c0
-        run = timed_fit(model, chains, warmup, draws, seed=1)
+        ref = glmer_check.glmer_fixef(df, CROSSED_FORMULA, "bernoulli")
+        for sampler in CROSSED_SAMPLERS:
+            model = base if sampler == CROSSED_SAMPLERS[0] else multilevel.Model(
+                CROSSED_FORMULA, df, family="bernoulli", priors=base.priors, sampler=sampler)
+            fit, cpu, _ = fit_timed(model, chains, warmup, draws, seed=1)
+            runs[sampler] = fit_figures(fit, cpu, chains, warmup, draws)
+            checks.append(glmer_check.check(f"crossed Bernoulli, {sampler}", fit, ref))
     res.tables.append(Table(
-        ["rows", "levels", "Model(...) build (CPU)", "per sweep (CPU)", "min bulk ESS", "parameter",
-         "ESS per draw", "min ESS per CPU s", "max r_hat"],
-        [[fmt_count(n), f"{levels[0]} x {levels[1]}", fmt_time(build), fmt_time(run["per_sweep"]),
-          f"{run['min_ess']:.0f}", f"`{run['min_param']}`", f"{run['ess_per_draw']:.3f}",
-          f"**{run['ess_per_cpu_s']:.1f}**", f"{run['r_hat_max']:.3f}"]]))
-    res.tables.append(Table(["parameter", "bulk ESS"], [[f"`{k}`", f"{v:.0f}"] for k, v in run["ess"].items()]))
-    res.data = {"rows": n, "levels": list(levels), "build_cpu": build, **run}
+        ["data", "sampler", "per sweep (CPU)", "min bulk ESS", "parameter", "ESS per draw", "min ESS per CPU s",
+         "max r_hat"],
+        [sampler_row(f"{fmt_count(n)} rows, {levels[0]} x {levels[1]} levels", k, r) for k, r in runs.items()]))
+    res.tables.append(Table(["parameter"] + [f"bulk ESS, {k}" for k in runs],
+                            [[f"`{p}`"] + [f"{r['ess'][p]:.0f}" for r in runs.values()]
+                             for p in runs[CROSSED_SAMPLERS[0]]["ess"]]))
+    ratio = runs["polya-gamma"]["ess_per_cpu_s"] / runs["metropolis"]["ess_per_cpu_s"]
+    res.notes.append(f"polya-gamma / metropolis min ESS per CPU s = {ratio:.2f}x; `Model(...)` build (polya-gamma) "
+                     f"{fmt_time(build)} CPU.")
+    res.tables.append(glmer_check.table(checks))
+    res.targets.append(glmer_check.target(checks, quick))
+    res.data = {"rows": n, "levels": list(levels), "build_cpu": build, "runs": runs, "pg_over_metropolis": ratio,
+                "glmer": checks}
     return res
 
 
 def bench_pg_vs_metropolis(quick: bool = False) -> Result:
-    """One factor, Bernoulli: Polya-Gamma against the default Metropolis kernel, same data and priors."""
+    """One factor, Bernoulli: Polya-Gamma against the default Metropolis kernel, same data and priors, and glmer."""
     import multilevel
 
     n, J = (3_000, 100) if quick else (10_000, 500)
@@ -145,7 +177,7 @@ def bench_pg_vs_metropolis(quick: bool = False) -> Result:
         "cores=1, seed=1)` in this process; CPU = `time.process_time` around `fit`. Bulk ESS of theta, alpha "
         "and Sigma; min ESS / CPU s.",
     )
-    rows, data = [], {}
+    rows, data, checks = [], {}, []
     with one_core():
         _warm_up()
         for label, intercept in (("balanced", INTERCEPT), ("rare", RARE_INTERCEPT)):
@@ -154,10 +186,12 @@ def bench_pg_vs_metropolis(quick: bool = False) -> Result:
             p = base.priors
             priors = dict(mu0=p.mu0, Lambda0=p.Lambda0, eta0=p.eta0, S0=p.S0, alpha_mean=p.alpha_mean,
                           alpha_cov=p.alpha_cov)
-            runs = {}
+            runs, ref = {}, glmer_check.glmer_fixef(df, ONE_FORMULA, "bernoulli")
             for sampler in (None, "polya-gamma"):
                 model = multilevel.Model(ONE_FORMULA, df, family="bernoulli", priors=priors, sampler=sampler)
-                runs[sampler or "auto"] = timed_fit(model, chains, warmup, draws, seed=1)
+                fit, cpu, _ = fit_timed(model, chains, warmup, draws, seed=1)
+                runs[sampler or "auto"] = fit_figures(fit, cpu, chains, warmup, draws)
+                checks.append(glmer_check.check(f"{label}, {sampler or 'auto'}", fit, ref))
             data[label] = {"success_rate": float(df["y"].mean()), **runs}
             for name, r in runs.items():
                 rows.append([label, f"{df['y'].mean():.3f}", name, fmt_time(r["per_sweep"]), f"{r['min_ess']:.0f}",
@@ -167,7 +201,9 @@ def bench_pg_vs_metropolis(quick: bool = False) -> Result:
             res.notes.append(f"{label}: polya-gamma / auto min ESS per CPU s = {ratio:.2f}x")
     res.tables.append(Table(["outcomes", "success rate", "sampler", "per sweep (CPU)", "min bulk ESS", "parameter",
                              "ESS per draw", "min ESS per CPU s", "max r_hat"], rows))
-    res.data = {"rows": n, "groups": J, **data}
+    res.tables.append(glmer_check.table(checks))
+    res.targets.append(glmer_check.target(checks, quick))
+    res.data = {"rows": n, "groups": J, **data, "glmer": checks}
     return res
 
 

@@ -1,45 +1,37 @@
-"""A brief measurement of the negative binomial sampler (issue 13, point 4), one core.
+"""Benchmark of the negative binomial sampler (issue 13, point 4), one core.
 
-Two models: ``y ~ x + (1 | g)`` on ``tests/data/negbin.csv`` (828 rows, 40 groups; lme4's
-``glmer.nb`` figures in ``tests/lme4_crossed.py``) and a simulated crossed NB2 model
-``y ~ x + (1 | a) + (1 | b)`` with 20,000 rows, 500 x 100 levels (intercept 1, slope 0.4, sds
-0.5 and 0.3, phi = 2). For each: 2 chains run one after the other in this process, CPU time by
-``time.process_time`` (compilation excluded: one throwaway sweep first), the CPU time per sweep
-and the minimum bulk ESS (:func:`multilevel.diagnostics.ess_bulk`) over the population
-parameters (theta, alpha, each factor's variance, phi) per CPU second of the whole run
-(warm-up included).
+- ``negbinomial``: two models, ``y ~ x + (1 | g)`` on ``tests/data/negbin.csv`` (828 rows, 40
+  groups) and a simulated crossed NB2 model ``y ~ x + (1 | a) + (1 | b)`` with 20,000 rows, 500 x
+  100 levels (intercept 1, slope 0.4, sds 0.5 and 0.3, phi = 2; :func:`simulated`). For each: the
+  CPU time per sweep and the minimum bulk ESS over the population parameters (theta, alpha, each
+  factor's variance, phi) per CPU second of the whole fit (warm-up included), and the fixed effects
+  and phi against lme4's ``glmer.nb`` on the same data in the same run.
 
-    PYTHONPATH=src python benchmarks/negbinomial.py [--draws 1000] [--warmup 500]
+    python benchmarks/run.py --only negbinomial [--quick]
 
-Measured (2026-12-01, a shared 2-core machine under load, defaults: 2 chains x (500 + 1000) sweeps):
-
-* negbin.csv: 1.56 ms/sweep; min bulk ESS 1394 of 2000 draws (phi; theta, alpha and Sigma
-  higher) = 298 per CPU s; posterior mean phi 2.728 (glmer.nb: 2.730);
-* simulated crossed, 20,000 rows: 26.8 ms/sweep, of which about 21 ms are the Polya-Gamma draws
-  (``polyagamma`` with non-integer n_i = y_i + phi, about 1 us a row), 1.1 ms the weighted
-  statistics, 3.8 ms the four phi steps; min bulk ESS 1272 of 2000 (phi) = 15.8 per CPU s;
-  posterior mean phi 2.036 (true 2).
+Measured before (2026-12-01, a shared 2-core machine under load, 2 chains x (500 + 1000) sweeps of
+the kernel alone): the simulated crossed model's 26.8 ms a sweep are about 21 ms of Polya-Gamma draws
+(``polyagamma`` with non-integer n_i = y_i + phi, about 1 us a row), 1.1 ms of weighted statistics and
+3.8 ms of the four phi steps.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-import warnings
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 
-import multilevel
-from multilevel.diagnostics import ess_bulk
-from multilevel.run import run_chains
+from . import glmer_check
+from .common import REPO, Result, Table, fmt_time, one_core
+from .crossed_glm import fit_figures, fit_timed
 
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "negbin.csv"
+DATA = REPO / "tests" / "data" / "negbin.csv"
+#: (chains, warmup, draws) of every fit, by ``quick``
+RUN = {True: (2, 200, 300), False: (2, 500, 1000)}
 
 
-def simulated(n: int = 20_000, levels: tuple[int, int] = (500, 100), seed: int = 7) -> pd.DataFrame:
+def simulated(n: int = 20_000, levels: tuple[int, int] = (500, 100), seed: int = 7):
     """The crossed NB2 data set of the module docstring."""
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, levels[0], n), rng.integers(0, levels[1], n)
     x = rng.standard_normal(n)
@@ -48,46 +40,53 @@ def simulated(n: int = 20_000, levels: tuple[int, int] = (500, 100), seed: int =
     return pd.DataFrame({"a": [f"a{k}" for k in a], "b": [f"b{k}" for k in b], "x": x, "y": y})
 
 
-def population(draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """(chain, draw) arrays of the population parameters among the kernel's records."""
-    out = {}
-    for name, v in draws.items():
-        if name in ("theta", "alpha") or name.startswith("Sigma"):
-            flat = v.reshape(v.shape[0], v.shape[1], -1)
-            for k in range(flat.shape[-1]):
-                if np.ptp(flat[..., k]) > 0:
-                    out[f"{name}[{k}]"] = flat[..., k]
-        elif name == "phi":
-            out[name] = v
-    return out
+def _models(quick: bool):
+    import pandas as pd
+
+    return [("negbin.csv", "y ~ x + (1 | g)", pd.read_csv(DATA)),
+            ("simulated crossed", "y ~ x + (1 | a) + (1 | b)", simulated(5_000 if quick else 20_000))]
 
 
-def measure(label: str, formula: str, data: pd.DataFrame, draws: int, warmup: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = multilevel.Model(formula, data, family="negbinomial")
-    kernel = model.kernel
-    rng = np.random.default_rng(0)
-    kernel.step(kernel.init(rng), rng)  # compiled code loaded
-    start = time.process_time()
-    res = run_chains(kernel, chains=2, draws=draws, warmup=warmup, seed=11, cores=1, progress=False)
-    cpu = time.process_time() - start
-    ess = {k: ess_bulk(v) for k, v in population(res.draws).items()}
-    worst = min(ess, key=ess.get)
-    sweeps = 2 * (draws + warmup)
-    print(f"{label}: {data.shape[0]} rows, {sweeps} sweeps in {cpu:.1f} CPU s = {1e3 * cpu / sweeps:.2f} ms/sweep; "
-          f"min bulk ESS {ess[worst]:.0f} ({worst}) of {2 * draws} draws = {ess[worst] / cpu:.1f} per CPU s; "
-          f"phi ESS {ess['phi']:.0f}, posterior mean phi {res.draws['phi'].mean():.3f}")
+def bench_negbinomial(quick: bool = False) -> Result:
+    """Negative binomial (NB2): min bulk ESS per CPU second on one- and two-factor models, and glmer.nb."""
+    import multilevel
+
+    chains, warmup, draws = RUN[quick]
+    res = Result(
+        "negbinomial",
+        "Negative binomial (NB2): Polya-Gamma sampler",
+        f"`family=\"negbinomial\"`, default priors and sampler. `Model(...).fit(chains={chains}, warmup={warmup}, "
+        f"draws={draws}, cores=1, seed=1)` in this process after a 5 + 5 sweep fit of the same model loaded the "
+        "compiled code; CPU = "
+        "`time.process_time` around `fit`; per sweep = CPU / (chains x (warmup + draws)). Bulk ESS of theta, alpha, "
+        "each factor's variance and phi. negbin.csv: tests/data (828 rows, 40 groups); simulated crossed: "
+        "`negbinomial.simulated` (intercept 1, slope 0.4, sds 0.5 and 0.3, phi 2).",
+    )
+    rows, data, checks = [], {}, []
+    with one_core():
+        for label, formula, frame in _models(quick):
+            model = multilevel.Model(formula, frame, family="negbinomial")
+            model.fit(chains=1, warmup=5, draws=5, cores=1, seed=0, progress=False)  # compiled code loaded
+            fit, cpu, _ = fit_timed(model, chains, warmup, draws, seed=1)
+            run = data[label] = fit_figures(fit, cpu, chains, warmup, draws)
+            ref = glmer_check.glmer_fixef(frame, formula, "negbinomial")
+            checks.append(glmer_check.check(label, fit, ref))
+            phi = float(fit.posterior["phi"].mean())
+            run["phi_mean"], run["glmer_nb_phi"] = phi, None if ref is None else ref["phi"]
+            rows.append([label, f"`{formula}`", str(len(frame)), fmt_time(run["per_sweep"]), f"{run['min_ess']:.0f}",
+                         f"`{run['min_param']}`", f"{run['ess_per_draw']:.3f}", f"**{run['ess_per_cpu_s']:.1f}**",
+                         f"{run['r_hat_max']:.3f}", f"{phi:.3f}", "" if ref is None else f"{ref['phi']:.3f}"])
+    res.tables.append(Table(["data", "formula", "rows", "per sweep (CPU)", "min bulk ESS", "parameter",
+                             "ESS per draw", "min ESS per CPU s", "max r_hat", "posterior mean phi",
+                             "glmer.nb phi (theta)"], rows))
+    res.tables.append(glmer_check.table(checks))
+    res.targets.append(glmer_check.target(checks, quick))
+    note = glmer_check.warnings_note(checks)
+    if note:
+        res.notes.append(note)
+    data["glmer"] = checks
+    res.data = data
+    return res
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--warmup", type=int, default=500)
-    args = parser.parse_args()
-    measure("negbin.csv", "y ~ x + (1 | g)", pd.read_csv(DATA), args.draws, args.warmup)
-    measure("simulated crossed", "y ~ x + (1 | a) + (1 | b)", simulated(), args.draws, args.warmup)
-
-
-if __name__ == "__main__":
-    main()
+BENCHMARKS = {"negbinomial": bench_negbinomial}

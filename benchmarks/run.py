@@ -8,7 +8,8 @@
     python benchmarks/run.py --list                        # names of the benchmarks
 
 Each benchmark is a function returning a ``common.Result``; the groups of benchmarks
-(``gaussian``, ``glm``, ``peers``, ``endtoend``, ``crossed``, ``crossed_glm``, ``crossed_poisson``) register them in ``SUITES`` below.
+(``gaussian``, ``glm``, ``peers``, ``endtoend``, ``crossed``, ``crossed_glm``, ``crossed_poisson``,
+``negbinomial``) register them in ``SUITES`` below.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from benchmarks import dask_engine  # noqa: E402
 from benchmarks import endtoend  # noqa: E402
 from benchmarks import gaussian  # noqa: E402
 from benchmarks import glm  # noqa: E402
+from benchmarks import negbinomial  # noqa: E402
 from benchmarks import peers  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks.common import Result, Table, load_average, machine_facts  # noqa: E402
@@ -46,6 +48,7 @@ SUITES = {
     "crossed": crossed.BENCHMARKS,  # several grouping factors (issue 12); InstEval needs the `bench` extra (NumPyro)
     "crossed_glm": crossed_glm.BENCHMARKS,  # Polya-Gamma sampler of binomial and bernoulli models (issue 13)
     "crossed_poisson": crossed_poisson.BENCHMARKS,  # Metropolis-within-Gibbs of Poisson models, several factors (issue 13)
+    "negbinomial": negbinomial.BENCHMARKS,  # the negative binomial family's sampler (issue 13)
     "dask": dask_engine.BENCHMARKS,  # data beyond memory on Dask (issue 14); the 1e8-row fit writes ~2.5 GB to a temp dir
 }
 
