@@ -192,3 +192,34 @@ def test_nested_and_uncorrelated_terms_agree_with_the_in_memory_engine():
     assert list(mem.posterior["beta_h:c"].coords["h:c"].values) == list(par.posterior["beta_h:c"].coords["h:c"].values)
     for name, a in draws_of(mem).items():
         assert np.allclose(a, draws_of(par)[name], rtol=1e-7, atol=1e-7), name
+
+
+def test_moments_combine_batches_without_cancellation():
+    from multilevel.moments import combine_moments, moments_of
+
+    rng = np.random.default_rng(0)
+    x = 1e9 + rng.standard_normal((1000, 2))  # a large mean: the sum of squares about 0 would lose every digit
+    batches = [x[:1], x[1:300], x[300:301], x[301:]]
+    total = moments_of(x[:0])
+    for b in batches:
+        total = combine_moments(total, moments_of(b))
+    assert total.count == 1000
+    assert np.allclose(total.mean, x.mean(axis=0), rtol=1e-15)
+    assert np.allclose(total.variance, x.var(axis=0), rtol=1e-6)  # x itself is stored to 1e-7
+    plain = (x ** 2).mean(axis=0) - x.mean(axis=0) ** 2
+    assert not np.allclose(plain, x.var(axis=0), rtol=1e-3)  # the control: the textbook formula fails here
+
+
+def test_tree_reduce_combines_in_partition_order():
+    import dask
+    from dask import delayed
+
+    from multilevel.distributed.reduce import tree_reduce
+
+    for n in (1, 2, 5, 8):
+        (out,) = dask.compute(tree_reduce([delayed(str)(i) for i in range(n)], lambda a, b: f"({a}+{b})"),
+                              scheduler="sync")
+        assert [int(c) for c in out if c.isdigit()] == list(range(n))
+    (five,) = dask.compute(tree_reduce([delayed(str)(i) for i in range(5)], lambda a, b: f"({a}+{b})"),
+                           scheduler="sync")
+    assert five == "(((0+1)+(2+3))+4)"
