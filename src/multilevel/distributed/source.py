@@ -45,8 +45,8 @@ def file_format(files: list[Path]) -> str:
 
 
 def open_dask(source: Any, columns: list[str] | None = None) -> Any:
-    """``source`` as a Dask DataFrame: a Dask DataFrame as it is, a pandas (or polars) frame
-    split into partitions of :data:`PARTITION_ROWS` rows, or the files of a path, directory or
+    """``source`` as a Dask DataFrame: a Dask DataFrame as it is, a pandas (or polars) frame or a
+    bundled data set split into partitions of :data:`PARTITION_ROWS` rows, or the files of a path, directory or
     glob (Parquet read by row group ranges, CSV by blocks), only ``columns`` read when given."""
     import dask.dataframe as dd
 
@@ -54,6 +54,11 @@ def open_dask(source: Any, columns: list[str] | None = None) -> Any:
         return source
     if hasattr(source, "to_pandas") and hasattr(source, "columns") and not isinstance(source, pd.DataFrame):
         source = source.to_pandas()
+    if isinstance(source, str) and not Path(source).exists():
+        from ..datasets import NAMES, load_dataset
+
+        if source in NAMES:  # a bundled data set
+            source = load_dataset(source)
     if isinstance(source, pd.DataFrame):
         return dd.from_pandas(source, npartitions=max(1, -(-len(source) // PARTITION_ROWS)), sort=False)
     if not isinstance(source, (str, Path)):
