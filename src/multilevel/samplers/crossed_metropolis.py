@@ -130,7 +130,7 @@ class MWGState(NamedTuple):
 class FactorRows(NamedTuple):
     """All factors' rows in flat arrays, in the kernel's row order (:func:`row_order`): ``Z``
     (N, sum q_k) their covariates side by side (factor k from column ``z_off[k]``), ``index``
-    (K, N) each row's level per factor."""
+    (K, N) each row's level per factor (int32: every pass reads it)."""
 
     Z: np.ndarray
     z_off: np.ndarray
@@ -151,7 +151,7 @@ def factor_rows(design: Any, order: np.ndarray | None = None) -> FactorRows:
     q = [f.q for f in design.factors]
     return FactorRows(np.ascontiguousarray(np.hstack([np.asarray(f.Z, dtype=float)[order] for f in design.factors])),
                       np.concatenate([[0], np.cumsum(q)[:-1]]).astype(np.int64),
-                      np.ascontiguousarray(np.vstack([f.index[order] for f in design.factors]), dtype=np.int64))
+                      np.ascontiguousarray(np.vstack([f.index[order] for f in design.factors]), dtype=np.int32))
 
 
 class ShiftGroups(NamedTuple):
@@ -255,13 +255,17 @@ def _row_terms(code, y, n, e):
 
 
 @njit(cache=True, inline="always")
-def _row_eta(i, offset, F, a, Z, index, z_off, q, b_off, b):
-    """eta_i = offset_i + F_i a + sum_k Z_ki b_k,index[k, i]."""
+def _row_eta(i, offset, F, a, Z, index, z_off, q, b_off, b, ones=None):
+    """eta_i = offset_i + F_i a + sum_k Z_ki b_k,index[k, i] (``ones[k]``: Z_k is the intercept,
+    not read)."""
     s = offset[i]
     for c in range(F.shape[1]):
         s += F[i, c] * a[c]
     for k in range(q.shape[0]):
         base = b_off[k] + index[k, i] * q[k]
+        if ones is not None and ones[k]:
+            s += b[base]
+            continue
         for c in range(q[k]):
             s += Z[i, z_off[k] + c] * b[base + c]
     return s
@@ -308,14 +312,14 @@ def _row_pending(i, F, dA, pA, Z, z_off, q, index, b_off, D, pend, ones):
 @njit(cache=True)
 def fixed_terms(code, y, n, eta, F, delta, rows=None, lev=None):
     """ll, F'(y - mu) and F'WF at eta + F delta: one pass over the rows. With ``rows`` =
-    (offset, a, Z, index, z_off, q, b_off, b), eta is first computed afresh in the same pass
+    (offset, a, Z, index, z_off, q, b_off, b, ones), eta is first computed afresh in the same pass
     (written to ``eta``; delta is then 0). With ``lev`` = (index_k, Sy, Sw), also per level j of
     that factor the sums of y_i and of the Fisher weights W_i (mu_i for Poisson) at eta + F delta."""
     N, p = F.shape
     ll, g, H = 0.0, np.zeros(p), np.zeros((p, p))
     for i in range(N):
         if rows is not None:
-            eta[i] = _row_eta(i, rows[0], F, rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7])
+            eta[i] = _row_eta(i, rows[0], F, rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7], rows[8])
         e = eta[i]
         for c in range(p):
             e += F[i, c] * delta[c]
@@ -337,12 +341,13 @@ def fixed_terms(code, y, n, eta, F, delta, rows=None, lev=None):
 
 
 @njit(cache=True)
-def level_terms(code, y, n, eta, Z, zc, qk, index_k, Jk, delta, sync=None):
+def level_terms(code, y, n, eta, Z, zc, qk, index_k, Jk, delta, sync=None, one=False):
     """Per level j of one factor: ll_j, Z_j'(y - mu) and Z_j'WZ_j at eta_i + Z_i delta_j, in one
     pass over the rows in their order, each row adding into its level's sums (``index_k``): the
     per-level sums are small enough to stay in cache, and the rows are read in sequence. With
     ``sync`` = (F, dA, pA, z_off, q, index, b_off, D, pend, ones), eta_i first takes the change
-    still owed to it (:func:`_row_pending`) in the same pass, written back to ``eta``."""
+    still owed to it (:func:`_row_pending`) in the same pass, written back to ``eta``. ``one``:
+    the factor's one covariate is the intercept (:func:`intercept_only`), not read."""
     ll, g, H = np.zeros(Jk), np.zeros((Jk, qk)), np.zeros((Jk, qk, qk))
     for i in range(y.shape[0]):
         j = index_k[i]
@@ -351,6 +356,13 @@ def level_terms(code, y, n, eta, Z, zc, qk, index_k, Jk, delta, sync=None):
             e += _row_pending(i, sync[0], sync[1], sync[2], Z, sync[3], sync[4], sync[5], sync[6], sync[7],
                               sync[8], sync[9])
             eta[i] = e
+        if one:
+            e += delta[j, 0]
+            l, res, w = _row_terms(code, y[i], n[i], e)
+            ll[j] += l
+            g[j, 0] += res
+            H[j, 0, 0] += w
+            continue
         for c in range(qk):
             e += Z[i, zc + c] * delta[j, c]
         l, res, w = _row_terms(code, y[i], n[i], e)
@@ -751,7 +763,7 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
     first_known = False
     if p:  # eta computed in the fixed move's first pass
         eta = np.empty(y.shape[0])
-        rows = (offset, a, Z, index, z_off, q, b_off, b)
+        rows = (offset, a, Z, index, z_off, q, b_off, b, ones)
         if ones[0]:
             xs, moved = fixed_update(rng, code, y, n, eta, F, Pi, Pim, a, np.exp(log_phi[K]), hastings, rows,
                                      (index[0], Sy0, Sw0, Sw1))
@@ -773,7 +785,7 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
             ll0, g0, H0 = np.zeros(Jk), (Sy0 - Sw).reshape((Jk, 1)), Sw.copy().reshape((Jk, 1, 1))
         else:
             ll0, g0, H0 = level_terms(code, y, n, eta, Z, z_off[k], qk, index[k], Jk, np.zeros((Jk, qk)),
-                                      (F, dA, pA, z_off, q, index, b_off, D, pend, ones))
+                                      (F, dA, pA, z_off, q, index, b_off, D, pend, ones), ones[k])
             clear_pending(dA, D, b_off, q, J, pend)
             pA = False
         prop = np.zeros((Jk, qk))
