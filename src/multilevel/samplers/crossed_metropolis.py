@@ -72,9 +72,9 @@ the rows rather than by a pass of its own):
    makes the two variances mix (measured on the grouseticks-shaped set: min bulk ESS of the
    variances 43 -> 420 per 4000 draws).
 
-The order of the moves does not matter to the target (each keeps it invariant); :func:`paired_pass`'s
-sweep makes the fixed move last. Each move keeps the posterior invariant; warm-up (``warmup_step``) adapts the angles and scale
-steps from the sweep's acceptance rates and the kept draws come from the frozen kernel ``step``.
+Each move keeps the posterior invariant, so their order does not matter to it (:func:`paired_pass`'s
+sweep makes the fixed move last); warm-up (``warmup_step``) adapts the angles and scale steps
+from the sweep's acceptance rates and the kept draws come from the frozen kernel ``step``.
 The first :data:`GREEDY_SHARE` of warm-up accepts the rotation moves by the target ratio alone
 (see :meth:`CrossedMetropolis.warmup_step`). Every pass reads the rows in sequence (in the kernel's
 order, sorted by the factor with the most levels, :func:`row_order`); the per-level sums of a
