@@ -113,7 +113,7 @@ def collect(rank_dicts: list[dict[str, int]], L: int, bins: int, alpha: float = 
 
 def save(result: SBCResult) -> None:
     out = os.environ.get("MULTILEVEL_SBC_OUT")
-    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]  # "<node id> (call)"; ids may hold spaces
     if not out or not test:
         return
     name = test.split("::")[-1]

@@ -39,21 +39,22 @@ def test_a_partial_run_keeps_the_other_rows_and_fresh_drops_them(tmp_path, monke
     monkeypatch.setattr(render, "figure", lambda record, path: path.write_bytes(b""))
     page = tmp_path / "docs" / "validation.md"
     first, second = tmp_path / "first", tmp_path / "second"
-    for name in ("test_full[one]", "test_full[two]"):
+    for name in ("test_full[one factor]", "test_full[two]"):
         write_result(first, name, 0, monkeypatch)
-    record = json.loads((first / "test_full_one_.json").read_text())
-    assert record["run_at"] and record["test"] == "tests/test_x.py::test_full[one]"
+    record = json.loads((first / "test_full_one_factor_.json").read_text())  # a test id with a space
+    assert record["run_at"] and record["test"] == "tests/test_x.py::test_full[one factor]"
     assert render.main(first, page) == 0
     before = rows(page)
-    assert list(before) == ["test_full[one]", "test_full[two]"]
-    assert (page.parent / "validation" / "test_full_one.png").exists()
+    assert list(before) == ["test_full[one factor]", "test_full[two]"]
+    assert (page.parent / "validation" / "test_full_one_factor.png").exists()
+    assert "(validation/test_full_one_factor.png)" in before["test_full[one factor]"]
 
     write_result(second, "test_full[two]", 3, monkeypatch)  # rerun one of them, its ranks changed
     write_result(second, "test_other", 1, monkeypatch)
     assert render.main(second, page) == 0
     after = rows(page)
-    assert list(after) == ["test_full[one]", "test_full[two]", "test_other"]
-    assert after["test_full[one]"] == before["test_full[one]"]  # kept as it was
+    assert list(after) == ["test_full[one factor]", "test_full[two]", "test_other"]
+    assert after["test_full[one factor]"] == before["test_full[one factor]"]  # kept as it was
     assert after["test_full[two]"] != before["test_full[two]"]  # rerun: its new p-value
     text = page.read_text()
     for name in after:

@@ -57,8 +57,8 @@ def figure(record: dict, path: Path) -> None:
 
 
 def png_name(run: str) -> str:
-    """The figure's file name of a run, ``test_x[a-b]`` -> ``test_x_a-b.png``."""
-    return run.replace("[", "_").replace("]", "") + ".png"
+    """The figure's file name of a run, ``test_x[a-b]`` -> ``test_x_a-b.png`` (``[one factor]`` -> ``_one_factor``)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", run.replace("[", "_").replace("]", "")) + ".png"
 
 
 def kept_rows(out: Path) -> dict[str, str]:
