@@ -23,10 +23,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto
 
 ## Long validation: full simulation-based calibration runs, rendered to docs/validation.md.
+## `make validate K=poisson` runs those whose name matches (pytest -k) and keeps the other rows.
 validate: $(STAMP)
 	rm -rf .sbc-results
-	MULTILEVEL_SBC_OUT=.sbc-results $(BIN)/python -m pytest -q -m validate -p no:cacheprovider; \
-	status=$$?; $(BIN)/python validation/render.py .sbc-results docs/validation.md || status=1; exit $$status
+	MULTILEVEL_SBC_OUT=.sbc-results $(BIN)/python -m pytest -q -m validate -p no:cacheprovider $(if $(K),-k '$(K)'); \
+	status=$$?; $(BIN)/python validation/render.py $(if $(K),,--fresh) .sbc-results docs/validation.md || status=1; \
+	exit $$status
 
 ## Benchmarks; results go to docs/benchmarks.md. The peers suite needs the `bench` extra (PyMC,
 ## NumPyro) and, for PyTensor's BLAS, Debian's libopenblas-dev (installed here when missing).

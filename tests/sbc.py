@@ -13,6 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def collect(rank_dicts: list[dict[str, int]], L: int, bins: int, alpha: float = 
 
 def save(result: SBCResult) -> None:
     out = os.environ.get("MULTILEVEL_SBC_OUT")
-    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]  # "<node id> (call)"; ids may hold spaces
     if not out or not test:
         return
     name = test.split("::")[-1]
@@ -120,5 +121,6 @@ def save(result: SBCResult) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"test": test, "names": result.names, "ranks": result.ranks.tolist(), "L": result.L,
               "bins": result.bins, "alpha": result.alpha, "pvalues": result.pvalues.tolist(),
-              "threshold": result.threshold, "rejected": result.rejected}
+              "threshold": result.threshold, "rejected": result.rejected,
+              "run_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
     (folder / f"{re.sub(r'[^A-Za-z0-9_.+-]+', '_', name)}.json").write_text(json.dumps(record))

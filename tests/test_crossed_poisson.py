@@ -10,9 +10,13 @@
    Hastings correction is exercised); the same checks with the level's prior covariance
    misstated to the quadrature must fail.
 2. Simulation-based calibration (tests/sbc.py), truth from proper priors, one chain per
-   replication: ``y ~ x + (1 | s) + (1 | i)`` (10 subjects crossed with 8 items) and
-   ``y ~ x + (1 | g) + (1 | obs)`` (an observation-level effect, 12 groups of 5 rows), 300
-   replications each in the default suite, 600 under ``validate``.
+   replication: ``y ~ x + (1 | s) + (1 | i)`` (10 subjects crossed with 8 items),
+   ``y ~ x + (1 | g) + (1 | obs)`` (an observation-level effect, 12 groups of 5 rows),
+   ``y ~ x + (x | s) + (1 | i)`` (a correlated intercept and slope, 10 x 8) and the same
+   correlated model as a Bernoulli one with ``sampler="metropolis"`` (12 x 10, the logit
+   log-likelihood); 300 replications (150 for the correlated two) each in the default suite,
+   600 under ``validate``. The correlated runs with the rotation moves' Hastings correction
+   dropped must be rejected.
 3. Agreement with lme4 ``glmer`` (Laplace) on tests/data/crossed_poisson.csv (tests/lme4_crossed.py):
    fixed effects' posterior means within 0.5 lme4 standard errors and sds within 15 %; the
    variances' posterior medians within 0.5 posterior sd of glmer's estimates.
@@ -23,6 +27,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from dataclasses import replace
@@ -34,6 +39,7 @@ from scipy import stats
 
 import multilevel
 from multilevel.blockstats import factor_layout
+from multilevel.families import CODES
 from multilevel.run import run_chains
 from multilevel.samplers.crossed_metropolis import (CrossedMetropolis, factor_rows, fixed_move, level_move,
                                                     linear_predictor)
@@ -216,39 +222,58 @@ def test_fixed_move_leaves_its_conditional_invariant(level_case):
 # -- 2. simulation-based calibration ----------------------------------------------------------------
 
 SBC_CASES = {
-    "crossed": ("y ~ x + (1 | s) + (1 | i)",
+    "crossed": ("poisson", "y ~ x + (1 | s) + (1 | i)",
                 dict(mu0=[0.5], Lambda0=[[0.3]], alpha_mean=[0.3], alpha_cov=[[0.2]], eta0={"s": 6.0, "i": 6.0},
                      S0={"s": [[1.6]], "i": [[1.2]]})),
-    "obs": ("y ~ x + (1 | g) + (1 | obs)",
+    "obs": ("poisson", "y ~ x + (1 | g) + (1 | obs)",
             dict(mu0=[0.5], Lambda0=[[0.3]], alpha_mean=[0.3], alpha_cov=[[0.2]], eta0={"g": 6.0, "obs": 8.0},
                  S0={"g": [[1.6]], "obs": [[1.5]]})),
+    # a correlated intercept and slope of s crossed with i; E[Sigma_s] = S0 / (eta0 - 3) = [[0.4, 0.1], [0.1, 0.25]]
+    "correlated": ("poisson", "y ~ x + (x | s) + (1 | i)",
+                   dict(mu0=[0.5, 0.3], Lambda0=[[0.3, 0.05], [0.05, 0.2]], eta0={"s": 7.0, "i": 6.0},
+                        S0={"s": [[1.6, 0.4], [0.4, 1.0]], "i": [[1.2]]})),
+    # the Bernoulli option (sampler="metropolis") on the same correlated crossed model, logit scale
+    "bernoulli": ("bernoulli", "y ~ x + (x | s) + (1 | i)",
+                  dict(mu0=[0.2, 0.5], Lambda0=[[0.5, 0.1], [0.1, 0.3]], eta0={"s": 7.0, "i": 6.0},
+                       S0={"s": [[2.0, 0.4], [0.4, 1.2]], "i": [[2.0]]})),
 }
 
 
 def sbc_model(case: str) -> multilevel.Model:
+    """10 subjects crossed with 8 items, one row per cell (12 x 10 for the Bernoulli case), or 12
+    groups of 5 rows with an observation-level factor; x at random."""
+    family, formula, priors = SBC_CASES[case]
     rng = np.random.default_rng(31)
-    if case == "crossed":
-        s, i = np.meshgrid(np.arange(10), np.arange(8), indexing="ij")
-        df = pd.DataFrame({"s": [f"s{k:02d}" for k in s.ravel()], "i": [f"i{k}" for k in i.ravel()]})
-    else:
+    if case == "obs":
         g = np.repeat(np.arange(12), 5)
         df = pd.DataFrame({"g": [f"g{k:02d}" for k in g], "obs": np.arange(g.size)})
+    else:
+        s, i = np.meshgrid(*map(np.arange, (12, 10) if family == "bernoulli" else (10, 8)), indexing="ij")
+        df = pd.DataFrame({"s": [f"s{k:02d}" for k in s.ravel()], "i": [f"i{k}" for k in i.ravel()]})
     df["x"] = rng.standard_normal(len(df))
-    df["y"] = rng.poisson(2.0, len(df))
-    formula, priors = SBC_CASES[case]
-    return multilevel.Model(formula, df, family="poisson", priors=priors)
+    df["y"] = rng.poisson(2.0, len(df)) if family == "poisson" else rng.integers(0, 2, len(df))
+    options = {"sampler": "metropolis"} if family == "bernoulli" else {}
+    return multilevel.Model(formula, df, family=family, priors=priors, **options)
 
 
-def run_poisson_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins: int, seed: int) -> sbc.SBCResult:
+def run_poisson_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins: int, seed: int,
+                    kernel_factory=lambda kernel: kernel) -> sbc.SBCResult:
+    """Per replication: truth from the priors (scipy's samplers), y from the model (Poisson, or
+    Bernoulli for the ``bernoulli`` case), one chain of the Metropolis kernel (``kernel_factory``
+    of it: a mutation), the truth's ranks among L thinned draws."""
     model = sbc_model(case)
     d = model.design
+    family = SBC_CASES[case][0]
     all_ranks = []
     for rep in range(n_reps):
         rng = np.random.default_rng([seed, rep])
         a, Sigma, b, _ = draw_truth(rng, model)
         eta = d.F @ a + sum(np.einsum("ic,ic->i", f.Z, b[f.name][f.index]) for f in d.factors)
-        design = replace(d, y=rng.poisson(np.exp(np.minimum(eta, 12.0))).astype(float))
-        kernel = CrossedMetropolis(design, factor_layout(design, 0), model.priors, a + 0.0, 0)
+        y = (rng.poisson(np.exp(np.minimum(eta, 12.0))) if family == "poisson"
+             else rng.binomial(1, 0.5 * (1.0 + np.tanh(0.5 * eta))))
+        design = replace(d, y=y.astype(float))
+        kernel = kernel_factory(CrossedMetropolis(design, factor_layout(design, 0), model.priors, a + 0.0,
+                                                  CODES[family]))
         res = run_chains(kernel, chains=1, draws=L * thin, warmup=warmup, seed=int(rng.integers(2**32)), cores=1,
                          progress=False)
         draws = {k: sbc.thin(v[0], L) for k, v in res.draws.items()}
@@ -261,14 +286,39 @@ def run_poisson_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins
     return sbc.collect(all_ranks, L, bins)
 
 
-@pytest.mark.parametrize("case", ["crossed", "obs"])
+SBC_SMALL = {"crossed": dict(n_reps=300, L=19, thin=3, warmup=100, bins=5, seed=1331),
+             "obs": dict(n_reps=300, L=19, thin=3, warmup=100, bins=5, seed=1331),
+             "correlated": dict(n_reps=150, L=19, thin=3, warmup=100, bins=5, seed=1331),
+             "bernoulli": dict(n_reps=150, L=19, thin=3, warmup=100, bins=5, seed=1331)}
+
+
+@pytest.mark.parametrize("case", list(SBC_CASES))
 def test_poisson_sbc_small(case):
-    result = run_poisson_sbc(case, n_reps=300, L=19, thin=3, warmup=100, bins=5, seed=1331)
+    result = run_poisson_sbc(case, **SBC_SMALL[case])
     assert result.rejected == [], result.report()
 
 
+def without_hastings(kernel: CrossedMetropolis) -> CrossedMetropolis:
+    """The kernel whose kept sweeps accept the rotation moves (fixed effects, every factor's
+    levels) by the target's ratio alone, the reverse proposal's density left out of the ratio
+    (warm-up's greedy sweeps, kept on): a plausible coding error."""
+    wrong = copy.copy(kernel)
+    wrong.step = lambda state, rng: CrossedMetropolis.sweep(wrong, state, rng, hastings=False)[0]
+    return wrong
+
+
+@pytest.mark.parametrize("case", ["correlated", "bernoulli"])
+def test_poisson_sbc_catches_rotation_moves_without_their_hastings_correction(case):
+    """The small runs of the correlated cases (same seed and replications as their
+    test_poisson_sbc_small, which pass) with the Hastings correction dropped must be rejected
+    (measured, threshold 1.1e-3: Sigma_s[x,x] at p = 5e-8 for the Poisson case; for the Bernoulli
+    case Sigma_s at 4e-44 to 5e-8 and beta_s[s00, *] at 6e-5 and 1e-7)."""
+    result = run_poisson_sbc(case, kernel_factory=without_hastings, **SBC_SMALL[case])
+    assert "Sigma_s[x,x]" in result.rejected, result.report()
+
+
 @pytest.mark.validate
-@pytest.mark.parametrize("case", ["crossed", "obs"])
+@pytest.mark.parametrize("case", list(SBC_CASES))
 def test_poisson_sbc_full(case):
     result = run_poisson_sbc(case, n_reps=600, L=49, thin=6, warmup=200, bins=10, seed=1332)
     print(result.report())
