@@ -8,7 +8,9 @@ summed per partition, and the draws, against the in-memory engine on the same da
   "blocked", which the Dask engine uses for one term) up to that rounding;
 * a ``LocalCluster`` of 1 and of 2 workers give identical draws (the partition results are
   combined in a fixed tree, never in order of arrival);
-* both engines read a directory or glob of Parquet files; bad inputs get one line (exit 2).
+* both engines read a directory or glob of Parquet files; bad inputs get one line (exit 2);
+* after the fit, partition by partition: the pointwise log-likelihood and PSIS-LOO equal the
+  in-memory fit's.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ def test_one_term_runs_the_blocked_sampler_in_both_engines():
     assert par.attrs["sampler"] == mem.attrs["sampler"] == "collapsed blocked gibbs"
     for name, a in draws_of(mem).items():
         assert np.allclose(a, draws_of(par)[name], rtol=1e-7, atol=1e-7), name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        want, got = mem.loo(pointwise=False), par.loo(pointwise=False)
+    names = ("elpd_loo", "se", "p_loo")
+    assert [got[k] for k in names] == pytest.approx([want[k] for k in names], rel=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +185,41 @@ def test_predictions_of_new_rows_agree_and_fitted_rows_are_refused_in_one_line()
     a = mem.predict(new, seed=3, summary=True)
     b = par.predict(new, seed=3, summary=True)
     assert np.allclose(a["mean"], b["mean"], rtol=1e-7) and np.isfinite(b["mean"]).all()
-    for call in (par.loo, lambda: par.posterior_predictive(seed=1), par.predict):
+    for call in (lambda: par.posterior_predictive(seed=1), par.predict):
         with pytest.raises(ModelError, match="engine='dask'") as info:
             call()
         assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def weighted_fits():
+    """The in-memory fit and the Dask fit (4 partitions) of the same rows, with precision weights."""
+    df = frame().dropna()
+    mem = multilevel.fit(CROSSED, df, weights="w", **RUN)
+    par = multilevel.fit(CROSSED, partitioned(df), weights="w", engine="dask", **RUN)
+    return df, mem, par
+
+
+def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(weighted_fits):
+    _, mem, par = weighted_fits
+    a, b = mem.log_likelihood(), par.log_likelihood()
+    assert a.shape == b.shape and np.allclose(a.values, b.values, rtol=1e-9, atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        want, got = mem.loo(), par.loo()
+        summary = par.loo(pointwise=False)
+    for name in ("elpd_loo", "se", "p_loo"):
+        assert got[name] == pytest.approx(want[name], rel=1e-9) and summary[name] == got[name], name
+    assert (got.n_data_points, got.n_samples, got.warning, got.good_k) == (want.n_data_points, want.n_samples,
+                                                                          want.warning, want.good_k)
+    assert np.allclose(got.loo_i.values, want.loo_i.values, rtol=1e-9)
+    assert np.allclose(got.pareto_k.values, want.pareto_k.values, atol=1e-6)
+    bins = [-np.inf, got.good_k, 1.0, np.inf]
+    assert np.array_equal(np.histogram(got.pareto_k, bins)[0], np.histogram(want.pareto_k, bins)[0])
+    assert "pareto_k" not in summary and "\n" not in str(pytest.raises(ModelError, par.loo, var_name="y").value)
+    with pytest.raises(ModelError, match="compare the fits' loo") as info:
+        multilevel.compare({"memory": mem, "dask": par})
+    assert "\n" not in str(info.value)
 
 
 def test_nested_and_uncorrelated_terms_agree_with_the_in_memory_engine():

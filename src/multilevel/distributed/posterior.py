@@ -1,0 +1,160 @@
+"""After a Dask fit: the pointwise log-likelihood and PSIS-LOO, partition by partition.
+
+* :func:`log_likelihood`: each partition's rows through
+  :func:`multilevel.distributed.plan.partition_design` (the fitted coding), their linear
+  predictor (:func:`multilevel.predict_crossed.rows_linear_predictor`) and Gaussian
+  log-likelihood (:func:`multilevel.families.loglik_by_draws`), the code the in-memory fit
+  uses on its stored rows; the partitions' blocks in partition order are the rows in data order.
+* :func:`loo`: PSIS-LOO as ``az.loo`` computes it, one partition at a time: the Pareto
+  smoothing (ArviZ's ``psislw``) and the pointwise elpd are per row, so each partition gives
+  its rows' sums (elpd, lppd), the count, mean and centred sum of squares of its pointwise
+  elpd (for the standard error, :mod:`multilevel.moments`) and its largest Pareto k, combined
+  in a fixed tree; a task holds chains x draws x its partition's rows, never all rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..errors import ModelError
+from ..families import check_family, loglik_by_draws
+from ..moments import combine_moments, moments_of
+from ..predict_crossed import deviations, fixed_effect_draws, rows_linear_predictor
+from .plan import PartitionPlan, partition_design
+from .reduce import tree_reduce
+
+if TYPE_CHECKING:
+    from ..result import Fit
+
+
+def partitioned_design_of(fit: Fit, what: str) -> Any:
+    """The :class:`~multilevel.distributed.design.PartitionedDesign` (its partitions at hand)
+    of a Dask fit, or a one-line refusal of ``what``."""
+    design = fit._design
+    if design is None or getattr(design, "ddf", None) is None:
+        raise ModelError(f"{what} reads the fitted rows again, partition by partition, from "
+                         f"{fit.attrs.get('data_source')}; a Dask fit loaded from a file has no handle on them: "
+                         "compute it in the session that made the fit (fit.add_log_likelihood() before saving)")
+    return design
+
+
+def posterior_draws(fit: Fit) -> dict[str, Any]:
+    """What a partition's log-likelihood needs of the posterior (all draws): the fixed effects'
+    draws by column, each factor's deviations b (chain, draw, level, term) and sigma2."""
+    idx = np.arange(fit.posterior.sizes["draw"])
+    fixed = fixed_effect_draws(fit, idx)
+    return {"fixed": fixed, "effects": {f: deviations(fit, f, idx, fixed)[0] for f in fit.sigma_variables()},
+            "sigma2": fit.posterior["sigma2"].values, "family": check_family(fit.family)}
+
+
+def partition_log_likelihood(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any]) -> np.ndarray:
+    """Pointwise log-likelihood (chain, draw, rows) of one partition's rows kept (data order)."""
+    d = partition_design(frame, plan)
+
+    def eta(sl: slice) -> np.ndarray:
+        return rows_linear_predictor(d.F, d.fixed_names, {k: v[:, sl] for k, v in draws["fixed"].items()},
+                                     [(f.Z, f.factor.index, draws["effects"][f.name][:, sl]) for f in d.factors])
+
+    n_chain, n_draw = draws["sigma2"].shape
+    return loglik_by_draws(draws["family"], d.y, np.ones_like(d.y), eta, n_chain, n_draw, draws["sigma2"], d.weights)
+
+
+def _partitions(fit: Fit, what: str) -> tuple[list[Any], Any, Any]:
+    """The fit's partitions (delayed), and its plan and posterior draws as delayed values (in
+    the task graph once, not per task)."""
+    from dask import delayed
+
+    design = partitioned_design_of(fit, what)
+    return design.ddf.to_delayed(), delayed(design.plan, pure=True), delayed(posterior_draws(fit), pure=True)
+
+
+def log_likelihood(fit: Fit) -> xr.DataArray:
+    """The pointwise log-likelihood (chain, draw, obs) of a Dask fit's rows, computed partition
+    by partition and joined in partition order: chains x draws x rows numbers in memory."""
+    from dask import delayed
+
+    from .design import dask_compute
+
+    parts, plan, draws = _partitions(fit, "the log-likelihood")
+    blocks = dask_compute([delayed(partition_log_likelihood)(p, plan, draws) for p in parts])
+    out = np.concatenate(blocks, axis=-1)
+    post = fit.posterior
+    return xr.DataArray(out, dims=("chain", "draw", "obs"), name="y",
+                        coords={"chain": post["chain"], "draw": post["draw"], "obs": np.arange(out.shape[-1])})
+
+
+def partition_loo(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any], reff: float, scale: float,
+                  pointwise: bool) -> dict[str, Any]:
+    """PSIS-LOO of one partition's rows (as ``az.loo``): rows, the sums of the pointwise elpd
+    (times ``scale``) and of the pointwise lppd, the moments of the pointwise elpd, the largest
+    Pareto k, and with ``pointwise`` the pointwise elpd and k themselves."""
+    from arviz import psislw
+    from arviz.stats.stats_utils import logsumexp
+
+    ll = partition_log_likelihood(frame, plan, draws)
+    samples = np.ascontiguousarray(ll.reshape(-1, ll.shape[-1]).T)  # (rows, chain x draw), ArviZ's __sample__
+    log_weights, k = psislw(-samples, reff)
+    log_weights += samples
+    loo_i = scale * logsumexp(log_weights, axis=-1) if samples.shape[0] else np.zeros(0)
+    lppd = logsumexp(samples, b_inv=samples.shape[1], axis=-1) if samples.shape[0] else np.zeros(0)
+    return {"rows": samples.shape[0], "samples": samples.shape[1], "elpd": float(np.sum(loo_i)),
+            "lppd": float(np.sum(lppd)), "moments": moments_of(loo_i),
+            "k_max": float(np.max(k)) if samples.shape[0] else -np.inf,
+            "loo_i": loo_i if pointwise else None, "pareto_k": np.asarray(k) if pointwise else None}
+
+
+def combine_loo(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two :func:`partition_loo` results as one (a's rows first)."""
+    def join(name: str) -> np.ndarray | None:
+        return None if a[name] is None else np.concatenate([a[name], b[name]])
+
+    return {"rows": a["rows"] + b["rows"], "samples": a["samples"], "elpd": a["elpd"] + b["elpd"],
+            "lppd": a["lppd"] + b["lppd"], "moments": combine_moments(a["moments"], b["moments"]),
+            "k_max": max(a["k_max"], b["k_max"]), "loo_i": join("loo_i"), "pareto_k": join("pareto_k")}
+
+
+SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
+
+
+def loo(fit: Fit, reff: float, pointwise: bool | None = None, scale: str | None = None) -> Any:
+    """PSIS-LOO of a Dask fit (module doc): ArviZ's ``ELPDData`` with the elpd_loo, se and
+    p_loo that ``az.loo`` gives on the whole pointwise log-likelihood (``reff``, ``scale`` and
+    ``pointwise`` as there; the pointwise values are one number per row)."""
+    from arviz import rcParams
+    from arviz.stats.stats_utils import ELPDData
+    from dask import delayed
+
+    from .design import dask_compute
+
+    pointwise = rcParams["stats.ic_pointwise"] if pointwise is None else bool(pointwise)
+    scale = rcParams["stats.ic_scale"] if scale is None else str(scale).lower()
+    if scale not in SCALES:
+        raise ModelError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
+    parts, plan, draws = _partitions(fit, "loo()")
+    (total,) = dask_compute([tree_reduce([delayed(partition_loo)(p, plan, draws, reff, SCALES[scale], pointwise)
+                                          for p in parts], combine_loo)])
+    n, n_samples = total["rows"], total["samples"]
+    se = float(np.sqrt(n * total["moments"].variance))
+    p_loo = total["lppd"] - total["elpd"] / SCALES[scale]
+    good_k = min(1 - 1 / np.log10(n_samples), 0.7)
+    warn = bool(total["k_max"] > good_k)
+    if warn:
+        warnings.warn(f"Pareto k above {good_k:.2f} for one or more rows: PSIS-LOO is unreliable for them "
+                      "(influential rows, or a LOO posterior far from the full one)", UserWarning, stacklevel=3)
+    if not pointwise:
+        return ELPDData(data=[total["elpd"], se, p_loo, n_samples, n, warn, scale, good_k],
+                        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "scale", "good_k"])
+    obs = {"obs": np.arange(n)}
+    return ELPDData(data=[total["elpd"], se, p_loo, n_samples, n, warn,
+                          xr.DataArray(total["loo_i"], dims=("obs",), coords=obs, name="loo_i"),
+                          xr.DataArray(total["pareto_k"], dims=("obs",), coords=obs), scale, good_k],
+                    index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k",
+                           "scale", "good_k"])
+
+
+__all__ = ["log_likelihood", "loo", "partition_log_likelihood", "partition_loo"]
