@@ -10,7 +10,7 @@ summed per partition, and the draws, against the in-memory engine on the same da
   combined in a fixed tree, never in order of arrival);
 * both engines read a directory or glob of Parquet files; bad inputs get one line (exit 2);
 * after the fit, partition by partition: the pointwise log-likelihood and PSIS-LOO equal the
-  in-memory fit's.
+  in-memory fit's, and new rows given as a Dask DataFrame get the pandas path's summaries.
 """
 
 from __future__ import annotations
@@ -200,6 +200,11 @@ def weighted_fits():
     return df, mem, par
 
 
+NEW = pd.DataFrame({"g": [0, 7, 10_000, 3, 7, 10_000], "h": ["a", "zz", "b", "c", "h", "a"],
+                    "x": [1.0, 2.0, 3.0, 0.5, -1.0, 2.5], "c": ["lo", "z", "hi", "mid", "z", "lo"]},
+                   index=[10, 11, 12, 13, 14, 15])
+
+
 def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(weighted_fits):
     _, mem, par = weighted_fits
     a, b = mem.log_likelihood(), par.log_likelihood()
@@ -220,6 +225,40 @@ def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(we
     with pytest.raises(ModelError, match="compare the fits' loo") as info:
         multilevel.compare({"memory": mem, "dask": par})
     assert "\n" not in str(info.value)
+
+
+def test_dask_newdata_is_predicted_partition_by_partition(weighted_fits):
+    _, mem, par = weighted_fits
+    seen = NEW[NEW.g != 10_000].assign(h="a")
+    for fit in (mem, par):
+        got = fit.predict(dd.from_pandas(seen, npartitions=2, sort=False), summary=True)
+        assert isinstance(got, dd.DataFrame)
+        pd.testing.assert_frame_equal(got.compute(), fit.predict(seen, summary=True))  # no random numbers
+    got = par.predict(dd.from_pandas(NEW, npartitions=3, sort=False), kind="response", seed=5, summary=True)
+    again = par.predict(dd.from_pandas(NEW, npartitions=3, sort=False), kind="response", seed=5, summary=True)
+    want = par.predict(NEW, kind="response", seed=5, summary=True)
+    assert list(got.columns) == list(want.columns) and list(got.compute().index) == list(NEW.index)
+    pd.testing.assert_frame_equal(got.compute(), again.compute())
+    assert np.allclose(got.compute()["mean"], want["mean"], atol=6 * want["sd"].max() / np.sqrt(120))  # independent draws
+    with pytest.raises(ModelError, match="summary=True") as info:
+        par.predict(dd.from_pandas(NEW, npartitions=2))
+    assert "\n" not in str(info.value)
+
+
+def test_loo_and_predictions_on_two_workers_equal_the_threaded_ones(weighted_fits, clusters):
+    from distributed import Client
+
+    _, _, par = weighted_fits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        threaded = par.loo(pointwise=False)
+        new = dd.from_pandas(NEW, npartitions=3, sort=False)
+        want = par.predict(new, seed=9, summary=True).compute()
+        with Client(clusters[1]):
+            on_cluster = par.loo(pointwise=False)
+            got = par.predict(new, seed=9, summary=True).compute()
+    assert [on_cluster[k] for k in ("elpd_loo", "se", "p_loo")] == [threaded[k] for k in ("elpd_loo", "se", "p_loo")]
+    pd.testing.assert_frame_equal(got, want)
 
 
 def test_nested_and_uncorrelated_terms_agree_with_the_in_memory_engine():

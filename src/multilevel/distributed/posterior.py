@@ -1,4 +1,5 @@
-"""After a Dask fit: the pointwise log-likelihood and PSIS-LOO, partition by partition.
+"""After a Dask fit: the pointwise log-likelihood, PSIS-LOO and predictions of new rows,
+partition by partition.
 
 * :func:`log_likelihood`: each partition's rows through
   :func:`multilevel.distributed.plan.partition_design` (the fitted coding), their linear
@@ -10,10 +11,13 @@
   its rows' sums (elpd, lppd), the count, mean and centred sum of squares of its pointwise
   elpd (for the standard error, :mod:`multilevel.moments`) and its largest Pareto k, combined
   in a fixed tree; a task holds chains x draws x its partition's rows, never all rows.
+* :func:`predict_partitions`: ``predict(newdata, summary=True)`` of a Dask DataFrame: each
+  partition predicted as a pandas frame is, giving a Dask DataFrame of per-row summaries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -157,4 +161,53 @@ def loo(fit: Fit, reff: float, pointwise: bool | None = None, scale: str | None 
                            "scale", "good_k"])
 
 
-__all__ = ["log_likelihood", "loo", "partition_log_likelihood", "partition_loo"]
+def is_dask_frame(data: Any) -> bool:
+    """Whether ``data`` is a Dask DataFrame (without importing Dask when it is not)."""
+    return type(data).__module__.split(".")[0] == "dask" and hasattr(data, "to_delayed") and hasattr(data, "columns")
+
+
+def predict_partition(frame: pd.DataFrame, fit: Fit, options: dict[str, Any], entropy: int, number: int
+                      ) -> pd.DataFrame:
+    """``fit.predict(frame, summary=True, **options)`` of one partition, its random numbers
+    from the seed sequence (``entropy``, spawn key ``number``)."""
+    from ..predict import predict
+
+    rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(number,)))
+    return predict(fit, frame, seed=rng, summary=True, **options)
+
+
+def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_prob: float, **options: Any) -> Any:
+    """Predictions of the rows of a Dask DataFrame: a Dask DataFrame (lazy; ``.compute()`` or
+    ``.to_parquet()`` it) indexed like ``newdata``, of each row's posterior mean, sd and HDI,
+    each partition predicted as a pandas frame is. Rows of a level not seen in fitting share
+    one drawn effect within a partition; each partition draws its random numbers from the
+    seed sequence of ``seed`` spawned by partition number, so the summaries depend on the seed
+    and the partitioning, not on the scheduler or the number of workers."""
+    import dask.dataframe as dd
+    from dask import delayed
+
+    from ..diagnostics import hdi_names
+    from ..predict import make_rng
+    from ..result import Fit
+
+    if not summary:
+        raise ModelError("predict() of a Dask DataFrame gives each row's summary (summary=True), as a Dask "
+                         "DataFrame; the draws of every row would not fit in memory: predict a pandas frame for draws")
+    if isinstance(seed, np.random.Generator):
+        entropy = int(seed.integers(2**63))
+    else:
+        make_rng(seed)  # refuses a bad seed in one line
+        entropy = seed if seed is not None else np.random.SeedSequence().entropy
+    design = fit.design
+    if getattr(design, "ddf", None) is not None:  # the coding only: a task needs no handle on the fitted rows
+        design = dataclasses.replace(design, ddf=None)
+    groups = {name: fit.group(name) for name in ("posterior", "constant_data") if fit.group(name) is not None}
+    shipped = delayed(Fit(groups, design=design), pure=True)
+    options = dict(options, hdi_prob=hdi_prob)
+    lo, hi = hdi_names(hdi_prob)
+    meta = pd.DataFrame({c: pd.Series(dtype=float) for c in ("mean", "sd", lo, hi)}, index=newdata._meta.index[:0])
+    parts = [delayed(predict_partition)(p, shipped, options, entropy, i) for i, p in enumerate(newdata.to_delayed())]
+    return dd.from_delayed(parts, meta=meta, divisions=newdata.divisions, verify_meta=False)
+
+
+__all__ = ["is_dask_frame", "log_likelihood", "loo", "partition_log_likelihood", "partition_loo", "predict_partitions"]
