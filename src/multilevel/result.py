@@ -95,11 +95,17 @@ class Fit:
     @property
     def design(self) -> Any:
         """The model's :class:`~multilevel.design.Design`, rebuilt from the stored training
-        data after loading, so that new data get the same transformations."""
+        data after loading, so that new data get the same transformations (a Dask fit's from
+        its stored coding: :func:`multilevel.distributed.design.restore_design`)."""
         if self._design is None and self.group("training_data") is None and self.attrs.get("engine") == "dask":
-            raise ModelError(f"this fit was made with engine='dask' and loaded from a file: its rows stay in "
-                             f"{self.attrs.get('data_source')}, so new data cannot be coded as the fitted rows were; "
-                             "predict with the fit in the session that made it")
+            from .distributed.design import CODING_GROUP, restore_design
+            from .formula import parse_formula
+
+            if self.group(CODING_GROUP) is None:
+                raise ModelError(f"this fit was made with engine='dask' and saved without its {CODING_GROUP} group: "
+                                 "new data cannot be coded as the fitted rows were; fit the model again")
+            self._design = restore_design(parse_formula(self.formula), self.group(CODING_GROUP),
+                                          int(self.attrs.get("n_obs", 0)), str(self.attrs.get("data_source")))
         if self._design is None and self.group("training_data") is not None:
             from .design import build_design
             from .formula import parse_formula
