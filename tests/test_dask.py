@@ -206,7 +206,9 @@ NEW = pd.DataFrame({"g": [0, 7, 10_000, 3, 7, 10_000], "h": ["a", "zz", "b", "c"
                    index=[10, 11, 12, 13, 14, 15])
 
 
-def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(weighted_fits):
+def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(weighted_fits, monkeypatch):
+    from multilevel.distributed import posterior
+
     _, mem, par = weighted_fits
     a, b = mem.log_likelihood(), par.log_likelihood()
     assert a.shape == b.shape and np.allclose(a.values, b.values, rtol=1e-9, atol=1e-9)
@@ -223,6 +225,13 @@ def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(we
     bins = [-np.inf, got.good_k, 1.0, np.inf]
     assert np.array_equal(np.histogram(got.pareto_k, bins)[0], np.histogram(want.pareto_k, bins)[0])
     assert "pareto_k" not in summary and "\n" not in str(pytest.raises(ModelError, par.loo, var_name="y").value)
+    monkeypatch.setattr(posterior, "LOO_VALUES", 7 * 120)  # a partition's rows in blocks of 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        blocks = par.loo()
+    names = ("elpd_loo", "se", "p_loo")
+    assert [blocks[k] for k in names] == pytest.approx([got[k] for k in names], rel=1e-12)
+    assert np.array_equal(blocks.pareto_k.values, got.pareto_k.values)
     with pytest.raises(ModelError, match="compare the fits' loo") as info:
         multilevel.compare({"memory": mem, "dask": par})
     assert "\n" not in str(info.value)

@@ -10,7 +10,8 @@ partition by partition.
   smoothing (ArviZ's ``psislw``) and the pointwise elpd are per row, so each partition gives
   its rows' sums (elpd, lppd), the count, mean and centred sum of squares of its pointwise
   elpd (for the standard error, :mod:`multilevel.moments`) and its largest Pareto k, combined
-  in a fixed tree; a task holds chains x draws x its partition's rows, never all rows.
+  in a fixed tree; a task holds chains x draws x a block of its partition's rows
+  (:data:`LOO_VALUES`), never all rows.
 * :func:`predict_partitions`: ``predict(newdata, summary=True)`` of a Dask DataFrame: each
   partition predicted as a pandas frame is, giving a Dask DataFrame of per-row summaries.
 """
@@ -56,16 +57,23 @@ def posterior_draws(fit: Fit) -> dict[str, Any]:
             "sigma2": fit.posterior["sigma2"].values, "family": check_family(fit.family)}
 
 
-def partition_log_likelihood(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any]) -> np.ndarray:
-    """Pointwise log-likelihood (chain, draw, rows) of one partition's rows kept (data order)."""
-    d = partition_design(frame, plan)
+def rows_log_likelihood(d: Any, rows: slice, draws: dict[str, Any]) -> np.ndarray:
+    """Pointwise log-likelihood (chain, draw, rows) of the ``rows`` of a partition's design ``d``."""
+    F, y = d.F[rows], d.y[rows]
+    weights = None if d.weights is None else d.weights[rows]
 
     def eta(sl: slice) -> np.ndarray:
-        return rows_linear_predictor(d.F, d.fixed_names, {k: v[:, sl] for k, v in draws["fixed"].items()},
-                                     [(f.Z, f.factor.index, draws["effects"][f.name][:, sl]) for f in d.factors])
+        return rows_linear_predictor(F, d.fixed_names, {k: v[:, sl] for k, v in draws["fixed"].items()},
+                                     [(f.Z[rows], f.factor.index[rows], draws["effects"][f.name][:, sl])
+                                      for f in d.factors])
 
     n_chain, n_draw = draws["sigma2"].shape
-    return loglik_by_draws(draws["family"], d.y, np.ones_like(d.y), eta, n_chain, n_draw, draws["sigma2"], d.weights)
+    return loglik_by_draws(draws["family"], y, np.ones_like(y), eta, n_chain, n_draw, draws["sigma2"], weights)
+
+
+def partition_log_likelihood(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any]) -> np.ndarray:
+    """Pointwise log-likelihood (chain, draw, rows) of one partition's rows kept (data order)."""
+    return rows_log_likelihood(partition_design(frame, plan), slice(None), draws)
 
 
 def _partitions(fit: Fit, what: str) -> tuple[list[Any], Any, Any]:
@@ -92,23 +100,43 @@ def log_likelihood(fit: Fit) -> xr.DataArray:
                         coords={"chain": post["chain"], "draw": post["draw"], "obs": np.arange(out.shape[-1])})
 
 
+#: log-likelihood values (chains x draws x rows) a LOO task holds at once: a partition's rows
+#: are taken in blocks of at most this many values
+LOO_VALUES = 20_000_000
+
+
 def partition_loo(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any], reff: float, scale: float,
                   pointwise: bool) -> dict[str, Any]:
-    """PSIS-LOO of one partition's rows (as ``az.loo``): rows, the sums of the pointwise elpd
-    (times ``scale``) and of the pointwise lppd, the moments of the pointwise elpd, the largest
+    """PSIS-LOO of one partition's rows (as ``az.loo``), in blocks of rows of at most
+    :data:`LOO_VALUES` log-likelihood values: rows, the sums of the pointwise elpd (times
+    ``scale``) and of the pointwise lppd, the moments of the pointwise elpd, the largest
     Pareto k, and with ``pointwise`` the pointwise elpd and k themselves."""
+    d = partition_design(frame, plan)
+    n_samples = draws["sigma2"].size
+    block = max(1, LOO_VALUES // n_samples)
+    out = _block_loo(np.zeros((0, n_samples)), reff, scale, pointwise)
+    for start in range(0, d.y.shape[0], block):
+        ll = rows_log_likelihood(d, slice(start, start + block), draws)
+        samples = np.ascontiguousarray(ll.reshape(n_samples, -1).T)  # (rows, chain x draw): ArviZ's __sample__
+        out = combine_loo(out, _block_loo(samples, reff, scale, pointwise))
+    return out
+
+
+def _block_loo(samples: np.ndarray, reff: float, scale: float, pointwise: bool) -> dict[str, Any]:
+    """:func:`partition_loo` of the rows of ``samples`` (rows, samples): ArviZ's ``psislw``
+    and the log-sum-exps of ``az.loo``."""
     from arviz import psislw
     from arviz.stats.stats_utils import logsumexp
 
-    ll = partition_log_likelihood(frame, plan, draws)
-    samples = np.ascontiguousarray(ll.reshape(-1, ll.shape[-1]).T)  # (rows, chain x draw), ArviZ's __sample__
-    log_weights, k = psislw(-samples, reff)
-    log_weights += samples
-    loo_i = scale * logsumexp(log_weights, axis=-1) if samples.shape[0] else np.zeros(0)
-    lppd = logsumexp(samples, b_inv=samples.shape[1], axis=-1) if samples.shape[0] else np.zeros(0)
+    if samples.shape[0]:
+        log_weights, k = psislw(-samples, reff)
+        log_weights += samples
+        loo_i = scale * logsumexp(log_weights, axis=-1)
+        lppd = logsumexp(samples, b_inv=samples.shape[1], axis=-1)
+    else:
+        loo_i, lppd, k = np.zeros(0), np.zeros(0), np.zeros(0)
     return {"rows": samples.shape[0], "samples": samples.shape[1], "elpd": float(np.sum(loo_i)),
-            "lppd": float(np.sum(lppd)), "moments": moments_of(loo_i),
-            "k_max": float(np.max(k)) if samples.shape[0] else -np.inf,
+            "lppd": float(np.sum(lppd)), "moments": moments_of(loo_i), "k_max": float(np.max(k, initial=-np.inf)),
             "loo_i": loo_i if pointwise else None, "pareto_k": np.asarray(k) if pointwise else None}
 
 
