@@ -156,7 +156,8 @@ def design_stateful_calls(design: CrossedDesign) -> list[tuple[Any, Any, Any]]:
 
 def transform_constants(design: CrossedDesign) -> list[list[float | None]]:
     """[mean, sd or None] of each ``center``/``scale`` call of the design (:func:`design_stateful_calls`)."""
-    return [[float(t.mean), float(t.std) if isinstance(t, Scale) else None] for t, _, _ in design_stateful_calls(design)]
+    return [[float(t.mean), float(t.std) if isinstance(t, Scale) else None]
+            for t, _, _ in design_stateful_calls(design)]
 
 
 def restore_prototype(spec: FormulaSpec, sample: pd.DataFrame, weights: str | None,
