@@ -8,7 +8,10 @@ summed per partition, and the draws, against the in-memory engine on the same da
   "blocked", which the Dask engine uses for one term) up to that rounding;
 * a ``LocalCluster`` of 1 and of 2 workers give identical draws (the partition results are
   combined in a fixed tree, never in order of arrival);
-* both engines read a directory or glob of Parquet files; bad inputs get one line (exit 2).
+* both engines read a directory or glob of Parquet files; bad inputs get one line (exit 2);
+* after the fit, partition by partition: the pointwise log-likelihood and PSIS-LOO equal the
+  in-memory fit's, new rows given as a Dask DataFrame get the pandas path's summaries, and a
+  saved and loaded Dask fit codes and predicts new rows as before saving.
 """
 
 from __future__ import annotations
@@ -108,6 +111,11 @@ def test_one_term_runs_the_blocked_sampler_in_both_engines():
     assert par.attrs["sampler"] == mem.attrs["sampler"] == "collapsed blocked gibbs"
     for name, a in draws_of(mem).items():
         assert np.allclose(a, draws_of(par)[name], rtol=1e-7, atol=1e-7), name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        want, got = mem.loo(pointwise=False), par.loo(pointwise=False)
+    names = ("elpd_loo", "se", "p_loo")
+    assert [got[k] for k in names] == pytest.approx([want[k] for k in names], rel=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +186,108 @@ def test_predictions_of_new_rows_agree_and_fitted_rows_are_refused_in_one_line()
     a = mem.predict(new, seed=3, summary=True)
     b = par.predict(new, seed=3, summary=True)
     assert np.allclose(a["mean"], b["mean"], rtol=1e-7) and np.isfinite(b["mean"]).all()
-    for call in (par.loo, lambda: par.posterior_predictive(seed=1), par.predict):
+    for call in (lambda: par.posterior_predictive(seed=1), par.predict):
         with pytest.raises(ModelError, match="engine='dask'") as info:
             call()
         assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def weighted_fits():
+    """The in-memory fit and the Dask fit (4 partitions) of the same rows, with precision weights."""
+    df = frame().dropna()
+    mem = multilevel.fit(CROSSED, df, weights="w", **RUN)
+    par = multilevel.fit(CROSSED, partitioned(df), weights="w", engine="dask", **RUN)
+    return df, mem, par
+
+
+NEW = pd.DataFrame({"g": [0, 7, 10_000, 3, 7, 10_000], "h": ["a", "zz", "b", "c", "h", "a"],
+                    "x": [1.0, 2.0, 3.0, 0.5, -1.0, 2.5], "c": ["lo", "z", "hi", "mid", "z", "lo"]},
+                   index=[10, 11, 12, 13, 14, 15])
+
+
+def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(weighted_fits, monkeypatch):
+    from multilevel.distributed import posterior
+
+    _, mem, par = weighted_fits
+    a, b = mem.log_likelihood(), par.log_likelihood()
+    assert a.shape == b.shape and np.allclose(a.values, b.values, rtol=1e-9, atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        want, got = mem.loo(), par.loo()
+        summary = par.loo(pointwise=False)
+    for name in ("elpd_loo", "se", "p_loo"):
+        assert got[name] == pytest.approx(want[name], rel=1e-9) and summary[name] == got[name], name
+    assert (got.n_data_points, got.n_samples, got.warning, got.good_k) == (want.n_data_points, want.n_samples,
+                                                                          want.warning, want.good_k)
+    assert np.allclose(got.loo_i.values, want.loo_i.values, rtol=1e-9)
+    assert np.allclose(got.pareto_k.values, want.pareto_k.values, atol=1e-6)
+    bins = [-np.inf, got.good_k, 1.0, np.inf]
+    assert np.array_equal(np.histogram(got.pareto_k, bins)[0], np.histogram(want.pareto_k, bins)[0])
+    assert "pareto_k" not in summary and "\n" not in str(pytest.raises(ModelError, par.loo, var_name="y").value)
+    monkeypatch.setattr(posterior, "LOO_VALUES", 7 * 120)  # a partition's rows in blocks of 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        blocks = par.loo()
+    names = ("elpd_loo", "se", "p_loo")
+    assert [blocks[k] for k in names] == pytest.approx([got[k] for k in names], rel=1e-12)
+    assert np.array_equal(blocks.pareto_k.values, got.pareto_k.values)
+    with pytest.raises(ModelError, match="compare the fits' loo") as info:
+        multilevel.compare({"memory": mem, "dask": par})
+    assert "\n" not in str(info.value)
+
+
+def test_dask_newdata_is_predicted_partition_by_partition(weighted_fits):
+    _, mem, par = weighted_fits
+    seen = NEW[NEW.g != 10_000].assign(h="a")
+    for fit in (mem, par):
+        got = fit.predict(dd.from_pandas(seen, npartitions=2, sort=False), summary=True)
+        assert isinstance(got, dd.DataFrame)
+        pd.testing.assert_frame_equal(got.compute(), fit.predict(seen, summary=True))  # no random numbers
+    got = par.predict(dd.from_pandas(NEW, npartitions=3, sort=False), kind="response", seed=5, summary=True)
+    again = par.predict(dd.from_pandas(NEW, npartitions=3, sort=False), kind="response", seed=5, summary=True)
+    want = par.predict(NEW, kind="response", seed=5, summary=True)
+    assert list(got.columns) == list(want.columns) and list(got.compute().index) == list(NEW.index)
+    pd.testing.assert_frame_equal(got.compute(), again.compute())
+    # other random numbers than the pandas path's: the means agree to a few Monte Carlo errors
+    assert np.allclose(got.compute()["mean"], want["mean"], atol=6 * want["sd"].max() / np.sqrt(120))
+    with pytest.raises(ModelError, match="summary=True") as info:
+        par.predict(dd.from_pandas(NEW, npartitions=2))
+    assert "\n" not in str(info.value)
+
+
+def test_a_saved_dask_fit_predicts_new_rows_as_before(weighted_fits, tmp_path):
+    df, _, par = weighted_fits
+    before = par.predict(NEW, kind="response", seed=2, summary=True)
+    back = multilevel.load(par.save(tmp_path / "dask.nc"))
+    assert back._design is None and back.attrs["engine"] == "dask"
+    pd.testing.assert_frame_equal(back.predict(NEW, kind="response", seed=2, summary=True), before)
+    # the coding is the one learned over all rows: center() of all rows, level "z" of the last rows only
+    assert _centers(back.design)[0].mean == _centers(par.design)[0].mean == pytest.approx(df.x.mean(), rel=1e-12)
+    assert _centers(back.design)[0].mean != pytest.approx(df.x.iloc[:2000].mean(), rel=1e-6)
+    assert list(back.design.frame["c"].cat.categories) == ["hi", "lo", "mid", "z"]
+    got = back.predict(dd.from_pandas(NEW, npartitions=2, sort=False), seed=4, summary=True).compute()
+    pd.testing.assert_frame_equal(got, par.predict(dd.from_pandas(NEW, npartitions=2, sort=False), seed=4,
+                                                   summary=True).compute())
+    with pytest.raises(ModelError, match="loaded from a file") as info:
+        back.loo()
+    assert "\n" not in str(info.value)
+
+
+def test_loo_and_predictions_on_two_workers_equal_the_threaded_ones(weighted_fits, clusters):
+    from distributed import Client
+
+    _, _, par = weighted_fits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        threaded = par.loo(pointwise=False)
+        new = dd.from_pandas(NEW, npartitions=3, sort=False)
+        want = par.predict(new, seed=9, summary=True).compute()
+        with Client(clusters[1]):
+            on_cluster = par.loo(pointwise=False)
+            got = par.predict(new, seed=9, summary=True).compute()
+    assert [on_cluster[k] for k in ("elpd_loo", "se", "p_loo")] == [threaded[k] for k in ("elpd_loo", "se", "p_loo")]
+    pd.testing.assert_frame_equal(got, want)
 
 
 def test_nested_and_uncorrelated_terms_agree_with_the_in_memory_engine():

@@ -79,8 +79,17 @@ def _reff(fit: Fit) -> float:
 
 def loo(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
     """PSIS leave-one-out cross-validation (``az.loo``): elpd_loo, p_loo, Pareto k.
-    ``pointwise``: keep the pointwise values (ArviZ's default, True, when None)."""
+    ``pointwise``: keep the pointwise values (ArviZ's default, True, when None). A Dask fit
+    without a stored log-likelihood gets the same numbers partition by partition
+    (:func:`multilevel.distributed.posterior.loo`; keywords ``reff`` and ``scale``)."""
     kwargs.setdefault("reff", _reff(fit))
+    if fit.group("log_likelihood") is None and fit.group("observed_data") is None and fit.attrs.get("engine") == "dask":
+        from .distributed.posterior import loo as loo_over_partitions
+
+        unknown = sorted(set(kwargs) - {"reff", "scale"})
+        if unknown:
+            raise ModelError(f"loo() of a Dask fit takes reff and scale, not {', '.join(unknown)}")
+        return loo_over_partitions(fit, pointwise=pointwise, **kwargs)
     return az.loo(loglik_idata(fit), pointwise=pointwise, **kwargs)
 
 
@@ -93,6 +102,10 @@ def _row_orders(fits: dict[str, Fit]) -> list[np.ndarray | None]:
     """Reorderings that put every fit's rows in the first fit's order (fits sorted by
     different grouping factors store their rows in different orders)."""
     items = list(fits.items())
+    kept = [name for name, fit in items if fit.group("observed_data") is None]
+    if kept:
+        raise ModelError(f"compare() matches the fits' rows, and fit {kept[0]!r} (engine='dask') keeps none: compare "
+                         "the fits' loo() values instead")
     name0, fit0 = items[0]
     y0 = fit0.idata.observed_data["y"].values
     lab0 = fit0.idata.constant_data["row_label"].values if "row_label" in fit0.idata.constant_data else None

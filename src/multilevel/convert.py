@@ -194,6 +194,10 @@ def crossed_fit_groups(draws: dict[str, np.ndarray], design: Any, attrs: dict[st
         groups["observed_data"] = _dataset({"y": np.asarray(design.y)}, data_dims, coords, ())
         groups["constant_data"] = _dataset(constant, data_dims, coords, ())
         groups["training_data"] = frame_to_dataset(training_frame(design))
+    else:
+        from .distributed.design import CODING_GROUP, coding_dataset
+
+        groups[CODING_GROUP] = coding_dataset(design)
     return groups
 
 

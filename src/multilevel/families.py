@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.special import gammaln
@@ -154,6 +155,22 @@ def pointwise_loglik(family: Family, y: np.ndarray, n: np.ndarray, eta: np.ndarr
         return negbinomial_loglik(y, eta, sigma2)
     const = gammaln(n + 1.0) - gammaln(y + 1.0) - gammaln(n - y + 1.0)
     return const + y * eta - n * softplus(eta)
+
+
+def loglik_by_draws(family: Family, y: np.ndarray, trials: np.ndarray, eta_of: Any, n_chain: int, n_draw: int,
+                    dispersion: np.ndarray | None = None, weights: np.ndarray | None = None,
+                    chunk: int | None = None) -> np.ndarray:
+    """Pointwise log-likelihood (chain, draw, obs) of the rows ``y`` (:func:`pointwise_loglik`),
+    ``chunk`` draws at a time (default: about 2e7 values a chunk) so that temporaries stay
+    small: ``eta_of(draws)`` gives the linear predictor (chain, draws of the slice, obs) and
+    ``dispersion`` is the family's (chain, draw) dispersion draws or None."""
+    out = np.empty((n_chain, n_draw, y.shape[0]))
+    chunk = chunk or max(1, int(2e7 // (n_chain * max(y.shape[0], 1))))
+    for start in range(0, n_draw, chunk):
+        sl = slice(start, min(start + chunk, n_draw))
+        s2 = dispersion[:, sl, None] if dispersion is not None else None
+        out[:, sl] = pointwise_loglik(family, y, trials, eta_of(sl), s2, weights)
+    return out
 
 
 def mean_and_weight(family: Family, n: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

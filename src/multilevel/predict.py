@@ -385,6 +385,11 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     ``re_form``: fits with several grouping factors, which factors' group effects to include
     (lme4's ``re.form``: None all, a list of factor names, ``"~0"`` none, or ``"~(1 | s)"``;
     :mod:`multilevel.predict_crossed`).
+
+    ``newdata`` a Dask DataFrame (any fit, ``summary=True``): a Dask DataFrame, lazy, of the
+    per-row summaries, each partition predicted as a pandas frame is, with random numbers
+    spawned from ``seed`` per partition
+    (:func:`multilevel.distributed.posterior.predict_partitions`).
     """
     if kind not in KINDS:
         raise ModelError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -401,6 +406,14 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     family = check_family(fit.family)
     if weights is not None and not family.is_gaussian:
         raise ModelError(f"weights apply to the gaussian family only, not {family.name}")
+    from .distributed.posterior import is_dask_frame
+
+    if is_dask_frame(newdata):  # partition by partition: a Dask DataFrame of per-row summaries
+        from .distributed.posterior import predict_partitions
+
+        return predict_partitions(fit, newdata, seed, summary, hdi_prob, kind=kind,
+                                  include_group_effects=include_group_effects, draws=draws, offset=offset,
+                                  trials=trials, weights=weights, re_form=re_form)
     newdata = read_data(newdata)
     w = _new_weights(newdata, weights) if weights is not None else None
     if crossed:

@@ -178,26 +178,38 @@ def _predictor_columns(design: Any) -> set[str]:
 def fitted_crossed(fit: Fit, idx: np.ndarray, factors: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """eta (chain, draw, rows) of the rows used in fitting with the group effects of ``factors``
     only (and the offset), and the rows' labels (data order)."""
+    cd = fit.group("constant_data")
+    fixed = fixed_effect_draws(fit, idx)
+    effects = [(cd[f"Z_{factor}"].values, cd[f"index_{factor}"].values, deviations(fit, factor, idx, fixed)[0])
+               for factor in factors]
+    offset = cd["offset"].values if "offset" in cd else None
+    return rows_linear_predictor(cd["F"].values, [str(t) for t in cd["fixed"].values], fixed, effects, offset), \
+        cd["row_label"].values
+
+
+def rows_linear_predictor(F: np.ndarray, fixed_names: list[str], fixed: dict[str, np.ndarray],
+                          effects: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                          offset: np.ndarray | None = None) -> np.ndarray:
+    """eta (chain, draw, rows) = F a + offset + sum_k Z_k b_k[index_k] of rows whose fixed
+    design is ``F`` (columns ``fixed_names``, draws ``fixed`` as :func:`fixed_effect_draws`)
+    and, per factor included, covariates Z_k, level index index_k and deviations b_k
+    (chain, draw, level, term) as :func:`deviations` (one compiled pass over the rows per
+    factor, :func:`multilevel.glmlik.row_linear_predictor`)."""
     from .glmlik import row_linear_predictor
 
-    cd, post = fit.group("constant_data"), fit.posterior
-    F = cd["F"].values
-    fixed = fixed_effect_draws(fit, idx)
-    n_chain = post.sizes["chain"]
-    eta = np.zeros((n_chain, idx.shape[0], F.shape[0]))
-    for c, name in enumerate(str(t) for t in cd["fixed"].values):
+    shape = next(iter(fixed.values())).shape if fixed else effects[0][2].shape[:2]
+    eta = np.zeros((*shape, F.shape[0]))
+    for c, name in enumerate(fixed_names):
         eta += fixed[name][..., None] * F[:, c]
-    if "offset" in cd:
-        eta += cd["offset"].values
+    if offset is not None:
+        eta += offset
     part = np.empty_like(eta)
-    for factor in factors:
-        b, _ = deviations(fit, factor, idx, fixed)
-        row_linear_predictor(np.ascontiguousarray(cd[f"Z_{factor}"].values, dtype=float),
-                             np.ascontiguousarray(cd[f"index_{factor}"].values, dtype=np.int64),
+    for Z, index, b in effects:
+        row_linear_predictor(np.ascontiguousarray(Z, dtype=float), np.ascontiguousarray(index, dtype=np.int64),
                              np.ascontiguousarray(b.reshape(-1, *b.shape[2:]), dtype=float),
                              part.reshape(-1, F.shape[0]))
         eta += part
-    return eta, cd["row_label"].values
+    return eta
 
 
 def as_array(values: np.ndarray, fit: Fit, idx: np.ndarray, rows: Any, kind: str, factors: list[str],
@@ -212,4 +224,4 @@ def as_array(values: np.ndarray, fit: Fit, idx: np.ndarray, rows: Any, kind: str
                                "include_group_effects": int(bool(factors)), "family": check_family(fit.family).name})
 
 
-__all__ = ["fitted_crossed", "predict_crossed", "resolve_re_form"]
+__all__ = ["fitted_crossed", "predict_crossed", "resolve_re_form", "rows_linear_predictor"]

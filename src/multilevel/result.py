@@ -18,7 +18,7 @@ from .convert import dataset_to_frame
 from .design import predictor_lines
 from .diagnostics import summary as summarize
 from .errors import ModelError
-from .families import check_family, pointwise_loglik
+from .families import check_family, loglik_by_draws
 from .priors import Priors
 
 HDI_PROB = 0.94
@@ -95,11 +95,17 @@ class Fit:
     @property
     def design(self) -> Any:
         """The model's :class:`~multilevel.design.Design`, rebuilt from the stored training
-        data after loading, so that new data get the same transformations."""
+        data after loading, so that new data get the same transformations (a Dask fit's from
+        its stored coding: :func:`multilevel.distributed.design.restore_design`)."""
         if self._design is None and self.group("training_data") is None and self.attrs.get("engine") == "dask":
-            raise ModelError(f"this fit was made with engine='dask' and loaded from a file: its rows stay in "
-                             f"{self.attrs.get('data_source')}, so new data cannot be coded as the fitted rows were; "
-                             "predict with the fit in the session that made it")
+            from .distributed.design import CODING_GROUP, restore_design
+            from .formula import parse_formula
+
+            if self.group(CODING_GROUP) is None:
+                raise ModelError(f"this fit was made with engine='dask' and saved without its {CODING_GROUP} group: "
+                                 "new data cannot be coded as the fitted rows were; fit the model again")
+            self._design = restore_design(parse_formula(self.formula), self.group(CODING_GROUP),
+                                          int(self.attrs.get("n_obs", 0)), str(self.attrs.get("data_source")))
         if self._design is None and self.group("training_data") is not None:
             from .design import build_design
             from .formula import parse_formula
@@ -378,24 +384,25 @@ class Fit:
 
     def log_likelihood(self, chunk: int | None = None) -> xr.DataArray:
         """Pointwise log-likelihood (chain, draw, obs): stored, or computed from the draws in
-        chunks of ``chunk`` draws (default: about 2e7 values a chunk) so temporaries stay small."""
+        chunks of ``chunk`` draws (default: about 2e7 values a chunk) so temporaries stay small;
+        of a Dask fit, partition by partition over its data (rows in data order;
+        :func:`multilevel.distributed.posterior.log_likelihood`)."""
         stored = self.group("log_likelihood")
         if stored is not None:
             return stored["y"]
+        if self.group("observed_data") is None and self.attrs.get("engine") == "dask":
+            from .distributed.posterior import log_likelihood
+
+            return log_likelihood(self)
         self.require_rows("the log-likelihood")
         y = self.group("observed_data")["y"].values
         cd = self.group("constant_data")
         trials = cd["trials"].values if "trials" in cd else np.ones_like(y)
         family = check_family(self.family)
         n_chain, n_draw = self.posterior.sizes["chain"], self.posterior.sizes["draw"]
-        out = np.empty((n_chain, n_draw, y.shape[0]))
-        chunk = chunk or max(1, int(2e7 // (n_chain * max(y.shape[0], 1))))
         sigma2 = self.posterior[family.dispersion].values if family.dispersion else None
         weights = cd["weights"].values if "weights" in cd else None
-        for start in range(0, n_draw, chunk):
-            sl = slice(start, min(start + chunk, n_draw))
-            s2 = sigma2[:, sl, None] if sigma2 is not None else None
-            out[:, sl] = pointwise_loglik(family, y, trials, self.linear_predictor(sl), s2, weights)
+        out = loglik_by_draws(family, y, trials, self.linear_predictor, n_chain, n_draw, sigma2, weights, chunk)
         return xr.DataArray(out, dims=("chain", "draw", "obs"),
                             coords={"chain": self.posterior["chain"], "draw": self.posterior["draw"], "obs": np.arange(y.shape[0])}, name="y")
 

@@ -15,7 +15,7 @@ from ..design import CrossedDesign
 from ..errors import ModelError
 from ..formula import FormulaSpec
 from ..reterms import check_factors
-from .plan import PartitionPlan, make_plan, partition_design
+from .plan import PartitionPlan, make_plan, partition_design, restore_prototype, transform_constants
 from .reduce import tree_reduce
 from .source import describe_source, open_dask
 
@@ -91,6 +91,59 @@ def check_fixed_rank(FtF: np.ndarray, names: list[str]) -> None:
                          "remove one of them")
 
 
+#: the group of a Dask fit that holds what new data are coded by (:func:`coding_dataset`)
+CODING_GROUP = "coding_data"
+
+
+def coding_dataset(design: PartitionedDesign) -> Any:
+    """What a saved fit keeps to code new data as the fitted rows were: the prototype's rows
+    (the formula's columns, categorical ones with every level learned over all rows, and the
+    precision weights), and as attributes the ``center``/``scale`` constants learned over all
+    rows and the weights column's name."""
+    import json
+
+    from ..convert import frame_to_dataset
+
+    plan = design.plan
+    frame = plan.prototype.frame
+    if plan.weights is not None and plan.weights not in frame.columns:
+        frame = frame.assign(**{plan.weights: plan.prototype.weights})
+    ds = frame_to_dataset(frame)
+    ds.attrs.update(constants=json.dumps(transform_constants(plan.prototype)), weights=plan.weights or "")
+    return ds
+
+
+def restore_design(spec: FormulaSpec, ds: Any, n_obs: int, source: str) -> PartitionedDesign:
+    """The :class:`PartitionedDesign` of a loaded Dask fit from its :func:`coding_dataset`: the
+    same coding of new data (levels, constants, formulae matrices), no handle on the fitted
+    rows (``ddf`` None); its factors are the prototype's (a prediction takes the fitted levels
+    from the posterior)."""
+    import json
+
+    from ..convert import dataset_to_frame
+
+    sample = dataset_to_frame(ds)
+    weights = ds.attrs.get("weights") or None
+    proto = restore_prototype(spec, sample, weights, json.loads(ds.attrs["constants"]))
+    categories = {c: sample[c].dtype for c in sample.columns if isinstance(sample[c].dtype, pd.CategoricalDtype)}
+    plan = PartitionPlan(spec, categories, (), proto, weights)
+    return design_of_plan(plan, tuple(f.factor for f in proto.factors), n_obs, None, source)
+
+
+def design_of_plan(plan: PartitionPlan, levels: tuple[Any, ...], rows: int, ddf: Any, source: str,
+                   compute: Callable[[list[Any]], tuple] = dask_compute) -> PartitionedDesign:
+    """The :class:`PartitionedDesign` of ``plan``: the prototype's names and formulae matrices,
+    the factors' ``levels`` (global :class:`~multilevel.factors.GroupingFactor`), no rows."""
+    proto = plan.prototype
+    factors = tuple(type(f)(**{**{x.name: getattr(f, x.name) for x in fields(f)}, "factor": g,
+                               "Z": np.zeros((0, f.q))}) for f, g in zip(proto.factors, levels))
+    values = {x.name: getattr(proto, x.name) for x in fields(CrossedDesign)}
+    values.update(y=np.zeros(0), F=np.zeros((0, proto.F.shape[1])), factors=factors, row_labels=pd.RangeIndex(0),
+                  frame=proto.frame.iloc[:0], offset=np.zeros(0), offset_argument=None, trials=np.zeros(0),
+                  weights=None if plan.weights is None else np.zeros(0))
+    return PartitionedDesign(**values, ddf=ddf, plan=plan, rows=rows, source=source, compute=compute)
+
+
 def build_partitioned_design(spec: FormulaSpec, data: Any, na_action: str = "drop", weights: Any = None,
                              compute: Callable[[list[Any]], tuple] = dask_compute) -> PartitionedDesign:
     """The :class:`PartitionedDesign` of a Gaussian model of ``data`` (a Dask DataFrame, an
@@ -99,15 +152,10 @@ def build_partitioned_design(spec: FormulaSpec, data: Any, na_action: str = "dro
     columns = list(dict.fromkeys([*spec.variables, *([weights] if isinstance(weights, str) else [])]))
     ddf = open_dask(data, columns=columns if isinstance(data, str) or hasattr(data, "__fspath__") else None)
     plan, levels, rows = make_plan(ddf, spec, na_action, weights, compute)
-    proto = plan.prototype
-    factors = tuple(type(f)(**{**{x.name: getattr(f, x.name) for x in fields(f)}, "factor": g,
-                               "Z": np.zeros((0, f.q))}) for f, g in zip(proto.factors, levels))
-    check_factors(factors, rows, gaussian=True, rows=False)
-    values = {x.name: getattr(proto, x.name) for x in fields(CrossedDesign)}
-    values.update(y=np.zeros(0), F=np.zeros((0, proto.F.shape[1])), factors=factors, row_labels=pd.RangeIndex(0),
-                  frame=proto.frame.iloc[:0], offset=np.zeros(0), offset_argument=None, trials=np.zeros(0),
-                  weights=None if weights is None else np.zeros(0))
-    return PartitionedDesign(**values, ddf=ddf, plan=plan, rows=rows, source=describe_source(data), compute=compute)
+    design = design_of_plan(plan, levels, rows, ddf, describe_source(data), compute)
+    check_factors(design.factors, rows, gaussian=True, rows=False)
+    return design
 
 
-__all__ = ["PartitionedDesign", "build_partitioned_design", "dask_compute"]
+__all__ = ["CODING_GROUP", "PartitionedDesign", "build_partitioned_design", "coding_dataset", "dask_compute",
+           "restore_design"]

@@ -146,6 +146,34 @@ def stateful_calls(matrices: Any) -> list[tuple[Any, Any, Any]]:
     return found
 
 
+def design_stateful_calls(design: CrossedDesign) -> list[tuple[Any, Any, Any]]:
+    """The distinct stateful transforms of a design's fixed and random-effects matrices, in
+    formula order (:func:`stateful_calls`)."""
+    calls = [c for m in [design.formulae_fixed.common, *(mm.common for f in design.factors for mm in f.matrices)]
+             for c in stateful_calls(m)]
+    return list({id(c[0]): c for c in calls}.values())
+
+
+def transform_constants(design: CrossedDesign) -> list[list[float | None]]:
+    """[mean, sd or None] of each ``center``/``scale`` call of the design (:func:`design_stateful_calls`)."""
+    return [[float(t.mean), float(t.std) if isinstance(t, Scale) else None]
+            for t, _, _ in design_stateful_calls(design)]
+
+
+def restore_prototype(spec: FormulaSpec, sample: pd.DataFrame, weights: str | None,
+                      constants: list[list[float | None]]) -> CrossedDesign:
+    """The prototype design again from its rows (categorical columns with the learned levels)
+    and its ``center``/``scale`` constants (:func:`transform_constants`): new data are then
+    coded as the fitted rows were."""
+    proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=True, check=False)
+    calls = design_stateful_calls(proto)
+    if len(calls) != len(constants):
+        raise ModelError(f"the saved fit records {len(constants)} center()/scale() constants, but its formula "
+                         f"{spec.formula!r} has {len(calls)}")
+    _set_constants(calls, constants)
+    return proto
+
+
 @dataclass
 class PartitionPlan:
     """What :func:`partition_design` needs on a worker: the formula, the learned categorical
@@ -196,13 +224,12 @@ def partition_design(frame: pd.DataFrame, plan: PartitionPlan) -> CrossedDesign:
                    offset=np.zeros(len(kept)), offset_argument=None, trials=np.ones(len(kept)), weights=weights)
 
 
-def _set_constants(calls: list[tuple[Any, Any, Any]], moments: list[Any], formula: str) -> None:
-    """Set each ``center``/``scale`` call's constants to those of all rows."""
-    for (transform, _, _), m in zip(calls, moments):
-        mean = float(np.ravel(m.mean)[0])
+def _set_constants(calls: list[tuple[Any, Any, Any]], constants: list[list[float | None]]) -> None:
+    """Set each ``center``/``scale`` call's constants: [mean, sd (``scale`` only)] per call."""
+    for (transform, _, _), (mean, sd) in zip(calls, constants):
         transform.mean = mean
         if isinstance(transform, Scale):
-            transform.std = float(np.sqrt(np.ravel(m.variance)[0]))
+            transform.std = sd
         transform.params_set = True
 
 
@@ -268,9 +295,7 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
         raise ModelError("the first rows of the data all have missing values; shuffle or filter the data")
     proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=True, check=False)
     plan = PartitionPlan(spec, dtypes, tuple(f.keys for f in factors), proto, weights)
-    calls = [c for m in [proto.formulae_fixed.common, *(mm.common for f in proto.factors for mm in f.matrices)]
-             for c in stateful_calls(m)]
-    calls = list({id(c[0]): c for c in calls}.values())
+    calls = design_stateful_calls(proto)
     if calls:
         check_stateful(calls, spec.formula)
 
@@ -279,8 +304,9 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
 
         shared = delayed(plan, pure=True), delayed(calls, pure=True)  # in the graph once, not per task
         (moments,) = compute([tree_reduce([delayed(argument_moments)(p, *shared) for p in parts], fold)])
-        _set_constants(calls, moments, spec.formula)
+        _set_constants(calls, [[float(np.ravel(m.mean)[0]), float(np.sqrt(np.ravel(m.variance)[0]))] for m in moments])
     return plan, tuple(f.factor for f in factors), kept_rows
 
 
-__all__ = ["PROTOTYPE_ROWS", "PartitionPlan", "make_plan", "partition_design", "scan_partition"]
+__all__ = ["PROTOTYPE_ROWS", "PartitionPlan", "make_plan", "partition_design", "restore_prototype", "scan_partition",
+           "transform_constants"]

@@ -1,0 +1,241 @@
+"""After a Dask fit: the pointwise log-likelihood, PSIS-LOO and predictions of new rows,
+partition by partition.
+
+* :func:`log_likelihood`: each partition's rows through
+  :func:`multilevel.distributed.plan.partition_design` (the fitted coding), their linear
+  predictor (:func:`multilevel.predict_crossed.rows_linear_predictor`) and Gaussian
+  log-likelihood (:func:`multilevel.families.loglik_by_draws`), the code the in-memory fit
+  uses on its stored rows; the partitions' blocks in partition order are the rows in data order.
+* :func:`loo`: PSIS-LOO as ``az.loo`` computes it, one partition at a time: the Pareto
+  smoothing (ArviZ's ``psislw``) and the pointwise elpd are per row, so each partition gives
+  its rows' sums (elpd, lppd), the count, mean and centred sum of squares of its pointwise
+  elpd (for the standard error, :mod:`multilevel.moments`) and its largest Pareto k, combined
+  in a fixed tree; a task holds chains x draws x a block of its partition's rows
+  (:data:`LOO_VALUES`), never all rows.
+* :func:`predict_partitions`: ``predict(newdata, summary=True)`` of a Dask DataFrame: each
+  partition predicted as a pandas frame is, giving a Dask DataFrame of per-row summaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..errors import ModelError
+from ..families import check_family, loglik_by_draws
+from ..moments import combine_moments, moments_of
+from ..predict_crossed import deviations, fixed_effect_draws, rows_linear_predictor
+from .plan import PartitionPlan, partition_design
+from .reduce import tree_reduce
+
+if TYPE_CHECKING:
+    from ..result import Fit
+
+
+def partitioned_design_of(fit: Fit, what: str) -> Any:
+    """The :class:`~multilevel.distributed.design.PartitionedDesign` (its partitions at hand)
+    of a Dask fit, or a one-line refusal of ``what``."""
+    design = fit._design
+    if design is None or getattr(design, "ddf", None) is None:
+        raise ModelError(f"{what} reads the fitted rows again, partition by partition, from "
+                         f"{fit.attrs.get('data_source')}; a Dask fit loaded from a file has no handle on them: "
+                         "compute it in the session that made the fit (fit.add_log_likelihood() before saving)")
+    return design
+
+
+def posterior_draws(fit: Fit) -> dict[str, Any]:
+    """What a partition's log-likelihood needs of the posterior (all draws): the fixed effects'
+    draws by column, each factor's deviations b (chain, draw, level, term) and sigma2."""
+    idx = np.arange(fit.posterior.sizes["draw"])
+    fixed = fixed_effect_draws(fit, idx)
+    return {"fixed": fixed, "effects": {f: deviations(fit, f, idx, fixed)[0] for f in fit.sigma_variables()},
+            "sigma2": fit.posterior["sigma2"].values, "family": check_family(fit.family)}
+
+
+def rows_log_likelihood(d: Any, rows: slice, draws: dict[str, Any]) -> np.ndarray:
+    """Pointwise log-likelihood (chain, draw, rows) of the ``rows`` of a partition's design ``d``."""
+    F, y = d.F[rows], d.y[rows]
+    weights = None if d.weights is None else d.weights[rows]
+
+    def eta(sl: slice) -> np.ndarray:
+        return rows_linear_predictor(F, d.fixed_names, {k: v[:, sl] for k, v in draws["fixed"].items()},
+                                     [(f.Z[rows], f.factor.index[rows], draws["effects"][f.name][:, sl])
+                                      for f in d.factors])
+
+    n_chain, n_draw = draws["sigma2"].shape
+    return loglik_by_draws(draws["family"], y, np.ones_like(y), eta, n_chain, n_draw, draws["sigma2"], weights)
+
+
+def partition_log_likelihood(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any]) -> np.ndarray:
+    """Pointwise log-likelihood (chain, draw, rows) of one partition's rows kept (data order)."""
+    return rows_log_likelihood(partition_design(frame, plan), slice(None), draws)
+
+
+def _partitions(fit: Fit, what: str) -> tuple[list[Any], Any, Any]:
+    """The fit's partitions (delayed), and its plan and posterior draws as delayed values (in
+    the task graph once, not per task)."""
+    from dask import delayed
+
+    design = partitioned_design_of(fit, what)
+    return design.ddf.to_delayed(), delayed(design.plan, pure=True), delayed(posterior_draws(fit), pure=True)
+
+
+def log_likelihood(fit: Fit) -> xr.DataArray:
+    """The pointwise log-likelihood (chain, draw, obs) of a Dask fit's rows, computed partition
+    by partition and joined in partition order: chains x draws x rows numbers in memory."""
+    from dask import delayed
+
+    from .design import dask_compute
+
+    parts, plan, draws = _partitions(fit, "the log-likelihood")
+    blocks = dask_compute([delayed(partition_log_likelihood)(p, plan, draws) for p in parts])
+    out = np.concatenate(blocks, axis=-1)
+    post = fit.posterior
+    return xr.DataArray(out, dims=("chain", "draw", "obs"), name="y",
+                        coords={"chain": post["chain"], "draw": post["draw"], "obs": np.arange(out.shape[-1])})
+
+
+#: log-likelihood values (chains x draws x rows) a LOO task holds at once: a partition's rows
+#: are taken in blocks of at most this many values
+LOO_VALUES = 20_000_000
+
+
+def partition_loo(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any], reff: float, scale: float,
+                  pointwise: bool) -> dict[str, Any]:
+    """PSIS-LOO of one partition's rows (as ``az.loo``), in blocks of rows of at most
+    :data:`LOO_VALUES` log-likelihood values: rows, the sums of the pointwise elpd (times
+    ``scale``) and of the pointwise lppd, the moments of the pointwise elpd, the largest
+    Pareto k, and with ``pointwise`` the pointwise elpd and k themselves."""
+    d = partition_design(frame, plan)
+    n_samples = draws["sigma2"].size
+    block = max(1, LOO_VALUES // n_samples)
+    out = _block_loo(np.zeros((0, n_samples)), reff, scale, pointwise)
+    for start in range(0, d.y.shape[0], block):
+        ll = rows_log_likelihood(d, slice(start, start + block), draws)
+        samples = np.ascontiguousarray(ll.reshape(n_samples, -1).T)  # (rows, chain x draw): ArviZ's __sample__
+        out = combine_loo(out, _block_loo(samples, reff, scale, pointwise))
+    return out
+
+
+def _block_loo(samples: np.ndarray, reff: float, scale: float, pointwise: bool) -> dict[str, Any]:
+    """:func:`partition_loo` of the rows of ``samples`` (rows, samples): ArviZ's ``psislw``
+    and the log-sum-exps of ``az.loo``."""
+    from arviz import psislw
+    from arviz.stats.stats_utils import logsumexp
+
+    if samples.shape[0]:
+        log_weights, k = psislw(-samples, reff)
+        log_weights += samples
+        loo_i = scale * logsumexp(log_weights, axis=-1)
+        lppd = logsumexp(samples, b_inv=samples.shape[1], axis=-1)
+    else:
+        loo_i, lppd, k = np.zeros(0), np.zeros(0), np.zeros(0)
+    return {"rows": samples.shape[0], "samples": samples.shape[1], "elpd": float(np.sum(loo_i)),
+            "lppd": float(np.sum(lppd)), "moments": moments_of(loo_i), "k_max": float(np.max(k, initial=-np.inf)),
+            "loo_i": loo_i if pointwise else None, "pareto_k": np.asarray(k) if pointwise else None}
+
+
+def combine_loo(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two :func:`partition_loo` results as one (a's rows first)."""
+    def join(name: str) -> np.ndarray | None:
+        return None if a[name] is None else np.concatenate([a[name], b[name]])
+
+    return {"rows": a["rows"] + b["rows"], "samples": a["samples"], "elpd": a["elpd"] + b["elpd"],
+            "lppd": a["lppd"] + b["lppd"], "moments": combine_moments(a["moments"], b["moments"]),
+            "k_max": max(a["k_max"], b["k_max"]), "loo_i": join("loo_i"), "pareto_k": join("pareto_k")}
+
+
+SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
+
+
+def loo(fit: Fit, reff: float, pointwise: bool | None = None, scale: str | None = None) -> Any:
+    """PSIS-LOO of a Dask fit (module doc): ArviZ's ``ELPDData`` with the elpd_loo, se and
+    p_loo that ``az.loo`` gives on the whole pointwise log-likelihood (``reff``, ``scale`` and
+    ``pointwise`` as there; the pointwise values are one number per row)."""
+    from arviz import rcParams
+    from arviz.stats.stats_utils import ELPDData
+    from dask import delayed
+
+    from .design import dask_compute
+
+    pointwise = rcParams["stats.ic_pointwise"] if pointwise is None else bool(pointwise)
+    scale = rcParams["stats.ic_scale"] if scale is None else str(scale).lower()
+    if scale not in SCALES:
+        raise ModelError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
+    parts, plan, draws = _partitions(fit, "loo()")
+    (total,) = dask_compute([tree_reduce([delayed(partition_loo)(p, plan, draws, reff, SCALES[scale], pointwise)
+                                          for p in parts], combine_loo)])
+    n, n_samples = total["rows"], total["samples"]
+    se = float(np.sqrt(n * total["moments"].variance))
+    p_loo = total["lppd"] - total["elpd"] / SCALES[scale]
+    good_k = min(1 - 1 / np.log10(n_samples), 0.7)
+    warn = bool(total["k_max"] > good_k)
+    if warn:
+        warnings.warn(f"Pareto k above {good_k:.2f} for one or more rows: PSIS-LOO is unreliable for them "
+                      "(influential rows, or a LOO posterior far from the full one)", UserWarning, stacklevel=3)
+    if not pointwise:
+        return ELPDData(data=[total["elpd"], se, p_loo, n_samples, n, warn, scale, good_k],
+                        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "scale", "good_k"])
+    obs = {"obs": np.arange(n)}
+    return ELPDData(data=[total["elpd"], se, p_loo, n_samples, n, warn,
+                          xr.DataArray(total["loo_i"], dims=("obs",), coords=obs, name="loo_i"),
+                          xr.DataArray(total["pareto_k"], dims=("obs",), coords=obs), scale, good_k],
+                    index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k",
+                           "scale", "good_k"])
+
+
+def is_dask_frame(data: Any) -> bool:
+    """Whether ``data`` is a Dask DataFrame (without importing Dask when it is not)."""
+    return type(data).__module__.split(".")[0] == "dask" and hasattr(data, "to_delayed") and hasattr(data, "columns")
+
+
+def predict_partition(frame: pd.DataFrame, fit: Fit, options: dict[str, Any], entropy: int, number: int
+                      ) -> pd.DataFrame:
+    """``fit.predict(frame, summary=True, **options)`` of one partition, its random numbers
+    from the seed sequence (``entropy``, spawn key ``number``)."""
+    from ..predict import predict
+
+    rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(number,)))
+    return predict(fit, frame, seed=rng, summary=True, **options)
+
+
+def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_prob: float, **options: Any) -> Any:
+    """Predictions of the rows of a Dask DataFrame: a Dask DataFrame (lazy; ``.compute()`` or
+    ``.to_parquet()`` it) indexed like ``newdata``, of each row's posterior mean, sd and HDI,
+    each partition predicted as a pandas frame is. Rows of a level not seen in fitting share
+    one drawn effect within a partition; each partition draws its random numbers from the
+    seed sequence of ``seed`` spawned by partition number, so the summaries depend on the seed
+    and the partitioning, not on the scheduler or the number of workers."""
+    import dask.dataframe as dd
+    from dask import delayed
+
+    from ..diagnostics import hdi_names
+    from ..predict import make_rng
+    from ..result import Fit
+
+    if not summary:
+        raise ModelError("predict() of a Dask DataFrame gives each row's summary (summary=True), as a Dask "
+                         "DataFrame; the draws of every row would not fit in memory: predict a pandas frame for draws")
+    if isinstance(seed, np.random.Generator):
+        entropy = int(seed.integers(2**63))
+    else:
+        make_rng(seed)  # refuses a bad seed in one line
+        entropy = seed if seed is not None else np.random.SeedSequence().entropy
+    design = fit.design
+    if getattr(design, "ddf", None) is not None:  # the coding only: a task needs no handle on the fitted rows
+        design = dataclasses.replace(design, ddf=None)
+    groups = {name: fit.group(name) for name in ("posterior", "constant_data") if fit.group(name) is not None}
+    shipped = delayed(Fit(groups, design=design), pure=True)
+    options = dict(options, hdi_prob=hdi_prob)
+    lo, hi = hdi_names(hdi_prob)
+    meta = pd.DataFrame({c: pd.Series(dtype=float) for c in ("mean", "sd", lo, hi)}, index=newdata._meta.index[:0])
+    parts = [delayed(predict_partition)(p, shipped, options, entropy, i) for i, p in enumerate(newdata.to_delayed())]
+    return dd.from_delayed(parts, meta=meta, divisions=newdata.divisions, verify_meta=False)
+
+
+__all__ = ["is_dask_frame", "log_likelihood", "loo", "partition_log_likelihood", "partition_loo", "predict_partitions"]
