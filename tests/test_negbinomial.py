@@ -303,7 +303,7 @@ def test_registry_limits_negbinomial_only():
     from multilevel.samplers import registry
 
     assert registry.available(NB, 1) == registry.available(NB, 2) == ["polya-gamma"]
-    assert registry.available(check_family("gaussian"), 1) == ["collapsed", "interweaving", "centred"]
+    assert registry.available(check_family("gaussian"), 1) == ["collapsed", "interweaving", "centred", "blocked"]
     assert registry.available(check_family("poisson"), 1) == ["auto", "interweaving", "centred"]
     assert registry.available(check_family("bernoulli"), 1)[-1] == "polya-gamma"
 
