@@ -15,8 +15,8 @@ from typing import Any
 from . import __version__
 from .convert import (OFFSET_COLUMN, WEIGHTS_COLUMN, crossed_fit_groups, dataset_to_frame, fit_groups,
                       sampler_state_to_dataset)
-from .design import (CrossedDesign, NaAction, build_design, check_crossed_identifiable, check_group_counts,
-                     check_identifiable, predictor_lines)
+from .design import (CrossedDesign, NaAction, build_design, check_crossed_identifiable, check_effect_count,
+                     check_group_counts, check_identifiable, predictor_lines)
 from .errors import ModelError, NumericalError
 from .families import check_family, family_response
 from .formula import parse_formula
@@ -156,11 +156,7 @@ class Model:
         design = build_partitioned_design(spec, data, na_action, weights=weights)
         proto = design.plan.prototype
         family_response(self.family, proto.y, spec.response, proto.response_kind, proto.response_levels)
-        effects = sum(f.n_levels * f.q for f in design.factors)
-        if design.n_obs <= effects:
-            raise ModelError(f"the {design.n_obs} rows are no more than the {effects + design.F.shape[1]} fixed and "
-                             "group effects, so the variances are confounded with the residual variance sigma2; use "
-                             "fewer terms or more rows")
+        check_effect_count(design)
         return design
 
     @property

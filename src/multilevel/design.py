@@ -612,11 +612,19 @@ def check_crossed_identifiable(design: CrossedDesign, gaussian: bool = True) -> 
     family, a model with no more rows than fixed and group effects together (GLMs have no
     residual variance to confound with)."""
     _check_full_rank(design.F, design.fixed_names)
-    effects = design.F.shape[1] + sum(f.n_levels * f.q for f in design.factors)
-    if gaussian and design.n_obs <= sum(f.n_levels * f.q for f in design.factors):
-        raise ModelError(f"the {design.n_obs} rows are no more than the {effects} fixed and group effects, so the "
-                         "variances are confounded with the residual variance sigma2; use fewer terms or more rows")
+    if gaussian:
+        check_effect_count(design)
 
 
-__all__ = ["CrossedDesign", "Design", "Predictor", "build_crossed_design", "build_design", "check_crossed_identifiable", "check_group_counts", "check_identifiable",
+def check_effect_count(design: CrossedDesign) -> None:
+    """Refuse a Gaussian model with no more rows than group effects: its variances would be
+    confounded with the residual variance (read from the counts only, no row)."""
+    group_effects = sum(f.n_levels * f.q for f in design.factors)
+    if design.n_obs <= group_effects:
+        raise ModelError(f"the {design.n_obs} rows are no more than the {group_effects + design.F.shape[1]} fixed and "
+                         "group effects, so the variances are confounded with the residual variance sigma2; use "
+                         "fewer terms or more rows")
+
+
+__all__ = ["CrossedDesign", "Design", "Predictor", "build_crossed_design", "build_design", "check_crossed_identifiable", "check_effect_count", "check_group_counts", "check_identifiable",
            "mean_is_free", "predictor_lines", "read_predictors", "select_rows", "INTERCEPT"]

@@ -3,7 +3,7 @@ at hand, statistics computed partition by partition (:mod:`multilevel.blockstats
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -135,8 +135,7 @@ def design_of_plan(plan: PartitionPlan, levels: tuple[Any, ...], rows: int, ddf:
     """The :class:`PartitionedDesign` of ``plan``: the prototype's names and formulae matrices,
     the factors' ``levels`` (global :class:`~multilevel.factors.GroupingFactor`), no rows."""
     proto = plan.prototype
-    factors = tuple(type(f)(**{**{x.name: getattr(f, x.name) for x in fields(f)}, "factor": g,
-                               "Z": np.zeros((0, f.q))}) for f, g in zip(proto.factors, levels))
+    factors = tuple(replace(f, factor=g, Z=np.zeros((0, f.q))) for f, g in zip(proto.factors, levels))
     values = {x.name: getattr(proto, x.name) for x in fields(CrossedDesign)}
     values.update(y=np.zeros(0), F=np.zeros((0, proto.F.shape[1])), factors=factors, row_labels=pd.RangeIndex(0),
                   frame=proto.frame.iloc[:0], offset=np.zeros(0), offset_argument=None, trials=np.zeros(0),
