@@ -40,14 +40,14 @@ from scipy import stats
 import multilevel
 from multilevel.blockstats import factor_layout
 from multilevel.families import CODES
-from multilevel.run import run_chains
 from multilevel.samplers.crossed_metropolis import (CrossedMetropolis, factor_rows, fixed_move, level_move,
                                                     linear_predictor)
 
 import sbc
 from lme4_crossed import DATA_DIR, LME4_CROSSED, assert_agrees_with_glmer
 from test_crossed import Z_MAX, ess
-from test_crossed_sbc import draw_truth, scalars
+from test_crossed_glm import truth_and_draws
+from test_crossed_sbc import draw_truth
 
 
 def poisson_frame(seed: int, n: int = 200, levels: tuple[int, int] = (10, 8)) -> pd.DataFrame:
@@ -274,14 +274,7 @@ def run_poisson_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins
         design = replace(d, y=y.astype(float))
         kernel = kernel_factory(CrossedMetropolis(design, factor_layout(design, 0), model.priors, a + 0.0,
                                                   CODES[family]))
-        res = run_chains(kernel, chains=1, draws=L * thin, warmup=warmup, seed=int(rng.integers(2**32)), cores=1,
-                         progress=False)
-        draws = {k: sbc.thin(v[0], L) for k, v in res.draws.items()}
-        beta_true = {bet: a[np.maximum(f.mean_index, 0)] * (f.mean_index >= 0) + b[f.name]
-                     for f, bet in zip(d.factors, kernel.beta_names)}
-        truth = scalars(kernel.inner, model, a[d.theta_index], a[d.alpha_index],
-                        dict(zip(kernel.sigma_names, Sigma.values())), beta_true, None)
-        post = scalars(kernel.inner, model, draws["theta"], draws["alpha"], draws, draws, None)
+        truth, post, _ = truth_and_draws(kernel, model, a, Sigma, b, rng, L, thin, warmup)
         all_ranks.append(sbc.ranks(truth, post))
     return sbc.collect(all_ranks, L, bins)
 
