@@ -23,7 +23,6 @@ from formulae.terms import Variable
 from .errors import ModelError
 from .factors import grouping_factor, row_labels
 from .formula import INTERCEPT, FormulaSpec
-from .terms import rhs_of
 from .rformula import FORMULA_NAMESPACE, display_labels, display_name
 
 NaAction = Literal["drop", "raise"]
@@ -214,6 +213,22 @@ def predictor_lines(design: Design | None, width: int = 100) -> list[str]:
                          break_long_words=False, break_on_hyphens=False)
 
 
+def missing_rows(used: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
+    """The rows with a missing value, or a non-finite number, in a column of ``used``, and per
+    column how many it has (the rows :func:`select_rows` drops; the Dask engine's partitions
+    apply the same rule)."""
+    bad = np.zeros(len(used), dtype=bool)
+    per_column = {}
+    for name in used.columns:
+        col = used[name]
+        mask = col.isna().to_numpy().copy()
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            mask |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
+        per_column[name] = int(mask.sum())
+        bad |= mask
+    return bad, per_column
+
+
 def select_rows(data: pd.DataFrame, spec: FormulaSpec, na_action: NaAction) -> pd.DataFrame:
     """Check the formula's columns exist and drop (or refuse) rows with missing values.
 
@@ -230,16 +245,10 @@ def select_rows(data: pd.DataFrame, spec: FormulaSpec, na_action: NaAction) -> p
     if na_action not in ("drop", "raise"):
         raise ModelError(f"na_action must be 'drop' or 'raise', not {na_action!r}")
     used = data[list(spec.variables)]
-    bad = used.isna().any(axis=1).to_numpy().copy()
-    for name in spec.variables:
-        col = used[name]
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            bad |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
+    bad, per_column = missing_rows(used)
     n_bad = int(bad.sum())
     if n_bad:
-        cols = [v for v in spec.variables if bad[used[v].isna().to_numpy()].any() or (
-            pd.api.types.is_numeric_dtype(used[v]) and not pd.api.types.is_bool_dtype(used[v])
-            and not np.all(np.isfinite(used[v].to_numpy(dtype=float, na_value=np.nan))))]
+        cols = [v for v in spec.variables if per_column[v]]
         if na_action == "raise":
             raise ModelError(
                 f"{n_bad} rows have missing or infinite values in {', '.join(cols) or 'used columns'}; "

@@ -30,7 +30,7 @@ import pandas as pd
 from formulae.terms import Call
 from formulae.transforms import Center, Scale
 
-from ..design import CrossedDesign, _evaluate, _response, _weights_argument, build_crossed_design
+from ..design import CrossedDesign, _evaluate, missing_rows, _response, _weights_argument, build_crossed_design
 from ..errors import ModelError
 from ..factors import GroupingFactor, grouping_factor
 from ..formula import FormulaSpec
@@ -39,21 +39,6 @@ from ..reterms import group_terms
 
 #: rows of the first partition the prototype design is built on
 PROTOTYPE_ROWS = 2000
-
-
-def _bad_rows(used: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
-    """Rows with a missing value, or a non-finite number, in a used column, and per column how
-    many (the in-memory rule of :func:`multilevel.design.select_rows`)."""
-    bad = np.zeros(len(used), dtype=bool)
-    per_column = {}
-    for name in used.columns:
-        col = used[name]
-        mask = col.isna().to_numpy().copy()
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            mask |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
-        per_column[name] = int(mask.sum())
-        bad |= mask
-    return bad, per_column
 
 
 def categorical_columns(frame: pd.DataFrame, variables: tuple[str, ...]) -> list[str]:
@@ -75,7 +60,7 @@ def scan_partition(frame: pd.DataFrame, spec: FormulaSpec, categorical: list[str
     """The first pass over one partition: rows, missing-value counts by column, and the distinct
     values of the categorical columns and of the grouping factors' columns on the rows kept."""
     used = frame[list(spec.variables)]
-    bad, per_column = _bad_rows(used)
+    bad, per_column = missing_rows(used)
     kept = used.loc[~bad]
     return {
         "rows": len(frame), "bad": int(bad.sum()), "per_column": per_column,
@@ -191,7 +176,7 @@ def prepare(frame: pd.DataFrame, plan: PartitionPlan) -> tuple[pd.DataFrame, np.
     learned ordered types, and each factor's global level index of them."""
     columns = list(plan.spec.variables) + ([plan.weights] if plan.weights and plan.weights not in plan.spec.variables else [])
     used = frame[columns]
-    bad, _ = _bad_rows(used[list(plan.spec.variables)])
+    bad, _ = missing_rows(used[list(plan.spec.variables)])
     kept = used.loc[~bad]
     indices = [level_index(kept, f.factor.columns, keys) for f, keys in zip(plan.prototype.factors, plan.keys)]
     return kept.astype(plan.categories) if plan.categories else kept, indices
@@ -289,7 +274,7 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
     factors = tuple(global_factor(factor_term(spec, name), scan["factors"][name]) for name in factor_columns(spec))
     head = ddf.head(PROTOTYPE_ROWS, npartitions=-1, compute=True)
     used = head[list(spec.variables) + ([weights] if weights and weights not in spec.variables else [])]
-    bad, _ = _bad_rows(used[list(spec.variables)])
+    bad, _ = missing_rows(used[list(spec.variables)])
     sample = used.loc[~bad].astype(dtypes) if dtypes else used.loc[~bad]
     if len(sample) == 0:
         raise ModelError("the first rows of the data all have missing values; shuffle or filter the data")
