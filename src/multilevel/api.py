@@ -151,9 +151,9 @@ class Model:
         from .distributed.design import build_partitioned_design
 
         if offset is not None:
-            raise ModelError("offset applies to the poisson, binomial, bernoulli and negbinomial families; "
-                             "for gaussian subtract it from the response")
-        design = build_partitioned_design(spec, data, na_action, weights=weights)
+            raise ModelError("with engine='dask' write the offset in the formula, e.g. y ~ x + offset(log(exposure)) "
+                             "+ (1 | g)")
+        design = build_partitioned_design(spec, data, na_action, weights=weights, family=self.family.name)
         proto = design.plan.prototype
         family_response(self.family, proto.y, spec.response, proto.response_kind, proto.response_levels)
         check_effect_count(design)
@@ -201,11 +201,19 @@ class Model:
         seed = check_seed(seed)
         if cores is not None:
             cores = _count(cores, "cores", 1)
+        in_process = getattr(self.kernel, "in_process", False)
+        if in_process and checkpoint is not None:
+            raise ModelError(f"sampler {self.sampler_name!r} keeps no checkpoints (its chains' group effects live "
+                             "with their rows): leave checkpoint unset")
         on_checkpoint = self._checkpointer(checkpoint, checkpoint_path)
         kernel = self.kernel if group_draws else Recording(self.kernel, getattr(self.kernel, "group_variables",
                                                                                   frozenset({"beta"})))
+        if in_process:
+            self.kernel.keep_groups = group_draws
         result = run_chains(kernel, chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
                             progress=progress, checkpoint=checkpoint, on_checkpoint=on_checkpoint)
+        if in_process:
+            self.kernel.collect(result)
         fit = self.to_fit(result, log_likelihood)
         if posterior_predictive:
             fit.posterior_predictive(seed=result.seed_entropy)
@@ -216,6 +224,9 @@ class Model:
                checkpoint_path: str | os.PathLike | None = None) -> Fit:
         """Continue ``fit`` (a fit of this model): to its planned number of draws if it was
         interrupted, plus ``draws`` more if given. The draws equal those of one uninterrupted run."""
+        if getattr(self.kernel, "in_process", False):
+            raise ModelError(f"a fit of sampler {self.sampler_name!r} cannot be resumed (its chains' group effects "
+                             "lived with their rows): fit again with more draws")
         previous = fit.chain_draws(type(self.kernel).State)
         target = previous.target_draws if draws is None else max(previous.n_draws, previous.target_draws) + _count(draws, "draws", 1)
         if target <= previous.n_draws:
@@ -292,12 +303,20 @@ class Model:
 
 
 def dask_sampler(family: Any, n_terms: int, sampler: str | None, spec: Any) -> str:
-    """The sampler of a model fitted with ``engine="dask"``: Gaussian models so far, by the
-    collapsed blocked Gibbs sampler of several factors (``"blocked"`` for one term), which
-    reads only statistics summed partition by partition."""
-    if not family.is_gaussian:
-        raise ModelError(f"engine='dask' fits gaussian models so far, not {family.name}; use the in-memory engine")
-    wanted = "blocked" if n_terms == 1 else "collapsed"
+    """The sampler of a model fitted with ``engine="dask"``: Gaussian models by the collapsed
+    blocked Gibbs sampler of several factors (``"blocked"`` for one term), which reads only
+    statistics summed partition by partition; GLMs of one grouping factor (Poisson, binomial,
+    Bernoulli) by ``"sharded"``, whose shards of whole levels stay on the workers."""
+    if family.is_gaussian:
+        wanted = "blocked" if n_terms == 1 else "collapsed"
+    elif family.name == "negbinomial":
+        raise ModelError("engine='dask' fits the poisson, binomial and bernoulli families so far, not negbinomial; "
+                         "use the in-memory engine")
+    elif len({t.factor for t in spec.terms}) > 1:
+        raise ModelError(f"engine='dask' fits {family.name} models with one grouping factor so far; formula "
+                         f"{spec.formula!r} has several: use the in-memory engine")
+    else:
+        wanted = "sharded"
     if sampler not in (None, wanted):
         raise ModelError(f"engine='dask' fits this model with sampler {wanted!r}, not {sampler!r}: leave sampler unset")
     return registry.choose(family, n_terms, wanted, spec.formula, ", ".join(map(str, spec.terms)))

@@ -7,7 +7,7 @@ sums over rows sorted by group.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
@@ -41,38 +41,49 @@ PENALTY_SD, PENALTY_SD_CONSTANT = 2.5, 10.0
 
 def weak_penalty(D: np.ndarray) -> np.ndarray:
     """Precisions of N(0, (2.5 / sd(d_k))^2) for each column d_k of D (N(c, 10^2 / d^2) for a constant column d)."""
-    sd = D.std(axis=0)
-    const = sd <= 1e-12 * np.maximum(np.abs(D).max(axis=0), 1e-300)
-    scale = np.where(const, PENALTY_SD_CONSTANT / np.maximum(np.abs(D[0]), 1e-300),
+    return penalty_of_columns(D.std(axis=0), np.abs(D).max(axis=0), D[0])
+
+
+def penalty_of_columns(sd: np.ndarray, max_abs: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """:func:`weak_penalty` from the columns' (population) sds, largest absolute values and first
+    row, however they were gathered."""
+    const = sd <= 1e-12 * np.maximum(max_abs, 1e-300)
+    scale = np.where(const, PENALTY_SD_CONSTANT / np.maximum(np.abs(first), 1e-300),
                      PENALTY_SD / np.where(const, 1.0, sd))
     return 1.0 / scale**2
 
 
-def pooled_fit(family: Family, D: np.ndarray, y: np.ndarray, n: np.ndarray, offset: np.ndarray,
+def pooled_start(family: Family, y_sum: float, n_sum: float, rows: int, const: np.ndarray,
+                 first: np.ndarray) -> np.ndarray:
+    """Where the pooled fit starts: 0, but the first constant non-zero column (``const``, its
+    value ``first``) at the overall rate on the link scale."""
+    coef = np.zeros(const.shape[0])
+    if family.name == "poisson":
+        coef_int = np.log(max(y_sum / max(rows, 1), 1e-3))
+    else:
+        rate = np.clip(y_sum / n_sum, 1e-3, 1 - 1e-3)
+        coef_int = np.log(rate / (1 - rate))
+    where = np.flatnonzero(const & (first != 0))
+    if where.size:
+        coef[where[0]] = coef_int / first[where[0]]
+    return coef
+
+
+def newton_fit(terms: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], start: np.ndarray,
                iterations: int = 50, ridge: float = 1e-8, penalty: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """ML fit of one GLM on the design D (N x k), or with ``penalty`` (k,) the mode under independent
-    normal priors of those precisions centred at the start (the intercept at the overall rate, the
-    rest at 0); returns (coefficients, information (with the penalty), converged)."""
-    k = D.shape[1]
-    coef = np.zeros(k)
-    if family.name == "poisson":
-        coef_int = np.log(max(y.mean(), 1e-3))
-    else:
-        rate = np.clip(y.sum() / n.sum(), 1e-3, 1 - 1e-3)
-        coef_int = np.log(rate / (1 - rate))
-    const = np.where(np.all(D == D[:1], axis=0) & (D[0] != 0))[0]
-    if const.size:
-        coef[const[0]] = coef_int / D[0, const[0]]
-    centre = coef.copy()
+    """Newton-Raphson (IRLS for a canonical link) on the log-likelihood whose gradient and
+    information at coef are ``terms(coef)`` = (D'(y - mu), D'WD), with ``penalty`` the
+    precisions of independent normal priors centred at ``start``; returns (coefficients,
+    information (with the penalty), converged)."""
+    k = start.shape[0]
+    coef, centre = start.copy(), start.copy()
     prec = np.zeros(k) if penalty is None else penalty
     converged = False
     for _ in range(iterations):
-        eta = D @ coef + offset
-        mu, w = mean_and_weight(family, n, eta)
-        info = D.T @ (D * w[:, None]) + np.diag(prec) + ridge * np.eye(k)
+        grad, info = terms(coef)
         try:
-            step = np.linalg.solve(info, D.T @ (y - mu) - prec * (coef - centre))
+            step = np.linalg.solve(info + np.diag(prec) + ridge * np.eye(k), grad - prec * (coef - centre))
         except np.linalg.LinAlgError:  # no information left (separated data drove every weight to 0)
             break
         if not np.all(np.isfinite(step)):
@@ -81,9 +92,23 @@ def pooled_fit(family: Family, D: np.ndarray, y: np.ndarray, n: np.ndarray, offs
         if np.max(np.abs(step)) < 1e-9 * (1 + np.max(np.abs(coef))):
             converged = True
             break
-    eta = D @ coef + offset
-    _, w = mean_and_weight(family, n, eta)
-    return coef, D.T @ (D * w[:, None]) + np.diag(prec), converged
+    return coef, terms(coef)[1] + np.diag(prec), converged
+
+
+def pooled_fit(family: Family, D: np.ndarray, y: np.ndarray, n: np.ndarray, offset: np.ndarray,
+               iterations: int = 50, ridge: float = 1e-8, penalty: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """ML fit of one GLM on the design D (N x k), or with ``penalty`` (k,) the mode under independent
+    normal priors of those precisions centred at the start (the intercept at the overall rate, the
+    rest at 0); returns (coefficients, information (with the penalty), converged)."""
+
+    def terms(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, w = mean_and_weight(family, n, D @ coef + offset)
+        return D.T @ (y - mu), D.T @ (D * w[:, None])
+
+    const = np.all(D == D[:1], axis=0)
+    start = pooled_start(family, float(y.sum()), float(n.sum()), len(y), const, D[0] if len(D) else np.zeros(D.shape[1]))
+    return newton_fit(terms, start, iterations, ridge, penalty)
 
 
 def pooled_glm(family: Family, D: np.ndarray, y: np.ndarray, n: np.ndarray, offset: np.ndarray

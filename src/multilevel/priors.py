@@ -344,7 +344,37 @@ def default_crossed_priors(design: Any, statistics: Any) -> Priors:
     )
 
 
-def default_crossed_glm_priors(design: Any, family: Family) -> Priors:
+class RowSource:
+    """What the GLM defaults are read from (:func:`default_crossed_glm_priors`), here a
+    :class:`~multilevel.design.CrossedDesign`'s rows in memory: the rows, the pooled fit, each
+    factor's levels' own fits and the variances of its covariates."""
+
+    def __init__(self, design: Any):
+        self.design = design
+        self.n_obs = int(design.F.shape[0])
+
+    def pooled_glm(self, family: Family) -> tuple[np.ndarray, np.ndarray, bool]:
+        """:func:`multilevel.glmfit.pooled_glm` of y on F with the offset."""
+        from .glmfit import pooled_glm
+
+        d = self.design
+        return pooled_glm(family, d.F, np.asarray(d.y, dtype=float), d.trials, d.offset)
+
+    def level_fits(self, family: Family, k: int, a_ml: np.ndarray) -> np.ndarray:
+        """Factor k's levels' own fits of y on Z_k given offset + F a_ml, those that count."""
+        from .glmfit import level_fits
+
+        d, f = self.design, self.design.factors[k]
+        fits, own = level_fits(family, f.Z, f.index, f.n_levels, np.asarray(d.y, dtype=float), d.trials,
+                               d.offset + d.F @ a_ml)
+        return fits[own]
+
+    def z_variance(self, k: int) -> np.ndarray:
+        """The variances of factor k's covariates over the rows."""
+        return np.var(self.design.factors[k].Z, axis=0)
+
+
+def default_crossed_glm_priors(design: Any, family: Family, source: Any = None) -> Priors:
     r"""Data-informed defaults for a GLM with several grouping factors (binomial, Bernoulli,
     Poisson, negative binomial), on the link scale (the logit of binomial and Bernoulli), as
     :func:`default_crossed_priors` does for the Gaussian family (the negative binomial's fits are
@@ -364,18 +394,20 @@ def default_crossed_glm_priors(design: Any, family: Family) -> Priors:
       S0_k = diag(1 / var(z_kc)) (1 for a constant column): a unit change of the logit per
       standard deviation of the covariate, the GLM fallback of one-term models;
     * no sigma2 (nu0 and sigma0_sq are None).
+
+    ``source`` gives the fits (:class:`RowSource`, the default, from the design's rows; the
+    sharded sampler's from its shards, :class:`multilevel.samplers.sharded.ShardSource`).
     """
     from .families import fitting_family
-    from .glmfit import level_fits, pooled_glm
 
-    F, y, n, off = design.F, np.asarray(design.y, dtype=float), design.trials, design.offset
-    N, p = F.shape
+    source = RowSource(design) if source is None else source
+    N, p = source.n_obs, design.F.shape[1]
     notes = []
     negbinomial, family = family.name == "negbinomial", fitting_family(family)
     if p:
-        a_ml, info, converged = pooled_glm(family, F, y, n, off)
+        a_ml, info, converged = source.pooled_glm(family)
         if negbinomial:
-            info = _negbinomial_information(F, y, off + F @ a_ml)
+            info = _negbinomial_information(design.F, np.asarray(design.y, dtype=float), design.offset + design.F @ a_ml)
         if not converged:
             notes.append("the pooled fit did not converge (separation: the data pin the response at a bound), so it "
                          "was refitted with weakly-informative normal penalties (sd 2.5 per standard deviation of "
@@ -384,11 +416,10 @@ def default_crossed_glm_priors(design: Any, family: Family) -> Priors:
         cov = 0.5 * (cov + cov.T)
     else:
         a_ml, cov = np.zeros(0), np.zeros((0, 0))
-    base = off + F @ a_ml
     eta0, S0 = {}, {}
-    for f in design.factors:
-        fits, own = level_fits(family, f.Z, f.index, f.n_levels, y, n, base)
-        S0[f.name] = _factor_scale(f, fits[own], 1.0, "S0 of a unit change on the link scale", notes)
+    for k, f in enumerate(design.factors):
+        S0[f.name] = _factor_scale(f, source.level_fits(family, k, a_ml), 1.0, "S0 of a unit change on the link scale",
+                                   notes, vz=source.z_variance(k))
         eta0[f.name] = float(f.q + 2)
     th, al = design.theta_index, design.alpha_index
     return Priors(
@@ -440,15 +471,17 @@ def _negbinomial_information(F: np.ndarray, y: np.ndarray, eta: np.ndarray) -> n
 
 
 def resolve_crossed_priors(user: Priors | dict | None, design: Any, family: Family | None = None,
-                           statistics: Any = None) -> Priors:
+                           statistics: Any = None, source: Any = None) -> Priors:
     """Fill the user's priors of a several-factor model with :func:`default_crossed_priors`
     (GLMs: :func:`default_crossed_glm_priors`) and validate every one. ``eta0`` and ``S0``
     are dicts keyed by factor name (``{"s": [[0.1]], "d": [[0.3]]}``); factors left out take
     their defaults. GLMs have no nu0 and sigma0_sq. ``statistics``: the Gaussian model's
-    (:func:`multilevel.blockstats.crossed_statistics`), which its defaults are read from."""
+    (:func:`multilevel.blockstats.crossed_statistics`), which its defaults are read from; a GLM's
+    ``source``: where its defaults' fits come from (:class:`RowSource` by default)."""
     user = as_priors(user)
     gaussian = family is None or family.is_gaussian
-    defaults = default_crossed_priors(design, statistics) if gaussian else default_crossed_glm_priors(design, family)
+    defaults = (default_crossed_priors(design, statistics) if gaussian
+                else default_crossed_glm_priors(design, family, source))
     names = [f.name for f in design.factors]
     eta_user, S_user = _per_factor(user.eta0, "eta0", names), _per_factor(user.S0, "S0", names)
     eta0, S0 = {}, {}

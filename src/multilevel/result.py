@@ -105,7 +105,8 @@ class Fit:
                 raise ModelError(f"this fit was made with engine='dask' and saved without its {CODING_GROUP} group: "
                                  "new data cannot be coded as the fitted rows were; fit the model again")
             self._design = restore_design(parse_formula(self.formula), self.group(CODING_GROUP),
-                                          int(self.attrs.get("n_obs", 0)), str(self.attrs.get("data_source")))
+                                          int(self.attrs.get("n_obs", 0)), str(self.attrs.get("data_source")),
+                                          str(self.family))
         if self._design is None and self.group("training_data") is not None:
             from .design import build_design
             from .formula import parse_formula

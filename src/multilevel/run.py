@@ -313,7 +313,8 @@ def run_chains(
 ) -> ChainDraws:
     """Run ``chains`` chains of ``kernel`` for ``warmup`` + ``draws`` sweeps each.
 
-    ``cores`` worker processes (1: in this process). Every ``checkpoint`` sweeps,
+    ``cores`` worker processes (1: in this process; always so for a kernel that is
+    ``in_process``, whose chains keep part of their state outside it). Every ``checkpoint`` sweeps,
     ``on_checkpoint`` receives the draws so far. ``resume`` continues an earlier result
     (its chains' states and draws) up to ``draws`` kept draws in all. Ctrl-C stops the
     chains at the last completed block and returns what was drawn, ``interrupted=True``.
@@ -333,6 +334,8 @@ def run_chains(
     size = block_size(total, checkpoint)
     shown = progress and sys.stderr.isatty()
     primed = False
+    if getattr(kernel, "in_process", False):  # its chains' state is not all in the state: one process, not primed
+        cores, primed = 1, True
     if cores is None:
         cores = default_cores(chains)
         if cores > 1:  # small runs stay in this process (SERIAL_BELOW_SECONDS)

@@ -79,6 +79,14 @@ class PartitionedDesign(CrossedDesign):
         return CrossedStatistics(assemble(sums, resid, layout, a_ref), sums, resid, layout)
 
 
+    def level_shards(self, code: int) -> Any:
+        """A one-factor GLM's rows as shards of whole levels on the workers
+        (:func:`multilevel.distributed.shards.level_shards`)."""
+        from .shards import level_shards
+
+        return level_shards(self, code)
+
+
 def check_fixed_rank(FtF: np.ndarray, names: list[str]) -> None:
     """Refuse collinear fixed effects, read from F'WF (the rows are not at hand)."""
     if not FtF.size:
@@ -113,7 +121,7 @@ def coding_dataset(design: PartitionedDesign) -> Any:
     return ds
 
 
-def restore_design(spec: FormulaSpec, ds: Any, n_obs: int, source: str) -> PartitionedDesign:
+def restore_design(spec: FormulaSpec, ds: Any, n_obs: int, source: str, family: str = "gaussian") -> PartitionedDesign:
     """The :class:`PartitionedDesign` of a loaded Dask fit from its :func:`coding_dataset`: the
     same coding of new data (levels, constants, formulae matrices), no handle on the fitted
     rows (``ddf`` None); its factors are the prototype's (a prediction takes the fitted levels
@@ -124,9 +132,9 @@ def restore_design(spec: FormulaSpec, ds: Any, n_obs: int, source: str) -> Parti
 
     sample = dataset_to_frame(ds)
     weights = ds.attrs.get("weights") or None
-    proto = restore_prototype(spec, sample, weights, json.loads(ds.attrs["constants"]))
+    proto = restore_prototype(spec, sample, weights, json.loads(ds.attrs["constants"]), family == "gaussian")
     categories = {c: sample[c].dtype for c in sample.columns if isinstance(sample[c].dtype, pd.CategoricalDtype)}
-    plan = PartitionPlan(spec, categories, (), proto, weights)
+    plan = PartitionPlan(spec, categories, (), proto, weights, family)
     return design_of_plan(plan, tuple(f.factor for f in proto.factors), n_obs, None, source)
 
 
@@ -144,15 +152,17 @@ def design_of_plan(plan: PartitionPlan, levels: tuple[Any, ...], rows: int, ddf:
 
 
 def build_partitioned_design(spec: FormulaSpec, data: Any, na_action: str = "drop", weights: Any = None,
-                             compute: Callable[[list[Any]], tuple] = dask_compute) -> PartitionedDesign:
-    """The :class:`PartitionedDesign` of a Gaussian model of ``data`` (a Dask DataFrame, an
-    in-memory frame, or a Parquet/CSV path, directory or glob): one learning pass
-    (:func:`multilevel.distributed.plan.make_plan`); the statistics come later."""
+                             compute: Callable[[list[Any]], tuple] = dask_compute,
+                             family: str = "gaussian") -> PartitionedDesign:
+    """The :class:`PartitionedDesign` of a model of ``data`` (a Dask DataFrame, an in-memory
+    frame, or a Parquet/CSV path, directory or glob): one learning pass
+    (:func:`multilevel.distributed.plan.make_plan`); the statistics (Gaussian) or the shards
+    (GLMs) come later."""
     columns = list(dict.fromkeys([*spec.variables, *([weights] if isinstance(weights, str) else [])]))
     ddf = open_dask(data, columns=columns if isinstance(data, str) or hasattr(data, "__fspath__") else None)
-    plan, levels, rows = make_plan(ddf, spec, na_action, weights, compute)
+    plan, levels, rows = make_plan(ddf, spec, na_action, weights, compute, family)
     design = design_of_plan(plan, levels, rows, ddf, describe_source(data), compute)
-    check_factors(design.factors, rows, gaussian=True, rows=False)
+    check_factors(design.factors, rows, gaussian=family == "gaussian", rows=False)
     return design
 
 

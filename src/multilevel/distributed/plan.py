@@ -30,7 +30,8 @@ import pandas as pd
 from formulae.terms import Call
 from formulae.transforms import Center, Scale
 
-from ..design import CrossedDesign, _evaluate, missing_rows, _response, _weights_argument, build_crossed_design
+from ..design import (CrossedDesign, _column_labels, _evaluate, _response, _weights_argument, build_crossed_design,
+                      missing_rows)
 from ..errors import ModelError
 from ..factors import GroupingFactor, grouping_factor
 from ..formula import FormulaSpec
@@ -146,11 +147,11 @@ def transform_constants(design: CrossedDesign) -> list[list[float | None]]:
 
 
 def restore_prototype(spec: FormulaSpec, sample: pd.DataFrame, weights: str | None,
-                      constants: list[list[float | None]]) -> CrossedDesign:
+                      constants: list[list[float | None]], gaussian: bool = True) -> CrossedDesign:
     """The prototype design again from its rows (categorical columns with the learned levels)
     and its ``center``/``scale`` constants (:func:`transform_constants`): new data are then
     coded as the fitted rows were."""
-    proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=True, check=False)
+    proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=gaussian, check=False)
     calls = design_stateful_calls(proto)
     if len(calls) != len(constants):
         raise ModelError(f"the saved fit records {len(constants)} center()/scale() constants, but its formula "
@@ -169,6 +170,7 @@ class PartitionPlan:
     keys: tuple[pd.Index, ...]  # per factor, :attr:`GlobalFactor.keys` (not its labels: a worker needs none)
     prototype: CrossedDesign
     weights: str | None = None
+    family: str = "gaussian"  # a GLM's partitions take its response (y, trials) and offset(...) terms
 
 
 def prepare(frame: pd.DataFrame, plan: PartitionPlan) -> tuple[pd.DataFrame, np.ndarray]:
@@ -199,14 +201,24 @@ def partition_design(frame: pd.DataFrame, plan: PartitionPlan) -> CrossedDesign:
     except Exception as exc:  # a value formulae cannot code, e.g. a level of C(x) not in the first rows
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot evaluate formula {spec.formula!r} on a partition: {detail}") from None
+    is_offset = np.array([n.startswith("offset(") for n in (_column_labels(fixed.common) if fixed.common is not None
+                                                            else [])], dtype=bool)
+    offset = F[:, is_offset].sum(axis=1) if is_offset.any() else np.zeros(len(kept))
+    F = F[:, ~is_offset] if is_offset.any() else F
     # the rows' global level indices; the factors' labels stay the prototype's (the statistics
     # take the numbers of levels from the layout, the fit its labels from the client's design)
     factors = tuple(replace(f, factor=replace(f.factor, index=idx), Z=np.ascontiguousarray(Z))
                     for f, idx, Z in zip(proto.factors, indices, Zs))
     weights = None if plan.weights is None else _weights_argument(plan.weights, kept)
-    y = np.asarray(_response(response), dtype=float)
+    y, trials = np.asarray(_response(response), dtype=float), np.ones(len(kept))
+    if plan.family != "gaussian":
+        from ..families import check_family, family_response
+
+        y, trials = family_response(check_family(plan.family), _response(response), spec.response,
+                                    proto.response_kind, proto.response_levels)
     return replace(proto, y=y, F=np.ascontiguousarray(F), factors=factors, row_labels=kept.index, frame=None,
-                   offset=np.zeros(len(kept)), offset_argument=None, trials=np.ones(len(kept)), weights=weights)
+                   offset=np.ascontiguousarray(offset, dtype=float), offset_argument=None, trials=trials,
+                   weights=weights)
 
 
 def _set_constants(calls: list[tuple[Any, Any, Any]], constants: list[list[float | None]]) -> None:
@@ -244,8 +256,8 @@ def warn_dropped(scan: dict[str, Any], na_action: str) -> None:
     warnings.warn(f"dropped {scan['bad']} rows with missing or infinite values in {', '.join(cols)}", stacklevel=5)
 
 
-def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, compute: Any
-              ) -> tuple[PartitionPlan, tuple[GroupingFactor, ...], int]:
+def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, compute: Any,
+              family: str = "gaussian") -> tuple[PartitionPlan, tuple[GroupingFactor, ...], int]:
     """Learn the formula's levels and constants from all partitions of ``ddf`` (module doc):
     the plan, the grouping factors' global levels and the number of rows kept. ``compute``
     runs a list of delayed values in order."""
@@ -278,8 +290,8 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
     sample = used.loc[~bad].astype(dtypes) if dtypes else used.loc[~bad]
     if len(sample) == 0:
         raise ModelError("the first rows of the data all have missing values; shuffle or filter the data")
-    proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=True, check=False)
-    plan = PartitionPlan(spec, dtypes, tuple(f.keys for f in factors), proto, weights)
+    proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=family == "gaussian", check=False)
+    plan = PartitionPlan(spec, dtypes, tuple(f.keys for f in factors), proto, weights, family)
     calls = design_stateful_calls(proto)
     if calls:
         check_stateful(calls, spec.formula)

@@ -120,22 +120,43 @@ def _glm_crossed_metropolis(design: Any, priors: Any, family: Any, proposal: str
     return Built(CrossedMetropolis(design, layout, resolved, a_start, CODES[family.name]), resolved)
 
 
+def _glm_sharded(design: Any, priors: Any, family: Any, proposal: str) -> Built:
+    from ..blockstats import factor_layout
+    from ..families import CODES
+    from ..priors import resolve_crossed_priors
+    from .sharded import ShardedMetropolis, ShardSource, local_shards
+
+    if family.name not in CODES:
+        raise ModelError(f"sampler 'sharded' fits poisson, binomial and bernoulli models, not {family.name}: leave "
+                         "sampler unset")
+    if len(design.factors) != 1:
+        raise ModelError(f"sampler 'sharded' fits one grouping factor, not {len(design.factors)}: leave sampler unset")
+    code = CODES[family.name]
+    shards = local_shards(design, code) if getattr(design, "in_memory", True) else design.level_shards(code)
+    source = ShardSource(shards)
+    layout = factor_layout(design, small_columns=0)
+    resolved = resolve_crossed_priors(priors, design, family, source=source)
+    a_start = source.pooled_glm(family)[0]
+    return Built(ShardedMetropolis(shards, design, layout, resolved, a_start, source.n_obs), resolved)
+
+
 REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
     ("gaussian", "one term"): {**{n: _gaussian_one_term(n) for n in ("collapsed", "interweaving", "centred")},
                                "blocked": _gaussian_several_terms},
     ("gaussian", "several terms"): {"collapsed": _gaussian_several_terms},
     ("glm", "one term"): {**{n: _glm_one_term(n) for n in ("auto", "interweaving", "centred")},
-                          "polya-gamma": _glm_polya_gamma},
-    ("glm", "several terms"): {"polya-gamma": _glm_polya_gamma, "metropolis": _glm_crossed_metropolis},
+                          "polya-gamma": _glm_polya_gamma, "sharded": _glm_sharded},
+    ("glm", "several terms"): {"polya-gamma": _glm_polya_gamma, "metropolis": _glm_crossed_metropolis,
+                               "sharded": _glm_sharded},
 }
 
 #: the families a sampler fits, where not every family of its registry entries
 SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli", "negbinomial"),
-                    "metropolis": ("poisson", "binomial", "bernoulli")}
+                    "metropolis": ("poisson", "binomial", "bernoulli"), "sharded": ("poisson", "binomial", "bernoulli")}
 #: the samplers a family is limited to, where not every sampler of its registry entries
 FAMILY_SAMPLERS = {"negbinomial": ("polya-gamma",)}
 #: samplers that run on a CrossedDesign whatever the number of terms
-CROSSED_SAMPLERS = frozenset({"polya-gamma", "blocked"})
+CROSSED_SAMPLERS = frozenset({"polya-gamma", "blocked", "sharded"})
 
 #: how a fit names each sampler (its ``sampler`` attribute), by (family, structure), or by name
 DESCRIPTIONS = {
@@ -146,6 +167,7 @@ DESCRIPTIONS = {
     "polya-gamma": "polya-gamma augmented collapsed blocked gibbs",
     "polya-gamma negbinomial": "polya-gamma augmented collapsed blocked gibbs, metropolis phi",
     "metropolis": "metropolis-within-gibbs (laplace proposals per factor level, shift and scale moves)",
+    "sharded": "metropolis-within-gibbs over shards of whole levels (laplace proposals per level, shift and scale moves)",
 }
 
 
