@@ -5,6 +5,7 @@ Bad input gives a one-line message on stderr and exit status 2, never a tracebac
 
 from __future__ import annotations
 
+
 import json
 import math
 import os
@@ -104,19 +105,27 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, weight
         raise ModelError("--checkpoint needs --out, the file the checkpoints go to")
     if log_likelihood and out is None:
         raise ModelError("--log-likelihood applies to the file --out writes; add --out FILE")
-    if engine == "dask":
-        from .distributed.cluster import dask_client
 
-        with dask_client(scheduler, workers, worker_memory):  # the statistics passes run on it, then it closes
-            model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal,
-                          sampler=sampler, weights=weights, engine=engine)
-    else:
-        model = Model(formula, data, family=family, na_action=na_action, offset=offset, proposal=proposal,
-                      sampler=sampler, weights=weights)
+    def sample(model: Any) -> Any:
+        return model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
+                         progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out,
+                         log_likelihood=log_likelihood, group_draws=not no_group_draws)
+
+    options = dict(family=family, na_action=na_action, offset=offset, proposal=proposal, sampler=sampler,
+                   weights=weights)
     try:
-        fit = model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores,
-                        progress=_progress(no_progress), checkpoint=checkpoint, checkpoint_path=out,
-                        log_likelihood=log_likelihood, group_draws=not no_group_draws)
+        if engine == "dask":
+            from .distributed.cluster import dask_client
+
+            fit = None
+            with dask_client(scheduler, workers, worker_memory):
+                model = Model(formula, data, engine=engine, **options)
+                if not model.family.is_gaussian:  # the rows stay on the workers for the sweeps
+                    fit = sample(model)
+            if fit is None:  # Gaussian: the statistics passes ran on the cluster, the sweeps read them alone
+                fit = sample(model)
+        else:
+            fit = sample(Model(formula, data, **options))
     except NumericalError as exc:
         if exc.fit is not None and out is not None:
             _save(exc.fit, out, overwrite=True)

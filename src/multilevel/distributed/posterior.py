@@ -53,22 +53,24 @@ def posterior_draws(fit: Fit) -> dict[str, Any]:
     draws by column, each factor's deviations b (chain, draw, level, term) and sigma2."""
     idx = np.arange(fit.posterior.sizes["draw"])
     fixed = fixed_effect_draws(fit, idx)
+    post = fit.posterior
     return {"fixed": fixed, "effects": {f: deviations(fit, f, idx, fixed)[0] for f in fit.sigma_variables()},
-            "sigma2": fit.posterior["sigma2"].values, "family": check_family(fit.family)}
+            "sigma2": post["sigma2"].values if "sigma2" in post else None, "family": check_family(fit.family),
+            "shape": (post.sizes["chain"], post.sizes["draw"])}
 
 
 def rows_log_likelihood(d: Any, rows: slice, draws: dict[str, Any]) -> np.ndarray:
     """Pointwise log-likelihood (chain, draw, rows) of the ``rows`` of a partition's design ``d``."""
-    F, y = d.F[rows], d.y[rows]
+    F, y, n, offset = d.F[rows], d.y[rows], d.trials[rows], d.offset[rows]
     weights = None if d.weights is None else d.weights[rows]
 
     def eta(sl: slice) -> np.ndarray:
         return rows_linear_predictor(F, d.fixed_names, {k: v[:, sl] for k, v in draws["fixed"].items()},
                                      [(f.Z[rows], f.factor.index[rows], draws["effects"][f.name][:, sl])
-                                      for f in d.factors])
+                                      for f in d.factors], offset)
 
-    n_chain, n_draw = draws["sigma2"].shape
-    return loglik_by_draws(draws["family"], y, np.ones_like(y), eta, n_chain, n_draw, draws["sigma2"], weights)
+    n_chain, n_draw = draws["shape"]
+    return loglik_by_draws(draws["family"], y, n, eta, n_chain, n_draw, draws["sigma2"], weights)
 
 
 def partition_log_likelihood(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any]) -> np.ndarray:
@@ -112,7 +114,7 @@ def partition_loo(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any
     ``scale``) and of the pointwise lppd, the moments of the pointwise elpd, the largest
     Pareto k, and with ``pointwise`` the pointwise elpd and k themselves."""
     d = partition_design(frame, plan)
-    n_samples = draws["sigma2"].size
+    n_samples = int(np.prod(draws["shape"]))
     block = max(1, LOO_VALUES // n_samples)
     out = _block_loo(np.zeros((0, n_samples)), reff, scale, pointwise)
     for start in range(0, d.y.shape[0], block):

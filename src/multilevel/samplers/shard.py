@@ -122,7 +122,8 @@ class ShardRows(NamedTuple):
 class SweepMessage(NamedTuple):
     """What a sweep sends every shard: the chain's key and sweep number, a and Sigma^-1, the
     levels' angle, whether the Hastings correction is made, the changes of b the last sweep's
-    moves owe (``scale`` (q,) factors, ``shift`` per shift move its d or None), and whether b,
+    moves owe (``scale`` (q,) factors, ``shift`` the shift moves' d one after the other, 0 where
+    not made), and whether b,
     once they are made, is a kept draw."""
 
     key: np.ndarray
@@ -132,7 +133,7 @@ class SweepMessage(NamedTuple):
     phi: float
     hastings: bool
     scale: np.ndarray
-    shift: tuple
+    shift: np.ndarray
     keep_previous: bool
     tau: np.ndarray
 
@@ -226,11 +227,14 @@ class LevelShard:
     def release(self, key: np.ndarray) -> None:
         self.chains.pop(bytes(key), None)
 
-    def _settle(self, slot: ChainSlot, scale: np.ndarray, shift: tuple, keep: bool) -> None:
+    def _settle(self, slot: ChainSlot, scale: np.ndarray, shift: np.ndarray, keep: bool) -> None:
         """Make the changes of b the last sweep's scale and shift moves owe; keep b if asked."""
         slot.b *= scale
-        for (c, _, W), d in zip(self.shifts, shift):
-            if d is not None:
+        start = 0
+        for c, cols, W in self.shifts:
+            d = shift[start:start + len(cols)]
+            start += len(cols)
+            if np.any(d):
                 slot.b[:, c] -= W @ d
         if keep:
             slot.draws.append(slot.b.copy())
@@ -270,7 +274,7 @@ class LevelShard:
             d0, d1 = scale_terms(self.code, r.y, r.n, self.eta, r.F, da, r.Z, c, r.index, slot.b, f)
         return ll1, g1, H1, d0, d1
 
-    def flush(self, key: np.ndarray, scale: np.ndarray, shift: tuple, keep: bool) -> None:
+    def flush(self, key: np.ndarray, scale: np.ndarray, shift: np.ndarray, keep: bool) -> None:
         """Make what the chain's last sweep owes (and keep that draw): the end of a run."""
         self._settle(self.chains[bytes(key)], scale, shift, keep)
 

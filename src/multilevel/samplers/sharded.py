@@ -59,7 +59,7 @@ class ShardedState(NamedTuple):
     log_step: np.ndarray  # per covariance block
     ll: float
     scale: np.ndarray
-    shift: tuple
+    shift: np.ndarray
     kept: bool
 
 
@@ -216,6 +216,7 @@ class ShardedMetropolis:
         self.mean_index = np.asarray(self.inner.mean_index[0])
         self.alpha_index = self.inner.alpha_index
         self.shift_groups, self.shift_WW = shift_moves(shards, q)
+        self.shift_size = sum(len(cols) for _, cols in self.shift_groups)
         #: the covariance blocks of one column (the scale moves' blocks)
         self.scale_blocks = np.flatnonzero(layout.block_size == 1)
         self.keep_groups = True
@@ -230,7 +231,7 @@ class ShardedMetropolis:
         self.shards.call("start", key)
         return ShardedState(key, 0, t, Sigma, np.full(2, np.log(PHI_MAX)),
                             np.full(self.layout.block_start.shape[0], np.log(0.3)), 0.0, np.ones(self.q),
-                            (None,) * len(self.shift_groups), False)
+                            np.zeros(self.shift_size), False)
 
     def step(self, state: ShardedState, rng: np.random.Generator) -> ShardedState:
         """One sweep with the tuning frozen, a kept draw."""
@@ -310,11 +311,12 @@ class ShardedMetropolis:
                     Sigma[pos] = tau_new
                     scale[c] = np.exp(s)
                     ll += dll
-        shift = [None] * len(self.shift_groups)
+        shift = np.zeros(self.shift_size)
         if self.shift_groups:
             k = state.sweep % len(self.shift_groups)
-            shift[k] = self._shift(rng, k, a, Swb[k] * scale[None, :], Sigma)
-        new = state._replace(sweep=state.sweep + 1, t=a, Sigma=Sigma, ll=float(ll), scale=scale, shift=tuple(shift),
+            start = sum(len(cols) for _, cols in self.shift_groups[:k])
+            shift[start:start + len(self.shift_groups[k][1])] = self._shift(rng, k, a, Swb[k] * scale[None, :], Sigma)
+        new = state._replace(sweep=state.sweep + 1, t=a, Sigma=Sigma, ll=float(ll), scale=scale, shift=shift,
                              kept=keep and self.keep_groups)
         return new, acc, acc_scale, shares
 
