@@ -6,7 +6,11 @@
   process tree, and its peak memory beside the data's size in memory;
 * ``dask_memory``: a 2e7-row fit of the same model read into memory (``--sampler blocked``,
   the sampler the Dask engine runs) and through Dask with 2 workers of 600 MB each: the peak
-  memory of all processes of each.
+  memory of all processes of each;
+* ``dask_poisson``: ``y ~ x + (1 | g)``, Poisson, on 1e7 rows and 1e5 groups (Parquet files)
+  through Dask on local clusters of 1 and of 2 workers (the sharded sampler: the rows stay on
+  the workers, each sweep two messages per worker): time per sweep (the fit's sampling time
+  over its sweeps), the whole command's wall and CPU time and peak memory.
 
 Peak memory is the largest sum of the proportional set sizes of the command and all its
 descendants (the Dask scheduler, nanny and worker processes), sampled every 20 ms
@@ -115,4 +119,69 @@ def bench_dask_memory(quick: bool = False) -> Result:
     return res
 
 
-BENCHMARKS = {"dask_gaussian": bench_dask_gaussian, "dask_memory": bench_dask_memory}
+POISSON_FORMULA = "y ~ x + (1 | g)"
+
+
+def write_poisson_parquet(directory: Path, rows: int, groups: int, seed: int = 2) -> int:
+    """Simulated y ~ Poisson(exp(0.5 + 0.3 x + u_g)), sd(u) = 0.5, as Parquet files of
+    :data:`ROWS_PER_FILE` rows; returns the data's size in memory as a pandas frame (bytes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    u = 0.5 * np.random.default_rng(seed).standard_normal(groups)
+    size = 0
+    for i, start in enumerate(range(0, rows, ROWS_PER_FILE)):
+        n = min(ROWS_PER_FILE, rows - start)
+        rng = np.random.default_rng([seed, i])
+        g = rng.integers(0, groups, n)
+        x = rng.standard_normal(n)
+        frame = pd.DataFrame({"g": g, "x": x, "y": rng.poisson(np.exp(0.5 + 0.3 * x + u[g]))})
+        frame.to_parquet(directory / f"part-{i:05d}.parquet", index=False)
+        size += int(frame.memory_usage(index=False).sum())
+    return size
+
+
+def bench_dask_poisson(quick: bool = False) -> Result:
+    """1e7 rows, 1e5 groups, Poisson, engine dask on 1 and on 2 local workers: time per sweep."""
+    import multilevel
+
+    rows, groups, sweeps = (1_000_000, 10_000, 100) if quick else (10_000_000, 100_000, 400)
+    command = (f"multilevel fit DIR -f '{POISSON_FORMULA}' --family poisson --engine dask --workers W --chains 1 "
+               f"--warmup {sweeps // 2} --draws {sweeps // 2} --no-group-draws --out fit.nc")
+    res = Result(
+        "dask_poisson", "A 1e7-row, 1e5-group Poisson fit through Dask on 1 and 2 workers",
+        f"`{command}` on {rows:,} simulated rows in {groups:,} groups ({-(-rows // ROWS_PER_FILE)} Parquet files), "
+        "for W = 1 and 2. The sharded sampler keeps the rows on the workers in shards of whole groups (one per "
+        "file), and each sweep sends two messages to each worker. Time per sweep: the fit's sampling time over "
+        "its sweeps (warm-up's scale moves included). Wall and CPU time of the whole command (its workers "
+        "included) and the peak memory of all its processes together (PSS). The runs follow one another.")
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        in_memory = write_poisson_parquet(data, rows, groups)
+        for workers in (1, 2):
+            target = Path(tmp) / f"w{workers}.nc"
+            cmd = [*_cli(), "fit", str(data), "-f", POISSON_FORMULA, "--family", "poisson", "--engine", "dask",
+                   "--workers", str(workers), "--chains", "1", "--warmup", str(sweeps // 2), "--draws",
+                   str(sweeps - sweeps // 2), "--seed", "1", "--no-group-draws", "--no-progress", "--out",
+                   str(target), "--overwrite"]
+            r = _run(cmd, cwd=tmp)
+            fit = multilevel.load(target)
+            r["per_sweep"] = float(fit.attrs["sampling_seconds"]) / sweeps
+            r["theta"] = float(fit.posterior["theta"].mean())
+            r["alpha"] = float(fit.posterior["alpha"].mean())
+            out[workers] = {k: v for k, v in r.items() if k != "stdout"}
+    res.tables.append(Table(
+        ["workers", "time per sweep", "wall (whole command)", "CPU (all processes)", "peak memory (all processes, PSS)",
+         "theta (true 0.5)", "alpha[x] (true 0.3)"],
+        [[str(w), f"**{1000 * r['per_sweep']:.0f} ms**", f"{r['wall']:.0f} s", f"{r['cpu']:.0f} s",
+          fmt_bytes(r["maxrss"]), f"{r['theta']:.3f}", f"{r['alpha']:.4f}"] for w, r in out.items()],
+        caption=f"The data take {fmt_bytes(in_memory)} as a pandas DataFrame."))
+    ratio = out[2]["per_sweep"] / out[1]["per_sweep"]
+    res.targets.append(Target("per-sweep time on 2 workers at most 0.6x that on 1 worker", f"{ratio:.2f}x",
+                              assess(ratio <= 0.6, quick)))
+    res.data = {"rows": rows, "groups": groups, "in_memory": in_memory, "sweeps": sweeps,
+                **{str(k): v for k, v in out.items()}}
+    return res
+
+
+BENCHMARKS = {"dask_gaussian": bench_dask_gaussian, "dask_memory": bench_dask_memory,
+              "dask_poisson": bench_dask_poisson}

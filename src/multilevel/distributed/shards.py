@@ -2,8 +2,11 @@
 across sweeps (:mod:`multilevel.samplers.sharded`).
 
 1. A counting pass gives each level's rows; the levels are cut into as many shards as the data
-   have partitions, contiguous ranges of about equal rows (:func:`multilevel.samplers.sharded.level_cuts`):
-   the shards depend on the data alone, never on the workers.
+   have partitions, but at least :data:`MIN_SHARDS` when the data have :data:`SHARD_ROWS` rows
+   for each (so that one large file still spreads over the workers) and at most
+   :data:`MAX_SHARDS` (each costs a fraction of a millisecond every sweep), contiguous
+   ranges of about equal rows (:func:`multilevel.samplers.sharded.level_cuts`): the shards
+   depend on the data alone, never on the workers.
 2. The rows are shuffled once: each partition's design (:func:`multilevel.distributed.plan.partition_design`)
    is split by shard, and each shard's pieces are joined in partition order and sorted by level
    (:func:`multilevel.samplers.sharded.shard_rows`).
@@ -26,6 +29,10 @@ from .plan import PartitionPlan, partition_design, prepare
 from .reduce import tree_reduce
 
 
+#: bounds of the number of shards (module docstring), and the rows a shard is worth having for
+MIN_SHARDS, MAX_SHARDS, SHARD_ROWS = 16, 64, 50_000
+
+
 def partition_counts(frame: Any, plan: PartitionPlan, n_levels: int) -> np.ndarray:
     """Rows per level of the first factor among a partition's rows kept."""
     _, indices = prepare(frame, plan)
@@ -40,11 +47,9 @@ def split_partition(frame: Any, plan: PartitionPlan, cuts: np.ndarray) -> list[t
     shard = np.searchsorted(cuts, level, side="right") - 1
     arrays = (np.asarray(d.y, dtype=float), np.asarray(d.trials, dtype=float), np.asarray(d.offset, dtype=float),
               np.asarray(d.F, dtype=float), np.asarray(f.Z, dtype=float), level)
-    out = []
-    for k in range(cuts.shape[0] - 1):
-        rows = np.flatnonzero(shard == k)
-        out.append(tuple(a[rows] for a in arrays))
-    return out
+    order = np.argsort(shard, kind="stable")
+    bounds = np.searchsorted(shard[order], np.arange(cuts.shape[0]))
+    return [tuple(a[order[lo:hi]] for a in arrays) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def join_shard(parts: list[tuple[np.ndarray, ...]], lo: int, hi: int) -> ShardRows:
@@ -96,7 +101,7 @@ def level_shards(design: Any, code: int) -> Any:
     J = int(design.factors[0].n_levels)
     parts = design.ddf.to_delayed()
     (counts,) = design.compute([tree_reduce([delayed(partition_counts)(p, plan, J) for p in parts], np.add)])
-    cuts = level_cuts(counts, len(parts))
+    cuts = level_cuts(counts, min(max(len(parts), min(MIN_SHARDS, int(counts.sum()) // SHARD_ROWS)), MAX_SHARDS))
     S = cuts.shape[0] - 1
     pieces = [delayed(split_partition, nout=S)(p, plan, cuts) for p in parts]
     joined = [delayed(join_shard)([piece[k] for piece in pieces], int(cuts[k]), int(cuts[k + 1])) for k in range(S)]

@@ -31,8 +31,9 @@ import numpy as np
 from numba import njit
 
 from .crossed import _backward
-from .crossed_metropolis import (_ones_step, _row_terms, fixed_terms, intercept_only, laplace_point, level_multiples,
-                                 level_terms, linear_predictor, rotation_log_ratio)
+from .crossed_metropolis import (_ones_step, _row_terms, fixed_terms, fixed_terms_from_levels,
+                                 intercept_only, laplace_point, level_multiples, level_terms, linear_predictor,
+                                 rotation_log_ratio)
 from .keyed import level_draws
 
 
@@ -87,6 +88,35 @@ def level_rotation(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z, u, o
         else:
             D[j] = 0.0
     return accepted
+
+
+@njit(cache=True)
+def intercept_pass(y, offset, F, a, b, index, J, eta):
+    """For Poisson with the intercept alone: eta_i = offset_i + F_i a + b_j(i) (written to ``eta``)
+    and per level j the sums of y_i eta_i, y_i, mu_i, F_i y_i, F_i mu_i and F_i F_i' mu_i (lower
+    triangle), in one pass: the levels' closed-form moves read Sy and Smu, and the fixed move's
+    terms after them follow from the rest
+    (:func:`~multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`)."""
+    p = F.shape[1]
+    Syeta, Sy, Smu = np.zeros(J), np.zeros(J), np.zeros(J)
+    SFy, SFmu, SFFmu = np.zeros((J, p)), np.zeros((J, p)), np.zeros((J, p, p))
+    for i in range(y.shape[0]):
+        j = index[i]
+        e = offset[i] + b[j, 0]
+        for c in range(p):
+            e += F[i, c] * a[c]
+        eta[i] = e
+        mu = np.exp(min(e, 700.0))
+        Syeta[j] += y[i] * e
+        Sy[j] += y[i]
+        Smu[j] += mu
+        for c in range(p):
+            SFy[j, c] += F[i, c] * y[i]
+            fm = F[i, c] * mu
+            SFmu[j, c] += fm
+            for c2 in range(c + 1):
+                SFFmu[j, c, c2] += fm * F[i, c2]
+    return Syeta, Sy, Smu, SFy, SFmu, SFFmu
 
 
 @njit(cache=True)
@@ -169,6 +199,7 @@ class LevelShard:
         self.rows, self.code = rows, int(code)
         self.q = rows.Z.shape[1]
         self.eta = np.empty(rows.y.shape[0])
+        self.pending = np.zeros((rows.J, self.q))  # the levels' changes eta has not taken yet
         self.ones = bool(rows.y.shape[0]) and bool(intercept_only(self.code, rows.Z, 0, self.q))
         self.chains: dict[bytes, ChainSlot] = {}
         self.shifts: list[tuple[int, np.ndarray, np.ndarray]] = []  # (column, fixed columns, W (J, |D|))
@@ -240,35 +271,51 @@ class LevelShard:
             slot.draws.append(slot.b.copy())
 
     def sweep(self, m: SweepMessage) -> SweepSums:
-        """The levels' moves of one sweep (module docstring): three passes over the rows (eta,
-        the levels' sums at b, at the proposals; the last with the fixed move's terms)."""
+        """The levels' moves of one sweep (module docstring): three passes over the rows (eta
+        with the levels' sums at b, their sums at the proposals, the fixed move's terms), or one
+        for Poisson with the intercept alone (:func:`intercept_pass`: the levels' closed form
+        and the fixed move's terms from per-level sums; eta takes the levels' changes in the
+        next pass, :meth:`evaluate`'s)."""
         r, slot = self.rows, self.chains[bytes(m.key)]
         self._settle(slot, m.scale, m.shift, m.keep_previous)
-        b, q, J = slot.b, self.q, r.J
-        index2 = r.index.reshape(1, -1)
-        self.eta[:] = linear_predictor(r.offset, r.F, m.a, r.Z, index2, np.zeros(1, np.int64),
-                                       np.array([q], np.int64), np.zeros(1, np.int64), b.ravel())
-        ll0, g0, H0 = level_terms(self.code, r.y, r.n, self.eta, r.Z, 0, q, r.index, J, np.zeros((J, q)), None,
-                                  self.ones)
-        diag = np.diagonal(H0, axis1=1, axis2=2)
-        shares = np.sum(1.0 / (1.0 + m.tau[None, :] * diag), axis=0) if J else np.zeros(q)
+        b, q, J, p = slot.b, self.q, r.J, r.F.shape[1]
         z, u = level_draws(m.key, m.sweep, r.lo, r.lo + J, q)
         D = np.zeros((J, q))
-        accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index, J, b, m.Sinv, m.phi, m.hastings,
-                                  z, u, self.ones, ll0, g0, H0, D)
-        p = r.F.shape[1]
-        sync = (r.F, r.Z, np.zeros(p), False, np.zeros(1, np.int64), np.array([q], np.int64), index2,
-                np.zeros(1, np.int64), D.ravel(), np.ones(1, np.bool_), np.array([self.ones]))
-        ll, g, H = fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(p), None, None, sync)
+        if self.ones:
+            Syeta, Sy, Smu, SFy, SFmu, SFFmu = intercept_pass(r.y, r.offset, r.F, m.a, b, r.index, J, self.eta)
+            g0, H0 = (Sy - Smu).reshape(J, 1), Smu.reshape(J, 1, 1)
+            shares = np.sum(1.0 / (1.0 + m.tau[0] * Smu), keepdims=True)
+            accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index, J, b, m.Sinv, m.phi, m.hastings,
+                                      z, u, True, np.zeros(J), g0, H0, D)
+            ll, g, H = fixed_terms_from_levels(Syeta, Sy, Smu, SFy, SFmu, SFFmu, D[:, 0])
+            self.pending = D
+        else:
+            self.eta[:] = linear_predictor(r.offset, r.F, m.a, r.Z, r.index.reshape(1, -1), np.zeros(1, np.int64),
+                                           np.array([q], np.int64), np.zeros(1, np.int64), b.ravel())
+            ll0, g0, H0 = level_terms(self.code, r.y, r.n, self.eta, r.Z, 0, q, r.index, J, np.zeros((J, q)))
+            shares = np.sum(1.0 / (1.0 + m.tau[None, :] * np.diagonal(H0, axis1=1, axis2=2)), axis=0)
+            accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index, J, b, m.Sinv, m.phi, m.hastings,
+                                      z, u, False, ll0, g0, H0, D)
+            self.pending = D
+            ll, g, H = fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(p), None, None, self._sync())
         Swb = tuple(W.T @ b for _, _, W in self.shifts)
         return SweepSums(accepted, b.sum(axis=0), b.T @ b, Swb, shares, ll, g, H)
+
+    def _sync(self) -> tuple:
+        """The levels' changes still owed to eta (``pending``), as the passes of
+        :mod:`~multilevel.samplers.crossed_metropolis` take them; nothing owed after the pass."""
+        r, q, p = self.rows, self.q, self.rows.F.shape[1]
+        D, self.pending = self.pending, np.zeros((r.J, q))
+        return (r.F, r.Z, np.zeros(p), False, np.zeros(1, np.int64), np.array([q], np.int64), r.index.reshape(1, -1),
+                np.zeros(1, np.int64), D.ravel(), np.ones(1, np.bool_), np.array([self.ones]))
 
     def evaluate(self, key: np.ndarray, da: np.ndarray, c: int, f: float) -> tuple[float, np.ndarray, np.ndarray,
                                                                                     float, float]:
         """ll, F'(y - mu), F'WF at a + da (the fixed move's proposal), and the change of ll when
-        b_jc -> (1 + f) b_jc at a and at a + da (0, 0 when c < 0)."""
+        b_jc -> (1 + f) b_jc at a and at a + da (0, 0 when c < 0); eta first takes the levels'
+        changes still owed to it."""
         r, slot = self.rows, self.chains[bytes(key)]
-        ll1, g1, H1 = fixed_terms(self.code, r.y, r.n, self.eta, r.F, da)
+        ll1, g1, H1 = fixed_terms(self.code, r.y, r.n, self.eta, r.F, da, None, None, self._sync())
         d0 = d1 = 0.0
         if c >= 0:
             d0, d1 = scale_terms(self.code, r.y, r.n, self.eta, r.F, da, r.Z, c, r.index, slot.b, f)
