@@ -10,7 +10,8 @@
 * ``dask_poisson``: ``y ~ x + (1 | g)``, Poisson, on 1e7 rows and 1e5 groups (Parquet files)
   through Dask on local clusters of 1 and of 2 workers (the sharded sampler: the rows stay on
   the workers, each sweep two messages per worker): time per sweep (the fit's sampling time
-  over its sweeps), the whole command's wall and CPU time and peak memory.
+  over its sweeps), the whole command's wall and CPU time and peak memory;
+* ``dask_messages``: the scheduling overhead of one round of messages, to actors and as tasks.
 
 Peak memory is the largest sum of the proportional set sizes of the command and all its
 descendants (the Dask scheduler, nanny and worker processes), sampled every 20 ms
@@ -139,6 +140,44 @@ def write_poisson_parquet(directory: Path, rows: int, groups: int, seed: int = 2
     return size
 
 
+class _Echo:
+    """An actor that answers at once (:func:`message_overhead`)."""
+
+    def call(self, name: str, args: tuple) -> list:
+        return [args]
+
+
+def _echo(args: tuple) -> list:
+    return [args]
+
+
+def message_overhead(workers: int, rounds: int = 200) -> dict[str, float]:
+    """Milliseconds of one round of messages to every worker of a local cluster and back, with
+    a small payload (a sweep sends two): to long-lived actors, and as a task submitted per
+    worker and gathered (a task graph per sweep)."""
+    import time
+
+    from distributed import Client, LocalCluster
+
+    payload = (np.zeros(4), np.zeros((2, 2)), 0.5)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=50) as cluster, Client(cluster) as client:
+        addresses = sorted(client.scheduler_info()["workers"])
+        hosts = [client.submit(_Echo, actor=True, workers=[a]).result() for a in addresses]
+        for h in hosts:
+            h.call("x", payload).result()
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for f in [h.call("x", payload) for h in hosts]:
+                f.result()
+        actor = (time.perf_counter() - t0) / rounds
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            client.gather([client.submit(_echo, payload, workers=[a], pure=False) for a in addresses])
+        task = (time.perf_counter() - t0) / rounds
+    return {"actor_ms": 1000 * actor, "task_ms": 1000 * task}
+
+
 def bench_dask_poisson(quick: bool = False) -> Result:
     """1e7 rows, 1e5 groups, Poisson, engine dask on 1 and on 2 local workers: time per sweep."""
     import multilevel
@@ -183,5 +222,21 @@ def bench_dask_poisson(quick: bool = False) -> Result:
     return res
 
 
+def bench_dask_messages(quick: bool = False) -> Result:
+    """Scheduling overhead of a sweep's messages: actors vs a task per worker."""
+    rounds = 50 if quick else 200
+    res = Result(
+        "dask_messages", "Scheduling overhead of the sharded sampler's messages",
+        "One round of messages to every worker of a local cluster and back with a small payload (a sweep of the "
+        "sharded GLM sampler makes two rounds), sent to long-lived actors (what the sampler does) and as one "
+        f"submitted task per worker gathered by the client (a task graph per sweep); means of {rounds} rounds.")
+    overhead = {w: message_overhead(w, rounds) for w in (1, 2)}
+    res.tables.append(Table(
+        ["workers", "actor call (the sampler's)", "task submitted and gathered"],
+        [[str(w), f"**{o['actor_ms']:.1f} ms**", f"{o['task_ms']:.1f} ms"] for w, o in overhead.items()]))
+    res.data = {str(k): v for k, v in overhead.items()}
+    return res
+
+
 BENCHMARKS = {"dask_gaussian": bench_dask_gaussian, "dask_memory": bench_dask_memory,
-              "dask_poisson": bench_dask_poisson}
+              "dask_poisson": bench_dask_poisson, "dask_messages": bench_dask_messages}
