@@ -152,7 +152,7 @@ def test_both_engines_read_a_directory_or_glob_of_parquet(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(family="poisson"), "engine='dask' fits gaussian models so far"),
+    (dict(family="negbinomial"), "engine='dask' fits the poisson, binomial and bernoulli families so far"),
     (dict(sampler="interweaving"), "engine='dask' fits this model with sampler 'blocked'"),
     (dict(formula="y ~ bs(x, df=4) + (1 | g)"), "not bs()"),
     (dict(engine="spark"), "engine must be one of"),
@@ -162,7 +162,7 @@ def test_bad_dask_inputs_get_one_line(kwargs, message):
     df = frame().dropna()
     args = dict(formula="y ~ x + (1 | g)", data=partitioned(df), engine="dask", family="gaussian")
     args.update(kwargs)
-    if args["family"] == "poisson":
+    if args["family"] == "negbinomial":
         args["data"] = partitioned(df.assign(y=1))
     with pytest.raises(ModelError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         multilevel.Model(args.pop("formula"), args.pop("data"), **args)

@@ -304,8 +304,8 @@ def test_registry_limits_negbinomial_only():
 
     assert registry.available(NB, 1) == registry.available(NB, 2) == ["polya-gamma"]
     assert registry.available(check_family("gaussian"), 1) == ["collapsed", "interweaving", "centred", "blocked"]
-    assert registry.available(check_family("poisson"), 1) == ["auto", "interweaving", "centred"]
-    assert registry.available(check_family("bernoulli"), 1)[-1] == "polya-gamma"
+    assert registry.available(check_family("poisson"), 1) == ["auto", "interweaving", "centred", "sharded"]
+    assert registry.available(check_family("bernoulli"), 1)[-2:] == ["polya-gamma", "sharded"]
 
 
 def test_resumed_run_gives_the_uninterrupted_draws():
