@@ -71,6 +71,33 @@ the rows rather than by a pass of its own):
    eta unchanged; the d_m are independent Gaussians given the rest (:func:`nested_move`). This
    makes the two variances mix (measured on the grouseticks-shaped set: min bulk ESS of the
    variances 43 -> 420 per 4000 draws).
+7. **Nested variance moves** (partially non-centred, no row pass): for two factors of
+   :func:`intercept_only` (Poisson, the intercept alone), the inner one nested in the outer
+   (broods in locations, observations in groups; exactly two factors), a random walk on
+   log tau_in (then one on log tau_out), tau* = tau e^{2s}, s ~ N(0, h^2), that moves all the
+   effects of both factors with it (:func:`nested_scale_move`). Given a (and the offset), inner
+   level j's rows enter the likelihood through u_j = b_in,j + b_out,parent(j) alone, as
+   Sy_j u_j - M_j e^{u_j} (M_j the sum of exp(the rest of eta) over its rows). Approximate it by
+   h_j u_j - H_j u_j^2 / 2, expanded at u0_j = log((Sy_j + 1/2) / M_j): H_j = Sy_j + 1/2,
+   h_j = Sy_j - H_j + H_j u0_j. With the levels' priors this is a Gaussian that factorises over
+   the outer levels (:func:`nested_laplace`): b_out,l ~ N(m_l, 1 / S_l), S_l = 1 / tau_out +
+   sum_{j in l} H_j / (1 + tau_in H_j), S_l m_l = sum_{j in l} h_j / (1 + tau_in H_j), and
+   b_in,j | b_out ~ N((h_j - H_j b_out,parent(j)) / P_j, 1 / P_j), P_j = 1 / tau_in + H_j. The move
+   holds the standardised residuals e_l = S_l^{1/2} (b_out,l - m_l) and e_j = P_j^{1/2} (b_in,j -
+   (h_j - H_j b_out,parent(j)) / P_j) fixed: b*_out,l = m*_l + e_l / S*_l^{1/2}, then b*_in,j
+   likewise from b*_out. H_j and h_j depend on Sy_j and M_j only, which the move leaves as they
+   are (it changes eta only through the u_j), so the map is deterministic, and its own reverse
+   with -s; the Metropolis-Hastings ratio is exact whatever the approximation's quality:
+   ll(u*) - ll(u) (sum_j d_j Sy_j - (e^{d_j} - 1) Smu_j with d_j = u*_j - u_j, from the inner
+   levels' sums: no pass over the rows) + the change of the levels' priors (J_k log tau_k and
+   the quadratic forms) + log p(tau*) - log p(tau) + 2 s + the map's log Jacobian
+   sum_l log(S_l / S*_l) / 2 + sum_j log(P_j / P*_j) / 2. Where the levels say little (H_j -> 0)
+   it is the non-centred scale move of both factors, where they pin u_j it moves the split of
+   u_j between the two factors with the variances: the brood variance's slow direction on
+   grouseticks, where most locations hold one or two broods of a few rows. The inner levels' sums
+   are those of step 2 (kept from the inner factor's moves, times e^{D} for the outer factor's
+   changes since when it comes second); the change d_j is owed to the inner level's rows. Two
+   steps h, adapted in warm-up towards 0.44 and frozen (the last two entries of log_step).
 
 Each move keeps the posterior invariant, so their order does not matter to it (:func:`paired_pass`'s
 sweep makes the fixed move last); warm-up (``warmup_step``) adapts the angles and scale steps
@@ -777,6 +804,81 @@ def nested_move(rng, b, o_in, q_in, c_in, J_in, o_out, q_out, c_out, J_out, pare
 
 
 @njit(cache=True)
+def nested_laplace(tau_in, tau_out, H, h, parent, J_out):
+    """The Gaussian approximation of (b_in, b_out) | y, a, tau_in, tau_out of step 7 for two
+    nested factors of :func:`intercept_only`, level j of the inner one in level parent[j] of the
+    outer, inner level j's log-likelihood approximated by h_j u_j - H_j u_j^2 / 2 in its total
+    effect u_j = b_in,j + b_out,parent(j): it factorises over the outer levels, b_out,l ~
+    N(m_l, 1 / S_l) and b_in,j | b_out ~ N((h_j - H_j b_out,parent(j)) / P_j, 1 / P_j) with
+    P_j = 1 / tau_in + H_j, S_l = 1 / tau_out + sum_{j in l} H_j / (1 + tau_in H_j) and
+    S_l m_l = sum_{j in l} h_j / (1 + tau_in H_j). Returns (S, m)."""
+    S = np.full(J_out, 1.0 / tau_out)
+    r = np.zeros(J_out)
+    for j in range(H.shape[0]):
+        w = 1.0 / (1.0 + tau_in * H[j])
+        S[parent[j]] += H[j] * w
+        r[parent[j]] += h[j] * w
+    return S, r / S
+
+
+@njit(cache=True)
+def nested_scale_move(rng, b, o_in, J_in, o_out, J_out, parent, Sy, Smu, Sig, pos_in, pos_out, eta_in, S0_in,
+                      eta_out, S0_out, h_in, h_out, D, jacobian=True):
+    """Step 7: tau_in -> tau_in e^{2 s_in}, tau_out -> tau_out e^{2 s_out} (s ~ N(0, h^2) each, h = 0
+    for a variance left as it is) with (b_in, b_out) moved so that the standardised residuals
+    of :func:`nested_laplace`'s approximation, e_l = S_l^{1/2} (b_out,l - m_l) and
+    e_j = P_j^{1/2} (b_in,j - (h_j - H_j b_out,parent(j)) / P_j), stay as they are. The
+    approximation is taken at u0_j = log(Sy_j + 1/2) - log M_j (H_j = Sy_j + 1/2,
+    h_j = Sy_j - H_j + H_j u0_j), M_j = Smu_j e^{-u_j} = sum of exp(the rest of eta) over the
+    level's rows, which the move leaves unchanged: the map is deterministic, its own reverse
+    with -s, and the ratio is exact with the Jacobian prod_l (S_l / S*_l)^{1/2} prod_j
+    (P_j / P*_j)^{1/2} (``jacobian=False`` leaves it out: a deliberate error, for the tests).
+    The likelihood's change comes from the inner levels' sums Sy_j, Smu_j (d_j the change of
+    u_j: d_j Sy_j - (e^{d_j} - 1) Smu_j), no pass over the rows. When accepted: b, Sig
+    (Sig[pos_in], Sig[pos_out]) and Smu updated in place, d_j added to D[o_in + j] (owed to
+    the inner level's rows). Returns whether it was."""
+    s_in, s_out = h_in * rng.standard_normal(), h_out * rng.standard_normal()
+    tau_in, tau_out = Sig[pos_in], Sig[pos_out]
+    tin, tout = tau_in * np.exp(2.0 * s_in), tau_out * np.exp(2.0 * s_out)
+    H, h = np.empty(J_in), np.empty(J_in)
+    for j in range(J_in):
+        u = b[o_in + j] + b[o_out + parent[j]]
+        H[j] = Sy[j] + 0.5
+        h[j] = Sy[j] - H[j] + H[j] * (np.log(H[j]) - np.log(Smu[j]) + u)
+    S0, m0 = nested_laplace(tau_in, tau_out, H, h, parent, J_out)
+    S1, m1 = nested_laplace(tin, tout, H, h, parent, J_out)
+    new_out = np.empty(J_out)
+    log_r = -(J_in + eta_in) * s_in - 0.5 * S0_in * (1.0 / tin - 1.0 / tau_in) \
+        - (J_out + eta_out) * s_out - 0.5 * S0_out * (1.0 / tout - 1.0 / tau_out)
+    for l in range(J_out):
+        x = b[o_out + l]
+        new_out[l] = m1[l] + np.sqrt(S0[l] / S1[l]) * (x - m0[l])
+        log_r -= 0.5 * (new_out[l] * new_out[l] / tout - x * x / tau_out)
+        if jacobian:
+            log_r += 0.5 * np.log(S0[l] / S1[l])
+    new_in = np.empty(J_in)
+    for j in range(J_in):
+        x, par = b[o_in + j], parent[j]
+        P0, P1 = 1.0 / tau_in + H[j], 1.0 / tin + H[j]
+        new_in[j] = (h[j] - H[j] * new_out[par]) / P1 + np.sqrt(P0 / P1) * (x - (h[j] - H[j] * b[o_out + par]) / P0)
+        d = new_in[j] - x + new_out[par] - b[o_out + par]
+        log_r += d * Sy[j] - np.expm1(d) * Smu[j] - 0.5 * (new_in[j] * new_in[j] / tin - x * x / tau_in)
+        if jacobian:
+            log_r += 0.5 * np.log(P0 / P1)
+    if not np.log(rng.random()) < log_r:
+        return False
+    for j in range(J_in):
+        d = new_in[j] - b[o_in + j] + new_out[parent[j]] - b[o_out + parent[j]]
+        D[o_in + j] += d
+        Smu[j] *= np.exp(d)
+        b[o_in + j] = new_in[j]
+    for l in range(J_out):
+        b[o_out + l] = new_out[l]
+    Sig[pos_in], Sig[pos_out] = tin, tout
+    return True
+
+
+@njit(cache=True)
 def paired_pass(y, eta, offset, F, a, Z, index, z_off, q, b_off, b, ones, starts, buf, sinv, phi, z, u, hastings,
                 J1):
     """Two Poisson factors of :func:`intercept_only` with the rows sorted by the first (its level
@@ -851,15 +953,18 @@ def fixed_terms_from_levels(Syeta, Sy, Smu, SFy, SFmu, SFFmu, Dk):
 @njit(cache=True)
 def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J, sig_off, blk_start, blk_size,
               blk_factor, blk_eta, S0, sh_factor, sh_col, sh_cols_off, sh_cols, sh_W_off, sh_W, ns_inner, ns_col_in,
-              ns_outer, ns_col_out, ns_parent_off, ns_parent, ones, starts, buf_size, a, b, Sig, log_phi, log_step,
-              scale_moves, hastings):
+              ns_outer, ns_col_out, ns_parent_off, ns_parent, ones, starts, buf_size, jn, a, b, Sig, log_phi, log_step,
+              scale_moves, hastings, jacobian=True):
     """One sweep (module docstring) from (a, b, Sigma) with the angles exp(log_phi) (per factor,
     then a) and scale steps exp(log_step) (per block); ``ones[k]``: factor k's moves take the
     closed forms (:func:`intercept_only`); ``starts`` (empty: not so) the first factor's rows when
     the sweep may take :func:`paired_pass` (two such factors, the rows sorted by the first, at
-    most ``buf_size`` rows a level). Returns (a, b, Sigma, acceptance per factor then a,
-    acceptance per block (-1: no scale move), status): status 0, 1 + k when factor k's covariance
-    was not positive definite, 1 + K when a shift move's precision was not.
+    most ``buf_size`` rows a level); ``jn`` the nested pair (an index into the ``ns_`` arrays) whose
+    variances take step 7 (:func:`nested_scale_move`, steps exp(log_step[-2:]), the inner's then
+    the outer's), -1 for none. Returns (a, b, Sigma, acceptance per factor then a, acceptance per
+    block then of step 7's two moves (-1: no such move), status): status 0, 1 + k when factor k's
+    covariance was not positive definite, 1 + K when a shift move's precision was not.
+    ``jacobian=False`` drops step 7's Jacobian (a deliberate error, for the tests).
 
     eta is written by the passes that read it: a move's change of eta is owed (dA, D, pend) and
     taken by the next pass over the rows (:func:`_row_pending`), and none is made for the last.
@@ -871,7 +976,17 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
     K, p = q.shape[0], a.shape[0]
     Siginv = np.zeros_like(Sig)
     acc = np.zeros(K + 1)
-    acc_scale = np.full(blk_start.shape[0], -1.0)
+    acc_scale = np.full(log_step.shape[0], -1.0)
+    nblk = blk_start.shape[0]
+    # step 7: the nested pair's factors and blocks, the inner factor's level sums kept when it comes first
+    kin, kout = (ns_inner[jn], ns_outer[jn]) if jn >= 0 else (-1, -1)
+    bl_in, bl_out = -1, -1
+    for bl in range(nblk):
+        if blk_factor[bl] == kin:
+            bl_in = bl
+        elif blk_factor[bl] == kout:
+            bl_out = bl
+    Sy_in, Smu_in = np.zeros(J[kin] if jn >= 0 else 0), np.zeros(J[kin] if jn >= 0 else 0)
     for k in range(K):
         if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, k):
             return a, b, Sig, acc, acc_scale, 1 + k
@@ -885,6 +1000,8 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
     for bl in range(blk_start.shape[0]):
         if scale_moves and blk_factor[bl] == 0 and blk_size[bl] == 1 and log_step[bl] > SCALE_OFF:
             paired = False
+    if kin == 0:  # paired_pass keeps no sums of the first factor's levels
+        paired = False
     Syeta, Sy1, Smu1 = np.zeros(0), np.zeros(0), np.zeros(0)
     SFy, SFmu, SFFmu = np.zeros((0, p)), np.zeros((0, p)), np.zeros((0, p, p))
     if paired:  # eta computed in the first factor's pass, the fixed move last
@@ -952,6 +1069,34 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
                     ok = scale_move(rng, code, y, n, eta, Z, z_off[k] + c, index[k], b, o, Jk, qk, c, Sig, pos,
                                     blk_eta[bl], S0[pos], np.exp(log_step[bl]))
                 acc_scale[bl] = 1.0 if ok else 0.0
+        if k == kin and kin < kout:  # the inner level sums at the current values (its shift moves keep eta)
+            for j in range(Jk):
+                Smu_in[j] = H0[j, 0, 0]
+                Sy_in[j] = g0[j, 0] + H0[j, 0, 0]
+        if jn >= 0 and k == max(kin, kout):
+            if k == kin:
+                for j in range(Jk):
+                    Smu_in[j] = H0[j, 0, 0]
+                    Sy_in[j] = g0[j, 0] + H0[j, 0, 0]
+            else:  # the outer levels' changes since, the same for all rows of an inner level
+                par = ns_parent[ns_parent_off[jn]:ns_parent_off[jn] + J[kin]]
+                for j in range(J[kin]):
+                    Smu_in[j] *= np.exp(D[b_off[kout] + par[j]])
+            for m in range(2):
+                ok = nested_scale_move(rng, b, b_off[kin], J[kin], b_off[kout], J[kout],
+                                       ns_parent[ns_parent_off[jn]:ns_parent_off[jn] + J[kin]], Sy_in, Smu_in, Sig,
+                                       sig_off[kin], sig_off[kout], blk_eta[bl_in], S0[sig_off[kin]],
+                                       blk_eta[bl_out], S0[sig_off[kout]], np.exp(log_step[nblk]) if m == 0 else 0.0,
+                                       np.exp(log_step[nblk + 1]) if m == 1 else 0.0, D, jacobian)
+                acc_scale[nblk + m] = 1.0 if ok else 0.0
+            pend[kin] = True
+            other = kin + kout - k
+            if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, other):
+                return a, b, Sig, acc, acc_scale, 1 + other
+            if k == kin:
+                for j in range(Jk):
+                    H0[j, 0, 0] = Smu_in[j]
+                    g0[j, 0] = Sy_in[j] - Smu_in[j]
         if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, k):
             return a, b, Sig, acc, acc_scale, 1 + k
         Sk_inv = Siginv[base:base + qk * qk].reshape((qk, qk)).copy()
@@ -989,12 +1134,13 @@ class CrossedMetropolis:
     a_start : the fixed effects the chains start near (the pooled ML fit).
     code : the family's log-likelihood code (:data:`multilevel.families.CODES`).
     scale_moves : make the scale moves (step 4 of the module docstring).
+    nested_scale_moves : make step 7's moves where the design has them (:attr:`joint`).
     """
 
     State = MWGState
 
     def __init__(self, design: Any, layout: FactorLayout, priors: Any, a_start: np.ndarray, code: int,
-                 scale_moves: bool = True):
+                 scale_moves: bool = True, nested_scale_moves: bool = True):
         if not np.all(layout.large):
             raise ValueError("the Metropolis kernel keeps every factor's effects in b: use factor_layout(design, 0)")
         from .polya_gamma import singleton_groups
@@ -1029,6 +1175,11 @@ class CrossedMetropolis:
             self.paired_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             self.paired_buf = int(counts.max())
         self.nested = nested_shifts(design)
+        #: the nested pair whose variances take step 7 (an index into ``nested``), -1 for none: two
+        #: factors, both of intercept_only, one nested in the other
+        self.joint = -1
+        if nested_scale_moves and len(self.ones) == 2 and self.ones.all() and self.nested.inner.shape[0]:
+            self.joint = 0
         self._a0 = np.asarray(a_start, dtype=float)
         self.names = self.inner.names
         self.sigma_names, self.beta_names = self.inner.sigma_names, self.inner.beta_names
@@ -1044,16 +1195,18 @@ class CrossedMetropolis:
         """ll(eta) at (a, b) (module docstring)."""
         return float(total_loglik(self.code, self.y, self.trials, self.eta(a, b)))
 
-    def sweep(self, state: MWGState, rng: np.random.Generator, hastings: bool = True
+    def sweep(self, state: MWGState, rng: np.random.Generator, hastings: bool = True, jacobian: bool = True
               ) -> tuple[MWGState, np.ndarray, np.ndarray]:
         """:func:`mwg_sweep` from ``state`` (tuning unchanged); returns the new state and the
-        acceptance rates (per factor then a; per block, -1 where no scale move)."""
+        acceptance rates (per factor then a; per block, then step 7's two moves where made, -1
+        where no scale move). ``hastings=False`` / ``jacobian=False``: deliberate errors (warm-up's
+        greedy sweeps; for the tests)."""
         r, L, g = self.rows, self.layout, self.inner
         a, b, Sigma, acc, acc_scale, status = mwg_sweep(
             rng, self.code, self.y, self.trials, self.offset, self.F, g._Pi_fixed, g._Pim_fixed, *r, L.off, L.q, L.J,
             L.sig_off, L.block_start, L.block_size, L.block_factor, g._blk_eta, g._S0, *self.shifts, *self.nested,
-            self.ones, self.paired_starts, self.paired_buf, state.t, state.b, state.Sigma, state.log_phi,
-            state.log_step, self.scale_moves, hastings)
+            self.ones, self.paired_starts, self.paired_buf, self.joint, state.t, state.b, state.Sigma, state.log_phi,
+            state.log_step, self.scale_moves, hastings, jacobian)
         if status:
             what = (f"the covariance of factor {self.names[status - 1]!r}" if status <= len(self.names)
                     else "the precision of a shift move of the fixed effects")
@@ -1063,10 +1216,11 @@ class CrossedMetropolis:
     # -- the kernel ------------------------------------------------------------------
     def init(self, rng: np.random.Generator) -> MWGState:
         """Start near the pooled fit (:meth:`CrossedGibbs.start`), angles at pi / 2 (the Laplace
-        approximation's independent draw), scale steps 0.3."""
+        approximation's independent draw), scale steps 0.3 (per block, then step 7's two where made)."""
         t, b, Sigma = self.inner.start(rng, self._a0)
+        n_steps = self.layout.block_start.shape[0] + (2 if self.joint >= 0 else 0)
         return MWGState(t=t, b=b, Sigma=Sigma, log_phi=np.full(len(self.names) + 1, np.log(PHI_MAX)),
-                        log_step=np.full(self.layout.block_start.shape[0], np.log(0.3)))
+                        log_step=np.full(n_steps, np.log(0.3)))
 
     def step(self, state: MWGState, rng: np.random.Generator) -> MWGState:
         """One sweep with the tuning frozen."""
@@ -1088,7 +1242,10 @@ class CrossedMetropolis:
             log_phi = np.minimum(log_phi + gain * (acc - TARGET), np.log(PHI_MAX))
             log_step = np.where(acc_scale >= 0, log_step + gain * (acc_scale - SCALE_TARGET), log_step)
         if i == n_warmup - 1:  # the last warm-up sweep: scale moves off where they buy nothing
-            log_step = np.where(self.prior_shares(new) < SCALE_SHARE, SCALE_OFF, log_step)
+            shares = self.prior_shares(new)
+            log_step = log_step.copy()
+            nb = shares.shape[0]
+            log_step[:nb] = np.where(shares < SCALE_SHARE, SCALE_OFF, log_step[:nb])
         return new._replace(log_phi=log_phi, log_step=log_step)
 
     def prior_shares(self, state: MWGState) -> np.ndarray:
