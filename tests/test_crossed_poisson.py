@@ -248,7 +248,7 @@ SBC_CASES = {
 def sbc_model(case: str) -> multilevel.Model:
     """10 subjects crossed with 8 items, one row per cell (12 x 10 for the Bernoulli case), 12
     groups of 5 rows with an observation-level factor, or 21 broods of 1-4 rows in 10 locations of
-    1-3 broods; x at random."""
+    1-3 broods (x then per brood); x at random."""
     family, formula, priors = SBC_CASES[case]
     rng = np.random.default_rng(31)
     if case == "nested":
@@ -263,6 +263,8 @@ def sbc_model(case: str) -> multilevel.Model:
         s, i = np.meshgrid(*map(np.arange, (12, 10) if family == "bernoulli" else (10, 8)), indexing="ij")
         df = pd.DataFrame({"s": [f"s{k:02d}" for k in s.ravel()], "i": [f"i{k}" for k in i.ravel()]})
     df["x"] = rng.standard_normal(len(df))
+    if case == "nested":  # a brood-level predictor, as grouseticks' YEAR: a shift move of the broods' (step 5)
+        df["x"] = rng.standard_normal(brood.max() + 1)[brood]
     df["y"] = rng.poisson(2.0, len(df)) if family == "poisson" else rng.integers(0, 2, len(df))
     options = {"sampler": "metropolis"} if family == "bernoulli" else {}
     return multilevel.Model(formula, df, family=family, priors=priors, **options)
@@ -349,7 +351,7 @@ def test_nested_case_takes_the_nested_variance_moves():
 def test_poisson_sbc_catches_nested_variance_moves_without_their_jacobian():
     """The small run of the nested case (same seed and replications as its test_poisson_sbc_small,
     which passes) with step 7's Jacobian dropped must be rejected (measured, threshold 1.7e-3:
-    Sigma_b at p = 4e-43, Sigma_loc at 2e-9; the passing run's smallest p is 0.026, and 0.06 with
+    Sigma_b at p = 1e-153, Sigma_loc at 2e-23; the passing run's smallest p is 0.035, and 0.15 with
     1,500 replications at another seed)."""
     result = run_poisson_sbc("nested", kernel_factory=without_jacobian, **SBC_SMALL["nested"])
     assert "Sigma_b[Intercept,Intercept]" in result.rejected, result.report()

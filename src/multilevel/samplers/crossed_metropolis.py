@@ -148,6 +148,9 @@ SCALE_TARGET = 0.44
 SCALE_SHARE = 0.05
 #: log h of a block whose scale move is off
 SCALE_OFF = -50.0
+#: how many times a sweep makes step 7's pair of moves, with the two factors' shift moves (steps 5
+#: and 6) between: none of them reads the rows
+NESTED_REPEATS = 3
 
 
 class MWGState(NamedTuple):
@@ -951,10 +954,27 @@ def fixed_terms_from_levels(Syeta, Sy, Smu, SFy, SFmu, SFFmu, Dk):
 
 
 @njit(cache=True)
+def factor_shifts(rng, a, Pi, Pim, b, b_off, q, J, sig_off, Siginv, shifts, k):
+    """Step 5's moves of factor k (``shifts`` = :class:`ShiftGroups`'s arrays); False when a
+    precision was not positive definite."""
+    sh_factor, sh_col, sh_cols_off, sh_cols, sh_W_off, sh_W = shifts
+    qk, Jk = q[k], J[k]
+    Sk_inv = Siginv[sig_off[k]:sig_off[k] + qk * qk].reshape((qk, qk)).copy()
+    for g in range(sh_factor.shape[0]):
+        if sh_factor[g] != k:
+            continue
+        cols = sh_cols[sh_cols_off[g]:sh_cols_off[g + 1]]
+        W = sh_W[sh_W_off[g]:sh_W_off[g] + Jk * cols.shape[0]].reshape((Jk, cols.shape[0]))
+        if not shift_move(rng, a, Pi, Pim, b, b_off[k], Jk, qk, sh_col[g], cols, W, Sk_inv):
+            return False
+    return True
+
+
+@njit(cache=True)
 def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J, sig_off, blk_start, blk_size,
               blk_factor, blk_eta, S0, sh_factor, sh_col, sh_cols_off, sh_cols, sh_W_off, sh_W, ns_inner, ns_col_in,
               ns_outer, ns_col_out, ns_parent_off, ns_parent, ones, starts, buf_size, jn, a, b, Sig, log_phi, log_step,
-              scale_moves, hastings, jacobian=True):
+              scale_moves, hastings, jacobian=True, n_nested=1):
     """One sweep (module docstring) from (a, b, Sigma) with the angles exp(log_phi) (per factor,
     then a) and scale steps exp(log_step) (per block); ``ones[k]``: factor k's moves take the
     closed forms (:func:`intercept_only`); ``starts`` (empty: not so) the first factor's rows when
@@ -1073,7 +1093,12 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
             for j in range(Jk):
                 Smu_in[j] = H0[j, 0, 0]
                 Sy_in[j] = g0[j, 0] + H0[j, 0, 0]
-        if jn >= 0 and k == max(kin, kout):
+        if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, k):
+            return a, b, Sig, acc, acc_scale, 1 + k
+        shifts = (sh_factor, sh_col, sh_cols_off, sh_cols, sh_W_off, sh_W)
+        if not factor_shifts(rng, a, Pi, Pim, b, b_off, q, J, sig_off, Siginv, shifts, k):
+            return a, b, Sig, acc, acc_scale, 1 + K
+        if jn >= 0 and k == max(kin, kout):  # step 7, with the shift moves of both factors after each pair
             if k == kin:
                 for j in range(Jk):
                     Smu_in[j] = H0[j, 0, 0]
@@ -1082,31 +1107,31 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
                 par = ns_parent[ns_parent_off[jn]:ns_parent_off[jn] + J[kin]]
                 for j in range(J[kin]):
                     Smu_in[j] *= np.exp(D[b_off[kout] + par[j]])
-            for m in range(2):
-                ok = nested_scale_move(rng, b, b_off[kin], J[kin], b_off[kout], J[kout],
-                                       ns_parent[ns_parent_off[jn]:ns_parent_off[jn] + J[kin]], Sy_in, Smu_in, Sig,
-                                       sig_off[kin], sig_off[kout], blk_eta[bl_in], S0[sig_off[kin]],
-                                       blk_eta[bl_out], S0[sig_off[kout]], np.exp(log_step[nblk]) if m == 0 else 0.0,
-                                       np.exp(log_step[nblk + 1]) if m == 1 else 0.0, D, jacobian)
-                acc_scale[nblk + m] = 1.0 if ok else 0.0
+            acc_scale[nblk], acc_scale[nblk + 1] = 0.0, 0.0
+            par = ns_parent[ns_parent_off[jn]:ns_parent_off[jn] + J[kin]]
+            for r in range(n_nested):
+                for m in range(2):
+                    ok = nested_scale_move(rng, b, b_off[kin], J[kin], b_off[kout], J[kout], par, Sy_in, Smu_in, Sig,
+                                           sig_off[kin], sig_off[kout], blk_eta[bl_in], S0[sig_off[kin]],
+                                           blk_eta[bl_out], S0[sig_off[kout]],
+                                           np.exp(log_step[nblk]) if m == 0 else 0.0,
+                                           np.exp(log_step[nblk + 1]) if m == 1 else 0.0, D, jacobian)
+                    acc_scale[nblk + m] += (1.0 if ok else 0.0) / n_nested
+                for kk in (kin, kout):
+                    if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, kk):
+                        return a, b, Sig, acc, acc_scale, 1 + kk
+                if r < n_nested - 1:
+                    for kk in (kin, kout):
+                        if not factor_shifts(rng, a, Pi, Pim, b, b_off, q, J, sig_off, Siginv, shifts, kk):
+                            return a, b, Sig, acc, acc_scale, 1 + K
+                    nested_move(rng, b, b_off[kin], 1, 0, J[kin], b_off[kout], 1, 0, J[kout], par,
+                                Siginv[sig_off[kin]:sig_off[kin] + 1].reshape((1, 1)).copy(),
+                                Siginv[sig_off[kout]:sig_off[kout] + 1].reshape((1, 1)).copy())
             pend[kin] = True
-            other = kin + kout - k
-            if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, other):
-                return a, b, Sig, acc, acc_scale, 1 + other
             if k == kin:
                 for j in range(Jk):
                     H0[j, 0, 0] = Smu_in[j]
                     g0[j, 0] = Sy_in[j] - Smu_in[j]
-        if not _block_inverse(Sig, Siginv, sig_off, q, blk_start, blk_size, blk_factor, k):
-            return a, b, Sig, acc, acc_scale, 1 + k
-        Sk_inv = Siginv[base:base + qk * qk].reshape((qk, qk)).copy()
-        for g in range(sh_factor.shape[0]):
-            if sh_factor[g] != k:
-                continue
-            cols = sh_cols[sh_cols_off[g]:sh_cols_off[g + 1]]
-            W = sh_W[sh_W_off[g]:sh_W_off[g] + Jk * cols.shape[0]].reshape((Jk, cols.shape[0]))
-            if not shift_move(rng, a, Pi, Pim, b, o, Jk, qk, sh_col[g], cols, W, Sk_inv):
-                return a, b, Sig, acc, acc_scale, 1 + K
     if paired:
         llf, gf, Hf = fixed_terms_from_levels(Syeta, Sy1, Smu1, SFy, SFmu, SFFmu, D[b_off[1]:b_off[1] + J[1]])
         a, moved = fixed_step(rng, code, y, n, eta, F, Pi, Pim, a, np.exp(log_phi[K]), hastings, llf, gf, Hf, None,
@@ -1178,6 +1203,8 @@ class CrossedMetropolis:
         #: the nested pair whose variances take step 7 (an index into ``nested``), -1 for none: two
         #: factors, both of intercept_only, one nested in the other
         self.joint = -1
+        #: how many times a sweep makes step 7's pair of moves (with the shift moves between)
+        self.n_nested = NESTED_REPEATS
         if nested_scale_moves and len(self.ones) == 2 and self.ones.all() and self.nested.inner.shape[0]:
             self.joint = 0
         self._a0 = np.asarray(a_start, dtype=float)
@@ -1206,7 +1233,7 @@ class CrossedMetropolis:
             rng, self.code, self.y, self.trials, self.offset, self.F, g._Pi_fixed, g._Pim_fixed, *r, L.off, L.q, L.J,
             L.sig_off, L.block_start, L.block_size, L.block_factor, g._blk_eta, g._S0, *self.shifts, *self.nested,
             self.ones, self.paired_starts, self.paired_buf, self.joint, state.t, state.b, state.Sigma, state.log_phi,
-            state.log_step, self.scale_moves, hastings, jacobian)
+            state.log_step, self.scale_moves, hastings, jacobian, self.n_nested)
         if status:
             what = (f"the covariance of factor {self.names[status - 1]!r}" if status <= len(self.names)
                     else "the precision of a shift move of the fixed effects")
