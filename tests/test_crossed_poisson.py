@@ -337,7 +337,8 @@ def without_jacobian(kernel: CrossedMetropolis) -> CrossedMetropolis:
 def test_nested_case_takes_the_nested_variance_moves():
     """Step 7 is made on the nested case (broods in locations) and the observation-level one
     (rows in groups), not on crossed factors, nor when switched off; where it is not made, the
-    kernel's tuning has one scale step per block, as before."""
+    kernel's tuning has one scale step per block, as before; a state whose tuning lacks step 7's
+    two steps takes them at their starting value."""
     for case, expected in (("nested", 0), ("obs", 0), ("crossed", -1)):
         k = sbc_model(case).kernel
         assert k.joint == expected, case
@@ -346,6 +347,12 @@ def test_nested_case_takes_the_nested_variance_moves():
     off = CrossedMetropolis(d, factor_layout(d, 0), sbc_model("nested").priors, np.zeros(d.F.shape[1]), CODES["poisson"],
                             nested_scale_moves=False)
     assert off.joint == -1
+    k = sbc_model("nested").kernel  # a state without step 7's steps (an earlier version's) is padded
+    rng = np.random.default_rng(1)
+    state = k.init(rng)
+    nb = k.layout.block_start.shape[0]
+    state = k.step(state._replace(log_step=state.log_step[:nb]), rng)
+    assert state.log_step.shape == (nb + 2,) and np.all(np.isfinite(state.Sigma))
 
 
 def test_poisson_sbc_catches_nested_variance_moves_without_their_jacobian():

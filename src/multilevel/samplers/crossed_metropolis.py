@@ -1250,6 +1250,10 @@ class CrossedMetropolis:
         where no scale move). ``hastings=False`` / ``jacobian=False``: deliberate errors (warm-up's
         greedy sweeps; for the tests)."""
         r, L, g = self.rows, self.layout, self.inner
+        n_steps = L.block_start.shape[0] + (2 if self.joint >= 0 else 0)
+        if state.log_step.shape[0] < n_steps:  # a state without step 7's steps (an earlier version's, resumed)
+            state = state._replace(log_step=np.concatenate(
+                [state.log_step, np.full(n_steps - state.log_step.shape[0], np.log(0.3))]))
         a, b, Sigma, acc, acc_scale, status = mwg_sweep(
             rng, self.code, self.y, self.trials, self.offset, self.F, g._Pi_fixed, g._Pim_fixed, *r, L.off, L.q, L.J,
             L.sig_off, L.block_start, L.block_size, L.block_factor, g._blk_eta, g._S0, *self.shifts, *self.nested,
@@ -1284,7 +1288,7 @@ class CrossedMetropolis:
         bulk, and the rest of warm-up, with the correction, forgets their bias."""
         greedy = i < GREEDY_SHARE * n_warmup
         new, acc, acc_scale = self.sweep(state, rng, hastings=not greedy)
-        log_phi, log_step = state.log_phi, state.log_step
+        log_phi, log_step = state.log_phi, new.log_step  # new's: padded where state's lacked step 7's
         if not greedy:
             gain = (i + 1.0) ** -0.6
             log_phi = np.minimum(log_phi + gain * (acc - TARGET), np.log(PHI_MAX))
