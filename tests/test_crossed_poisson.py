@@ -12,11 +12,13 @@
 2. Simulation-based calibration (tests/sbc.py), truth from proper priors, one chain per
    replication: ``y ~ x + (1 | s) + (1 | i)`` (10 subjects crossed with 8 items),
    ``y ~ x + (1 | g) + (1 | obs)`` (an observation-level effect, 12 groups of 5 rows),
+   ``y ~ x + (1 | b) + (1 | loc)`` (21 broods of 1-4 rows nested in 10 locations),
    ``y ~ x + (x | s) + (1 | i)`` (a correlated intercept and slope, 10 x 8) and the same
    correlated model as a Bernoulli one with ``sampler="metropolis"`` (12 x 10, the logit
    log-likelihood); 300 replications (150 for the correlated two) each in the default suite,
    600 under ``validate``. The correlated runs with the rotation moves' Hastings correction
-   dropped must be rejected.
+   dropped must be rejected, and so must the nested run with the nested variance moves'
+   Jacobian dropped (step 7 of the kernel; the observation-level case takes it too).
 3. Agreement with lme4 ``glmer`` (Laplace) on tests/data/crossed_poisson.csv (tests/lme4_crossed.py):
    fixed effects' posterior means within 0.5 lme4 standard errors and sds within 15 %; the
    variances' posterior medians within 0.5 posterior sd of glmer's estimates.
@@ -228,6 +230,10 @@ SBC_CASES = {
     "obs": ("poisson", "y ~ x + (1 | g) + (1 | obs)",
             dict(mu0=[0.5], Lambda0=[[0.3]], alpha_mean=[0.3], alpha_cov=[[0.2]], eta0={"g": 6.0, "obs": 8.0},
                  S0={"g": [[1.6]], "obs": [[1.5]]})),
+    # broods of 1-4 rows nested in locations of 1-3 broods (grouseticks' shape, small): step 7's variance moves
+    "nested": ("poisson", "y ~ x + (1 | b) + (1 | loc)",
+               dict(mu0=[0.5], Lambda0=[[0.3]], alpha_mean=[0.3], alpha_cov=[[0.2]], eta0={"b": 6.0, "loc": 6.0},
+                    S0={"b": [[1.5]], "loc": [[1.2]]})),
     # a correlated intercept and slope of s crossed with i; E[Sigma_s] = S0 / (eta0 - 3) = [[0.4, 0.1], [0.1, 0.25]]
     "correlated": ("poisson", "y ~ x + (x | s) + (1 | i)",
                    dict(mu0=[0.5, 0.3], Lambda0=[[0.3, 0.05], [0.05, 0.2]], eta0={"s": 7.0, "i": 6.0},
@@ -240,17 +246,25 @@ SBC_CASES = {
 
 
 def sbc_model(case: str) -> multilevel.Model:
-    """10 subjects crossed with 8 items, one row per cell (12 x 10 for the Bernoulli case), or 12
-    groups of 5 rows with an observation-level factor; x at random."""
+    """10 subjects crossed with 8 items, one row per cell (12 x 10 for the Bernoulli case), 12
+    groups of 5 rows with an observation-level factor, or 21 broods of 1-4 rows in 10 locations of
+    1-3 broods (x then per brood); x at random."""
     family, formula, priors = SBC_CASES[case]
     rng = np.random.default_rng(31)
-    if case == "obs":
+    if case == "nested":
+        loc = np.repeat(np.arange(10), [1, 2, 3, 1, 2, 3, 1, 2, 3, 3])
+        rows = np.tile([1, 2, 3, 4], 6)[:loc.size]
+        brood = np.repeat(np.arange(loc.size), rows)
+        df = pd.DataFrame({"b": [f"b{k:02d}" for k in brood], "loc": [f"l{k}" for k in loc[brood]]})
+    elif case == "obs":
         g = np.repeat(np.arange(12), 5)
         df = pd.DataFrame({"g": [f"g{k:02d}" for k in g], "obs": np.arange(g.size)})
     else:
         s, i = np.meshgrid(*map(np.arange, (12, 10) if family == "bernoulli" else (10, 8)), indexing="ij")
         df = pd.DataFrame({"s": [f"s{k:02d}" for k in s.ravel()], "i": [f"i{k}" for k in i.ravel()]})
     df["x"] = rng.standard_normal(len(df))
+    if case == "nested":  # a brood-level predictor, as grouseticks' YEAR: a shift move of the broods' (step 5)
+        df["x"] = rng.standard_normal(brood.max() + 1)[brood]
     df["y"] = rng.poisson(2.0, len(df)) if family == "poisson" else rng.integers(0, 2, len(df))
     options = {"sampler": "metropolis"} if family == "bernoulli" else {}
     return multilevel.Model(formula, df, family=family, priors=priors, **options)
@@ -281,6 +295,7 @@ def run_poisson_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins
 
 SBC_SMALL = {"crossed": dict(n_reps=300, L=19, thin=3, warmup=100, bins=5, seed=1331),
              "obs": dict(n_reps=300, L=19, thin=3, warmup=100, bins=5, seed=1331),
+             "nested": dict(n_reps=300, L=19, thin=3, warmup=100, bins=5, seed=1331),
              "correlated": dict(n_reps=150, L=19, thin=3, warmup=100, bins=5, seed=1331),
              "bernoulli": dict(n_reps=150, L=19, thin=3, warmup=100, bins=5, seed=1331)}
 
@@ -308,6 +323,45 @@ def test_poisson_sbc_catches_rotation_moves_without_their_hastings_correction(ca
     case Sigma_s at 4e-44 to 5e-8 and beta_s[s00, *] at 6e-5 and 1e-7)."""
     result = run_poisson_sbc(case, kernel_factory=without_hastings, **SBC_SMALL[case])
     assert "Sigma_s[x,x]" in result.rejected, result.report()
+
+
+def without_jacobian(kernel: CrossedMetropolis) -> CrossedMetropolis:
+    """The kernel whose kept sweeps make step 7 (the nested factors' variance moves) without the
+    Jacobian prod_l (S_l / S*_l)^{1/2} prod_j (P_j / P*_j)^{1/2} of the effects' map: a plausible
+    coding error."""
+    wrong = copy.copy(kernel)
+    wrong.step = lambda state, rng: CrossedMetropolis.sweep(wrong, state, rng, jacobian=False)[0]
+    return wrong
+
+
+def test_nested_case_takes_the_nested_variance_moves():
+    """Step 7 is made on the nested case (broods in locations) and the observation-level one
+    (rows in groups), not on crossed factors, nor when switched off; where it is not made, the
+    kernel's tuning has one scale step per block, as before; a state whose tuning lacks step 7's
+    two steps takes them at their starting value."""
+    for case, expected in (("nested", 0), ("obs", 0), ("crossed", -1)):
+        k = sbc_model(case).kernel
+        assert k.joint == expected, case
+        assert k.init(np.random.default_rng(0)).log_step.shape == (k.layout.block_start.shape[0] + 2 * (expected >= 0),)
+    d = sbc_model("nested").design
+    off = CrossedMetropolis(d, factor_layout(d, 0), sbc_model("nested").priors, np.zeros(d.F.shape[1]), CODES["poisson"],
+                            nested_scale_moves=False)
+    assert off.joint == -1
+    k = sbc_model("nested").kernel  # a state without step 7's steps (an earlier version's) is padded
+    rng = np.random.default_rng(1)
+    state = k.init(rng)
+    nb = k.layout.block_start.shape[0]
+    state = k.step(state._replace(log_step=state.log_step[:nb]), rng)
+    assert state.log_step.shape == (nb + 2,) and np.all(np.isfinite(state.Sigma))
+
+
+def test_poisson_sbc_catches_nested_variance_moves_without_their_jacobian():
+    """The small run of the nested case (same seed and replications as its test_poisson_sbc_small,
+    which passes) with step 7's Jacobian dropped must be rejected (measured, threshold 1.7e-3:
+    Sigma_b at p = 1e-153, Sigma_loc at 2e-23; the passing run's smallest p is 0.035, and 0.15 with
+    1,500 replications at another seed)."""
+    result = run_poisson_sbc("nested", kernel_factory=without_jacobian, **SBC_SMALL["nested"])
+    assert "Sigma_b[Intercept,Intercept]" in result.rejected, result.report()
 
 
 @pytest.mark.validate
