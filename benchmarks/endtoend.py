@@ -58,24 +58,27 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def _run_with_peak(cmd: list[str], cwd: str | None = None) -> tuple[subprocess.CompletedProcess, int]:
-    """Run ``cmd``, sampling the summed PSS of its process tree every 20 ms; (result, peak bytes)."""
+def _run_with_peak(cmd: list[str], cwd: str | None = None, interval: float = 0.02
+                   ) -> tuple[subprocess.CompletedProcess, int]:
+    """Run ``cmd``, sampling the summed PSS of its process tree every ``interval`` seconds (20 ms:
+    reading every process's memory map that often costs about half a core when the tree is a Dask
+    cluster, so the runs timed for their speed sample less often); (result, peak bytes)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                             cwd=cwd, env={**os.environ, "MPLBACKEND": "Agg"})
     peak = 0
     while proc.poll() is None:
         peak = max(peak, sum(_pss(p) for p in _tree(proc.pid)))
-        time.sleep(0.02)
+        time.sleep(interval)
     out, err = proc.communicate()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak
 
 
-def _run(cmd: list[str], cwd: str) -> dict[str, float]:
+def _run(cmd: list[str], cwd: str, interval: float = 0.02) -> dict[str, float]:
     """Run ``cmd`` to its end: wall seconds, CPU seconds of it and the processes it waited for
     (``RUSAGE_CHILDREN``), and the peak memory of its process tree (:func:`_run_with_peak`)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc, peak = _run_with_peak(cmd, cwd)
+    proc, peak = _run_with_peak(cmd, cwd, interval)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
