@@ -33,18 +33,25 @@ FORMULA = "y ~ x + (1 | g)"
 ROWS_PER_FILE = 1_000_000
 
 
-def write_parquet(directory: Path, rows: int, groups: int, seed: int = 1) -> int:
-    """Simulated y = 1 + 0.5 x + u_g + e (sd(u) = 0.7, sd(e) = 1) as Parquet files of
-    :data:`ROWS_PER_FILE` rows; returns the data's size in memory as a pandas frame (bytes)."""
+def gaussian_response(rng: np.random.Generator, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """y = 1 + 0.5 x + u_g + e, sd(e) = 1."""
+    return 1.0 + 0.5 * x + u + rng.standard_normal(x.shape[0])
+
+
+def write_parquet(directory: Path, rows: int, groups: int, seed: int = 1, group_sd: float = 0.7,
+                  response=gaussian_response) -> int:
+    """Simulated rows (g uniform over the groups, x standard normal, u_g ~ N(0, group_sd^2), y from
+    ``response(rng, x, u_g)``; by default y = 1 + 0.5 x + u_g + e, sd(u) = 0.7, sd(e) = 1) as Parquet
+    files of :data:`ROWS_PER_FILE` rows; returns the data's size in memory as a pandas frame (bytes)."""
     directory.mkdir(parents=True, exist_ok=True)
-    u = 0.7 * np.random.default_rng(seed).standard_normal(groups)
+    u = group_sd * np.random.default_rng(seed).standard_normal(groups)
     size = 0
     for i, start in enumerate(range(0, rows, ROWS_PER_FILE)):
         n = min(ROWS_PER_FILE, rows - start)
         rng = np.random.default_rng([seed, i])
         g = rng.integers(0, groups, n)
         x = rng.standard_normal(n)
-        frame = pd.DataFrame({"g": g, "x": x, "y": 1.0 + 0.5 * x + u[g] + rng.standard_normal(n)})
+        frame = pd.DataFrame({"g": g, "x": x, "y": response(rng, x, u[g])})
         frame.to_parquet(directory / f"part-{i:05d}.parquet", index=False)
         size += int(frame.memory_usage(index=False).sum())
     return size
@@ -123,21 +130,9 @@ def bench_dask_memory(quick: bool = False) -> Result:
 POISSON_FORMULA = "y ~ x + (1 | g)"
 
 
-def write_poisson_parquet(directory: Path, rows: int, groups: int, seed: int = 2) -> int:
-    """Simulated y ~ Poisson(exp(0.5 + 0.3 x + u_g)), sd(u) = 0.5, as Parquet files of
-    :data:`ROWS_PER_FILE` rows; returns the data's size in memory as a pandas frame (bytes)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    u = 0.5 * np.random.default_rng(seed).standard_normal(groups)
-    size = 0
-    for i, start in enumerate(range(0, rows, ROWS_PER_FILE)):
-        n = min(ROWS_PER_FILE, rows - start)
-        rng = np.random.default_rng([seed, i])
-        g = rng.integers(0, groups, n)
-        x = rng.standard_normal(n)
-        frame = pd.DataFrame({"g": g, "x": x, "y": rng.poisson(np.exp(0.5 + 0.3 * x + u[g]))})
-        frame.to_parquet(directory / f"part-{i:05d}.parquet", index=False)
-        size += int(frame.memory_usage(index=False).sum())
-    return size
+def poisson_response(rng: np.random.Generator, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """y ~ Poisson(exp(0.5 + 0.3 x + u_g))."""
+    return rng.poisson(np.exp(0.5 + 0.3 * x + u))
 
 
 class _Echo:
@@ -196,7 +191,7 @@ def bench_dask_poisson(quick: bool = False) -> Result:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        in_memory = write_poisson_parquet(data, rows, groups)
+        in_memory = write_parquet(data, rows, groups, seed=2, group_sd=0.5, response=poisson_response)
         for workers in (1, 2):
             target = Path(tmp) / f"w{workers}.nc"
             cmd = [*_cli(), "fit", str(data), "-f", POISSON_FORMULA, "--family", "poisson", "--engine", "dask",

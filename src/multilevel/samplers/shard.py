@@ -153,8 +153,8 @@ class SweepMessage(NamedTuple):
     """What a sweep sends every shard: the chain's key and sweep number, a and Sigma^-1, the
     levels' angle, whether the Hastings correction is made, the changes of b the last sweep's
     moves owe (``scale`` (q,) factors, ``shift`` the shift moves' d one after the other, 0 where
-    not made), and whether b,
-    once they are made, is a kept draw."""
+    not made), whether b, once they are made, is a kept draw, and tau = diag(Sigma) (for the
+    levels' prior shares, :class:`SweepSums`)."""
 
     key: np.ndarray
     sweep: int
