@@ -74,8 +74,8 @@ class ActorShards:
     hosts); ``call(name, *args)`` sends one message to every host at once and returns the
     shards' answers in shard order."""
 
-    def __init__(self, hosts: list[Any], n_shards: int):
-        self.hosts, self.n_shards = hosts, n_shards
+    def __init__(self, hosts: list[Any]):
+        self.hosts = hosts
 
     def call(self, name: str, *args: Any) -> list[Any]:
         futures = [h.call(name, args) for h in self.hosts]
@@ -119,7 +119,7 @@ def level_shards(design: Any, code: int) -> Any:
             hosts.append(client.submit(ShardHost, code, *mine, actor=True, workers=[address], pure=False))
     hosts = [h.result() for h in hosts]
     del futures
-    return ActorShards(hosts, S)
+    return ActorShards(hosts)
 
 
 __all__ = ["ActorShards", "ShardHost", "level_shards"]

@@ -72,10 +72,6 @@ class LocalShards:
     def call(self, name: str, *args: Any) -> list[Any]:
         return [getattr(s, name)(*args) for s in self.shards]
 
-    @property
-    def n_shards(self) -> int:
-        return len(self.shards)
-
 
 def level_cuts(counts: np.ndarray, n_shards: int) -> np.ndarray:
     """Level boundaries lo_0 = 0 < lo_1 < ... < lo_S = J of at most ``n_shards`` shards with
@@ -216,7 +212,9 @@ class ShardedMetropolis:
         self.mean_index = np.asarray(self.inner.mean_index[0])
         self.alpha_index = self.inner.alpha_index
         self.shift_groups, self.shift_WW = shift_moves(shards, q)
-        self.shift_size = sum(len(cols) for _, cols in self.shift_groups)
+        #: where each shift move's d starts in the state's ``shift``, and its length
+        self.shift_start = np.concatenate([[0], np.cumsum([len(cols) for _, cols in self.shift_groups])]).astype(int)
+        self.shift_size = int(self.shift_start[-1])
         #: the covariance blocks of one column (the scale moves' blocks)
         self.scale_blocks = np.flatnonzero(layout.block_size == 1)
         self.keep_groups = True
@@ -314,8 +312,7 @@ class ShardedMetropolis:
         shift = np.zeros(self.shift_size)
         if self.shift_groups:
             k = state.sweep % len(self.shift_groups)
-            start = sum(len(cols) for _, cols in self.shift_groups[:k])
-            shift[start:start + len(self.shift_groups[k][1])] = self._shift(rng, k, a, Swb[k] * scale[None, :], Sigma)
+            shift[self.shift_start[k]:self.shift_start[k + 1]] = self._shift(rng, k, a, Swb[k] * scale[None, :], Sigma)
         new = state._replace(sweep=state.sweep + 1, t=a, Sigma=Sigma, ll=float(ll), scale=scale, shift=shift,
                              kept=keep and self.keep_groups)
         return new, acc, acc_scale, shares
