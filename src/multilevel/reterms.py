@@ -138,10 +138,14 @@ def check_factors(factors: Sequence[FactorTerms], n_obs: int, gaussian: bool, ro
         canonical = np.argsort(np.argsort(first))[f.index]
         key = (f.n_levels, canonical.tobytes())
         if key in seen:
-            raise ModelError(f"grouping factors {seen[key]!r} and {f.name!r} group the rows identically (each level "
-                             f"of one is one level of the other), so their variances are not identified; "
-                             f"remove the terms of one of them")
+            raise identical_grouping(seen[key], f.name)
         seen[key] = f.name
 
 
-__all__ = ["FactorTerms", "check_factors", "factor_terms", "group_terms"]
+def identical_grouping(first: str, second: str) -> ModelError:
+    """The one-line refusal of two factors that group the rows identically."""
+    return ModelError(f"grouping factors {first!r} and {second!r} group the rows identically (each level of one is "
+                      "one level of the other), so their variances are not identified; remove the terms of one of them")
+
+
+__all__ = ["FactorTerms", "check_factors", "identical_grouping", "factor_terms", "group_terms"]

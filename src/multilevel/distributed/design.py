@@ -14,8 +14,8 @@ from ..blockstats import (CrossedStatistics, add_block_sums, add_residual_sums, 
 from ..design import CrossedDesign
 from ..errors import ModelError
 from ..formula import FormulaSpec
-from ..reterms import check_factors
-from .plan import PartitionPlan, make_plan, partition_design, restore_prototype, transform_constants
+from ..reterms import check_factors, identical_grouping
+from .plan import PartitionPlan, make_plan, partition_design, prepare, restore_prototype, transform_states
 from .reduce import tree_reduce
 from .source import describe_source, open_dask
 
@@ -106,8 +106,9 @@ CODING_GROUP = "coding_data"
 def coding_dataset(design: PartitionedDesign) -> Any:
     """What a saved fit keeps to code new data as the fitted rows were: the prototype's rows
     (the formula's columns, categorical ones with every level learned over all rows, and the
-    precision weights), and as attributes the ``center``/``scale`` constants learned over all
-    rows and the weights column's name."""
+    precision weights), and as attributes the stateful transforms' states learned over all rows
+    (``center`` means, ``bs`` knots, ...; the attribute keeps its older name ``constants``) and
+    the weights column's name."""
     import json
 
     from ..convert import frame_to_dataset
@@ -117,13 +118,13 @@ def coding_dataset(design: PartitionedDesign) -> Any:
     if plan.weights is not None and plan.weights not in frame.columns:
         frame = frame.assign(**{plan.weights: plan.prototype.weights})
     ds = frame_to_dataset(frame)
-    ds.attrs.update(constants=json.dumps(transform_constants(plan.prototype)), weights=plan.weights or "")
+    ds.attrs.update(constants=json.dumps(transform_states(plan.prototype)), weights=plan.weights or "")
     return ds
 
 
 def restore_design(spec: FormulaSpec, ds: Any, n_obs: int, source: str, family: str = "gaussian") -> PartitionedDesign:
     """The :class:`PartitionedDesign` of a loaded Dask fit from its :func:`coding_dataset`: the
-    same coding of new data (levels, constants, formulae matrices), no handle on the fitted
+    same coding of new data (levels, transforms' states, formulae matrices), no handle on the fitted
     rows (``ddf`` None); its factors are the prototype's (a prediction takes the fitted levels
     from the posterior)."""
     import json
@@ -163,7 +164,46 @@ def build_partitioned_design(spec: FormulaSpec, data: Any, na_action: str = "dro
     plan, levels, rows = make_plan(ddf, spec, na_action, weights, compute, family)
     design = design_of_plan(plan, levels, rows, ddf, describe_source(data), compute)
     check_factors(design.factors, rows, gaussian=family == "gaussian", rows=False)
+    check_identical_grouping(design)
     return design
+
+
+def one_to_one(pairs: np.ndarray | None) -> np.ndarray | None:
+    """The distinct (level of a, level of b) rows of ``pairs`` when each level of either factor
+    is paired with one level of the other, else None (the factors group these rows differently)."""
+    if pairs is None:
+        return None
+    u = np.unique(pairs, axis=0)
+    return u if np.unique(u[:, 0]).size == np.unique(u[:, 1]).size == len(u) else None
+
+
+def partition_level_pairs(frame: pd.DataFrame, plan: PartitionPlan, pairs: list[tuple[int, int]]) -> list[Any]:
+    """For each pair of factors (a, b), :func:`one_to_one` of a partition's rows' levels."""
+    _, indices = prepare(frame, plan)
+    return [one_to_one(np.stack([indices[a], indices[b]], axis=1)) for a, b in pairs]
+
+
+def combine_level_pairs(x: list[Any], y: list[Any]) -> list[Any]:
+    return [None if u is None or v is None else one_to_one(np.vstack([u, v])) for u, v in zip(x, y)]
+
+
+def check_identical_grouping(design: PartitionedDesign) -> None:
+    """Refuse two factors that group the rows identically (as the in-memory engine does,
+    :func:`multilevel.reterms.check_factors`): only factors with as many levels as each other
+    can, and for those a pass over the partitions pairs their levels; they group the rows
+    alike when every level of one is paired with exactly one level of the other."""
+    from dask import delayed
+
+    factors = design.factors
+    pairs = [(a, b) for a in range(len(factors)) for b in range(a + 1, len(factors))
+             if factors[a].n_levels == factors[b].n_levels]
+    if not pairs:
+        return
+    parts = [delayed(partition_level_pairs)(p, delayed(design.plan, pure=True), pairs) for p in design.ddf.to_delayed()]
+    (found,) = design.compute([tree_reduce(parts, combine_level_pairs)])
+    for (a, b), u in zip(pairs, found):
+        if u is not None and len(u) == factors[a].n_levels:
+            raise identical_grouping(factors[a].name, factors[b].name)
 
 
 __all__ = ["CODING_GROUP", "PartitionedDesign", "build_partitioned_design", "coding_dataset", "dask_compute",

@@ -2,7 +2,8 @@
 partition exactly as the rows in memory would give it.
 
 ``formulae`` learns some things from the rows it sees: a categorical column's levels, the
-constants of ``center(x)`` and ``scale(x)``, the levels of a grouping factor. Evaluated on one
+states of stateful transforms (``center(x)``'s mean, ``bs(x, df=4)``'s knots), the levels of a
+grouping factor. Evaluated on one
 partition alone it would learn them from that partition. So (:func:`make_plan`):
 
 1. one pass (:func:`scan_partition` per partition, combined in partition order) counts the
@@ -11,9 +12,9 @@ partition alone it would learn them from that partition. So (:func:`make_plan`):
    every grouping factor over the rows kept;
 2. a prototype design is built on the first rows with those levels as ordered categoricals
    (``formulae`` then codes every level, as it codes a column's sorted distinct values in
-   memory), and when the formula has ``center``/``scale`` calls a second pass gathers their
-   argument's count, mean and centred sum of squares (:mod:`multilevel.moments`) and sets the
-   calls' constants to those of all rows;
+   memory), and when the formula has stateful calls (``center``, ``scale``, ``bs``, ``poly``)
+   passes over all rows learn their states (:mod:`multilevel.distributed.learn`: moments,
+   exact quantiles for the knots, the polynomials' recurrence) and set them on the calls;
 3. :func:`partition_design` evaluates the prototype's ``formulae`` matrices on each partition's
    rows (``evaluate_new_data``: the learned levels and constants, never relearned) and indexes
    each grouping factor by the global levels.
@@ -28,15 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from formulae.terms import Call
-from formulae.transforms import Center, Scale
 
 from ..design import (CrossedDesign, _column_labels, _evaluate, _response, _weights_argument, build_crossed_design,
                       missing_rows)
 from ..errors import ModelError
 from ..factors import GroupingFactor, grouping_factor
 from ..formula import FormulaSpec
-from ..moments import combine_moments, moments_of
 from ..reterms import group_terms
+from .learn import StatefulCall, learn_states, restore_state, transform_state
 
 #: rows of the first partition the prototype design is built on
 PROTOTYPE_ROWS = 2000
@@ -114,16 +114,17 @@ def level_index(kept: pd.DataFrame, columns: tuple[str, ...], keys: pd.Index) ->
     return np.asarray(keys.get_indexer(rows), dtype=np.int64)
 
 
-def stateful_calls(matrices: Any) -> list[tuple[Any, Any, Any]]:
-    """The stateful transforms of a ``formulae`` common matrix: (transform, argument, env) per
-    call, nested calls included."""
+def stateful_calls(matrices: Any) -> list[StatefulCall]:
+    """The stateful transforms of a ``formulae`` common matrix (:class:`~multilevel.distributed.learn.StatefulCall`
+    per call, nested calls included)."""
     found = []
 
     def visit(lazy: Any, env: Any) -> None:
         for arg in list(getattr(lazy, "args", ())) + list(getattr(lazy, "kwargs", {}).values()):
             visit(arg, env)
         if getattr(lazy, "stateful_transform", None) is not None:
-            found.append((lazy.stateful_transform, lazy.args[0] if lazy.args else None, env))
+            found.append(StatefulCall(lazy.stateful_transform, lazy.args[0] if lazy.args else None,
+                                      dict(getattr(lazy, "kwargs", {})), env))
 
     for term in matrices.terms.values() if matrices is not None else ():
         for component in getattr(term, "components", []):
@@ -132,31 +133,32 @@ def stateful_calls(matrices: Any) -> list[tuple[Any, Any, Any]]:
     return found
 
 
-def design_stateful_calls(design: CrossedDesign) -> list[tuple[Any, Any, Any]]:
+def design_stateful_calls(design: CrossedDesign) -> list[StatefulCall]:
     """The distinct stateful transforms of a design's fixed and random-effects matrices, in
     formula order (:func:`stateful_calls`)."""
     calls = [c for m in [design.formulae_fixed.common, *(mm.common for f in design.factors for mm in f.matrices)]
              for c in stateful_calls(m)]
-    return list({id(c[0]): c for c in calls}.values())
+    return list({id(c.transform): c for c in calls}.values())
 
 
-def transform_constants(design: CrossedDesign) -> list[list[float | None]]:
-    """[mean, sd or None] of each ``center``/``scale`` call of the design (:func:`design_stateful_calls`)."""
-    return [[float(t.mean), float(t.std) if isinstance(t, Scale) else None]
-            for t, _, _ in design_stateful_calls(design)]
+def transform_states(design: CrossedDesign) -> list[dict[str, Any]]:
+    """The learned state of each stateful call of the design (:func:`design_stateful_calls`,
+    :func:`multilevel.distributed.learn.transform_state`)."""
+    return [transform_state(c.transform) for c in design_stateful_calls(design)]
 
 
-def restore_prototype(spec: FormulaSpec, sample: pd.DataFrame, weights: str | None,
-                      constants: list[list[float | None]], gaussian: bool = True) -> CrossedDesign:
+def restore_prototype(spec: FormulaSpec, sample: pd.DataFrame, weights: str | None, states: list[Any],
+                      gaussian: bool = True) -> CrossedDesign:
     """The prototype design again from its rows (categorical columns with the learned levels)
-    and its ``center``/``scale`` constants (:func:`transform_constants`): new data are then
-    coded as the fitted rows were."""
+    and its stateful transforms' states (:func:`transform_states`): new data are then coded as
+    the fitted rows were."""
     proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=gaussian, check=False)
     calls = design_stateful_calls(proto)
-    if len(calls) != len(constants):
-        raise ModelError(f"the saved fit records {len(constants)} center()/scale() constants, but its formula "
-                         f"{spec.formula!r} has {len(calls)}")
-    _set_constants(calls, constants)
+    if len(calls) != len(states):
+        raise ModelError(f"the saved fit records the states of {len(states)} stateful transforms (center(), bs(), ...), "
+                         f"but its formula {spec.formula!r} has {len(calls)}")
+    for call, state in zip(calls, states):
+        restore_state(call.transform, state)
     return proto
 
 
@@ -221,30 +223,6 @@ def partition_design(frame: pd.DataFrame, plan: PartitionPlan) -> CrossedDesign:
                    weights=weights)
 
 
-def _set_constants(calls: list[tuple[Any, Any, Any]], constants: list[list[float | None]]) -> None:
-    """Set each ``center``/``scale`` call's constants: [mean, sd (``scale`` only)] per call."""
-    for (transform, _, _), (mean, sd) in zip(calls, constants):
-        transform.mean = mean
-        if isinstance(transform, Scale):
-            transform.std = sd
-        transform.params_set = True
-
-
-def argument_moments(frame: pd.DataFrame, plan: PartitionPlan, calls: list[tuple[Any, Any, Any]]) -> list[Any]:
-    """The second learning pass over one partition: moments of each stateful call's argument."""
-    kept, _ = prepare(frame, plan)
-    return [moments_of(np.asarray(arg.eval(kept, env), dtype=float)) for _, arg, env in calls]
-
-
-def check_stateful(calls: list[tuple[Any, Any, Any]], formula: str) -> None:
-    """Refuse the stateful transforms not yet learned over partitions (splines, polynomials)."""
-    for transform, arg, _ in calls:
-        if not isinstance(transform, (Center, Scale)) or arg is None:
-            name = getattr(transform, "__transform_name__", type(transform).__name__)
-            raise ModelError(f"engine='dask' learns center() and scale() over all rows, not {name}() (formula "
-                             f"{formula!r}); compute that column before fitting, or use the in-memory engine")
-
-
 def warn_dropped(scan: dict[str, Any], na_action: str) -> None:
     """The in-memory engine's warning (or error) for rows with missing or infinite values."""
     if not scan["bad"]:
@@ -294,16 +272,9 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
     plan = PartitionPlan(spec, dtypes, tuple(f.keys for f in factors), proto, weights, family)
     calls = design_stateful_calls(proto)
     if calls:
-        check_stateful(calls, spec.formula)
-
-        def fold(a: list, b: list) -> list:
-            return [combine_moments(x, y) for x, y in zip(a, b)]
-
-        shared = delayed(plan, pure=True), delayed(calls, pure=True)  # in the graph once, not per task
-        (moments,) = compute([tree_reduce([delayed(argument_moments)(p, *shared) for p in parts], fold)])
-        _set_constants(calls, [[float(np.ravel(m.mean)[0]), float(np.sqrt(np.ravel(m.variance)[0]))] for m in moments])
+        learn_states(calls, parts, plan, compute)
     return plan, tuple(f.factor for f in factors), kept_rows
 
 
 __all__ = ["PROTOTYPE_ROWS", "PartitionPlan", "make_plan", "partition_design", "restore_prototype", "scan_partition",
-           "transform_constants"]
+           "transform_states"]

@@ -1,0 +1,464 @@
+r"""What a formula learns from its rows, learned over partitions: the state of each stateful
+transform (``center``, ``scale``, ``standardize``, ``bs``, ``poly``), so that every partition
+is coded as the rows in memory would be.
+
+In memory ``formulae`` sets a stateful transform's state from all rows at once. Over
+partitions each call has a learner (:func:`learner_of`) that asks for passes: a pass gives, per
+partition, a partial result from the values of the call's argument (``partial``), combined in
+partition order in a fixed tree (:func:`multilevel.distributed.reduce.tree_reduce`), and the
+total advances the learner, which asks for another pass or is done. The calls' passes run
+together: a pass reads each partition once for all of them (:func:`learn_states`).
+
+* ``center(x)``, ``standardize(x)``, R's ``scale(x, center, scale)``: one pass of moments
+  (count, mean, centred sum of squares, :mod:`multilevel.moments`); the sd with n - 1 (R's
+  ``scale``; without centring the root mean square sum x^2 / (n - 1), as R) or n
+  (``standardize``).
+* ``bs(x, df, knots, degree, lower_bound, upper_bound, center)``: the interior knots are
+  ``np.percentile(x, 100 q)`` at q = k / (K + 1), each an interpolation between the order
+  statistics x_(r) and x_(r + 1) (ranks from 0), r = floor((n - 1) q); the bounds are min x
+  and max x. A pass gives (n, min, max); then each wanted order statistic is found by
+  bracketing (:class:`OrderStatistics`): its bracket [lo, hi) (first [min, max]) holds it; a
+  pass counts the values below lo and histograms [lo, hi) in :data:`BINS` bins, and the bin
+  holding rank r is the next bracket, until the bracket holds at most :data:`GATHER` values
+  (or cannot be split), when a pass gathers its distinct values with their counts and the rank
+  is read off; a bracket holding one value repeated is done at once. Uniform data of 1e8 rows
+  need two bracketing passes. With ``center`` (the default) a last pass sums the basis
+  columns: the sum-to-zero constraint takes their means.
+* ``poly(x, degree)``: orthonormal polynomials by the three-term recurrence (Stieltjes),
+  P_0 = 1, P_k = (x - alpha_{k-1}) P_{k-1} - (N_{k-1} / N_{k-2}) P_{k-2},
+  alpha_k = sum x P_k^2 / N_k, N_k = sum P_k^2: pass k gives N_k and sum x P_k^2 from the
+  constants of the passes before, degree + 1 passes. ``raw=True`` learns nothing.
+
+The sums differ from the in-memory ones by rounding only; the order statistics, so the knots,
+are exact. A learned state is saved with a Dask fit (:func:`transform_state`) and set again
+on the prototype of a loaded fit (:func:`restore_state`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from formulae.transforms import BSpline, Center, Polynomial, Scale
+from formulae.utils import get_centering_matrix
+
+from ..errors import ModelError
+from ..moments import Moments, combine_moments, moments_of
+from ..rformula import RScale
+
+#: bins of a bracketing pass, and the values a bracket may hold to be gathered
+BINS, GATHER = 4096, 200_000
+
+
+class StatefulCall(NamedTuple):
+    """A stateful transform of a ``formulae`` matrix: the transform object, its first argument
+    and the other arguments (lazy values), and the environment they are evaluated in."""
+
+    transform: Any
+    arg: Any
+    kwargs: dict[str, Any]
+    env: Any
+
+    @property
+    def name(self) -> str:
+        return getattr(self.transform, "__transform_name__", "scale" if isinstance(self.transform, RScale)
+                       else type(self.transform).__name__)
+
+    def options(self) -> dict[str, Any]:
+        """The call's keyword arguments' values (constants such as ``df=4``)."""
+        return {k: v.eval({}, self.env) for k, v in self.kwargs.items()}
+
+
+# -- passes: what one partition's argument values give, and how two partitions' results combine
+
+
+class MomentsPass:
+    """Count, mean and centred sum of squares of the values."""
+
+    def partial(self, x: np.ndarray) -> Moments:
+        return moments_of(x)
+
+    def combine(self, a: Moments, b: Moments) -> Moments:
+        return combine_moments(a, b)
+
+
+class RangePass:
+    """(count, min, max) of the values."""
+
+    def partial(self, x: np.ndarray) -> tuple[int, float, float]:
+        return (x.size, float(x.min()), float(x.max())) if x.size else (0, np.inf, -np.inf)
+
+    def combine(self, a: tuple, b: tuple) -> tuple:
+        return a[0] + b[0], min(a[1], b[1]), max(a[2], b[2])
+
+
+def bin_edges(lo: float, hi: float) -> np.ndarray:
+    """The edges of a bracketing pass's bins over [lo, hi): :data:`BINS` equal bins, fewer
+    where floating point has no room for them (lo and hi always the first and last)."""
+    return np.unique(np.linspace(lo, hi, BINS + 1))
+
+
+@dataclass(frozen=True)
+class BracketPass:
+    """For each bracket [lo_t, hi_t): the count of values below lo_t and either the histogram
+    of the values inside (:func:`bin_edges`) with their min and max, or (``gather``) the
+    distinct values inside and their counts."""
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    gather: tuple[bool, ...]
+
+    def partial(self, x: np.ndarray) -> list[tuple]:
+        out = []
+        for lo, hi, gather in zip(self.lo, self.hi, self.gather):
+            inside = x[(x >= lo) & (x < hi)]
+            below = int(np.count_nonzero(x < lo))
+            if gather:
+                out.append((below, *np.unique(inside, return_counts=True)))
+            else:
+                edges = bin_edges(lo, hi)
+                counts = np.bincount(np.searchsorted(edges, inside, side="right") - 1, minlength=edges.size - 1)
+                out.append((below, counts, *((inside.min(), inside.max()) if inside.size else (np.inf, -np.inf))))
+        return out
+
+    def combine(self, a: list[tuple], b: list[tuple]) -> list[tuple]:
+        out = []
+        for gather, u, v in zip(self.gather, a, b):
+            if gather:
+                values, inverse = np.unique(np.concatenate([u[1], v[1]]), return_inverse=True)
+                out.append((u[0] + v[0], values, np.bincount(inverse, np.concatenate([u[2], v[2]])).astype(np.int64)))
+            else:
+                out.append((u[0] + v[0], u[1] + v[1], min(u[2], v[2]), max(u[3], v[3])))
+        return out
+
+
+@dataclass(frozen=True)
+class BasisSumsPass:
+    """Column sums of a B-spline basis (``spline``: a ``bs`` transform with its knots set)."""
+
+    spline: Any
+
+    def partial(self, x: np.ndarray) -> np.ndarray:
+        return self.spline._eval_basis(x).sum(axis=0)
+
+    def combine(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a + b
+
+
+def polynomial_column(x: np.ndarray, alpha: tuple[float, ...], norms: tuple[float, ...], k: int) -> np.ndarray:
+    """The unnormalised orthogonal polynomial P_k(x) of the recurrence (module doc) from
+    alpha_0..alpha_{k-1} and N_0..N_{k-1}."""
+    prev, cur = np.zeros_like(x), np.ones_like(x)
+    for i in range(1, k + 1):
+        prev, cur = cur, (x - alpha[i - 1]) * cur - (norms[i - 1] / norms[i - 2] if i >= 2 else 0.0) * prev
+    return cur
+
+
+@dataclass(frozen=True)
+class PolynomialPass:
+    """(sum P_k^2, sum x P_k^2) of the values (:func:`polynomial_column`)."""
+
+    alpha: tuple[float, ...]
+    norms: tuple[float, ...]
+    k: int
+
+    def partial(self, x: np.ndarray) -> np.ndarray:
+        p2 = polynomial_column(x, self.alpha, self.norms, self.k) ** 2
+        return np.array([p2.sum(), (x * p2).sum()])
+
+    def combine(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a + b
+
+
+# -- learners: which passes a call asks for, and its state from their totals
+
+
+class OrderStatistics:
+    """The order statistics x_(r) (ranks from 0, ``ranks``) of n values in [lo, hi], found by
+    bracketing (module doc): :meth:`request` the next pass, :meth:`advance` by its totals."""
+
+    def __init__(self, ranks: np.ndarray, lo: float, hi: float):
+        self.ranks = np.asarray(ranks, dtype=np.int64)
+        t = self.ranks.size
+        self.lo, self.hi = np.full(t, lo), np.full(t, np.nextafter(hi, np.inf))
+        self.gather = np.zeros(t, dtype=bool)
+        self.values = np.full(t, float(lo))
+        self.found = np.full(t, lo == hi)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.found.all())
+
+    def request(self) -> BracketPass:
+        todo = ~self.found
+        return BracketPass(tuple(self.lo[todo]), tuple(self.hi[todo]), tuple(self.gather[todo].tolist()))
+
+    def advance(self, totals: list[tuple]) -> None:
+        for t, total in zip(np.flatnonzero(~self.found), totals):
+            r = self.ranks[t]
+            if self.gather[t]:
+                below, values, counts = total
+                self.values[t] = values[np.searchsorted(below + np.cumsum(counts), r, side="right")]
+                self.found[t] = True
+                continue
+            below, counts, low, high = total
+            if low == high:  # the bracket holds one value, repeated
+                self.values[t], self.found[t] = low, True
+                continue
+            edges = bin_edges(self.lo[t], self.hi[t])
+            b = int(np.searchsorted(below + np.cumsum(counts), r, side="right"))
+            self.lo[t], self.hi[t] = edges[b], edges[b + 1]
+            self.gather[t] = counts[b] <= GATHER or bin_edges(edges[b], edges[b + 1]).size <= 2
+
+
+def percentile_of_order_statistics(n: int, percents: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``np.percentile(x, percents)`` (linear interpolation) of n values from their order
+    statistics x_(r) (``lower``) and x_(r + 1) (``upper``) at r = :func:`percentile_ranks`:
+    NumPy's arithmetic, so the same numbers."""
+    virtual = (n - 1) * np.true_divide(np.asarray(percents, dtype=float), 100)
+    gamma = virtual - np.floor(virtual)
+    diff = upper - lower
+    return np.where(gamma >= 0.5, upper - diff * (1 - gamma), lower + diff * gamma)
+
+
+def percentile_ranks(n: int, percents: np.ndarray) -> np.ndarray:
+    """The rank r of x_(r) below each percentile (NumPy's linear method)."""
+    virtual = (n - 1) * np.true_divide(np.asarray(percents, dtype=float), 100)
+    return np.clip(np.floor(virtual).astype(np.int64), 0, n - 1)
+
+
+class MomentsLearner:
+    """``center``, ``standardize`` and R's ``scale``: one :class:`MomentsPass`."""
+
+    def __init__(self, call: StatefulCall):
+        self.call, self.done = call, False
+        self.moments: Moments | None = None
+
+    def request(self) -> MomentsPass:
+        return MomentsPass()
+
+    def advance(self, total: Moments) -> None:
+        self.moments, self.done = total, True
+
+    def apply(self) -> None:
+        m = self.moments
+        mean, ss = float(np.ravel(m.mean)[0]), float(np.ravel(m.m2)[0])
+        t = self.call.transform
+        if isinstance(t, RScale):
+            opts = self.call.options()
+            centre, scale = bool(opts.get("center", True)), bool(opts.get("scale", True))
+            spread = ss if centre else ss + m.count * mean * mean
+            t.mean = mean if centre else 0.0
+            t.sd = float(np.sqrt(spread / max(m.count - 1, 1))) if scale else 1.0
+            if t.sd == 0.0:
+                raise ModelError("scale(x) of a constant column divides by a zero sd; drop the term or use center(x)")
+            return
+        t.mean = mean
+        if isinstance(t, Scale):
+            t.std = float(np.sqrt(ss / max(m.count, 1)))
+        t.params_set = True
+
+
+class SplineLearner:
+    """``bs``: a :class:`RangePass`, the knots' order statistics (:class:`OrderStatistics`),
+    then with ``center`` a :class:`BasisSumsPass` (module doc)."""
+
+    def __init__(self, call: StatefulCall):
+        t = call.transform
+        opts = call.options()
+        self.call, self.done = call, False
+        self.degree, self.center = int(t._degree), bool(t._center)
+        self.n_inner = len(t._knots) - 2 * (self.degree + 1)
+        self.given_knots = None if opts.get("knots") is None else np.asarray(opts["knots"], dtype=float)
+        self.bounds = opts.get("lower_bound"), opts.get("upper_bound")
+        self.n = 0
+        self.order: OrderStatistics | None = None
+        self.knots: np.ndarray | None = None
+        self.centering: np.ndarray | None = None
+
+    def _percents(self) -> np.ndarray:
+        return 100 * np.linspace(0, 1, self.n_inner + 2)[1:-1]
+
+    def request(self) -> Any:
+        if self.n == 0:
+            return RangePass()
+        if self.knots is None:
+            return self.order.request()
+        return BasisSumsPass(self._spline())
+
+    def advance(self, total: Any) -> None:
+        if self.n == 0:
+            self.n, low, high = total
+            self.low = float(low if self.bounds[0] is None else self.bounds[0])
+            self.high = float(high if self.bounds[1] is None else self.bounds[1])
+            ranks = percentile_ranks(self.n, self._percents())
+            wanted = np.unique(np.concatenate([ranks, np.minimum(ranks + 1, self.n - 1)]))
+            self.order = OrderStatistics(wanted if self.given_knots is None else wanted[:0], float(low), float(high))
+        elif self.knots is None:
+            self.order.advance(total)
+        else:
+            self.centering = get_centering_matrix(np.asarray(total, dtype=float)[None, :] / self.n)
+            self.done = True
+            return
+        if self.knots is None and self.order.done:
+            self.knots = self._all_knots()
+            self.done = not self.center
+
+    def _all_knots(self) -> np.ndarray:
+        if self.given_knots is not None:
+            inner = self.given_knots
+        else:
+            ranks = percentile_ranks(self.n, self._percents())
+            at = dict(zip(self.order.ranks.tolist(), self.order.values.tolist()))
+            lower = np.array([at[r] for r in ranks.tolist()])
+            upper = np.array([at[min(r + 1, self.n - 1)] for r in ranks.tolist()])
+            inner = percentile_of_order_statistics(self.n, self._percents(), lower, upper)
+        if self.low > self.high or np.any(inner < self.low) or np.any(inner > self.high):
+            raise ModelError(f"bs(): the knots {np.round(inner, 6).tolist()} or bounds ({self.low}, {self.high}) are "
+                             "not in order over all rows; give knots inside lower_bound and upper_bound")
+        return np.sort(np.concatenate([[self.low, self.high] * (self.degree + 1), inner]))
+
+    def _spline(self) -> Any:
+        spline = copy.copy(self.call.transform)
+        spline._knots, spline._degree, spline._center, spline._centering_matrix = self.knots, self.degree, False, None
+        return spline
+
+    def apply(self) -> None:
+        t = self.call.transform
+        t._knots, t._degree, t._center = self.knots, self.degree, self.center
+        t._centering_matrix = self.centering if self.center else None
+        t.params_set = True
+
+
+class PolynomialLearner:
+    """``poly``: degree + 1 :class:`PolynomialPass` es (nothing for ``raw=True``)."""
+
+    def __init__(self, call: StatefulCall):
+        t = call.transform
+        self.call, self.degree = call, int(t.degree)
+        self.done = bool(t.raw)
+        self.alpha: list[float] = []
+        self.norms: list[float] = []
+
+    def request(self) -> PolynomialPass:
+        return PolynomialPass(tuple(self.alpha), tuple(self.norms), len(self.norms))
+
+    def advance(self, total: np.ndarray) -> None:
+        norm, moment = float(total[0]), float(total[1])
+        if len(self.norms) < self.degree:
+            self.alpha.append(moment / norm)
+        self.norms.append(norm)
+        self.done = len(self.norms) > self.degree
+
+    def apply(self) -> None:
+        t = self.call.transform
+        if not t.raw:
+            t.alpha, t.norms2 = dict(enumerate(self.alpha)), dict(enumerate(self.norms))
+
+
+#: the learner of each stateful transform the Dask engine learns over partitions
+LEARNERS = {Center: MomentsLearner, Scale: MomentsLearner, RScale: MomentsLearner, BSpline: SplineLearner,
+            Polynomial: PolynomialLearner}
+
+
+def learner_of(call: StatefulCall, formula: str) -> Any:
+    """The learner of ``call``, or a one-line refusal naming what to do."""
+    learner = LEARNERS.get(type(call.transform))
+    if learner is None or call.arg is None:
+        raise ModelError(f"engine='dask' learns center(), scale(), standardize(), bs() and poly() over all rows, "
+                         f"not {call.name}() (formula {formula!r}); compute that column before fitting, or use the "
+                         "in-memory engine")
+    return learner(call)
+
+
+class Combine:
+    """How two partitions' partial results of the passes ``passes`` combine (a picklable
+    function of two arguments for :func:`multilevel.distributed.reduce.tree_reduce`)."""
+
+    def __init__(self, passes: list[Any]):
+        self.passes = passes
+
+    def __call__(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return [p.combine(u, v) for p, u, v in zip(self.passes, a, b)]
+
+
+def learning_pass(frame: Any, plan: Any, arguments: list[tuple[Any, Any]], passes: list[Any]) -> list[Any]:
+    """One partition's partial results of ``passes``, each of its call's argument (``arguments``:
+    (lazy argument, environment) per pass) evaluated on the partition's rows kept."""
+    from .plan import prepare
+
+    kept, _ = prepare(frame, plan)
+    return [p.partial(np.asarray(arg.eval(kept, env), dtype=float).ravel()) for (arg, env), p in zip(arguments, passes)]
+
+
+def learn_states(calls: list[StatefulCall], parts: list[Any], plan: Any, compute: Any) -> int:
+    """Learn the state of every stateful call over the partitions ``parts`` (delayed frames)
+    and set it on the call's transform (module doc). Returns the number of passes made."""
+    from dask import delayed
+
+    from .reduce import tree_reduce
+
+    learners = [learner_of(c, plan.spec.formula) for c in calls]
+    passes = 0
+    while any(not lr.done for lr in learners):
+        pending = [lr for lr in learners if not lr.done]
+        requests = [lr.request() for lr in pending]
+        shared = (delayed(plan, pure=True), delayed([(lr.call.arg, lr.call.env) for lr in pending], pure=True),
+                  delayed(requests, pure=True))
+        (totals,) = compute([tree_reduce([delayed(learning_pass)(p, *shared) for p in parts], Combine(requests))])
+        for lr, total in zip(pending, totals):
+            lr.advance(total)
+        passes += 1
+    for lr in learners:
+        lr.apply()
+    return passes
+
+
+# -- saved states
+
+
+def transform_state(t: Any) -> dict[str, Any]:
+    """The learned state of a stateful transform as JSON-ready numbers (saved with a Dask fit)."""
+    if isinstance(t, RScale):
+        return {"kind": "r_scale", "mean": t.mean, "sd": t.sd}
+    if isinstance(t, Scale):
+        return {"kind": "scale", "mean": float(t.mean), "std": float(t.std)}
+    if isinstance(t, Center):
+        return {"kind": "center", "mean": float(t.mean)}
+    if isinstance(t, BSpline):
+        return {"kind": "bs", "knots": np.asarray(t._knots, dtype=float).tolist(), "degree": int(t._degree),
+                "center": bool(t._center),
+                "centering": None if t._centering_matrix is None else np.asarray(t._centering_matrix).tolist()}
+    if isinstance(t, Polynomial):
+        return {"kind": "poly", "degree": int(t.degree), "raw": bool(t.raw),
+                "alpha": [float(t.alpha[k]) for k in sorted(t.alpha)], "norms2": [float(t.norms2[k]) for k in sorted(t.norms2)]}
+    raise ModelError(f"no saved state for the transform {type(t).__name__}")
+
+
+def restore_state(t: Any, state: Any) -> None:
+    """Set a transform's learned state (:func:`transform_state`; also a fit saved before states
+    were dicts: [mean, sd or None] of ``center``/``scale``)."""
+    if isinstance(state, list):
+        state = {"kind": "center", "mean": state[0]} if state[1] is None else {"kind": "scale", "mean": state[0],
+                                                                                 "std": state[1]}
+    kind = state["kind"]
+    if kind == "r_scale":
+        t.mean, t.sd = state["mean"], state["sd"]
+    elif kind in ("center", "scale"):
+        t.mean = state["mean"]
+        if kind == "scale":
+            t.std = state["std"]
+    elif kind == "bs":
+        t._knots, t._degree, t._center = np.asarray(state["knots"], dtype=float), state["degree"], state["center"]
+        t._centering_matrix = None if state["centering"] is None else np.asarray(state["centering"], dtype=float)
+    elif kind == "poly":
+        t.degree, t.raw = state["degree"], state["raw"]
+        t.alpha, t.norms2 = dict(enumerate(state["alpha"])), dict(enumerate(state["norms2"]))
+        return
+    t.params_set = True
+
+
+__all__ = ["LEARNERS", "StatefulCall", "learn_states", "percentile_of_order_statistics", "restore_state",
+           "transform_state"]
