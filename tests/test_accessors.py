@@ -181,3 +181,59 @@ def test_glm_varcorr_has_no_residual_row(poisson_obs_fit):
     table = poisson_obs_fit.VarCorr()
     assert list(table.index) == [("obs", "sd", "Intercept", "")]
     assert list(poisson_obs_fit.fixef().index) == ["Intercept", "x"]
+
+
+# -- lme4's other accessors: confint, fitted, residuals, nobs, ngrps, sigma ----------------------
+
+def test_confint_has_lme4s_rows_and_columns_and_the_posteriors_quantiles(fit):
+    table = multilevel.confint(fit)
+    assert list(table.columns) == ["2.5 %", "97.5 %"] and table.index.name == "parameter"
+    assert list(table.index) == ["sd_Intercept|g", "sd_x|g", "cor_x.Intercept|g", "sigma", "Intercept", "z", "c[b]",
+                                 "c[d]", "x"]
+    sd_x = np.sqrt(flat(fit.posterior["Sigma"].values)[:, 1, 1])
+    np.testing.assert_allclose(table.loc["sd_x|g"], np.quantile(sd_x, [0.025, 0.975]), rtol=1e-12)
+    # method="hdi" gives fixef's HDI at the same probability
+    hdi90 = fit.confint(0.9, method="hdi")
+    assert list(hdi90.columns) == ["5 %", "95 %"]
+    np.testing.assert_allclose(hdi90.loc[["Intercept", "x"]].to_numpy(),
+                               fit.fixef(hdi_prob=0.9).loc[["Intercept", "x"], ["hdi_5%", "hdi_95%"]].to_numpy())
+    for bad in (dict(level=95), dict(method="profile")):
+        with pytest.raises(ModelError) as info:
+            fit.confint(**bad)
+        assert "\n" not in str(info.value)
+
+
+def test_fitted_and_residuals_are_lme4s_at_the_posterior_mean(fit, frame):
+    mu = multilevel.fitted(fit)
+    assert mu.index.tolist() == sorted(frame.index)
+    np.testing.assert_allclose(mu.to_numpy(), fit.predict(summary=True)["mean"].to_numpy())
+    r = fit.residuals()
+    np.testing.assert_allclose(r.to_numpy(), (frame.y.loc[mu.index] - mu).to_numpy(), rtol=1e-12)
+    pearson = fit.residuals("pearson")
+    np.testing.assert_allclose(pearson.to_numpy(), r.to_numpy() / fit.sigma(), rtol=1e-12)
+    with pytest.raises(ModelError, match="type must be one of"):
+        fit.residuals("deviance")
+
+
+def test_counts_and_sigma(fit, poisson_obs_fit):
+    assert multilevel.nobs(fit) == fit.nobs() == 120
+    assert fit.ngrps().to_dict() == {"g": 10} and poisson_obs_fit.ngrps().to_dict() == {"obs": 60}
+    assert fit.sigma() == pytest.approx(np.sqrt(fit.posterior["sigma2"].values).mean(), rel=1e-12)
+    assert poisson_obs_fit.sigma() == 1.0
+    # a Poisson's Pearson residuals divide by sqrt(mu)
+    mu = poisson_obs_fit.fitted()
+    np.testing.assert_allclose(poisson_obs_fit.residuals("pearson").to_numpy(),
+                               (poisson_obs_fit.residuals() / np.sqrt(mu)).to_numpy(), rtol=1e-12)
+
+
+def test_binomial_residuals_are_proportions_and_crossed_fits_count_each_factor():
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"g": rng.integers(0, 8, 200), "h": rng.integers(0, 5, 200), "n": rng.integers(1, 9, 200)})
+    df["s"] = rng.binomial(df.n, 0.4)
+    fit = multilevel.fit("p(s, n) ~ 1 + (1 | g) + (1 | h)", df, family="binomial", **SMALL)
+    p = fit.fitted()
+    np.testing.assert_allclose(fit.residuals().to_numpy(), (df.s / df.n - p).to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(fit.residuals("pearson").to_numpy(),
+                               ((df.s / df.n - p) / np.sqrt(p * (1 - p) / df.n)).to_numpy(), rtol=1e-12)
+    assert fit.ngrps().to_dict() == {"g": 8, "h": 5}
+    assert list(fit.confint().index) == ["sd_Intercept|g", "sd_Intercept|h", "Intercept"]

@@ -25,6 +25,17 @@ _LAZY = {
     "NumericalError": "errors",
     "load_dataset": "datasets",
     "compare": "comparison",
+    # lme4's accessors as functions too, as R users call them: fixef(fit), VarCorr(fit), confint(fit), ...
+    "fixef": "accessors",
+    "ranef": "accessors",
+    "coef": "accessors",
+    "VarCorr": "accessors",
+    "fitted": "accessors",
+    "residuals": "accessors",
+    "nobs": "accessors",
+    "ngrps": "accessors",
+    "sigma": "accessors",
+    "confint": "accessors",
 }
 
 __all__ = [*_LAZY, "__version__"]

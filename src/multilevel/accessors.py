@@ -18,6 +18,12 @@ all chains and draws.
   sd of each varying term (``kind`` "sd", ``term2`` "") and the correlation of each pair
   (``kind`` "cor"), in lme4's order; for the Gaussian family a last row
   (``"Residual"``, "sd", "", "") holds the residual sd, sqrt(sigma2).
+* lme4's other accessors: :func:`nobs` (rows fitted), :func:`ngrps` (levels per grouping
+  factor), :func:`sigma` (the residual sd's posterior mean; 1 for families whose variance
+  follows the mean, as lme4), :func:`confint` (credible intervals of the variance components,
+  the residual sd and the fixed effects, in lme4's layout: one row per parameter, the columns
+  ``2.5 %`` and ``97.5 %``), :func:`fitted` (each fitted row's posterior mean of mu_i) and
+  :func:`residuals` (y_i - that mean, or divided by sqrt(V(mu_i)): Pearson).
 
 Grouping factors: a factor is its name with its ``beta`` (chain, draw, group, term) and
 ``Sigma`` (chain, draw, term, term_) draws (:class:`Factor`); the per-factor functions use
@@ -29,6 +35,7 @@ factors stores ``beta_<factor>`` and ``Sigma_<factor>``, each factor's coefficie
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -210,4 +217,101 @@ def VarCorr(fit: Fit, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
     return _table(np.concatenate(draws, axis=-1), index, hdi_prob)
 
 
-__all__ = ["Factor", "factors", "fixef", "fixef_draws", "ranef", "coef", "VarCorr", "formula_order", "RESIDUAL"]
+# -- lme4's other accessors -------------------------------------------------------------------
+
+def nobs(fit: Fit) -> int:
+    """The number of rows fitted (lme4's ``nobs``)."""
+    return int(fit.attrs["n_obs"])
+
+
+def ngrps(fit: Fit) -> pd.Series:
+    """The number of levels of each grouping factor (lme4's ``ngrps``), index ``factor``."""
+    counts = fit.attrs["n_groups"]
+    counts = json.loads(counts) if isinstance(counts, str) else {str(fit.attrs.get("group_factor", "group")): counts}
+    return pd.Series({str(k): int(v) for k, v in counts.items()}, name="levels").rename_axis("factor")
+
+
+def sigma(fit: Fit) -> float:
+    """The residual sd's posterior mean, E[sqrt(sigma2) | y] (lme4's ``sigma``); 1.0 for the
+    families whose variance follows from the mean (Poisson, binomial, Bernoulli, and the
+    negative binomial, whose phi is in the summary), as lme4 gives for a ``glmer`` fit."""
+    if fit.family != "gaussian":
+        return 1.0
+    return float(np.sqrt(fit.posterior["sigma2"].values).mean())
+
+
+def confint(fit: Fit, level: float = 0.95, method: str = "eti") -> pd.DataFrame:
+    """Credible intervals in the layout of lme4's ``confint``: one row per parameter, the
+    variance components first (``sd_<term>|<factor>``, ``cor_<term2>.<term>|<factor>``), then
+    ``sigma`` (Gaussian), then the fixed effects (:func:`fixef` names); columns the lower and
+    upper bounds named as R names them (``2.5 %``, ``97.5 %`` for ``level`` 0.95).
+    ``method``: ``"eti"`` equal-tailed (the posterior's quantiles) or ``"hdi"`` (highest density)."""
+    from .diagnostics import hdi
+
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ModelError(f"level must be a probability between 0 and 1, e.g. 0.95; got {level!r}")
+    if method not in ("eti", "hdi"):
+        raise ModelError(f"method must be 'eti' (equal-tailed) or 'hdi' (highest density), not {method!r}")
+    parts = [factor_varcorr(f) for f in factors(fit)]
+    draws = [d for d, _ in parts]
+    names = [f"sd_{t}|{f}" if kind == "sd" else f"cor_{t2}.{t}|{f}" for _, rows in parts for f, kind, t, t2 in rows]
+    if fit.family == "gaussian":
+        draws.append(np.sqrt(_chain_draw(fit.posterior["sigma2"]))[..., None])
+        names.append("sigma")
+    fixed = fixef_draws(fit)
+    draws.append(fixed.values)
+    names += [str(t) for t in fixed["term"].values]
+    flat = np.concatenate(draws, axis=-1)
+    flat = flat.reshape(-1, flat.shape[-1])
+    tail = (1 - level) / 2
+    lo, hi = (hdi(flat, level) if method == "hdi" else np.quantile(flat, [tail, 1 - tail], axis=0))
+    columns = [f"{100 * tail:.4g} %", f"{100 * (1 - tail):.4g} %"]
+    return pd.DataFrame({columns[0]: lo, columns[1]: hi}, index=pd.Index(names, name="parameter"))
+
+
+def fitted(fit: Fit) -> pd.Series:
+    """Each fitted row's posterior mean of mu_i = E[y_i | parameters] (lme4's ``fitted``),
+    indexed by the rows' labels; a Dask fit's as a lazy Dask Series, partition by partition."""
+    table = fit.predict(kind="mean", summary=True)
+    return table["mean"].rename("fitted")
+
+
+RESIDUAL_TYPES = ("response", "pearson")
+
+
+def residuals(fit: Fit, type: str = "response") -> pd.Series:  # noqa: A002 (lme4's argument name)
+    """Each fitted row's residual (lme4's ``residuals``/``resid``) at the posterior mean mu_i of
+    :func:`fitted`: ``"response"`` y_i - mu_i (binomial: the proportion y_i / n_i - p_i), or
+    ``"pearson"``: that over sqrt(V(mu_i)), V = sigma^2 (Gaussian, :func:`sigma` squared, over
+    the row's weight), mu (Poisson), mu + mu^2 / phi (negative binomial, phi's posterior
+    mean), p (1 - p) / n (binomial, Bernoulli). lme4's ``glmer`` default, deviance residuals,
+    is not offered."""
+    if type not in RESIDUAL_TYPES:
+        raise ModelError(f"type must be one of {', '.join(RESIDUAL_TYPES)}, not {type!r}")
+    fit.require_rows("residuals()")
+    cd = fit.group("constant_data")
+    labels = cd["row_label"].values
+    y = pd.Series(fit.group("observed_data")["y"].values, index=labels)
+    n = pd.Series(cd["trials"].values if "trials" in cd else np.ones(len(labels)), index=labels)
+    mu = fitted(fit)
+    y, n = y.loc[mu.index], n.loc[mu.index]
+    if fit.family == "binomial":
+        y = y / n
+    out = y - mu
+    if type == "pearson":
+        family = fit.family
+        if family == "gaussian":
+            w = pd.Series(cd["weights"].values, index=labels).loc[mu.index] if "weights" in cd else 1.0
+            var = sigma(fit) ** 2 / w
+        elif family == "poisson":
+            var = mu
+        elif family == "negbinomial":
+            var = mu + mu ** 2 / float(fit.posterior["phi"].values.mean())
+        else:
+            var = mu * (1 - mu) / n
+        out = out / np.sqrt(var)
+    return out.rename(f"{type}_residual")
+
+
+__all__ = ["Factor", "factors", "fixef", "fixef_draws", "ranef", "coef", "VarCorr", "formula_order", "RESIDUAL",
+           "nobs", "ngrps", "sigma", "confint", "fitted", "residuals"]

@@ -488,6 +488,44 @@ class Fit:
 
         return VarCorr(self, hdi_prob)
 
+    def confint(self, level: float = 0.95, method: str = "eti") -> pd.DataFrame:
+        """Credible intervals of the variance components, sigma and the fixed effects in lme4's
+        ``confint`` layout (columns ``2.5 %``, ``97.5 %``; :func:`multilevel.accessors.confint`)."""
+        from .accessors import confint
+
+        return confint(self, level, method)
+
+    def fitted(self) -> pd.Series:
+        """Each fitted row's posterior mean of mu_i (lme4's ``fitted``), indexed by row label."""
+        from .accessors import fitted
+
+        return fitted(self)
+
+    def residuals(self, type: str = "response") -> pd.Series:  # noqa: A002 (lme4's argument name)
+        """Each fitted row's residual at its posterior mean mu_i, ``"response"`` or ``"pearson"``
+        (lme4's ``residuals``; :func:`multilevel.accessors.residuals`)."""
+        from .accessors import residuals
+
+        return residuals(self, type)
+
+    def nobs(self) -> int:
+        """The number of rows fitted (lme4's ``nobs``)."""
+        from .accessors import nobs
+
+        return nobs(self)
+
+    def ngrps(self) -> pd.Series:
+        """The number of levels of each grouping factor (lme4's ``ngrps``)."""
+        from .accessors import ngrps
+
+        return ngrps(self)
+
+    def sigma(self) -> float:
+        """The residual sd's posterior mean (lme4's ``sigma``; 1.0 for GLMs, as lme4)."""
+        from .accessors import sigma
+
+        return sigma(self)
+
     # -- predictions, checks, comparison and plots (multilevel.predict, .comparison, .plots) ------
     def predict(self, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
                 draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
