@@ -11,7 +11,11 @@
   through Dask on local clusters of 1 and of 2 workers (the sharded sampler: the rows stay on
   the workers, each sweep two messages per worker): time per sweep (the fit's sampling time
   over its sweeps), the whole command's wall and CPU time and peak memory;
-* ``dask_messages``: the scheduling overhead of one round of messages, to actors and as tasks.
+* ``dask_messages``: the scheduling overhead of one round of messages, to actors and as tasks;
+* ``parallel_bound``: what this machine's two cores give the same sampler without Dask: the
+  in-memory sharded sampler on all of ``dask_poisson``'s rows in one process, against two
+  processes at once, each on half the groups (no messages, no client, no scheduler): the best
+  per-sweep ratio any split of the work over two workers can reach here.
 
 Peak memory is the largest sum of the proportional set sizes of the command and all its
 descendants (the Dask scheduler, nanny and worker processes), sampled every 20 ms
@@ -234,5 +238,59 @@ def bench_dask_messages(quick: bool = False) -> Result:
     return res
 
 
+def _sharded_sweep_seconds(path: str, sweeps: int, shards: int) -> float:
+    """Seconds per sweep of the in-memory sharded sampler in ``shards`` shards on the rows of the
+    Parquet file(s) at ``path`` (run in a process of its own)."""
+    import multilevel
+    from multilevel.samplers import sharded
+
+    sharded_shards = sharded.local_shards
+    sharded.local_shards = lambda design, code, n_shards=1: sharded_shards(design, code, shards)
+    fit = multilevel.fit(POISSON_FORMULA, pd.read_parquet(path), family="poisson", sampler="sharded", chains=1,
+                         warmup=sweeps // 2, draws=sweeps - sweeps // 2, seed=1, cores=1, progress=False,
+                         group_draws=False)
+    return float(fit.attrs["sampling_seconds"]) / sweeps
+
+
+def bench_parallel_bound(quick: bool = False) -> Result:
+    """The sharded sampler in one process on all rows vs two processes at once on half each."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    rows, groups, sweeps = (1_000_000, 10_000, 60) if quick else (10_000_000, 100_000, 100)
+    res = Result(
+        "parallel_bound", "What two cores give the sharded sampler here, without Dask",
+        f"The in-memory sharded sampler (`multilevel.fit(..., family='poisson', sampler='sharded')`, "
+        f"1 chain x {sweeps} sweeps) on `dask_poisson`'s data ({rows:,} rows, {groups:,} groups): once in one "
+        "process on all rows in 16 shards, then in two processes at once, each on the rows of half the groups in 8 "
+        "shards (as the Dask run's two workers hold them). No messages, no "
+        "client and no scheduler: the ratio of the two per-sweep times is the best that splitting the work over "
+        "two workers can reach on this machine, whatever the engine.")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_parquet(data, rows, groups, seed=2, group_sd=0.5, response=poisson_response)
+        frame = pd.read_parquet(data)
+        halves = []
+        for i, keep in enumerate((frame.g < groups // 2, frame.g >= groups // 2)):
+            halves.append(str(Path(tmp) / f"half{i}.parquet"))
+            frame.loc[keep].to_parquet(halves[-1], index=False)
+        del frame
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            one = pool.submit(_sharded_sweep_seconds, str(data), sweeps, 16).result()
+        with ProcessPoolExecutor(2, mp_context=context) as pool:
+            two = [f.result() for f in [pool.submit(_sharded_sweep_seconds, h, sweeps, 8) for h in halves]]
+    ratio = max(two) / one
+    res.tables.append(Table(
+        ["processes", "time per sweep"],
+        [["1 (all rows)", f"**{1000 * one:.0f} ms**"],
+         ["2 at once (half the groups each)", f"**{1000 * max(two):.0f} ms** (slower of {1000 * two[0]:.0f} and "
+                                              f"{1000 * two[1]:.0f} ms)"]],
+        caption=f"Ratio {ratio:.2f}; `dask_poisson` measures the same split through Dask."))
+    res.data = {"rows": rows, "groups": groups, "sweeps": sweeps, "one": one, "two": two, "ratio": ratio}
+    return res
+
+
 BENCHMARKS = {"dask_gaussian": bench_dask_gaussian, "dask_memory": bench_dask_memory,
-              "dask_poisson": bench_dask_poisson, "dask_messages": bench_dask_messages}
+              "dask_poisson": bench_dask_poisson, "dask_messages": bench_dask_messages,
+              "parallel_bound": bench_parallel_bound}
