@@ -237,3 +237,11 @@ def test_binomial_residuals_are_proportions_and_crossed_fits_count_each_factor()
                                ((df.s / df.n - p) / np.sqrt(p * (1 - p) / df.n)).to_numpy(), rtol=1e-12)
     assert fit.ngrps().to_dict() == {"g": 8, "h": 5}
     assert list(fit.confint().index) == ["sd_Intercept|g", "sd_Intercept|h", "Intercept"]
+
+
+def test_formula_order_reads_rs_scale_as_written():
+    from multilevel.accessors import formula_order
+
+    labels = ["Intercept", "sector[Public]", "scale(ses)", "np.log(x)"]
+    assert formula_order("y ~ scale(ses) + np.log(x) + sector + (1 | g)", labels) == [
+        "Intercept", "scale(ses)", "np.log(x)", "sector[Public]"]

@@ -216,3 +216,16 @@ def test_group_labels_are_strings_whatever_the_column_held(tmp_path):
     new = pd.DataFrame({"ses": [0.0, 0.0], "school": [1224, "1224"]})
     pred = fit.predict(new, summary=True)
     assert pred["mean"].iloc[0] == pred["mean"].iloc[1]
+
+
+def test_a_polars_frame_fits_as_its_pandas_twin_in_both_engines(hsb):
+    pl = pytest.importorskip("polars")
+    run = dict(chains=1, draws=40, warmup=40, seed=3, progress=False, cores=1)
+    formula = "mAch ~ scale(ses) + sector + (1 | school)"
+    for engine in ("pandas", "dask"):
+        kwargs = dict(run, engine=engine) if engine == "dask" else dict(run, sampler="blocked")
+        a = multilevel.fit(formula, hsb, **kwargs)
+        b = multilevel.fit(formula, pl.from_pandas(hsb), **kwargs)
+        for v in ("theta", "alpha", "sigma2"):
+            np.testing.assert_array_equal(a.posterior[v].values, b.posterior[v].values)
+        assert list(b.fixef().index) == ["Intercept", "scale(ses)", "sector[Public]"]

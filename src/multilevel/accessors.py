@@ -100,7 +100,9 @@ def formula_order(formula: str, labels: list[str]) -> list[str]:
         common = parse_formula(formula).common
     except ModelError:
         return list(labels)
-    position = {t: i for i, t in enumerate(common)}
+    from .rformula import display_name
+
+    position = {display_name(t): i for i, t in enumerate(common)}  # labels show R's scale, not r_scale
 
     def key(label: str) -> int:
         return position.get(label, position.get(re.sub(r"\[[^\[\]]*\]", "", label), len(common)))
