@@ -229,3 +229,19 @@ def test_a_polars_frame_fits_as_its_pandas_twin_in_both_engines(hsb):
         for v in ("theta", "alpha", "sigma2"):
             np.testing.assert_array_equal(a.posterior[v].values, b.posterior[v].values)
         assert list(b.fixef().index) == ["Intercept", "scale(ses)", "sector[Public]"]
+
+
+def test_binomial_with_a_binary_response_is_bernoulli_as_in_glmer():
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"g": rng.integers(0, 15, 300), "x": rng.normal(size=300)})
+    df["y"] = rng.binomial(1, 0.4, 300)
+    df["answer"] = np.where(df.y == 1, "yes", "no")
+    run = dict(chains=1, draws=40, warmup=40, seed=2, progress=False, cores=1)
+    bern = multilevel.fit("y ~ x + (1 | g)", df, family="bernoulli", **run)
+    for formula in ("y ~ x + (1 | g)", "answer ~ x + (1 | g)"):
+        fit = multilevel.fit(formula, df, family="binomial", **run)
+        assert fit.attrs["family"] == "bernoulli"
+        np.testing.assert_array_equal(fit.posterior["theta"].values, bern.posterior["theta"].values)
+    with pytest.raises(multilevel.ModelError, match=r"p\(successes, trials\)") as info:
+        multilevel.fit("count ~ x + (1 | g)", df.assign(count=rng.integers(0, 5, 300)), family="binomial", **run)
+    assert "\n" not in str(info.value)

@@ -18,7 +18,7 @@ from .convert import (OFFSET_COLUMN, WEIGHTS_COLUMN, crossed_fit_groups, dataset
 from .design import (CrossedDesign, NaAction, build_design, check_crossed_identifiable, check_effect_count,
                      check_group_counts, check_identifiable, predictor_lines)
 from .errors import ModelError, NumericalError
-from .families import check_family, family_response
+from .families import check_family, family_response, response_family
 from .formula import parse_formula
 from .io import read_data
 from .priors import Priors
@@ -57,8 +57,8 @@ class Model:
     ----------
     formula : lme4-style formula, e.g. ``"mAch ~ ses + (ses | school)"``.
     data : pandas or polars DataFrame, CSV/Parquet path, or bundled data set name.
-    family : ``"gaussian"``, ``"poisson"``, ``"binomial"`` (response ``p(successes, trials)``)
-        , ``"bernoulli"`` or ``"negbinomial"`` (NB2, Var(y) = mu + mu^2 / phi; also spelled
+    family : ``"gaussian"``, ``"poisson"``, ``"binomial"`` (response ``p(successes, trials)``;
+        a 0/1 response is fitted as ``"bernoulli"``, as lme4's ``glmer(family = binomial)``), ``"bernoulli"`` or ``"negbinomial"`` (NB2, Var(y) = mu + mu^2 / phi; also spelled
         ``"negative_binomial"``, ``"nbinom2"``; see :mod:`multilevel.families`).
     priors : :class:`Priors` or dict of its fields; unset fields take the defaults.
     na_action : ``"drop"`` rows with missing values in used columns (with a warning), or ``"raise"``.
@@ -112,6 +112,7 @@ class Model:
             raise ModelError(f"weights apply to the gaussian family only, not {self.family.name}; "
                              "for binomial trials write the response p(successes, trials)")
         spec = parse_formula(formula)
+        self.family = response_family(self.family, spec.response)  # binomial with a 0/1 response: bernoulli, as glmer
         n_terms = len(spec.terms)
         if engine == "dask":
             sampler = dask_sampler(self.family, n_terms, sampler, spec)

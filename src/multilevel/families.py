@@ -120,8 +120,24 @@ def family_response(family: Family, raw: np.ndarray, name: str, kind: str, level
         return _counts(y, name, "count response"), ones
     values = np.unique(y)
     if not np.all(np.isin(values, (0.0, 1.0))):
-        raise ModelError(f"response {name!r} is not binary (values {values[:5].tolist()}); the bernoulli family needs 0/1, true/false or two levels")
+        raise ModelError(f"response {name!r} is not binary (values {values[:5].tolist()}); the bernoulli family needs "
+                         "0/1, true/false or two levels (counts of successes: family='binomial' with the response "
+                         "written p(successes, trials) or cbind(successes, failures))")
     return y, ones
+
+
+#: how a binomial response of successes and trials is written (``cbind`` is read as ``p``)
+PROPORTION_CALLS = ("p(", "prop(", "proportion(")
+
+
+def response_family(family: Family, response: str) -> Family:
+    """lme4's ``glmer(y ~ ..., family = binomial)`` with a 0/1 (or two-level) response: the
+    binomial family of one trial per row, that is, the Bernoulli family. A binomial response
+    not written p(successes, trials) (or ``cbind``) is read as Bernoulli, whose check then
+    refuses a response that is not binary."""
+    if family.name == "binomial" and not response.replace(" ", "").startswith(PROPORTION_CALLS):
+        return check_family("bernoulli")
+    return family
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
