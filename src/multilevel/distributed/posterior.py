@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..design import missing_rows
 from ..errors import ModelError
 from ..families import check_family, loglik_by_draws
 from ..moments import combine_moments, moments_of
@@ -37,40 +38,45 @@ if TYPE_CHECKING:
     from ..result import Fit
 
 
-def partitioned_design_of(fit: Fit, what: str) -> Any:
+#: what a loaded Dask fit's refusal of work over the fitted rows suggests, unless told otherwise
+IN_SESSION = "compute it in the session that made the fit (fit.add_log_likelihood() before saving)"
+
+
+def partitioned_design_of(fit: Fit, what: str, fix: str = IN_SESSION) -> Any:
     """The :class:`~multilevel.distributed.design.PartitionedDesign` (its partitions at hand)
-    of a Dask fit, or a one-line refusal of ``what``."""
+    of a Dask fit, or a one-line refusal of ``what`` that names the ``fix``."""
     design = fit._design
     if design is None or getattr(design, "ddf", None) is None:
         raise ModelError(f"{what} reads the fitted rows again, partition by partition, from "
-                         f"{fit.attrs.get('data_source')}; a Dask fit loaded from a file has no handle on them: "
-                         "compute it in the session that made the fit (fit.add_log_likelihood() before saving)")
+                         f"{fit.attrs.get('data_source')}; a Dask fit loaded from a file has no handle on them: {fix}")
     return design
 
 
-def posterior_draws(fit: Fit) -> dict[str, Any]:
-    """What a partition's log-likelihood needs of the posterior (all draws): the fixed effects'
-    draws by column, each factor's deviations b (chain, draw, level, term) and sigma2."""
-    idx = np.arange(fit.posterior.sizes["draw"])
-    fixed = fixed_effect_draws(fit, idx)
+def posterior_draws(fit: Fit, idx: np.ndarray | None = None) -> dict[str, Any]:
+    """What a partition's log-likelihood needs of the posterior (draws ``idx`` of each chain,
+    default all): the fixed effects' draws by column, each factor's deviations b (chain, draw,
+    level, term) and sigma2."""
     post = fit.posterior
+    idx = np.arange(post.sizes["draw"]) if idx is None else np.asarray(idx)
+    fixed = fixed_effect_draws(fit, idx)
     return {"fixed": fixed, "effects": {f: deviations(fit, f, idx, fixed)[0] for f in fit.sigma_variables()},
-            "sigma2": post["sigma2"].values if "sigma2" in post else None, "family": check_family(fit.family),
-            "shape": (post.sizes["chain"], post.sizes["draw"])}
+            "sigma2": post["sigma2"].values[:, idx] if "sigma2" in post else None,
+            "family": check_family(fit.family), "shape": (post.sizes["chain"], idx.shape[0])}
+
+
+def rows_eta(d: Any, rows: slice, draws: dict[str, Any], sl: slice = slice(None)) -> np.ndarray:
+    """The linear predictor (chain, draws ``sl``, rows) of the ``rows`` of a partition's design ``d``."""
+    return rows_linear_predictor(d.F[rows], d.fixed_names, {k: v[:, sl] for k, v in draws["fixed"].items()},
+                                 [(f.Z[rows], f.factor.index[rows], draws["effects"][f.name][:, sl])
+                                  for f in d.factors], d.offset[rows])
 
 
 def rows_log_likelihood(d: Any, rows: slice, draws: dict[str, Any]) -> np.ndarray:
     """Pointwise log-likelihood (chain, draw, rows) of the ``rows`` of a partition's design ``d``."""
-    F, y, n, offset = d.F[rows], d.y[rows], d.trials[rows], d.offset[rows]
     weights = None if d.weights is None else d.weights[rows]
-
-    def eta(sl: slice) -> np.ndarray:
-        return rows_linear_predictor(F, d.fixed_names, {k: v[:, sl] for k, v in draws["fixed"].items()},
-                                     [(f.Z[rows], f.factor.index[rows], draws["effects"][f.name][:, sl])
-                                      for f in d.factors], offset)
-
     n_chain, n_draw = draws["shape"]
-    return loglik_by_draws(draws["family"], y, n, eta, n_chain, n_draw, draws["sigma2"], weights)
+    return loglik_by_draws(draws["family"], d.y[rows], d.trials[rows], lambda sl: rows_eta(d, rows, draws, sl),
+                           n_chain, n_draw, draws["sigma2"], weights)
 
 
 def partition_log_likelihood(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any]) -> np.ndarray:
@@ -113,7 +119,11 @@ def partition_loo(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any
     :data:`LOO_VALUES` log-likelihood values: rows, the sums of the pointwise elpd (times
     ``scale``) and of the pointwise lppd, the moments of the pointwise elpd, the largest
     Pareto k, and with ``pointwise`` the pointwise elpd and k themselves."""
-    d = partition_design(frame, plan)
+    return design_loo(partition_design(frame, plan), draws, reff, scale, pointwise)
+
+
+def design_loo(d: Any, draws: dict[str, Any], reff: float, scale: float, pointwise: bool) -> dict[str, Any]:
+    """:func:`partition_loo` of a partition's design ``d``."""
     n_samples = int(np.prod(draws["shape"]))
     block = max(1, LOO_VALUES // n_samples)
     out = _block_loo(np.zeros((0, n_samples)), reff, scale, pointwise)
@@ -155,6 +165,30 @@ def combine_loo(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
 
 
+def loo_numbers(total: dict[str, Any], scale: str, stacklevel: int = 4) -> tuple[float, float, bool, float]:
+    """The se, p_loo, warning and good_k of a combined :func:`partition_loo` result as
+    ``az.loo`` gives them (warning as it does when a Pareto k is above good_k)."""
+    n_samples = total["samples"]
+    se = float(np.sqrt(total["rows"] * total["moments"].variance))
+    p_loo = total["lppd"] - total["elpd"] / SCALES[scale]
+    good_k = min(1 - 1 / np.log10(n_samples), 0.7)
+    warn = bool(total["k_max"] > good_k)
+    if warn:
+        warnings.warn(f"Pareto k above {good_k:.2f} for one or more rows: PSIS-LOO is unreliable for them "
+                      "(influential rows, or a LOO posterior far from the full one)", UserWarning, stacklevel=stacklevel)
+    return se, p_loo, warn, good_k
+
+
+def check_scale(scale: str | None) -> str:
+    """ArviZ's ``stats.ic_scale`` (None) or ``scale``, one of :data:`SCALES`, or a one-line refusal."""
+    from arviz import rcParams
+
+    scale = rcParams["stats.ic_scale"] if scale is None else str(scale).lower()
+    if scale not in SCALES:
+        raise ModelError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
+    return scale
+
+
 def loo(fit: Fit, reff: float, pointwise: bool | None = None, scale: str | None = None) -> Any:
     """PSIS-LOO of a Dask fit (module doc): ArviZ's ``ELPDData`` with the elpd_loo, se and
     p_loo that ``az.loo`` gives on the whole pointwise log-likelihood (``reff``, ``scale`` and
@@ -166,20 +200,12 @@ def loo(fit: Fit, reff: float, pointwise: bool | None = None, scale: str | None 
     from .design import dask_compute
 
     pointwise = rcParams["stats.ic_pointwise"] if pointwise is None else bool(pointwise)
-    scale = rcParams["stats.ic_scale"] if scale is None else str(scale).lower()
-    if scale not in SCALES:
-        raise ModelError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
+    scale = check_scale(scale)
     parts, plan, draws = _partitions(fit, "loo()")
     (total,) = dask_compute([tree_reduce([delayed(partition_loo)(p, plan, draws, reff, SCALES[scale], pointwise)
                                           for p in parts], combine_loo)])
     n, n_samples = total["rows"], total["samples"]
-    se = float(np.sqrt(n * total["moments"].variance))
-    p_loo = total["lppd"] - total["elpd"] / SCALES[scale]
-    good_k = min(1 - 1 / np.log10(n_samples), 0.7)
-    warn = bool(total["k_max"] > good_k)
-    if warn:
-        warnings.warn(f"Pareto k above {good_k:.2f} for one or more rows: PSIS-LOO is unreliable for them "
-                      "(influential rows, or a LOO posterior far from the full one)", UserWarning, stacklevel=3)
+    se, p_loo, warn, good_k = loo_numbers(total, scale)
     if not pointwise:
         return ELPDData(data=[total["elpd"], se, p_loo, n_samples, n, warn, scale, good_k],
                         index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "scale", "good_k"])
@@ -206,6 +232,41 @@ def predict_partition(frame: pd.DataFrame, fit: Fit, options: dict[str, Any], en
     return predict(fit, frame, seed=rng, summary=True, **options)
 
 
+def seed_entropy(seed: Any) -> int:
+    """The entropy of the seed sequence a partitioned computation spawns its random numbers
+    from: a seed (an integer), one drawn from a Generator, or fresh entropy (None)."""
+    from ..predict import make_rng
+
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(2**63))
+    make_rng(seed)  # refuses a bad seed in one line
+    return int(seed) if seed is not None else int(np.random.SeedSequence().entropy)
+
+
+def fitted_rows(frame: pd.DataFrame, variables: tuple[str, ...]) -> pd.DataFrame:
+    """The rows of a partition the fit kept: those with no missing or infinite value in the
+    formula's columns (as :func:`multilevel.distributed.plan.prepare` keeps them)."""
+    bad, _ = missing_rows(frame[list(variables)])
+    return frame.loc[~bad]
+
+
+#: how a loaded Dask fit's refusal of predictions of the fitted rows says to get them
+PASS_DATA = "pass the data again as newdata, e.g. fit.predict(dask_frame, summary=True)"
+
+
+def fitted_partitions(fit: Fit, seed: Any, summary: bool, hdi_prob: float, **options: Any) -> Any:
+    """``predict()`` without new data of a Dask fit: :func:`predict_partitions` of the fitted
+    rows (:func:`fitted_rows` of each partition), a lazy Dask DataFrame indexed as the data;
+    Gaussian ``kind="response"`` draws with the rows' precision weights, as the in-memory
+    fit's fitted values do."""
+    design = partitioned_design_of(fit, "predict() without new data", PASS_DATA)
+    plan = design.plan
+    rows = design.ddf.map_partitions(fitted_rows, tuple(plan.spec.variables), meta=design.ddf._meta)
+    if options.get("kind") == "response" and plan.weights and plan.family == "gaussian":
+        options = dict(options, weights=plan.weights)
+    return predict_partitions(fit, rows, seed, summary, hdi_prob, **options)
+
+
 def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_prob: float, **options: Any) -> Any:
     """Predictions of the rows of a Dask DataFrame: a Dask DataFrame (lazy; ``.compute()`` or
     ``.to_parquet()`` it) indexed like ``newdata``, of each row's posterior mean, sd and HDI,
@@ -217,17 +278,12 @@ def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_pro
     from dask import delayed
 
     from ..diagnostics import hdi_names
-    from ..predict import make_rng
     from ..result import Fit
 
     if not summary:
         raise ModelError("predict() of a Dask DataFrame gives each row's summary (summary=True), as a Dask "
                          "DataFrame; the draws of every row would not fit in memory: predict a pandas frame for draws")
-    if isinstance(seed, np.random.Generator):
-        entropy = int(seed.integers(2**63))
-    else:
-        make_rng(seed)  # refuses a bad seed in one line
-        entropy = seed if seed is not None else np.random.SeedSequence().entropy
+    entropy = seed_entropy(seed)
     design = fit.design
     if getattr(design, "ddf", None) is not None:  # the coding only: a task needs no handle on the fitted rows
         design = dataclasses.replace(design, ddf=None)
@@ -240,4 +296,4 @@ def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_pro
     return dd.from_delayed(parts, meta=meta, divisions=newdata.divisions, verify_meta=False)
 
 
-__all__ = ["is_dask_frame", "log_likelihood", "loo", "partition_log_likelihood", "partition_loo", "predict_partitions"]
+__all__ = ["fitted_partitions", "fitted_rows", "is_dask_frame", "log_likelihood", "seed_entropy", "loo", "partition_log_likelihood", "partition_loo", "predict_partitions"]
