@@ -201,3 +201,63 @@ def test_compare_refuses_mixed_engines_other_data_and_stacking_in_one_line(fits,
     other = quiet(multilevel.fit, GAUSSIAN, dd.from_pandas(df.dropna().iloc[:500], npartitions=3, sort=False),
                   engine="dask", **RUN)
     one_line(lambda: multilevel.compare({"a": par1, "b": other}), "fitted to different data")
+
+
+# -- the command line --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """The address of a local cluster of one worker process, shared by the CLI tests."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+
+
+def test_cli_predicts_a_parquet_directory_partition_by_partition(fits, scheduler, tmp_path):
+    from multilevel.distributed.source import open_dask
+
+    df, ddf, _, par = fits
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i in range(3):
+        df.iloc[200 * i:200 * (i + 1)].dropna().to_parquet(parts / f"part-{i}.parquet")
+    fit_path, out = par.save(tmp_path / "fit.nc"), tmp_path / "out"
+    dask_args = ["--engine", "dask", "--scheduler", scheduler, "--out", out]
+    code, _, err = run_main(["predict", fit_path, parts, *dask_args])
+    assert code == 0 and "3 partitions" in err
+    assert sorted(p.name for p in out.iterdir()) == ["part.0.parquet", "part.1.parquet", "part.2.parquet"]
+    got = pd.read_parquet(out)
+    code, _, _ = run_main(["predict", fit_path, parts, "--out", tmp_path / "memory.csv"])  # in memory: the same rows
+    pd.testing.assert_frame_equal(got, pd.read_csv(tmp_path / "memory.csv"), check_dtype=False)
+    # responses: each partition's random numbers spawned from --seed, as fit.predict of a Dask frame draws them
+    code, _, _ = run_main(["predict", fit_path, parts, *dask_args, "--overwrite", "--kind", "response", "--seed", "4"])
+    want = par.predict(open_dask(str(parts)), kind="response", seed=4, summary=True).compute()
+    assert code == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out)[list(want.columns)], want.reset_index(drop=True))
+    # a failure leaves what was saved as it was, and no temporary files
+    before = pd.read_parquet(out)
+    (tmp_path / "bad").mkdir()
+    df.drop(columns="x").to_parquet(tmp_path / "bad" / "b.parquet")
+    code, _, err = run_main(["predict", fit_path, tmp_path / "bad", *dask_args, "--overwrite"])
+    assert code == 2 and "column 'x' needed by the formula" in err and len(err.strip().splitlines()) == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(out), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "fit.nc", "memory.csv", "out", "parts"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "dask", "--out", "o"], "pass the data again as NEW"),
+    (["NEW", "--engine", "dask"], "add --out DIR"),
+    (["NEW", "--engine", "dask", "--out", "fit.nc"], "exists; choose another name"),
+    (["NEW", "--engine", "dask", "--out", "fit.nc", "--overwrite"], "is a file"),
+    (["NEW", "--workers", "2", "--out", "o.csv"], "apply to --engine dask"),
+    (["NEW", "--engine", "dask", "--out", "o", "--worker-memory", "lots"], "--worker-memory must be a size"),
+    (["/nonexistent/*.parquet", "--engine", "dask", "--out", "o", "--workers", "1"], "no files match"),
+    ([], "fitted with --engine dask and keeps no rows"),
+])
+def test_cli_refuses_bad_dask_predictions_in_one_line(fits, tmp_path, monkeypatch, args, message):
+    df, _, _, par = fits
+    monkeypatch.chdir(tmp_path)
+    par.save("fit.nc")
+    df.to_parquet("new.parquet")
+    code, _, err = run_main(["predict", "fit.nc", *["new.parquet" if a == "NEW" else a for a in args]])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
