@@ -494,19 +494,14 @@ def _check_dask_prediction(new_data: str | None, out_path: Path | None, overwrit
         raise ModelError(f"cannot write {str(out_path)!r}: folder {str(parent)!r} does not exist or is not writable")
 
 
-def _joined(data: Any, table: Any) -> Any:
-    """The rows' columns followed by their predictions (``pred_<name>`` where a name is taken)."""
-    table = table.rename(columns={c: f"pred_{c}" for c in table.columns if c in data.columns})
-    return data.assign(**{str(c): table[c].to_numpy() for c in table.columns})
-
-
 def _predict_in_memory(fit: Any, new_data: str | None, out_path: Path | None, options: dict[str, Any]) -> None:
     """Predict in memory and print them as CSV or write ``out_path`` (CSV or Parquet) atomically."""
+    from .distributed.posterior import with_columns
     from .io import read_data
 
     data = read_data(new_data) if new_data is not None else None
     table = fit.predict(data, **options)
-    result = table.reset_index() if data is None else _joined(data.reset_index(drop=True), table)
+    result = table.reset_index() if data is None else with_columns(data.reset_index(drop=True), table)
     if out_path is None:
         click.echo(result.to_csv(index=False), nl=False)
         return
@@ -519,16 +514,12 @@ def _predict_in_memory(fit: Any, new_data: str | None, out_path: Path | None, op
     click.echo(f"wrote {len(result)} predictions ({options['kind']}) to {out_path}", err=True)
 
 
-def _join_partition(data: Any, table: Any) -> Any:
-    """:func:`_joined` of one partition's rows and their predictions (the same rows in order)."""
-    return _joined(data, table.set_axis(data.index))
-
-
 def _predict_on_dask(fit: Any, new_data: str, out_path: Path, options: dict[str, Any],
                      cluster: tuple[str | None, int | None, str | None]) -> None:
     """Predict the rows of ``new_data`` partition by partition on a Dask cluster and write them,
     with their columns, as a directory of Parquet files (one a partition), atomically."""
     from .distributed.cluster import dask_client
+    from .distributed.posterior import predict_partitions
     from .distributed.source import open_dask
 
     data = open_dask(new_data)  # lazy: a bad path is refused before a cluster starts
@@ -538,9 +529,8 @@ def _predict_on_dask(fit: Any, new_data: str, out_path: Path, options: dict[str,
             probe = data.head(5, npartitions=1)
         if len(probe):  # bad columns or values refused here, in one line, before any partition is predicted
             fit.predict(probe, **options)
-        table = fit.predict(data, **options)
-        meta = _joined(data._meta, table._meta)
-        result = data.map_partitions(_join_partition, table, meta=meta, align_dataframes=False)
+        rest = {k: v for k, v in options.items() if k not in ("seed", "summary", "hdi_prob")}
+        result = predict_partitions(fit, data, options["seed"], True, options["hdi_prob"], columns=True, **rest)
         try:
             _write_directory_atomically(out_path, lambda tmp: result.to_parquet(tmp, write_index=False))
         except OSError as exc:

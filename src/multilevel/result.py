@@ -507,7 +507,8 @@ class Fit:
         beta ~ MVN(theta, Sigma) per posterior draw (from ``seed``); ``include_group_effects=False``
         predicts at beta = theta. ``summary=True`` returns a DataFrame (mean, sd, HDI) instead.
         ``newdata=None``: the fitted values of the rows used in fitting, in the order of their
-        index labels. ``weights``: Gaussian ``kind="response"``, the new rows' precision weights
+        index labels (a Dask fit's: a lazy Dask DataFrame of their summaries, read again partition
+        by partition). ``weights``: Gaussian ``kind="response"``, the new rows' precision weights
         (column name or values; default 1: variance sigma2). See :func:`multilevel.predict.predict`.
         """
         from .predict import predict

@@ -31,7 +31,8 @@ import pandas as pd
 from ..errors import ModelError
 from ..moments import Moments, combine_moments, moments_of
 from .plan import PartitionPlan, partition_design
-from .posterior import SCALES, check_scale, combine_loo, design_loo, loo_numbers, partitioned_design_of, posterior_draws
+from .posterior import (SCALES, check_scale, combine_loo, design_loo, loo_numbers, partitioned_design_of,
+                        partitions_of, posterior_draws)
 from .reduce import tree_reduce
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFram
     plans = [delayed(d.plan, pure=True) for d in designs]
     draws = [delayed(posterior_draws(f), pure=True) for f in fits.values()]
     reffs = [_reff(f) for f in fits.values()]
-    parts = zip(*(d.ddf.to_delayed() for d in designs))  # partition i of every fit: the same rows
+    parts = zip(*(partitions_of(d.ddf) for d in designs))  # partition i of every fit: the same rows
     tasks = [delayed(partition_comparison)(list(frames), plans, draws, reffs, SCALES[scale], names, i)
              for i, frames in enumerate(parts)]
     (total,) = dask_compute([tree_reduce(tasks, combine_comparisons)])

@@ -13,7 +13,9 @@ partition by partition.
   in a fixed tree; a task holds chains x draws x a block of its partition's rows
   (:data:`LOO_VALUES`), never all rows.
 * :func:`predict_partitions`: ``predict(newdata, summary=True)`` of a Dask DataFrame: each
-  partition predicted as a pandas frame is, giving a Dask DataFrame of per-row summaries.
+  partition predicted as a pandas frame is, giving a Dask DataFrame of per-row summaries;
+  :func:`fitted_partitions`: ``predict()`` of the fitted rows, those of each partition the
+  fit kept, the same way.
 """
 
 from __future__ import annotations
@@ -222,14 +224,32 @@ def is_dask_frame(data: Any) -> bool:
     return type(data).__module__.split(".")[0] == "dask" and hasattr(data, "to_delayed") and hasattr(data, "columns")
 
 
-def predict_partition(frame: pd.DataFrame, fit: Fit, options: dict[str, Any], entropy: int, number: int
-                      ) -> pd.DataFrame:
-    """``fit.predict(frame, summary=True, **options)`` of one partition, its random numbers
-    from the seed sequence (``entropy``, spawn key ``number``)."""
+def with_columns(frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The rows' columns followed by their predictions ``table`` (the same rows in order;
+    ``pred_<name>`` where a name is taken)."""
+    table = table.rename(columns={c: f"pred_{c}" for c in table.columns if c in frame.columns})
+    return frame.assign(**{str(c): table[c].to_numpy() for c in table.columns})
+
+
+def predict_partition(frame: pd.DataFrame, fit: Fit, options: dict[str, Any], entropy: int, number: int,
+                      kept: tuple[str, ...] | None = None, columns: bool = False) -> pd.DataFrame:
+    """``fit.predict(frame, summary=True, **options)`` of one partition (with ``kept``, of its
+    rows the fit kept: :func:`fitted_rows`), its random numbers from the seed sequence
+    (``entropy``, spawn key ``number``); ``columns``: after the rows' own columns."""
     from ..predict import predict
 
+    if kept is not None:
+        frame = fitted_rows(frame, kept)
     rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(number,)))
-    return predict(fit, frame, seed=rng, summary=True, **options)
+    table = predict(fit, frame, seed=rng, summary=True, **options)
+    return with_columns(frame, table) if columns else table
+
+
+def partitions_of(ddf: Any) -> list[Any]:
+    """The partitions of a Dask DataFrame as delayed values, one per partition as its
+    ``npartitions`` and ``divisions`` count them (the graph not optimised, which may fuse
+    small partitions), so partition numbers mean the same in every computation."""
+    return list(ddf.to_delayed(optimize_graph=False))
 
 
 def seed_entropy(seed: Any) -> int:
@@ -261,19 +281,21 @@ def fitted_partitions(fit: Fit, seed: Any, summary: bool, hdi_prob: float, **opt
     fit's fitted values do."""
     design = partitioned_design_of(fit, "predict() without new data", PASS_DATA)
     plan = design.plan
-    rows = design.ddf.map_partitions(fitted_rows, tuple(plan.spec.variables), meta=design.ddf._meta)
     if options.get("kind") == "response" and plan.weights and plan.family == "gaussian":
         options = dict(options, weights=plan.weights)
-    return predict_partitions(fit, rows, seed, summary, hdi_prob, **options)
+    return predict_partitions(fit, design.ddf, seed, summary, hdi_prob, kept=tuple(plan.spec.variables), **options)
 
 
-def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_prob: float, **options: Any) -> Any:
+def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_prob: float,
+                       kept: tuple[str, ...] | None = None, columns: bool = False, **options: Any) -> Any:
     """Predictions of the rows of a Dask DataFrame: a Dask DataFrame (lazy; ``.compute()`` or
     ``.to_parquet()`` it) indexed like ``newdata``, of each row's posterior mean, sd and HDI,
     each partition predicted as a pandas frame is. Rows of a level not seen in fitting share
     one drawn effect within a partition; each partition draws its random numbers from the
     seed sequence of ``seed`` spawned by partition number, so the summaries depend on the seed
-    and the partitioning, not on the scheduler or the number of workers."""
+    and the partitioning, not on the scheduler or the number of workers. ``kept``: the rows
+    the fit kept only (:func:`fitted_partitions`); ``columns``: each row's columns first
+    (:func:`with_columns`)."""
     import dask.dataframe as dd
     from dask import delayed
 
@@ -292,8 +314,11 @@ def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_pro
     options = dict(options, hdi_prob=hdi_prob)
     lo, hi = hdi_names(hdi_prob)
     meta = pd.DataFrame({c: pd.Series(dtype=float) for c in ("mean", "sd", lo, hi)}, index=newdata._meta.index[:0])
-    parts = [delayed(predict_partition)(p, shipped, options, entropy, i) for i, p in enumerate(newdata.to_delayed())]
+    meta = with_columns(newdata._meta, meta) if columns else meta
+    parts = [delayed(predict_partition)(p, shipped, options, entropy, i, kept, columns)
+             for i, p in enumerate(partitions_of(newdata))]
     return dd.from_delayed(parts, meta=meta, divisions=newdata.divisions, verify_meta=False)
 
 
-__all__ = ["fitted_partitions", "fitted_rows", "is_dask_frame", "log_likelihood", "seed_entropy", "loo", "partition_log_likelihood", "partition_loo", "predict_partitions"]
+__all__ = ["fitted_partitions", "fitted_rows", "is_dask_frame", "log_likelihood", "loo", "partition_log_likelihood",
+           "partition_loo", "partitions_of", "predict_partitions", "seed_entropy", "with_columns"]

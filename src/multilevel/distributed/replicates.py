@@ -36,7 +36,8 @@ import xarray as xr
 
 from ..errors import ModelError
 from .plan import partition_design
-from .posterior import fitted_rows, partitioned_design_of, posterior_draws, rows_eta, seed_entropy
+from .posterior import (fitted_rows, partitioned_design_of, partitions_of, posterior_draws, rows_eta,
+                        seed_entropy)
 from .reduce import tree_reduce
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def sample_rows(fit: Fit, entropy: int, rows: int) -> tuple[pd.DataFrame, np.nda
     design = partitioned_design_of(fit, "posterior_predictive()",
                                    "call fit.posterior_predictive() before saving (the sample is saved), or fit again")
     variables = tuple(design.plan.spec.variables)
-    offers = [delayed(partition_offer)(p, variables, entropy, i, rows) for i, p in enumerate(design.ddf.to_delayed())]
+    offers = [delayed(partition_offer)(p, variables, entropy, i, rows) for i, p in enumerate(partitions_of(design.ddf))]
     (total,) = dask_compute([tree_reduce(offers, combine_offers)])
     order = np.lexsort((total["position"], total["partition"]))
     return total["rows"].iloc[order], total["partition"][order], int(total["count"])
