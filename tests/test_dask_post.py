@@ -261,3 +261,34 @@ def test_cli_refuses_bad_dask_predictions_in_one_line(fits, tmp_path, monkeypatc
     df.to_parquet("new.parquet")
     code, _, err = run_main(["predict", "fit.nc", *["new.parquet" if a == "NEW" else a for a in args]])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_sample_and_the_comparison_on_a_worker_process_equal_the_threaded_ones(nested_fits, scheduler):
+    from distributed import Client
+
+    _, _, par0, par1 = nested_fits
+    threaded = par1.posterior_predictive(seed=11, rows=40).values
+    table = quiet(multilevel.compare, {"a": par0, "b": par1})
+    with Client(scheduler):
+        on_worker = par1.posterior_predictive(seed=11, rows=40).values
+        again = quiet(multilevel.compare, {"a": par0, "b": par1})
+    assert np.array_equal(on_worker, threaded)
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_waic_of_a_dask_fit_is_the_in_memory_one_partition_by_partition(nested_fits, monkeypatch):
+    from multilevel.distributed import posterior
+
+    mem0, _, par0, _ = nested_fits
+    for scale in ("log", "deviance"):
+        want, got = quiet(mem0.waic, scale=scale), quiet(par0.waic, scale=scale)
+        assert list(got.index) == list(want.index)
+        for name in ("elpd_waic", "se", "p_waic"):
+            assert got[name] == pytest.approx(want[name], rel=1e-8), name
+        assert (got.n_data_points, got.n_samples, got.warning, got.scale) == (want.n_data_points, want.n_samples,
+                                                                              want.warning, want.scale)
+        assert np.allclose(got.waic_i.values, want.waic_i.values, rtol=1e-8)
+    monkeypatch.setattr(posterior, "LOO_VALUES", 7 * 80)  # a partition's rows in blocks of 7
+    summary = quiet(par0.waic, pointwise=False)
+    assert summary["waic"] == pytest.approx(quiet(mem0.waic, pointwise=False)["waic"], rel=1e-8)
+    one_line(lambda: par0.waic(var_name="y"), "takes scale")

@@ -94,7 +94,16 @@ def loo(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
 
 
 def waic(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
-    """The widely applicable information criterion (``az.waic``); ``pointwise`` as in :func:`loo`."""
+    """The widely applicable information criterion (``az.waic``); ``pointwise`` as in :func:`loo`.
+    A Dask fit without a stored log-likelihood gets the same numbers partition by partition
+    (:func:`multilevel.distributed.posterior.waic`; keyword ``scale``)."""
+    if fit.group("log_likelihood") is None and fit.partitioned:
+        from .distributed.posterior import waic as waic_over_partitions
+
+        unknown = sorted(set(kwargs) - {"scale"})
+        if unknown:
+            raise ModelError(f"waic() of a Dask fit takes scale, not {', '.join(unknown)}")
+        return waic_over_partitions(fit, pointwise=pointwise, **kwargs)
     return az.waic(loglik_idata(fit), pointwise=pointwise, **kwargs)
 
 

@@ -55,9 +55,9 @@ def partition_comparison(frames: list[pd.DataFrame], plans: list[PartitionPlan],
                              f"({designs[0].y.shape[0]} and {d.y.shape[0]} rows kept); compare models fitted to the "
                              "same data (rows with missing values in either formula's columns dropped from both)")
     loos = [design_loo(d, dr, r, scale, True) for d, dr, r in zip(designs, draws, reffs)]
-    elpd = np.stack([x["loo_i"] for x in loos], axis=1)  # (rows, fits)
+    elpd = np.stack([x["values"] for x in loos], axis=1)  # (rows, fits)
     diffs = moments_of(elpd[:, :, None] - elpd[:, None, :])
-    return {"loo": [dict(x, loo_i=None, pareto_k=None) for x in loos], "diffs": diffs}
+    return {"loo": [dict(x, values=None, k=None) for x in loos], "diffs": diffs}
 
 
 def combine_comparisons(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ partition by partition.
   elpd (for the standard error, :mod:`multilevel.moments`) and its largest Pareto k, combined
   in a fixed tree; a task holds chains x draws x a block of its partition's rows
   (:data:`LOO_VALUES`), never all rows.
+* :func:`waic`: WAIC as ``az.waic`` computes it, the same way (its pointwise values are per
+  row too: log-sum-exp and variance over the draws).
 * :func:`predict_partitions`: ``predict(newdata, summary=True)`` of a Dask DataFrame: each
   partition predicted as a pandas frame is, giving a Dask DataFrame of per-row summaries;
   :func:`fitted_partitions`: ``predict()`` of the fitted rows, those of each partition the
@@ -120,20 +122,43 @@ def partition_loo(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any
     """PSIS-LOO of one partition's rows (as ``az.loo``), in blocks of rows of at most
     :data:`LOO_VALUES` log-likelihood values: rows, the sums of the pointwise elpd (times
     ``scale``) and of the pointwise lppd, the moments of the pointwise elpd, the largest
-    Pareto k, and with ``pointwise`` the pointwise elpd and k themselves."""
+    Pareto k (``max``), and with ``pointwise`` the pointwise elpd (``values``) and k themselves."""
     return design_loo(partition_design(frame, plan), draws, reff, scale, pointwise)
 
 
 def design_loo(d: Any, draws: dict[str, Any], reff: float, scale: float, pointwise: bool) -> dict[str, Any]:
     """:func:`partition_loo` of a partition's design ``d``."""
+    return design_blocks(d, draws, lambda samples: _block_loo(samples, reff, scale, pointwise))
+
+
+def partition_waic(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any], scale: float,
+                   pointwise: bool) -> dict[str, Any]:
+    """WAIC of one partition's rows (as ``az.waic``), in blocks as :func:`partition_loo`: the
+    same sums and moments of the pointwise elpd_waic, the largest posterior variance of a
+    row's log predictive density (``max``), and with ``pointwise`` the pointwise values."""
+    return design_blocks(partition_design(frame, plan), draws, lambda samples: _block_waic(samples, scale, pointwise))
+
+
+def design_blocks(d: Any, draws: dict[str, Any], block_of: Any) -> dict[str, Any]:
+    """``block_of`` (:func:`_block_loo` or :func:`_block_waic`) of the rows of a partition's
+    design ``d`` in blocks of at most :data:`LOO_VALUES` log-likelihood values, combined
+    (:func:`combine_loo`)."""
     n_samples = int(np.prod(draws["shape"]))
     block = max(1, LOO_VALUES // n_samples)
-    out = _block_loo(np.zeros((0, n_samples)), reff, scale, pointwise)
+    out = block_of(np.zeros((0, n_samples)))
     for start in range(0, d.y.shape[0], block):
         ll = rows_log_likelihood(d, slice(start, start + block), draws)
         samples = np.ascontiguousarray(ll.reshape(n_samples, -1).T)  # (rows, chain x draw): ArviZ's __sample__
-        out = combine_loo(out, _block_loo(samples, reff, scale, pointwise))
+        out = combine_loo(out, block_of(samples))
     return out
+
+
+def _pointwise_sums(samples: np.ndarray, elpd_i: np.ndarray, lppd: np.ndarray, largest: np.ndarray,
+                    k: np.ndarray | None, pointwise: bool) -> dict[str, Any]:
+    """A block's result (:func:`partition_loo`) from its pointwise values."""
+    return {"rows": samples.shape[0], "samples": samples.shape[1], "elpd": float(np.sum(elpd_i)),
+            "lppd": float(np.sum(lppd)), "moments": moments_of(elpd_i), "max": float(np.max(largest, initial=-np.inf)),
+            "values": elpd_i if pointwise else None, "k": np.asarray(k) if pointwise and k is not None else None}
 
 
 def _block_loo(samples: np.ndarray, reff: float, scale: float, pointwise: bool) -> dict[str, Any]:
@@ -149,19 +174,30 @@ def _block_loo(samples: np.ndarray, reff: float, scale: float, pointwise: bool) 
         lppd = logsumexp(samples, b_inv=samples.shape[1], axis=-1)
     else:
         loo_i, lppd, k = np.zeros(0), np.zeros(0), np.zeros(0)
-    return {"rows": samples.shape[0], "samples": samples.shape[1], "elpd": float(np.sum(loo_i)),
-            "lppd": float(np.sum(lppd)), "moments": moments_of(loo_i), "k_max": float(np.max(k, initial=-np.inf)),
-            "loo_i": loo_i if pointwise else None, "pareto_k": np.asarray(k) if pointwise else None}
+    return _pointwise_sums(samples, loo_i, lppd, k, k, pointwise)
+
+
+def _block_waic(samples: np.ndarray, scale: float, pointwise: bool) -> dict[str, Any]:
+    """:func:`partition_waic` of the rows of ``samples`` (rows, samples), as ``az.waic``:
+    elpd_waic_i = scale (lppd_i - var_s log p(y_i | s))."""
+    from arviz.stats.stats_utils import logsumexp
+
+    if samples.shape[0]:
+        lppd = logsumexp(samples, b_inv=samples.shape[1], axis=-1)
+        var_lpd = samples.var(axis=-1)
+    else:
+        lppd, var_lpd = np.zeros(0), np.zeros(0)
+    return _pointwise_sums(samples, scale * (lppd - var_lpd), lppd, var_lpd, None, pointwise)
 
 
 def combine_loo(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two :func:`partition_loo` results as one (a's rows first)."""
+    """Two :func:`partition_loo` (or :func:`partition_waic`) results as one (a's rows first)."""
     def join(name: str) -> np.ndarray | None:
         return None if a[name] is None else np.concatenate([a[name], b[name]])
 
     return {"rows": a["rows"] + b["rows"], "samples": a["samples"], "elpd": a["elpd"] + b["elpd"],
             "lppd": a["lppd"] + b["lppd"], "moments": combine_moments(a["moments"], b["moments"]),
-            "k_max": max(a["k_max"], b["k_max"]), "loo_i": join("loo_i"), "pareto_k": join("pareto_k")}
+            "max": max(a["max"], b["max"]), "values": join("values"), "k": join("k")}
 
 
 SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
@@ -174,7 +210,7 @@ def loo_numbers(total: dict[str, Any], scale: str, stacklevel: int = 4) -> tuple
     se = float(np.sqrt(total["rows"] * total["moments"].variance))
     p_loo = total["lppd"] - total["elpd"] / SCALES[scale]
     good_k = min(1 - 1 / np.log10(n_samples), 0.7)
-    warn = bool(total["k_max"] > good_k)
+    warn = bool(total["max"] > good_k)
     if warn:
         warnings.warn(f"Pareto k above {good_k:.2f} for one or more rows: PSIS-LOO is unreliable for them "
                       "(influential rows, or a LOO posterior far from the full one)", UserWarning, stacklevel=stacklevel)
@@ -213,10 +249,43 @@ def loo(fit: Fit, reff: float, pointwise: bool | None = None, scale: str | None 
                         index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "scale", "good_k"])
     obs = {"obs": np.arange(n)}
     return ELPDData(data=[total["elpd"], se, p_loo, n_samples, n, warn,
-                          xr.DataArray(total["loo_i"], dims=("obs",), coords=obs, name="loo_i"),
-                          xr.DataArray(total["pareto_k"], dims=("obs",), coords=obs), scale, good_k],
+                          xr.DataArray(total["values"], dims=("obs",), coords=obs, name="loo_i"),
+                          xr.DataArray(total["k"], dims=("obs",), coords=obs), scale, good_k],
                     index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k",
                            "scale", "good_k"])
+
+
+#: az.waic's warning: a row whose log predictive density varies more than this over the draws
+WAIC_VARIANCE = 0.4
+
+
+def waic(fit: Fit, pointwise: bool | None = None, scale: str | None = None) -> Any:
+    """WAIC of a Dask fit, partition by partition as :func:`loo`: ArviZ's ``ELPDData`` with
+    the numbers (and names) ``az.waic`` gives on the whole pointwise log-likelihood."""
+    from arviz import rcParams
+    from arviz.stats.stats_utils import ELPDData
+    from dask import delayed
+
+    from .design import dask_compute
+
+    pointwise = rcParams["stats.ic_pointwise"] if pointwise is None else bool(pointwise)
+    scale = check_scale(scale)
+    parts, plan, draws = _partitions(fit, "waic()")
+    (total,) = dask_compute([tree_reduce([delayed(partition_waic)(p, plan, draws, SCALES[scale], pointwise)
+                                          for p in parts], combine_loo)])
+    n, n_samples = total["rows"], total["samples"]
+    se = float(np.sqrt(n * total["moments"].variance))
+    p_waic = total["lppd"] - total["elpd"] / SCALES[scale]
+    warn = bool(total["max"] > WAIC_VARIANCE)
+    if warn:
+        warnings.warn(f"the posterior variance of the log predictive density exceeds {WAIC_VARIANCE} for one or more "
+                      "rows: WAIC may be failing; prefer loo()", UserWarning, stacklevel=3)
+    if not pointwise:  # az.waic's names, "waic" among them
+        return ELPDData(data=[total["elpd"], se, p_waic, n_samples, n, warn, scale],
+                        index=["waic", "se", "p_waic", "n_samples", "n_data_points", "warning", "scale"])
+    waic_i = xr.DataArray(total["values"], dims=("obs",), coords={"obs": np.arange(n)}, name="waic_i")
+    return ELPDData(data=[total["elpd"], se, p_waic, n_samples, n, warn, waic_i, scale],
+                    index=["elpd_waic", "se", "p_waic", "n_samples", "n_data_points", "warning", "waic_i", "scale"])
 
 
 def is_dask_frame(data: Any) -> bool:
@@ -321,4 +390,5 @@ def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_pro
 
 
 __all__ = ["fitted_partitions", "fitted_rows", "is_dask_frame", "log_likelihood", "loo", "partition_log_likelihood",
-           "partition_loo", "partitions_of", "predict_partitions", "seed_entropy", "with_columns"]
+           "partition_loo", "partition_waic", "partitions_of", "predict_partitions", "seed_entropy", "waic",
+           "with_columns"]
