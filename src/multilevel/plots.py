@@ -635,7 +635,7 @@ def _dask_replicates(fit: Fit, n: int, seed: Any) -> tuple[Any, np.ndarray]:
     return observed, _flat(y_rep)
 
 
-def _ppc_rows(fit: Fit, n: int, seed: Any) -> tuple[np.ndarray, np.ndarray, Any, str]:
+def _ppc_rows(fit: Fit, n: int, seed: Any) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray, str]:
     """The observed y, (S, N) replicates, a function of a factor giving each row's level
     position, the rows' trials, and a note on the rows: every fitted row in memory, a random
     sample of them for a Dask fit."""

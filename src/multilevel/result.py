@@ -83,7 +83,7 @@ class Fit:
     def several_terms(self) -> bool:
         """Whether the fit has the layout of several random-effects terms (per-factor variables)."""
         cd = self.group("constant_data")
-        return (cd is not None and "F" in cd) or self.attrs.get("engine") == "dask"
+        return (cd is not None and "F" in cd) or self.partitioned
 
     @property
     def partitioned(self) -> bool:
