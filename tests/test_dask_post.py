@@ -8,7 +8,8 @@ by partition, with the in-memory engine's results on the same data and draws:
   same sample on any scheduler, stored with the sample's observed responses so that
   ``az.plot_ppc`` and ``plot_ppc`` work, also after saving;
 * ``compare()`` of Dask fits of the same data: ``az.compare``'s table (pseudo-BMA weights) of
-  the in-memory fits; mixed or different data refused in one line;
+  the in-memory fits; mixed or different data refused in one line; ``waic()``: ``az.waic``'s;
+* the sample and the comparison on a worker process equal the threaded ones;
 * the CLI predicts Parquet/CSV directories into a Parquet directory with ``--engine dask``.
 """
 
