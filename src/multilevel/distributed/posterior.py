@@ -348,6 +348,10 @@ def fitted_partitions(fit: Fit, seed: Any, summary: bool, hdi_prob: float, **opt
     rows (:func:`fitted_rows` of each partition), a lazy Dask DataFrame indexed as the data;
     Gaussian ``kind="response"`` draws with the rows' precision weights, as the in-memory
     fit's fitted values do."""
+    if not summary:
+        raise ModelError("predict() of a Dask fit's rows gives each row's summary (summary=True), as a Dask "
+                         "DataFrame; the draws of every row would not fit in memory: predict a pandas frame of the "
+                         "rows you need for draws")
     design = partitioned_design_of(fit, "predict() without new data", PASS_DATA)
     plan = design.plan
     if options.get("kind") == "response" and plan.weights and plan.family == "gaussian":
