@@ -40,6 +40,26 @@ def cli() -> None:
     """Bayesian hierarchical (multilevel) regression with lme4-style formulas."""
 
 
+def dask_options(command: Any) -> Any:
+    """The options of a command that runs on Dask: --scheduler, --workers, --worker-memory."""
+    options = [
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="dask: the scheduler to run on (tcp://host:8786); default: a local cluster for this command."),
+        click.option("--workers", default=None, type=int, help="dask: worker processes of the local cluster (default 2)."),
+        click.option("--worker-memory", default=None, metavar="SIZE",
+                     help="dask: memory limit of each local worker, e.g. 600MB (default: shared out of the machine's)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _check_dask_options(engine: str, scheduler: str | None, workers: int | None, worker_memory: str | None) -> None:
+    """Refuse the cluster options without ``--engine dask``."""
+    if engine != "dask" and (scheduler or workers is not None or worker_memory):
+        raise ModelError("--scheduler, --workers and --worker-memory apply to --engine dask; add it or leave them out")
+
+
 @cli.command("fit")
 @click.argument("data")
 @click.option("--formula", "-f", required=True, help="lme4-style formula, e.g. 'mAch ~ ses + (ses | school)'.")
@@ -82,11 +102,7 @@ def cli() -> None:
 @click.option("--engine", type=click.Choice(["pandas", "dask"]), default="pandas", show_default=True,
               help="pandas: read the data into memory; dask: leave it in partitions and sum the model's statistics "
               "partition by partition (Gaussian models; data beyond memory).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="dask: the scheduler to run on (tcp://host:8786); default: a local cluster for this command.")
-@click.option("--workers", default=None, type=int, help="dask: worker processes of the local cluster (default 2).")
-@click.option("--worker-memory", default=None, metavar="SIZE",
-              help="dask: memory limit of each local worker, e.g. 600MB (default: shared out of the machine's).")
+@dask_options
 def fit_command(data: str, formula: str, family: str, offset: str | None, weights: str | None, proposal: str, sampler: str | None, chains: int, draws: int, warmup: int, seed: int | None,
                 cores: int | None, out: str | None, overwrite: bool, checkpoint: int | None, na_action: str,
                 log_likelihood: bool, no_group_draws: bool, no_progress: bool, engine: str, scheduler: str | None,
@@ -96,9 +112,7 @@ def fit_command(data: str, formula: str, family: str, offset: str | None, weight
     from .api import Model
     from .result import check_writable
 
-    if engine != "dask" and (scheduler or workers is not None or worker_memory):
-        raise ModelError("--scheduler, --workers and --worker-memory apply to --engine dask; add it or leave them out")
-
+    _check_dask_options(engine, scheduler, workers, worker_memory)
     if out is not None:
         check_writable(Path(out), overwrite)
     if checkpoint is not None and out is None:
@@ -253,10 +267,57 @@ def _image_format(out: Path) -> str:
     return suffix
 
 
-def _save_figure(fig: Any, out: Path, overwrite: bool, dpi: int = 120) -> None:
-    """Write ``fig`` to ``out`` atomically (temporary file, then rename) and close it."""
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _write_atomically(out: Path, write: Any) -> None:
+    """``write(path)`` to a temporary file beside ``out``, then rename it over ``out``: a write
+    that fails leaves ``out`` as it was."""
     import tempfile
 
+    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_directory_atomically(out: Path, write: Any) -> None:
+    """``write(path)`` into a temporary directory beside ``out``, then put it in the place of
+    ``out`` (an existing ``out`` is moved aside first and removed last): a write that fails
+    leaves ``out`` as it was."""
+    import shutil
+    import tempfile
+
+    parent = out.parent if str(out.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    old = None
+    try:
+        write(str(tmp))
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old / out.name, out)
+        raise
+    finally:
+        for path in (tmp, old):
+            if path is not None and path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _save_figure(fig: Any, out: Path, overwrite: bool, dpi: int = 120) -> None:
+    """Write ``fig`` to ``out`` atomically (temporary file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
     from .result import check_writable
@@ -264,18 +325,10 @@ def _save_figure(fig: Any, out: Path, overwrite: bool, dpi: int = 120) -> None:
     _agg()
     check_writable(out, overwrite)
     fmt = _image_format(out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, out)
+        _write_atomically(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 PLOT_KINDS = ("trace", "rank", "caterpillar", "shrinkage", "ppc", "pairs")
@@ -373,53 +426,117 @@ def _re_form_factors(fit: Any, re_form: str | None, no_group_effects: bool) -> l
 @click.option("--weights", default=None, metavar="COLUMN",
               help="Gaussian --kind response: column of NEW with the rows' precision weights (default 1).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--engine", type=click.Choice(["pandas", "dask"]), default="pandas", show_default=True,
+              help="pandas: read NEW into memory; dask: read it partition by partition (a Parquet or CSV file, "
+              "directory or glob) and write --out as a directory of Parquet files, partition by partition.")
+@dask_options
 def predict_command(fit_path: str, new_data: str | None, out: str | None, kind: str, no_group_effects: bool,
                     re_form: str | None, draws: int | None, seed: int | None, hdi_prob: float, offset: str | None,
-                    weights: str | None, overwrite: bool) -> None:
+                    weights: str | None, overwrite: bool, engine: str, scheduler: str | None, workers: int | None,
+                    worker_memory: str | None) -> None:
     """Predict the rows of NEW.csv (CSV or Parquet) from a saved fit: one output row per input
     row, the input's columns followed by mean, sd and the HDI bounds (hdi_3%, hdi_97%).
     Rows of groups not in the fit get new group effects drawn from MVN(theta, Sigma).
     With several grouping factors, --re-form chooses whose effects are included.
-    Without NEW.csv: the fitted values of the rows used in fitting, by row label."""
-    import pandas as pd
-
-    from .io import read_data
-    from .result import check_writable, load
+    Without NEW.csv: the fitted values of the rows used in fitting, by row label.
+    With --engine dask: NEW read partition by partition, --out a directory of Parquet files."""
+    from .result import load
 
     if kind not in PREDICT_KINDS:
         raise ModelError(f"unknown prediction kind {kind!r}; choose one of {', '.join(PREDICT_KINDS)}")
+    _check_dask_options(engine, scheduler, workers, worker_memory)
     out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        check_writable(out_path, overwrite)
-        if out_path.suffix.lower() not in (".csv", ".txt", ".parquet", ".pq"):
-            raise ModelError(f"cannot tell the format of {out!r}: end the name with .csv or .parquet")
+    if engine == "dask":
+        _check_dask_prediction(new_data, out_path, overwrite)
+    elif out_path is not None:
+        _check_table_output(out_path, overwrite)
     if new_data is None and (offset is not None or weights is not None):
         raise ModelError("--offset and --weights describe the rows of NEW.csv; without it the fitted rows use their own")
     if re_form is not None and no_group_effects:
         raise ModelError("give --re-form or --no-group-effects, not both (--no-group-effects is --re-form '~0')")
     fit = load(fit_path)
+    if new_data is None and fit.partitioned:
+        raise ModelError(f"{fit_path} was fitted with --engine dask and keeps no rows: pass the data again as NEW "
+                         "(with --engine dask for data beyond memory)")
     factors = _re_form_factors(fit, re_form, no_group_effects)
-    several = fit.several_terms  # a one-factor fit takes the choice as include_group_effects
+    options = dict(kind=kind, include_group_effects=bool(factors), draws=draws, seed=seed, summary=True,
+                   hdi_prob=hdi_prob, offset=offset, weights=weights,
+                   re_form=factors if fit.several_terms else None)  # a one-factor fit takes include_group_effects
+    if engine == "dask":
+        _predict_on_dask(fit, new_data, out_path, options, (scheduler, workers, worker_memory))
+        return
+    _predict_in_memory(fit, new_data, out_path, options)
+
+
+def _check_table_output(out_path: Path, overwrite: bool) -> None:
+    """Refuse an output file of the pandas engine's predictions before any work."""
+    from .result import check_writable
+
+    check_writable(out_path, overwrite)
+    if out_path.suffix.lower() not in (".csv", ".txt", ".parquet", ".pq"):
+        raise ModelError(f"cannot tell the format of {str(out_path)!r}: end the name with .csv or .parquet")
+
+
+def _check_dask_prediction(new_data: str | None, out_path: Path | None, overwrite: bool) -> None:
+    """Refuse, before any work, what --engine dask cannot predict or write."""
+    if new_data is None:
+        raise ModelError("--engine dask predicts the rows of NEW (a Parquet or CSV file, directory or glob); a saved "
+                         "fit has no handle on its fitted rows: pass the data again as NEW")
+    if out_path is None:
+        raise ModelError("--engine dask writes the predictions as a directory of Parquet files: add --out DIR")
+    if out_path.exists() and not overwrite:
+        raise ModelError(f"output {str(out_path)!r} exists; choose another name or pass --overwrite")
+    if out_path.exists() and not out_path.is_dir():
+        raise ModelError(f"output {str(out_path)!r} is a file; --engine dask writes a directory of Parquet files: "
+                         "choose another name")
+    parent = out_path.parent if str(out_path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ModelError(f"cannot write {str(out_path)!r}: folder {str(parent)!r} does not exist or is not writable")
+
+
+def _predict_in_memory(fit: Any, new_data: str | None, out_path: Path | None, options: dict[str, Any]) -> None:
+    """Predict in memory and print them as CSV or write ``out_path`` (CSV or Parquet) atomically."""
+    from .distributed.posterior import with_columns
+    from .io import read_data
+
     data = read_data(new_data) if new_data is not None else None
-    table = fit.predict(data, kind=kind, include_group_effects=bool(factors), draws=draws, seed=seed,
-                        summary=True, hdi_prob=hdi_prob, offset=offset, weights=weights,
-                        re_form=factors if several else None)
-    if data is None:
-        result = table.reset_index()
-    else:
-        table = table.rename(columns={c: f"pred_{c}" for c in table.columns if c in data.columns})
-        result = pd.concat([data.reset_index(drop=True), table.reset_index(drop=True)], axis=1)
+    table = fit.predict(data, **options)
+    result = table.reset_index() if data is None else with_columns(data.reset_index(drop=True), table)
     if out_path is None:
         click.echo(result.to_csv(index=False), nl=False)
         return
+    parquet = out_path.suffix.lower() in (".parquet", ".pq")
     try:
-        if out_path.suffix.lower() in (".parquet", ".pq"):
-            result.to_parquet(out_path, index=False)
-        else:
-            result.to_csv(out_path, index=False)
+        _write_atomically(out_path, lambda tmp: result.to_parquet(tmp, index=False) if parquet
+                          else result.to_csv(tmp, index=False))
     except OSError as exc:
-        raise ModelError(f"cannot write {out!r}: {exc.strerror or type(exc).__name__}") from None
-    click.echo(f"wrote {len(result)} predictions ({kind}) to {out}", err=True)
+        raise ModelError(f"cannot write {str(out_path)!r}: {exc.strerror or type(exc).__name__}") from None
+    click.echo(f"wrote {len(result)} predictions ({options['kind']}) to {out_path}", err=True)
+
+
+def _predict_on_dask(fit: Any, new_data: str, out_path: Path, options: dict[str, Any],
+                     cluster: tuple[str | None, int | None, str | None]) -> None:
+    """Predict the rows of ``new_data`` partition by partition on a Dask cluster and write them,
+    with their columns, as a directory of Parquet files (one a partition), atomically."""
+    from .distributed.cluster import dask_client
+    from .distributed.posterior import predict_partitions
+    from .distributed.source import open_dask
+
+    data = open_dask(new_data)  # lazy: a bad path is refused before a cluster starts
+    with dask_client(*cluster):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a first partition of fewer rows
+            probe = data.head(5, npartitions=1)
+        if len(probe):  # bad columns or values refused here, in one line, before any partition is predicted
+            fit.predict(probe, **options)
+        rest = {k: v for k, v in options.items() if k not in ("seed", "summary", "hdi_prob")}
+        result = predict_partitions(fit, data, options["seed"], True, options["hdi_prob"], columns=True, **rest)
+        try:
+            _write_directory_atomically(out_path, lambda tmp: result.to_parquet(tmp, write_index=False))
+        except OSError as exc:
+            raise ModelError(f"cannot write {str(out_path)!r}: {exc.strerror or type(exc).__name__}") from None
+    click.echo(f"wrote the predictions ({options['kind']}) of {data.npartitions} partitions of {new_data} to "
+               f"{out_path}/", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,7 +83,7 @@ def loo(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
     without a stored log-likelihood gets the same numbers partition by partition
     (:func:`multilevel.distributed.posterior.loo`; keywords ``reff`` and ``scale``)."""
     kwargs.setdefault("reff", _reff(fit))
-    if fit.group("log_likelihood") is None and fit.group("observed_data") is None and fit.attrs.get("engine") == "dask":
+    if fit.group("log_likelihood") is None and fit.partitioned:
         from .distributed.posterior import loo as loo_over_partitions
 
         unknown = sorted(set(kwargs) - {"reff", "scale"})
@@ -94,7 +94,16 @@ def loo(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
 
 
 def waic(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
-    """The widely applicable information criterion (``az.waic``); ``pointwise`` as in :func:`loo`."""
+    """The widely applicable information criterion (``az.waic``); ``pointwise`` as in :func:`loo`.
+    A Dask fit without a stored log-likelihood gets the same numbers partition by partition
+    (:func:`multilevel.distributed.posterior.waic`; keyword ``scale``)."""
+    if fit.group("log_likelihood") is None and fit.partitioned:
+        from .distributed.posterior import waic as waic_over_partitions
+
+        unknown = sorted(set(kwargs) - {"scale"})
+        if unknown:
+            raise ModelError(f"waic() of a Dask fit takes scale, not {', '.join(unknown)}")
+        return waic_over_partitions(fit, pointwise=pointwise, **kwargs)
     return az.waic(loglik_idata(fit), pointwise=pointwise, **kwargs)
 
 
@@ -102,10 +111,6 @@ def _row_orders(fits: dict[str, Fit]) -> list[np.ndarray | None]:
     """Reorderings that put every fit's rows in the first fit's order (fits sorted by
     different grouping factors store their rows in different orders)."""
     items = list(fits.items())
-    kept = [name for name, fit in items if fit.group("observed_data") is None]
-    if kept:
-        raise ModelError(f"compare() matches the fits' rows, and fit {kept[0]!r} (engine='dask') keeps none: compare "
-                         "the fits' loo() values instead")
     name0, fit0 = items[0]
     y0 = fit0.idata.observed_data["y"].values
     lab0 = fit0.idata.constant_data["row_label"].values if "row_label" in fit0.idata.constant_data else None
@@ -136,6 +141,11 @@ def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFram
     default) or ``"waic"``. Returns ArviZ's table: rank, elpd, p (effective number of
     parameters), elpd_diff from the best, weight, se, dse (standard error of the
     difference), warning and scale.
+
+    Fits made with ``engine="dask"`` (all of them, of the same data) are compared partition
+    by partition, their pointwise values side by side, with ``ic="loo"`` and pseudo-BMA
+    weights (``method="pseudo-BMA"``; stacking needs every row's pointwise elpd in one place):
+    :mod:`multilevel.distributed.compare`. Dask and in-memory fits together are refused.
     """
     if not isinstance(fits, dict) or len(fits) < 2:
         raise ModelError("compare needs a dict of at least two fits, e.g. {'intercept': fit1, 'slope': fit2}")
@@ -146,6 +156,16 @@ def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFram
             raise ModelError(f"compare: {name!r} is a {type(fit).__name__}, not a multilevel Fit")
     if ic not in ("loo", "waic"):
         raise ModelError(f"ic must be 'loo' or 'waic', not {ic!r}")
+    engines = {name: "dask" if fit.partitioned else "in-memory" for name, fit in fits.items()}
+    if len(set(engines.values())) > 1:
+        dask_fit = next(n for n, e in engines.items() if e == "dask")
+        memory_fit = next(n for n, e in engines.items() if e != "dask")
+        raise ModelError(f"compare() takes fits of one engine: {dask_fit!r} was made with engine='dask' and "
+                         f"{memory_fit!r} in memory; fit them with the same engine")
+    if "dask" in engines.values():
+        from .distributed.compare import compare as compare_partitions
+
+        return compare_partitions(fits, ic, **kwargs)
     orders = _row_orders(fits)
     # ArviZ compare on precomputed ELPDData, so that each LOO uses its own fit's r_eff
     elpd = {}

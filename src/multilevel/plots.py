@@ -400,6 +400,9 @@ def own_estimates(fit: Fit, factor: str | None = None) -> tuple[np.ndarray, np.n
     (or uncorrelated terms, ``||``), for the levels of ``factor`` (default: the first): see
     :func:`partial_residual_estimates`.
     """
+    if fit.partitioned:
+        raise ModelError("the shrinkage plot needs each group's own estimate from the fitted rows, which a fit made "
+                         "with engine='dask' leaves in its partitions; plot the caterpillar instead")
     design = fit.design
     if design is None:
         raise ModelError("this fit has no stored training data, so the groups' own estimates cannot be computed")
@@ -617,6 +620,38 @@ def _replicates(fit: Fit, n: int, seed: Any) -> np.ndarray:
     return _flat(posterior_predictive(fit, seed=seed, draws=per_chain))
 
 
+def _dask_replicates(fit: Fit, n: int, seed: Any) -> tuple[Any, np.ndarray]:
+    """A Dask fit's sampled rows (``observed_data``: y, coordinates trials and index_<factor>)
+    and (S, rows) replicates of them: the stored sample, or a new one of ``n`` evenly spaced
+    draws (:mod:`multilevel.distributed.replicates`)."""
+    from .distributed.replicates import is_sample, replicate_sample
+
+    if is_sample(fit):
+        rep = _flat(fit.group("posterior_predictive")["y"])
+        keep = np.unique(np.linspace(0, rep.shape[0] - 1, min(n, rep.shape[0])).round().astype(int))
+        return fit.group("observed_data"), rep[keep]
+    per_chain = max(1, min(fit.posterior.sizes["draw"], -(-max(n, 2) // fit.posterior.sizes["chain"])))
+    observed, y_rep = replicate_sample(fit, seed=seed, draws=per_chain)
+    return observed, _flat(y_rep)
+
+
+def _ppc_rows(fit: Fit, n: int, seed: Any) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray, str]:
+    """The observed y, (S, N) replicates, a function of a factor giving each row's level
+    position, the rows' trials, and a note on the rows: every fitted row in memory, a random
+    sample of them for a Dask fit."""
+    if fit.partitioned:
+        observed, rep = _dask_replicates(fit, n, seed)
+        a = observed.attrs
+        note = (f"\n(a random sample of {a['sampled_rows']:,} of the {a['fitted_rows']:,} fitted rows)"
+                if a["sampled_rows"] < a["fitted_rows"] else "")
+        return (np.asarray(observed["y"].values, dtype=float), rep,
+                lambda f: np.asarray(observed[f"index_{f.name}"].values), observed["trials"].values, note)
+    y = np.asarray(fit.idata.observed_data["y"].values, dtype=float)
+    cd = fit.idata.constant_data
+    return (y, _replicates(fit, n, seed), lambda f: _level_index(fit, f),
+            cd["trials"].values if "trials" in cd else np.ones_like(y), "")
+
+
 def _interval(draws: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Median and equal-tailed ``prob`` interval of each column (the median always lies inside)."""
     q = np.quantile(np.asarray(draws, dtype=float), [0.5, (1 - prob) / 2, (1 + prob) / 2], axis=0)
@@ -635,12 +670,13 @@ def plot_ppc(fit: Fit, num_pp_samples: int = 100, seed: Any = 0, hdi_prob: float
       sorted by it) against the replicates' median and interval; at most ``max_groups``
       groups (evenly spaced in that order).
     The replicates come from ``fit.idata.posterior_predictive`` when present, else are
-    drawn with ``seed``.
+    drawn with ``seed``. A Dask fit's are those of a random sample of its rows
+    (:meth:`multilevel.result.Fit.posterior_predictive`), as the title says.
     """
     plt = _plt()
     family = check_family(fit.family)
-    y = np.asarray(fit.idata.observed_data["y"].values, dtype=float)
-    rep = np.asarray(_replicates(fit, num_pp_samples, seed), dtype=float)
+    y, rep, level_index, trials, note = _ppc_rows(fit, num_pp_samples, seed)
+    rep = np.asarray(rep, dtype=float)
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     if family.is_gaussian:
         for i, r in enumerate(rep):
@@ -671,8 +707,7 @@ def plot_ppc(fit: Fit, num_pp_samples: int = 100, seed: Any = 0, hdi_prob: float
         ax.set_title(f"Posterior predictive check: counts ({rep.shape[0]} replicates)")
     else:
         f = _factor(fit)  # the first grouping factor
-        g = _level_index(fit, f)
-        trials = fit.idata.constant_data["trials"].values if "trials" in fit.idata.constant_data else np.ones_like(y)
+        g = level_index(f)
         groups = _group_labels(fit, f)
         m = groups.shape[0]
         n_g = np.bincount(g, weights=trials, minlength=m)
@@ -693,6 +728,8 @@ def plot_ppc(fit: Fit, num_pp_samples: int = 100, seed: Any = 0, hdi_prob: float
             ax.set_xticklabels(groups[order], rotation=90, fontsize=7)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"Posterior predictive check: proportion per group ({rep.shape[0]} replicates)")
+    if note:
+        ax.set_title(ax.get_title() + note, fontsize="medium")
     ax.legend(fontsize=8)
     return fig
 

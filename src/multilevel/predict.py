@@ -485,7 +485,19 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
     Rows are in the order of their index labels (coordinate ``row``), which is the data's own
     order whenever its index increases (as a default RangeIndex does); rows dropped for
     missing values are absent. ``summary=True`` gives a DataFrame indexed by the row labels.
+
+    A Dask fit (``engine="dask"``) reads its rows again, partition by partition: ``summary=True``
+    only, a lazy Dask DataFrame of the kept rows' summaries in data order, the same as
+    ``predict(newdata)`` of those rows as a Dask DataFrame with the same seed
+    (:func:`multilevel.distributed.posterior.fitted_partitions`); ``kind="response"`` gives
+    per-row summaries of replicated responses. A Dask fit loaded from a file has no handle
+    on its rows and refuses: pass the data again as ``newdata``.
     """
+    if fit.partitioned:  # the rows stay in their partitions: a Dask DataFrame of per-row summaries
+        from .distributed.posterior import fitted_partitions
+
+        return fitted_partitions(fit, seed, summary, hdi_prob, kind=kind, include_group_effects=include_group_effects,
+                                 draws=draws, re_form=re_form)
     family = check_family(fit.family)
     rng = make_rng(seed)
     post = fit.posterior

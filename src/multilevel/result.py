@@ -83,14 +83,20 @@ class Fit:
     def several_terms(self) -> bool:
         """Whether the fit has the layout of several random-effects terms (per-factor variables)."""
         cd = self.group("constant_data")
-        return (cd is not None and "F" in cd) or self.attrs.get("engine") == "dask"
+        return (cd is not None and "F" in cd) or self.partitioned
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the fit was made with ``engine="dask"``: its rows stay in their partitions (an
+        ``observed_data`` group holds at most a sample of them, :meth:`posterior_predictive`)."""
+        return self.attrs.get("engine") == "dask"
 
     def require_rows(self, what: str) -> None:
         """Refuse ``what`` in one line when the fitted rows are not in the fit (``engine="dask"``)."""
-        if self.group("observed_data") is None:
-            raise ModelError(f"{what} needs the fitted rows, which a fit made with engine='dask' leaves in "
-                             f"{self.attrs.get('data_source')}; over Dask data this is not available yet: predict "
-                             "new rows with predict(newdata) instead")
+        if self.group("observed_data") is None or self.partitioned:
+            raise ModelError(f"{what} needs the fitted rows in memory, which a fit made with engine='dask' leaves in "
+                             f"{self.attrs.get('data_source')}; use the partition-by-partition methods "
+                             "(predict, posterior_predictive, loo) or predict(newdata)")
 
     @property
     def design(self) -> Any:
@@ -391,7 +397,7 @@ class Fit:
         stored = self.group("log_likelihood")
         if stored is not None:
             return stored["y"]
-        if self.group("observed_data") is None and self.attrs.get("engine") == "dask":
+        if self.partitioned:
             from .distributed.posterior import log_likelihood
 
             return log_likelihood(self)
@@ -539,7 +545,8 @@ class Fit:
         beta ~ MVN(theta, Sigma) per posterior draw (from ``seed``); ``include_group_effects=False``
         predicts at beta = theta. ``summary=True`` returns a DataFrame (mean, sd, HDI) instead.
         ``newdata=None``: the fitted values of the rows used in fitting, in the order of their
-        index labels. ``weights``: Gaussian ``kind="response"``, the new rows' precision weights
+        index labels (a Dask fit's: a lazy Dask DataFrame of their summaries, read again partition
+        by partition). ``weights``: Gaussian ``kind="response"``, the new rows' precision weights
         (column name or values; default 1: variance sigma2). See :func:`multilevel.predict.predict`.
         """
         from .predict import predict
@@ -548,9 +555,28 @@ class Fit:
                        summary=summary, hdi_prob=hdi_prob, offset=offset, trials=trials, weights=weights,
                        re_form=re_form)
 
-    def posterior_predictive(self, seed: Any = None) -> xr.DataArray:
+    def posterior_predictive(self, seed: Any = None, rows: int | None = None) -> xr.DataArray:
         """Draw a replicated response for every observed row and posterior draw, store it as
-        ``y`` in the ``posterior_predictive`` group of ``idata`` (replacing any) and return it."""
+        ``y`` in the ``posterior_predictive`` group of ``idata`` (replacing any) and return it.
+
+        A Dask fit (``engine="dask"``) cannot hold chains x draws x rows numbers: it replicates
+        a simple random sample of ``rows`` of its fitted rows (default 1,000; all when there are
+        no more), chosen partition by partition from ``seed``, and stores their responses in
+        ``observed_data`` beside, so that ``az.plot_ppc(fit.idata)`` and :meth:`plot_ppc`
+        compare like with like; both groups' attributes say how the rows were sampled
+        (:mod:`multilevel.distributed.replicates`). Per-row summaries of replicated responses
+        of every fitted row: ``fit.predict(kind="response", summary=True)``, a Dask DataFrame.
+        """
+        if self.partitioned:
+            from .distributed.replicates import PPC_ROWS, replicate_sample
+
+            observed, y_rep = replicate_sample(self, seed=seed, rows=PPC_ROWS if rows is None else rows)
+            self.set_group("observed_data", observed)
+            self.set_group("posterior_predictive", y_rep.to_dataset(name="y").assign_attrs(observed.attrs))
+            return self.group("posterior_predictive")["y"]
+        if rows is not None:
+            raise ModelError("rows= sets the sample of a Dask fit's posterior predictive check; an in-memory fit "
+                             "replicates every row: leave it out")
         from .predict import posterior_predictive
 
         y_rep = posterior_predictive(self, seed=seed)
