@@ -77,6 +77,11 @@ def test_compare_random_intercept_and_slope(hsb_fits):
         assert table.loc[name, "elpd_loo"] == pytest.approx(fit.loo()["elpd_loo"], rel=1e-9)
     w = multilevel.compare(hsb_fits, ic="waic")
     assert "elpd_waic" in w.columns
+    # scale= is honoured (ArviZ's compare keeps precomputed values on their own scale)
+    dev = multilevel.compare(hsb_fits, scale="deviance")
+    assert (dev["scale"] == "deviance").all()
+    np.testing.assert_allclose(dev.loc[table.index, "elpd_loo"], -2 * table["elpd_loo"], rtol=1e-12)
+    assert dev.index[0] == table.index[0]
 
 
 def test_compare_aligns_rows_of_fits_sorted_differently(hsb82, hsb_fits):

@@ -168,13 +168,16 @@ def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFram
         return compare_partitions(fits, ic, **kwargs)
     orders = _row_orders(fits)
     # ArviZ compare on precomputed ELPDData, so that each LOO uses its own fit's r_eff
+    # on the scale asked for: az.compare takes precomputed values on theirs, whatever scale= says
+    scale = kwargs.get("scale")
+    on_scale = {} if scale is None else {"scale": scale}
     elpd = {}
     for (name, fit), order in zip(fits.items(), orders):
         data = loglik_idata(fit, order)
         if ic == "loo":
-            elpd[name] = az.loo(data, pointwise=True, reff=_reff(fit))
+            elpd[name] = az.loo(data, pointwise=True, reff=_reff(fit), **on_scale)
         else:
-            elpd[name] = az.waic(data, pointwise=True)
+            elpd[name] = az.waic(data, pointwise=True, **on_scale)
     return az.compare(elpd, ic=ic, **kwargs)
 
 
