@@ -293,3 +293,15 @@ def test_waic_of_a_dask_fit_is_the_in_memory_one_partition_by_partition(nested_f
     summary = quiet(par0.waic, pointwise=False)
     assert summary["waic"] == pytest.approx(quiet(mem0.waic, pointwise=False)["waic"], rel=1e-8)
     one_line(lambda: par0.waic(var_name="y"), "takes scale")
+
+
+def test_fitted_and_residuals_of_a_dask_fit_are_lazy_and_the_rows_own():
+    hsb = multilevel.load_dataset("hsb82")
+    fit = multilevel.fit("mAch ~ ses + (1 | school)", dd.from_pandas(hsb, npartitions=3), engine="dask",
+                         chains=1, draws=40, warmup=40, seed=1, progress=False, cores=1)
+    mu = fit.fitted()
+    r, pearson = fit.residuals(), fit.residuals("pearson")
+    assert mu.npartitions == r.npartitions == 3
+    mu, r, pearson = mu.compute(), r.compute(), pearson.compute()
+    np.testing.assert_allclose(r.to_numpy(), (hsb.mAch.loc[r.index] - mu.loc[r.index]).to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(pearson.to_numpy(), r.to_numpy() / fit.sigma(), rtol=1e-12)

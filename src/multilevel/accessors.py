@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -281,38 +281,52 @@ def fitted(fit: Fit) -> pd.Series:
 RESIDUAL_TYPES = ("response", "pearson")
 
 
-def residuals(fit: Fit, type: str = "response") -> pd.Series:  # noqa: A002 (lme4's argument name)
+def residual_values(family: str, y: np.ndarray, n: np.ndarray, mu: np.ndarray, weights: np.ndarray | None,
+                    type: str, sigma: float, phi: float | None) -> np.ndarray:  # noqa: A002
+    """Residuals of rows with response ``y`` (binomial successes of ``n`` trials) at the
+    posterior means ``mu`` (:func:`residuals`)."""
+    y = y / n if family == "binomial" else y
+    out = y - mu
+    if type == "response":
+        return out
+    if family == "gaussian":
+        var = sigma ** 2 / (1.0 if weights is None else weights)
+    elif family == "poisson":
+        var = mu
+    elif family == "negbinomial":
+        var = mu + mu ** 2 / phi
+    else:
+        var = mu * (1 - mu) / n
+    return out / np.sqrt(var)
+
+
+def residuals(fit: Fit, type: str = "response") -> Any:  # noqa: A002 (lme4's argument name)
     """Each fitted row's residual (lme4's ``residuals``/``resid``) at the posterior mean mu_i of
     :func:`fitted`: ``"response"`` y_i - mu_i (binomial: the proportion y_i / n_i - p_i), or
     ``"pearson"``: that over sqrt(V(mu_i)), V = sigma^2 (Gaussian, :func:`sigma` squared, over
     the row's weight), mu (Poisson), mu + mu^2 / phi (negative binomial, phi's posterior
     mean), p (1 - p) / n (binomial, Bernoulli). lme4's ``glmer`` default, deviance residuals,
-    is not offered."""
+    is not offered. A Dask fit's are a lazy Dask Series, partition by partition
+    (:func:`multilevel.distributed.posterior.residual_partitions`)."""
     if type not in RESIDUAL_TYPES:
         raise ModelError(f"type must be one of {', '.join(RESIDUAL_TYPES)}, not {type!r}")
+    phi = float(fit.posterior["phi"].values.mean()) if fit.family == "negbinomial" else None
+    options = dict(family=fit.family, type=type, sigma=sigma(fit), phi=phi)
+    name = f"{type}_residual"
+    if fit.partitioned:
+        from .distributed.posterior import residual_partitions
+
+        return residual_partitions(fit, options).rename(name)
     fit.require_rows("residuals()")
     cd = fit.group("constant_data")
-    labels = cd["row_label"].values
-    y = pd.Series(fit.group("observed_data")["y"].values, index=labels)
-    n = pd.Series(cd["trials"].values if "trials" in cd else np.ones(len(labels)), index=labels)
+    labels = pd.Index(cd["row_label"].values)
     mu = fitted(fit)
-    y, n = y.loc[mu.index], n.loc[mu.index]
-    if fit.family == "binomial":
-        y = y / n
-    out = y - mu
-    if type == "pearson":
-        family = fit.family
-        if family == "gaussian":
-            w = pd.Series(cd["weights"].values, index=labels).loc[mu.index] if "weights" in cd else 1.0
-            var = sigma(fit) ** 2 / w
-        elif family == "poisson":
-            var = mu
-        elif family == "negbinomial":
-            var = mu + mu ** 2 / float(fit.posterior["phi"].values.mean())
-        else:
-            var = mu * (1 - mu) / n
-        out = out / np.sqrt(var)
-    return out.rename(f"{type}_residual")
+    at = labels.get_indexer(mu.index)
+    column = (lambda v: cd[v].values[at] if v in cd else None)
+    trials = column("trials")
+    values = residual_values(y=fit.group("observed_data")["y"].values[at], mu=mu.to_numpy(),
+                             n=np.ones(len(at)) if trials is None else trials, weights=column("weights"), **options)
+    return pd.Series(values, index=mu.index, name=name)
 
 
 __all__ = ["Factor", "factors", "fixef", "fixef_draws", "ranef", "coef", "VarCorr", "formula_order", "RESIDUAL",

@@ -359,6 +359,31 @@ def fitted_partitions(fit: Fit, seed: Any, summary: bool, hdi_prob: float, **opt
     return predict_partitions(fit, design.ddf, seed, summary, hdi_prob, kept=tuple(plan.spec.variables), **options)
 
 
+def partition_residuals(frame: pd.DataFrame, fitted: pd.DataFrame, plan: PartitionPlan, options: dict[str, Any]
+                        ) -> pd.Series:
+    """One partition's residuals (:func:`multilevel.accessors.residual_values`) from its rows
+    and their fitted means (``fitted``, the partition of :func:`fitted_partitions`)."""
+    from ..accessors import residual_values
+
+    d = partition_design(frame, plan)
+    mu = fitted["mean"].to_numpy()
+    return pd.Series(residual_values(y=d.y, n=d.trials, mu=mu, weights=d.weights, **options), index=fitted.index)
+
+
+def residual_partitions(fit: Fit, options: dict[str, Any]) -> Any:
+    """``residuals()`` of a Dask fit: a lazy Dask Series, each partition's rows against their
+    fitted means (:func:`fitted_partitions`, partition by partition alike)."""
+    import dask.dataframe as dd
+    from dask import delayed
+
+    design = partitioned_design_of(fit, "residuals()", "compute them in the session that made the fit")
+    fitted = fit.predict(kind="mean", summary=True)
+    plan = delayed(design.plan, pure=True)
+    parts = [delayed(partition_residuals)(p, m, plan, options)
+             for p, m in zip(partitions_of(design.ddf), partitions_of(fitted))]
+    return dd.from_delayed(parts, meta=pd.Series(dtype=float), divisions=fitted.divisions, verify_meta=False)
+
+
 def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_prob: float,
                        kept: tuple[str, ...] | None = None, columns: bool = False, **options: Any) -> Any:
     """Predictions of the rows of a Dask DataFrame: a Dask DataFrame (lazy; ``.compute()`` or
@@ -393,6 +418,6 @@ def predict_partitions(fit: Fit, newdata: Any, seed: Any, summary: bool, hdi_pro
     return dd.from_delayed(parts, meta=meta, divisions=newdata.divisions, verify_meta=False)
 
 
-__all__ = ["fitted_partitions", "fitted_rows", "is_dask_frame", "log_likelihood", "loo", "partition_log_likelihood",
+__all__ = ["fitted_partitions", "fitted_rows", "residual_partitions", "is_dask_frame", "log_likelihood", "loo", "partition_log_likelihood",
            "partition_loo", "partition_waic", "partitions_of", "predict_partitions", "seed_entropy", "waic",
            "with_columns"]
