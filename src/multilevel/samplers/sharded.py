@@ -47,6 +47,10 @@ A sweep, with the moves' numbers those of the crossed kernel's module docstring:
    level-level predictor of another factor is left out: finding it and its weights w_j would
    need each level's rows from every shard.
 
+The crossed kernel's steps 6 and 7 (the nested shift and variance moves of a factor nested in
+another) are not made: each keeps the posterior, so leaving them out is exact, but a nested
+design mixes more slowly here than with ``sampler="metropolis"`` in memory.
+
 Rounds of one message to every shard per sweep: 2 with one factor; with factors s, k_1..k_m,
 2 + m plus one for each k_i that is not Poisson's intercept alone: 3 for two factors when the
 other is Poisson's intercept alone, 4 otherwise ((x | a) + (1 | b), binomial). What goes out: a
