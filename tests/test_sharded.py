@@ -4,8 +4,9 @@
 2. The compiled level move against a NumPy reference on the same random inputs; the closed
    form of a Poisson intercept against the general path.
 3. Shards: 1 and 3 shards in memory give the same draws up to the rounding of the sums; the
-   Dask engine (local scheduler, and LocalCluster with 1 and 2 workers, with one factor and
-   with two) gives the in-memory draws exactly (several factors: tests/test_sharded_crossed.py).
+   Dask engine (local scheduler, and LocalCluster with 1 and 2 workers) gives the in-memory
+   draws exactly; with one grouping factor and with two (the rest of the several-factor
+   tests: tests/test_sharded_crossed.py).
 4. Simulation-based calibration (tests/sbc.py), truth from proper priors: a correlated Poisson
    model with a group-level predictor (shift moves) and a Bernoulli model of small groups (scale
    moves), with a control that drops the Hastings correction; long runs under ``make validate``.
@@ -202,7 +203,7 @@ def test_one_shard_and_three_give_the_same_draws(formula, family, shapes):
 @pytest.mark.parametrize("formula,family", [("y ~ x + w + offset(log(expo)) + (x | g)", "poisson"),
                                             ("p(s, n) ~ x + (1 | g)", "binomial"),
                                             ("yes ~ x + (x || g)", "bernoulli"),
-                                            ("y ~ x + offset(log(expo)) + (1 | g) + (1 | h)", "poisson"),
+                                            ("y ~ x + offset(log(expo)) + (1 | h) + (1 | g)", "poisson"),
                                             ("yes ~ x + (x | g) + (1 | h)", "bernoulli")])
 def test_dask_engine_equals_in_memory_sharded(formula, family):
     df = glm_frame(2)
@@ -296,11 +297,10 @@ def sharded_sbc(model: multilevel.Model, n_shards: int, n_reps: int, L: int, thi
                          progress=False)
         kernel.collect(res)
         draws = {k: sbc.thin(v[0], L) for k, v in res.draws.items()}
-        beta_true = {kernel.beta_names[k]: np.where(f.mean_index >= 0, a[np.maximum(f.mean_index, 0)], 0.0)
-                     + b[f.name] for k, f in enumerate(d.factors)}
+        means = [np.where(f.mean_index >= 0, a[np.maximum(f.mean_index, 0)], 0.0) for f in d.factors]
+        beta_true = {kernel.beta_names[k]: means[k] + b[f.name] for k, f in enumerate(d.factors)}
         sigma_true = {kernel.sigma_names[k]: Sigma[f.name] for k, f in enumerate(d.factors)}
-        theta = a[np.maximum(d.factors[0].mean_index, 0)] * (d.factors[0].mean_index >= 0) if len(d.factors) == 1 \
-            else a[d.theta_index]
+        theta = a[d.theta_index] if len(d.factors) > 1 else means[0]  # one factor: theta spans its terms
         truth = scalars(kernel.inner, model, theta, a[d.alpha_index], sigma_true, beta_true, None)
         all_ranks.append(sbc.ranks(truth, scalars(kernel.inner, model, draws["theta"], draws["alpha"], draws, draws,
                                                   None)))
