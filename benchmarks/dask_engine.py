@@ -12,7 +12,7 @@
   the workers, each sweep two messages per worker): time per sweep (the fit's sampling time
   over its sweeps), the whole command's wall and CPU time and peak memory;
 * ``dask_crossed_poisson``: ``y ~ x + (1 | g) + (1 | h)``, Poisson, 1e7 rows, g of 1e5 levels
-  crossed with h of 1e3, as ``dask_poisson`` (sharded on g; three rounds a sweep);
+  crossed with h of 1e3, as ``dask_poisson`` (sharded on g; two rounds a sweep);
 * ``dask_messages``: the scheduling overhead of one round of messages, to actors and as tasks.
 
 Peak memory is the largest sum of the proportional set sizes of the command and all its
@@ -244,7 +244,7 @@ CROSSED_POISSON_FORMULA = "y ~ x + (1 | g) + (1 | h)"
 
 def bench_dask_crossed_poisson(quick: bool = False) -> Result:
     """1e7 rows, 1e5 groups of g crossed with 1e3 of h, Poisson, engine dask on 1 and on 2 local
-    workers: time per sweep (3 rounds of messages, h's per-level sums in two of them)."""
+    workers: time per sweep (2 rounds of messages, h's per-level sums in them)."""
     rows, groups, second, sweeps = (1_000_000, 10_000, 100, 100) if quick else (10_000_000, 100_000, 1_000, 200)
     command = (f"multilevel fit DIR -f '{CROSSED_POISSON_FORMULA}' --family poisson --engine dask --workers W "
                f"--chains 1 --warmup {sweeps // 2} --draws {sweeps // 2} --no-group-draws --out fit.nc")
@@ -252,8 +252,8 @@ def bench_dask_crossed_poisson(quick: bool = False) -> Result:
         "dask_crossed_poisson", "A 1e7-row Poisson fit of two crossed factors through Dask on 1 and 2 workers",
         f"`{command}` on {rows:,} simulated rows, g of {groups:,} levels crossed with h of {second:,} "
         f"({-(-rows // ROWS_PER_FILE)} Parquet files), for W = 1 and 2. The sharded sampler shards the rows on g "
-        "(its effects stay on the workers) and keeps h's effects in the client: a sweep is three rounds of "
-        "messages, two of them carrying h's per-level sums (Sy, Smu: closed-form level moves) and its effects. "
+        "(its effects stay on the workers) and keeps h's effects in the client: a sweep is two rounds of "
+        "messages, carrying h's per-level sums (closed-form level moves, and the fixed move's terms) and its effects. "
         "Time per sweep and the rest as in dask_poisson; compare its per-sweep time.")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

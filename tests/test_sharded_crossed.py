@@ -2,7 +2,8 @@
 
 1. The pieces against NumPy references: the other factors' level moves split between shards
    and kernel (proposals, the shards' sums, acceptance) equal the one-call move; the scale move's
-   change of ll for another factor's column; the other factors' prior fits by Newton rounds over
+   change of ll for another factor's column; the folded per-level sums of a Poisson factor with
+   the intercept alone, and the fixed move's terms from them; the other factors' prior fits by Newton rounds over
    the shards equal the in-memory ones (so the priors agree). (Shards and engines: with the
    one-factor cases in tests/test_sharded.py, 1 and 3 shards give the same draws up to the
    rounding of the sums; the Dask engine (local scheduler, and one and two workers of a
@@ -72,6 +73,42 @@ def test_scale_terms_of_another_factors_column_match_numpy(code):
     want = (ll(eta + de) - ll(eta), ll(eta + F @ da + de) - ll(eta + F @ da))
     got = scale_terms(code, y, n, eta, F, da, Z, 2, 1, index, b, f)
     np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_level_fixed_sums_match_numpy_and_give_the_fixed_terms():
+    """The folded sums of another Poisson factor's levels (eta first taking what it is owed) against
+    bincounts, and the fixed move's terms after its levels' changes D from them against a pass."""
+    from multilevel.samplers.crossed_metropolis import fixed_terms, fixed_terms_from_levels
+    from multilevel.samplers.shard import level_fixed_sums
+
+    rng = np.random.default_rng(5)
+    N, J, K = 60, 7, 2
+    F = np.column_stack([np.ones(N), rng.standard_normal(N)])
+    Z = np.ones((N, K))
+    index = np.ascontiguousarray(np.vstack([rng.integers(0, 9, N), rng.integers(0, J, N)]), dtype=np.int32)
+    y = rng.poisson(1.5, N).astype(float)
+    eta = 0.3 * rng.standard_normal(N)
+    owed = 0.2 * rng.standard_normal(9 + J)  # changes owed to both factors' levels
+    sync = (F, Z, np.zeros(2), False, np.array([0, 1]), np.array([1, 1]), index, np.array([0, 9]), owed,
+            np.ones(2, dtype=np.bool_), np.ones(2, dtype=np.bool_))
+    got = level_fixed_sums(y, eta.copy(), F, index[1], J, sync)
+    e = eta + owed[index[0]] + owed[9 + index[1]]
+    mu = np.exp(e)
+
+    def per_level(w):
+        return np.bincount(index[1], w, J)
+
+    want = (per_level(y * e), per_level(y), per_level(mu),
+            np.stack([per_level(F[:, c] * y) for c in range(2)], 1),
+            np.stack([per_level(F[:, c] * mu) for c in range(2)], 1),
+            np.stack([np.stack([per_level(F[:, c] * F[:, d] * mu) if d <= c else np.zeros(J) for d in range(2)], 1)
+                      for c in range(2)], 1))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    D = 0.3 * rng.standard_normal(J)
+    moved = e + D[index[1]]
+    for g, w in zip(fixed_terms_from_levels(*got, D), fixed_terms(0, y, np.ones(N), moved, F, np.zeros(2))):
+        np.testing.assert_allclose(g, w, rtol=1e-10)
 
 
 def crossed_frame(seed: int, Ja: int = 30, Jb: int = 8, rows: int = 5) -> pd.DataFrame:

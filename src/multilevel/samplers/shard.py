@@ -41,9 +41,9 @@ import numpy as np
 from numba import njit
 
 from .crossed import _backward
-from .crossed_metropolis import (_ones_step, _row_terms, fixed_terms, fixed_terms_from_levels,
-                                 intercept_only, laplace_point, level_multiples, level_terms, linear_predictor,
-                                 rotation_log_ratio)
+from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_level_sums, fixed_terms,
+                                 fixed_terms_from_levels, intercept_only, laplace_point, level_multiples, level_terms,
+                                 linear_predictor, rotation_log_ratio)
 from .keyed import level_draws
 
 
@@ -147,16 +147,24 @@ def intercept_pass(y, offset, F, a, b, index, J, eta):
         for c in range(p):
             e += F[i, c] * a[c]
         eta[i] = e
-        mu = np.exp(min(e, 700.0))
-        Syeta[j] += y[i] * e
-        Sy[j] += y[i]
-        Smu[j] += mu
-        for c in range(p):
-            SFy[j, c] += F[i, c] * y[i]
-            fm = F[i, c] * mu
-            SFmu[j, c] += fm
-            for c2 in range(c + 1):
-                SFFmu[j, c, c2] += fm * F[i, c2]
+        add_level_sums(j, i, y[i], e, np.exp(min(e, 700.0)), F, Syeta, Sy, Smu, SFy, SFmu, SFFmu)
+    return Syeta, Sy, Smu, SFy, SFmu, SFFmu
+
+
+@njit(cache=True)
+def level_fixed_sums(y, eta, F, index_k, Jk, sync):
+    """For another factor of Poisson's intercept alone: eta_i first takes the change still owed to
+    it (``sync`` as :func:`~multilevel.samplers.crossed_metropolis.level_terms`'s), then per level
+    j of that factor the sums of :func:`intercept_pass` (its level sums, and the fixed move's terms
+    once the levels' changes are known), in one pass."""
+    p = F.shape[1]
+    Syeta, Sy, Smu = np.zeros(Jk), np.zeros(Jk), np.zeros(Jk)
+    SFy, SFmu, SFFmu = np.zeros((Jk, p)), np.zeros((Jk, p)), np.zeros((Jk, p, p))
+    for i in range(y.shape[0]):
+        e = eta[i] + _row_pending(i, sync[0], sync[2], sync[3], sync[1], sync[4], sync[5], sync[6], sync[7], sync[8],
+                                  sync[9], sync[10])
+        eta[i] = e
+        add_level_sums(index_k[i], i, y[i], e, np.exp(min(e, 700.0)), F, Syeta, Sy, Smu, SFy, SFmu, SFFmu)
     return Syeta, Sy, Smu, SFy, SFmu, SFFmu
 
 
@@ -203,7 +211,8 @@ class SweepMessage(NamedTuple):
     diag(Sigma) (for the levels' prior shares, :class:`SweepSums`), the other factors' effects
     ``other`` (flat, factor after factor, level-major; empty with one factor) and ``then``: the
     other factor (its position, 1, 2, ...) whose per-level sums the answer carries, or 0 for the
-    fixed move's terms."""
+    fixed move's terms; ``fold``: those sums are :func:`level_fixed_sums`'s (the factor ``then``
+    is the last and Poisson's intercept alone)."""
 
     key: np.ndarray
     sweep: int
@@ -217,6 +226,7 @@ class SweepMessage(NamedTuple):
     tau: np.ndarray
     other: np.ndarray
     then: int
+    fold: bool = False
 
 
 class SweepSums(NamedTuple):
@@ -394,7 +404,7 @@ class LevelShard:
             self.pending = D
             if m.then:
                 ll, g, H = 0.0, np.zeros(p), np.zeros((p, p))
-                levels = self._level_sums(m.then, None)
+                levels = self._level_sums(m.then, None, m.fold)
             else:
                 ll, g, H = fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(p), None, None, self._sync())
         Swb = tuple(W.T @ b for _, _, W in self.shifts)
@@ -412,33 +422,38 @@ class LevelShard:
         return (r.F, r.Z, np.zeros(p), False, self.z_off, np.asarray(r.q, dtype=np.int64), r.index, self.b_off, D,
                 pend, self.ones_all)
 
-    def _level_sums(self, k: int, D: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _level_sums(self, k: int, D: np.ndarray | None, fold: bool = False) -> tuple[np.ndarray, ...]:
         """Per level of the other factor at position k: ll_j, Z_j'(y - mu), Z_j'WZ_j at eta + Z_k D
-        (D None: at eta), eta first taking what it is owed."""
+        (D None: at eta), or with ``fold`` :func:`level_fixed_sums`'s sums at eta; eta first taking
+        what it is owed."""
         r = self.rows
         Jk, qk = int(r.levels[k]), int(r.q[k])
+        if fold:
+            return level_fixed_sums(r.y, self.eta, r.F, r.index[k], Jk, self._sync())
         delta = np.zeros((Jk, qk)) if D is None else np.ascontiguousarray(D, dtype=float)
         return level_terms(self.code, r.y, r.n, self.eta, r.Z, int(self.z_off[k]), qk, r.index[k], Jk, delta,
                            self._sync(), bool(self.ones_all[k]))
 
-    def terms(self, key: np.ndarray, other: np.ndarray, k: int, D: np.ndarray | None
-              ) -> tuple[Any, Any, Any]:
+    def terms(self, key: np.ndarray, other: np.ndarray, k: int, D: np.ndarray | None, fold: bool = False
+              ) -> tuple[Any, ...]:
         """After taking the kernel's other factors' effects ``other`` (their changes owed to eta):
         per level of the other factor at position k its ll_j, Z'(y - mu) and Z'WZ at eta + Z_k D
-        (D None: at eta; the current sums or a proposal's), or with k = 0 ll, F'(y - mu) and
-        F'WF at eta (the fixed move's terms at a)."""
+        (D None: at eta; the current sums or a proposal's; ``fold``: :func:`level_fixed_sums`'s),
+        or with k = 0 ll, F'(y - mu) and F'WF at eta (the fixed move's terms at a)."""
         r = self.rows
         self._owe(self.chains[bytes(key)], other)
         if k == 0:
             return fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(r.F.shape[1]), None, None, self._sync())
-        return self._level_sums(k, D)
+        return self._level_sums(k, D, fold)
 
-    def evaluate(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float
+    def evaluate(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float, other: np.ndarray
                  ) -> tuple[float, np.ndarray, np.ndarray, float, float]:
         """ll, F'(y - mu), F'WF at a + da (the fixed move's proposal), and the change of ll when
         b_jc -> (1 + f) b_jc for factor position k (0: the sharded one) at a and at a + da (0, 0
-        when c < 0); eta first takes the changes still owed to it."""
+        when c < 0); eta first takes the changes still owed to it (``other``: the other factors'
+        effects, as :meth:`terms`)."""
         r, slot = self.rows, self.chains[bytes(key)]
+        self._owe(slot, other)
         ll1, g1, H1 = fixed_terms(self.code, r.y, r.n, self.eta, r.F, da, None, None, self._sync())
         d0 = d1 = 0.0
         if c >= 0:

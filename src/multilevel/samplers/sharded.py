@@ -33,7 +33,8 @@ A sweep, with the moves' numbers those of the crossed kernel's module docstring:
    level accepted here; Poisson with the intercept alone takes the closed form from Sy_j and
    Smu_j (g0 + H0 and H0): no round at the proposals. Then **Sigma_k | b_k** here;
 4. with several factors, a round that gives the shards the last factor's changes and returns
-   the fixed move's terms at a;
+   the fixed move's terms at a; none when the last factor is Poisson's intercept alone (the
+   fold below);
 5. the **fixed move** (step 1: a* from the rotation about a's Newton point) and one **scale
    move** (step 4, the one-column blocks of every factor in turn, sweep by sweep: b_kc -> e^s
    b_kc, Sigma_k,cc -> e^{2s} Sigma_k,cc), both proposed here and evaluated by the shards in one
@@ -51,17 +52,26 @@ The crossed kernel's steps 6 and 7 (the nested shift and variance moves of a fac
 another) are not made: each keeps the posterior, so leaving them out is exact, but a nested
 design mixes more slowly here than with ``sampler="metropolis"`` in memory.
 
+**The fold.** When the last other factor k is Poisson's intercept alone, its level j's move
+changes eta by D_j on its rows only, so mu_i -> e^{D_j} mu_i there, and the fixed move's terms
+after the move follow from per-level sums at the current values
+(:func:`multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`: sum_j Syeta_j + D_j Sy_j
+- e^{D_j} Smu_j, sum_j SFy_j - e^{D_j} SFmu_j, sum_j e^{D_j} SFFmu_j), as the in-memory kernel's
+``paired_pass`` does: the shards return those sums (:func:`multilevel.samplers.shard.level_fixed_sums`,
+J_k (3 + 2p + p^2) numbers, Sy_j and Smu_j among them) instead of the level sums, and step 4's
+round and its pass over the rows go; the last factor's changes reach the shards with step 5's
+message. For other factors the same fold would need F'(y - mu) and F'WF per level at the
+current values and at the proposals (J_k (p + p^2) numbers each way per shard, more than a
+round's latency for J_k in the thousands): not done.
+
 Rounds of one message to every shard per sweep: 2 with one factor; with factors s, k_1..k_m,
-2 + m plus one for each k_i that is not Poisson's intercept alone: 3 for two factors when the
-other is Poisson's intercept alone, 4 otherwise ((x | a) + (1 | b), binomial). What goes out: a
-round's few numbers (a, Sigma_s^-1, the angle, the changes owed to b_s: O(p + q_s^2)) and the
-other factors' b, sum_k J_k q_k numbers, where they changed (the proposals' round sends the
-factor's J_k q_k proposals instead); what comes back: O(p^2 + q_s^2) numbers, or the per-level
-sums of one other factor, J_k (1 + q_k + q_k^2). Folding step 4 into step 3's last round (per
-level of the last factor also F'(y - mu) and F'WF at the current values and at the proposals,
-the client adding those of the levels' accepted values) would save a round at J_k (p + p^2)
-numbers each way per shard; not done: for J_k in the thousands that is more than a round's
-latency.
+2 + m plus one for each k_i that is not Poisson's intercept alone, less one when k_m is (the
+fold): 2 for two factors when the other is Poisson's intercept alone ((1 | a) + (1 | b)), 4
+otherwise ((x | a) + (1 | b), binomial). What goes out: a round's few numbers (a, Sigma_s^-1,
+the angle, the changes owed to b_s: O(p + q_s^2)) and the other factors' b, sum_k J_k q_k
+numbers, where they changed (the proposals' round sends the factor's J_k q_k proposals
+instead); what comes back: O(p^2 + q_s^2) numbers, or the per-level sums of one other factor,
+J_k (1 + q_k + q_k^2) (J_k (3 + 2p + p^2) folded).
 
 The changes of b_s owed by 5 and 6 are sent with the next sweep's first message (and with
 :meth:`ShardedMetropolis.collect`'s after the last), so the shards' b are those of the state
@@ -84,8 +94,8 @@ import numpy as np
 
 from ..blockstats import BlockStats, FactorLayout
 from .crossed import CrossedGibbs, _inverse_wishart
-from .crossed_metropolis import (GREEDY_SHARE, PHI_MAX, SCALE_OFF, SCALE_SHARE, SCALE_TARGET, TARGET, laplace_point,
-                                 rotation_draw, rotation_log_ratio, shift_move)
+from .crossed_metropolis import (GREEDY_SHARE, PHI_MAX, SCALE_OFF, SCALE_SHARE, SCALE_TARGET, TARGET,
+                                 fixed_terms_from_levels, laplace_point, rotation_draw, rotation_log_ratio, shift_move)
 from .keyed import chain_key, factor_stream, level_draws
 from .shard import LevelShard, ShardRows, SweepMessage, ones_rotation, rotation_accept, rotation_proposals
 
@@ -331,6 +341,9 @@ class ShardedMetropolis:
         self.ones = dict(zip(others, (bool(x) for x in
                                       np.logical_and.reduce([s["ones"] for s in shards.call("summary")])[1:])))
         self.other_shifts = other_shifts(shards, design, self.order)
+        #: the last other factor is Poisson's intercept alone: its current sums come with the fixed
+        #: move's per level (module docstring), no round for the fixed move's terms at a
+        self.fold = len(self.order) > 1 and self.ones[self.order[-1]]
         #: the covariance blocks of one column (the scale moves' blocks)
         self.scale_blocks = np.flatnonzero(layout.block_size == 1)
         self.keep_groups = True
@@ -394,9 +407,10 @@ class ShardedMetropolis:
         p, q, J, s = self.p, self.q, self.J, self.order[0]
         a, Sigma, bo = state.t.copy(), state.Sigma.copy(), state.b.copy()
         S = self._sigma(Sigma, s)
+        last = len(self.order) - 1
         message = SweepMessage(state.key, state.sweep, a, np.linalg.inv(S), float(np.exp(state.log_phi[s])), hastings,
-                               state.scale, state.shift, state.kept, np.diagonal(S).copy(), bo,
-                               1 if len(self.order) > 1 else 0)
+                               state.scale, state.shift, state.kept, np.diagonal(S).copy(), bo, min(last, 1),
+                               self.fold and last == 1)
         parts = self.shards.call("sweep", message)
         acc = np.zeros(len(self.names) + 1)
         acc[s] = sum(x.accepted for x in parts) / max(J, 1)
@@ -405,15 +419,21 @@ class ShardedMetropolis:
         shares = np.full(L.block_start.shape[0], np.inf)
         self._block_shares(shares, sum(x.shares for x in parts) / max(J, 1), s)
         self._conjugate(rng, s, Sbb, Sigma)
-        if len(self.order) > 1:
-            sums = tuple(sum(x.levels[i] for x in parts) for i in range(3))
+        if last:
+            sums = _summed([x.levels for x in parts])
             for pos, k in enumerate(self.order[1:], 1):
+                folded = self.fold and pos == last
                 if pos > 1:
-                    sums = _summed(self.shards.call("terms", state.key, bo, pos, None))
-                acc[k] = self._other_levels(state, k, pos, bo, Sigma, sums, hastings, shares)
+                    sums = _summed(self.shards.call("terms", state.key, bo, pos, None, folded))
+                # folded: the closed form's sums g0 = Sy - Smu, H0 = Smu from the fixed move's per level
+                level_sums = (None, (sums[1] - sums[2])[:, None], sums[2][:, None, None]) if folded else sums
+                acc[k], D = self._other_levels(state, k, pos, bo, Sigma, level_sums, hastings, shares)
                 bk = self._effects(bo, k)
                 self._conjugate(rng, k, bk.T @ bk, Sigma)
-            ll0, g0, H0 = _summed(self.shards.call("terms", state.key, bo, 0, None))
+            if self.fold:  # the fixed move's terms at a, the last factor's changes D taken per level
+                ll0, g0, H0 = fixed_terms_from_levels(*sums, np.ascontiguousarray(D[:, 0]))
+            else:
+                ll0, g0, H0 = _summed(self.shards.call("terms", state.key, bo, 0, None))
         else:
             ll0, g0, H0 = sum(x.ll for x in parts), sum(x.g for x in parts), sum(x.H for x in parts)
         # the fixed move's proposal and a scale move, evaluated in one message
@@ -434,7 +454,8 @@ class ShardedMetropolis:
         dll = 0.0
         scale = np.ones(q)
         if ok0 or c >= 0:
-            evals = self.shards.call("evaluate", state.key, xs - a, self.order.index(k), c, float(np.expm1(step)))
+            evals = self.shards.call("evaluate", state.key, xs - a, self.order.index(k), c, float(np.expm1(step)),
+                                     bo if self.fold else np.zeros(0))  # folded: the last factor's changes
             ll1, g1, H1 = sum(e[0] for e in evals), sum(e[1] for e in evals), sum(e[2] for e in evals)
             d0, d1 = sum(e[3] for e in evals), sum(e[4] for e in evals)
             dll = d0
@@ -466,12 +487,14 @@ class ShardedMetropolis:
         return new, acc, acc_scale, shares
 
     def _other_levels(self, state: ShardedState, k: int, pos: int, bo: np.ndarray, Sigma: np.ndarray,
-                      sums: tuple[np.ndarray, np.ndarray, np.ndarray], hastings: bool, shares: np.ndarray) -> float:
+                      sums: tuple[Any, np.ndarray, np.ndarray], hastings: bool, shares: np.ndarray
+                      ) -> tuple[float, np.ndarray]:
         """Other factor k's level moves (module docstring, step 2) from its per-level sums at the
         current values (summed over the shards), its random numbers keyed by (chain, sweep,
         factor, level): the rotation proposals drawn here, their sums from the shards (none for
         Poisson's intercept alone: the closed form), each level accepted here; b (in ``bo``)
-        updated in place, the levels' prior shares written to ``shares``. Returns the share accepted."""
+        updated in place, the levels' prior shares written to ``shares``. Returns the share accepted
+        and the accepted changes (J_k, q_k)."""
         ll0, g0, H0 = sums
         bk = self._effects(bo, k)
         Jk, qk = bk.shape
@@ -488,7 +511,7 @@ class ShardedMetropolis:
             lp0, M0, Ls, valid = rotation_proposals(bk, g0, H0, Sinv, phi, z, D)
             ll1, g1, H1 = _summed(self.shards.call("terms", state.key, np.zeros(0), pos, D))  # b as the shards have it
             accepted = rotation_accept(bk, D, ll0, ll1, g1, H1, lp0, M0, Ls, valid, Sinv, phi, hastings, u)
-        return accepted / max(Jk, 1)
+        return accepted / max(Jk, 1), D
 
     def _conjugate(self, rng: np.random.Generator, k: int, Sbb: np.ndarray, Sigma: np.ndarray) -> None:
         """Sigma_k | b_k per block, in place in the flat Sigma: IW(eta_b + J_k, S0_b + sum_j b_jb b_jb')
