@@ -149,6 +149,38 @@ def test_priors_from_shards_equal_the_in_memory_ones():
 
 # -- 2. shards and engines ----------------------------------------------------------------------------
 
+def test_three_factors_one_shard_and_three_and_the_rounds():
+    """Three factors (sharded on a; b's proposals evaluated by the shards; c last, Poisson's
+    intercept alone: folded): 1 and 3 shards give the same draws; a sweep is 4 rounds."""
+    from multilevel.run import run_chains
+    from multilevel.samplers.sharded import LocalShards
+    from test_sharded import sharded_kernel
+
+    df = crossed_frame(4).assign(c=lambda d: [f"c{k % 5}" for k in range(len(d))])
+    model = multilevel.Model("y ~ x + (1 | a) + (x | b) + (1 | c)", df, family="poisson", sampler="sharded")
+    runs = []
+    for n_shards in (1, 3):
+        kernel = sharded_kernel(model, n_shards)
+        assert kernel.order == [0, 1, 2] and kernel.fold
+        res = run_chains(kernel, chains=1, draws=30, warmup=20, seed=3, progress=False)
+        kernel.collect(res)
+        runs.append(res.draws)
+    for name in runs[0]:
+        np.testing.assert_allclose(runs[0][name], runs[1][name], rtol=1e-8, atol=1e-10, err_msg=name)
+    assert runs[0]["beta_c"].shape == (1, 30, 5, 1) and runs[0]["beta_b"].shape == (1, 30, 8, 2)
+
+    class Counting(LocalShards):
+        names: list = []
+
+        def call(self, name, *args):
+            self.names.append(name)
+            return super().call(name, *args)
+
+    kernel.shards.__class__ = Counting
+    kernel.step(kernel.init(np.random.default_rng(1)), np.random.default_rng(2))
+    assert Counting.names[1:] == ["sweep", "terms", "terms", "evaluate"]  # after init's "start"
+
+
 # -- 2. simulation-based calibration ------------------------------------------------------------------
 
 SBC_CASES = {
