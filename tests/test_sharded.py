@@ -5,7 +5,8 @@
    form of a Poisson intercept against the general path.
 3. Shards: 1 and 3 shards in memory give the same draws up to the rounding of the sums; the
    Dask engine (local scheduler, and LocalCluster with 1 and 2 workers) gives the in-memory
-   draws exactly.
+   draws exactly; with one grouping factor and with two (the rest of the several-factor
+   tests: tests/test_sharded_crossed.py).
 4. Simulation-based calibration (tests/sbc.py), truth from proper priors: a correlated Poisson
    model with a group-level predictor (shift moves) and a Bernoulli model of small groups (scale
    moves), with a control that drops the Hastings correction; long runs under ``make validate``.
@@ -29,7 +30,7 @@ from multilevel.families import CODES
 from multilevel.run import run_chains
 from multilevel.samplers.keyed import level_draws, level_uniforms
 from multilevel.samplers.shard import level_rotation
-from multilevel.samplers.sharded import ShardedMetropolis, ShardSource, level_cuts, local_shards
+from multilevel.samplers.sharded import ShardedMetropolis, ShardSource, factor_order, level_cuts, local_shards
 
 import sbc
 from clitools import run_main
@@ -175,27 +176,35 @@ def glm_frame(seed: int, J: int = 40, rows: int = 8) -> pd.DataFrame:
 def sharded_kernel(model: multilevel.Model, n_shards: int, design=None) -> ShardedMetropolis:
     d = model.design if design is None else design
     shards = local_shards(d, CODES[model.family.name], n_shards)
-    a_start = ShardSource(shards).pooled_glm(model.family)[0]
+    a_start = ShardSource(shards, factor_order(d)).pooled_glm(model.family)[0]
     return ShardedMetropolis(shards, d, factor_layout(d, small_columns=0), model.priors, a_start, d.n_obs)
 
 
-def test_one_shard_and_three_give_the_same_draws():
+@pytest.mark.parametrize("formula,family,shapes", [
+    ("y ~ x + w + offset(log(expo)) + (x | g)", "poisson", {"beta": (40, 2)}),
+    # several factors (tests/test_sharded_crossed.py): sharded on g, h's closed form / h's proposals evaluated
+    ("y ~ x + offset(log(expo)) + (1 | h) + (1 | g)", "poisson", {"beta_g": (40, 1), "beta_h": (5, 1)}),
+    ("p(s, n) ~ x + w + (x | g) + (1 | h)", "binomial", {"beta_g": (40, 2), "beta_h": (5, 1)})])
+def test_one_shard_and_three_give_the_same_draws(formula, family, shapes):
     df = glm_frame(1)
-    model = multilevel.Model("y ~ x + w + offset(log(expo)) + (x | g)", df, family="poisson", sampler="sharded")
+    model = multilevel.Model(formula, df, family=family, sampler="sharded")
     runs = []
     for n_shards in (1, 3):
         kernel = sharded_kernel(model, n_shards)
-        res = run_chains(kernel, chains=2, draws=60, warmup=40, seed=8, progress=False)
+        res = run_chains(kernel, chains=2, draws=40, warmup=30, seed=8, progress=False)
         kernel.collect(res)
         runs.append(res.draws)
     for name in runs[0]:
         np.testing.assert_allclose(runs[0][name], runs[1][name], rtol=1e-8, atol=1e-10, err_msg=name)
-    assert runs[0]["beta"].shape == (2, 60, 40, 2)
+    for name, shape in shapes.items():
+        assert runs[0][name].shape == (2, 40, *shape) and np.std(runs[0][name][0, :, 0, 0]) > 0
 
 
 @pytest.mark.parametrize("formula,family", [("y ~ x + w + offset(log(expo)) + (x | g)", "poisson"),
                                             ("p(s, n) ~ x + (1 | g)", "binomial"),
-                                            ("yes ~ x + (x || g)", "bernoulli")])
+                                            ("yes ~ x + (x || g)", "bernoulli"),
+                                            ("y ~ x + offset(log(expo)) + (1 | h) + (1 | g)", "poisson"),
+                                            ("yes ~ x + (x | g) + (1 | h)", "bernoulli")])
 def test_dask_engine_equals_in_memory_sharded(formula, family):
     df = glm_frame(2)
     mem = multilevel.fit(formula, df, family=family, sampler="sharded", chains=2, warmup=30, draws=40, seed=4,
@@ -213,16 +222,22 @@ def test_one_worker_and_two_give_identical_draws_and_loo():
     df = glm_frame(3)
     ddf = dd.from_pandas(df, npartitions=4)
     formula = "y ~ x + w + offset(log(expo)) + (1 | g)"
-    fits = []
+    fits, crossed = [], []
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \
                 Client(c):
             fit = multilevel.fit(formula, ddf, family="poisson", engine="dask", chains=2, warmup=30, draws=40,
                                  seed=6, progress=False)
             fits.append((fit, fit.loo()))
+            # several factors: the rows sharded on g, h's effects kept by the kernel
+            crossed.append(multilevel.fit("p(s, n) ~ x + (x | g) + (1 | h)", ddf, family="binomial", engine="dask",
+                                          chains=1, warmup=20, draws=20, seed=6, progress=False))
     (one, loo1), (two, loo2) = fits
     for name, v in one.posterior.data_vars.items():
         np.testing.assert_array_equal(v.values, two.posterior[name].values, err_msg=name)
+    assert {"beta_g", "beta_h"} <= set(crossed[0].posterior.data_vars)
+    for name, v in crossed[0].posterior.data_vars.items():
+        np.testing.assert_array_equal(v.values, crossed[1].posterior[name].values, err_msg=name)
     assert loo1.elpd_loo == loo2.elpd_loo
     # the rows' log-likelihood equals the in-memory fit's (a Dask frame from pandas is in index order)
     mem = multilevel.fit(formula, df, family="poisson", sampler="sharded", chains=2, warmup=30, draws=40, seed=6,
@@ -264,12 +279,12 @@ def sbc_model(case: str) -> multilevel.Model:
     return multilevel.Model(formula, df, family=family, priors=priors, sampler="sharded")
 
 
-def run_sharded_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins: int, seed: int,
-                    kernel_factory=lambda kernel: kernel) -> sbc.SBCResult:
-    """Per replication: truth from the priors, y from the model, one chain of the sharded kernel on
-    3 shards (``kernel_factory`` of it: a mutation), the truth's ranks among L thinned draws."""
-    model = sbc_model(case)
-    d, family = model.design, SBC_CASES[case][0]
+def sharded_sbc(model: multilevel.Model, n_shards: int, n_reps: int, L: int, thin: int, warmup: int, bins: int,
+                seed: int, kernel_factory=lambda kernel: kernel) -> sbc.SBCResult:
+    """Per replication: truth from the model's priors, y from the model, one chain of the sharded
+    kernel on ``n_shards`` shards (``kernel_factory`` of it: a mutation), the truth's ranks among
+    L thinned draws (every factor's Sigma and the first level's beta)."""
+    d, family = model.design, model.family.name
     all_ranks = []
     for rep in range(n_reps):
         rng = np.random.default_rng([seed, rep])
@@ -277,18 +292,25 @@ def run_sharded_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins
         eta = d.F @ a + sum(np.einsum("ic,ic->i", f.Z, b[f.name][f.index]) for f in d.factors)
         y = (rng.poisson(np.exp(np.minimum(eta, 12.0))) if family == "poisson"
              else rng.binomial(1, 0.5 * (1.0 + np.tanh(0.5 * eta))))
-        kernel = kernel_factory(sharded_kernel(model, 3, replace(d, y=y.astype(float))))
+        kernel = kernel_factory(sharded_kernel(model, n_shards, replace(d, y=y.astype(float))))
         res = run_chains(kernel, chains=1, draws=L * thin, warmup=warmup, seed=int(rng.integers(2**32)),
                          progress=False)
         kernel.collect(res)
         draws = {k: sbc.thin(v[0], L) for k, v in res.draws.items()}
-        f = d.factors[0]
-        beta_true = {"beta": a[np.maximum(f.mean_index, 0)] * (f.mean_index >= 0) + b[f.name]}
-        truth = scalars(kernel.inner, model, a[d.theta_index], a[d.alpha_index], {"Sigma": Sigma[f.name]}, beta_true,
-                        None)
+        means = [np.where(f.mean_index >= 0, a[np.maximum(f.mean_index, 0)], 0.0) for f in d.factors]
+        beta_true = {kernel.beta_names[k]: means[k] + b[f.name] for k, f in enumerate(d.factors)}
+        sigma_true = {kernel.sigma_names[k]: Sigma[f.name] for k, f in enumerate(d.factors)}
+        theta = a[d.theta_index] if len(d.factors) > 1 else means[0]  # one factor: theta spans its terms
+        truth = scalars(kernel.inner, model, theta, a[d.alpha_index], sigma_true, beta_true, None)
         all_ranks.append(sbc.ranks(truth, scalars(kernel.inner, model, draws["theta"], draws["alpha"], draws, draws,
                                                   None)))
     return sbc.collect(all_ranks, L, bins)
+
+
+def run_sharded_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins: int, seed: int,
+                    kernel_factory=lambda kernel: kernel) -> sbc.SBCResult:
+    """:func:`sharded_sbc` of case ``case`` on 3 shards."""
+    return sharded_sbc(sbc_model(case), 3, n_reps, L, thin, warmup, bins, seed, kernel_factory)
 
 
 SBC_SMALL = dict(n_reps=200, L=19, thin=3, warmup=100, bins=5, seed=1401)
@@ -323,17 +345,22 @@ def test_sharded_sbc_full(case):
 
 # -- 5. agreement, outputs, errors -------------------------------------------------------------------------
 
-def test_sharded_agrees_with_the_one_term_metropolis_kernel():
-    df = glm_frame(5, J=30, rows=10)
-    formula = "y ~ x + w + offset(log(expo)) + (x | g)"
-    fits = [multilevel.fit(formula, df, family="poisson", sampler=s, chains=4, warmup=500, draws=1000, seed=9,
-                           progress=False, cores=1) for s in ("sharded", None)]
-    for name in ("theta", "alpha", "Sigma"):
+def assert_means_agree(fits: list, names: tuple[str, ...]) -> None:
+    """The two fits' posterior means of ``names`` within Z_MAX of their difference's MCSE."""
+    for name in names:
         a, b = (f.posterior[name] for f in fits)
         diff = (a.mean(("chain", "draw")) - b.mean(("chain", "draw"))).values.ravel()
         flat = [x.values.reshape(*x.shape[:2], -1) for x in (a, b)]
         se = np.hypot(mcse_of_means(flat[0]), mcse_of_means(flat[1])).ravel()
         assert np.all(np.abs(diff) < Z_MAX * se), (name, diff, se)
+
+
+def test_sharded_agrees_with_the_one_term_metropolis_kernel():
+    df = glm_frame(5, J=30, rows=10)
+    formula = "y ~ x + w + offset(log(expo)) + (x | g)"
+    fits = [multilevel.fit(formula, df, family="poisson", sampler=s, chains=4, warmup=500, draws=1000, seed=9,
+                           progress=False, cores=1) for s in ("sharded", None)]
+    assert_means_agree(fits, ("theta", "alpha", "Sigma"))
     assert fits[0].summary()["r_hat"].max() < 1.01
     assert fits[0].ranef().shape[0] == 60
 
@@ -341,14 +368,10 @@ def test_sharded_agrees_with_the_one_term_metropolis_kernel():
 @pytest.mark.parametrize("call,problem", [
     (lambda df: multilevel.fit("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=2), family="negbinomial",
                                engine="dask"), "not negbinomial"),
-    (lambda df: multilevel.fit("y ~ x + (1 | g) + (1 | h)", dd.from_pandas(df, npartitions=2), family="poisson",
-                               engine="dask"), "one grouping factor"),
     (lambda df: multilevel.fit("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=2), family="poisson",
                                engine="dask", offset="expo"), "offset(log(exposure))"),
     (lambda df: multilevel.Model("y ~ x + (1 | g)", df, family="poisson", sampler="sharded").fit(
         checkpoint=10, checkpoint_path="x.nc"), "keeps no checkpoints"),
-    (lambda df: multilevel.Model("y ~ x + (1 | g) + (1 | h)", df, family="poisson", sampler="sharded"),
-     "one grouping factor"),
 ])
 def test_refusals_in_one_line(call, problem):
     with pytest.raises(ModelError) as err:

@@ -306,16 +306,14 @@ class Model:
 def dask_sampler(family: Any, n_terms: int, sampler: str | None, spec: Any) -> str:
     """The sampler of a model fitted with ``engine="dask"``: Gaussian models by the collapsed
     blocked Gibbs sampler of several factors (``"blocked"`` for one term), which reads only
-    statistics summed partition by partition; GLMs of one grouping factor (Poisson, binomial,
-    Bernoulli) by ``"sharded"``, whose shards of whole levels stay on the workers."""
+    statistics summed partition by partition; GLMs (Poisson, binomial, Bernoulli), of one grouping
+    factor or several, by ``"sharded"``, whose shards of whole levels (of the factor with the most
+    levels) stay on the workers."""
     if family.is_gaussian:
         wanted = "blocked" if n_terms == 1 else "collapsed"
     elif family.name == "negbinomial":
         raise ModelError("engine='dask' fits the poisson, binomial and bernoulli families so far, not negbinomial; "
                          "use the in-memory engine")
-    elif len({t.factor for t in spec.terms}) > 1:
-        raise ModelError(f"engine='dask' fits {family.name} models with one grouping factor so far; formula "
-                         f"{spec.formula!r} has several: use the in-memory engine")
     else:
         wanted = "sharded"
     if sampler not in (None, wanted):

@@ -146,20 +146,34 @@ def group_fits(family: Family, X: np.ndarray, y: np.ndarray, n: np.ndarray, base
                start: np.ndarray, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """Each group's own ML fit of y on X_j with the known part ``base`` of the linear predictor
     (rows sorted by group, group j = rows ``starts[j]:starts[j+1]``), all groups at once by
-    damped Newton from ``start`` (p,). Returns the fits (m, p) and ``own`` (m,): whether group
-    j's fit counts, i.e. it has more rows than terms, converged, stays within
-    :data:`SEPARATION_LIMIT` of ``start`` and has a well-conditioned information."""
-    p = X.shape[1]
+    damped Newton from ``start`` (p,) (:func:`newton_levels`). Returns the fits (m, p) and
+    ``own`` (m,): whether group j's fit counts."""
     m = starts.shape[0] - 1
     g = np.repeat(np.arange(m), np.diff(starts))
+
+    def terms(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        eta = np.einsum("ik,ik->i", X, b[g]) + base
+        mu, w = mean_and_weight(family, n, eta)
+        return (segment_sum(X * (y - mu)[:, None], starts),
+                segment_sum(X[:, :, None] * X[:, None, :] * w[:, None, None], starts))
+
+    return newton_levels(terms, np.diff(starts), start, iterations)
+
+
+def newton_levels(terms: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], counts: np.ndarray,
+                  start: np.ndarray, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Damped Newton for m levels' own fits at once from ``start`` (p,): ``terms(b)`` gives per
+    level the score X_j'(y - mu) (m, p) and information X_j'WX_j (m, p, p) at b (m, p) (from the
+    rows, or summed over shards); ``counts`` (m,) the levels' rows. Returns the fits and ``own``:
+    whether level j's fit counts, i.e. it has more rows than terms, converged, stays within
+    :data:`SEPARATION_LIMIT` of ``start`` and has a well-conditioned information."""
+    p = start.shape[0]
+    m = counts.shape[0]
     b = np.tile(start, (m, 1))
     done = np.zeros(m, dtype=bool)
     eye = np.eye(p)
     for _ in range(iterations):
-        eta = np.einsum("ik,ik->i", X, b[g]) + base
-        mu, w = mean_and_weight(family, n, eta)
-        grad = segment_sum(X * (y - mu)[:, None], starts)
-        H = segment_sum(X[:, :, None] * X[:, None, :] * w[:, None, None], starts)
+        grad, H = terms(b)
         scale = np.trace(H, axis1=1, axis2=2)[:, None, None] / p
         H = H + (1e-8 * scale + 1e-12) * eye  # a ridge relative to the group's information
         try:
@@ -172,12 +186,10 @@ def group_fits(family: Family, X: np.ndarray, y: np.ndarray, n: np.ndarray, base
         done = np.max(np.abs(step), axis=1) < 1e-8
         if done.all():
             break
-    eta = np.einsum("ik,ik->i", X, b[g]) + base
-    _, w = mean_and_weight(family, n, eta)
-    H = segment_sum(X[:, :, None] * X[:, None, :] * w[:, None, None], starts)
+    H = terms(b)[1]
     eig = np.linalg.eigvalsh(H)
     own = (
-        (np.diff(starts) > p)
+        (counts > p)
         & done
         & np.all(np.isfinite(b), axis=1)
         & (np.max(np.abs(b - start), axis=1) < SEPARATION_LIMIT)

@@ -80,7 +80,7 @@ class PartitionedDesign(CrossedDesign):
 
 
     def level_shards(self, code: int) -> Any:
-        """A one-factor GLM's rows as shards of whole levels on the workers
+        """A GLM's rows as shards of whole levels (of the factor with the most levels) on the workers
         (:func:`multilevel.distributed.shards.level_shards`)."""
         from .shards import level_shards
 

@@ -1,5 +1,9 @@
-"""A one-factor GLM's rows on Dask workers as shards of whole levels, kept in worker memory
+"""A GLM's rows on Dask workers as shards of whole levels of one factor, kept in worker memory
 across sweeps (:mod:`multilevel.samplers.sharded`).
+
+The rows are sharded on the factor with the most levels (the first on ties,
+:func:`multilevel.samplers.sharded.sharded_factor`); with several factors each row keeps its
+levels and covariates of the others (their effects are the kernel's, copied to the shards).
 
 1. A counting pass gives each level's rows; the levels are cut into as many shards as the data
    have partitions, but at least :data:`MIN_SHARDS` when the data have :data:`SHARD_ROWS` rows
@@ -12,8 +16,9 @@ across sweeps (:mod:`multilevel.samplers.sharded`).
    (:func:`multilevel.samplers.sharded.shard_rows`).
 3. With a distributed client, the shards go to the workers in contiguous runs (shard k to worker
    floor(k W / S)), each worker's into one long-lived actor (:class:`ShardHost`) that answers the
-   kernel's messages for all of them: a sweep is two rounds of one call per worker, each
-   carrying O(p^2) numbers each way. Without one (Dask's local schedulers), the shards are
+   kernel's messages for all of them: a sweep is a few rounds of one call per worker (two for
+   one factor, each carrying O(p^2) numbers each way; with several factors, rounds carrying
+   the other factors' per-level sums, :mod:`multilevel.samplers.sharded`). Without one (Dask's local schedulers), the shards are
    computed into this process (:class:`multilevel.samplers.sharded.LocalShards`).
 """
 
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..samplers.shard import LevelShard, ShardRows
-from ..samplers.sharded import LocalShards, level_cuts, shard_rows
+from ..samplers.sharded import LocalShards, factor_order, level_cuts, shard_rows
 from .plan import PartitionPlan, partition_design, prepare
 from .reduce import tree_reduce
 
@@ -33,29 +38,31 @@ from .reduce import tree_reduce
 MIN_SHARDS, MAX_SHARDS, SHARD_ROWS = 16, 64, 50_000
 
 
-def partition_counts(frame: Any, plan: PartitionPlan, n_levels: int) -> np.ndarray:
-    """Rows per level of the first factor among a partition's rows kept."""
+def partition_counts(frame: Any, plan: PartitionPlan, n_levels: int, s: int) -> np.ndarray:
+    """Rows per level of the sharded factor s among a partition's rows kept."""
     _, indices = prepare(frame, plan)
-    return np.bincount(indices[0], minlength=n_levels)
+    return np.bincount(indices[s], minlength=n_levels)
 
 
-def split_partition(frame: Any, plan: PartitionPlan, cuts: np.ndarray) -> list[tuple[np.ndarray, ...]]:
-    """A partition's rows (y, n, offset, F, Z, level) split by shard (levels [cuts[k], cuts[k + 1]))."""
+def split_partition(frame: Any, plan: PartitionPlan, cuts: np.ndarray, order: list[int]
+                    ) -> list[tuple[np.ndarray, ...]]:
+    """A partition's rows (y, n, offset, F, Z, index) split by shard (levels [cuts[k], cuts[k + 1])
+    of the sharded factor); Z and index (K, N) of the factors in ``order`` (the shards')."""
     d = partition_design(frame, plan)
-    f = d.factors[0]
-    level = np.asarray(f.factor.index, dtype=np.int64)
-    shard = np.searchsorted(cuts, level, side="right") - 1
+    fs = [d.factors[k] for k in order]
+    index = np.vstack([np.asarray(f.factor.index, dtype=np.int64) for f in fs])
+    shard = np.searchsorted(cuts, index[0], side="right") - 1
     arrays = (np.asarray(d.y, dtype=float), np.asarray(d.trials, dtype=float), np.asarray(d.offset, dtype=float),
-              np.asarray(d.F, dtype=float), np.asarray(f.Z, dtype=float), level)
-    order = np.argsort(shard, kind="stable")
-    bounds = np.searchsorted(shard[order], np.arange(cuts.shape[0]))
-    return [tuple(a[order[lo:hi]] for a in arrays) for lo, hi in zip(bounds[:-1], bounds[1:])]
+              np.asarray(d.F, dtype=float), np.hstack([np.asarray(f.Z, dtype=float) for f in fs]), index.T)
+    rows = np.argsort(shard, kind="stable")
+    bounds = np.searchsorted(shard[rows], np.arange(cuts.shape[0]))
+    return [tuple(a[rows[lo:hi]] for a in arrays) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def join_shard(parts: list[tuple[np.ndarray, ...]], lo: int, hi: int) -> ShardRows:
+def join_shard(parts: list[tuple[np.ndarray, ...]], q: np.ndarray, levels: np.ndarray, lo: int, hi: int) -> ShardRows:
     """A shard's rows from every partition's piece of it, in partition order, sorted by level."""
-    y, n, off, F, Z, level = (np.concatenate([p[i] for p in parts]) for i in range(6))
-    return shard_rows(y, n, off, F, Z, level, lo, hi)
+    y, n, off, F, Z, index = (np.concatenate([p[i] for p in parts]) for i in range(6))
+    return shard_rows(y, n, off, F, Z, np.ascontiguousarray(index.T), q, levels, lo, hi)
 
 
 class ShardHost:
@@ -93,18 +100,23 @@ def active_client() -> Any:
 
 
 def level_shards(design: Any, code: int) -> Any:
-    """The shards of a one-factor GLM's :class:`~multilevel.distributed.design.PartitionedDesign`
-    (module docstring): :class:`ActorShards` on a distributed client, else :class:`LocalShards`."""
+    """The shards of a GLM's :class:`~multilevel.distributed.design.PartitionedDesign` (module
+    docstring): :class:`ActorShards` on a distributed client, else :class:`LocalShards`."""
     from dask import delayed
 
     plan = delayed(design.plan, pure=True)
-    J = int(design.factors[0].n_levels)
+    order = factor_order(design)
+    fs = [design.factors[k] for k in order]
+    q, levels = np.array([f.q for f in fs], dtype=np.int64), np.array([f.n_levels for f in fs], dtype=np.int64)
+    J = int(levels[0])
     parts = design.ddf.to_delayed()
-    (counts,) = design.compute([tree_reduce([delayed(partition_counts)(p, plan, J) for p in parts], np.add)])
+    (counts,) = design.compute([tree_reduce([delayed(partition_counts)(p, plan, J, order[0]) for p in parts],
+                                            np.add)])
     cuts = level_cuts(counts, min(max(len(parts), min(MIN_SHARDS, int(counts.sum()) // SHARD_ROWS)), MAX_SHARDS))
     S = cuts.shape[0] - 1
-    pieces = [delayed(split_partition, nout=S)(p, plan, cuts) for p in parts]
-    joined = [delayed(join_shard)([piece[k] for piece in pieces], int(cuts[k]), int(cuts[k + 1])) for k in range(S)]
+    pieces = [delayed(split_partition, nout=S)(p, plan, cuts, order) for p in parts]
+    joined = [delayed(join_shard)([piece[k] for piece in pieces], q, levels, int(cuts[k]), int(cuts[k + 1]))
+              for k in range(S)]
     client = active_client()
     if client is None:
         return LocalShards([LevelShard(r, code) for r in design.compute(joined)])

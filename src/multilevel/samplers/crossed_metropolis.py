@@ -937,20 +937,24 @@ def paired_pass(y, eta, offset, F, a, Z, index, z_off, q, b_off, b, ones, starts
         for r in range(lo, hi):
             e = eta[r] + d
             eta[r] = e
-            m = buf[r - lo] * E
-            k = index[1, r]
-            yr = y[r]
-            Sy[k] += yr
-            Syeta[k] += yr * e
-            Smu[k] += m
-            for c in range(p):
-                f = F[r, c]
-                SFy[k, c] += f * yr
-                fm = f * m
-                SFmu[k, c] += fm
-                for c2 in range(c + 1):
-                    SFFmu[k, c, c2] += fm * F[r, c2]
+            add_level_sums(index[1, r], r, y[r], e, buf[r - lo] * E, F, Syeta, Sy, Smu, SFy, SFmu, SFFmu)
     return accepted / max(starts.shape[0] - 1, 1), Syeta, Sy, Smu, SFy, SFmu, SFFmu
+
+
+@njit(cache=True, inline="always")
+def add_level_sums(k, r, yr, e, m, F, Syeta, Sy, Smu, SFy, SFmu, SFFmu):
+    """Row r (response yr, eta e, mu m) into level k's sums of y eta, y, mu, F y, F mu and F F' mu
+    (lower triangle): what :func:`fixed_terms_from_levels` reads."""
+    Sy[k] += yr
+    Syeta[k] += yr * e
+    Smu[k] += m
+    for c in range(F.shape[1]):
+        f = F[r, c]
+        SFy[k, c] += f * yr
+        fm = f * m
+        SFmu[k, c] += fm
+        for c2 in range(c + 1):
+            SFFmu[k, c, c2] += fm * F[r, c2]
 
 
 @njit(cache=True)

@@ -9,6 +9,10 @@ for k numbers a level, reachable by :meth:`numpy.random.Philox.advance` without 
 levels before it. A 64-bit word w becomes the uniform u = (floor(w / 2^11) + 1/2) 2^-53 in (0, 1)
 and a standard normal Phi^-1(u) (exact inversion: a fixed number of words per number, unlike
 the ziggurat).
+
+Streams: the sharded factor's levels take stream :data:`LEVEL_STREAM`; with several factors,
+factor k's levels (k in formula order) take stream :func:`factor_stream` (k), so that a level's
+numbers are those of (chain, sweep, factor, level) whoever draws them.
 """
 
 from __future__ import annotations
@@ -16,8 +20,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtri
 
-#: streams of one sweep: the levels' proposals and acceptance tests
+#: streams of one sweep: the sharded factor's levels' proposals and acceptance tests
 LEVEL_STREAM = 0
+
+
+def factor_stream(k: int) -> int:
+    """The stream of factor k's levels (k in formula order) when it is not the sharded one."""
+    return 1 + int(k)
 
 
 def chain_key(rng: np.random.Generator) -> np.ndarray:
@@ -36,11 +45,12 @@ def level_uniforms(key: np.ndarray, sweep: int, stream: int, lo: int, hi: int, k
     return ((raw >> np.uint64(11)).astype(float) + 0.5) * 2.0**-53
 
 
-def level_draws(key: np.ndarray, sweep: int, lo: int, hi: int, q: int) -> tuple[np.ndarray, np.ndarray]:
-    """(z (hi - lo, q) standard normals, u (hi - lo,) uniforms) of levels [lo, hi) in ``sweep``:
-    a level's proposal noise and acceptance test."""
-    u = level_uniforms(key, sweep, LEVEL_STREAM, lo, hi, q + 1)
+def level_draws(key: np.ndarray, sweep: int, lo: int, hi: int, q: int, stream: int = LEVEL_STREAM
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(z (hi - lo, q) standard normals, u (hi - lo,) uniforms) of levels [lo, hi) in ``sweep``
+    (of ``stream``): a level's proposal noise and acceptance test."""
+    u = level_uniforms(key, sweep, stream, lo, hi, q + 1)
     return np.ascontiguousarray(ndtri(u[:, :q])), np.ascontiguousarray(u[:, q])
 
 
-__all__ = ["chain_key", "level_draws", "level_uniforms"]
+__all__ = ["chain_key", "factor_stream", "level_draws", "level_uniforms"]

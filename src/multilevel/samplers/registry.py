@@ -124,16 +124,14 @@ def _glm_sharded(design: Any, priors: Any, family: Any, proposal: str) -> Built:
     from ..blockstats import factor_layout
     from ..families import CODES
     from ..priors import resolve_crossed_priors
-    from .sharded import ShardedMetropolis, ShardSource, local_shards
+    from .sharded import ShardedMetropolis, ShardSource, factor_order, local_shards
 
     if family.name not in CODES:
         raise ModelError(f"sampler 'sharded' fits poisson, binomial and bernoulli models, not {family.name}: leave "
                          "sampler unset")
-    if len(design.factors) != 1:
-        raise ModelError(f"sampler 'sharded' fits one grouping factor, not {len(design.factors)}: leave sampler unset")
     code = CODES[family.name]
     shards = local_shards(design, code) if getattr(design, "in_memory", True) else design.level_shards(code)
-    source = ShardSource(shards)
+    source = ShardSource(shards, factor_order(design))
     layout = factor_layout(design, small_columns=0)
     resolved = resolve_crossed_priors(priors, design, family, source=source)
     a_start = source.pooled_glm(family)[0]

@@ -1,25 +1,35 @@
-r"""One shard of a one-factor GLM: the rows of a contiguous range of the factor's levels, and
-the per-level work of the sharded Metropolis-within-Gibbs kernel (:mod:`multilevel.samplers.sharded`).
+r"""One shard of a GLM: the rows of a contiguous range of the sharded factor's levels, and the
+per-level work of the sharded Metropolis-within-Gibbs kernel (:mod:`multilevel.samplers.sharded`).
 
-A shard holds whole levels (every row of its levels, sorted by level), so that the moves of
-its levels' effects b_j read its rows alone; it keeps each chain's b_j (the effects live where
-their rows are) and answers the kernel's messages with sums of O(p^2) numbers:
+A shard holds whole levels of the sharded factor (every row of its levels, sorted by level), so
+that the moves of its levels' effects b_j read its rows alone; it keeps each chain's b_j (the
+effects live where their rows are) and, with several factors, a copy of the other factors'
+effects (the kernel's, sent when they change), and answers the kernel's messages with sums:
 
-* :meth:`LevelShard.sweep` takes the population values (a, Sigma^-1, the angle phi) and the
-  changes of b owed by the last sweep's scale and shift moves, and makes every level's
-  rotation move (the Laplace proposal of :mod:`multilevel.samplers.crossed_metropolis`, step 2:
-  b*_j = m_j + cos(phi) (b_j - m_j) + sin(phi) L_j'^-1 z_j about the Newton point m_j of
-  b_j | y_j, a, Sigma, with its Metropolis-Hastings ratio; Poisson with the intercept alone in
-  closed form from the level's sums of y and mu), with z_j and the acceptance test's u_j keyed
-  by (chain, sweep, level) (:mod:`multilevel.samplers.keyed`). It returns sum_j b_j,
-  sum_j b_j b_j', the shift moves' sums sum_j w_j b_j', and ll, F'(y - mu) and F'WF at the new
-  values (the fixed move's terms at a).
+* :meth:`LevelShard.sweep` takes the population values (a, Sigma^-1, the angle phi), the changes
+  of b owed by the last sweep's scale and shift moves and the other factors' b, computes eta
+  (the full linear predictor) and makes every level's rotation move (the Laplace proposal of
+  :mod:`multilevel.samplers.crossed_metropolis`, step 2: b*_j = m_j + cos(phi) (b_j - m_j) +
+  sin(phi) L_j'^-1 z_j about the Newton point m_j of b_j | y_j, a, Sigma, with its
+  Metropolis-Hastings ratio; Poisson with the intercept alone in closed form from the level's
+  sums of y and mu), with z_j and the acceptance test's u_j keyed by (chain, sweep, level)
+  (:mod:`multilevel.samplers.keyed`). It returns sum_j b_j, sum_j b_j b_j', the shift moves' sums
+  sum_j w_j b_j', and ll, F'(y - mu) and F'WF at the new values (the fixed move's terms at a), or
+  with several factors the first other factor's per-level sums (O(J_k q_k^2) numbers).
+* :meth:`LevelShard.terms` takes the other factors' b (their changes owed to eta) and returns an
+  other factor's per-level sums ll_j, Z_j'(y - mu), Z_j'WZ_j at eta or at proposals (the
+  kernel's level moves of that factor), or the fixed move's terms at a.
 * :meth:`LevelShard.evaluate` returns the terms at the fixed move's proposal a* and the change
-  of ll under a scale move's b_jc -> e^s b_jc at a and at a*.
+  of ll under a scale move's b_kc -> e^s b_kc (of any factor) at a and at a*.
+
+The level move is split in pieces (:func:`rotation_proposals`, the sums at the proposals,
+:func:`rotation_accept`; :func:`ones_rotation` for the closed form) so that the kernel makes
+the other factors' moves with the same code from sums over the shards.
 
 Each chain's eta is recomputed by the first pass of a sweep (so nothing a move owes to the rows
-is kept between messages) into one buffer shared by the chains: a sweep's two messages come
-one after the other for one chain.
+is kept between sweeps) into one buffer shared by the chains: a sweep's messages come one after
+the other for one chain; within a sweep the changes owed to eta (the levels' accepted changes,
+the other factors' b) are taken by the next pass over the rows.
 """
 
 from __future__ import annotations
@@ -31,32 +41,38 @@ import numpy as np
 from numba import njit
 
 from .crossed import _backward
-from .crossed_metropolis import (_ones_step, _row_terms, fixed_terms, fixed_terms_from_levels,
-                                 intercept_only, laplace_point, level_multiples, level_terms, linear_predictor,
-                                 rotation_log_ratio)
+from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_level_sums, fixed_terms,
+                                 fixed_terms_from_levels, intercept_only, laplace_point, level_multiples, level_terms,
+                                 linear_predictor, rotation_log_ratio)
 from .keyed import level_draws
 
 
 @njit(cache=True)
-def level_rotation(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z, u, ones, ll0, g0, H0, D):
-    """Every level's rotation move at once from its sums at b (ll0, g0, H0 of
-    :func:`~multilevel.samplers.crossed_metropolis.level_terms`) with the noise z (J, q) and the
-    uniforms u (J,): b (J, q) updated in place, D (J, q) receives the accepted changes. ``ones``:
-    Poisson with the intercept alone, the closed form (no pass at the proposals). Returns the
-    number of levels accepted."""
-    q = b.shape[1]
+def ones_rotation(b, sinv, phi, g0, H0, z, u, hastings, D):
+    """Every level's rotation move of a Poisson factor with the intercept alone in closed form
+    (:func:`~multilevel.samplers.crossed_metropolis._ones_step`) from its sums g0 = Sy - Smu,
+    H0 = Smu at b (J, 1), prior precision ``sinv``, noise z (J, 1) and uniforms u (J,): b
+    updated in place, D (J, 1) receives the accepted changes. Returns the number accepted."""
+    cphi, s2 = np.cos(phi), np.sin(phi) ** 2
     accepted = 0
+    for j in range(b.shape[0]):
+        smu = H0[j, 0, 0]
+        ok, d, _ = _ones_step(b[j, 0], sinv, cphi, s2, g0[j, 0] + smu, smu, z[j, 0], u[j], hastings)
+        D[j, 0] = d
+        if ok:
+            accepted += 1
+            b[j, 0] += d
+    return accepted
+
+
+@njit(cache=True)
+def rotation_proposals(b, g0, H0, Sinv, phi, z, D):
+    """Every level's rotation proposal from its sums at b (J, q) (the likelihood's gradient g0
+    and information H0) with the noise z (J, q): D (J, q) receives b*_j - b_j. Returns what the
+    acceptance needs (:func:`rotation_accept`): per level the log prior, the Newton point, the
+    Cholesky factor and whether it exists."""
+    J, q = b.shape
     cphi, sphi = np.cos(phi), np.sin(phi)
-    if ones:
-        sinv = Sinv[0, 0]
-        for j in range(J):
-            smu = H0[j, 0, 0]
-            ok, d, _ = _ones_step(b[j, 0], sinv, cphi, sphi * sphi, g0[j, 0] + smu, smu, z[j, 0], u[j], hastings)
-            D[j, 0] = d
-            if ok:
-                accepted += 1
-                b[j, 0] += d
-        return accepted
     zero = np.zeros(q)
     lp0 = np.zeros(J)
     M0 = np.zeros((J, q))
@@ -74,7 +90,17 @@ def level_rotation(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z, u, o
         _backward(L, w, q)
         for c in range(q):
             D[j, c] = m[c] + cphi * (b[j, c] - m[c]) + sphi * w[c] - b[j, c]
-    ll1, g1, H1 = level_terms(code, y, n, eta, Z, 0, q, index, J, D)
+    return lp0, M0, Ls, valid
+
+
+@njit(cache=True)
+def rotation_accept(b, D, ll0, ll1, g1, H1, lp0, M0, Ls, valid, Sinv, phi, hastings, u):
+    """Every level's acceptance test (the uniforms u (J,)) of the proposals D of
+    :func:`rotation_proposals` from its sums at b (ll0) and at b + D (ll1, g1, H1): b updated
+    in place, D zeroed where rejected. Returns the number accepted."""
+    J, q = b.shape
+    zero = np.zeros(q)
+    accepted = 0
     for j in range(J):
         if not valid[j]:
             continue
@@ -88,6 +114,21 @@ def level_rotation(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z, u, o
         else:
             D[j] = 0.0
     return accepted
+
+
+@njit(cache=True)
+def level_rotation(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z, u, ones, ll0, g0, H0, D):
+    """Every level's rotation move at once from its sums at b (ll0, g0, H0 of
+    :func:`~multilevel.samplers.crossed_metropolis.level_terms`) with the noise z (J, q) and the
+    uniforms u (J,): b (J, q) updated in place, D (J, q) receives the accepted changes. ``ones``:
+    Poisson with the intercept alone, the closed form (no pass at the proposals). Returns the
+    number of levels accepted. The factor's covariates are Z's first q columns."""
+    if ones:
+        return ones_rotation(b, Sinv[0, 0], phi, g0, H0, z, u, hastings, D)
+    q = b.shape[1]
+    lp0, M0, Ls, valid = rotation_proposals(b, g0, H0, Sinv, phi, z, D)
+    ll1, g1, H1 = level_terms(code, y, n, eta, Z, 0, q, index, J, D)
+    return rotation_accept(b, D, ll0, ll1, g1, H1, lp0, M0, Ls, valid, Sinv, phi, hastings, u)
 
 
 @njit(cache=True)
@@ -106,38 +147,49 @@ def intercept_pass(y, offset, F, a, b, index, J, eta):
         for c in range(p):
             e += F[i, c] * a[c]
         eta[i] = e
-        mu = np.exp(min(e, 700.0))
-        Syeta[j] += y[i] * e
-        Sy[j] += y[i]
-        Smu[j] += mu
-        for c in range(p):
-            SFy[j, c] += F[i, c] * y[i]
-            fm = F[i, c] * mu
-            SFmu[j, c] += fm
-            for c2 in range(c + 1):
-                SFFmu[j, c, c2] += fm * F[i, c2]
+        add_level_sums(j, i, y[i], e, np.exp(min(e, 700.0)), F, Syeta, Sy, Smu, SFy, SFmu, SFFmu)
     return Syeta, Sy, Smu, SFy, SFmu, SFFmu
 
 
 @njit(cache=True)
-def scale_terms(code, y, n, eta, F, da, Z, c, index, b, f):
-    """The change of ll when b_jc -> (1 + f) b_jc (eta_i + f Z_ic b_jc), at eta and at eta + F da:
-    one pass over the rows."""
+def level_fixed_sums(y, eta, F, index_k, Jk, sync):
+    """For another factor of Poisson's intercept alone: eta_i first takes the change still owed to
+    it (``sync`` as :func:`~multilevel.samplers.crossed_metropolis.level_terms`'s), then per level
+    j of that factor the sums of :func:`intercept_pass` (its level sums, and the fixed move's terms
+    once the levels' changes are known), in one pass."""
+    p = F.shape[1]
+    Syeta, Sy, Smu = np.zeros(Jk), np.zeros(Jk), np.zeros(Jk)
+    SFy, SFmu, SFFmu = np.zeros((Jk, p)), np.zeros((Jk, p)), np.zeros((Jk, p, p))
+    for i in range(y.shape[0]):
+        e = eta[i] + _row_pending(i, sync[0], sync[2], sync[3], sync[1], sync[4], sync[5], sync[6], sync[7], sync[8],
+                                  sync[9], sync[10])
+        eta[i] = e
+        add_level_sums(index_k[i], i, y[i], e, np.exp(min(e, 700.0)), F, Syeta, Sy, Smu, SFy, SFmu, SFFmu)
+    return Syeta, Sy, Smu, SFy, SFmu, SFFmu
+
+
+@njit(cache=True)
+def scale_terms(code, y, n, eta, F, da, Z, zc, c, index, b, f):
+    """The change of ll when b_jc -> (1 + f) b_jc (eta_i + f Z_i,zc+c b_jc, the factor's
+    covariates from Z's column zc), at eta and at eta + F da: one pass over the rows."""
     d0, d1 = 0.0, 0.0
     for i in range(eta.shape[0]):
         e0 = eta[i]
         e1 = e0
         for k in range(F.shape[1]):
             e1 += F[i, k] * da[k]
-        de = f * Z[i, c] * b[index[i], c]
+        de = f * Z[i, zc + c] * b[index[i], c]
         d0 += _row_terms(code, y[i], n[i], e0 + de)[0] - _row_terms(code, y[i], n[i], e0)[0]
         d1 += _row_terms(code, y[i], n[i], e1 + de)[0] - _row_terms(code, y[i], n[i], e1)[0]
     return d0, d1
 
 
 class ShardRows(NamedTuple):
-    """The rows of levels [lo, lo + J) of the factor, sorted by level: response y, trials n,
-    offset, fixed design F (N, p), the factor's covariates Z (N, q), each row's level - lo."""
+    """The rows of levels [lo, lo + J) of the sharded factor, sorted by its level: response y,
+    trials n, offset, fixed design F (N, p), every factor's covariates Z (N, sum_k q_k) side by
+    side (the sharded factor's first, then the other factors' in formula order), ``index``
+    (K, N) each row's level per factor (the sharded factor's - lo, the others' global, int32),
+    ``q`` (K,) the factors' columns and ``levels`` (K,) their levels (the sharded factor's: J)."""
 
     y: np.ndarray
     n: np.ndarray
@@ -147,14 +199,20 @@ class ShardRows(NamedTuple):
     index: np.ndarray
     lo: int
     J: int
+    q: np.ndarray
+    levels: np.ndarray
 
 
 class SweepMessage(NamedTuple):
-    """What a sweep sends every shard: the chain's key and sweep number, a and Sigma^-1, the
-    levels' angle, whether the Hastings correction is made, the changes of b the last sweep's
-    moves owe (``scale`` (q,) factors, ``shift`` the shift moves' d one after the other, 0 where
-    not made), whether b, once they are made, is a kept draw, and tau = diag(Sigma) (for the
-    levels' prior shares, :class:`SweepSums`)."""
+    """What a sweep sends every shard: the chain's key and sweep number, a and Sigma^-1 (of the
+    sharded factor), its levels' angle, whether the Hastings correction is made, the changes of b
+    the last sweep's moves owe (``scale`` (q,) factors, ``shift`` the shift moves' d one after
+    the other, 0 where not made), whether b, once they are made, is a kept draw, tau =
+    diag(Sigma) (for the levels' prior shares, :class:`SweepSums`), the other factors' effects
+    ``other`` (flat, factor after factor, level-major; empty with one factor) and ``then``: the
+    other factor (its position, 1, 2, ...) whose per-level sums the answer carries, or 0 for the
+    fixed move's terms; ``fold``: those sums are :func:`level_fixed_sums`'s (the factor ``then``
+    is the last and Poisson's intercept alone)."""
 
     key: np.ndarray
     sweep: int
@@ -166,12 +224,16 @@ class SweepMessage(NamedTuple):
     shift: np.ndarray
     keep_previous: bool
     tau: np.ndarray
+    other: np.ndarray
+    then: int
+    fold: bool = False
 
 
 class SweepSums(NamedTuple):
     """A shard's answer to a sweep: levels accepted; sum_j b_j, sum_j b_j b_j'; per shift move
     sum_j w_j b_j'; sum_j 1 / (1 + tau_c H_j,cc) per column (the prior's share); ll, F'(y - mu)
-    and F'WF at the new values."""
+    and F'WF at the new values (``then`` 0), or per level of the other factor ``then`` its ll_j,
+    Z'(y - mu) and Z'WZ (``levels``; ll, g, H then 0)."""
 
     accepted: int
     Sb: np.ndarray
@@ -181,13 +243,16 @@ class SweepSums(NamedTuple):
     ll: float
     g: np.ndarray
     H: np.ndarray
+    levels: tuple | None = None
 
 
 @dataclass
 class ChainSlot:
-    """One chain's effects in a shard and its kept draws."""
+    """One chain's effects in a shard (the sharded factor's ``b``, the copy ``other`` of the other
+    factors' the kernel sent last) and its kept draws."""
 
     b: np.ndarray
+    other: np.ndarray
     draws: list = field(default_factory=list)
 
 
@@ -197,23 +262,36 @@ class LevelShard:
 
     def __init__(self, rows: ShardRows, code: int):
         self.rows, self.code = rows, int(code)
-        self.q = rows.Z.shape[1]
+        q = np.asarray(rows.q, dtype=np.int64)
+        self.q = int(q[0])
+        #: per factor (position): its first column in Z, and its first effect in the flat b of all factors
+        self.z_off = np.concatenate([[0], np.cumsum(q)[:-1]]).astype(np.int64)
+        J = np.asarray(rows.levels, dtype=np.int64).copy()
+        J[0] = rows.J
+        self.J_all = J
+        self.b_off = np.concatenate([[0], np.cumsum(J * q)[:-1]]).astype(np.int64)
         self.eta = np.empty(rows.y.shape[0])
         self.pending = np.zeros((rows.J, self.q))  # the levels' changes eta has not taken yet
-        self.ones = bool(rows.y.shape[0]) and bool(intercept_only(self.code, rows.Z, 0, self.q))
+        self.pending_other = np.zeros(int(np.sum(J[1:] * q[1:])))  # and the other factors'
+        #: per factor: Poisson with the intercept alone in this shard's rows (closed forms)
+        self.ones_all = np.array([bool(intercept_only(self.code, rows.Z, int(self.z_off[k]), int(q[k])))
+                                  for k in range(q.shape[0])], dtype=np.bool_)
+        self.ones = bool(rows.y.shape[0]) and bool(self.ones_all[0])
         self.chains: dict[bytes, ChainSlot] = {}
         self.shifts: list[tuple[int, np.ndarray, np.ndarray]] = []  # (column, fixed columns, W (J, |D|))
 
     # -- what the priors and the set-up read ----------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        """Rows, sums of y and n, and the moments, extremes and first row of F's and Z's columns."""
+        """Rows, sums of y and n, the moments, extremes and first row of F's columns, per factor
+        the moments of its Z columns and whether it is Poisson's intercept alone here."""
         from ..moments import moments_of
 
         r = self.rows
         return {"rows": r.y.shape[0], "y": float(r.y.sum()), "n": float(r.n.sum()), "F": moments_of(r.F),
                 "F_min": r.F.min(axis=0, initial=np.inf), "F_max": r.F.max(axis=0, initial=-np.inf),
                 "F_abs": np.abs(r.F).max(axis=0, initial=0.0), "F_first": r.F[0] if len(r.F) else None,
-                "Z": moments_of(r.Z)}
+                "Z": [moments_of(r.Z[:, o:o + qk]) for o, qk in zip(self.z_off, r.q)], "ones": self.ones_all.copy(),
+                "levels": np.asarray(r.levels, dtype=np.int64)}
 
     def pooled_terms(self, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """F'(y - mu) and F'WF at eta = offset + F coef (the pooled fit's Newton terms)."""
@@ -223,19 +301,35 @@ class LevelShard:
         return g, H
 
     def level_fits(self, family: Any, a: np.ndarray) -> np.ndarray:
-        """The levels' own fits of y on Z given offset + F a that count (:func:`multilevel.glmfit.group_fits`)."""
+        """The sharded factor's levels' own fits of y on Z given offset + F a that count
+        (:func:`multilevel.glmfit.group_fits`)."""
         from ..glmfit import group_fits
 
         r = self.rows
-        starts = np.searchsorted(r.index, np.arange(r.J + 1)).astype(np.int64)
-        fits, own = group_fits(family, r.Z, r.y, r.n, r.offset + r.F @ a, starts, np.zeros(self.q))
+        starts = np.searchsorted(r.index[0], np.arange(r.J + 1)).astype(np.int64)
+        fits, own = group_fits(family, r.Z[:, :self.q], r.y, r.n, r.offset + r.F @ a, starts, np.zeros(self.q))
         return fits[own]
 
-    def multiples(self) -> list[np.ndarray]:
-        """Per covariate c, the fixed columns that are level multiples of it in this shard
-        (:func:`~multilevel.samplers.crossed_metropolis.level_multiples`)."""
+    def fit_terms(self, k: int, a: np.ndarray, bk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per level of the other factor at position k, at eta = offset + F a + Z_k b_k: Z_k'(y - mu),
+        Z_k'WZ_k and the rows (the Newton terms of its levels' own fits, summed over the shards)."""
         r = self.rows
-        return [level_multiples(r.F, np.ascontiguousarray(r.Z[:, c]), r.index, r.J)[0] for c in range(self.q)]
+        Jk, qk = int(r.levels[k]), int(r.q[k])
+        _, g, H = level_terms(self.code, r.y, r.n, r.offset + r.F @ a, r.Z, int(self.z_off[k]), qk, r.index[k], Jk,
+                              np.ascontiguousarray(bk, dtype=float))
+        return g, H, np.bincount(r.index[k], minlength=Jk)
+
+    def multiples(self) -> list[np.ndarray]:
+        """Per covariate c of the sharded factor, the fixed columns that are level multiples of it
+        in this shard (:func:`~multilevel.samplers.crossed_metropolis.level_multiples`)."""
+        r = self.rows
+        return [level_multiples(r.F, np.ascontiguousarray(r.Z[:, c]), r.index[0], r.J)[0] for c in range(self.q)]
+
+    def same_columns(self, pairs: list[tuple[int, int, int]]) -> list[bool]:
+        """Per (factor position k, its column c, fixed column m): Z_k[:, c] = F[:, m] in every row
+        here (the other factors' shift moves, w_j = 1)."""
+        r = self.rows
+        return [bool(np.array_equal(r.Z[:, self.z_off[k] + c], r.F[:, m])) for k, c, m in pairs]
 
     def set_shifts(self, groups: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
         """Keep the shift moves (column c, fixed columns D) and their weights; returns per move
@@ -244,7 +338,7 @@ class LevelShard:
         self.shifts = []
         out = []
         for c, cols in groups:
-            found, W = level_multiples(r.F, np.ascontiguousarray(r.Z[:, c]), r.index, r.J)
+            found, W = level_multiples(r.F, np.ascontiguousarray(r.Z[:, c]), r.index[0], r.J)
             W = np.ascontiguousarray(W[:, [int(np.flatnonzero(found == m)[0]) for m in cols]]) if len(cols) else W
             self.shifts.append((c, np.asarray(cols), W))
             out.append(W.T @ W)
@@ -253,7 +347,7 @@ class LevelShard:
     # -- the chains -----------------------------------------------------------------------------
     def start(self, key: np.ndarray) -> None:
         """A chain's effects at 0."""
-        self.chains[bytes(key)] = ChainSlot(np.zeros((self.rows.J, self.q)))
+        self.chains[bytes(key)] = ChainSlot(np.zeros((self.rows.J, self.q)), np.zeros(self.pending_other.shape[0]))
 
     def release(self, key: np.ndarray) -> None:
         self.chains.pop(bytes(key), None)
@@ -270,55 +364,105 @@ class LevelShard:
         if keep:
             slot.draws.append(slot.b.copy())
 
+    def _owe(self, slot: ChainSlot, other: np.ndarray) -> None:
+        """Take the kernel's other factors' effects: their changes since the last copy are owed to eta."""
+        if other.shape[0]:
+            self.pending_other += other - slot.other
+            slot.other = np.array(other, dtype=float)
+
     def sweep(self, m: SweepMessage) -> SweepSums:
         """The levels' moves of one sweep (module docstring): three passes over the rows (eta
-        with the levels' sums at b, their sums at the proposals, the fixed move's terms), or one
-        for Poisson with the intercept alone (:func:`intercept_pass`: the levels' closed form
-        and the fixed move's terms from per-level sums; eta takes the levels' changes in the
-        next pass, :meth:`evaluate`'s)."""
+        with the levels' sums at b, their sums at the proposals, the fixed move's terms or the
+        next factor's level sums), or for Poisson with the intercept alone and one factor
+        one (:func:`intercept_pass`: the levels' closed form and the fixed move's terms from
+        per-level sums; eta takes the levels' changes in the next pass, :meth:`evaluate`'s)."""
         r, slot = self.rows, self.chains[bytes(m.key)]
         self._settle(slot, m.scale, m.shift, m.keep_previous)
+        if m.other.shape[0]:
+            slot.other = np.array(m.other, dtype=float)
+        self.pending_other[:] = 0.0
         b, q, J, p = slot.b, self.q, r.J, r.F.shape[1]
         z, u = level_draws(m.key, m.sweep, r.lo, r.lo + J, q)
         D = np.zeros((J, q))
-        if self.ones:
-            Syeta, Sy, Smu, SFy, SFmu, SFFmu = intercept_pass(r.y, r.offset, r.F, m.a, b, r.index, J, self.eta)
+        levels = None
+        if self.ones and r.q.shape[0] == 1:
+            Syeta, Sy, Smu, SFy, SFmu, SFFmu = intercept_pass(r.y, r.offset, r.F, m.a, b, r.index[0], J, self.eta)
             g0, H0 = (Sy - Smu).reshape(J, 1), Smu.reshape(J, 1, 1)
             shares = np.sum(1.0 / (1.0 + m.tau[0] * Smu), keepdims=True)
-            accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index, J, b, m.Sinv, m.phi, m.hastings,
+            accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index[0], J, b, m.Sinv, m.phi, m.hastings,
                                       z, u, True, np.zeros(J), g0, H0, D)
             ll, g, H = fixed_terms_from_levels(Syeta, Sy, Smu, SFy, SFmu, SFFmu, D[:, 0])
             self.pending = D
         else:
-            self.eta[:] = linear_predictor(r.offset, r.F, m.a, r.Z, r.index.reshape(1, -1), np.zeros(1, np.int64),
-                                           np.array([q], np.int64), np.zeros(1, np.int64), b.ravel())
-            ll0, g0, H0 = level_terms(self.code, r.y, r.n, self.eta, r.Z, 0, q, r.index, J, np.zeros((J, q)))
+            self.eta[:] = linear_predictor(r.offset, r.F, m.a, r.Z, r.index, self.z_off, r.q, self.b_off,
+                                           np.concatenate([b.ravel(), slot.other]))
+            ll0, g0, H0 = level_terms(self.code, r.y, r.n, self.eta, r.Z, 0, q, r.index[0], J, np.zeros((J, q)), None,
+                                      self.ones)
             shares = np.sum(1.0 / (1.0 + m.tau[None, :] * np.diagonal(H0, axis1=1, axis2=2)), axis=0)
-            accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index, J, b, m.Sinv, m.phi, m.hastings,
-                                      z, u, False, ll0, g0, H0, D)
+            accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index[0], J, b, m.Sinv, m.phi, m.hastings,
+                                      z, u, self.ones, ll0, g0, H0, D)
             self.pending = D
-            ll, g, H = fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(p), None, None, self._sync())
+            if m.then:
+                ll, g, H = 0.0, np.zeros(p), np.zeros((p, p))
+                levels = self._level_sums(m.then, None, m.fold)
+            else:
+                ll, g, H = fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(p), None, None, self._sync())
         Swb = tuple(W.T @ b for _, _, W in self.shifts)
-        return SweepSums(accepted, b.sum(axis=0), b.T @ b, Swb, shares, ll, g, H)
+        return SweepSums(accepted, b.sum(axis=0), b.T @ b, Swb, shares, ll, g, H, levels)
 
     def _sync(self) -> tuple:
-        """The levels' changes still owed to eta (``pending``), as the passes of
-        :mod:`~multilevel.samplers.crossed_metropolis` take them; nothing owed after the pass."""
-        r, q, p = self.rows, self.q, self.rows.F.shape[1]
-        D, self.pending = self.pending, np.zeros((r.J, q))
-        return (r.F, r.Z, np.zeros(p), False, np.zeros(1, np.int64), np.array([q], np.int64), r.index.reshape(1, -1),
-                np.zeros(1, np.int64), D.ravel(), np.ones(1, np.bool_), np.array([self.ones]))
+        """The changes still owed to eta (the sharded factor's levels' ``pending``, the other
+        factors' ``pending_other``), as the passes of :mod:`~multilevel.samplers.crossed_metropolis`
+        take them; nothing owed after the pass."""
+        r, p = self.rows, self.rows.F.shape[1]
+        D = np.concatenate([self.pending.ravel(), self.pending_other])
+        pend = np.array([np.any(D[o:o + n]) for o, n in zip(self.b_off, self.J_all * r.q)], dtype=np.bool_)
+        self.pending = np.zeros((r.J, self.q))
+        self.pending_other = np.zeros(self.pending_other.shape[0])
+        return (r.F, r.Z, np.zeros(p), False, self.z_off, np.asarray(r.q, dtype=np.int64), r.index, self.b_off, D,
+                pend, self.ones_all)
 
-    def evaluate(self, key: np.ndarray, da: np.ndarray, c: int, f: float) -> tuple[float, np.ndarray, np.ndarray,
-                                                                                    float, float]:
+    def _level_sums(self, k: int, D: np.ndarray | None, fold: bool = False) -> tuple[np.ndarray, ...]:
+        """Per level of the other factor at position k: ll_j, Z_j'(y - mu), Z_j'WZ_j at eta + Z_k D
+        (D None: at eta), or with ``fold`` :func:`level_fixed_sums`'s sums at eta; eta first taking
+        what it is owed."""
+        r = self.rows
+        Jk, qk = int(r.levels[k]), int(r.q[k])
+        if fold:
+            return level_fixed_sums(r.y, self.eta, r.F, r.index[k], Jk, self._sync())
+        delta = np.zeros((Jk, qk)) if D is None else np.ascontiguousarray(D, dtype=float)
+        return level_terms(self.code, r.y, r.n, self.eta, r.Z, int(self.z_off[k]), qk, r.index[k], Jk, delta,
+                           self._sync(), bool(self.ones_all[k]))
+
+    def terms(self, key: np.ndarray, other: np.ndarray, k: int, D: np.ndarray | None, fold: bool = False
+              ) -> tuple[Any, ...]:
+        """After taking the kernel's other factors' effects ``other`` (their changes owed to eta):
+        per level of the other factor at position k its ll_j, Z'(y - mu) and Z'WZ at eta + Z_k D
+        (D None: at eta; the current sums or a proposal's; ``fold``: :func:`level_fixed_sums`'s),
+        or with k = 0 ll, F'(y - mu) and F'WF at eta (the fixed move's terms at a)."""
+        r = self.rows
+        self._owe(self.chains[bytes(key)], other)
+        if k == 0:
+            return fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(r.F.shape[1]), None, None, self._sync())
+        return self._level_sums(k, D, fold)
+
+    def evaluate(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float, other: np.ndarray
+                 ) -> tuple[float, np.ndarray, np.ndarray, float, float]:
         """ll, F'(y - mu), F'WF at a + da (the fixed move's proposal), and the change of ll when
-        b_jc -> (1 + f) b_jc at a and at a + da (0, 0 when c < 0); eta first takes the levels'
-        changes still owed to it."""
+        b_jc -> (1 + f) b_jc for factor position k (0: the sharded one) at a and at a + da (0, 0
+        when c < 0); eta first takes the changes still owed to it (``other``: the other factors'
+        effects, as :meth:`terms`)."""
         r, slot = self.rows, self.chains[bytes(key)]
+        self._owe(slot, other)
         ll1, g1, H1 = fixed_terms(self.code, r.y, r.n, self.eta, r.F, da, None, None, self._sync())
         d0 = d1 = 0.0
         if c >= 0:
-            d0, d1 = scale_terms(self.code, r.y, r.n, self.eta, r.F, da, r.Z, c, r.index, slot.b, f)
+            if k == 0:
+                bk = slot.b
+            else:
+                o = int(self.b_off[k] - self.b_off[1])
+                bk = slot.other[o:o + int(r.levels[k] * r.q[k])].reshape(int(r.levels[k]), int(r.q[k]))
+            d0, d1 = scale_terms(self.code, r.y, r.n, self.eta, r.F, da, r.Z, int(self.z_off[k]), c, r.index[k], bk, f)
         return ll1, g1, H1, d0, d1
 
     def flush(self, key: np.ndarray, scale: np.ndarray, shift: np.ndarray, keep: bool) -> None:
@@ -331,4 +475,5 @@ class LevelShard:
         return np.stack(draws) if draws else np.zeros((0, self.rows.J, self.q))
 
 
-__all__ = ["LevelShard", "ShardRows", "SweepMessage", "SweepSums", "level_rotation", "scale_terms"]
+__all__ = ["LevelShard", "ShardRows", "SweepMessage", "SweepSums", "level_rotation", "ones_rotation",
+           "rotation_accept", "rotation_proposals", "scale_terms"]

@@ -1,35 +1,89 @@
-r"""Metropolis-within-Gibbs for a one-factor GLM whose levels are spread over shards (the Dask
-engine's GLM sampler; also an in-memory option, ``sampler="sharded"``).
+r"""Metropolis-within-Gibbs for a GLM whose rows are spread over shards of whole levels of one
+grouping factor (the Dask engine's GLM sampler; also an in-memory option, ``sampler="sharded"``).
 
-Model: that of :mod:`multilevel.samplers.crossed_metropolis` with one factor,
-eta_i = offset_i + F_i a + Z_i b_j(i), b_j ~ MVN(0, Sigma), Sigma's blocks inverse-Wishart, a
-Gaussian. The rows are cut into shards of whole levels (:class:`multilevel.samplers.shard.LevelShard`),
-which keep the b_j; this kernel keeps a, Sigma and the tuning, and a sweep is two messages to
-every shard, each answered with O(p^2) numbers:
+Model: that of :mod:`multilevel.samplers.crossed_metropolis`, one grouping factor or several,
+eta_i = offset_i + F_i a + sum_k Z_ki b_k,j_k(i), b_kj ~ MVN(0, Sigma_k), Sigma_k's blocks
+inverse-Wishart, a Gaussian.
 
-1. the levels' moves (step 2 of the crossed kernel, on the shards, their random numbers keyed by
-   (chain, sweep, level)); the shards return sum_j b_j, sum_j b_j b_j', the shift moves' sums and
-   the fixed move's terms at a (ll, F'(y - mu), F'WF);
-2. **Sigma | b**, conjugate per block from sum_j b_j b_j' (IW(eta_b + J, S0_b + sum_j b_jb b_jb'));
-3. the **fixed move** (step 1: a* from the rotation about a's Newton point) and one **scale
-   move** (step 4, one-column blocks in turn, sweep by sweep: b_jc -> e^s b_jc,
-   Sigma_cc -> e^{2s} Sigma_cc), both proposed here and evaluated by the shards in one message
-   (ll at a*, and the scale move's change of ll at a and at a*); the fixed move is accepted
-   first, then the scale move from wherever a is;
-4. one **shift move** (step 5, exact Gibbs, no row read: a_D + d, b_jc - w_j'd for the fixed
-   columns D that are level multiples of covariate c), the shift moves in turn sweep by sweep,
-   from the shards' sums sum_j w_j b_j' and sum_j w_j w_j'.
+**What the rows are sharded on.** The rows are cut into shards of whole levels of one factor,
+the *sharded factor* s (:func:`sharded_factor`): the one with the most levels (the first in the
+formula on ties). Its level moves need all of a level's rows, and its per-level sums, O(J_s q_s^2)
+numbers, would be the largest message of all; kept in the shards they are never sent: the shards
+keep b_s and return sums over its levels. Every other factor k has at most J_s levels; its
+levels' rows are spread over the shards, so its level moves are made here from per-level sums
+that every shard adds up over its rows, O(J_k q_k^2) numbers per shard per round: with several
+factors those, not O(p^2), are a sweep's messages. Each shard's rows carry every factor's level
+and covariates (:class:`multilevel.samplers.shard.ShardRows`); the shards keep a copy of the
+other factors' b (sent with the messages after this kernel changes it), so their eta is the
+full linear predictor. This kernel keeps a, the Sigma_k, the tuning and the other factors' b.
 
-The changes of b owed by 3 and 4 are sent with the next sweep's first message (and with
+A sweep, with the moves' numbers those of the crossed kernel's module docstring:
+
+1. the sharded factor's level moves (step 2, on the shards, their random numbers keyed by
+   (chain, sweep, level)); the shards return sum_j b_j, sum_j b_j b_j', the shift moves' sums
+   and either the fixed move's terms at a (ll, F'(y - mu), F'WF; one factor) or the first other
+   factor's per-level sums at the current values (ll_j, Z_j'(y - mu), Z_j'WZ_j);
+2. **Sigma_s | b_s**, conjugate per block from sum_j b_j b_j' (IW(eta_b + J, S0_b + sum_j b_jb b_jb'));
+3. each other factor k in formula order (step 2 of the crossed kernel, all its levels at once):
+   its per-level sums at the current values (from the round before: step 1's for the first,
+   for the next ones a round that also brings the shards' copy of the previous factor's b up to
+   date), the rotation proposals drawn here with random numbers keyed by (chain, sweep, factor,
+   level) (:func:`multilevel.samplers.keyed.factor_stream`), a round that returns the per-level
+   sums at the proposals (ll, and g, H for the Hastings term of the reverse proposal), each
+   level accepted here; Poisson with the intercept alone takes the closed form from Sy_j and
+   Smu_j (g0 + H0 and H0): no round at the proposals. Then **Sigma_k | b_k** here;
+4. with several factors, a round that gives the shards the last factor's changes and returns
+   the fixed move's terms at a; none when the last factor is Poisson's intercept alone (the
+   fold below);
+5. the **fixed move** (step 1: a* from the rotation about a's Newton point) and one **scale
+   move** (step 4, the one-column blocks of every factor in turn, sweep by sweep: b_kc -> e^s
+   b_kc, Sigma_k,cc -> e^{2s} Sigma_k,cc), both proposed here and evaluated by the shards in one
+   message (ll at a*, and the scale move's change of ll at a and at a*); the fixed move is
+   accepted first, then the scale move from wherever a is;
+6. one **shift move** of the sharded factor (step 5, exact Gibbs, no row read: a_D + d,
+   b_jc - w_j'd for the fixed columns D that are level multiples of covariate c), the shift
+   moves in turn sweep by sweep, from the shards' sums sum_j w_j b_j' and sum_j w_j w_j'; and
+   every other factor's shift moves, here, for its columns equal to their term's fixed column
+   in every row (w_j = 1: the intercept, a slope with its fixed term; :func:`other_shifts`). A
+   level-level predictor of another factor is left out: finding it and its weights w_j would
+   need each level's rows from every shard.
+
+The crossed kernel's steps 6 and 7 (the nested shift and variance moves of a factor nested in
+another) are not made: each keeps the posterior, so leaving them out is exact, but a nested
+design mixes more slowly here than with ``sampler="metropolis"`` in memory.
+
+**The fold.** When the last other factor k is Poisson's intercept alone, its level j's move
+changes eta by D_j on its rows only, so mu_i -> e^{D_j} mu_i there, and the fixed move's terms
+after the move follow from per-level sums at the current values
+(:func:`multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`: sum_j Syeta_j + D_j Sy_j
+- e^{D_j} Smu_j, sum_j SFy_j - e^{D_j} SFmu_j, sum_j e^{D_j} SFFmu_j), as the in-memory kernel's
+``paired_pass`` does: the shards return those sums (:func:`multilevel.samplers.shard.level_fixed_sums`,
+J_k (3 + 2p + p^2) numbers, Sy_j and Smu_j among them) instead of the level sums, and step 4's
+round and its pass over the rows go; the last factor's changes reach the shards with step 5's
+message. For other factors the same fold would need F'(y - mu) and F'WF per level at the
+current values and at the proposals (J_k (p + p^2) numbers each way per shard, more than a
+round's latency for J_k in the thousands): not done.
+
+Rounds of one message to every shard per sweep: 2 with one factor; with factors s, k_1..k_m,
+2 + m plus one for each k_i that is not Poisson's intercept alone, less one when k_m is (the
+fold): 2 for two factors when the other is Poisson's intercept alone ((1 | a) + (1 | b)), 4
+otherwise ((x | a) + (1 | b), binomial). What goes out: a round's few numbers (a, Sigma_s^-1,
+the angle, the changes owed to b_s: O(p + q_s^2)) and the other factors' b, sum_k J_k q_k
+numbers, where they changed (the proposals' round sends the factor's J_k q_k proposals
+instead); what comes back: O(p^2 + q_s^2) numbers, or the per-level sums of one other factor,
+J_k (1 + q_k + q_k^2) (J_k (3 + 2p + p^2) folded).
+
+The changes of b_s owed by 5 and 6 are sent with the next sweep's first message (and with
 :meth:`ShardedMetropolis.collect`'s after the last), so the shards' b are those of the state
 once they are made. Each move leaves the posterior invariant, whatever the shards; the sums are
-combined in shard order and a level's random numbers do not depend on its shard, so the draws
-depend on neither the number of workers nor (up to the rounding of the sums) the number of
-shards. The population moves draw from the chain's generator.
+combined in shard order and a level's random numbers do not depend on its shard (those of the
+other factors' levels are drawn here), so the draws depend on neither the number of workers nor
+(up to the rounding of the sums) the number of shards. The population moves draw from the
+chain's generator.
 
-The state (:class:`ShardedState`) holds the population values and tuning; the chain's b lives in
-the shards under its key, so the kernel is run in one process, chain by chain
-(``in_process``), and a run's kept b are gathered at its end (:meth:`ShardedMetropolis.collect`).
+The state (:class:`ShardedState`) holds the population values, tuning and the other factors' b;
+the chain's b_s lives in the shards under its key, so the kernel is run in one process, chain by
+chain (``in_process``), and a run's kept b_s are gathered at its end (:meth:`ShardedMetropolis.collect`).
 """
 
 from __future__ import annotations
@@ -40,27 +94,29 @@ import numpy as np
 
 from ..blockstats import BlockStats, FactorLayout
 from .crossed import CrossedGibbs, _inverse_wishart
-from .crossed_metropolis import (GREEDY_SHARE, PHI_MAX, SCALE_OFF, SCALE_SHARE, SCALE_TARGET, TARGET, laplace_point,
-                                 rotation_draw, rotation_log_ratio)
-from .keyed import chain_key
-from .shard import LevelShard, ShardRows, SweepMessage
+from .crossed_metropolis import (GREEDY_SHARE, PHI_MAX, SCALE_OFF, SCALE_SHARE, SCALE_TARGET, TARGET,
+                                 fixed_terms_from_levels, laplace_point, rotation_draw, rotation_log_ratio, shift_move)
+from .keyed import chain_key, factor_stream, level_draws
+from .shard import LevelShard, ShardRows, SweepMessage, ones_rotation, rotation_accept, rotation_proposals
 
 
 class ShardedState(NamedTuple):
-    """A chain's population values and tuning; its b lives in the shards under ``key``.
-    ``scale``/``shift``: the changes of b the last sweep's moves owe the shards; ``kept``: the
-    last sweep was a kept draw (its b is kept once they are made)."""
+    """A chain's population values and tuning, and the other factors' effects ``b`` (flat, factor
+    after factor, level-major; empty with one factor); the sharded factor's b lives in the shards
+    under ``key``. ``scale``/``shift``: the changes of that b the last sweep's moves owe the
+    shards; ``kept``: the last sweep was a kept draw (its b is kept once they are made)."""
 
     key: np.ndarray
     sweep: int
     t: np.ndarray
     Sigma: np.ndarray
-    log_phi: np.ndarray  # the levels' angle, then a's
+    log_phi: np.ndarray  # per factor (formula order), then a's
     log_step: np.ndarray  # per covariance block
     ll: float
     scale: np.ndarray
     shift: np.ndarray
     kept: bool
+    b: np.ndarray
 
 
 class LocalShards:
@@ -71,6 +127,18 @@ class LocalShards:
 
     def call(self, name: str, *args: Any) -> list[Any]:
         return [getattr(s, name)(*args) for s in self.shards]
+
+
+def sharded_factor(design: Any) -> int:
+    """The factor the rows are sharded on: the one with the most levels (the first on ties)."""
+    return int(np.argmax([int(f.n_levels) for f in design.factors]))
+
+
+def factor_order(design: Any) -> list[int]:
+    """The factors in the shards' order: the sharded one (:func:`sharded_factor`), then the others
+    in formula order."""
+    s = sharded_factor(design)
+    return [s] + [k for k in range(len(design.factors)) if k != s]
 
 
 def level_cuts(counts: np.ndarray, n_shards: int) -> np.ndarray:
@@ -84,45 +152,65 @@ def level_cuts(counts: np.ndarray, n_shards: int) -> np.ndarray:
     return np.unique(np.concatenate([[0], np.clip(inner, 1, J - 1) if J > 1 else [], [J]]).astype(np.int64))
 
 
-def shard_rows(y: np.ndarray, n: np.ndarray, offset: np.ndarray, F: np.ndarray, Z: np.ndarray, level: np.ndarray,
-               lo: int, hi: int) -> ShardRows:
-    """The :class:`ShardRows` of the rows whose level is in [lo, hi), sorted (stably) by level."""
+def shard_rows(y: np.ndarray, n: np.ndarray, offset: np.ndarray, F: np.ndarray, Z: np.ndarray, index: np.ndarray,
+               q: np.ndarray, levels: np.ndarray, lo: int, hi: int) -> ShardRows:
+    """The :class:`ShardRows` of the rows whose level of the sharded factor (``index[0]``) is in
+    [lo, hi), sorted (stably) by it; Z and ``index`` (K, N) hold every factor's covariates and
+    levels in the shards' order (:func:`factor_order`), ``q`` and ``levels`` their sizes."""
+    level = index[0]
     keep = np.flatnonzero((level >= lo) & (level < hi))
     order = keep[np.argsort(level[keep], kind="stable")]
+    idx = np.array(index[:, order], dtype=np.int32)
+    idx[0] -= lo
     return ShardRows(np.ascontiguousarray(y[order], dtype=float), np.ascontiguousarray(n[order], dtype=float),
                      np.ascontiguousarray(offset[order], dtype=float), np.ascontiguousarray(F[order], dtype=float),
-                     np.ascontiguousarray(Z[order], dtype=float),
-                     np.ascontiguousarray(level[order] - lo, dtype=np.int32), int(lo), int(hi - lo))
+                     np.ascontiguousarray(Z[order], dtype=float), np.ascontiguousarray(idx), int(lo), int(hi - lo),
+                     np.asarray(q, dtype=np.int64), np.asarray(levels, dtype=np.int64))
+
+
+def design_rows(design: Any) -> tuple[np.ndarray, ...]:
+    """A :class:`~multilevel.design.CrossedDesign`'s rows as :func:`shard_rows` takes them: y, n,
+    offset, F, Z and index (K, N) of the factors in the shards' order, q and levels."""
+    fs = [design.factors[k] for k in factor_order(design)]
+    return (np.asarray(design.y, dtype=float), np.asarray(design.trials, dtype=float),
+            np.asarray(design.offset, dtype=float), np.asarray(design.F, dtype=float),
+            np.hstack([np.asarray(f.Z, dtype=float) for f in fs]),
+            np.vstack([np.asarray(f.index, dtype=np.int64) for f in fs]),
+            np.array([f.q for f in fs], dtype=np.int64), np.array([f.n_levels for f in fs], dtype=np.int64))
 
 
 def local_shards(design: Any, code: int, n_shards: int = 1) -> LocalShards:
-    """The rows of a one-factor :class:`~multilevel.design.CrossedDesign` in memory cut into
-    ``n_shards`` shards of whole levels (:func:`level_cuts`)."""
-    f = design.factors[0]
-    level = np.asarray(f.index)
-    cuts = level_cuts(np.bincount(level, minlength=f.n_levels), n_shards)
-    y, n, off, F, Z = (np.asarray(design.y, dtype=float), np.asarray(design.trials, dtype=float),
-                       np.asarray(design.offset, dtype=float), np.asarray(design.F, dtype=float), np.asarray(f.Z, dtype=float))
-    return LocalShards([LevelShard(shard_rows(y, n, off, F, Z, level, lo, hi), code)
+    """The rows of a :class:`~multilevel.design.CrossedDesign` in memory cut into ``n_shards``
+    shards of whole levels of the sharded factor (:func:`level_cuts`)."""
+    y, n, off, F, Z, index, q, levels = design_rows(design)
+    cuts = level_cuts(np.bincount(index[0], minlength=int(levels[0])), n_shards)
+    return LocalShards([LevelShard(shard_rows(y, n, off, F, Z, index, q, levels, lo, hi), code)
                         for lo, hi in zip(cuts[:-1], cuts[1:])])
 
 
 class ShardSource:
     """The GLM defaults' fits (:func:`multilevel.priors.default_crossed_glm_priors`) from shards:
-    the pooled fit by Newton steps whose terms are sums over the shards, the levels' own fits
-    gathered from them (once, O(levels) numbers)."""
+    the pooled fit by Newton steps whose terms are sums over the shards; the sharded factor's
+    levels' own fits gathered from them (once, O(levels) numbers), another factor's by Newton
+    steps for all its levels at once whose per-level terms are sums over the shards
+    (:func:`multilevel.glmfit.newton_levels`). ``order``: the factors in the shards' order
+    (:func:`factor_order`; default one factor)."""
 
-    def __init__(self, shards: Any):
+    def __init__(self, shards: Any, order: list[int] | None = None):
         from functools import reduce
 
         from ..moments import combine_moments
 
         self.shards = shards
+        self.order = [0] if order is None else list(order)
         parts = shards.call("summary")
         self.n_obs = int(sum(s["rows"] for s in parts))
         self.y_sum, self.n_sum = sum(s["y"] for s in parts), sum(s["n"] for s in parts)
         self.F_moments = reduce(combine_moments, [s["F"] for s in parts])
-        self.Z_moments = reduce(combine_moments, [s["Z"] for s in parts])
+        self.Z_moments = [reduce(combine_moments, [s["Z"][k] for s in parts]) for k in range(len(self.order))]
+        #: per factor (shards' order): its levels, and whether it is Poisson's intercept alone in every row
+        self.levels = np.asarray(parts[0]["levels"], dtype=np.int64)
+        self.ones = np.logical_and.reduce([s["ones"] for s in parts])
         self.F_min = np.min([s["F_min"] for s in parts], axis=0)
         self.F_max = np.max([s["F_max"] for s in parts], axis=0)
         self.F_abs = np.max([s["F_abs"] for s in parts], axis=0)
@@ -150,11 +238,25 @@ class ShardSource:
         return coef, info, converged
 
     def level_fits(self, family: Any, k: int, a_ml: np.ndarray) -> np.ndarray:
-        fits = self.shards.call("level_fits", family, a_ml)
-        return np.concatenate(fits) if fits else np.zeros((0, 1))
+        """Factor k's levels' own fits that count (:func:`multilevel.glmfit.group_fits`'s rule)."""
+        from ..glmfit import newton_levels
+
+        pos = self.order.index(k)
+        if pos == 0:
+            fits = self.shards.call("level_fits", family, a_ml)
+            return np.concatenate(fits) if fits else np.zeros((0, 1))
+        qk, Jk = int(np.size(self.Z_moments[pos].variance)), int(self.levels[pos])
+        counts = sum(c for _, _, c in self.shards.call("fit_terms", pos, a_ml, np.zeros((Jk, qk))))
+
+        def terms(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            parts = self.shards.call("fit_terms", pos, a_ml, b)
+            return sum(g for g, _, _ in parts), sum(H for _, H, _ in parts)
+
+        fits, own = newton_levels(terms, counts, np.zeros(qk))
+        return fits[own]
 
     def z_variance(self, k: int) -> np.ndarray:
-        return np.atleast_1d(np.asarray(self.Z_moments.variance, dtype=float))
+        return np.atleast_1d(np.asarray(self.Z_moments[self.order.index(k)].variance, dtype=float))
 
 
 def shift_moves(shards: Any, q: int) -> tuple[list[tuple[int, np.ndarray]], list[np.ndarray]]:
@@ -172,6 +274,20 @@ def shift_moves(shards: Any, q: int) -> tuple[list[tuple[int, np.ndarray]], list
     return groups, [sum(w[g] for w in WW) for g in range(len(groups))]
 
 
+def other_shifts(shards: Any, design: Any, order: list[int]) -> list[tuple[int, int, int]]:
+    """The other factors' shift moves (factor k, column c, fixed column m): those whose column is
+    the fixed column of its term's population mean (``mean_index``) and equal to it in every row
+    of every shard, so that w_j = 1 for every level (the intercept, a slope with its fixed term).
+    A level-level predictor of another factor is not looked for: its weights w_j would need the
+    level's rows from every shard."""
+    pairs = [(pos, c, int(m)) for pos, k in enumerate(order) if pos
+             for c, m in enumerate(np.asarray(design.factors[k].mean_index)) if m >= 0]
+    if not pairs:
+        return []
+    found = np.logical_and.reduce([np.asarray(f, dtype=bool) for f in shards.call("same_columns", pairs)])
+    return [(order[pos], c, m) for (pos, c, m), ok in zip(pairs, found) if ok]
+
+
 class ShardedMetropolis:
     """The kernel (module docstring): ``init(rng)``, ``warmup_step(state, rng, i, n_warmup)``,
     ``step(state, rng)``, ``record(state)`` over :class:`ShardedState`, and ``collect(result)``
@@ -179,10 +295,10 @@ class ShardedMetropolis:
 
     Parameters
     ----------
-    shards : the shards (:class:`LocalShards`, or the Dask engine's actors), with ``call``.
-    design : the one-factor :class:`~multilevel.design.CrossedDesign` (its names and levels;
-        rows not read).
-    layout : :func:`multilevel.blockstats.factor_layout` of it with the factor large.
+    shards : the shards (:class:`LocalShards`, or the Dask engine's actors), with ``call``; their
+        factors in the order of :func:`factor_order`.
+    design : the :class:`~multilevel.design.CrossedDesign` (its names and levels; rows not read).
+    layout : :func:`multilevel.blockstats.factor_layout` of it with every factor large.
     priors : resolved priors (:func:`multilevel.priors.resolve_crossed_priors`).
     a_start : the fixed effects the chains start near (the pooled ML fit).
     n_obs : rows in the shards.
@@ -193,11 +309,12 @@ class ShardedMetropolis:
     def __init__(self, shards: Any, design: Any, layout: FactorLayout, priors: Any, a_start: np.ndarray, n_obs: int):
         from .polya_gamma import singleton_groups
 
-        if len(design.factors) != 1:
-            raise ValueError("the sharded kernel fits one grouping factor")
         self.shards, self.layout, self.priors = shards, layout, priors
-        p, q, J = design.F.shape[1], int(layout.q[0]), int(layout.J[0])
-        nb = J * q
+        #: the factors in the shards' order: the sharded one, then the others
+        self.order = factor_order(design)
+        s = self.order[0]
+        p, q, J = design.F.shape[1], int(layout.q[s]), int(layout.J[s])
+        nb = int(np.sum(layout.J * layout.q))
         zeros_ptr = np.zeros(nb + 1, dtype=np.int64)
         template = BlockStats(G=np.zeros((p, p)), Xty_t=np.zeros(p), Xty_b=np.zeros(nb), A=np.zeros(0),
                               W_ptr=zeros_ptr, W_col=np.zeros(0, dtype=np.int32), W_val=np.zeros(0), C_ptr=zeros_ptr,
@@ -209,12 +326,24 @@ class ShardedMetropolis:
         self.names = self.inner.names
         self.sigma_names, self.beta_names = self.inner.sigma_names, self.inner.beta_names
         self.group_variables = self.inner.group_variables
-        self.mean_index = np.asarray(self.inner.mean_index[0])
-        self.alpha_index = self.inner.alpha_index
+        self.mean_index = [np.asarray(m) for m in self.inner.mean_index]
+        self.theta_index, self.alpha_index = self.inner.theta_index, self.inner.alpha_index
         self.shift_groups, self.shift_WW = shift_moves(shards, q)
         #: where each shift move's d starts in the state's ``shift``, and its length
         self.shift_start = np.concatenate([[0], np.cumsum([len(cols) for _, cols in self.shift_groups])]).astype(int)
         self.shift_size = int(self.shift_start[-1])
+        #: the other factors' effects in the state's b: factor order[pos] from b_off[pos]
+        others = self.order[1:]
+        sizes = [int(layout.J[k] * layout.q[k]) for k in others]
+        self.b_off = dict(zip(others, np.concatenate([[0], np.cumsum(sizes)]).astype(int)))
+        self.b_size = int(np.sum(sizes))
+        #: per other factor: Poisson with the intercept alone in every row (the closed-form level moves)
+        self.ones = dict(zip(others, (bool(x) for x in
+                                      np.logical_and.reduce([s["ones"] for s in shards.call("summary")])[1:])))
+        self.other_shifts = other_shifts(shards, design, self.order)
+        #: the last other factor is Poisson's intercept alone: its current sums come with the fixed
+        #: move's per level (module docstring), no round for the fixed move's terms at a
+        self.fold = len(self.order) > 1 and self.ones[self.order[-1]]
         #: the covariance blocks of one column (the scale moves' blocks)
         self.scale_blocks = np.flatnonzero(layout.block_size == 1)
         self.keep_groups = True
@@ -227,9 +356,9 @@ class ShardedMetropolis:
         t, _, Sigma = self.inner.start(rng, self._a0)
         key = chain_key(rng)
         self.shards.call("start", key)
-        return ShardedState(key, 0, t, Sigma, np.full(2, np.log(PHI_MAX)),
+        return ShardedState(key, 0, t, Sigma, np.full(len(self.names) + 1, np.log(PHI_MAX)),
                             np.full(self.layout.block_start.shape[0], np.log(0.3)), 0.0, np.ones(self.q),
-                            np.zeros(self.shift_size), False)
+                            np.zeros(self.shift_size), False, np.zeros(self.b_size))
 
     def step(self, state: ShardedState, rng: np.random.Generator) -> ShardedState:
         """One sweep with the tuning frozen, a kept draw."""
@@ -248,49 +377,85 @@ class ShardedMetropolis:
             log_phi = np.minimum(log_phi + gain * (acc - TARGET), np.log(PHI_MAX))
             log_step = np.where(acc_scale >= 0, log_step + gain * (acc_scale - SCALE_TARGET), log_step)
         if i == n_warmup - 1:
-            block_shares = np.array([shares[int(self.layout.block_start[bl])] if self.layout.block_size[bl] == 1
-                                     else np.inf for bl in range(log_step.shape[0])])
-            log_step = np.where(block_shares < SCALE_SHARE, SCALE_OFF, log_step)
+            log_step = np.where(shares < SCALE_SHARE, SCALE_OFF, log_step)
         return new._replace(log_phi=log_phi, log_step=log_step)
+
+    def _sigma(self, Sigma: np.ndarray, k: int) -> np.ndarray:
+        """Factor k's q_k x q_k block of the flat Sigma (a view)."""
+        L = self.layout
+        qk, o = int(L.q[k]), int(L.sig_off[k])
+        return Sigma[o:o + qk * qk].reshape(qk, qk)
+
+    def _effects(self, b: np.ndarray, k: int) -> np.ndarray:
+        """Other factor k's effects (J_k, q_k), a view of the state's b."""
+        L = self.layout
+        qk, Jk, o = int(L.q[k]), int(L.J[k]), self.b_off[k]
+        return b[o:o + Jk * qk].reshape(Jk, qk)
+
+    def _block_shares(self, shares: np.ndarray, column_shares: np.ndarray, k: int) -> None:
+        """Per one-column block of factor k, its columns' prior share (``shares`` per block)."""
+        L = self.layout
+        for bl in np.flatnonzero((L.block_factor == k) & (L.block_size == 1)):
+            shares[bl] = column_shares[int(L.block_start[bl])]
 
     def sweep(self, state: ShardedState, rng: np.random.Generator, hastings: bool, keep: bool
               ) -> tuple[ShardedState, np.ndarray, np.ndarray, np.ndarray]:
-        """One sweep (module docstring). Returns the new state, the acceptance rates (levels, a),
-        per block the scale move's (-1: none this sweep) and per column the levels' mean prior
-        share mean_j 1 / (1 + tau_c H_j,cc)."""
+        """One sweep (module docstring). Returns the new state, the acceptance rates (per factor,
+        then a), per block the scale move's (-1: none this sweep) and the levels' mean prior share
+        mean_j 1 / (1 + tau_c H_j,cc) (inf for blocks of several columns)."""
         L, g = self.layout, self.inner
-        p, q, J = self.p, self.q, self.J
-        a, Sigma = state.t.copy(), state.Sigma.copy()
-        S = Sigma.reshape(q, q)
-        message = SweepMessage(state.key, state.sweep, a, np.linalg.inv(S), float(np.exp(state.log_phi[0])), hastings,
-                               state.scale, state.shift, state.kept, np.diagonal(S).copy())
+        p, q, J, s = self.p, self.q, self.J, self.order[0]
+        a, Sigma, bo = state.t.copy(), state.Sigma.copy(), state.b.copy()
+        S = self._sigma(Sigma, s)
+        last = len(self.order) - 1
+        message = SweepMessage(state.key, state.sweep, a, np.linalg.inv(S), float(np.exp(state.log_phi[s])), hastings,
+                               state.scale, state.shift, state.kept, np.diagonal(S).copy(), bo, min(last, 1),
+                               self.fold and last == 1)
         parts = self.shards.call("sweep", message)
-        acc = np.zeros(2)
-        acc[0] = sum(s.accepted for s in parts) / max(J, 1)
-        Sbb = sum(s.Sbb for s in parts)
-        Swb = [sum(s.Swb[k] for s in parts) for k in range(len(self.shift_groups))]
-        shares = sum(s.shares for s in parts) / max(J, 1)
-        ll0, g0, H0 = sum(s.ll for s in parts), sum(s.g for s in parts), sum(s.H for s in parts)
-        Sigma = self._conjugate(rng, Sbb)
+        acc = np.zeros(len(self.names) + 1)
+        acc[s] = sum(x.accepted for x in parts) / max(J, 1)
+        Sbb = sum(x.Sbb for x in parts)
+        Swb = [sum(x.Swb[k] for x in parts) for k in range(len(self.shift_groups))]
+        shares = np.full(L.block_start.shape[0], np.inf)
+        self._block_shares(shares, sum(x.shares for x in parts) / max(J, 1), s)
+        self._conjugate(rng, s, Sbb, Sigma)
+        if last:
+            sums = _summed([x.levels for x in parts])
+            for pos, k in enumerate(self.order[1:], 1):
+                folded = self.fold and pos == last
+                if pos > 1:
+                    sums = _summed(self.shards.call("terms", state.key, bo, pos, None, folded))
+                # folded: the closed form's sums g0 = Sy - Smu, H0 = Smu from the fixed move's per level
+                level_sums = (None, (sums[1] - sums[2])[:, None], sums[2][:, None, None]) if folded else sums
+                acc[k], D = self._other_levels(state, k, pos, bo, Sigma, level_sums, hastings, shares)
+                bk = self._effects(bo, k)
+                self._conjugate(rng, k, bk.T @ bk, Sigma)
+            if self.fold:  # the fixed move's terms at a, the last factor's changes D taken per level
+                ll0, g0, H0 = fixed_terms_from_levels(*sums, np.ascontiguousarray(D[:, 0]))
+            else:
+                ll0, g0, H0 = _summed(self.shards.call("terms", state.key, bo, 0, None))
+        else:
+            ll0, g0, H0 = sum(x.ll for x in parts), sum(x.g for x in parts), sum(x.H for x in parts)
         # the fixed move's proposal and a scale move, evaluated in one message
-        phi_a = float(np.exp(state.log_phi[1]))
+        phi_a = float(np.exp(state.log_phi[-1]))
         xs, ok0 = a, False
         if p:
             lp0, m0, L0, ok0 = laplace_point(a, g0, H0, g._Pi_fixed, g._Pim_fixed)
             if ok0:
                 xs = rotation_draw(rng, a, m0, L0, phi_a)
         acc_scale = np.full(L.block_start.shape[0], -1.0)
-        bl, c, s = -1, -1, 0.0
+        bl, k, c, step = -1, s, -1, 0.0
         live = [b for b in self.scale_blocks if state.log_step[b] > SCALE_OFF]
         if live:
             bl = int(live[state.sweep % len(live)])
-            c = int(L.block_start[bl])
-            s = float(np.exp(state.log_step[bl]) * rng.standard_normal())
+            k, c = int(L.block_factor[bl]), int(L.block_start[bl])
+            step = float(np.exp(state.log_step[bl]) * rng.standard_normal())
         ll = ll0
         dll = 0.0
         scale = np.ones(q)
         if ok0 or c >= 0:
-            evals = self.shards.call("evaluate", state.key, xs - a, c, float(np.expm1(s)))
+            evals = self.shards.call("evaluate", state.key, xs - a, self.order.index(k), c, float(np.expm1(step)),
+                                     bo if self.fold else np.zeros(0))  # folded: the last factor's changes
             ll1, g1, H1 = sum(e[0] for e in evals), sum(e[1] for e in evals), sum(e[2] for e in evals)
             d0, d1 = sum(e[3] for e in evals), sum(e[4] for e in evals)
             dll = d0
@@ -298,49 +463,82 @@ class ShardedMetropolis:
                 lp1, m1, L1, ok1 = laplace_point(xs, g1, H1, g._Pi_fixed, g._Pim_fixed)
                 if ok1 and np.log(rng.random()) < rotation_log_ratio(a, xs, ll0, ll1, lp0, lp1, m0, L0, m1, L1, phi_a,
                                                                      hastings):
-                    a, ll, dll, acc[1] = xs, ll1, d1, 1.0
+                    a, ll, dll, acc[-1] = xs, ll1, d1, 1.0
             if c >= 0:
-                pos = c * q + c
-                tau, tau_new = Sigma[pos], Sigma[pos] * np.exp(2.0 * s)
-                log_r = dll - g._blk_eta[bl] * s - 0.5 * g._S0[pos] * (1.0 / tau_new - 1.0 / tau)
+                pos = int(L.sig_off[k]) + c * int(L.q[k]) + c
+                tau, tau_new = Sigma[pos], Sigma[pos] * np.exp(2.0 * step)
+                log_r = dll - g._blk_eta[bl] * step - 0.5 * g._S0[pos] * (1.0 / tau_new - 1.0 / tau)
                 accepted = bool(np.log(rng.random()) < log_r)
                 acc_scale[bl] = float(accepted)
                 if accepted:
                     Sigma[pos] = tau_new
-                    scale[c] = np.exp(s)
+                    if k == s:
+                        scale[c] = np.exp(step)
+                    else:
+                        self._effects(bo, k)[:, c] *= np.exp(step)
                     ll += dll
         shift = np.zeros(self.shift_size)
         if self.shift_groups:
-            k = state.sweep % len(self.shift_groups)
-            shift[self.shift_start[k]:self.shift_start[k + 1]] = self._shift(rng, k, a, Swb[k] * scale[None, :], Sigma)
+            m = state.sweep % len(self.shift_groups)
+            shift[self.shift_start[m]:self.shift_start[m + 1]] = self._shift(rng, m, a, Swb[m] * scale[None, :], Sigma)
+        self._other_shift_moves(rng, a, bo, Sigma)
         new = state._replace(sweep=state.sweep + 1, t=a, Sigma=Sigma, ll=float(ll), scale=scale, shift=shift,
-                             kept=keep and self.keep_groups)
+                             kept=keep and self.keep_groups, b=bo)
         return new, acc, acc_scale, shares
 
-    def _conjugate(self, rng: np.random.Generator, Sbb: np.ndarray) -> np.ndarray:
-        """Sigma | b per block: IW(eta_b + J, S0_b + sum_j b_jb b_jb') (one column: its inverse-gamma)."""
-        L, g, q = self.layout, self.inner, self.q
-        Sigma = np.zeros(q * q)
-        S0 = g._S0.reshape(q, q)
-        for bl in range(L.block_start.shape[0]):
+    def _other_levels(self, state: ShardedState, k: int, pos: int, bo: np.ndarray, Sigma: np.ndarray,
+                      sums: tuple[Any, np.ndarray, np.ndarray], hastings: bool, shares: np.ndarray
+                      ) -> tuple[float, np.ndarray]:
+        """Other factor k's level moves (module docstring, step 2) from its per-level sums at the
+        current values (summed over the shards), its random numbers keyed by (chain, sweep,
+        factor, level): the rotation proposals drawn here, their sums from the shards (none for
+        Poisson's intercept alone: the closed form), each level accepted here; b (in ``bo``)
+        updated in place, the levels' prior shares written to ``shares``. Returns the share accepted
+        and the accepted changes (J_k, q_k)."""
+        ll0, g0, H0 = sums
+        bk = self._effects(bo, k)
+        Jk, qk = bk.shape
+        Sk = self._sigma(Sigma, k)
+        Sinv = np.linalg.inv(Sk)
+        phi = float(np.exp(state.log_phi[k]))
+        self._block_shares(shares, np.mean(1.0 / (1.0 + np.diagonal(Sk)[None, :] *
+                                                   np.diagonal(H0, axis1=1, axis2=2)), axis=0), k)
+        z, u = level_draws(state.key, state.sweep, 0, Jk, qk, factor_stream(k))
+        D = np.zeros((Jk, qk))
+        if self.ones[k]:
+            accepted = ones_rotation(bk, float(Sinv[0, 0]), phi, g0, H0, z, u, hastings, D)
+        else:
+            lp0, M0, Ls, valid = rotation_proposals(bk, g0, H0, Sinv, phi, z, D)
+            ll1, g1, H1 = _summed(self.shards.call("terms", state.key, np.zeros(0), pos, D))  # b as the shards have it
+            accepted = rotation_accept(bk, D, ll0, ll1, g1, H1, lp0, M0, Ls, valid, Sinv, phi, hastings, u)
+        return accepted / max(Jk, 1), D
+
+    def _conjugate(self, rng: np.random.Generator, k: int, Sbb: np.ndarray, Sigma: np.ndarray) -> None:
+        """Sigma_k | b_k per block, in place in the flat Sigma: IW(eta_b + J_k, S0_b + sum_j b_jb b_jb')
+        (one column: its inverse-gamma)."""
+        L, g = self.layout, self.inner
+        qk, Jk = int(L.q[k]), int(L.J[k])
+        S0 = self._sigma(g._S0, k)
+        block = self._sigma(Sigma, k)
+        block[:] = 0.0
+        for bl in np.flatnonzero(L.block_factor == k):
             s0, n = int(L.block_start[bl]), int(L.block_size[bl])
             S = S0[s0:s0 + n, s0:s0 + n] + Sbb[s0:s0 + n, s0:s0 + n]
             if n == 1:
-                draw = np.array([[0.5 * S[0, 0] / rng.gamma(0.5 * (g._blk_eta[bl] + self.J), 1.0)]])
+                draw = np.array([[0.5 * S[0, 0] / rng.gamma(0.5 * (g._blk_eta[bl] + Jk), 1.0)]])
             else:
-                draw, ok = _inverse_wishart(rng, g._blk_eta[bl] + self.J, np.ascontiguousarray(S), n)
+                draw, ok = _inverse_wishart(rng, g._blk_eta[bl] + Jk, np.ascontiguousarray(S), n)
                 if not ok:
-                    raise FloatingPointError(f"the covariance of factor {self.names[0]!r} became not positive definite")
-            block = Sigma.reshape(q, q)
+                    raise FloatingPointError(f"the covariance of factor {self.names[k]!r} became not positive definite")
             block[s0:s0 + n, s0:s0 + n] = draw
-        return Sigma
 
     def _shift(self, rng: np.random.Generator, k: int, a: np.ndarray, Swb: np.ndarray, Sigma: np.ndarray) -> np.ndarray:
-        """Shift move k in place on a: d | rest ~ N(Q^-1 l, Q^-1), Q = Pi_DD + (Sigma^-1)_cc sum_j w_j w_j',
-        l = (Pi m0 - Pi a)_D + sum_j w_j (Sigma^-1 b_j)_c; returns d (b_jc - w_j'd owed to the shards)."""
+        """Shift move k of the sharded factor in place on a: d | rest ~ N(Q^-1 l, Q^-1),
+        Q = Pi_DD + (Sigma^-1)_cc sum_j w_j w_j', l = (Pi m0 - Pi a)_D + sum_j w_j (Sigma^-1 b_j)_c;
+        returns d (b_jc - w_j'd owed to the shards)."""
         g = self.inner
         c, cols = self.shift_groups[k]
-        Sinv = np.linalg.inv(Sigma.reshape(self.q, self.q))
+        Sinv = np.linalg.inv(self._sigma(Sigma, self.order[0]))
         Q = g._Pi_fixed[np.ix_(cols, cols)] + Sinv[c, c] * self.shift_WW[k]
         lin = g._Pim_fixed[cols] - g._Pi_fixed[cols] @ a + Swb @ Sinv[c]
         Lq = np.linalg.cholesky(Q)
@@ -348,17 +546,42 @@ class ShardedMetropolis:
         a[cols] += d
         return d
 
+    def _other_shift_moves(self, rng: np.random.Generator, a: np.ndarray, bo: np.ndarray, Sigma: np.ndarray) -> None:
+        """The other factors' shift moves (:func:`other_shifts`), every sweep, here (their b is
+        here; the shards take it with the next message):
+        :func:`~multilevel.samplers.crossed_metropolis.shift_move` with w_j = 1."""
+        g, L = self.inner, self.layout
+        for k, c, m in self.other_shifts:
+            qk, Jk = int(L.q[k]), int(L.J[k])
+            Sinv = np.ascontiguousarray(np.linalg.inv(self._sigma(Sigma, k)))
+            if not shift_move(rng, a, g._Pi_fixed, g._Pim_fixed, bo, self.b_off[k], Jk, qk, c,
+                              np.array([m], dtype=np.int64), np.ones((Jk, 1)), Sinv):
+                raise FloatingPointError("the precision of a shift move of the fixed effects became not positive "
+                                         "definite")
+
+    def _mean(self, a: np.ndarray, k: int) -> np.ndarray:
+        """Factor k's population means a[mean_index] (0 where none), a (..., p)."""
+        mi = self.mean_index[k]
+        return np.where(mi >= 0, a[..., np.maximum(mi, 0)] if a.shape[-1] else 0.0, 0.0)
+
     def record(self, state: ShardedState) -> dict[str, np.ndarray]:
-        """theta, alpha, Sigma and the log-likelihood (b stays in the shards: :meth:`collect`)."""
-        a, mi = state.t, self.mean_index
-        theta = np.where(mi >= 0, a[np.maximum(mi, 0)] if a.size else 0.0, 0.0)
-        return {"theta": theta, "alpha": a[self.alpha_index], self.sigma_names[0]: state.Sigma.reshape(self.q, self.q),
-                "loglik": np.float64(state.ll)}
+        """theta, alpha, the Sigma, the other factors' beta (= the population mean + b_kj) and the
+        log-likelihood (the sharded factor's b stays in the shards: :meth:`collect`)."""
+        a = state.t
+        theta = self._mean(a, 0) if len(self.names) == 1 else a[self.theta_index]
+        out = {"theta": theta, "alpha": a[self.alpha_index]}
+        for k, name in enumerate(self.sigma_names):
+            out[name] = self._sigma(state.Sigma, k).copy()
+        for k in self.order[1:]:
+            out[self.beta_names[k]] = self._effects(state.b, k) + self._mean(a, k)
+        out["loglik"] = np.float64(state.ll)
+        return out
 
     def collect(self, result: Any) -> None:
-        """Add each chain's kept b (+ the population mean, lme4's coef) to ``result.draws`` as
-        ``beta``, after the shards make what the last sweep owes; the shards then forget the chains."""
-        n = result.n_draws
+        """Add each chain's kept b of the sharded factor (+ the population mean, lme4's coef) to
+        ``result.draws``, after the shards make what the last sweep owes; the shards then forget
+        the chains."""
+        n, s = result.n_draws, self.order[0]
         per_chain = []
         for chain in result.chains:
             st = chain.state
@@ -366,8 +589,20 @@ class ShardedMetropolis:
             per_chain.append(np.concatenate(self.shards.call("group_draws", st.key, n), axis=1))
             self.shards.call("release", st.key)
         if n and self.keep_groups:
-            result.draws[self.beta_names[0]] = np.stack(per_chain) + result.draws["theta"][:, :, None, :]
+            theta, alpha = result.draws["theta"], result.draws["alpha"]
+            if len(self.names) == 1:
+                mean = theta
+            else:
+                a = np.zeros((*theta.shape[:2], self.p))
+                a[..., self.theta_index], a[..., self.alpha_index] = theta, alpha
+                mean = self._mean(a, s)
+            result.draws[self.beta_names[s]] = np.stack(per_chain) + mean[:, :, None, :]
 
 
-__all__ = ["LocalShards", "ShardSource", "ShardedMetropolis", "ShardedState", "level_cuts", "local_shards",
-           "shard_rows", "shift_moves"]
+def _summed(parts: list[tuple]) -> tuple:
+    """The shards' answers (tuples of arrays) summed in shard order."""
+    return tuple(sum(x[i] for x in parts) for i in range(len(parts[0])))
+
+
+__all__ = ["LocalShards", "ShardSource", "ShardedMetropolis", "ShardedState", "factor_order", "level_cuts",
+           "local_shards", "shard_rows", "sharded_factor", "shift_moves"]
