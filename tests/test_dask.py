@@ -337,7 +337,7 @@ def test_factors_grouping_the_rows_identically_are_refused_as_in_memory():
     df["c"] = rng.permutation(df.a.to_numpy())  # as many levels, other groups
     df["y"] = df.x + rng.normal(size=600)
     for formula, refused in [("y ~ x + (1 | a) + (1 | b)", True), ("y ~ x + (1 | a) + (1 | c)", False)]:
-        for family, data in [("gaussian", df)]:
+        for family, data in [("gaussian", df), ("poisson", df.assign(y=rng.poisson(2, 600)))]:
             if refused:
                 with pytest.raises(ModelError, match="group the rows identically") as mem:
                     multilevel.Model(formula, data, family=family)
