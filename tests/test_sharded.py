@@ -397,3 +397,11 @@ def test_cli_fits_a_glm_on_a_local_cluster(tmp_path):
     doubled = fit.predict(new.assign(expo=2 * new["expo"]), summary=True)["mean"].to_numpy()
     assert mean.shape == (5,) and np.all(np.isfinite(mean))
     np.testing.assert_allclose(doubled, 2 * mean, rtol=1e-10)  # the offset is coded as in fitting
+    # in memory, the CLI offers the same sampler by name, with the same draws for the same seed
+    mem_out = tmp_path / "mem.nc"
+    code, _, err = run_main(["fit", folder, "-f", "y ~ x + offset(log(expo)) + (1 | g)", "--family", "poisson",
+                             "--sampler", "sharded", "--seed", fit.attrs["seed"], "--chains", "1", "--warmup", "20",
+                             "--draws", "20", "--out", mem_out])
+    assert code == 0, err
+    np.testing.assert_allclose(multilevel.load(mem_out).posterior["theta"].values, fit.posterior["theta"].values,
+                               rtol=1e-9)

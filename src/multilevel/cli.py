@@ -72,7 +72,7 @@ def _check_dask_options(engine: str, scheduler: str | None, workers: int | None,
 @click.option("--proposal", type=click.Choice(["laplace", "textbook"]), default="laplace", show_default=True,
               help="GLMs: Metropolis proposal for the group effects.")
 @click.option("--sampler", type=click.Choice(["collapsed", "interweaving", "centred", "blocked", "auto", "polya-gamma",
-                                                             "metropolis"]),
+                                                             "metropolis", "sharded"]),
               default=None,
               help="Gaussian: collapsed moves of Sigma, theta and alpha (default), centred Gibbs interwoven with "
               "non-centred moves, the plain centred Gibbs sampler, or blocked (the collapsed blocked sampler of "
@@ -80,7 +80,8 @@ def _check_dask_options(engine: str, scheduler: str | None, workers: int | None,
               "groups inform their effects weakly or the data are small), interweaving or centred; binomial and "
               "bernoulli also polya-gamma (Polya-Gamma augmentation; their default with several terms). Several terms: "
               "metropolis (Metropolis-within-Gibbs per factor; poisson's default, an option for binomial and "
-              "bernoulli).")
+              "bernoulli). GLMs also sharded (Metropolis-within-Gibbs over shards of whole groups; the dask "
+              "engine's GLM sampler).")
 @click.option("--chains", default=4, show_default=True, type=int, help="Number of chains.")
 @click.option("--draws", default=1000, show_default=True, type=int, help="Kept draws per chain.")
 @click.option("--warmup", default=1000, show_default=True, type=int, help="Warm-up sweeps per chain, discarded.")
