@@ -367,9 +367,11 @@ def learner_of(call: StatefulCall, formula: str) -> Any:
     """The learner of ``call``, or a one-line refusal naming what to do."""
     learner = LEARNERS.get(type(call.transform))
     if learner is None or call.arg is None:
+        why = (": its knots are quantiles of the distinct values, which partitions cannot count apart; write "
+               "bs(x, df=...) instead," if hasattr(call.transform, "to_random") else ";")  # formulae's other splines
         raise ModelError(f"engine='dask' learns center(), scale(), standardize(), bs() and poly() over all rows, "
-                         f"not {call.name}() (formula {formula!r}); compute that column before fitting, or use the "
-                         "in-memory engine")
+                         f"not {call.name}() (formula {formula!r}){why} compute that column before fitting, or use "
+                         "the in-memory engine")
     return learner(call)
 
 
