@@ -152,7 +152,7 @@ def test_both_engines_read_a_directory_or_glob_of_parquet(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(family="negbinomial"), "engine='dask' fits the poisson, binomial and bernoulli families so far"),
+    (dict(family="negbinomial", sampler="polya-gamma"), "engine='dask' fits this model with sampler 'sharded'"),
     (dict(sampler="interweaving"), "engine='dask' fits this model with sampler 'blocked'"),
     (dict(engine="spark"), "engine must be one of"),
     (dict(data="/nonexistent/*.parquet"), "no files match"),

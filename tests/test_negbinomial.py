@@ -271,8 +271,8 @@ def test_cli_fit_negbinomial(tmp_path):
 @pytest.mark.parametrize("change, options, fragment", [
     (lambda d: d.assign(y=d["y"] + 0.5), {}, "non-integer"),
     (lambda d: d.assign(y=d["y"] - 3), {}, "negative"),
-    (lambda d: d, {"sampler": "auto"}, "the negbinomial family is fitted by sampler 'polya-gamma' only, not 'auto'"),
-    (lambda d: d, {"sampler": "collapsed"}, "the negbinomial family is fitted by sampler 'polya-gamma' only"),
+    (lambda d: d, {"sampler": "auto"}, "the negbinomial family is fitted by sampler 'polya-gamma' or 'sharded' only, not 'auto'"),
+    (lambda d: d, {"sampler": "collapsed"}, "the negbinomial family is fitted by sampler 'polya-gamma' or 'sharded' only"),
     (lambda d: d, {"priors": {"phi_rate": 0.0}}, "prior phi_rate must be a positive number"),
     (lambda d: d, {"priors": {"phi_rate": "a"}}, "prior phi_rate must be a positive number"),
 ])

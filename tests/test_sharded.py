@@ -6,7 +6,8 @@
 3. Shards: 1 and 3 shards in memory give the same draws up to the rounding of the sums; the
    Dask engine (local scheduler, and LocalCluster with 1 and 2 workers) gives the in-memory
    draws exactly; with one grouping factor and with two (the rest of the several-factor
-   tests: tests/test_sharded_crossed.py).
+   tests: tests/test_sharded_crossed.py), and the negative binomial on the LocalCluster (the
+   rest of its tests: tests/test_sharded_nb.py).
 4. Simulation-based calibration (tests/sbc.py), truth from proper priors: a correlated Poisson
    model with a group-level predictor (shift moves) and a Bernoulli model of small groups (scale
    moves), with a control that drops the Hastings correction; long runs under ``make validate``.
@@ -75,6 +76,9 @@ def reference_level_move(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z
         if code == 0:
             mu = np.exp(e)
             ll, r, w = y * e - mu, y - mu, mu
+        elif code == 2:  # the negative binomial given phi = n (tests/test_sharded_nb.py)
+            mu = np.exp(e)
+            ll, r, w = y * e - (y + n) * np.log(n + mu), n * (y - mu) / (n + mu), n * mu / (n + mu)
         else:
             p = 1 / (1 + np.exp(-e))
             ll, r, w = y * e - n * np.logaddexp(0, e), y - n * p, n * p * (1 - p)
@@ -222,7 +226,7 @@ def test_one_worker_and_two_give_identical_draws_and_loo():
     df = glm_frame(3)
     ddf = dd.from_pandas(df, npartitions=4)
     formula = "y ~ x + w + offset(log(expo)) + (1 | g)"
-    fits, crossed = [], []
+    fits, crossed, nb = [], [], []
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \
                 Client(c):
@@ -232,12 +236,19 @@ def test_one_worker_and_two_give_identical_draws_and_loo():
             # several factors: the rows sharded on g, h's effects kept by the kernel
             crossed.append(multilevel.fit("p(s, n) ~ x + (x | g) + (1 | h)", ddf, family="binomial", engine="dask",
                                           chains=1, warmup=20, draws=20, seed=6, progress=False))
+            # the negative binomial: its phi move's round, LOO with phi (tests/test_sharded_nb.py)
+            fit_nb = multilevel.fit(formula, ddf, family="negbinomial", engine="dask", chains=1, warmup=20, draws=20,
+                                    seed=6, progress=False)
+            nb.append((fit_nb, fit_nb.loo().elpd_loo))
     (one, loo1), (two, loo2) = fits
     for name, v in one.posterior.data_vars.items():
         np.testing.assert_array_equal(v.values, two.posterior[name].values, err_msg=name)
     assert {"beta_g", "beta_h"} <= set(crossed[0].posterior.data_vars)
     for name, v in crossed[0].posterior.data_vars.items():
         np.testing.assert_array_equal(v.values, crossed[1].posterior[name].values, err_msg=name)
+    assert "phi" in nb[0][0].posterior and nb[0][1] == nb[1][1]
+    for name, v in nb[0][0].posterior.data_vars.items():
+        np.testing.assert_array_equal(v.values, nb[1][0].posterior[name].values, err_msg=name)
     assert loo1.elpd_loo == loo2.elpd_loo
     # the rows' log-likelihood equals the in-memory fit's (a Dask frame from pandas is in index order)
     mem = multilevel.fit(formula, df, family="poisson", sampler="sharded", chains=2, warmup=30, draws=40, seed=6,
@@ -367,7 +378,7 @@ def test_sharded_agrees_with_the_one_term_metropolis_kernel():
 
 @pytest.mark.parametrize("call,problem", [
     (lambda df: multilevel.fit("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=2), family="negbinomial",
-                               engine="dask"), "not negbinomial"),
+                               engine="dask", sampler="polya-gamma"), "fits this model with sampler 'sharded'"),
     (lambda df: multilevel.fit("y ~ x + (1 | g)", dd.from_pandas(df, npartitions=2), family="poisson",
                                engine="dask", offset="expo"), "offset(log(exposure))"),
     (lambda df: multilevel.Model("y ~ x + (1 | g)", df, family="poisson", sampler="sharded").fit(

@@ -81,8 +81,10 @@ class Model:
         see :mod:`multilevel.samplers.metropolis`; binomial and bernoulli also ``"polya-gamma"``
         (Polya-Gamma augmentation, each sweep a Gaussian update of the several-factor sampler,
         :mod:`multilevel.samplers.polya_gamma`; their default with several grouping factors;
-        negbinomial's only sampler, with a Metropolis step for phi,
-        :mod:`multilevel.samplers.negbinomial`). Several grouping factors: ``"metropolis"``
+        negbinomial's default, with a Metropolis step for phi,
+        :mod:`multilevel.samplers.negbinomial`); ``"sharded"`` (GLMs, one factor or several,
+        negbinomial included: Metropolis-within-Gibbs over shards of whole levels, the Dask
+        engine's GLM sampler, :mod:`multilevel.samplers.sharded`). Several grouping factors: ``"metropolis"``
         (Metropolis-within-Gibbs, all levels of a factor at once,
         :mod:`multilevel.samplers.crossed_metropolis`; Poisson's default, an option for
         binomial and bernoulli). ``None``: the family's default.
@@ -306,14 +308,12 @@ class Model:
 def dask_sampler(family: Any, n_terms: int, sampler: str | None, spec: Any) -> str:
     """The sampler of a model fitted with ``engine="dask"``: Gaussian models by the collapsed
     blocked Gibbs sampler of several factors (``"blocked"`` for one term), which reads only
-    statistics summed partition by partition; GLMs (Poisson, binomial, Bernoulli), of one grouping
+    statistics summed partition by partition; GLMs (Poisson, binomial, Bernoulli, negative binomial), of one grouping
     factor or several, by ``"sharded"``, whose shards of whole levels (of the factor with the most
-    levels) stay on the workers."""
+    levels) stay on the workers; the negative binomial too, with its phi move
+    (:mod:`multilevel.samplers.sharded`)."""
     if family.is_gaussian:
         wanted = "blocked" if n_terms == 1 else "collapsed"
-    elif family.name == "negbinomial":
-        raise ModelError("engine='dask' fits the poisson, binomial and bernoulli families so far, not negbinomial; "
-                         "use the in-memory engine")
     else:
         wanted = "sharded"
     if sampler not in (None, wanted):

@@ -32,6 +32,11 @@ ALIASES = {"negative_binomial": "negbinomial", "negative-binomial": "negbinomial
 LINKS = {"gaussian": "identity", "poisson": "log", "negbinomial": "log", "binomial": "logit", "bernoulli": "logit"}
 #: integer codes of the families in the compiled log-likelihood kernels
 CODES = {"poisson": 0, "binomial": 1, "bernoulli": 1}
+#: the negative binomial's code in the sharded kernel's row terms, whose per-row ``n`` then
+#: carries phi (:func:`multilevel.samplers.crossed_metropolis._row_terms`)
+NEGBINOMIAL_CODE = 2
+#: the codes of the families the sharded sampler fits
+SHARDED_CODES = {**CODES, "negbinomial": NEGBINOMIAL_CODE}
 
 
 @dataclass(frozen=True)

@@ -373,6 +373,11 @@ class RowSource:
         """The variances of factor k's covariates over the rows."""
         return np.var(self.design.factors[k].Z, axis=0)
 
+    def negbinomial_information(self, a_ml: np.ndarray) -> np.ndarray:
+        """:func:`_negbinomial_information` at eta = offset + F a_ml."""
+        d = self.design
+        return _negbinomial_information(d.F, np.asarray(d.y, dtype=float), d.offset + d.F @ a_ml)
+
 
 def default_crossed_glm_priors(design: Any, family: Family, source: Any = None) -> Priors:
     r"""Data-informed defaults for a GLM with several grouping factors (binomial, Bernoulli,
@@ -407,7 +412,7 @@ def default_crossed_glm_priors(design: Any, family: Family, source: Any = None) 
     if p:
         a_ml, info, converged = source.pooled_glm(family)
         if negbinomial:
-            info = _negbinomial_information(design.F, np.asarray(design.y, dtype=float), design.offset + design.F @ a_ml)
+            info = source.negbinomial_information(a_ml)
         if not converged:
             notes.append("the pooled fit did not converge (separation: the data pin the response at a bound), so it "
                          "was refitted with weakly-informative normal penalties (sd 2.5 per standard deviation of "
@@ -464,8 +469,19 @@ def _negbinomial_information(F: np.ndarray, y: np.ndarray, eta: np.ndarray) -> n
     overdispersion): the pooled Poisson information, which ignores overdispersion, would make the
     unit-information prior too narrow."""
     mu = np.exp(np.minimum(eta, 700.0))
-    excess = float(np.sum((y - mu) ** 2 - mu))
-    phi_m = min(float(np.sum(mu**2)) / excess, 1e3) if excess > 0 else 1e3
+    return negbinomial_information(F, mu, *dispersion_moments(y, mu))
+
+
+def dispersion_moments(y: np.ndarray, mu: np.ndarray) -> tuple[float, float]:
+    """sum mu^2 and sum((y - mu)^2 - mu) over the rows: the moment estimate of the negative
+    binomial's phi is their ratio (where the second is positive); sums, so shards add them."""
+    return float(np.sum(mu**2)), float(np.sum((y - mu) ** 2 - mu))
+
+
+def negbinomial_information(F: np.ndarray, mu: np.ndarray, s_mu2: float, excess: float) -> np.ndarray:
+    """F' W F with w = mu / (1 + mu / phi_m), phi_m = s_mu2 / excess capped at 1e3 (1e3 when
+    excess <= 0; the sums of :func:`dispersion_moments` over all rows)."""
+    phi_m = min(s_mu2 / excess, 1e3) if excess > 0 else 1e3
     w = mu / (1.0 + mu / phi_m)
     return F.T @ (F * w[:, None])
 

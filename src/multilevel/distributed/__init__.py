@@ -10,7 +10,8 @@ statistics, and so the draws, do not depend on the number of workers. The sample
 on the statistics as for data in memory: a Gaussian sweep never reads rows. A GLM's rows are
 shuffled once by :mod:`.shards` into shards of whole groups kept in the workers' memory (one
 actor per worker), which the sharded sampler (:mod:`multilevel.samplers.sharded`) messages
-twice a sweep with O(p^2) numbers each way. After the fit,
+twice a sweep with O(p^2) numbers each way with one grouping factor (three times for the
+negative binomial, whose phi move takes a round of its own). After the fit,
 :mod:`.posterior` computes the pointwise log-likelihood, PSIS-LOO and predictions of new rows
 given as a Dask DataFrame partition by partition, and a saved fit keeps the coding of new data
 (:func:`.design.coding_dataset`).

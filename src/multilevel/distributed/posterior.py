@@ -59,13 +59,16 @@ def partitioned_design_of(fit: Fit, what: str, fix: str = IN_SESSION) -> Any:
 def posterior_draws(fit: Fit, idx: np.ndarray | None = None) -> dict[str, Any]:
     """What a partition's log-likelihood needs of the posterior (draws ``idx`` of each chain,
     default all): the fixed effects' draws by column, each factor's deviations b (chain, draw,
-    level, term) and sigma2."""
+    level, term) and the family's dispersion (:attr:`multilevel.families.Family.dispersion`: sigma2,
+    the negative binomial's phi; None without one), under ``"sigma2"``."""
     post = fit.posterior
     idx = np.arange(post.sizes["draw"]) if idx is None else np.asarray(idx)
     fixed = fixed_effect_draws(fit, idx)
+    family = check_family(fit.family)
+    name = family.dispersion
     return {"fixed": fixed, "effects": {f: deviations(fit, f, idx, fixed)[0] for f in fit.sigma_variables()},
-            "sigma2": post["sigma2"].values[:, idx] if "sigma2" in post else None,
-            "family": check_family(fit.family), "shape": (post.sizes["chain"], idx.shape[0])}
+            "sigma2": post[name].values[:, idx] if name is not None and name in post else None,
+            "family": family, "shape": (post.sizes["chain"], idx.shape[0])}
 
 
 def rows_eta(d: Any, rows: slice, draws: dict[str, Any], sl: slice = slice(None)) -> np.ndarray:

@@ -291,10 +291,18 @@ def nested_shifts(design: Any) -> NestedShifts:
 
 @njit(cache=True, inline="always")
 def _row_terms(code, y, n, e):
-    """(y e - c(e), y - c'(e), c''(e)) of one row: log-likelihood, score and Fisher weight."""
+    """(y e - c(e), y - c'(e), c''(e)) of one row: log-likelihood, score and Fisher weight.
+    ``code`` 2, the negative binomial (NB2) given phi, which ``n`` carries: the part of
+    log NB(y | mu = e^e, phi) that depends on e, y e - (y + phi) log(phi + mu), its score
+    phi (y - mu) / (phi + mu) and Fisher weight phi mu / (phi + mu)
+    (:mod:`multilevel.samplers.sharded`); one exp and one log a row, mu capped at e^700 as
+    Poisson's."""
     if code == 0:
         mu = np.exp(min(e, 700.0))
         return y * e - mu, y - mu, mu
+    if code == 2:
+        mu = np.exp(min(e, 700.0))
+        return y * e - (y + n) * np.log(n + mu), n * (y - mu) / (n + mu), n * mu / (n + mu)
     p = 0.5 * (1.0 + np.tanh(0.5 * e))
     return y * e - n * _softplus(e), y - n * p, n * p * (1.0 - p)
 

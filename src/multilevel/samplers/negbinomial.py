@@ -41,7 +41,7 @@ import numpy as np
 from numba import njit
 from scipy.special import gammaln
 
-from ..priors import log_prior_phi
+from ..priors import dispersion_moments, log_prior_phi
 from .polya_gamma import PolyaGammaGibbs
 
 #: the acceptance rate the phi step's size adapts to (one-dimensional random walk)
@@ -97,8 +97,12 @@ def distinct_counts(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def moment_phi(y: np.ndarray, mu: np.ndarray) -> float:
     """The moment estimate sum mu^2 / sum((y - mu)^2 - mu) of phi, in [0.05, 1000] (1000 without
     overdispersion)."""
-    excess = float(np.sum((y - mu) ** 2 - mu))
-    return float(np.clip(np.sum(mu**2) / excess, 0.05, 1e3)) if excess > 0 else 1e3
+    return phi_of_moments(*dispersion_moments(y, mu))
+
+
+def phi_of_moments(s_mu2: float, excess: float) -> float:
+    """:func:`moment_phi` from the sums of :func:`multilevel.priors.dispersion_moments` (over all rows)."""
+    return float(np.clip(s_mu2 / excess, 0.05, 1e3)) if excess > 0 else 1e3
 
 
 class NegBinomialGibbs(PolyaGammaGibbs):
@@ -166,4 +170,4 @@ class NegBinomialGibbs(PolyaGammaGibbs):
 
 
 __all__ = ["NegBinomialGibbs", "NegBinomialState", "PHI_STEPS", "PHI_TARGET", "distinct_counts", "moment_phi",
-           "nb_phi_loglik"]
+           "nb_phi_loglik", "phi_of_moments"]

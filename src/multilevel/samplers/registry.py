@@ -10,8 +10,9 @@ the default. A builder takes the design, the user's priors and the model's optio
 returns a :class:`Built`: the kernel with the statistics, estimates and resolved priors it
 was made from. :data:`SAMPLER_FAMILIES` limits a sampler to some families (Polya-Gamma
 augmentation: binomial, bernoulli and negbinomial; the several-factor Metropolis kernel:
-families with a likelihood code) and :data:`FAMILY_SAMPLERS` a family to some samplers
-(negbinomial: Polya-Gamma only, for one term too), so a family may have no sampler for a
+families with a likelihood code; the sharded one: those and negbinomial) and
+:data:`FAMILY_SAMPLERS` a family to some samplers (negbinomial: Polya-Gamma, its default, and the
+sharded sampler, for one term too), so a family may have no sampler for a
 structure; :data:`CROSSED_SAMPLERS` run on a
 :class:`~multilevel.design.CrossedDesign` even for one term.
 """
@@ -122,20 +123,20 @@ def _glm_crossed_metropolis(design: Any, priors: Any, family: Any, proposal: str
 
 def _glm_sharded(design: Any, priors: Any, family: Any, proposal: str) -> Built:
     from ..blockstats import factor_layout
-    from ..families import CODES
+    from ..families import SHARDED_CODES, fitting_family
     from ..priors import resolve_crossed_priors
     from .sharded import ShardedMetropolis, ShardSource, factor_order, local_shards
 
-    if family.name not in CODES:
-        raise ModelError(f"sampler 'sharded' fits poisson, binomial and bernoulli models, not {family.name}: leave "
-                         "sampler unset")
-    code = CODES[family.name]
+    if family.name not in SHARDED_CODES:
+        raise ModelError(f"sampler 'sharded' fits poisson, binomial, bernoulli and negbinomial models, not "
+                         f"{family.name}: leave sampler unset")
+    code = SHARDED_CODES[family.name]
     shards = local_shards(design, code) if getattr(design, "in_memory", True) else design.level_shards(code)
     source = ShardSource(shards, factor_order(design))
     layout = factor_layout(design, small_columns=0)
     resolved = resolve_crossed_priors(priors, design, family, source=source)
-    a_start = source.pooled_glm(family)[0]
-    return Built(ShardedMetropolis(shards, design, layout, resolved, a_start, source.n_obs), resolved)
+    a_start = source.pooled_glm(fitting_family(family))[0]
+    return Built(ShardedMetropolis(shards, design, layout, resolved, a_start, source.n_obs, code), resolved)
 
 
 REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
@@ -150,9 +151,10 @@ REGISTRY: dict[tuple[str, str], dict[str, Callable[..., Built]]] = {
 
 #: the families a sampler fits, where not every family of its registry entries
 SAMPLER_FAMILIES = {"polya-gamma": ("binomial", "bernoulli", "negbinomial"),
-                    "metropolis": ("poisson", "binomial", "bernoulli"), "sharded": ("poisson", "binomial", "bernoulli")}
+                    "metropolis": ("poisson", "binomial", "bernoulli"),
+                    "sharded": ("poisson", "binomial", "bernoulli", "negbinomial")}
 #: the samplers a family is limited to, where not every sampler of its registry entries
-FAMILY_SAMPLERS = {"negbinomial": ("polya-gamma",)}
+FAMILY_SAMPLERS = {"negbinomial": ("polya-gamma", "sharded")}
 #: samplers that run on a CrossedDesign whatever the number of terms
 CROSSED_SAMPLERS = frozenset({"polya-gamma", "blocked", "sharded"})
 
@@ -166,6 +168,8 @@ DESCRIPTIONS = {
     "polya-gamma negbinomial": "polya-gamma augmented collapsed blocked gibbs, metropolis phi",
     "metropolis": "metropolis-within-gibbs (laplace proposals per factor level, shift and scale moves)",
     "sharded": "metropolis-within-gibbs over shards of whole levels (laplace proposals per level, shift and scale moves)",
+    "sharded negbinomial": "metropolis-within-gibbs over shards of whole levels (laplace proposals per level, shift "
+                           "and scale moves), metropolis phi",
 }
 
 
@@ -203,7 +207,7 @@ def choose(family: Any, n_terms: int, sampler: str | None, formula: str, terms: 
         raise ModelError(f"sampler {sampler!r} fits {fits} models, not {family.name}: leave sampler unset or use "
                          f"one of {', '.join(entry)}")
     if family.name in FAMILY_SAMPLERS and sampler not in FAMILY_SAMPLERS[family.name]:
-        raise ModelError(f"the {family.name} family is fitted by sampler {', '.join(map(repr, entry))} only, not "
+        raise ModelError(f"the {family.name} family is fitted by sampler {' or '.join(map(repr, entry))} only, not "
                          f"{sampler!r}: leave sampler unset")
     if sampler not in entry:
         others = [k for k, e in REGISTRY.items() if k[0] == key[0] and sampler in e]

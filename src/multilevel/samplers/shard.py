@@ -21,6 +21,16 @@ effects (the kernel's, sent when they change), and answers the kernel's messages
   kernel's level moves of that factor), or the fixed move's terms at a.
 * :meth:`LevelShard.evaluate` returns the terms at the fixed move's proposal a* and the change
   of ll under a scale move's b_kc -> e^s b_kc (of any factor) at a and at a*.
+* :meth:`LevelShard.dispersion_terms` (negative binomial) returns, at eta after the fixed and
+  scale moves the kernel accepted, sum_i [lgamma(y_i + phi) - lgamma(phi) + phi log phi
+  - (y_i + phi) log(phi + mu_i)] + y_i eta_i at phi and at the proposal phi*
+  (:func:`multilevel.samplers.negbinomial.nb_phi_loglik`): the phi move's likelihood ratio.
+
+For the negative binomial (code :data:`multilevel.families.NEGBINOMIAL_CODE`) the row terms are
+those of NB2 given phi (:func:`~multilevel.samplers.crossed_metropolis._row_terms`), whose ``n``
+is phi in every row: the shard sets it from the phi each sweep's message carries. Its fits for
+the priors and the start (:meth:`LevelShard.pooled_terms`, :meth:`LevelShard.fit_terms`) are
+Poisson fits, as :func:`multilevel.families.fitting_family`.
 
 The level move is split in pieces (:func:`rotation_proposals`, the sums at the proposals,
 :func:`rotation_accept`; :func:`ones_rotation` for the closed form) so that the kernel makes
@@ -41,10 +51,12 @@ import numpy as np
 from numba import njit
 
 from .crossed import _backward
-from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_level_sums, fixed_terms,
+from ..families import NEGBINOMIAL_CODE
+from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_level_sums, apply_pending, fixed_terms,
                                  fixed_terms_from_levels, intercept_only, laplace_point, level_multiples, level_terms,
                                  linear_predictor, rotation_log_ratio)
 from .keyed import level_draws
+from .negbinomial import distinct_counts, nb_phi_loglik
 
 
 @njit(cache=True)
@@ -212,7 +224,8 @@ class SweepMessage(NamedTuple):
     ``other`` (flat, factor after factor, level-major; empty with one factor) and ``then``: the
     other factor (its position, 1, 2, ...) whose per-level sums the answer carries, or 0 for the
     fixed move's terms; ``fold``: those sums are :func:`level_fixed_sums`'s (the factor ``then``
-    is the last and Poisson's intercept alone)."""
+    is the last and Poisson's intercept alone); ``dispersion``: the negative binomial's phi (the
+    rows' ``n`` this sweep; unused by the other families)."""
 
     key: np.ndarray
     sweep: int
@@ -227,6 +240,7 @@ class SweepMessage(NamedTuple):
     other: np.ndarray
     then: int
     fold: bool = False
+    dispersion: float = 1.0
 
 
 class SweepSums(NamedTuple):
@@ -262,6 +276,13 @@ class LevelShard:
 
     def __init__(self, rows: ShardRows, code: int):
         self.rows, self.code = rows, int(code)
+        self.negbinomial = self.code == NEGBINOMIAL_CODE
+        #: the code of the fits for the priors and the start (Poisson's for the negative binomial)
+        self.fit_code = 0 if self.negbinomial else self.code
+        #: the rows' n as the row terms read it: the trials, or phi in every row (negative binomial)
+        self.n = np.ones(rows.y.shape[0]) if self.negbinomial else rows.n
+        #: the distinct responses and their counts (the phi move's log Gamma terms; negative binomial)
+        self.y_values, self.y_counts = distinct_counts(rows.y) if self.negbinomial else (np.zeros(0), np.zeros(0))
         q = np.asarray(rows.q, dtype=np.int64)
         self.q = int(q[0])
         #: per factor (position): its first column in Z, and its first effect in the flat b of all factors
@@ -283,7 +304,10 @@ class LevelShard:
     # -- what the priors and the set-up read ----------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """Rows, sums of y and n, the moments, extremes and first row of F's columns, per factor
-        the moments of its Z columns and whether it is Poisson's intercept alone here."""
+        the moments of its Z columns and whether it is Poisson's intercept alone here, and (negative
+        binomial) sum log y_i!."""
+        from scipy.special import gammaln
+
         from ..moments import moments_of
 
         r = self.rows
@@ -291,14 +315,29 @@ class LevelShard:
                 "F_min": r.F.min(axis=0, initial=np.inf), "F_max": r.F.max(axis=0, initial=-np.inf),
                 "F_abs": np.abs(r.F).max(axis=0, initial=0.0), "F_first": r.F[0] if len(r.F) else None,
                 "Z": [moments_of(r.Z[:, o:o + qk]) for o, qk in zip(self.z_off, r.q)], "ones": self.ones_all.copy(),
-                "levels": np.asarray(r.levels, dtype=np.int64)}
+                "levels": np.asarray(r.levels, dtype=np.int64), "log_y_factorial": float(np.sum(gammaln(r.y + 1.0))) if self.negbinomial else 0.0}
 
     def pooled_terms(self, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """F'(y - mu) and F'WF at eta = offset + F coef (the pooled fit's Newton terms)."""
         r = self.rows
         eta = r.offset + r.F @ coef
-        _, g, H = fixed_terms(self.code, r.y, r.n, eta, r.F, np.zeros(r.F.shape[1]))
+        _, g, H = fixed_terms(self.fit_code, r.y, r.n, eta, r.F, np.zeros(r.F.shape[1]))
         return g, H
+
+    def dispersion_moments(self, a: np.ndarray) -> tuple[float, float]:
+        """:func:`multilevel.priors.dispersion_moments` of the rows at eta = offset + F a."""
+        from ..priors import dispersion_moments
+
+        r = self.rows
+        return dispersion_moments(r.y, np.exp(np.minimum(r.offset + r.F @ a, 700.0)))
+
+    def negbinomial_information(self, a: np.ndarray, s_mu2: float, excess: float) -> np.ndarray:
+        """:func:`multilevel.priors.negbinomial_information` of the rows at eta = offset + F a, with
+        the sums of :meth:`dispersion_moments` over all shards."""
+        from ..priors import negbinomial_information
+
+        r = self.rows
+        return negbinomial_information(r.F, np.exp(np.minimum(r.offset + r.F @ a, 700.0)), s_mu2, excess)
 
     def level_fits(self, family: Any, a: np.ndarray) -> np.ndarray:
         """The sharded factor's levels' own fits of y on Z given offset + F a that count
@@ -315,7 +354,7 @@ class LevelShard:
         Z_k'WZ_k and the rows (the Newton terms of its levels' own fits, summed over the shards)."""
         r = self.rows
         Jk, qk = int(r.levels[k]), int(r.q[k])
-        _, g, H = level_terms(self.code, r.y, r.n, r.offset + r.F @ a, r.Z, int(self.z_off[k]), qk, r.index[k], Jk,
+        _, g, H = level_terms(self.fit_code, r.y, r.n, r.offset + r.F @ a, r.Z, int(self.z_off[k]), qk, r.index[k], Jk,
                               np.ascontiguousarray(bk, dtype=float))
         return g, H, np.bincount(r.index[k], minlength=Jk)
 
@@ -378,6 +417,8 @@ class LevelShard:
         per-level sums; eta takes the levels' changes in the next pass, :meth:`evaluate`'s)."""
         r, slot = self.rows, self.chains[bytes(m.key)]
         self._settle(slot, m.scale, m.shift, m.keep_previous)
+        if self.negbinomial:
+            self.n[:] = m.dispersion
         if m.other.shape[0]:
             slot.other = np.array(m.other, dtype=float)
         self.pending_other[:] = 0.0
@@ -389,24 +430,24 @@ class LevelShard:
             Syeta, Sy, Smu, SFy, SFmu, SFFmu = intercept_pass(r.y, r.offset, r.F, m.a, b, r.index[0], J, self.eta)
             g0, H0 = (Sy - Smu).reshape(J, 1), Smu.reshape(J, 1, 1)
             shares = np.sum(1.0 / (1.0 + m.tau[0] * Smu), keepdims=True)
-            accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index[0], J, b, m.Sinv, m.phi, m.hastings,
+            accepted = level_rotation(self.code, r.y, self.n, self.eta, r.Z, r.index[0], J, b, m.Sinv, m.phi, m.hastings,
                                       z, u, True, np.zeros(J), g0, H0, D)
             ll, g, H = fixed_terms_from_levels(Syeta, Sy, Smu, SFy, SFmu, SFFmu, D[:, 0])
             self.pending = D
         else:
             self.eta[:] = linear_predictor(r.offset, r.F, m.a, r.Z, r.index, self.z_off, r.q, self.b_off,
                                            np.concatenate([b.ravel(), slot.other]))
-            ll0, g0, H0 = level_terms(self.code, r.y, r.n, self.eta, r.Z, 0, q, r.index[0], J, np.zeros((J, q)), None,
+            ll0, g0, H0 = level_terms(self.code, r.y, self.n, self.eta, r.Z, 0, q, r.index[0], J, np.zeros((J, q)), None,
                                       self.ones)
             shares = np.sum(1.0 / (1.0 + m.tau[None, :] * np.diagonal(H0, axis1=1, axis2=2)), axis=0)
-            accepted = level_rotation(self.code, r.y, r.n, self.eta, r.Z, r.index[0], J, b, m.Sinv, m.phi, m.hastings,
+            accepted = level_rotation(self.code, r.y, self.n, self.eta, r.Z, r.index[0], J, b, m.Sinv, m.phi, m.hastings,
                                       z, u, self.ones, ll0, g0, H0, D)
             self.pending = D
             if m.then:
                 ll, g, H = 0.0, np.zeros(p), np.zeros((p, p))
                 levels = self._level_sums(m.then, None, m.fold)
             else:
-                ll, g, H = fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(p), None, None, self._sync())
+                ll, g, H = fixed_terms(self.code, r.y, self.n, self.eta, r.F, np.zeros(p), None, None, self._sync())
         Swb = tuple(W.T @ b for _, _, W in self.shifts)
         return SweepSums(accepted, b.sum(axis=0), b.T @ b, Swb, shares, ll, g, H, levels)
 
@@ -431,7 +472,7 @@ class LevelShard:
         if fold:
             return level_fixed_sums(r.y, self.eta, r.F, r.index[k], Jk, self._sync())
         delta = np.zeros((Jk, qk)) if D is None else np.ascontiguousarray(D, dtype=float)
-        return level_terms(self.code, r.y, r.n, self.eta, r.Z, int(self.z_off[k]), qk, r.index[k], Jk, delta,
+        return level_terms(self.code, r.y, self.n, self.eta, r.Z, int(self.z_off[k]), qk, r.index[k], Jk, delta,
                            self._sync(), bool(self.ones_all[k]))
 
     def terms(self, key: np.ndarray, other: np.ndarray, k: int, D: np.ndarray | None, fold: bool = False
@@ -443,7 +484,7 @@ class LevelShard:
         r = self.rows
         self._owe(self.chains[bytes(key)], other)
         if k == 0:
-            return fixed_terms(self.code, r.y, r.n, self.eta, r.F, np.zeros(r.F.shape[1]), None, None, self._sync())
+            return fixed_terms(self.code, r.y, self.n, self.eta, r.F, np.zeros(r.F.shape[1]), None, None, self._sync())
         return self._level_sums(k, D, fold)
 
     def evaluate(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float, other: np.ndarray
@@ -454,16 +495,39 @@ class LevelShard:
         effects, as :meth:`terms`)."""
         r, slot = self.rows, self.chains[bytes(key)]
         self._owe(slot, other)
-        ll1, g1, H1 = fixed_terms(self.code, r.y, r.n, self.eta, r.F, da, None, None, self._sync())
+        ll1, g1, H1 = fixed_terms(self.code, r.y, self.n, self.eta, r.F, da, None, None, self._sync())
         d0 = d1 = 0.0
         if c >= 0:
-            if k == 0:
-                bk = slot.b
-            else:
-                o = int(self.b_off[k] - self.b_off[1])
-                bk = slot.other[o:o + int(r.levels[k] * r.q[k])].reshape(int(r.levels[k]), int(r.q[k]))
-            d0, d1 = scale_terms(self.code, r.y, r.n, self.eta, r.F, da, r.Z, int(self.z_off[k]), c, r.index[k], bk, f)
+            d0, d1 = scale_terms(self.code, r.y, self.n, self.eta, r.F, da, r.Z, int(self.z_off[k]), c, r.index[k],
+                                 self._effects(slot, k), f)
         return ll1, g1, H1, d0, d1
+
+    def _effects(self, slot: ChainSlot, k: int) -> np.ndarray:
+        """The chain's effects (J_k, q_k) of the factor at position k (0: the sharded one's b, else
+        this shard's copy of the kernel's)."""
+        if k == 0:
+            return slot.b
+        r = self.rows
+        o = int(self.b_off[k] - self.b_off[1])
+        return slot.other[o:o + int(r.levels[k] * r.q[k])].reshape(int(r.levels[k]), int(r.q[k]))
+
+    def dispersion_terms(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float, log_phi_a: float,
+                         log_phi_b: float) -> tuple[float, float]:
+        """The negative binomial's phi move (:mod:`multilevel.samplers.sharded`): at eta + F da
+        (the fixed move's accepted change) + f Z_kc b_kc (the accepted scale move of column c of
+        the factor at position k, b as before it; none when c < 0), eta first taking the changes
+        still owed to it, sum_i [lgamma(y_i + phi) - lgamma(phi) + phi log phi + y_i eta_i
+        - (y_i + phi) log(phi + mu_i)] at phi = exp(log_phi_a) and at exp(log_phi_b)
+        (:func:`~multilevel.samplers.negbinomial.nb_phi_loglik`)."""
+        r, slot = self.rows, self.chains[bytes(key)]
+        sync = self._sync()
+        if np.any(sync[9]):
+            apply_pending(self.eta, sync[0], sync[2], sync[3], sync[1], sync[4], sync[5], sync[6], sync[7], sync[8],
+                          sync[9], sync[10])
+        eta = self.eta + r.F @ np.asarray(da, dtype=float)
+        if c >= 0:
+            eta += f * r.Z[:, int(self.z_off[k]) + c] * self._effects(slot, k)[r.index[k], c]
+        return nb_phi_loglik(r.y, eta, self.y_values, self.y_counts, float(log_phi_a), float(log_phi_b))
 
     def flush(self, key: np.ndarray, scale: np.ndarray, shift: np.ndarray, keep: bool) -> None:
         """Make what the chain's last sweep owes (and keep that draw): the end of a run."""

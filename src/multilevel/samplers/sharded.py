@@ -3,7 +3,7 @@ grouping factor (the Dask engine's GLM sampler; also an in-memory option, ``samp
 
 Model: that of :mod:`multilevel.samplers.crossed_metropolis`, one grouping factor or several,
 eta_i = offset_i + F_i a + sum_k Z_ki b_k,j_k(i), b_kj ~ MVN(0, Sigma_k), Sigma_k's blocks
-inverse-Wishart, a Gaussian.
+inverse-Wishart, a Gaussian; Poisson, binomial, Bernoulli, or the negative binomial (below).
 
 **What the rows are sharded on.** The rows are cut into shards of whole levels of one factor,
 the *sharded factor* s (:func:`sharded_factor`): the one with the most levels (the first in the
@@ -67,11 +67,40 @@ round's latency for J_k in the thousands): not done.
 Rounds of one message to every shard per sweep: 2 with one factor; with factors s, k_1..k_m,
 2 + m plus one for each k_i that is not Poisson's intercept alone, less one when k_m is (the
 fold): 2 for two factors when the other is Poisson's intercept alone ((1 | a) + (1 | b)), 4
-otherwise ((x | a) + (1 | b), binomial). What goes out: a round's few numbers (a, Sigma_s^-1,
+otherwise ((x | a) + (1 | b), binomial); the negative binomial adds the phi move's round and has no
+closed form: 3 + 2 m (3 with one factor, 5 with two). What goes out: a round's few numbers (a, Sigma_s^-1,
 the angle, the changes owed to b_s: O(p + q_s^2)) and the other factors' b, sum_k J_k q_k
 numbers, where they changed (the proposals' round sends the factor's J_k q_k proposals
 instead); what comes back: O(p^2 + q_s^2) numbers, or the per-level sums of one other factor,
 J_k (1 + q_k + q_k^2) (J_k (3 + 2p + p^2) folded).
+
+**The negative binomial (NB2).** y_i ~ NB(mu_i = e^eta_i, phi), Var = mu + mu^2 / phi,
+1 / sqrt(phi) ~ Exponential(phi_rate): the model and priors of
+:mod:`multilevel.samplers.negbinomial` (:func:`multilevel.priors.default_crossed_glm_priors`),
+so both samplers target the same posterior. Given phi, the moves above are unchanged but for the
+row terms: the part of log NB(y_i | mu_i, phi) that depends on eta_i, y_i eta_i - (y_i + phi)
+log(phi + mu_i), its score phi (y_i - mu_i) / (phi + mu_i) and Fisher weight phi mu_i / (phi + mu_i)
+(family code :data:`multilevel.families.NEGBINOMIAL_CODE` of
+:func:`~multilevel.samplers.crossed_metropolis._row_terms`, whose per-row n carries phi: the
+shards set it from the phi of each sweep's first message); Poisson's closed forms (the intercept
+alone, the fold) are not used. Then, after step 5, a **phi move**: log phi* = log phi + h z,
+z ~ N(0, 1) from the chain's generator, accepted with probability min(1, r),
+
+    log r = l(phi*) - l(phi) + log p(log phi*) - log p(log phi),
+    l(phi) = sum_i [lgamma(y_i + phi) - lgamma(phi) + phi log phi + y_i eta_i - (y_i + phi) log(phi + mu_i)],
+
+log p(log phi) = -phi_rate phi^-1/2 - log phi / 2 the prior's density of log phi
+(:func:`multilevel.priors.log_prior_phi`; its - log phi / 2 holds the log-scale Jacobian, the
+random walk being symmetric in log phi): :func:`dispersion_log_ratio`. The shards return l at phi
+and phi* summed over their rows (:meth:`multilevel.samplers.shard.LevelShard.dispersion_terms`,
+the in-memory sampler's :func:`~multilevel.samplers.negbinomial.nb_phi_loglik`), at eta of the
+state the move is made from: the one after step 5's accepted fixed and scale moves, which the
+message carries (a's change, the scale move's column and factor e^s - 1); step 6 leaves every eta
+as it is, so the move may come before it. It is a round of its own: the state it is made from is
+known only once step 5's answer is accepted, and the next sweep's first round needs phi to move
+the levels. h adapts in warm-up towards 0.44 as the in-memory sampler's phi steps (one step per
+sweep here, four there). ``loglik`` is the full NB log-likelihood at the accepted phi (log y!
+included); ``phi`` and ``accept_phi`` are recorded as the in-memory sampler records them.
 
 The changes of b_s owed by 5 and 6 are sent with the next sweep's first message (and with
 :meth:`ShardedMetropolis.collect`'s after the last), so the shards' b are those of the state
@@ -93,10 +122,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..blockstats import BlockStats, FactorLayout
+from ..families import NEGBINOMIAL_CODE
+from ..priors import log_prior_phi
 from .crossed import CrossedGibbs, _inverse_wishart
 from .crossed_metropolis import (GREEDY_SHARE, PHI_MAX, SCALE_OFF, SCALE_SHARE, SCALE_TARGET, TARGET,
                                  fixed_terms_from_levels, laplace_point, rotation_draw, rotation_log_ratio, shift_move)
 from .keyed import chain_key, factor_stream, level_draws
+from .negbinomial import PHI_TARGET, phi_of_moments
 from .shard import LevelShard, ShardRows, SweepMessage, ones_rotation, rotation_accept, rotation_proposals
 
 
@@ -104,7 +136,10 @@ class ShardedState(NamedTuple):
     """A chain's population values and tuning, and the other factors' effects ``b`` (flat, factor
     after factor, level-major; empty with one factor); the sharded factor's b lives in the shards
     under ``key``. ``scale``/``shift``: the changes of that b the last sweep's moves owe the
-    shards; ``kept``: the last sweep was a kept draw (its b is kept once they are made)."""
+    shards; ``kept``: the last sweep was a kept draw (its b is kept once they are made). The
+    negative binomial's log phi, the log of its random walk's step (tuning) and whether the last
+    sweep's phi move was accepted (``log_dispersion``, ``dispersion_step``, ``accept_dispersion``;
+    unused by the other families)."""
 
     key: np.ndarray
     sweep: int
@@ -117,6 +152,9 @@ class ShardedState(NamedTuple):
     shift: np.ndarray
     kept: bool
     b: np.ndarray
+    log_dispersion: float = 0.0
+    dispersion_step: float = float(np.log(0.3))
+    accept_dispersion: float = 0.0
 
 
 class LocalShards:
@@ -258,6 +296,15 @@ class ShardSource:
     def z_variance(self, k: int) -> np.ndarray:
         return np.atleast_1d(np.asarray(self.Z_moments[self.order.index(k)].variance, dtype=float))
 
+    def dispersion_moments(self, a: np.ndarray) -> tuple[float, float]:
+        """:func:`multilevel.priors.dispersion_moments` at eta = offset + F a, summed over the shards."""
+        return _summed(self.shards.call("dispersion_moments", a))
+
+    def negbinomial_information(self, a_ml: np.ndarray) -> np.ndarray:
+        """:func:`multilevel.priors._negbinomial_information` over the shards (two rounds: the
+        moment sums, then F'WF with their phi)."""
+        return sum(self.shards.call("negbinomial_information", a_ml, *self.dispersion_moments(a_ml)))
+
 
 def shift_moves(shards: Any, q: int) -> tuple[list[tuple[int, np.ndarray]], list[np.ndarray]]:
     """The shift moves (column c, fixed columns D) whose columns are level multiples of c in
@@ -302,11 +349,14 @@ class ShardedMetropolis:
     priors : resolved priors (:func:`multilevel.priors.resolve_crossed_priors`).
     a_start : the fixed effects the chains start near (the pooled ML fit).
     n_obs : rows in the shards.
+    code : the shards' family code (:data:`multilevel.families.SHARDED_CODES`); the negative
+        binomial's adds the phi move (module docstring), its prior ``priors.phi_rate``.
     """
 
     in_process = True
 
-    def __init__(self, shards: Any, design: Any, layout: FactorLayout, priors: Any, a_start: np.ndarray, n_obs: int):
+    def __init__(self, shards: Any, design: Any, layout: FactorLayout, priors: Any, a_start: np.ndarray, n_obs: int,
+                 code: int = 0):
         from .polya_gamma import singleton_groups
 
         self.shards, self.layout, self.priors = shards, layout, priors
@@ -337,9 +387,15 @@ class ShardedMetropolis:
         sizes = [int(layout.J[k] * layout.q[k]) for k in others]
         self.b_off = dict(zip(others, np.concatenate([[0], np.cumsum(sizes)]).astype(int)))
         self.b_size = int(np.sum(sizes))
+        summaries = shards.call("summary")
         #: per other factor: Poisson with the intercept alone in every row (the closed-form level moves)
-        self.ones = dict(zip(others, (bool(x) for x in
-                                      np.logical_and.reduce([s["ones"] for s in shards.call("summary")])[1:])))
+        self.ones = dict(zip(others, (bool(x) for x in np.logical_and.reduce([s["ones"] for s in summaries])[1:])))
+        #: the negative binomial: its phi move, prior rate, start (the pooled moment estimate) and sum log y!
+        self.negbinomial = int(code) == NEGBINOMIAL_CODE
+        if self.negbinomial:
+            self.phi_rate = float(priors.phi_rate)
+            self.phi_start = phi_of_moments(*_summed(shards.call("dispersion_moments", np.asarray(a_start, float))))
+            self.log_y_factorial = float(sum(s["log_y_factorial"] for s in summaries))
         self.other_shifts = other_shifts(shards, design, self.order)
         #: the last other factor is Poisson's intercept alone: its current sums come with the fixed
         #: move's per level (module docstring), no round for the fixed move's terms at a
@@ -356,9 +412,12 @@ class ShardedMetropolis:
         t, _, Sigma = self.inner.start(rng, self._a0)
         key = chain_key(rng)
         self.shards.call("start", key)
-        return ShardedState(key, 0, t, Sigma, np.full(len(self.names) + 1, np.log(PHI_MAX)),
-                            np.full(self.layout.block_start.shape[0], np.log(0.3)), 0.0, np.ones(self.q),
-                            np.zeros(self.shift_size), False, np.zeros(self.b_size))
+        state = ShardedState(key, 0, t, Sigma, np.full(len(self.names) + 1, np.log(PHI_MAX)),
+                             np.full(self.layout.block_start.shape[0], np.log(0.3)), 0.0, np.ones(self.q),
+                             np.zeros(self.shift_size), False, np.zeros(self.b_size))
+        if self.negbinomial:  # as the in-memory sampler: the moment estimate times a factor in [0.5, 2]
+            state = state._replace(log_dispersion=float(np.log(self.phi_start) + rng.uniform(-np.log(2.0), np.log(2.0))))
+        return state
 
     def step(self, state: ShardedState, rng: np.random.Generator) -> ShardedState:
         """One sweep with the tuning frozen, a kept draw."""
@@ -368,7 +427,10 @@ class ShardedMetropolis:
         """One sweep, then Robbins-Monro steps of the tuning as
         :meth:`multilevel.samplers.crossed_metropolis.CrossedMetropolis.warmup_step` (greedy
         first :data:`GREEDY_SHARE` of warm-up, scale moves off at its end where the levels leave
-        less than :data:`SCALE_SHARE` of the variance to the prior)."""
+        less than :data:`SCALE_SHARE` of the variance to the prior); the negative binomial's phi
+        step every warm-up sweep as the in-memory sampler's
+        (:meth:`multilevel.samplers.negbinomial.NegBinomialGibbs.warmup_step`: gain (i + 1)^-0.6
+        towards acceptance :data:`~multilevel.samplers.negbinomial.PHI_TARGET`, within [-10, 3])."""
         greedy = i < GREEDY_SHARE * n_warmup
         new, acc, acc_scale, shares = self.sweep(state, rng, not greedy, False)
         log_phi, log_step = new.log_phi, new.log_step
@@ -378,7 +440,11 @@ class ShardedMetropolis:
             log_step = np.where(acc_scale >= 0, log_step + gain * (acc_scale - SCALE_TARGET), log_step)
         if i == n_warmup - 1:
             log_step = np.where(shares < SCALE_SHARE, SCALE_OFF, log_step)
-        return new._replace(log_phi=log_phi, log_step=log_step)
+        new = new._replace(log_phi=log_phi, log_step=log_step)
+        if self.negbinomial:
+            step = new.dispersion_step + (i + 1.0) ** -0.6 * (new.accept_dispersion - PHI_TARGET)
+            new = new._replace(dispersion_step=float(np.clip(step, -10.0, 3.0)))
+        return new
 
     def _sigma(self, Sigma: np.ndarray, k: int) -> np.ndarray:
         """Factor k's q_k x q_k block of the flat Sigma (a view)."""
@@ -410,7 +476,7 @@ class ShardedMetropolis:
         last = len(self.order) - 1
         message = SweepMessage(state.key, state.sweep, a, np.linalg.inv(S), float(np.exp(state.log_phi[s])), hastings,
                                state.scale, state.shift, state.kept, np.diagonal(S).copy(), bo, min(last, 1),
-                               self.fold and last == 1)
+                               self.fold and last == 1, float(np.exp(state.log_dispersion)))
         parts = self.shards.call("sweep", message)
         acc = np.zeros(len(self.names) + 1)
         acc[s] = sum(x.accepted for x in parts) / max(J, 1)
@@ -453,6 +519,7 @@ class ShardedMetropolis:
         ll = ll0
         dll = 0.0
         scale = np.ones(q)
+        a_before, scaled = a.copy(), None  # what the phi move takes: the fixed move's change, the scale move's f
         if ok0 or c >= 0:
             evals = self.shards.call("evaluate", state.key, xs - a, self.order.index(k), c, float(np.expm1(step)),
                                      bo if self.fold else np.zeros(0))  # folded: the last factor's changes
@@ -472,19 +539,39 @@ class ShardedMetropolis:
                 acc_scale[bl] = float(accepted)
                 if accepted:
                     Sigma[pos] = tau_new
+                    scaled = float(np.expm1(step))
                     if k == s:
                         scale[c] = np.exp(step)
                     else:
                         self._effects(bo, k)[:, c] *= np.exp(step)
                     ll += dll
+        log_disp, acc_disp = state.log_dispersion, 0.0
+        if self.negbinomial:
+            log_disp, acc_disp, ll = self._dispersion_move(rng, state, a - a_before, self.order.index(k),
+                                                           -1 if scaled is None else c, scaled or 0.0)
         shift = np.zeros(self.shift_size)
         if self.shift_groups:
             m = state.sweep % len(self.shift_groups)
             shift[self.shift_start[m]:self.shift_start[m + 1]] = self._shift(rng, m, a, Swb[m] * scale[None, :], Sigma)
         self._other_shift_moves(rng, a, bo, Sigma)
         new = state._replace(sweep=state.sweep + 1, t=a, Sigma=Sigma, ll=float(ll), scale=scale, shift=shift,
-                             kept=keep and self.keep_groups, b=bo)
+                             kept=keep and self.keep_groups, b=bo, log_dispersion=log_disp, accept_dispersion=acc_disp)
         return new, acc, acc_scale, shares
+
+    def _dispersion_move(self, rng: np.random.Generator, state: ShardedState, da: np.ndarray, pos: int, c: int,
+                         f: float) -> tuple[float, float, float]:
+        """The negative binomial's phi move (module docstring), a round of its own: log phi* =
+        log phi + h z (z from the chain's generator), the shards' sums of the likelihood at phi
+        and phi* at the state after the fixed and scale moves (``da`` the fixed move's accepted
+        change, ``c``, ``f`` the scale move's accepted column of the factor at position ``pos``
+        and its b_kc -> (1 + f) b_kc; c < 0: none), accepted by :func:`dispersion_log_ratio`.
+        Returns log phi, whether it moved and the log-likelihood at it (log y! included)."""
+        log_a = state.log_dispersion
+        log_b = log_a + float(np.exp(state.dispersion_step)) * rng.standard_normal()
+        ll_a, ll_b = _summed(self.shards.call("dispersion_terms", state.key, da, pos, c, f, log_a, log_b))
+        if np.log(rng.random()) < dispersion_log_ratio(ll_a, ll_b, log_a, log_b, self.phi_rate):
+            return log_b, 1.0, ll_b - self.log_y_factorial
+        return log_a, 0.0, ll_a - self.log_y_factorial
 
     def _other_levels(self, state: ShardedState, k: int, pos: int, bo: np.ndarray, Sigma: np.ndarray,
                       sums: tuple[Any, np.ndarray, np.ndarray], hastings: bool, shares: np.ndarray
@@ -575,6 +662,9 @@ class ShardedMetropolis:
         for k in self.order[1:]:
             out[self.beta_names[k]] = self._effects(state.b, k) + self._mean(a, k)
         out["loglik"] = np.float64(state.ll)
+        if self.negbinomial:
+            out["phi"] = np.float64(np.exp(state.log_dispersion))
+            out["accept_phi"] = np.float64(state.accept_dispersion)
         return out
 
     def collect(self, result: Any) -> None:
@@ -599,10 +689,18 @@ class ShardedMetropolis:
             result.draws[self.beta_names[s]] = np.stack(per_chain) + mean[:, :, None, :]
 
 
+def dispersion_log_ratio(ll_a: float, ll_b: float, log_phi_a: float, log_phi_b: float, rate: float) -> float:
+    """The phi move's log Metropolis ratio from log phi_a to log phi_b: the likelihood's change
+    ll_b - ll_a plus that of the prior density of log phi
+    (:func:`multilevel.priors.log_prior_phi`, which holds the log-scale Jacobian: the proposal is
+    symmetric in log phi)."""
+    return ll_b - ll_a + log_prior_phi(log_phi_b, rate) - log_prior_phi(log_phi_a, rate)
+
+
 def _summed(parts: list[tuple]) -> tuple:
     """The shards' answers (tuples of arrays) summed in shard order."""
     return tuple(sum(x[i] for x in parts) for i in range(len(parts[0])))
 
 
-__all__ = ["LocalShards", "ShardSource", "ShardedMetropolis", "ShardedState", "factor_order", "level_cuts",
-           "local_shards", "shard_rows", "sharded_factor", "shift_moves"]
+__all__ = ["LocalShards", "ShardSource", "ShardedMetropolis", "ShardedState", "dispersion_log_ratio", "factor_order",
+           "level_cuts", "local_shards", "shard_rows", "sharded_factor", "shift_moves"]
