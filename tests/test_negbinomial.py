@@ -299,10 +299,11 @@ def test_cli_non_count_response_exits_2(tmp_path):
 
 
 def test_registry_limits_negbinomial_only():
-    """negbinomial has Polya-Gamma only, for one term and several; the other families keep theirs."""
+    """negbinomial has Polya-Gamma and the sharded sampler, for one term and several; the other
+    families keep theirs."""
     from multilevel.samplers import registry
 
-    assert registry.available(NB, 1) == registry.available(NB, 2) == ["polya-gamma"]
+    assert registry.available(NB, 1) == registry.available(NB, 2) == ["polya-gamma", "sharded"]
     assert registry.available(check_family("gaussian"), 1) == ["collapsed", "interweaving", "centred", "blocked"]
     assert registry.available(check_family("poisson"), 1) == ["auto", "interweaving", "centred", "sharded"]
     assert registry.available(check_family("bernoulli"), 1)[-2:] == ["polya-gamma", "sharded"]
