@@ -192,9 +192,15 @@ def sharded_kernel(model: multilevel.Model, n_shards: int, design=None) -> Shard
 def test_one_shard_and_three_give_the_same_draws(formula, family, shapes):
     df = glm_frame(1)
     model = multilevel.Model(formula, df, family=family, sampler="sharded")
+    assert_shard_count_free(lambda n_shards: sharded_kernel(model, n_shards), shapes)
+
+
+def assert_shard_count_free(kernel_of, shapes: dict) -> dict:
+    """The same seed's draws with the rows in 1 and in 3 shards (``kernel_of(n_shards)``) agree
+    to 1e-8, and the group draws have ``shapes`` and move; returns the 1-shard draws."""
     runs = []
     for n_shards in (1, 3):
-        kernel = sharded_kernel(model, n_shards)
+        kernel = kernel_of(n_shards)
         res = run_chains(kernel, chains=2, draws=40, warmup=30, seed=8, progress=False)
         kernel.collect(res)
         runs.append(res.draws)
@@ -202,6 +208,7 @@ def test_one_shard_and_three_give_the_same_draws(formula, family, shapes):
         np.testing.assert_allclose(runs[0][name], runs[1][name], rtol=1e-8, atol=1e-10, err_msg=name)
     for name, shape in shapes.items():
         assert runs[0][name].shape == (2, 40, *shape) and np.std(runs[0][name][0, :, 0, 0]) > 0
+    return runs[0]
 
 
 @pytest.mark.parametrize("formula,family", [("y ~ x + w + offset(log(expo)) + (x | g)", "poisson"),
