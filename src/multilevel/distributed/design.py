@@ -199,7 +199,8 @@ def check_identical_grouping(design: PartitionedDesign) -> None:
              if factors[a].n_levels == factors[b].n_levels]
     if not pairs:
         return
-    parts = [delayed(partition_level_pairs)(p, delayed(design.plan, pure=True), pairs) for p in design.ddf.to_delayed()]
+    plan = delayed(design.plan, pure=True)  # in the graph once, not per partition
+    parts = [delayed(partition_level_pairs)(p, plan, pairs) for p in design.ddf.to_delayed()]
     (found,) = design.compute([tree_reduce(parts, combine_level_pairs)])
     for (a, b), u in zip(pairs, found):
         if u is not None and len(u) == factors[a].n_levels:
