@@ -4,7 +4,9 @@ point 2): the Dask engine codes ``scale(x)`` (R's, and with ``center = FALSE``),
 
 * percentiles from two order statistics are NumPy's own numbers;
 * the knots of ``bs`` are exactly ``np.percentile`` of all rows, found by bracketing passes
-  (forced to take several with few bins), with ties and skewed data;
+  (forced to take several with few bins), with ties and skewed data; those of ``cr`` and
+  ``cc`` exactly ``np.quantile`` of the distinct values, de-duplicated across partitions in
+  hash buckets (forced to several);
 * every partition's design equals the in-memory one up to the rounding of sums;
 * a saved and loaded Dask fit with splines and polynomials codes new rows as before;
 * transforms not learned over partitions are refused in one line.
@@ -41,26 +43,40 @@ def frame(n: int = 6000, seed: int = 3) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000])
-def test_percentiles_from_order_statistics_are_numpys(n):
+def test_quantiles_from_order_statistics_are_numpys(n):
     rng = np.random.default_rng(n)
     x = np.sort(np.round(rng.normal(size=n), 1))  # ties
     percents = 100 * np.linspace(0, 1, 9)[1:-1]
-    r = learn.percentile_ranks(n, percents)
-    got = learn.percentile_of_order_statistics(n, percents, x[r], x[np.minimum(r + 1, n - 1)])
-    assert np.array_equal(got, np.percentile(x, percents))
+    for q, numpys in [(np.true_divide(percents, 100), np.percentile(x, percents)), (percents / 97, np.quantile(x, percents / 97))]:
+        r = learn.quantile_ranks(n, q)
+        assert np.array_equal(learn.quantile_of_order_statistics(n, q, x[r], x[np.minimum(r + 1, n - 1)]), numpys)
 
 
-@pytest.mark.parametrize("column", ["x", "k"])
-def test_spline_knots_are_the_exact_percentiles_of_all_rows(column, monkeypatch):
+@pytest.mark.parametrize("call", ["bs(x, df=7)", "bs(k, df=7)", "cr(x, df=7)", "cr(k, df=3)", "cc(x, period=4, df=6)",
+                                  "cr(x, df=5, lower_bound=0.5, upper_bound=6, center=False)"])
+def test_spline_knots_are_the_exact_quantiles_over_all_rows(call, monkeypatch):
+    """bs: of all rows; cr and cc: of the distinct values, in a dozen buckets."""
     monkeypatch.setattr(learn, "BINS", 8)  # few bins and a small gather: several bracketing passes
     monkeypatch.setattr(learn, "GATHER", 40)
+    monkeypatch.setattr(learn, "BUCKET", 500)  # x has about 6000 distinct values
     df = frame()
-    formula = f"y ~ bs({column}, df=7) + (1 | g)"
+    formula = f"y ~ {call} + (1 | g)"
     mem = build_crossed_design(parse_formula(formula), df, "raise")
     par = build_partitioned_design(parse_formula(formula), dd.from_pandas(df, npartitions=5, sort=False), "raise")
     (m,), (p,) = design_stateful_calls(mem), design_stateful_calls(par.plan.prototype)
     assert np.array_equal(p.transform._knots, m.transform._knots)
-    assert np.allclose(p.transform._centering_matrix, m.transform._centering_matrix, rtol=0, atol=1e-13)
+    if m.transform._centering_matrix is not None:
+        assert np.allclose(p.transform._centering_matrix, m.transform._centering_matrix, rtol=0, atol=1e-13)
+    if hasattr(m.transform, "penalty_matrix"):
+        assert np.allclose(p.transform.penalty_matrix, m.transform.penalty_matrix, rtol=1e-12, atol=1e-12)
+        assert np.allclose(p.transform._random_state["null"], m.transform._random_state["null"], rtol=0, atol=1e-12)
+
+
+def test_distinct_values_split_into_disjoint_buckets_the_same_from_every_partition():
+    split = learn.DistinctSplit(-np.inf, np.inf, None, 7)
+    a, b = np.array([0.0, 1.5, 2.0, 2.0, 3.25]), np.array([-0.0, 2.0, 3.25, 9.0])
+    buckets = [learn.merge_bucket([split(a), split(b)], i) for i in range(7)]
+    assert np.array_equal(np.sort(np.concatenate(buckets)), np.unique(np.concatenate([a, b])))
 
 
 def test_bracketing_takes_several_passes_when_brackets_are_crowded(monkeypatch):
@@ -84,6 +100,8 @@ def test_bracketing_takes_several_passes_when_brackets_are_crowded(monkeypatch):
     "y ~ bs(x, df=5, degree=2, lower_bound=0, upper_bound=40, center=False) + (1 | g)",
     "y ~ poly(x, 3) + (poly(k, 2) | g)",
     "y ~ poly(x, 2, raw=True) + center(k) + (1 | g)",
+    "y ~ cr(x, df=6) + (cr(k, df=3) | g)",
+    "y ~ cc(x, period=8, knots=np.linspace(4, 6, 3), lower_bound=0.5) + cr(x, knots=np.linspace(4, 6, 3)) + (1 | g)",
 ])
 def test_partition_designs_equal_the_in_memory_design(formula):
     df = frame()
@@ -96,9 +114,10 @@ def test_partition_designs_equal_the_in_memory_design(formula):
     assert np.allclose(np.vstack([d.factors[0].Z for d in parts]), mem.factors[0].Z, rtol=1e-12, atol=1e-12)
 
 
-def test_a_saved_dask_fit_with_splines_codes_new_rows_as_before(tmp_path):
+@pytest.mark.parametrize("formula", ["y ~ bs(x, df=5) + poly(k, 2) + (1 + scale(x) | g)",
+                                     "y ~ cr(x, df=4) + cc(k, period=5, df=3) + (1 | g)"])
+def test_a_saved_dask_fit_with_splines_codes_new_rows_as_before(formula, tmp_path):
     df = frame(3000)
-    formula = "y ~ bs(x, df=5) + poly(k, 2) + (1 + scale(x) | g)"
     run = dict(chains=1, draws=30, warmup=30, seed=5, cores=1, progress=False)
     par = multilevel.fit(formula, dd.from_pandas(df, npartitions=3, sort=False), engine="dask", **run)
     mem = multilevel.fit(formula, df, sampler="blocked", **run)
@@ -114,6 +133,6 @@ def test_transforms_not_learned_over_partitions_are_refused_in_one_line():
     df = frame(500)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ModelError, match=r"not cr\(\)") as info:
-            multilevel.Model("y ~ cr(x, df=4) + (1 | g)", dd.from_pandas(df, npartitions=2), engine="dask")
+        with pytest.raises(ModelError, match=r"not tp\(\).*write cr\(x, df=...\)") as info:
+            multilevel.Model("y ~ tp(x, df=4) + (1 | g)", dd.from_pandas(df, npartitions=2), engine="dask")
     assert "\n" not in str(info.value)

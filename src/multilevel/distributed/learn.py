@@ -1,5 +1,5 @@
 r"""What a formula learns from its rows, learned over partitions: the state of each stateful
-transform (``center``, ``scale``, ``standardize``, ``bs``, ``poly``), so that every partition
+transform (``center``, ``scale``, ``standardize``, ``bs``, ``cr``, ``cc``, ``poly``), so that every partition
 is coded as the rows in memory would be.
 
 In memory ``formulae`` sets a stateful transform's state from all rows at once. Over
@@ -28,6 +28,14 @@ together: a pass reads each partition once for all of them (:func:`learn_states`
   P_0 = 1, P_k = (x - alpha_{k-1}) P_{k-1} - (N_{k-1} / N_{k-2}) P_{k-2},
   alpha_k = sum x P_k^2 / N_k, N_k = sum P_k^2: pass k gives N_k and sum x P_k^2 from the
   constants of the passes before, degree + 1 passes. ``raw=True`` learns nothing.
+* ``cr(x, df, ...)``, ``cc(x, period, df, ...)``: the interior knots are ``np.quantile`` of the
+  *distinct* values inside the bounds, which partitions cannot count apart. Each partition
+  hashes its distinct values into buckets (:class:`DistinctSplit`, about :data:`BUCKET` values
+  a bucket, from a bound on the distinct count), each bucket is de-duplicated over all
+  partitions (:func:`merge_bucket`), and the buckets, disjoint, are counted and bracketed as
+  the rows of ``bs`` are; a pass over the rows then gives the centring, the rank check and the
+  null space (:class:`CubicSplineLearner`). ``tp`` is refused: its basis is an
+  eigendecomposition over the distinct values themselves.
 
 The sums differ from the in-memory ones by rounding only; the order statistics, so the knots,
 are exact. A learned state is saved with a Dask fit (:func:`transform_state`) and set again
@@ -41,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from formulae.transforms import BSpline, Center, Polynomial, Scale
+from formulae.transforms import BSpline, Center, CyclicCubicSpline, NaturalCubicSpline, Polynomial, Scale
 from formulae.utils import get_centering_matrix
 
 from ..errors import ModelError
@@ -50,6 +58,8 @@ from ..rformula import RScale
 
 #: bins of a bracketing pass, and the values a bracket may hold to be gathered
 BINS, GATHER = 4096, 200_000
+#: distinct values per bucket the de-duplication of a spline's argument aims at
+BUCKET = 1_000_000
 
 
 class StatefulCall(NamedTuple):
@@ -92,6 +102,17 @@ class RangePass:
 
     def combine(self, a: tuple, b: tuple) -> tuple:
         return a[0] + b[0], min(a[1], b[1]), max(a[2], b[2])
+
+
+class RangeDistinctPass:
+    """(count, min, max, sum over partitions of each partition's distinct count): the last
+    bounds the distinct count of all rows from above."""
+
+    def partial(self, x: np.ndarray) -> tuple[int, float, float, int]:
+        return (*RangePass().partial(x), int(np.unique(x).size))
+
+    def combine(self, a: tuple, b: tuple) -> tuple:
+        return (*RangePass().combine(a[:3], b[:3]), a[3] + b[3])
 
 
 def bin_edges(lo: float, hi: float) -> np.ndarray:
@@ -147,6 +168,60 @@ class BasisSumsPass:
         return a + b
 
 
+@dataclass(frozen=True)
+class CubicBasisPass:
+    """For a cubic regression spline (``spline``: ``cr`` or ``cc`` with its knots set, not
+    centred) and its basis B of the rows: the column sums of B, the R factor of B's QR
+    decomposition (the R of stacked R factors is B's: its singular values are B's, for the rank
+    check) and the moments of B k, k the knots (``cr``: the covariate the null space spans)."""
+
+    spline: Any
+
+    def partial(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, Moments]:
+        basis = self.spline.eval(x)
+        knots = self.spline._knots
+        linear = basis @ knots if basis.shape[1] == knots.size else np.zeros(0)  # cc's null space has no covariate
+        return basis.sum(axis=0), np.linalg.qr(basis, mode="r"), moments_of(linear)
+
+    def combine(self, a: tuple, b: tuple) -> tuple:
+        return a[0] + b[0], np.linalg.qr(np.vstack([a[1], b[1]]), mode="r"), combine_moments(a[2], b[2])
+
+
+@dataclass(frozen=True)
+class DistinctSplit:
+    """A partition's distinct values of a spline's argument inside [lo, hi] (``cc`` first
+    wraps x onto [lo, lo + period)), split into ``buckets`` sets by a hash of their bits: a
+    value lands in the same bucket from every partition, so de-duplicating bucket by bucket
+    (:func:`merge_bucket`) gives the distinct values of all rows, in disjoint buckets whose
+    counts and histograms add up."""
+
+    lo: float
+    hi: float
+    period: float | None
+    buckets: int
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.period is not None:
+            x = self.lo + np.mod(x - self.lo, self.period)
+        values = np.unique(x[(x >= self.lo) & (x <= self.hi)]) + 0.0  # + 0.0: -0.0 hashes as 0.0
+        bucket = (values.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(33)) % np.uint64(self.buckets)
+        return [values[bucket == b] for b in range(self.buckets)]
+
+
+def merge_bucket(splits: list[list[np.ndarray]], b: int) -> np.ndarray:
+    """The distinct values of bucket ``b`` over all partitions' :class:`DistinctSplit` s."""
+    return np.unique(np.concatenate([split[b] for split in splits]))
+
+
+@dataclass(frozen=True)
+class OverDistinct:
+    """A pass (``inner``) over the distinct values of the argument (``split``) rather than over
+    its rows."""
+
+    split: DistinctSplit
+    inner: Any
+
+
 def polynomial_column(x: np.ndarray, alpha: tuple[float, ...], norms: tuple[float, ...], k: int) -> np.ndarray:
     """The unnormalised orthogonal polynomial P_k(x) of the recurrence (module doc) from
     alpha_0..alpha_{k-1} and N_0..N_{k-1}."""
@@ -179,13 +254,28 @@ class OrderStatistics:
     """The order statistics x_(r) (ranks from 0, ``ranks``) of n values in [lo, hi], found by
     bracketing (module doc): :meth:`request` the next pass, :meth:`advance` by its totals."""
 
-    def __init__(self, ranks: np.ndarray, lo: float, hi: float):
+    def __init__(self, ranks: np.ndarray, lo: float, hi: float, n: int | None = None):
         self.ranks = np.asarray(ranks, dtype=np.int64)
         t = self.ranks.size
         self.lo, self.hi = np.full(t, lo), np.full(t, np.nextafter(hi, np.inf))
-        self.gather = np.zeros(t, dtype=bool)
+        self.gather = np.full(t, n is not None and n <= GATHER)  # n values in all: few enough to gather at once
         self.values = np.full(t, float(lo))
         self.found = np.full(t, lo == hi)
+
+    @classmethod
+    def of_quantiles(cls, n: int, q: np.ndarray, lo: float, hi: float, gather: bool = False) -> OrderStatistics:
+        """The order statistics that ``np.quantile`` at q of n values interpolates between
+        (:meth:`quantiles`); ``gather``: the n values are few enough to gather at once."""
+        ranks = quantile_ranks(n, q)
+        return cls(np.unique(np.concatenate([ranks, np.minimum(ranks + 1, n - 1)])), lo, hi, n if gather else None)
+
+    def quantiles(self, n: int, q: np.ndarray) -> np.ndarray:
+        """``np.quantile`` at q of the n values from the order statistics found."""
+        ranks = quantile_ranks(n, q)
+        at = dict(zip(self.ranks.tolist(), self.values.tolist()))
+        lower = np.array([at[r] for r in ranks.tolist()])
+        upper = np.array([at[min(r + 1, n - 1)] for r in ranks.tolist()])
+        return quantile_of_order_statistics(n, q, lower, upper)
 
     @property
     def done(self) -> bool:
@@ -213,20 +303,19 @@ class OrderStatistics:
             self.gather[t] = counts[b] <= GATHER or bin_edges(edges[b], edges[b + 1]).size <= 2
 
 
-def percentile_of_order_statistics(n: int, percents: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """``np.percentile(x, percents)`` (linear interpolation) of n values from their order
-    statistics x_(r) (``lower``) and x_(r + 1) (``upper``) at r = :func:`percentile_ranks`:
-    NumPy's arithmetic, so the same numbers."""
-    virtual = (n - 1) * np.true_divide(np.asarray(percents, dtype=float), 100)
+def quantile_of_order_statistics(n: int, q: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``np.quantile(x, q)`` (linear interpolation; ``np.percentile(x, p)`` is q = p / 100) of
+    n values from their order statistics x_(r) (``lower``) and x_(r + 1) (``upper``) at
+    r = :func:`quantile_ranks`: NumPy's arithmetic, so the same numbers."""
+    virtual = (n - 1) * np.asarray(q, dtype=float)
     gamma = virtual - np.floor(virtual)
     diff = upper - lower
     return np.where(gamma >= 0.5, upper - diff * (1 - gamma), lower + diff * gamma)
 
 
-def percentile_ranks(n: int, percents: np.ndarray) -> np.ndarray:
-    """The rank r of x_(r) below each percentile (NumPy's linear method)."""
-    virtual = (n - 1) * np.true_divide(np.asarray(percents, dtype=float), 100)
-    return np.clip(np.floor(virtual).astype(np.int64), 0, n - 1)
+def quantile_ranks(n: int, q: np.ndarray) -> np.ndarray:
+    """The rank r of x_(r) below each quantile q (NumPy's linear method)."""
+    return np.clip(np.floor((n - 1) * np.asarray(q, dtype=float)).astype(np.int64), 0, n - 1)
 
 
 class MomentsLearner:
@@ -278,8 +367,9 @@ class SplineLearner:
         self.knots: np.ndarray | None = None
         self.centering: np.ndarray | None = None
 
-    def _percents(self) -> np.ndarray:
-        return 100 * np.linspace(0, 1, self.n_inner + 2)[1:-1]
+    def _quantiles(self) -> np.ndarray:
+        """q of ``np.percentile(x, 100 q)``, as ``formulae`` computes it (100 q / 100 may not be q)."""
+        return np.true_divide(100 * np.linspace(0, 1, self.n_inner + 2)[1:-1], 100)
 
     def request(self) -> Any:
         if self.n == 0:
@@ -293,9 +383,8 @@ class SplineLearner:
             self.n, low, high = total
             self.low = float(low if self.bounds[0] is None else self.bounds[0])
             self.high = float(high if self.bounds[1] is None else self.bounds[1])
-            ranks = percentile_ranks(self.n, self._percents())
-            wanted = np.unique(np.concatenate([ranks, np.minimum(ranks + 1, self.n - 1)]))
-            self.order = OrderStatistics(wanted if self.given_knots is None else wanted[:0], float(low), float(high))
+            self.order = OrderStatistics.of_quantiles(self.n, self._quantiles() if self.given_knots is None else [],
+                                                      float(low), float(high))
         elif self.knots is None:
             self.order.advance(total)
         else:
@@ -310,11 +399,7 @@ class SplineLearner:
         if self.given_knots is not None:
             inner = self.given_knots
         else:
-            ranks = percentile_ranks(self.n, self._percents())
-            at = dict(zip(self.order.ranks.tolist(), self.order.values.tolist()))
-            lower = np.array([at[r] for r in ranks.tolist()])
-            upper = np.array([at[min(r + 1, self.n - 1)] for r in ranks.tolist()])
-            inner = percentile_of_order_statistics(self.n, self._percents(), lower, upper)
+            inner = self.order.quantiles(self.n, self._quantiles())
         if self.low > self.high or np.any(inner < self.low) or np.any(inner > self.high):
             raise ModelError(f"bs(): the knots {np.round(inner, 6).tolist()} or bounds ({self.low}, {self.high}) are "
                              "not in order over all rows; give knots inside lower_bound and upper_bound")
@@ -358,20 +443,144 @@ class PolynomialLearner:
             t.alpha, t.norms2 = dict(enumerate(self.alpha)), dict(enumerate(self.norms))
 
 
+def set_cubic_state(t: Any, knots: np.ndarray, centering: np.ndarray | None, null: np.ndarray,
+                    period: float | None) -> None:
+    """Set a ``cr`` (``period`` None) or ``cc`` transform's state from what the rows give:
+    its knots (boundaries included), the centring matrix C (``get_centering_matrix`` of the
+    basis' column means; None: not centred) and the penalty's null space
+    (:func:`cubic_null`). ``formulae`` builds the uncentred spline and its penalty S from the
+    knots alone (evaluated at the knots, where the cardinal basis is the identity); centring
+    gives C' S C, as ``formulae`` sets them from all rows. The training basis kept for
+    ``to_random()`` is left empty: it would be every row's."""
+    knots = np.asarray(knots, dtype=float)
+    if period is None:
+        t._initialize(knots, None, knots[1:-1], float(knots[0]), float(knots[-1]), False)
+    else:
+        t._initialize(knots[:-1], period, None, knots[1:-1], float(knots[0]), False)
+    if centering is not None:
+        penalty = centering.T @ t._penalty_matrix @ centering
+        t._center, t._centering_matrix, t._penalty_matrix = True, centering, (penalty + penalty.T) / 2
+    t._set_random_state(np.empty((0, null.shape[0])), null)
+
+
+def cubic_null(knots: np.ndarray, centering: np.ndarray | None, linear: tuple[float, float],
+               period: float | None) -> np.ndarray:
+    """The null space of a ``cr``/``cc`` penalty in basis coordinates: 1 and (``cr``) the
+    knots standardised by the mean and sd (divisor n) of B k over the rows (``linear``); when
+    centred, C' times the columns after the first."""
+    knots = np.asarray(knots, dtype=float)
+    if period is None:
+        null = np.column_stack([np.ones(knots.size), (knots - linear[0]) / linear[1]])
+    else:
+        null = np.ones((knots.size - 1, 1))
+    return null if centering is None else centering.T @ null[:, 1:]
+
+
+class CubicSplineLearner:
+    """``cr(x, df, knots, lower_bound, upper_bound, center)`` and ``cc(x, period, df, knots,
+    lower_bound, center)``: the interior knots are ``np.quantile`` of the *distinct* values
+    inside the bounds, at q = k / (K + 1). A :class:`RangeDistinctPass` gives the bounds (min
+    and max of x unless given; ``cc``: [lower, lower + period)) and a bound on the distinct
+    count, which sets the number of buckets of the de-duplication (:class:`DistinctSplit`);
+    over the distinct values a :class:`RangePass` counts them and :class:`OrderStatistics`
+    finds the knots' order statistics; a last :class:`CubicBasisPass` over the rows gives the
+    centring, the rank check and the null space (:func:`set_cubic_state`)."""
+
+    def __init__(self, call: StatefulCall):
+        t, opts = call.transform, call.options()
+        self.call, self.done = call, False
+        self.period = None if isinstance(t, NaturalCubicSpline) else float(opts["period"])
+        self.center = bool(opts.get("center", True))
+        self.given_knots = None if opts.get("knots") is None else np.sort(np.asarray(opts["knots"], dtype=float))
+        offset = (0 if self.center else 1) if self.period is not None else (1 if self.center else 2)
+        self.n_inner = (int(opts.get("df") or 10) - offset) if self.given_knots is None else self.given_knots.size
+        self.bounds = opts.get("lower_bound"), opts.get("upper_bound")
+        self.rows = self.distinct = 0
+        self.split: DistinctSplit | None = None
+        self.order: OrderStatistics | None = None
+        self.spline: Any = None
+
+    def _quantiles(self) -> np.ndarray:
+        return np.linspace(0, 1, self.n_inner + 2)[1:-1]
+
+    def _refuse(self, why: str) -> ModelError:
+        return ModelError(f"{self.call.name}(): {why} (over all rows); give a smaller df or other bounds")
+
+    def request(self) -> Any:
+        if self.rows == 0:
+            return RangeDistinctPass()
+        if self.spline is not None:
+            return CubicBasisPass(self.spline)
+        return OverDistinct(self.split, RangePass() if self.distinct == 0 else self.order.request())
+
+    def advance(self, total: Any) -> None:
+        if self.spline is not None:
+            self._finish(total)
+            return
+        if self.rows == 0:
+            self.rows, low, high, distinct_bound = total
+            lo = float(low if self.bounds[0] is None else self.bounds[0])
+            hi = lo + self.period if self.period is not None else float(high if self.bounds[1] is None else self.bounds[1])
+            if lo >= hi:
+                raise self._refuse(f"the lower bound {lo} is not below the upper bound {hi}")
+            self.split = DistinctSplit(lo, hi, self.period, int(np.clip(-(-distinct_bound // BUCKET), 1, 1024)))
+            return
+        if self.distinct == 0:
+            self.distinct, low, high = total
+            required = self.n_inner + (1 if self.period is not None else 2)
+            if self.distinct < required:
+                raise self._refuse(f"{self.n_inner} interior knots need at least {required} distinct values inside "
+                                   f"the bounds, and there are {self.distinct}")
+            if self.given_knots is None:
+                self.order = OrderStatistics.of_quantiles(self.distinct, self._quantiles(), float(low), float(high),
+                                                          gather=True)
+        else:
+            self.order.advance(total)
+        if self.given_knots is not None or self.order.done:
+            self.spline = copy.copy(self.call.transform)
+            try:
+                knots = self._all_knots()
+                set_cubic_state(self.spline, knots, None, cubic_null(knots, None, (0.0, 1.0), self.period), self.period)
+            except ValueError as e:  # formulae's checks of given knots
+                raise self._refuse(str(e).rstrip(".")) from None
+
+    def _all_knots(self) -> np.ndarray:
+        if self.given_knots is not None:
+            inner = self.given_knots
+        else:
+            inner = self.order.quantiles(self.distinct, self._quantiles())
+        return np.concatenate([[self.split.lo], inner, [self.split.hi]])
+
+    def _finish(self, total: tuple) -> None:
+        sums, r, moments = total
+        singular = np.linalg.svd(r, compute_uv=False)
+        if singular.size < sums.size or singular.min() <= singular.max() * max(self.rows, sums.size) * np.finfo(float).eps:
+            raise self._refuse("the spline basis is rank deficient")
+        self.centering = get_centering_matrix((sums / self.rows)[None, :]) if self.center else None
+        self.linear = ((float(np.ravel(moments.mean)[0]), float(np.sqrt(np.ravel(moments.m2)[0] / moments.count)))
+                       if self.period is None else (0.0, 1.0))
+        self.done = True
+
+    def apply(self) -> None:
+        knots = self.spline._knots
+        set_cubic_state(self.call.transform, knots, self.centering,
+                        cubic_null(knots, self.centering, self.linear, self.period), self.period)
+
+
 #: the learner of each stateful transform the Dask engine learns over partitions
 LEARNERS = {Center: MomentsLearner, Scale: MomentsLearner, RScale: MomentsLearner, BSpline: SplineLearner,
-            Polynomial: PolynomialLearner}
+            Polynomial: PolynomialLearner, NaturalCubicSpline: CubicSplineLearner, CyclicCubicSpline: CubicSplineLearner}
 
 
 def learner_of(call: StatefulCall, formula: str) -> Any:
     """The learner of ``call``, or a one-line refusal naming what to do."""
     learner = LEARNERS.get(type(call.transform))
     if learner is None or call.arg is None:
-        why = (": its knots are quantiles of the distinct values, which partitions cannot count apart; write "
-               "bs(x, df=...) instead," if hasattr(call.transform, "to_random") else ";")  # formulae's other splines
-        raise ModelError(f"engine='dask' learns center(), scale(), standardize(), bs() and poly() over all rows, "
-                         f"not {call.name}() (formula {formula!r}){why} compute that column before fitting, or use "
-                         "the in-memory engine")
+        why = (": its basis is an eigendecomposition over the distinct values; write cr(x, df=...) or bs(x, df=...) "
+               "instead," if hasattr(call.transform, "to_random") else ";")  # formulae's thin-plate spline
+        raise ModelError(f"engine='dask' learns center(), scale(), standardize(), bs(), cr(), cc() and poly() over all "
+                         f"rows, not {call.name}() (formula {formula!r}){why} compute that column before fitting, or "
+                         "use the in-memory engine")
     return learner(call)
 
 
@@ -395,9 +604,35 @@ def learning_pass(frame: Any, plan: Any, arguments: list[tuple[Any, Any]], passe
     return [p.partial(np.asarray(arg.eval(kept, env), dtype=float).ravel()) for (arg, env), p in zip(arguments, passes)]
 
 
+def distinct_split(frame: Any, plan: Any, argument: tuple[Any, Any], split: DistinctSplit) -> list[np.ndarray]:
+    """One partition's :class:`DistinctSplit` of a call's argument on its rows kept."""
+    (values,) = learning_pass(frame, plan, [argument], [_Identity()])
+    return split(values)
+
+
+class _Identity:
+    def partial(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+def distinct_total(parts: list[Any], plan: Any, argument: tuple[Any, Any], request: OverDistinct) -> Any:
+    """The total of ``request.inner`` over the distinct values of the argument (delayed): each
+    partition splits its distinct values into buckets, each bucket is de-duplicated over all
+    partitions, and the buckets' partial results combine in a fixed tree."""
+    from dask import delayed
+
+    from .reduce import tree_reduce
+
+    splits = [delayed(distinct_split)(p, plan, argument, request.split) for p in parts]
+    buckets = [delayed(merge_bucket)(splits, b) for b in range(request.split.buckets)]
+    return tree_reduce([delayed(request.inner.partial)(b) for b in buckets], request.inner.combine)
+
+
 def learn_states(calls: list[StatefulCall], parts: list[Any], plan: Any, compute: Any) -> int:
     """Learn the state of every stateful call over the partitions ``parts`` (delayed frames)
-    and set it on the call's transform (module doc). Returns the number of passes made."""
+    and set it on the call's transform (module doc). Returns the number of passes made: the
+    passes over rows of all calls read each partition once together, a pass over a call's
+    distinct values (:class:`OverDistinct`) is one more read, made in the same computation."""
     from dask import delayed
 
     from .reduce import tree_reduce
@@ -407,11 +642,19 @@ def learn_states(calls: list[StatefulCall], parts: list[Any], plan: Any, compute
     while any(not lr.done for lr in learners):
         pending = [lr for lr in learners if not lr.done]
         requests = [lr.request() for lr in pending]
-        shared = (delayed(plan, pure=True), delayed([(lr.call.arg, lr.call.env) for lr in pending], pure=True),
-                  delayed(requests, pure=True))
-        (totals,) = compute([tree_reduce([delayed(learning_pass)(p, *shared) for p in parts], Combine(requests))])
-        for lr, total in zip(pending, totals):
-            lr.advance(total)
+        over_rows = [i for i, r in enumerate(requests) if not isinstance(r, OverDistinct)]
+        graphs = [distinct_total(parts, delayed(plan, pure=True), (lr.call.arg, lr.call.env), r)
+                  for lr, r in zip(pending, requests) if isinstance(r, OverDistinct)]
+        if over_rows:
+            rows = [requests[i] for i in over_rows]
+            shared = (delayed(plan, pure=True), delayed([(pending[i].call.arg, pending[i].call.env) for i in over_rows],
+                                                        pure=True), delayed(rows, pure=True))
+            graphs.append(tree_reduce([delayed(learning_pass)(p, *shared) for p in parts], Combine(rows)))
+        results = list(compute(graphs))
+        totals = dict(zip(over_rows, results.pop() if over_rows else []))
+        totals.update(zip((i for i, r in enumerate(requests) if isinstance(r, OverDistinct)), results))
+        for i, lr in enumerate(pending):
+            lr.advance(totals[i])
         passes += 1
     for lr in learners:
         lr.apply()
@@ -432,6 +675,10 @@ def transform_state(t: Any) -> dict[str, Any]:
     if isinstance(t, BSpline):
         return {"kind": "bs", "knots": np.asarray(t._knots, dtype=float).tolist(), "degree": int(t._degree),
                 "center": bool(t._center),
+                "centering": None if t._centering_matrix is None else np.asarray(t._centering_matrix).tolist()}
+    if isinstance(t, (NaturalCubicSpline, CyclicCubicSpline)):
+        return {"kind": t.__transform_name__, "knots": np.asarray(t._knots, dtype=float).tolist(),
+                "period": getattr(t, "_period", None), "null": np.asarray(t._random_state["null"]).tolist(),
                 "centering": None if t._centering_matrix is None else np.asarray(t._centering_matrix).tolist()}
     if isinstance(t, Polynomial):
         return {"kind": "poly", "degree": int(t.degree), "raw": bool(t.raw),
@@ -455,6 +702,11 @@ def restore_state(t: Any, state: Any) -> None:
     elif kind == "bs":
         t._knots, t._degree, t._center = np.asarray(state["knots"], dtype=float), state["degree"], state["center"]
         t._centering_matrix = None if state["centering"] is None else np.asarray(state["centering"], dtype=float)
+    elif kind in ("cr", "cc"):
+        centering = None if state["centering"] is None else np.asarray(state["centering"], dtype=float)
+        set_cubic_state(t, np.asarray(state["knots"], dtype=float), centering, np.asarray(state["null"], dtype=float),
+                        state["period"])
+        return
     elif kind == "poly":
         t.degree, t.raw = state["degree"], state["raw"]
         t.alpha, t.norms2 = dict(enumerate(state["alpha"])), dict(enumerate(state["norms2"]))
@@ -462,5 +714,5 @@ def restore_state(t: Any, state: Any) -> None:
     t.params_set = True
 
 
-__all__ = ["LEARNERS", "StatefulCall", "learn_states", "percentile_of_order_statistics", "restore_state",
+__all__ = ["LEARNERS", "StatefulCall", "learn_states", "quantile_of_order_statistics", "restore_state",
            "transform_state"]
