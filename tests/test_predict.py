@@ -194,8 +194,11 @@ def test_summary_and_draws_subset(fit):
     np.testing.assert_array_equal(sub.values, fit.predict(rows, kind="linear").values[:, sub["draw"].values])
     with pytest.raises(ModelError, match="draws"):
         fit.predict(rows, draws=0)
-    with pytest.raises(ModelError, match="kind"):
+    with pytest.raises(ModelError, match="kind must be one of linear, mean, response .or lme4's 'link'"):
         fit.predict(rows, kind="probability")
+    # lme4's type = "link" is the linear predictor
+    np.testing.assert_array_equal(fit.predict(rows, kind="link").values, fit.predict(rows, kind="linear").values)
+    np.testing.assert_array_equal(fit.predict(kind="link").values, fit.predict(kind="linear").values)
 
 
 def test_saved_fit_predicts_the_same(fit, tmp_path):

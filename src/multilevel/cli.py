@@ -390,7 +390,6 @@ def plot_command(fit_path: str, kind: str, out: str | None, overwrite: bool, see
     click.echo(f"wrote {kind} plot to {out}", err=True)
 
 
-PREDICT_KINDS = ("mean", "linear", "response")
 
 
 def _re_form_factors(fit: Any, re_form: str | None, no_group_effects: bool) -> list[str]:
@@ -415,7 +414,8 @@ def _re_form_factors(fit: Any, re_form: str | None, no_group_effects: bool) -> l
 @click.argument("new_data", metavar="[NEW.csv]", required=False)
 @click.option("--out", default=None, help="CSV (or .parquet) file for the predictions; default: print CSV.")
 @click.option("--kind", default="mean", show_default=True,
-              help="mean (inverse link; probability for binomial), linear (predictor) or response (new draws).")
+              help="mean (inverse link; probability for binomial), linear (predictor; lme4's link) or response "
+                   "(new draws).")
 @click.option("--no-group-effects", is_flag=True, help="Population-level predictions (beta = theta); no group column needed.")
 @click.option("--re-form", "re_form", default=None, metavar="FORMULA",
               help="Which grouping factors' effects to include, as lme4's re.form: '~(1 | subj)' (those in the "
@@ -443,8 +443,9 @@ def predict_command(fit_path: str, new_data: str | None, out: str | None, kind: 
     With --engine dask: NEW read partition by partition, --out a directory of Parquet files."""
     from .result import load
 
-    if kind not in PREDICT_KINDS:
-        raise ModelError(f"unknown prediction kind {kind!r}; choose one of {', '.join(PREDICT_KINDS)}")
+    from .predict import prediction_kind
+
+    kind = prediction_kind(kind)
     _check_dask_options(engine, scheduler, workers, worker_memory)
     out_path = Path(out) if out is not None else None
     if engine == "dask":

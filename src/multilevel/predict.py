@@ -23,7 +23,10 @@ For each posterior draw s (chain c, draw d) and new row i of group j:
 ``kind``: ``"linear"`` eta; ``"mean"`` the inverse link: eta (gaussian), exp(eta)
 (poisson, negbinomial), the success probability logistic(eta) (binomial, bernoulli); ``"response"`` a
 new response drawn from the family: N(eta, sigma2), Poisson(exp(eta)), NB(exp(eta), phi), Binomial(n_i,
-logistic(eta)) successes out of the new rows' trials, Bernoulli(logistic(eta)).
+logistic(eta)) successes out of the new rows' trials, Bernoulli(logistic(eta)). lme4's
+``type = "link"`` is accepted for ``"linear"``; lme4's ``type = "response"`` is ``"mean"``
+here (brms' ``posterior_epred``), while ``"response"`` draws new responses (brms'
+``posterior_predict``).
 A Gaussian fit with precision weights draws N(eta_i, sigma2 / w_i): the observed rows'
 replicates (:func:`posterior_predictive`) with their fitted weights; new rows with weight 1
 (variance sigma2) unless ``weights=`` gives theirs (a column name or one value per row).
@@ -54,6 +57,8 @@ if TYPE_CHECKING:
     from .result import Fit
 
 KINDS = ("linear", "mean", "response")
+#: other names of the kinds: lme4's type = "link"
+KIND_ALIASES = {"link": "linear"}
 HDI_PROB = 0.94
 #: exp(eta) is capped at exp(EXP_CAP) when Poisson responses are drawn (numpy's limit is ~1e19),
 #: and so is the negative binomial's gamma-mixed rate
@@ -366,6 +371,14 @@ def new_group_effects(theta: np.ndarray, Sigma: np.ndarray, k: int, rng: np.rand
     return theta[:, :, None, :] + np.einsum("cdkl,cdul->cduk", _cholesky(Sigma), u)
 
 
+def prediction_kind(kind: str) -> str:
+    """``kind`` checked, aliases (:data:`KIND_ALIASES`) read as their kind."""
+    kind = KIND_ALIASES.get(kind, kind)
+    if kind not in KINDS:
+        raise ModelError(f"kind must be one of {', '.join(KINDS)} (or lme4's 'link' for 'linear'), not {kind!r}")
+    return kind
+
+
 def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
             draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
             offset: Any = None, trials: Any = None, weights: Any = None,
@@ -391,8 +404,7 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     spawned from ``seed`` per partition
     (:func:`multilevel.distributed.posterior.predict_partitions`).
     """
-    if kind not in KINDS:
-        raise ModelError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    kind = prediction_kind(kind)
     crossed = fit.several_terms
     if re_form is not None and not crossed:
         raise ModelError("re_form chooses among several grouping factors; this fit has one: use "
@@ -493,6 +505,7 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
     per-row summaries of replicated responses. A Dask fit loaded from a file has no handle
     on its rows and refuses: pass the data again as ``newdata``.
     """
+    kind = prediction_kind(kind)
     if fit.partitioned:  # the rows stay in their partitions: a Dask DataFrame of per-row summaries
         from .distributed.posterior import fitted_partitions
 
@@ -566,4 +579,4 @@ def posterior_predictive(fit: Fit, seed: Any = None, draws: int | None = None, c
                         coords={"chain": post["chain"].values, "draw": post["draw"].values[idx], "obs": np.arange(y.shape[0])})
 
 
-__all__ = ["KINDS", "predict", "fitted", "posterior_predictive", "new_design", "summarize", "hdi", "make_rng"]
+__all__ = ["KINDS", "KIND_ALIASES", "prediction_kind", "predict", "fitted", "posterior_predictive", "new_design", "summarize", "hdi", "make_rng"]
