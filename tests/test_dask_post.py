@@ -3,7 +3,9 @@ by partition, with the in-memory engine's results on the same data and draws:
 
 * ``predict()`` without new data: a lazy Dask DataFrame of the fitted rows' summaries, those
   of ``predict(newdata)`` of the same rows (as pandas, and as the same Dask partitions with
-  the same seed); a loaded fit refuses in one line and says to pass the data again;
+  the same seed); a loaded fit refuses in one line and says to pass the data again, or to
+  give it its rows with ``attach()``, after which it predicts them and computes LOO as
+  before saving (other rows refused);
 * ``posterior_predictive()``: replicates of a seeded random sample of the fitted rows, the
   same sample on any scheduler, stored with the sample's observed responses so that
   ``az.plot_ppc`` and ``plot_ppc`` work, also after saving;
@@ -95,8 +97,13 @@ def test_fitted_rows_of_a_poisson_fit_and_a_loaded_fit(fits, tmp_path):
         got = pois.predict(summary=True).compute()
     pd.testing.assert_frame_equal(got, pois.predict(df.dropna(subset=["k", "g"]), summary=True))
     back = multilevel.load(pois.save(tmp_path / "pois.nc"))
-    one_line(lambda: back.predict(summary=True), "pass the data again as newdata")
+    one_line(lambda: back.predict(summary=True), "pass the data again as newdata.*fit.attach")
     pd.testing.assert_frame_equal(back.predict(ddf, summary=True).compute(), got)
+    # attach(): the loaded fit reads its rows again, once they are shown to be the fitted rows
+    one_line(lambda: back.attach(dd.from_pandas(df.iloc[:500], npartitions=2)), "not the rows the fit was made from")
+    with dask.config.set(scheduler="sync"):
+        pd.testing.assert_frame_equal(back.attach(ddf).predict(summary=True).compute(), got)
+    assert back.loo().elpd_loo == pytest.approx(pois.loo().elpd_loo, rel=1e-12)
 
 
 # -- posterior predictive checks ------------------------------------------------------------------

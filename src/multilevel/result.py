@@ -413,6 +413,21 @@ class Fit:
         return xr.DataArray(out, dims=("chain", "draw", "obs"),
                             coords={"chain": self.posterior["chain"], "draw": self.posterior["draw"], "obs": np.arange(y.shape[0])}, name="y")
 
+    def attach(self, data: Any) -> "Fit":
+        """Give a Dask fit loaded from a file its rows again (the data it was fitted on: a Dask
+        DataFrame, or a Parquet or CSV path, directory or glob), so that what reads them
+        partition by partition works as in the session that made the fit: ``loo()``,
+        ``waic()``, ``compare()``, ``predict()`` and ``fitted()`` of the fitted rows,
+        ``residuals()`` and ``posterior_predictive()``. One learning pass
+        checks that they are the fitted rows (:func:`multilevel.distributed.design.reattach_design`).
+        Returns the fit."""
+        if not self.partitioned:
+            raise ModelError("attach() gives a Dask fit its rows again; this fit keeps its rows in memory")
+        from .distributed.design import reattach_design
+
+        self._design = reattach_design(self, data)
+        return self
+
     def add_log_likelihood(self) -> "Fit":
         """Compute the pointwise log-likelihood (in chunks) and store it in the fit's
         ``log_likelihood`` group, so that ``az.loo(fit.idata)`` and ``az.waic(fit.idata)`` work

@@ -139,6 +139,46 @@ def restore_design(spec: FormulaSpec, ds: Any, n_obs: int, source: str, family: 
     return design_of_plan(plan, tuple(f.factor for f in proto.factors), n_obs, None, source)
 
 
+def reattach_design(fit: Any, data: Any, compute: Callable[[list[Any]], tuple] = dask_compute) -> PartitionedDesign:
+    """The :class:`PartitionedDesign` of a loaded Dask fit over its rows again (``data`` as
+    :func:`build_partitioned_design` takes them): the plan is learned anew, one learning pass
+    (missing rows dropped), and must give what the fit recorded: as many rows kept, every
+    factor's levels in the same order, and the same states of the stateful transforms (up to
+    the rounding of sums), or these are not the rows the fit was made from."""
+    import json
+
+    from ..formula import parse_formula
+
+    saved = fit.group(CODING_GROUP)
+    weights = (saved.attrs.get("weights") or None) if saved is not None else None
+    design = build_partitioned_design(parse_formula(fit.formula), data, "drop", weights, compute, str(fit.family))
+    differs = []
+    if design.rows != int(fit.attrs.get("n_obs", -1)):
+        differs.append(f"{design.rows} rows kept, not {fit.attrs.get('n_obs')}")
+    post = fit.posterior
+    for factor in design.factors:
+        var = fit.beta_variables().get(factor.factor.name)
+        if var is not None and list(post[var][post[var].dims[2]].values) != list(factor.factor.labels):
+            differs.append(f"other levels of {factor.factor.name}")
+    if saved is not None and not _same_numbers(json.loads(saved.attrs["constants"]), transform_states(design.plan.prototype)):
+        differs.append("other constants of center(), scale(), spline knots or poly()")
+    if differs:
+        raise ModelError(f"these are not the rows the fit was made from ({fit.attrs.get('data_source')}): "
+                         f"{'; '.join(differs)}; pass the same data")
+    return design
+
+
+def _same_numbers(a: Any, b: Any) -> bool:
+    """Whether two JSON-like values have the same structure and numbers (relative 1e-9)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_numbers(u, v) for u, v in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return bool(np.isclose(a, b, rtol=1e-9, atol=1e-12))
+    return a == b
+
+
 def design_of_plan(plan: PartitionPlan, levels: tuple[Any, ...], rows: int, ddf: Any, source: str,
                    compute: Callable[[list[Any]], tuple] = dask_compute) -> PartitionedDesign:
     """The :class:`PartitionedDesign` of ``plan``: the prototype's names and formulae matrices,

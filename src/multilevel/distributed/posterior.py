@@ -52,7 +52,8 @@ def partitioned_design_of(fit: Fit, what: str, fix: str = IN_SESSION) -> Any:
     design = fit._design
     if design is None or getattr(design, "ddf", None) is None:
         raise ModelError(f"{what} reads the fitted rows again, partition by partition, from "
-                         f"{fit.attrs.get('data_source')}; a Dask fit loaded from a file has no handle on them: {fix}")
+                         f"{fit.attrs.get('data_source')}; a Dask fit loaded from a file has no handle on them: {fix}, or give "
+                         "it its rows again with fit.attach(data)")
     return design
 
 
