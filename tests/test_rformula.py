@@ -115,7 +115,7 @@ def test_rewriting_leaves_quoted_text_alone():
         ("cbrt(x)", r"function 'cbrt' .* unknown; use NumPy's spelling np\.cbrt\(x\)"),
         ("np.logg(x)", r"function 'np\.logg' .* unknown"),
         ("invlogit(x)", r"write plogis\(x\)"),
-        ("ns(x, 3)", r"write cr\(x"),
+        ("s(x)", r"write ns\(x, df=4\) .R.s natural spline., bs\(x, df=4\) or cr"),
         ("frobnicate(x)", r"unknown; use NumPy's functions as np\.<name>\(x\).* R's log"),
     ],
 )

@@ -17,6 +17,9 @@ Column labels are shown as the user wrote them (:func:`display_labels`): ``r_sca
 ``scale`` again, and the columns of ``poly(x, 2)`` are numbered by degree from 1, as in R.
 ``poly`` itself is ``formulae``'s, R's orthogonal polynomials (the three-term recurrence of
 R's ``poly``, basis kept from the fitted data for new data); ``raw = TRUE`` gives powers.
+``ns(x, df)`` is R's natural spline (:mod:`multilevel.rsplines`), columns and so coefficients
+as lme4's. ``bs`` is ``formulae``'s B-spline, whose columns are centred by default: in a model
+with an intercept ``bs(x, df = 4)`` fits the same curve as R's, with other coefficients.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from formulae.categorical import ENCODINGS, CategoricalBox, Treatment
 from formulae.transforms import TRANSFORMS, C
 
 from .errors import ModelError
+from .rsplines import RNaturalSpline
 
 
 class RScale:
@@ -99,7 +103,7 @@ R_FUNCTIONS: dict[str, Any] = {
     "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
     "pmin": lambda *xs: reduce(np.minimum, xs), "pmax": lambda *xs: reduce(np.maximum, xs),
     "plogis": plogis, "qlogis": qlogis,
-    "factor": C, "relevel": relevel, "r_scale": RScale,
+    "factor": C, "relevel": relevel, "r_scale": RScale, "ns": RNaturalSpline,
     "as": SimpleNamespace(factor=C, numeric=_as_numeric, character=_as_character),
 }
 
@@ -110,8 +114,7 @@ FORMULA_NAMESPACE: dict[str, Any] = {**R_FUNCTIONS, "np": np, "numpy": np, "pd":
 HINTS = {
     "logit": "qlogis(x) (R's name) or np.log(x / (1 - x))",
     "inv.logit": "plogis(x)", "invlogit": "plogis(x)", "inv_logit": "plogis(x)", "expit": "plogis(x)",
-    "ns": "cr(x, df=4) (natural cubic regression spline) or bs(x, df=4)",
-    "s": "bs(x, df=4) or cr(x, df=4)",
+    "s": "ns(x, df=4) (R's natural spline), bs(x, df=4) or cr(x, df=4)",
     "interaction": "a:b for the interaction of a and b",
     "ordered": "factor(x) (ordered-factor contrasts are not supported)",
     "as.integer": "np.trunc(x)", "as.double": "as.numeric(x)",
@@ -188,11 +191,11 @@ def check_functions(text: str, formula: str | None = None) -> None:
 
 def display_labels(term: Any) -> list[str]:
     """A ``formulae`` term's column labels as the user wrote them: ``scale`` for ``r_scale``,
-    and the columns of ``poly(x, k)`` numbered by degree 1..k as in R (formulae counts from 0)."""
+    and the columns of ``poly(x, k)`` and ``ns(x, df)`` numbered from 1 as in R (formulae counts from 0)."""
     labels = list(term.labels)
     for component in getattr(term, "components", []):
         call = getattr(component, "call", None)
-        if getattr(call, "callee", None) == "poly":
+        if getattr(call, "callee", None) in ("poly", "ns"):
             index = re.compile(re.escape(component.name) + r"\[(\d+)\]")
             labels = [index.sub(lambda m: f"{component.name}[{int(m.group(1)) + 1}]", s) for s in labels]
     return [display_name(s) for s in labels]

@@ -1,6 +1,6 @@
 r"""What a formula learns from its rows, learned over partitions: the state of each stateful
-transform (``center``, ``scale``, ``standardize``, ``bs``, ``cr``, ``cc``, ``poly``), so that every partition
-is coded as the rows in memory would be.
+transform (``center``, ``scale``, ``standardize``, ``bs``, R's ``ns``, ``cr``, ``cc``, ``poly``), so
+that every partition is coded as the rows in memory would be.
 
 In memory ``formulae`` sets a stateful transform's state from all rows at once. Over
 partitions each call has a learner (:func:`learner_of`) that asks for passes: a pass gives, per
@@ -24,6 +24,9 @@ together: a pass reads each partition once for all of them (:func:`learn_states`
   is read off; a bracket holding one value repeated is done at once. Uniform data of 1e8 rows
   need two bracketing passes. With ``center`` (the default) a last pass sums the basis
   columns: the sum-to-zero constraint takes their means.
+* R's ``ns(x, df, knots, intercept)``: the boundary knots are min x and max x, the interior
+  knots R's ``quantile(x, k / (K + 1))`` of all rows, from order statistics found as ``bs``'s
+  (:class:`NaturalSplineLearner`).
 * ``poly(x, degree)``: orthonormal polynomials by the three-term recurrence (Stieltjes),
   P_0 = 1, P_k = (x - alpha_{k-1}) P_{k-1} - (N_{k-1} / N_{k-2}) P_{k-2},
   alpha_k = sum x P_k^2 / N_k, N_k = sum P_k^2: pass k gives N_k and sum x P_k^2 from the
@@ -45,6 +48,7 @@ on the prototype of a loaded fit (:func:`restore_state`).
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -55,6 +59,7 @@ from formulae.utils import get_centering_matrix
 from ..errors import ModelError
 from ..moments import Moments, combine_moments, moments_of
 from ..rformula import RScale
+from ..rsplines import RNaturalSpline, knot_probabilities, r_quantile_of_order_statistics, r_quantile_ranks
 
 #: bins of a bracketing pass, and the values a bracket may hold to be gathered
 BINS, GATHER = 4096, 200_000
@@ -63,13 +68,15 @@ BUCKET = 1_000_000
 
 
 class StatefulCall(NamedTuple):
-    """A stateful transform of a ``formulae`` matrix: the transform object, its first argument
-    and the other arguments (lazy values), and the environment they are evaluated in."""
+    """A stateful transform of a ``formulae`` matrix: the transform object, its first argument,
+    its keyword arguments and the environment they are evaluated in, and its other positional
+    arguments (lazy values; ``cr(x, 6)``'s 6)."""
 
     transform: Any
     arg: Any
     kwargs: dict[str, Any]
     env: Any
+    rest: tuple[Any, ...] = ()
 
     @property
     def name(self) -> str:
@@ -77,8 +84,11 @@ class StatefulCall(NamedTuple):
                        else type(self.transform).__name__)
 
     def options(self) -> dict[str, Any]:
-        """The call's keyword arguments' values (constants such as ``df=4``)."""
-        return {k: v.eval({}, self.env) for k, v in self.kwargs.items()}
+        """The values of the call's arguments after the first (constants such as ``df=4``), by
+        name: positional ones named by the transform's signature."""
+        names = list(inspect.signature(type(self.transform).__call__).parameters)[2:]  # after self and x
+        return {**{n: v.eval({}, self.env) for n, v in zip(names, self.rest)},
+                **{k: v.eval({}, self.env) for k, v in self.kwargs.items()}}
 
 
 # -- passes: what one partition's argument values give, and how two partitions' results combine
@@ -263,19 +273,22 @@ class OrderStatistics:
         self.found = np.full(t, lo == hi)
 
     @classmethod
-    def of_quantiles(cls, n: int, q: np.ndarray, lo: float, hi: float, gather: bool = False) -> OrderStatistics:
-        """The order statistics that ``np.quantile`` at q of n values interpolates between
-        (:meth:`quantiles`); ``gather``: the n values are few enough to gather at once."""
-        ranks = quantile_ranks(n, q)
+    def of_quantiles(cls, n: int, q: np.ndarray, lo: float, hi: float, gather: bool = False,
+                     r: bool = False) -> OrderStatistics:
+        """The order statistics that ``np.quantile`` (``r``: R's ``quantile``, type 7) at q of
+        n values interpolates between (:meth:`quantiles`); ``gather``: the n values are few
+        enough to gather at once."""
+        ranks = (r_quantile_ranks if r else quantile_ranks)(n, q)
         return cls(np.unique(np.concatenate([ranks, np.minimum(ranks + 1, n - 1)])), lo, hi, n if gather else None)
 
-    def quantiles(self, n: int, q: np.ndarray) -> np.ndarray:
-        """``np.quantile`` at q of the n values from the order statistics found."""
-        ranks = quantile_ranks(n, q)
+    def quantiles(self, n: int, q: np.ndarray, r: bool = False) -> np.ndarray:
+        """``np.quantile`` (``r``: R's ``quantile``) at q of the n values from the order
+        statistics found."""
+        ranks = (r_quantile_ranks if r else quantile_ranks)(n, q)
         at = dict(zip(self.ranks.tolist(), self.values.tolist()))
-        lower = np.array([at[r] for r in ranks.tolist()])
-        upper = np.array([at[min(r + 1, n - 1)] for r in ranks.tolist()])
-        return quantile_of_order_statistics(n, q, lower, upper)
+        lower = np.array([at[i] for i in ranks.tolist()])
+        upper = np.array([at[min(i + 1, n - 1)] for i in ranks.tolist()])
+        return (r_quantile_of_order_statistics if r else quantile_of_order_statistics)(n, q, lower, upper)
 
     @property
     def done(self) -> bool:
@@ -567,9 +580,48 @@ class CubicSplineLearner:
                         cubic_null(knots, self.centering, self.linear, self.period), self.period)
 
 
+class NaturalSplineLearner:
+    """R's ``ns(x, df, knots, intercept)`` (:mod:`multilevel.rsplines`): a :class:`RangePass`
+    gives the boundary knots (min and max of x) and n, then the interior knots are R's
+    ``quantile`` of all rows, from their order statistics (:class:`OrderStatistics`)."""
+
+    def __init__(self, call: StatefulCall):
+        opts = call.options()
+        self.call, self.done = call, False
+        self.intercept = bool(opts.get("intercept", False))
+        self.n_inner = RNaturalSpline.n_inner(opts.get("df"), opts.get("knots"), self.intercept)
+        self.given = None if self.n_inner is not None else np.sort(np.asarray(opts["knots"], dtype=float).ravel())
+        self.n = 0
+        self.order: OrderStatistics | None = None
+
+    def _probabilities(self) -> np.ndarray:
+        return knot_probabilities(self.n_inner)
+
+    def request(self) -> Any:
+        return RangePass() if self.n == 0 else self.order.request()
+
+    def advance(self, total: Any) -> None:
+        if self.n == 0:
+            self.n, low, high = total
+            self.boundary = np.array([low, high], dtype=float)
+            q = self._probabilities() if self.given is None else np.zeros(0)
+            self.order = OrderStatistics.of_quantiles(self.n, q, float(low), float(high), r=True)
+        else:
+            self.order.advance(total)
+        if self.order.done:
+            self.knots = self.given if self.given is not None else self.order.quantiles(self.n, self._probabilities(),
+                                                                                      r=True)
+            RNaturalSpline().set_state(self.knots, self.boundary, self.intercept)  # checks them
+            self.done = True
+
+    def apply(self) -> None:
+        self.call.transform.set_state(self.knots, self.boundary, self.intercept)
+
+
 #: the learner of each stateful transform the Dask engine learns over partitions
 LEARNERS = {Center: MomentsLearner, Scale: MomentsLearner, RScale: MomentsLearner, BSpline: SplineLearner,
-            Polynomial: PolynomialLearner, NaturalCubicSpline: CubicSplineLearner, CyclicCubicSpline: CubicSplineLearner}
+            Polynomial: PolynomialLearner, NaturalCubicSpline: CubicSplineLearner, CyclicCubicSpline: CubicSplineLearner,
+            RNaturalSpline: NaturalSplineLearner}
 
 
 def learner_of(call: StatefulCall, formula: str) -> Any:
@@ -578,7 +630,7 @@ def learner_of(call: StatefulCall, formula: str) -> Any:
     if learner is None or call.arg is None:
         why = (": its basis is an eigendecomposition over the distinct values; write cr(x, df=...) or bs(x, df=...) "
                "instead," if hasattr(call.transform, "to_random") else ";")  # formulae's thin-plate spline
-        raise ModelError(f"engine='dask' learns center(), scale(), standardize(), bs(), cr(), cc() and poly() over all "
+        raise ModelError(f"engine='dask' learns center(), scale(), standardize(), bs(), ns(), cr(), cc() and poly() over all "
                          f"rows, not {call.name}() (formula {formula!r}){why} compute that column before fitting, or "
                          "use the in-memory engine")
     return learner(call)
@@ -668,6 +720,8 @@ def transform_state(t: Any) -> dict[str, Any]:
     """The learned state of a stateful transform as JSON-ready numbers (saved with a Dask fit)."""
     if isinstance(t, RScale):
         return {"kind": "r_scale", "mean": t.mean, "sd": t.sd}
+    if isinstance(t, RNaturalSpline):
+        return {"kind": "ns", "knots": t.knots.tolist(), "boundary": t.boundary.tolist(), "intercept": t.intercept}
     if isinstance(t, Scale):
         return {"kind": "scale", "mean": float(t.mean), "std": float(t.std)}
     if isinstance(t, Center):
@@ -695,6 +749,9 @@ def restore_state(t: Any, state: Any) -> None:
     kind = state["kind"]
     if kind == "r_scale":
         t.mean, t.sd = state["mean"], state["sd"]
+    elif kind == "ns":
+        t.set_state(state["knots"], state["boundary"], state["intercept"])
+        return
     elif kind in ("center", "scale"):
         t.mean = state["mean"]
         if kind == "scale":

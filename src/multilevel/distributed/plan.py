@@ -124,7 +124,7 @@ def stateful_calls(matrices: Any) -> list[StatefulCall]:
             visit(arg, env)
         if getattr(lazy, "stateful_transform", None) is not None:
             found.append(StatefulCall(lazy.stateful_transform, lazy.args[0] if lazy.args else None,
-                                      dict(getattr(lazy, "kwargs", {})), env))
+                                      dict(getattr(lazy, "kwargs", {})), env, tuple(lazy.args[1:])))
 
     for term in matrices.terms.values() if matrices is not None else ():
         for component in getattr(term, "components", []):

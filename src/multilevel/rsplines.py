@@ -1,0 +1,129 @@
+r"""R's natural cubic spline basis ``ns(x, df, knots, intercept)`` (package ``splines``), as a
+``formulae`` stateful transform: the columns, so the fixed effects, are R's, and a fit's
+coefficients of ``ns(x, df = 4)`` are lme4's.
+
+With B the cubic B-spline basis of the knots A = (b_0 x 4, interior knots, b_1 x 4)
+(R's ``splineDesign(A, x, 4)``; the boundary knots b_0, b_1 are min x and max x) and
+C = (B''(b_0); B''(b_1)) its second derivatives at the boundaries, a natural spline has
+C beta = 0. Without ``intercept`` the first column of B and C is dropped. With Q the
+complete orthogonal factor of the QR decomposition of C' (Householder, as R's ``qr``), the
+basis is B Q without Q's first two columns: the splines whose second derivatives vanish at the
+boundaries, df = K + 1 + intercept columns for K interior knots. Beyond the boundary knots
+(new data only) each column continues along its tangent at the nearer boundary, as R's
+``ns`` does.
+
+The interior knots are R's ``quantile(x, p)`` (type 7) at p = k / (K + 1), k = 1..K, with
+K = df - 1 - intercept: for n values sorted x_(1..n), index = 1 + (n - 1) p,
+lo = floor(index), h = index - lo, and the knot is (1 - h) x_(lo) + h x_(lo + 1) (x_(lo)
+when h = 0 or the two are equal): R's arithmetic, so R's knots to the last bit
+(:func:`r_quantile_of_order_statistics`; over partitions the order statistics are found as
+``bs``'s are, :mod:`multilevel.distributed.learn`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.interpolate import BSpline
+
+from .errors import ModelError
+
+ORDER = 4  # cubic
+
+
+def r_quantile_ranks(n: int, p: np.ndarray) -> np.ndarray:
+    """The 0-based rank of x_(lo) of R's type-7 quantile at each p (module doc)."""
+    index = 1 + (n - 1) * np.asarray(p, dtype=float)
+    return np.clip(np.floor(index).astype(np.int64) - 1, 0, n - 1)
+
+
+def r_quantile_of_order_statistics(n: int, p: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """R's ``quantile(x, p)`` (type 7) of n values from x_(lo) (``lower``) and x_(lo + 1)
+    (``upper``) at the ranks :func:`r_quantile_ranks`."""
+    index = 1 + (n - 1) * np.asarray(p, dtype=float)
+    h = index - np.floor(index)
+    return np.where((h > 0) & (upper != lower), (1 - h) * lower + h * upper, lower)
+
+
+def r_quantile(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """R's ``quantile(x, p)`` (type 7) of the values ``x``."""
+    s = np.sort(np.asarray(x, dtype=float))
+    r = r_quantile_ranks(s.size, p)
+    return r_quantile_of_order_statistics(s.size, p, s[r], s[np.minimum(r + 1, s.size - 1)])
+
+
+def knot_probabilities(n_inner: int) -> np.ndarray:
+    """p = k / (K + 1), k = 1..K, as R's ``seq.int(0, 1, length.out = K + 2)`` without its ends."""
+    return np.arange(1, n_inner + 1) * (1.0 / (n_inner + 1))
+
+
+def spline_design(knots: np.ndarray, x: np.ndarray, derivative: int = 0) -> np.ndarray:
+    """R's ``splineDesign(knots, x, 4, derivs)``: the cubic B-splines of ``knots`` (or their
+    ``derivative``) at x, inside the boundary knots (right end included)."""
+    basis = BSpline(knots, np.eye(knots.size - ORDER), ORDER - 1, extrapolate=True)
+    return (basis.derivative(derivative) if derivative else basis)(np.asarray(x, dtype=float))
+
+
+class RNaturalSpline:
+    """R's ``ns(x, df = NULL, knots = NULL, intercept = FALSE)`` (module doc): the knots and
+    the boundary knots are learned from the fitted data and kept for new data (a ``formulae``
+    stateful transform)."""
+
+    __stateful_transform__ = True
+
+    def __init__(self) -> None:
+        self.knots: np.ndarray | None = None  # interior
+        self.boundary: np.ndarray | None = None
+        self.intercept = False
+
+    @staticmethod
+    def n_inner(df: Any, knots: Any, intercept: bool) -> int | None:
+        """The number of interior knots ``df`` asks for (None: ``knots`` gives them)."""
+        if knots is not None:
+            return None
+        if df is None:
+            return 0
+        if int(df) != df or df < 1 + intercept:
+            raise ModelError(f"ns(): df = {df} must be a whole number of at least {1 + intercept} (the spline's "
+                             "columns)")
+        return int(df) - 1 - int(intercept)
+
+    def __call__(self, x: Any, df: Any = None, knots: Any = None, intercept: bool = False) -> np.ndarray:
+        values = np.asarray(x, dtype=float)
+        if self.boundary is None:
+            n_inner = self.n_inner(df, knots, bool(intercept))
+            boundary = np.array([values.min(), values.max()])
+            inner = (np.sort(np.asarray(knots, dtype=float).ravel()) if n_inner is None
+                     else r_quantile(values, knot_probabilities(n_inner)) if n_inner else np.zeros(0))
+            self.set_state(inner, boundary, bool(intercept))
+        return self.basis(values)
+
+    def set_state(self, knots: np.ndarray, boundary: np.ndarray, intercept: bool) -> None:
+        """Keep the interior ``knots``, the ``boundary`` knots and ``intercept``, checked."""
+        knots, boundary = np.asarray(knots, dtype=float), np.asarray(boundary, dtype=float)
+        if not boundary[0] < boundary[1]:
+            raise ModelError("ns(): x takes a single value; a spline needs at least two")
+        if np.any(knots <= boundary[0]) or np.any(knots >= boundary[1]):
+            raise ModelError(f"ns(): the interior knots {np.round(knots, 6).tolist()} must lie strictly between the "
+                             f"boundary knots {boundary.tolist()}; give fewer knots (df) or other knots")
+        self.knots, self.boundary, self.intercept = knots, boundary, intercept
+
+    def basis(self, x: np.ndarray) -> np.ndarray:
+        """The basis at x from the kept state (module doc)."""
+        b0, b1 = self.boundary
+        all_knots = np.concatenate([[b0] * ORDER, self.knots, [b1] * ORDER])
+        inside = np.clip(x, b0, b1)
+        basis = spline_design(all_knots, inside)
+        for pivot, rows in ((b0, x < b0), (b1, x > b1)):
+            if rows.any():  # the tangent at the boundary
+                slope = spline_design(all_knots, [pivot], 1)
+                basis[rows] = basis[rows] + np.outer(x[rows] - pivot, slope)
+        const = spline_design(all_knots, self.boundary, 2)
+        if not self.intercept:
+            basis, const = basis[:, 1:], const[:, 1:]
+        q, _ = np.linalg.qr(const.T, mode="complete")
+        return basis @ q[:, 2:]
+
+
+__all__ = ["RNaturalSpline", "r_quantile", "r_quantile_of_order_statistics", "r_quantile_ranks", "spline_design"]
