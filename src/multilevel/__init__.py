@@ -18,6 +18,7 @@ _LAZY = {
     "fit": "api",
     "Model": "api",
     "resume": "api",
+    "update": "api",
     "Fit": "result",
     "load": "result",
     "Priors": "priors",

@@ -350,6 +350,58 @@ def model_of(fit: Fit) -> Model:
     return model
 
 
+def update(old: Fit | str | os.PathLike, formula: str | None = None, data: Any = None, **kwargs: Any) -> Fit:
+    """lme4's ``update()``: the model fitted again with its formula changed by R's rules
+    (:func:`multilevel.formula_update.update_formula`: ``". ~ . + x"``, ``". ~ . - x"``,
+    ``"~ . + (1 | h)"``), on other ``data``, or with other settings (``kwargs`` of :func:`fit`).
+
+    ``data`` left out: the fitted rows the fit keeps (the columns its formula used, with its
+    weights and offset), so a new formula may use only those columns; a Dask fit reads its
+    source (a path) again. With ``data``, weights given as a column name are taken from it;
+    weights or an ``offset=`` given as values must be given again. The family, proposal,
+    engine, chains, draws, warmup and seed are the fit's unless ``kwargs`` set them; the priors
+    and the sampler are the new model's defaults unless set (the fit's belong to its design).
+    ``old`` may be a path to a saved fit."""
+    old = old if isinstance(old, Fit) else load(old)
+    from .formula_update import update_formula
+
+    attrs = old.attrs
+    settings: dict[str, Any] = {
+        "family": str(attrs["family"]), "proposal": str(attrs.get("proposal", "laplace")),
+        "chains": int(old.posterior.sizes["chain"]), "draws": int(attrs.get("target_draws", old.posterior.sizes["draw"])),
+        "warmup": int(attrs.get("warmup", 1000)), "seed": int(attrs["seed"]) if "seed" in attrs else None}
+    if old.partitioned:
+        source = str(attrs.get("data_source", ""))
+        if data is None and source.startswith(("dask ", "pandas ", "polars ")):  # a frame, not a path
+            raise ModelError(f"update: this Dask fit was made from {source!r}, which is not a path to read again; "
+                             "pass data=")
+        settings.update(engine="dask", data=source if data is None else data)
+        if attrs.get("weights"):
+            settings["weights"] = str(attrs["weights"])
+    elif data is None:
+        frame = dataset_to_frame(old.group("training_data"))
+        settings.update(offset=frame.pop(OFFSET_COLUMN).to_numpy() if OFFSET_COLUMN in frame else None,
+                        weights=frame.pop(WEIGHTS_COLUMN).to_numpy() if WEIGHTS_COLUMN in frame else None, data=frame)
+    else:
+        settings["data"] = data
+        weights = attrs.get("weights")
+        if weights is not None and "weights" not in kwargs:
+            if not isinstance(data, str) and weights not in getattr(data, "columns", ()):
+                raise ModelError(f"update: the fit had weights ({weights}); with new data give them again: weights=")
+            settings["weights"] = str(weights)
+        if OFFSET_COLUMN in old.group("training_data") and "offset" not in kwargs:
+            raise ModelError("update: the fit had an offset= argument; with new data give it again: offset=")
+    settings.update(kwargs)
+    new_formula = str(attrs["formula"]) if formula is None else update_formula(str(attrs["formula"]), formula)
+    if data is None and not old.partitioned:
+        kept = settings["data"].columns
+        missing = [v for v in parse_formula(new_formula).variables if v not in kept]
+        if missing:
+            raise ModelError(f"update: column {missing[0]!r} of {new_formula!r} is not among the columns the fit keeps "
+                             f"({', '.join(map(str, kept))}); pass the data again: update(..., data=frame)")
+    return fit(new_formula, **settings)
+
+
 def resume(fit: Fit | str | os.PathLike, draws: int | None = None, **kwargs: Any) -> Fit:
     """Continue a saved or interrupted fit (see :meth:`Model.resume`); ``fit`` may be a path."""
     fit = fit if isinstance(fit, Fit) else load(fit)

@@ -484,6 +484,13 @@ class Fit:
         return path
 
     # -- lme4-style accessors (multilevel.accessors) -------------------------------------
+    def update(self, formula: str | None = None, data: Any = None, **kwargs: Any) -> "Fit":
+        """lme4's ``update()``: the model fitted again with its formula changed by R's rules
+        (``". ~ . + x"``), other data or settings (:func:`multilevel.api.update`)."""
+        from .api import update
+
+        return update(self, formula, data, **kwargs)
+
     def fixef(self, hdi_prob: float = HDI_PROB) -> pd.DataFrame:
         """Population-level effects (lme4's ``fixef``): index term; mean, sd and HDI."""
         from .accessors import fixef
