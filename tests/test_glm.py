@@ -604,6 +604,32 @@ def test_lme4_cbind_response_is_the_same_binomial_model():
         np.testing.assert_array_equal(a.posterior[name].values, b.posterior[name].values)
 
 
+def test_lme4_proportion_with_trials_as_weights_is_the_same_binomial_model(tmp_path):
+    """lme4's glmer(incidence/size ~ ..., weights = size, family = binomial), and a column of
+    proportions with its trials as weights: the same draws as p(successes, trials), the fit
+    recording the p() form it was read as (so a saved fit loads without the weights). A
+    proportion without trials, or weights that are not the trials, are refused in one line."""
+    run = dict(chains=1, draws=50, warmup=50, seed=3, cores=1, progress=False)
+    cbpp = multilevel.load_dataset("cbpp").assign(prop=lambda d: d.incidence / d["size"])
+    a = multilevel.fit("p(incidence, size) ~ period + (1 | herd)", cbpp, family="binomial", **run)
+    b = multilevel.fit("incidence/size ~ period + (1 | herd)", cbpp, family="binomial", weights="size", **run)
+    c = multilevel.fit("prop ~ period + (1 | herd)", cbpp, family="binomial", weights="size", **run)
+    assert b.formula == "p(incidence, size) ~ period + (1 | herd)"
+    for fit in (b, c):
+        for name in ("theta", "alpha", "Sigma", "beta"):
+            np.testing.assert_array_equal(a.posterior[name].values, fit.posterior[name].values)
+    back = multilevel.load(c.save(tmp_path / "prop.nc"))
+    pd.testing.assert_frame_equal(back.predict(cbpp.iloc[:5], summary=True), c.predict(cbpp.iloc[:5], summary=True))
+    for formula, weights, message in [
+        ("incidence/size ~ period + (1 | herd)", None, r"is a proportion: .*weights='size'.*p\(incidence, size\)"),
+        ("prop ~ period + (1 | herd)", "incidence", "whole numbers of successes"),
+        ("p(incidence, size) ~ period + (1 | herd)", "size", "already names them"),
+    ]:
+        with pytest.raises(multilevel.ModelError, match=message) as info:
+            multilevel.Model(formula, cbpp, family="binomial", weights=weights)
+        assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("formula", ["cbind(incidence) ~ period + (1 | herd)",
                                      "cbind(incidence, size, size) ~ period + (1 | herd)"])
 def test_cbind_needs_two_columns(formula):

@@ -19,7 +19,7 @@ from .design import (CrossedDesign, NaAction, build_design, check_crossed_identi
                      check_group_counts, check_identifiable, predictor_lines)
 from .errors import ModelError, NumericalError
 from .families import check_family, family_response, response_family
-from .formula import parse_formula
+from .formula import binomial_proportion_with_weights, parse_formula
 from .io import read_data
 from .priors import Priors
 from .result import Fit, check_writable, load
@@ -110,9 +110,15 @@ class Model:
             raise ModelError(f"proposal must be one of {', '.join(PROPOSALS)}, not {proposal!r}")
         if offset is not None and self.family.is_gaussian:
             raise ModelError("offset applies to the poisson, binomial, bernoulli and negbinomial families; for gaussian subtract it from the response")
+        if weights is not None and self.family.name == "binomial" and isinstance(weights, str):
+            formula, weights = binomial_proportion_with_weights(formula, weights), None  # lme4's trials as weights
+        if weights is not None and self.family.name == "binomial":
+            raise ModelError("binomial weights are the trials of a proportion response, as in lme4: give them as a "
+                             "column name, weights='n', or write the response p(successes, trials)")
         if weights is not None and not self.family.is_gaussian:
-            raise ModelError(f"weights apply to the gaussian family only, not {self.family.name}; "
-                             "for binomial trials write the response p(successes, trials)")
+            raise ModelError(f"weights apply to the gaussian family (precision weights) and to a binomial proportion "
+                             f"(its trials), not to {self.family.name}; for binomial trials write the response "
+                             "p(successes, trials)")
         spec = parse_formula(formula)
         self.family = response_family(self.family, spec.response)  # binomial with a 0/1 response: bernoulli, as glmer
         n_terms = len(spec.terms)

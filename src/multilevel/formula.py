@@ -104,6 +104,24 @@ def binomial_response_as_proportion(formula: str) -> str:
     return f"p({s}, ({s}) + ({f})) ~{rhs}"
 
 
+def binomial_proportion_with_weights(formula: str, weights: str) -> str:
+    """lme4's binomial model of a proportion with its trials as weights,
+    ``glmer(y ~ ..., weights = n, family = binomial)``, rewritten in the ``p(successes, trials)``
+    form: ``a/n ~`` with weights n is ``p(a, n) ~``; any other response y is
+    ``p(binomial_successes(y, n), n) ~``, y n checked to be whole numbers
+    (:func:`multilevel.rformula.binomial_successes`)."""
+    from .formula_update import split_formula, top_level_split
+
+    lhs, rhs = split_formula(formula)
+    if lhs.startswith(("p(", "prop(", "proportion(", "cbind(")) or not lhs:
+        raise ModelError(f"weights={weights!r} give the trials of a proportion response; the response {lhs!r} "
+                         "already names them (or has none): leave weights out")
+    ratio = [text.strip() for _, text in top_level_split(lhs, "/")]
+    if len(ratio) == 2 and ratio[1] == weights:
+        return f"p({ratio[0]}, {weights}) ~ {rhs}"
+    return f"p(binomial_successes({lhs}, {weights}), {weights}) ~ {rhs}"
+
+
 def data_variables(desc: object) -> set[str]:
     """The data columns a parsed ``formulae`` description uses: its variable names without
     the contrast names (``Sum`` in ``C(x, Sum)``), which are not columns."""
@@ -129,6 +147,13 @@ def parse_formula(formula: str) -> FormulaSpec:
         raise ModelError(
             f"formula {formula!r} has no '~'; write it as 'response ~ predictors + (terms | group)'"
         )
+    from .formula_update import split_formula, top_level_split
+
+    lhs = split_formula(formula)[0]
+    if len(top_level_split(lhs, "/")) == 2:
+        num, den = (t.strip() for _, t in top_level_split(lhs, "/"))
+        raise ModelError(f"the response {lhs!r} is a proportion: a binomial model needs its trials, as lme4's weights "
+                         f"(family='binomial', weights={den!r}), or write p({num}, {den})")
     text = python_spelling(binomial_response_as_proportion(formula))
     check_functions(text, formula)
     try:

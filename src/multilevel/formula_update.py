@@ -23,7 +23,7 @@ _OPEN, _CLOSE = "([{", ")]}"
 
 def split_formula(formula: str) -> tuple[str, str]:
     """(left side, right side) of ``lhs ~ rhs`` at its top-level ``~`` (left side "" when absent)."""
-    parts = _top_level_split(formula, "~")
+    parts = top_level_split(formula, "~")
     if len(parts) != 2:
         raise ModelError(f"formula {formula!r} needs one '~' between the response and the terms")
     return parts[0][1].strip(), parts[1][1].strip()
@@ -32,10 +32,10 @@ def split_formula(formula: str) -> tuple[str, str]:
 def signed_terms(rhs: str) -> list[tuple[str, str]]:
     """The top-level terms of a right-hand side with their signs: ``"x - 1 + (1 | g)"`` is
     [("+", "x"), ("-", "1"), ("+", "(1 | g)")]."""
-    return [(sign or "+", text.strip()) for sign, text in _top_level_split(rhs, "+-") if text.strip()]
+    return [(sign or "+", text.strip()) for sign, text in top_level_split(rhs, "+-") if text.strip()]
 
 
-def _top_level_split(text: str, separators: str) -> list[tuple[str, str]]:
+def top_level_split(text: str, separators: str) -> list[tuple[str, str]]:
     """``text`` split at the characters ``separators`` outside brackets and quotes, each piece
     with the separator before it ("" for the first)."""
     pieces, depth, quote, start, sign = [], 0, None, 0, ""
@@ -86,4 +86,4 @@ def update_formula(old: str, new: str) -> str:
     return f"{lhs} ~ {rhs}{' - 1' if terms and not intercept else ''}"
 
 
-__all__ = ["signed_terms", "split_formula", "update_formula"]
+__all__ = ["signed_terms", "split_formula", "top_level_split", "update_formula"]

@@ -87,6 +87,18 @@ def relevel(x: Any, ref: Any) -> CategoricalBox:
     return C(box, Treatment(match[0]))
 
 
+def binomial_successes(y: Any, n: Any) -> pd.Series:
+    """The successes y n of a proportion y out of n trials (lme4's binomial proportion with
+    ``weights = n``), refused unless whole numbers (to 1e-8): lme4 warns of "non-integer
+    #successes"."""
+    successes = pd.Series(np.asarray(y, dtype=float) * np.asarray(n, dtype=float), index=getattr(y, "index", None))
+    whole = successes.round()
+    if not np.allclose(successes, whole, rtol=0, atol=1e-8):
+        raise ModelError("a binomial proportion times its trials (weights) must be whole numbers of successes; "
+                         "check that the weights are the trials")
+    return whole
+
+
 def _as_numeric(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
@@ -108,7 +120,8 @@ R_FUNCTIONS: dict[str, Any] = {
 }
 
 #: everything a formula's functions may name besides formulae's own transforms
-FORMULA_NAMESPACE: dict[str, Any] = {**R_FUNCTIONS, "np": np, "numpy": np, "pd": pd, "pandas": pd}
+FORMULA_NAMESPACE: dict[str, Any] = {**R_FUNCTIONS, "np": np, "numpy": np, "pd": pd, "pandas": pd,
+                                     "binomial_successes": binomial_successes}
 
 #: the Python spelling of functions users write that are not known here
 HINTS = {
