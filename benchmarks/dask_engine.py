@@ -10,7 +10,8 @@
 * ``dask_poisson``: ``y ~ x + (1 | g)``, Poisson, on 1e7 rows and 1e5 groups (Parquet files)
   through Dask on local clusters of 1 and of 2 workers (the sharded sampler: the rows stay on
   the workers, each sweep two messages per worker): time per sweep (the fit's sampling time
-  over its sweeps), the whole command's wall and CPU time and peak memory;
+  over its sweeps; runs alternating 1, 2, 1, 2 workers, the fastest of each counted), the
+  whole command's wall and CPU time and peak memory;
 * ``dask_crossed_poisson``: ``y ~ x + (1 | g) + (1 | h)``, Poisson, 1e7 rows, g of 1e5 levels
   crossed with h of 1e3, as ``dask_poisson`` (sharded on g; two rounds a sweep);
 * ``dask_messages``: the scheduling overhead of one round of messages, to actors and as tasks;
@@ -185,36 +186,44 @@ def message_overhead(workers: int, rounds: int = 200) -> dict[str, float]:
     return {"actor_ms": 1000 * actor, "task_ms": 1000 * task}
 
 
-def _dask_sweeps(tmp: str, data: Path, formula: str, sweeps: int) -> dict[int, dict]:
-    """The command-line Poisson fit of ``formula`` through Dask on 1 and on 2 local workers, one
-    after the other: per worker count the run's wall, CPU and memory, time per sweep (the fit's
-    sampling time over its sweeps) and the posterior means of theta and alpha."""
+def _dask_sweeps(tmp: str, data: Path, formula: str, sweeps: int, repeats: int = 1) -> dict[int, dict]:
+    """The command-line Poisson fit of ``formula`` through Dask on 1 and on 2 local workers,
+    alternating (1, 2, 1, 2, ...) ``repeats`` times: per worker count the fastest run's wall,
+    CPU and memory, time per sweep (the fit's sampling time over its sweeps) and posterior means
+    of theta and alpha, and every run's time per sweep (``runs``). On a shared machine the
+    fastest of alternating runs is the least disturbed measure of each."""
     import multilevel
 
-    out = {}
-    for workers in (1, 2):
-        target = Path(tmp) / f"w{workers}.nc"
-        cmd = [*_cli(), "fit", str(data), "-f", formula, "--family", "poisson", "--engine", "dask",
-               "--workers", str(workers), "--chains", "1", "--warmup", str(sweeps // 2), "--draws",
-               str(sweeps - sweeps // 2), "--seed", "1", "--no-group-draws", "--no-progress", "--out",
-               str(target), "--overwrite"]
-        r = _run(cmd, cwd=tmp, interval=0.5)  # memory sampled every 0.5 s: the timing's CPU left to the workers
-        fit = multilevel.load(target)
-        r["per_sweep"] = float(fit.attrs["sampling_seconds"]) / sweeps
-        r["theta"] = float(fit.posterior["theta"].mean())
-        r["alpha"] = float(fit.posterior["alpha"].mean())
-        out[workers] = {k: v for k, v in r.items() if k != "stdout"}
+    out: dict[int, dict] = {}
+    for _ in range(repeats):
+        for workers in (1, 2):
+            target = Path(tmp) / f"w{workers}.nc"
+            cmd = [*_cli(), "fit", str(data), "-f", formula, "--family", "poisson", "--engine", "dask",
+                   "--workers", str(workers), "--chains", "1", "--warmup", str(sweeps // 2), "--draws",
+                   str(sweeps - sweeps // 2), "--seed", "1", "--no-group-draws", "--no-progress", "--out",
+                   str(target), "--overwrite"]
+            r = _run(cmd, cwd=tmp, interval=0.5)  # memory sampled every 0.5 s: the timing's CPU left to the workers
+            fit = multilevel.load(target)
+            r["per_sweep"] = float(fit.attrs["sampling_seconds"]) / sweeps
+            r["theta"] = float(fit.posterior["theta"].mean())
+            r["alpha"] = float(fit.posterior["alpha"].mean())
+            runs = out.get(workers, {}).get("runs", []) + [r["per_sweep"]]
+            if workers not in out or r["per_sweep"] < out[workers]["per_sweep"]:
+                out[workers] = {k: v for k, v in r.items() if k != "stdout"}
+            out[workers]["runs"] = runs
     return out
 
 
 def _report_sweeps(res: Result, out: dict[int, dict], in_memory: int, quick: bool) -> None:
     """The table of :func:`_dask_sweeps`' runs and the 2-worker speed-up target, added to ``res``."""
     res.tables.append(Table(
-        ["workers", "time per sweep", "wall (whole command)", "CPU (all processes)", "peak memory (all processes, PSS)",
-         "theta (true 0.5)", "alpha[x] (true 0.3)"],
-        [[str(w), f"**{1000 * r['per_sweep']:.0f} ms**", f"{r['wall']:.0f} s", f"{r['cpu']:.0f} s",
-          fmt_bytes(r["maxrss"]), f"{r['theta']:.3f}", f"{r['alpha']:.4f}"] for w, r in out.items()],
-        caption=f"The data take {fmt_bytes(in_memory)} as a pandas DataFrame."))
+        ["workers", "time per sweep (fastest run)", "every run", "wall (whole command)", "CPU (all processes)",
+         "peak memory (all processes, PSS)", "theta (true 0.5)", "alpha[x] (true 0.3)"],
+        [[str(w), f"**{1000 * r['per_sweep']:.0f} ms**", ", ".join(f"{1000 * t:.0f}" for t in r["runs"]) + " ms",
+          f"{r['wall']:.0f} s", f"{r['cpu']:.0f} s", fmt_bytes(r["maxrss"]), f"{r['theta']:.3f}", f"{r['alpha']:.4f}"]
+         for w, r in out.items()],
+        caption=f"The data take {fmt_bytes(in_memory)} as a pandas DataFrame. Runs alternate 1, 2, 1, 2 workers; "
+                "the other columns are the fastest run's."))
     ratio = out[2]["per_sweep"] / out[1]["per_sweep"]
     res.targets.append(Target("per-sweep time on 2 workers at most 0.6x that on 1 worker", f"{ratio:.2f}x",
                               assess(ratio <= 0.6, quick)))
@@ -232,11 +241,11 @@ def bench_dask_poisson(quick: bool = False) -> Result:
         "each sweep sends two messages to each worker. Time per sweep: the fit's sampling time over "
         "its sweeps (warm-up's scale moves included). Wall and CPU time of the whole command (its workers "
         "included) and the peak memory of all its processes together (PSS, sampled every 0.5 s so that the "
-        "sampling takes no CPU the workers need). The runs follow one another.")
+        "sampling takes no CPU the workers need). The runs alternate, two of each; the fastest of each counts.")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         in_memory = write_parquet(data, rows, groups, seed=2, group_sd=0.5, response=poisson_response)
-        out = _dask_sweeps(tmp, data, POISSON_FORMULA, sweeps)
+        out = _dask_sweeps(tmp, data, POISSON_FORMULA, sweeps, repeats=1 if quick else 2)
     _report_sweeps(res, out, in_memory, quick)
     res.data = {"rows": rows, "groups": groups, "in_memory": in_memory, "sweeps": sweeps,
                 **{str(k): v for k, v in out.items()}}
@@ -262,7 +271,7 @@ def bench_dask_crossed_poisson(quick: bool = False) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         in_memory = write_parquet(data, rows, groups, seed=2, group_sd=0.5, response=poisson_response, crossed=second)
-        out = _dask_sweeps(tmp, data, CROSSED_POISSON_FORMULA, sweeps)
+        out = _dask_sweeps(tmp, data, CROSSED_POISSON_FORMULA, sweeps, repeats=1 if quick else 2)
     _report_sweeps(res, out, in_memory, quick)
     res.data = {"rows": rows, "groups": groups, "second": second, "in_memory": in_memory, "sweeps": sweeps,
                 **{str(k): v for k, v in out.items()}}

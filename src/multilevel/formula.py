@@ -153,7 +153,7 @@ def parse_formula(formula: str) -> FormulaSpec:
     if len(top_level_split(lhs, "/")) == 2:
         num, den = (t.strip() for _, t in top_level_split(lhs, "/"))
         raise ModelError(f"the response {lhs!r} is a proportion: a binomial model needs its trials, as lme4's weights "
-                         f"(family='binomial', weights={den!r}), or write p({num}, {den})")
+                         f"(family='binomial', weights={den!r}; CLI --weights {den}), or write p({num}, {den})")
     text = python_spelling(binomial_response_as_proportion(formula))
     check_functions(text, formula)
     try:
