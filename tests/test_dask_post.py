@@ -252,6 +252,27 @@ def test_cli_predicts_a_parquet_directory_partition_by_partition(fits, scheduler
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "fit.nc", "memory.csv", "out", "parts"]
 
 
+def test_an_out_directory_the_workers_do_not_see_is_refused_before_predicting(tmp_path):
+    """With a remote scheduler the workers write the files: an --out they do not see would be
+    written elsewhere, so it is refused in one line (checked on every worker)."""
+    from pathlib import Path
+
+    from multilevel.cli import _check_workers_see
+
+    class Cluster:
+        def __init__(self, seen):
+            self.seen = seen
+
+        def run(self, check, path):
+            return {w: check(path) and ok for w, ok in self.seen.items()}
+
+    _check_workers_see(Cluster({"tcp://a:1": True, "tcp://b:1": True}), str(tmp_path), Path("out"))
+    with pytest.raises(ModelError, match=r"--out 'out' is not on a path the Dask workers see \(1 of 2 workers, "
+                                         r"e.g. tcp://b:1\); with --scheduler, give a directory they share") as info:
+        _check_workers_see(Cluster({"tcp://a:1": True, "tcp://b:1": False}), str(tmp_path), Path("out"))
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--engine", "dask", "--out", "o"], "pass the data again as NEW"),
     (["NEW", "--engine", "dask"], "add --out DIR"),

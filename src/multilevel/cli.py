@@ -290,6 +290,16 @@ def _write_atomically(out: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
+def _check_workers_see(client: Any, tmp: str, out: Path) -> None:
+    """Refuse, before any partition is predicted, an ``--out`` whose directory (``tmp``, made
+    here) the cluster's workers do not see: they would write their files elsewhere."""
+    seen = client.run(os.path.isdir, os.path.abspath(tmp))
+    blind = sorted(w for w, ok in seen.items() if not ok)
+    if blind:
+        raise ModelError(f"--out {str(out)!r} is not on a path the Dask workers see ({len(blind)} of {len(seen)} "
+                         f"workers, e.g. {blind[0]}); with --scheduler, give a directory they share")
+
+
 def _write_directory_atomically(out: Path, write: Any) -> None:
     """``write(path)`` into a temporary directory beside ``out``, then put it in the place of
     ``out`` (an existing ``out`` is moved aside first and removed last): a write that fails
@@ -525,7 +535,7 @@ def _predict_on_dask(fit: Any, new_data: str, out_path: Path, options: dict[str,
     from .distributed.source import open_dask
 
     data = open_dask(new_data)  # lazy: a bad path is refused before a cluster starts
-    with dask_client(*cluster):
+    with dask_client(*cluster) as client:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # a first partition of fewer rows
             probe = data.head(5, npartitions=1)
@@ -533,8 +543,17 @@ def _predict_on_dask(fit: Any, new_data: str, out_path: Path, options: dict[str,
             fit.predict(probe, **options)
         rest = {k: v for k, v in options.items() if k not in ("seed", "summary", "hdi_prob")}
         result = predict_partitions(fit, data, options["seed"], True, options["hdi_prob"], columns=True, **rest)
+
+        def write(tmp: str) -> None:
+            _check_workers_see(client, tmp, out_path)
+            result.to_parquet(os.path.abspath(tmp), write_index=False)  # the workers' working directory may differ
+            written = len(list(Path(tmp).glob("*.parquet")))
+            if written != data.npartitions:  # the workers wrote elsewhere: nothing is put in out's place
+                raise ModelError(f"the workers wrote {written} of {data.npartitions} partitions' files where this "
+                                 f"command sees {str(out_path)!r}; give --out a path they share")
+
         try:
-            _write_directory_atomically(out_path, lambda tmp: result.to_parquet(tmp, write_index=False))
+            _write_directory_atomically(out_path, write)
         except OSError as exc:
             raise ModelError(f"cannot write {str(out_path)!r}: {exc.strerror or type(exc).__name__}") from None
     click.echo(f"wrote the predictions ({options['kind']}) of {data.npartitions} partitions of {new_data} to "
