@@ -53,7 +53,7 @@ def test_loglik_matches_scipy_nbinom(phi):
     ours = pointwise_loglik(NB, y, np.ones_like(y), eta, phi)
     np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-9)
     # the kernel's compiled sum leaves out sum log y! only, at both phi it evaluates
-    la, lb = nb_phi_loglik(y, eta, *distinct_counts(y), np.log(phi), np.log(2 * phi))
+    la, lb = nb_phi_loglik(y, eta, *distinct_counts(y), np.log([phi, 2 * phi]))
     logfact = stats.poisson.logpmf(y, 1.0).sum() + y.size  # log Poisson(y | 1) = -1 - log y!
     np.testing.assert_allclose(la, expected.sum() - logfact, rtol=1e-9)
     mu2 = 2 * phi
@@ -127,7 +127,7 @@ class WrongPhiPrior(NegBinomialGibbs):
     """phi's step with four times the prior's rate (a proper prior, not the one the truth comes from)."""
 
     def log_target_phi(self, eta, log_phi_a, log_phi_b):
-        la, lb = nb_phi_loglik(self.y, eta, self.y_values, self.y_counts, log_phi_a, log_phi_b)
+        la, lb = nb_phi_loglik(self.y, eta, self.y_values, self.y_counts, np.array([log_phi_a, log_phi_b]))
         return la + log_prior_phi(log_phi_a, 4 * self.phi_rate), lb + log_prior_phi(log_phi_b, 4 * self.phi_rate)
 
 

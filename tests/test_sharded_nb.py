@@ -122,13 +122,35 @@ def test_shards_phi_sums_are_the_in_memory_samplers():
     kernel.sweep(state, np.random.default_rng(2), True, False)  # the shards' eta at the sweep's state
     d = model.design
     a = 0.1 * np.ones(d.F.shape[1])
-    got = sharded._summed(kernel.shards.call("dispersion_terms", state.key, a, 0, -1, 0.0, 0.2, 0.9))
+    points = np.array([0.2, 0.9, -1.5])
+    (got,) = sharded._summed(kernel.shards.call("dispersion_terms", state.key, a, 0, -1, 0.0, points))
     eta = np.concatenate([s.eta + s.rows.F @ a for s in kernel.shards.shards])
     y = np.concatenate([s.rows.y for s in kernel.shards.shards])
-    want = nb_phi_loglik(y, eta, *distinct_counts(y), 0.2, 0.9)
+    want = nb_phi_loglik(y, eta, *distinct_counts(y), points)
     np.testing.assert_allclose(got, want, rtol=1e-12)
-    full = [negbinomial_loglik(y, eta, np.exp(v)).sum() + gammaln(y + 1).sum() for v in (0.2, 0.9)]
+    full = [negbinomial_loglik(y, eta, np.exp(v)).sum() + gammaln(y + 1).sum() for v in points]
     np.testing.assert_allclose(got, full, rtol=1e-10)
+
+
+def test_the_phi_steps_of_one_round_are_those_of_one_round_each():
+    """The points the steps can reach: entry m is log phi plus the steps of m's bits. Taking the
+    steps from those points' log-likelihoods is the chain of PHI_STEPS one-step rounds: checked
+    against that chain, step by step, on a stand-in target."""
+    steps = np.array([0.3, -0.7, 0.11])
+    points = sharded.reachable_points(1.0, steps)
+    assert points.size == 8 and points[0] == 1.0 and points[0b101] == pytest.approx(1.0 + 0.3 + 0.11, abs=1e-15)
+    target = lambda v: -0.5 * (v - 0.4) ** 2 / 0.09  # noqa: E731
+    for seed in range(50):
+        log_u = np.log(np.random.default_rng(seed).random(3))
+        at = 0
+        for t in range(3):
+            to = at | (1 << t)
+            at = to if log_u[t] < target(points[to]) - target(points[at]) else at
+        here = 1.0  # one step a round
+        for t in range(3):
+            there = here + steps[t]
+            here = there if log_u[t] < target(there) - target(here) else here
+        assert points[at] == pytest.approx(here, abs=1e-15)
 
 
 def test_priors_from_shards_equal_the_in_memory_ones():
@@ -167,7 +189,7 @@ def test_rounds_per_sweep():
         kernel.shards.call = lambda name, *args: (calls.append(name), call(name, *args))[1]
         for _ in range(4):
             state = kernel.sweep(state, np.random.default_rng(len(calls)), True, True)[0]
-        assert len(calls) == 4 * rounds and calls.count("dispersion_terms") == 4, (formula, calls)
+        assert len(calls) == 4 * rounds and calls.count("dispersion_terms") == 4, (formula, calls)  # 3 steps each
 
 
 @pytest.mark.parametrize("formula", ["y ~ x + offset(log(expo)) + (x | g)", "y ~ x + (1 | h) + (1 | g)"])

@@ -70,22 +70,25 @@ def _softplus(x: float) -> float:
 
 
 @njit(cache=True)
-def nb_phi_loglik(y, eta, values, counts, log_phi_a, log_phi_b):
-    """(sum_i log NB(y_i | exp(eta_i), phi) at phi = exp(log_phi_a) and at exp(log_phi_b)), without
-    log y_i! (constant in phi), in one pass: log Gamma(y + phi) - log Gamma(phi) + phi log phi +
-    y eta - (y + phi) (log phi + softplus(eta - log phi)). The log Gamma terms are summed over the
-    distinct responses ``values`` (``counts`` rows each: :func:`distinct_counts`), not the rows."""
-    ra, rb = math.exp(log_phi_a), math.exp(log_phi_b)
-    lga, lgb = math.lgamma(ra), math.lgamma(rb)
-    ta, tb = 0.0, 0.0
-    for u in range(values.shape[0]):
-        ta += counts[u] * (math.lgamma(values[u] + ra) - lga)
-        tb += counts[u] * (math.lgamma(values[u] + rb) - lgb)
+def nb_phi_loglik(y, eta, values, counts, log_phis):
+    """sum_i log NB(y_i | exp(eta_i), phi) at each phi = exp(log_phis[k]), without log y_i!
+    (constant in phi), in one pass over the rows: log Gamma(y + phi) - log Gamma(phi) + phi log
+    phi + y eta - (y + phi) (log phi + softplus(eta - log phi)). The log Gamma terms are summed
+    over the distinct responses ``values`` (``counts`` rows each: :func:`distinct_counts`), not
+    the rows."""
+    K = log_phis.shape[0]
+    out = np.zeros(K)
+    phis = np.exp(log_phis)
+    for k in range(K):
+        lg = math.lgamma(phis[k])
+        for u in range(values.shape[0]):
+            out[k] += counts[u] * (math.lgamma(values[u] + phis[k]) - lg)
     for i in range(eta.shape[0]):
         yi, e = y[i], eta[i]
-        ta += ra * log_phi_a + yi * e - (yi + ra) * (log_phi_a + _softplus(e - log_phi_a))
-        tb += rb * log_phi_b + yi * e - (yi + rb) * (log_phi_b + _softplus(e - log_phi_b))
-    return ta, tb
+        for k in range(K):
+            lp, r = log_phis[k], phis[k]
+            out[k] += r * lp + yi * e - (yi + r) * (lp + _softplus(e - lp))
+    return out
 
 
 def distinct_counts(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +127,7 @@ class NegBinomialGibbs(PolyaGammaGibbs):
     def log_target_phi(self, eta: np.ndarray, log_phi_a: float, log_phi_b: float) -> tuple[float, float]:
         """log p(y | eta, phi) + log p(log phi) at log phi = ``log_phi_a`` and ``log_phi_b``, up to
         one constant."""
-        la, lb = nb_phi_loglik(self.y, eta, self.y_values, self.y_counts, log_phi_a, log_phi_b)
+        la, lb = nb_phi_loglik(self.y, eta, self.y_values, self.y_counts, np.array([log_phi_a, log_phi_b]))
         return la + log_prior_phi(log_phi_a, self.phi_rate), lb + log_prior_phi(log_phi_b, self.phi_rate)
 
     def init(self, rng: np.random.Generator) -> NegBinomialState:
@@ -157,7 +160,7 @@ class NegBinomialGibbs(PolyaGammaGibbs):
 
     def loglik(self, t: np.ndarray, b: np.ndarray, log_phi: float = 0.0) -> float:
         """sum_i log NB(y_i | exp(eta_i), phi), normalising constants included."""
-        return float(nb_phi_loglik(self.y, self.eta(t, b), self.y_values, self.y_counts, log_phi, log_phi)[0]
+        return float(nb_phi_loglik(self.y, self.eta(t, b), self.y_values, self.y_counts, np.array([log_phi]))[0]
                      - self.log_y_factorial)
 
     def record(self, state: NegBinomialState) -> dict[str, np.ndarray]:

@@ -511,13 +511,13 @@ class LevelShard:
         o = int(self.b_off[k] - self.b_off[1])
         return slot.other[o:o + int(r.levels[k] * r.q[k])].reshape(int(r.levels[k]), int(r.q[k]))
 
-    def dispersion_terms(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float, log_phi_a: float,
-                         log_phi_b: float) -> tuple[float, float]:
-        """The negative binomial's phi move (:mod:`multilevel.samplers.sharded`): at eta + F da
+    def dispersion_terms(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float,
+                         log_phis: np.ndarray) -> tuple[np.ndarray]:
+        """The negative binomial's phi moves (:mod:`multilevel.samplers.sharded`): at eta + F da
         (the fixed move's accepted change) + f Z_kc b_kc (the accepted scale move of column c of
         the factor at position k, b as before it; none when c < 0), eta first taking the changes
         still owed to it, sum_i [lgamma(y_i + phi) - lgamma(phi) + phi log phi + y_i eta_i
-        - (y_i + phi) log(phi + mu_i)] at phi = exp(log_phi_a) and at exp(log_phi_b)
+        - (y_i + phi) log(phi + mu_i)] at each phi = exp(log_phis[m]), in one pass
         (:func:`~multilevel.samplers.negbinomial.nb_phi_loglik`)."""
         r, slot = self.rows, self.chains[bytes(key)]
         sync = self._sync()
@@ -527,7 +527,7 @@ class LevelShard:
         eta = self.eta + r.F @ np.asarray(da, dtype=float)
         if c >= 0:
             eta += f * r.Z[:, int(self.z_off[k]) + c] * self._effects(slot, k)[r.index[k], c]
-        return nb_phi_loglik(r.y, eta, self.y_values, self.y_counts, float(log_phi_a), float(log_phi_b))
+        return (nb_phi_loglik(r.y, eta, self.y_values, self.y_counts, np.asarray(log_phis, dtype=float)),)
 
     def flush(self, key: np.ndarray, scale: np.ndarray, shift: np.ndarray, keep: bool) -> None:
         """Make what the chain's last sweep owes (and keep that draw): the end of a run."""
