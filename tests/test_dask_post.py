@@ -106,6 +106,31 @@ def test_fitted_rows_of_a_poisson_fit_and_a_loaded_fit(fits, tmp_path):
     assert back.loo().elpd_loo == pytest.approx(pois.loo().elpd_loo, rel=1e-12)
 
 
+# -- the shrinkage plot ---------------------------------------------------------------------------
+
+def test_shrinkage_estimates_of_a_dask_fit_are_the_in_memory_ones(fits):
+    """Each level's own estimate, partition by partition: Gaussian (weighted) least squares in
+    one pass, a Poisson of two factors by Newton passes, as the in-memory fits of the same rows
+    and draws give them; the plot draws them."""
+    import matplotlib.pyplot as plt
+
+    from multilevel.plots import own_estimates
+
+    df, ddf, mem, par = fits
+    for got, want in zip(own_estimates(par, "g"), own_estimates(mem, "g")):
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-8)
+    formula = "k ~ x + (1 | g) + (1 | h)"
+    data = df.assign(h=np.arange(len(df)) % 7)
+    pois = [quiet(multilevel.fit, formula, d, family="poisson", sampler="sharded" if d is data else None,
+                  engine="pandas" if d is data else "dask", **RUN)
+            for d in (data, dd.from_pandas(data, npartitions=3, sort=False))]
+    for factor in ("g", "h"):
+        (b_mem, own_mem), (b_par, own_par) = (own_estimates(f, factor) for f in pois)
+        assert own_mem.any() and np.array_equal(own_mem, own_par)
+        np.testing.assert_allclose(b_par, b_mem, rtol=1e-6, atol=1e-8)
+    plt.close(pois[1].plot("shrinkage"))
+
+
 # -- posterior predictive checks ------------------------------------------------------------------
 
 def test_posterior_predictive_of_every_row_when_the_sample_covers_them(fits):

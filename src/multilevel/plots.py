@@ -398,11 +398,11 @@ def own_estimates(fit: Fit, factor: str | None = None) -> tuple[np.ndarray, np.n
     One grouping factor: group j's fit of y_j - Z_j alpha_pool on X_j (alpha_pool from the
     pooled least-squares fit), :func:`multilevel.suffstats.gaussian_stats`. Several factors
     (or uncorrelated terms, ``||``), for the levels of ``factor`` (default: the first): see
-    :func:`partial_residual_estimates`.
+    :func:`partial_residual_estimates`; a Dask fit's, the same, partition by partition
+    (:mod:`multilevel.distributed.shrinkage`).
     """
     if fit.partitioned:
-        raise ModelError("the shrinkage plot needs each group's own estimate from the fitted rows, which a fit made "
-                         "with engine='dask' leaves in its partitions; plot the caterpillar instead")
+        return _own_and_sizes(fit, _factor(fit, factor))[:2]
     design = fit.design
     if design is None:
         raise ModelError("this fit has no stored training data, so the groups' own estimates cannot be computed")
@@ -430,6 +430,22 @@ def own_estimates(fit: Fit, factor: str | None = None) -> tuple[np.ndarray, np.n
     return np.asarray(est.b_group), np.asarray(est.own, dtype=bool)
 
 
+def _own_and_sizes(fit: Fit, f: Factor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`own_estimates` of the levels of ``f`` and their rows; a Dask fit's partition by
+    partition (:func:`multilevel.distributed.shrinkage.own_estimates`)."""
+    m = int(fit.posterior.sizes[f.level_dim])
+    if not fit.partitioned:
+        b_own, own = own_estimates(fit, f.name)
+        return b_own, own, np.bincount(_level_index(fit, f), minlength=m)
+    from .distributed.shrinkage import own_estimates as partitioned_estimates
+
+    design = fit.design
+    fixed, b_hats = posterior_mean_parts(fit, design, f.name)
+    q = len(f.terms(fit))
+    dev, own, rows = partitioned_estimates(fit, f.name, m, fixed, b_hats, np.zeros(q))
+    return np.where(own[:, None], dev, 0.0) + _population_means(fit, f.terms(fit)), own, rows
+
+
 def partial_residual_estimates(fit: Fit, design: Any, y: np.ndarray, factor: Factor) -> tuple[np.ndarray, np.ndarray]:
     """(b (m, q), own (m,)) of a model with several random-effects terms
     (:class:`~multilevel.design.CrossedDesign`, rows in data order): level j's own
@@ -439,48 +455,74 @@ def partial_residual_estimates(fit: Fit, design: Any, y: np.ndarray, factor: Fac
         r = y - F a_hat - sum_{k != factor} Z_k b_hat_k[level_k],
 
     subtract the posterior-mean fixed effects a_hat (theta and alpha) and the other factors'
-    posterior-mean deviations b_hat_k (beta_k less the terms' population means); level j's
-    estimate is then its (weighted) least-squares fit of r_j on Z_j plus the population means
-    of the factor's terms, on the scale of ``beta_<factor>``. ``own[j]``: level j has more rows
-    than terms and a well-conditioned Z_j'W_jZ_j (the one-factor rule); other levels get the
-    population means and are not shown. GLMs: level j's own ML GLM fit of y_j on Z_j with the
-    rest, offset + F a_hat + sum_{k != factor} Z_k b_hat_k, as the known part of its linear
+    posterior-mean deviations b_hat_k (beta_k less the terms' population means)
+    (:func:`posterior_mean_parts`, :func:`known_part`); level j's estimate is then its
+    (weighted) least-squares fit of r_j on Z_j plus the population means of the factor's
+    terms, on the scale of ``beta_<factor>`` (:func:`level_normal_sums`,
+    :func:`own_least_squares`). GLMs: level j's own ML GLM fit of y_j on Z_j with the rest,
+    offset + F a_hat + sum_{k != factor} Z_k b_hat_k, as the known part of its linear
     predictor (:func:`multilevel.glmfit.level_fits`; the one-factor GLM rule for ``own``)."""
-    post = fit.posterior
-    fixed = np.array([0.0 if d is None else float(np.mean(d))
-                      for d in (_population_draws(fit, name) for name in design.fixed_names)])
-    r = y - np.asarray(design.F, dtype=float) @ fixed
-    own_terms = None
-    for fd in design.factors:
-        g = _factor(fit, fd.name, draws=True)
-        if fd.name == factor.name:
-            own_terms = fd
-            continue
-        b_hat = group_means(_beta_draws(fit, g)) - _population_means(fit, g.terms(fit))
-        r -= np.einsum("ik,ik->i", np.asarray(fd.Z, dtype=float), b_hat[fd.index])
-    if own_terms is None:  # pragma: no cover - _factor checked the name
-        raise ModelError(f"the design has no grouping factor {factor.name!r}")
-    Z, level, m = np.asarray(own_terms.Z, dtype=float), np.asarray(own_terms.index), int(post.sizes[factor.level_dim])
+    fixed, b_hats = posterior_mean_parts(fit, design, factor.name)
+    own_terms = next(fd for fd in design.factors if fd.name == factor.name)
+    Z, level = np.asarray(own_terms.Z, dtype=float), np.asarray(own_terms.index)
+    m = int(fit.posterior.sizes[factor.level_dim])
+    known = known_part(design, fixed, b_hats, factor.name)
     family = check_family(fit.family)
     if not family.is_gaussian:  # each level's own GLM fit given the rest of the linear predictor
         from .glmfit import level_fits
 
         dev, own = level_fits(fitting_family(family), Z, level, m, y, np.asarray(design.trials, dtype=float),
-                              np.asarray(design.offset, dtype=float) + y - r)
+                              np.asarray(design.offset, dtype=float) + known)
         return np.where(own[:, None], dev, 0.0) + _population_means(fit, factor.terms(fit)), own
-    q = Z.shape[1]
     w = np.ones_like(y) if design.weights is None else np.asarray(design.weights, dtype=float)
+    dev, own = own_least_squares(*level_normal_sums(Z, level, m, w, y - known))
+    return dev + _population_means(fit, factor.terms(fit)), own
+
+
+def posterior_mean_parts(fit: Fit, design: Any, factor: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The posterior means a partial residual subtracts (:func:`partial_residual_estimates`):
+    of each fixed effect a_hat (0 where a varying term's mean is fixed at 0), and of every
+    other factor's deviations b_hat_k (levels, terms), beta_k less its terms' population means."""
+    fixed = np.array([0.0 if d is None else float(np.mean(d))
+                      for d in (_population_draws(fit, name) for name in design.fixed_names)])
+    b_hats = {}
+    for fd in design.factors:
+        if fd.name != factor:
+            g = _factor(fit, fd.name, draws=True)
+            b_hats[fd.name] = group_means(_beta_draws(fit, g)) - _population_means(fit, g.terms(fit))
+    return fixed, b_hats
+
+
+def known_part(design: Any, fixed: np.ndarray, b_hats: dict[str, np.ndarray], factor: str) -> np.ndarray:
+    """F a_hat + sum_{k != factor} Z_k b_hat_k[level_k] of the design's rows."""
+    known = np.asarray(design.F, dtype=float) @ fixed
+    for fd in design.factors:
+        if fd.name != factor:
+            known += np.einsum("ik,ik->i", np.asarray(fd.Z, dtype=float), b_hats[fd.name][fd.index])
+    return known
+
+
+def level_normal_sums(Z: np.ndarray, level: np.ndarray, m: int, w: np.ndarray, r: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per level j of m: its rows n_j, Z_j'W_jZ_j (m, q, q) and Z_j'W_j r_j (m, q), by bincount
+    (O(rows q^2), no (rows, q, q) temporary)."""
+    q = Z.shape[1]
     ZtZ, Ztr = np.empty((m, q, q)), np.empty((m, q))
-    for a in range(q):  # O(rows x q^2) by bincount: no (rows, q, q) temporary
+    for a in range(q):
         Ztr[:, a] = np.bincount(level, weights=w * Z[:, a] * r, minlength=m)
         for b in range(a, q):
             ZtZ[:, a, b] = ZtZ[:, b, a] = np.bincount(level, weights=w * Z[:, a] * Z[:, b], minlength=m)
-    n = np.bincount(level, minlength=m)
+    return np.bincount(level, minlength=m), ZtZ, Ztr
+
+
+def own_least_squares(n: np.ndarray, ZtZ: np.ndarray, Ztr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each level's least-squares solution of (Z_j'W_jZ_j) d = Z_j'W_j r_j, and ``own``: it has
+    more rows than terms and a well-conditioned Z_j'W_jZ_j (the one-factor rule); 0 elsewhere."""
+    q = ZtZ.shape[1]
     eig = np.linalg.eigvalsh(ZtZ)
     own = (n > q) & (eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300))
     safe = np.where(own[:, None, None], ZtZ, np.eye(q))
-    dev = np.where(own[:, None], np.linalg.solve(safe, Ztr[..., None])[..., 0], 0.0)
-    return dev + _population_means(fit, factor.terms(fit)), own
+    return np.where(own[:, None], np.linalg.solve(safe, Ztr[..., None])[..., 0], 0.0), own
 
 
 def _pull_score(b_own: np.ndarray, b_post: np.ndarray) -> np.ndarray:
@@ -528,10 +570,9 @@ def plot_shrinkage(fit: Fit, terms: list[str] | None = None, groups: Any = None,
     labels = _group_labels(fit, f)
     m = labels.shape[0]
     chosen, top, by_default = _selection(labels, groups, top, max_groups)
-    b_own, own = own_estimates(fit, f.name)
+    b_own, own, n_sizes = _own_and_sizes(fit, f)
     b_post = group_means(_beta_draws(fit, f))
     theta = _population_means(fit, all_terms)
-    n_sizes = np.bincount(_level_index(fit, f), minlength=m)
     shown = np.flatnonzero(own)
     left_out = m - shown.shape[0]
     ks = [all_terms.index(t) for t in terms]
