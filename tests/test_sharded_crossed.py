@@ -12,6 +12,10 @@
    (the other factor's closed-form level moves) and a crossed Bernoulli model with a correlated
    slope (the other factor's proposals evaluated by the shards); long runs under ``make validate``.
 3. Agreement with the in-memory several-factor Metropolis kernel's posterior within MCSE.
+4. The nested shift move (the sharded factor nested in another, ``(1 | a/b)``): its draw from
+   the shards' per-outer-level sums equals the definition's from the effects themselves; 1 and 3
+   shards give the same draws; a sweep takes one round more; SBC of a nested Poisson model; the
+   posterior of the in-memory kernel (which has the move too) within MCSE.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from multilevel.families import CODES, check_family
 from multilevel.priors import RowSource
 from multilevel.samplers.crossed_metropolis import level_terms
 from multilevel.samplers.shard import level_rotation, rotation_accept, rotation_proposals, scale_terms
-from multilevel.samplers.sharded import ShardSource, factor_order, local_shards, sharded_factor
+from multilevel.samplers.sharded import ShardSource, factor_order, local_shards, nested_shift, sharded_factor
 
 import sbc
 from test_sharded import assert_means_agree, level_case, reference_level_move, sharded_sbc
@@ -149,11 +153,19 @@ def test_priors_from_shards_equal_the_in_memory_ones():
 
 # -- 2. shards and engines ----------------------------------------------------------------------------
 
+def rounds_of_a_sweep(kernel) -> list[str]:
+    """The shard calls of one sweep of ``kernel`` (its local shards), after init's "start"."""
+    calls = []
+    call = kernel.shards.call
+    kernel.shards.call = lambda name, *args: (calls.append(name), call(name, *args))[1]
+    kernel.step(kernel.init(np.random.default_rng(1)), np.random.default_rng(2))
+    return calls[1:]
+
+
 def test_three_factors_one_shard_and_three_and_the_rounds():
     """Three factors (sharded on a; b's proposals evaluated by the shards; c last, Poisson's
     intercept alone: folded): 1 and 3 shards give the same draws; a sweep is 4 rounds."""
     from multilevel.run import run_chains
-    from multilevel.samplers.sharded import LocalShards
     from test_sharded import sharded_kernel
 
     df = crossed_frame(4).assign(c=lambda d: [f"c{k % 5}" for k in range(len(d))])
@@ -169,16 +181,7 @@ def test_three_factors_one_shard_and_three_and_the_rounds():
         np.testing.assert_allclose(runs[0][name], runs[1][name], rtol=1e-8, atol=1e-10, err_msg=name)
     assert runs[0]["beta_c"].shape == (1, 30, 5, 1) and runs[0]["beta_b"].shape == (1, 30, 8, 2)
 
-    class Counting(LocalShards):
-        names: list = []
-
-        def call(self, name, *args):
-            self.names.append(name)
-            return super().call(name, *args)
-
-    kernel.shards.__class__ = Counting
-    kernel.step(kernel.init(np.random.default_rng(1)), np.random.default_rng(2))
-    assert Counting.names[1:] == ["sweep", "terms", "terms", "evaluate"]  # after init's "start"
+    assert rounds_of_a_sweep(kernel) == ["sweep", "terms", "terms", "evaluate"]
 
 
 # -- 2. simulation-based calibration ------------------------------------------------------------------
@@ -239,3 +242,79 @@ def test_sharded_agrees_with_the_crossed_metropolis_kernel():
                            progress=False, cores=1) for s in ("sharded", "metropolis")]
     assert_means_agree(fits, ("theta", "alpha", "Sigma_a", "Sigma_b", "beta_b"))
     assert fits[0].summary()["r_hat"].max() < 1.02
+
+
+# -- 4. the nested shift move ------------------------------------------------------------------------
+
+def nested_frame(seed: int, Ja: int = 12, per: int = 3, rows: int = 4) -> pd.DataFrame:
+    """``per`` levels of b within each of Ja levels of a (b's labels repeat across a: (1 | a/b)
+    makes a:b), ``rows`` rows each; a Poisson y."""
+    rng = np.random.default_rng(seed)
+    a = np.repeat(np.arange(Ja), per * rows)
+    b = np.tile(np.repeat(np.arange(per), rows), Ja)
+    x = rng.standard_normal(a.size)
+    eta = 0.3 + 0.4 * x + 0.6 * rng.standard_normal(Ja)[a] + 0.4 * rng.standard_normal(Ja * per)[a * per + b]
+    return pd.DataFrame({"a": [f"a{k:02d}" for k in a], "b": [f"b{k}" for k in b], "x": x,
+                         "y": rng.poisson(np.exp(eta))}).sample(frac=1, random_state=seed)
+
+
+def test_nested_shift_from_sums_per_outer_level_is_the_definitions():
+    """d_l ~ N(lin_l / prec_l, 1 / prec_l), prec_l = (Sigma_out^-1)_dd + n_l (Sigma_in^-1)_cc,
+    lin_l = sum_{j in l} (Sigma_in^-1 b_in,j)_c - (Sigma_out^-1 b_out,l)_d, from the effects."""
+    rng = np.random.default_rng(4)
+    J_out, q_in, q_out, c, d = 5, 2, 2, 1, 0
+    parent = rng.integers(0, J_out, 17)
+    parent[:J_out] = np.arange(J_out)
+    b_in, b_out = rng.standard_normal((17, q_in)), rng.standard_normal((J_out, q_out))
+    A, B = rng.standard_normal((q_in, q_in)), rng.standard_normal((q_out, q_out))
+    Sinv_in, Sinv_out = A @ A.T + np.eye(q_in), B @ B.T + np.eye(q_out)
+    Sbp = np.stack([np.bincount(parent, weights=b_in[:, r], minlength=J_out) for r in range(q_in)], axis=1)
+    counts = np.bincount(parent, minlength=J_out).astype(float)
+    got_out = b_out.copy()
+    shift = nested_shift(np.random.default_rng(9), Sbp, counts, got_out, c, d, Sinv_in, Sinv_out)
+    z = np.random.default_rng(9).standard_normal(J_out)
+    for l in range(J_out):
+        inner = b_in[parent == l]
+        prec = Sinv_out[d, d] + len(inner) * Sinv_in[c, c]
+        lin = sum(Sinv_in[c] @ bj for bj in inner) - Sinv_out[d] @ b_out[l]
+        assert shift[l] == pytest.approx(lin / prec + z[l] / np.sqrt(prec), rel=1e-12)
+    np.testing.assert_allclose(got_out[:, d], b_out[:, d] + shift, rtol=1e-14)
+
+
+def test_nested_pair_one_shard_and_three_and_the_rounds():
+    from test_sharded import assert_shard_count_free, sharded_kernel
+
+    model = multilevel.Model("y ~ x + (1 | a/b)", nested_frame(2), family="poisson", sampler="sharded")
+    kernel = sharded_kernel(model, 3)
+    assert [(p.c, p.d) for p in kernel.nested] == [(0, 0)] and kernel.nested[0].counts.tolist() == [3.0] * 12
+    assert_shard_count_free(lambda n_shards: sharded_kernel(model, n_shards), {"beta_a": (12, 1), "beta_a:b": (36, 1)})
+
+    assert rounds_of_a_sweep(kernel) == ["sweep", "nest", "evaluate"]  # a is folded
+
+
+NESTED_PRIORS = dict(mu0=[0.3], Lambda0=[[0.3]], alpha_mean=[0.4], alpha_cov=[[0.2]], eta0={"a": 6.0, "a:b": 6.0},
+                     S0={"a": [[1.5]], "a:b": [[1.0]]})
+
+
+def nested_sbc(n_reps: int, seed: int, **kw) -> sbc.SBCResult:
+    model = multilevel.Model("y ~ x + (1 | a/b)", nested_frame(7, Ja=8, per=3, rows=2), family="poisson",
+                             priors=NESTED_PRIORS, sampler="sharded")
+    return sharded_sbc(model, n_reps=n_reps, seed=seed, **kw)
+
+
+def test_nested_sbc_small():
+    result = nested_sbc(80, 1503, n_shards=2, L=19, thin=2, warmup=60, bins=5)
+    assert result.rejected == [], result.report()
+
+
+@pytest.mark.validate
+def test_sharded_nested_sbc_full():
+    result = nested_sbc(600, 1504, n_shards=2, L=49, thin=6, warmup=200, bins=10)
+    print(result.report())
+    assert result.rejected == [], result.report()
+
+
+def test_nested_sharded_agrees_with_the_crossed_metropolis_kernel():
+    fits = [multilevel.fit("y ~ x + (1 | a/b)", nested_frame(5), family="poisson", sampler=s, chains=4, warmup=300,
+                           draws=600, seed=9, progress=False, cores=1) for s in ("sharded", "metropolis")]
+    assert_means_agree(fits, ("theta", "alpha", "Sigma_a", "Sigma_a:b", "beta_a"))

@@ -247,7 +247,8 @@ class SweepSums(NamedTuple):
     """A shard's answer to a sweep: levels accepted; sum_j b_j, sum_j b_j b_j'; per shift move
     sum_j w_j b_j'; sum_j 1 / (1 + tau_c H_j,cc) per column (the prior's share); ll, F'(y - mu)
     and F'WF at the new values (``then`` 0), or per level of the other factor ``then`` its ll_j,
-    Z'(y - mu) and Z'WZ (``levels``; ll, g, H then 0)."""
+    Z'(y - mu) and Z'WZ (``levels``; ll, g, H then 0); per nested pair (:meth:`LevelShard.set_nested`)
+    the sums of b over the levels of each outer level, (J_out, q) (``Sbp``)."""
 
     accepted: int
     Sb: np.ndarray
@@ -258,6 +259,7 @@ class SweepSums(NamedTuple):
     g: np.ndarray
     H: np.ndarray
     levels: tuple | None = None
+    Sbp: tuple = ()
 
 
 @dataclass
@@ -300,6 +302,8 @@ class LevelShard:
         self.ones = bool(rows.y.shape[0]) and bool(self.ones_all[0])
         self.chains: dict[bytes, ChainSlot] = {}
         self.shifts: list[tuple[int, np.ndarray, np.ndarray]] = []  # (column, fixed columns, W (J, |D|))
+        #: nested pairs (factor position, column, its column, parent per level here, levels): set_nested
+        self.nested: list[tuple[int, int, int, np.ndarray, int]] = []
 
     # -- what the priors and the set-up read ----------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -369,6 +373,47 @@ class LevelShard:
         here (the other factors' shift moves, w_j = 1)."""
         r = self.rows
         return [bool(np.array_equal(r.Z[:, self.z_off[k] + c], r.F[:, m])) for k, c, m in pairs]
+
+    def nesting(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """Whether the sharded factor is nested in the factor at position k here: (the first
+        level here, per level the level of factor k its rows are in, -1 where they are in
+        several, and per (column c of the sharded factor, column d of factor k) whether
+        Z[:, c] = Z_k[:, d] in every row)."""
+        r = self.rows
+        parent = np.full(r.J, -1, dtype=np.int64)
+        parent[r.index[0]] = r.index[k]
+        parent[r.index[0][parent[r.index[0]] != r.index[k]]] = -1
+        equal = np.array([[np.array_equal(r.Z[:, c], r.Z[:, self.z_off[k] + d]) for d in range(int(r.q[k]))]
+                          for c in range(self.q)], dtype=bool).reshape(self.q, int(r.q[k]))
+        return int(r.lo), parent, equal
+
+    def set_nested(self, pairs: list[tuple[int, int, int]]) -> list[list[np.ndarray]]:
+        """Keep the nested pairs (factor position k the sharded factor is nested in, column c of
+        the sharded factor, column d of k's: :meth:`nesting`); returns per pair and per shift
+        move the sums of its weights w_j over the levels of each outer level (J_k, D)."""
+        r = self.rows
+        self.nested = []
+        out = []
+        for k, c, d in pairs:
+            parent = self.nesting(k)[1]
+            Jk = int(r.levels[k])
+            self.nested.append((int(k), int(c), int(d), parent, Jk))
+            out.append([np.stack([np.bincount(parent, weights=W[:, i], minlength=Jk) for i in range(W.shape[1])],
+                                 axis=1) for _, _, W in self.shifts])
+        return out
+
+    def nest(self, key: np.ndarray, i: int, d: np.ndarray) -> None:
+        """Nested pair i's shift (:mod:`multilevel.samplers.sharded`): b_jc - d_parent(j) for the
+        sharded factor's levels and b_k,l,d + d_l in the copy of the outer factor's effects, both
+        owed to eta, where they cancel."""
+        k, c, col, parent, Jk = self.nested[i]
+        slot, r = self.chains[bytes(key)], self.rows
+        change = np.asarray(d, dtype=float)[parent]
+        slot.b[:, c] -= change
+        self.pending[:, c] -= change
+        o, qk = int(self.b_off[k] - self.b_off[1]), int(r.q[k])
+        slot.other[o + col:o + Jk * qk:qk] += d
+        self.pending_other[o + col:o + Jk * qk:qk] += d
 
     def set_shifts(self, groups: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
         """Keep the shift moves (column c, fixed columns D) and their weights; returns per move
@@ -449,7 +494,9 @@ class LevelShard:
             else:
                 ll, g, H = fixed_terms(self.code, r.y, self.n, self.eta, r.F, np.zeros(p), None, None, self._sync())
         Swb = tuple(W.T @ b for _, _, W in self.shifts)
-        return SweepSums(accepted, b.sum(axis=0), b.T @ b, Swb, shares, ll, g, H, levels)
+        Sbp = tuple(np.stack([np.bincount(parent, weights=b[:, c], minlength=Jk) for c in range(q)], axis=1)
+                    for _, _, _, parent, Jk in self.nested)
+        return SweepSums(accepted, b.sum(axis=0), b.T @ b, Swb, shares, ll, g, H, levels, Sbp)
 
     def _sync(self) -> tuple:
         """The changes still owed to eta (the sharded factor's levels' ``pending``, the other

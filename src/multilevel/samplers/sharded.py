@@ -47,10 +47,24 @@ A sweep, with the moves' numbers those of the crossed kernel's module docstring:
    in every row (w_j = 1: the intercept, a slope with its fixed term; :func:`other_shifts`). A
    level-level predictor of another factor is left out: finding it and its weights w_j would
    need each level's rows from every shard.
+7. the **nested shift move** (the crossed kernel's step 6, exact Gibbs) when the sharded factor
+   is nested in another factor k (each of its levels' rows in one level of k, in every shard:
+   ``(1 | a/b)``'s a:b in a) and a column c of it and d of k hold the same covariate in every
+   row (:func:`nested_pairs`, one pair a sweep in turn): b_k[l, d] + d_l, b_s[j, c] - d_parent(j),
+   which leaves eta as it is, d_l ~ N(lin_l / prec_l, 1 / prec_l) with prec_l =
+   (Sigma_k^-1)_dd + n_l (Sigma_s^-1)_cc and lin_l = (Sigma_s^-1 sum_{j in l} b_s,j)_c -
+   (Sigma_k^-1 b_k,l)_d (:func:`nested_shift`), made right after step 2 from the per-outer-level
+   sums of b_s that step 1's answer carries (J_k q_s numbers), the shards told d in a round of
+   its own (:meth:`multilevel.samplers.shard.LevelShard.nest`; they owe both changes to eta,
+   where they cancel); the shift moves' sums sum_j w_j b_j' then lose sum_{j in l} w_j d_l in
+   column c. Measured on 100 groups of a with 5 of b each, 20 rows a level (Poisson,
+   ``y ~ x + (1 | a/b)``, 2 chains x 1000): the bulk ESS a draw of Sigma_a:b went from 0.17 to
+   0.37 (Sigma_a's 0.53 to 0.65); the in-memory kernel, with step 7 below too, 0.90.
 
-The crossed kernel's steps 6 and 7 (the nested shift and variance moves of a factor nested in
-another) are not made: each keeps the posterior, so leaving them out is exact, but a nested
-design mixes more slowly here than with ``sampler="metropolis"`` in memory.
+The crossed kernel's step 7 (the nested variance move of two Poisson factors of the intercept
+alone) is not made: it needs each inner level's sums at the client or two more rounds. It keeps
+the posterior, so leaving it out is exact, but such a nested design mixes more slowly here than
+with ``sampler="metropolis"`` in memory.
 
 **The fold.** When the last other factor k is Poisson's intercept alone, its level j's move
 changes eta by D_j on its rows only, so mu_i -> e^{D_j} mu_i there, and the fixed move's terms
@@ -66,9 +80,10 @@ round's latency for J_k in the thousands): not done.
 
 Rounds of one message to every shard per sweep: 2 with one factor; with factors s, k_1..k_m,
 2 + m plus one for each k_i that is not Poisson's intercept alone, less one when k_m is (the
-fold): 2 for two factors when the other is Poisson's intercept alone ((1 | a) + (1 | b)), 4
-otherwise ((x | a) + (1 | b), binomial); the negative binomial adds the phi move's round and has no
-closed form: 3 + 2 m (3 with one factor, 5 with two). What goes out: a round's few numbers (a, Sigma_s^-1,
+fold), plus one when there is a nested pair (step 7): 2 for two factors when the other is
+Poisson's intercept alone ((1 | a) + (1 | b); 3 for (1 | a/b)), 4 otherwise ((x | a) + (1 | b),
+binomial); the negative binomial adds the phi move's round and has no closed form: 3 + 2 m (3
+with one factor, 5 with two). What goes out: a round's few numbers (a, Sigma_s^-1,
 the angle, the changes owed to b_s: O(p + q_s^2)) and the other factors' b, sum_k J_k q_k
 numbers, where they changed (the proposals' round sends the factor's J_k q_k proposals
 instead); what comes back: O(p^2 + q_s^2) numbers, or the per-level sums of one other factor,
@@ -335,6 +350,57 @@ def shift_moves(shards: Any, q: int) -> tuple[list[tuple[int, np.ndarray]], list
     return groups, [sum(w[g] for w in WW) for g in range(len(groups))]
 
 
+class NestedPair(NamedTuple):
+    """The sharded factor nested in the factor ``order[pos]``, column ``c`` of the one and ``d``
+    of the other the same covariate in every row; ``counts`` (J_k,) the sharded factor's levels
+    in each level of the outer one; ``Wp`` per shift move of the sharded factor the sums of its
+    weights w_j over the levels of each outer level (J_k, D)."""
+
+    pos: int
+    c: int
+    d: int
+    counts: np.ndarray
+    Wp: list
+
+
+def nested_pairs(shards: Any, order: list[int], layout: FactorLayout) -> list[NestedPair]:
+    """The nested shift moves' pairs (module docstring, step 7): for each other factor the
+    sharded factor is nested in (each of its levels' rows in one level of the other, in every
+    shard), each pair of columns with the same covariate; the shards keep them
+    (:meth:`multilevel.samplers.shard.LevelShard.set_nested`)."""
+    J = int(layout.J[order[0]])
+    found = []
+    for pos in range(1, len(order)):
+        answers = sorted(shards.call("nesting", pos), key=lambda x: x[0])
+        parent = np.concatenate([x[1] for x in answers]) if answers else np.zeros(0, dtype=np.int64)
+        if parent.shape[0] != J or np.any(parent < 0):
+            continue
+        equal = np.logical_and.reduce([x[2] for x in answers])
+        counts = np.bincount(parent, minlength=int(layout.J[order[pos]])).astype(float)
+        found += [(pos, int(c), int(d), counts) for c, d in zip(*np.nonzero(equal))]
+    if not found:
+        return []
+    Wp = shards.call("set_nested", [(pos, c, d) for pos, c, d, _ in found])
+    return [NestedPair(pos, c, d, counts, [sum(w[i][m] for w in Wp) for m in range(len(Wp[0][i]))])
+            for i, (pos, c, d, counts) in enumerate(found)]
+
+
+def nested_shift(rng: np.random.Generator, Sbp: np.ndarray, counts: np.ndarray, b_out: np.ndarray, c: int, d: int,
+                 Sinv_in: np.ndarray, Sinv_out: np.ndarray) -> np.ndarray:
+    """The nested shift move (module docstring, step 7): b_out[l, d] + d_l for every outer level
+    l and b_in[j, c] - d_parent(j) for the inner levels, d_l ~ N(lin_l / prec_l, 1 / prec_l),
+    prec_l = (Sigma_out^-1)_dd + n_l (Sigma_in^-1)_cc, lin_l = (Sigma_in^-1 sum_{j in l} b_in,j)_c
+    - (Sigma_out^-1 b_out,l)_d, from the inner levels' sums per outer level ``Sbp`` (J_out, q_in)
+    and their numbers ``counts``: the crossed kernel's
+    :func:`~multilevel.samplers.crossed_metropolis.nested_move`. ``b_out`` updated in place;
+    returns d."""
+    prec = Sinv_out[d, d] + counts * Sinv_in[c, c]
+    lin = Sbp @ Sinv_in[c, :] - b_out @ Sinv_out[d, :]
+    shift = lin / prec + rng.standard_normal(counts.shape[0]) / np.sqrt(prec)
+    b_out[:, d] += shift
+    return shift
+
+
 def other_shifts(shards: Any, design: Any, order: list[int]) -> list[tuple[int, int, int]]:
     """The other factors' shift moves (factor k, column c, fixed column m): those whose column is
     the fixed column of its term's population mean (``mean_index``) and equal to it in every row
@@ -411,6 +477,8 @@ class ShardedMetropolis:
             self.phi_start = phi_of_moments(*_summed(shards.call("dispersion_moments", np.asarray(a_start, float))))
             self.log_y_factorial = float(sum(s["log_y_factorial"] for s in summaries))
         self.other_shifts = other_shifts(shards, design, self.order)
+        #: the nested shift moves (step 7), one pair a sweep in turn
+        self.nested = nested_pairs(shards, self.order, layout)
         #: the last other factor is Poisson's intercept alone: its current sums come with the fixed
         #: move's per level (module docstring), no round for the fixed move's terms at a
         self.fold = len(self.order) > 1 and self.ones[self.order[-1]]
@@ -499,6 +567,15 @@ class ShardedMetropolis:
         shares = np.full(L.block_start.shape[0], np.inf)
         self._block_shares(shares, sum(x.shares for x in parts) / max(J, 1), s)
         self._conjugate(rng, s, Sbb, Sigma)
+        if self.nested:  # step 7: the pair of this sweep, in a round of its own
+            i = state.sweep % len(self.nested)
+            pair = self.nested[i]
+            k = self.order[pair.pos]
+            d = nested_shift(rng, sum(x.Sbp[i] for x in parts), pair.counts, self._effects(bo, k), pair.c, pair.d,
+                             np.linalg.inv(self._sigma(Sigma, s)), np.linalg.inv(self._sigma(Sigma, k)))
+            self.shards.call("nest", state.key, i, d)
+            for m, Wp in enumerate(pair.Wp):  # the shift moves' sums of w_j b_j' in column c
+                Swb[m][:, pair.c] -= Wp.T @ d
         if last:
             sums = _summed([x.levels for x in parts])
             for pos, k in enumerate(self.order[1:], 1):
