@@ -511,7 +511,9 @@ class CubicSplineLearner:
         self.rows = self.distinct = 0
         self.split: DistinctSplit | None = None
         self.order: OrderStatistics | None = None
-        self.spline: Any = None
+        self.spline: Any = None  # the uncentred spline once the knots are known
+        self.centering: np.ndarray | None = None
+        self.linear = (0.0, 1.0)  # mean and sd of B k over the rows (cr's null space)
 
     def _quantiles(self) -> np.ndarray:
         return np.linspace(0, 1, self.n_inner + 2)[1:-1]
