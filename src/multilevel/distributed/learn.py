@@ -655,18 +655,20 @@ def learning_pass(frame: Any, plan: Any, arguments: list[tuple[Any, Any]], passe
     from .plan import prepare
 
     kept, _ = prepare(frame, plan)
-    return [p.partial(np.asarray(arg.eval(kept, env), dtype=float).ravel()) for (arg, env), p in zip(arguments, passes)]
+    return [p.partial(argument_values(kept, arg, env)) for (arg, env), p in zip(arguments, passes)]
+
+
+def argument_values(kept: Any, arg: Any, env: Any) -> np.ndarray:
+    """A call's argument evaluated on the rows ``kept``, as floats."""
+    return np.asarray(arg.eval(kept, env), dtype=float).ravel()
 
 
 def distinct_split(frame: Any, plan: Any, argument: tuple[Any, Any], split: DistinctSplit) -> list[np.ndarray]:
     """One partition's :class:`DistinctSplit` of a call's argument on its rows kept."""
-    (values,) = learning_pass(frame, plan, [argument], [_Identity()])
-    return split(values)
+    from .plan import prepare
 
-
-class _Identity:
-    def partial(self, x: np.ndarray) -> np.ndarray:
-        return x
+    kept, _ = prepare(frame, plan)
+    return split(argument_values(kept, *argument))
 
 
 def distinct_total(parts: list[Any], plan: Any, argument: tuple[Any, Any], request: OverDistinct) -> Any:
