@@ -79,6 +79,40 @@ def test_scale_terms_of_another_factors_column_match_numpy(code):
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
+@pytest.mark.parametrize("k", [0, 1])
+def test_poisson_scale_pass_matches_the_row_passes(k):
+    """Poisson's scale move of a factor with the intercept alone from level sums (one pass, eta
+    first taking what it is owed) against the row passes it replaces: the fixed terms at eta + F da
+    and :func:`scale_terms` at eta and at eta + F da."""
+    from multilevel.samplers.crossed_metropolis import apply_pending, fixed_terms
+    from multilevel.samplers.shard import ones_scale_terms, poisson_scale_pass
+
+    rng = np.random.default_rng(8)
+    N, Js = 80, np.array([6, 9])
+    index = np.ascontiguousarray(np.vstack([rng.integers(0, J, N) for J in Js]), dtype=np.int64)
+    F = np.column_stack([np.ones(N), rng.standard_normal(N)])
+    Z, q = np.ones((N, 2)), np.array([1, 1])
+    z_off, b_off = np.array([0, 1]), np.array([0, Js[0]])
+    y = rng.poisson(1.5, N).astype(float)
+    eta, da = 0.3 * rng.standard_normal(N), np.array([0.1, -0.2])
+    owed = 0.2 * rng.standard_normal(Js.sum())
+    b, f = 0.5 * rng.standard_normal((Js[k], 1)), 0.3
+
+    def sync():
+        return (F, Z, np.zeros(2), False, z_off, q, index, b_off, owed.copy(), np.array([True, True]),
+                np.array([True, True]))
+
+    ref, owing = eta.copy(), sync()
+    apply_pending(ref, owing[0], owing[2], owing[3], owing[1], *owing[4:])
+    want = fixed_terms(0, y, np.ones(N), ref, F, da)
+    want_d = scale_terms(0, y, np.ones(N), ref, F, da, Z, int(z_off[k]), 0, index[k], b, f)
+    got_eta = eta.copy()
+    ll, g, H, Sy, S0, S1 = poisson_scale_pass(y, got_eta, F, da, index[k], int(Js[k]), sync())
+    np.testing.assert_allclose(got_eta, ref, rtol=1e-14)
+    np.testing.assert_allclose((ll, *g, *H.ravel()), (want[0], *want[1], *want[2].ravel()), rtol=1e-12)
+    np.testing.assert_allclose(ones_scale_terms(Sy, S0, S1, b[:, 0], f), want_d, rtol=1e-10)
+
+
 def test_level_fixed_sums_match_numpy_and_give_the_fixed_terms():
     """The folded sums of another Poisson factor's levels (eta first taking what it is owed) against
     bincounts, and the fixed move's terms after its levels' changes D from them against a pass."""

@@ -386,15 +386,28 @@ def fixed_terms(code, y, n, eta, F, delta, rows=None, lev=None, sync=None):
             j = lev[0][i]
             lev[1][j] += y[i]
             lev[2][j] += w
-        for c in range(p):
-            g[c] += F[i, c] * r
-            wc = w * F[i, c]
-            for d in range(c + 1):
-                H[c, d] += wc * F[i, d]
-    for c in range(p):
+        add_fixed_row(F, i, r, w, g, H)
+    mirror_lower(H)
+    return ll, g, H
+
+
+@njit(cache=True, inline="always")
+def add_fixed_row(F, i, r, w, g, H):
+    """Row i's part of the fixed move's terms: g += F_i r_i, and F_i F_i' w_i to H's lower
+    triangle (:func:`mirror_lower` completes it)."""
+    for c in range(F.shape[1]):
+        g[c] += F[i, c] * r
+        wc = w * F[i, c]
+        for d in range(c + 1):
+            H[c, d] += wc * F[i, d]
+
+
+@njit(cache=True, inline="always")
+def mirror_lower(H):
+    """H's upper triangle from its lower one."""
+    for c in range(H.shape[0]):
         for d in range(c):
             H[d, c] = H[c, d]
-    return ll, g, H
 
 
 @njit(cache=True)

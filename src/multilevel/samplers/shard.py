@@ -52,9 +52,9 @@ from numba import njit
 
 from .crossed import _backward
 from ..families import NEGBINOMIAL_CODE
-from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_level_sums, apply_pending, fixed_terms,
-                                 fixed_terms_from_levels, intercept_only, laplace_point, level_multiples, level_terms,
-                                 linear_predictor, rotation_log_ratio)
+from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_fixed_row, add_level_sums, apply_pending,
+                                 fixed_terms, fixed_terms_from_levels, intercept_only, laplace_point, level_multiples,
+                                 level_terms, linear_predictor, mirror_lower, rotation_log_ratio)
 from .keyed import level_draws
 from .negbinomial import distinct_counts, nb_phi_loglik
 
@@ -194,6 +194,45 @@ def scale_terms(code, y, n, eta, F, da, Z, zc, c, index, b, f):
         d0 += _row_terms(code, y[i], n[i], e0 + de)[0] - _row_terms(code, y[i], n[i], e0)[0]
         d1 += _row_terms(code, y[i], n[i], e1 + de)[0] - _row_terms(code, y[i], n[i], e1)[0]
     return d0, d1
+
+
+@njit(cache=True)
+def poisson_scale_pass(y, eta, F, da, index_k, Jk, sync):
+    """Poisson, for a scale move of a factor with the intercept alone (``index_k`` its rows'
+    levels): eta_i first takes the change still owed to it (``sync`` as
+    :func:`~multilevel.samplers.crossed_metropolis.level_terms`'), then in one pass ll,
+    F'(y - mu) and F'WF at eta + F da (:func:`~multilevel.samplers.crossed_metropolis.fixed_terms`')
+    and per level j the sums Sy_j of y_i, S0_j of mu_i at eta and S1_j of mu_i at eta + F da:
+    :func:`ones_scale_terms` gives the scale move's changes of ll from them, two exps a row
+    where :func:`scale_terms` takes four."""
+    N, p = F.shape
+    ll, g, H = 0.0, np.zeros(p), np.zeros((p, p))
+    Sy, S0, S1 = np.zeros(Jk), np.zeros(Jk), np.zeros(Jk)
+    for i in range(N):
+        e0 = eta[i] + _row_pending(i, sync[0], sync[2], sync[3], sync[1], sync[4], sync[5], sync[6], sync[7], sync[8],
+                                   sync[9], sync[10])
+        eta[i] = e0
+        e = e0
+        for c in range(p):
+            e += F[i, c] * da[c]
+        mu = np.exp(min(e, 700.0))
+        j = index_k[i]
+        Sy[j] += y[i]
+        S0[j] += np.exp(min(e0, 700.0))
+        S1[j] += mu
+        ll += y[i] * e - mu
+        add_fixed_row(F, i, y[i] - mu, mu, g, H)
+    mirror_lower(H)
+    return ll, g, H, Sy, S0, S1
+
+
+def ones_scale_terms(Sy: np.ndarray, S0: np.ndarray, S1: np.ndarray, b: np.ndarray, f: float) -> tuple[float, float]:
+    """The change of Poisson's ll when b_j -> (1 + f) b_j for a factor with the intercept alone,
+    at eta and at eta + F da, from :func:`poisson_scale_pass`' level sums: its rows' eta_i gain
+    d_j = f b_j, so ll changes by sum_j [d_j Sy_j - (e^d_j - 1) S_j] with S_j = S0_j or S1_j."""
+    d = f * b
+    grow = np.expm1(d)
+    return float(np.sum(d * Sy - grow * S0)), float(np.sum(d * Sy - grow * S1))
 
 
 class ShardRows(NamedTuple):
@@ -542,6 +581,10 @@ class LevelShard:
         effects, as :meth:`terms`)."""
         r, slot = self.rows, self.chains[bytes(key)]
         self._owe(slot, other)
+        if c >= 0 and self.ones_all[k]:  # Poisson, the intercept alone: the scale move from level sums
+            ll1, g1, H1, Sy, S0, S1 = poisson_scale_pass(r.y, self.eta, r.F, np.asarray(da, dtype=float), r.index[k],
+                                                         int(self.J_all[k]), self._sync())
+            return ll1, g1, H1, *ones_scale_terms(Sy, S0, S1, self._effects(slot, k)[:, 0], f)
         ll1, g1, H1 = fixed_terms(self.code, r.y, self.n, self.eta, r.F, da, None, None, self._sync())
         d0 = d1 = 0.0
         if c >= 0:
@@ -587,4 +630,5 @@ class LevelShard:
 
 
 __all__ = ["LevelShard", "ShardRows", "SweepMessage", "SweepSums", "level_rotation", "ones_rotation",
-           "rotation_accept", "rotation_proposals", "scale_terms"]
+           "ones_scale_terms", "poisson_scale_pass", "rotation_accept", "rotation_proposals",
+           "scale_terms"]
