@@ -10,7 +10,9 @@ partition alone it would learn them from that partition. So (:func:`make_plan`):
    rows with missing or infinite values in the formula's columns (dropped with the in-memory
    engine's warning, or refused), and collects the levels of every non-numeric column and of
    every grouping factor over the rows kept;
-2. a prototype design is built on the first rows with those levels as ordered categoricals
+2. a prototype design is built on the first rows, and the rows that hold each numeric column's
+   smallest and largest value (so that ``formulae``'s checks against a column's range, such as
+   ``cr(x, knots=...)``'s, see the range of all rows), with those levels as ordered categoricals
    (``formulae`` then codes every level, as it codes a column's sorted distinct values in
    memory), and when the formula has stateful calls (``center``, ``scale``, ``bs``, ``poly``)
    passes over all rows learn their states (:mod:`multilevel.distributed.learn`: moments,
@@ -57,9 +59,20 @@ def factor_term(spec: FormulaSpec, name: str) -> Any:
     return next(t for t in spec.terms if t.factor == name)
 
 
+def extreme_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows holding each numeric column's smallest and largest value (the first of ties), in
+    their order, each once."""
+    numeric = [c for c in rows.columns if pd.api.types.is_numeric_dtype(rows[c])]
+    if not len(rows) or not numeric:
+        return rows.iloc[:0]
+    at = sorted({int(pick(rows[c].to_numpy())) for c in numeric for pick in (np.argmin, np.argmax)})
+    return rows.iloc[at]
+
+
 def scan_partition(frame: pd.DataFrame, spec: FormulaSpec, categorical: list[str]) -> dict[str, Any]:
-    """The first pass over one partition: rows, missing-value counts by column, and the distinct
-    values of the categorical columns and of the grouping factors' columns on the rows kept."""
+    """The first pass over one partition: rows, missing-value counts by column, the distinct
+    values of the categorical columns and of the grouping factors' columns on the rows kept, and
+    the rows of their numeric columns' extremes (:func:`extreme_rows`)."""
     used = frame[list(spec.variables)]
     bad, per_column = missing_rows(used)
     kept = used.loc[~bad]
@@ -67,6 +80,7 @@ def scan_partition(frame: pd.DataFrame, spec: FormulaSpec, categorical: list[str
         "rows": len(frame), "bad": int(bad.sum()), "per_column": per_column,
         "categories": {c: kept[c].drop_duplicates() for c in categorical},
         "factors": {name: kept[list(cols)].drop_duplicates() for name, cols in factor_columns(spec).items()},
+        "extremes": extreme_rows(kept),
     }
 
 
@@ -77,6 +91,7 @@ def combine_scans(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "per_column": {c: a["per_column"][c] + b["per_column"][c] for c in a["per_column"]},
         "categories": {c: pd.concat([a["categories"][c], b["categories"][c]]).drop_duplicates() for c in a["categories"]},
         "factors": {f: pd.concat([a["factors"][f], b["factors"][f]]).drop_duplicates() for f in a["factors"]},
+        "extremes": extreme_rows(pd.concat([a["extremes"], b["extremes"]])),
     }
 
 
@@ -265,9 +280,13 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
     head = ddf.head(PROTOTYPE_ROWS, npartitions=-1, compute=True)
     used = head[list(spec.variables) + ([weights] if weights and weights not in spec.variables else [])]
     bad, _ = missing_rows(used[list(spec.variables)])
-    sample = used.loc[~bad].astype(dtypes) if dtypes else used.loc[~bad]
+    # the prototype is a template of the rows (the statistics never read it): its extreme rows
+    # get weight 1 when the weights column is not in the formula
+    extremes = scan["extremes"].reindex(columns=used.columns, fill_value=1.0)
+    sample = pd.concat([used.loc[~bad], extremes], ignore_index=True)
     if len(sample) == 0:
         raise ModelError("the first rows of the data all have missing values; shuffle or filter the data")
+    sample = sample.astype(dtypes) if dtypes else sample
     proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=family == "gaussian", check=False)
     plan = PartitionPlan(spec, dtypes, tuple(f.keys for f in factors), proto, weights, family)
     calls = design_stateful_calls(proto)
