@@ -215,13 +215,13 @@ def poisson_scale_pass(y, eta, F, da, index_k, Jk, sync):
         e = e0
         for c in range(p):
             e += F[i, c] * da[c]
-        mu = np.exp(min(e, 700.0))
+        l, r, mu = _row_terms(0, y[i], 1.0, e)
         j = index_k[i]
         Sy[j] += y[i]
         S0[j] += np.exp(min(e0, 700.0))
         S1[j] += mu
-        ll += y[i] * e - mu
-        add_fixed_row(F, i, y[i] - mu, mu, g, H)
+        ll += l
+        add_fixed_row(F, i, r, mu, g, H)
     mirror_lower(H)
     return ll, g, H, Sy, S0, S1
 
