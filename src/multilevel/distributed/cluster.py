@@ -60,14 +60,13 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     import dask
 
     memory = parse_memory(worker_memory)
-    with dask.config.set(QUIET):
-        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None,
-                               memory_limit=memory if memory is not None else "auto", silence_logs=logging.ERROR)
-    with cluster:
+    with contextlib.ExitStack() as opened:  # the client closed before its cluster
         with dask.config.set(QUIET):
-            client = Client(cluster)
-        with client:
-            yield client
+            cluster = opened.enter_context(LocalCluster(
+                n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None,
+                memory_limit=memory if memory is not None else "auto", silence_logs=logging.ERROR))
+            client = opened.enter_context(Client(cluster))
+        yield client
 
 
 __all__ = ["QUIET", "dask_client", "parse_memory"]
