@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 ## Install, then run the default test suite (about 14 minutes on 2 cores: one test process per core).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 ## Long validation: full simulation-based calibration runs, rendered to docs/validation.md.
 ## `make validate K=poisson` runs those whose name matches (pytest -k) and keeps the other rows.

@@ -19,6 +19,13 @@ settings.register_profile("explore", max_examples=1000, derandomize=False, deadl
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``long`` first, in their order, then the others in theirs: with the
+    test processes stealing each other's queued tests (``--dist worksteal``), a long test
+    then never starts near the end while the other process has nothing left to do."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def simulate_gaussian(
     rng: np.random.Generator,
     m: int,

@@ -12,6 +12,7 @@ import pytest
 
 import multilevel
 from multilevel import ModelError
+from multilevel.comparison import _reff
 from multilevel.convert import az
 
 SMALL = dict(chains=2, draws=200, warmup=100, seed=1, cores=1, progress=False)
@@ -41,7 +42,15 @@ def test_loo_and_waic(hsb_fits):
     ref = az.waic(fit.idata)
     assert waic["elpd_waic"] == pytest.approx(ref["elpd_waic"], rel=1e-12)
     ref_loo = az.loo(fit.idata, reff=1.0)
-    assert fit.loo(reff=1.0)["elpd_loo"] == pytest.approx(ref_loo["elpd_loo"], rel=1e-12)
+    own = fit.loo(reff=1.0)
+    for name in ("elpd_loo", "se", "p_loo"):
+        assert own[name] == pytest.approx(ref_loo[name], rel=1e-12), name
+    assert (own.n_samples, own.n_data_points, own.warning, own.good_k, own.scale) == (
+        ref_loo.n_samples, ref_loo.n_data_points, ref_loo.warning, ref_loo.good_k, ref_loo.scale)
+    np.testing.assert_allclose(own.loo_i.values, ref_loo.loo_i.values, rtol=1e-12)
+    np.testing.assert_allclose(own.pareto_k.values, ref_loo.pareto_k.values, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(waic.waic_i.values, ref.waic_i.values, rtol=1e-12)
+    assert waic["p_waic"] == pytest.approx(ref["p_waic"], rel=1e-12) and waic.se == pytest.approx(ref.se, rel=1e-12)
     # the pointwise elpd_loo sums to the total
     assert float(loo["loo_i"].sum()) == pytest.approx(loo["elpd_loo"])
 
@@ -75,6 +84,11 @@ def test_compare_random_intercept_and_slope(hsb_fits):
     # the individual LOOs are the table's entries
     for name, fit in hsb_fits.items():
         assert table.loc[name, "elpd_loo"] == pytest.approx(fit.loo()["elpd_loo"], rel=1e-9)
+    # ArviZ's own comparison of ArviZ's own LOOs (each with the fit's reff) gives the same table
+    reffs = {name: _reff(fit) for name, fit in hsb_fits.items()}
+    ref = az.compare({name: az.loo(az.InferenceData(log_likelihood=fit.log_likelihood().to_dataset(name="y")),
+                                   reff=reffs[name], pointwise=True) for name, fit in hsb_fits.items()})
+    pd.testing.assert_frame_equal(table, ref, rtol=1e-9)
     w = multilevel.compare(hsb_fits, ic="waic")
     assert "elpd_waic" in w.columns
     # scale= is honoured (ArviZ's compare keeps precomputed values on their own scale)

@@ -206,7 +206,7 @@ NEW = pd.DataFrame({"g": [0, 7, 10_000, 3, 7, 10_000], "h": ["a", "zz", "b", "c"
 
 
 def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(weighted_fits, monkeypatch):
-    from multilevel.distributed import posterior
+    from multilevel import elpd
 
     _, mem, par = weighted_fits
     a, b = mem.log_likelihood(), par.log_likelihood()
@@ -224,7 +224,7 @@ def test_log_likelihood_and_loo_are_the_in_memory_ones_partition_by_partition(we
     bins = [-np.inf, got.good_k, 1.0, np.inf]
     assert np.array_equal(np.histogram(got.pareto_k, bins)[0], np.histogram(want.pareto_k, bins)[0])
     assert "pareto_k" not in summary and "\n" not in str(pytest.raises(ModelError, par.loo, var_name="y").value)
-    monkeypatch.setattr(posterior, "LOO_VALUES", 7 * 120)  # a partition's rows in blocks of 7
+    monkeypatch.setattr(elpd, "LOO_VALUES", 7 * 120)  # a partition's rows in blocks of 7
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         blocks = par.loo()

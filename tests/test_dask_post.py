@@ -331,7 +331,7 @@ def test_the_sample_and_the_comparison_on_a_worker_process_equal_the_threaded_on
 
 
 def test_waic_of_a_dask_fit_is_the_in_memory_one_partition_by_partition(nested_fits, monkeypatch):
-    from multilevel.distributed import posterior
+    from multilevel import elpd
 
     mem0, _, par0, _ = nested_fits
     for scale in ("log", "deviance"):
@@ -342,7 +342,7 @@ def test_waic_of_a_dask_fit_is_the_in_memory_one_partition_by_partition(nested_f
         assert (got.n_data_points, got.n_samples, got.warning, got.scale) == (want.n_data_points, want.n_samples,
                                                                               want.warning, want.scale)
         assert np.allclose(got.waic_i.values, want.waic_i.values, rtol=1e-8)
-    monkeypatch.setattr(posterior, "LOO_VALUES", 7 * 80)  # a partition's rows in blocks of 7
+    monkeypatch.setattr(elpd, "LOO_VALUES", 7 * 80)  # a partition's rows in blocks of 7
     summary = quiet(par0.waic, pointwise=False)
     assert summary["waic"] == pytest.approx(quiet(mem0.waic, pointwise=False)["waic"], rel=1e-8)
     one_line(lambda: par0.waic(var_name="y"), "takes scale")

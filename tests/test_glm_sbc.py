@@ -244,6 +244,7 @@ def test_glm_sbc_small(name):
     assert result.rejected == [], result.report()
 
 
+@pytest.mark.long
 def test_glm_sbc_catches_a_tempered_likelihood():
     """Half the replications of the poisson run above, with the likelihood raised to the power
     2 (posterior too narrow: group effects too sure, Sigma too large) must be rejected.
@@ -255,6 +256,7 @@ def test_glm_sbc_catches_a_tempered_likelihood():
     assert "Sigma[1,1]" in result.rejected, result.report()
 
 
+@pytest.mark.long
 def test_glm_sbc_catches_a_beta_step_without_its_prior(monkeypatch):
     """A plausible coding error: the beta_j Metropolis ratio without the log N(beta_j | theta,
     Sigma) terms (the poisson configuration has no alpha and the non-centred moves, which use

@@ -49,6 +49,7 @@ def run_sh(text: str, cwd: Path) -> None:
         assert done.returncode == 0, f"README command failed: {command}\n{done.stderr}"
 
 
+@pytest.mark.long
 def test_readme_blocks_run_as_written(tmp_path, monkeypatch):
     import matplotlib
 

@@ -227,6 +227,7 @@ def test_dask_engine_equals_in_memory_sharded(formula, family):
         np.testing.assert_allclose(dsk.posterior[name].values, v.values, rtol=1e-9, atol=1e-11, err_msg=name)
 
 
+@pytest.mark.long
 def test_one_worker_and_two_give_identical_draws_and_loo():
     from distributed import Client, LocalCluster
 
@@ -335,6 +336,7 @@ def run_sharded_sbc(case: str, n_reps: int, L: int, thin: int, warmup: int, bins
 SBC_SMALL = dict(n_reps=140, L=19, thin=3, warmup=100, bins=5, seed=1401)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("case", list(SBC_CASES))
 def test_sharded_sbc_small(case):
     result = run_sharded_sbc(case, **SBC_SMALL)
@@ -349,6 +351,7 @@ def without_hastings(kernel: ShardedMetropolis) -> ShardedMetropolis:
     return wrong
 
 
+@pytest.mark.long
 def test_sharded_sbc_catches_moves_without_their_hastings_correction():
     result = run_sharded_sbc("poisson", kernel_factory=without_hastings, **{**SBC_SMALL, "n_reps": 200})
     assert result.rejected, result.report()

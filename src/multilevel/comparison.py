@@ -1,19 +1,23 @@
-"""Model comparison by PSIS-LOO and WAIC (ArviZ), from the pointwise log-likelihood.
+"""Model comparison by PSIS-LOO and WAIC, from the pointwise log-likelihood.
 
 The pointwise log-likelihood is log p(y_i | parameters) of each observed row i, so LOO
 here leaves out one *row* at a time (predicting a new observation in a seen group). With
-few rows per group some Pareto k values may be high; ArviZ then warns.
+few rows per group some Pareto k values may be high, and then a warning says so. The
+criteria are ArviZ's (``az.loo``, ``az.waic``: the same numbers, in its ``ELPDData``),
+computed by :mod:`multilevel.elpd` in blocks of rows with a compiled PSIS
+(:mod:`multilevel.psis`); the comparison table is ``az.compare``'s.
 """
 
 from __future__ import annotations
 
-import warnings
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import elpd
 from .convert import az
 from .errors import ModelError
 
@@ -56,17 +60,6 @@ def population_dataset(fit: Fit) -> xr.Dataset:
     return xr.Dataset(out)
 
 
-def loglik_idata(fit: Fit, order: np.ndarray | None = None) -> az.InferenceData:
-    """A small InferenceData with the population parameters and the pointwise log-likelihood
-    (its rows reordered by ``order`` when given), what ArviZ's loo and waic read."""
-    ll = fit.log_likelihood()
-    if order is not None:
-        ll = ll.isel(obs=order).assign_coords(obs=np.arange(order.shape[0]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return az.InferenceData(posterior=population_dataset(fit), log_likelihood=ll.to_dataset(name="y"))
-
-
 def _reff(fit: Fit) -> float:
     """Relative effective sample size for PSIS, from the population parameters (constant
     ones, such as a mean fixed at 0, are left out, as their ESS is undefined)."""
@@ -77,34 +70,56 @@ def _reff(fit: Fit) -> float:
     return float(np.clip(values.mean() / n, 0.01, 1.0)) if values.size else 1.0
 
 
-def loo(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
-    """PSIS leave-one-out cross-validation (``az.loo``): elpd_loo, p_loo, Pareto k.
-    ``pointwise``: keep the pointwise values (ArviZ's default, True, when None). A Dask fit
-    without a stored log-likelihood gets the same numbers partition by partition
-    (:func:`multilevel.distributed.posterior.loo`; keywords ``reff`` and ``scale``)."""
-    kwargs.setdefault("reff", _reff(fit))
+def _ll_values(fit: Fit, order: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+    """The pointwise log-likelihood (chain, draw, rows) as an array (its rows reordered by
+    ``order`` when given, then numbered 0..n-1) and the rows' coordinate."""
+    ll = fit.log_likelihood()
+    if order is not None:
+        return ll.values[:, :, order], np.arange(order.shape[0])
+    return ll.values, ll["obs"].values
+
+
+def _options(kwargs: dict[str, Any], allowed: set[str], what: str) -> None:
+    """Refuse in one line keywords ``what`` does not take."""
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ModelError(f"{what} takes {' and '.join(sorted(allowed))}, not {', '.join(unknown)}")
+
+
+def loo(fit: Fit, pointwise: bool | None = None, order: np.ndarray | None = None, **kwargs: Any) -> Any:
+    """PSIS leave-one-out cross-validation: ArviZ's ``ELPDData`` with the elpd_loo, se, p_loo
+    and Pareto k that ``az.loo`` gives on the pointwise log-likelihood (keywords ``reff``,
+    default from the population parameters' ESS, and ``scale``), computed by
+    :mod:`multilevel.elpd` in blocks of rows. ``pointwise``: keep the pointwise values
+    (ArviZ's default, True, when None). A Dask fit without a stored log-likelihood gets the
+    same numbers partition by partition (:func:`multilevel.distributed.posterior.loo`)."""
+    _options(kwargs, {"reff", "scale"}, "loo()")
+    reff = float(kwargs["reff"]) if kwargs.get("reff") is not None else _reff(fit)
     if fit.group("log_likelihood") is None and fit.partitioned:
         from .distributed.posterior import loo as loo_over_partitions
 
-        unknown = sorted(set(kwargs) - {"reff", "scale"})
-        if unknown:
-            raise ModelError(f"loo() of a Dask fit takes reff and scale, not {', '.join(unknown)}")
-        return loo_over_partitions(fit, pointwise=pointwise, **kwargs)
-    return az.loo(loglik_idata(fit), pointwise=pointwise, **kwargs)
+        return loo_over_partitions(fit, reff, pointwise=pointwise, scale=kwargs.get("scale"))
+    pointwise, scale = elpd.check_pointwise(pointwise), elpd.check_scale(kwargs.get("scale"))
+    ll, obs = _ll_values(fit, order)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    total = elpd.in_blocks(ll, lambda samples: elpd.block_loo(samples, reff, elpd.SCALES[scale], pointwise, threads))
+    return elpd.loo_data(total, scale, obs)
 
 
-def waic(fit: Fit, pointwise: bool | None = None, **kwargs: Any) -> Any:
-    """The widely applicable information criterion (``az.waic``); ``pointwise`` as in :func:`loo`.
-    A Dask fit without a stored log-likelihood gets the same numbers partition by partition
-    (:func:`multilevel.distributed.posterior.waic`; keyword ``scale``)."""
+def waic(fit: Fit, pointwise: bool | None = None, order: np.ndarray | None = None, **kwargs: Any) -> Any:
+    """The widely applicable information criterion: ArviZ's ``ELPDData`` with the numbers
+    ``az.waic`` gives (keyword ``scale``), by :mod:`multilevel.elpd` as :func:`loo`; a Dask
+    fit without a stored log-likelihood partition by partition
+    (:func:`multilevel.distributed.posterior.waic`)."""
+    _options(kwargs, {"scale"}, "waic()")
     if fit.group("log_likelihood") is None and fit.partitioned:
         from .distributed.posterior import waic as waic_over_partitions
 
-        unknown = sorted(set(kwargs) - {"scale"})
-        if unknown:
-            raise ModelError(f"waic() of a Dask fit takes scale, not {', '.join(unknown)}")
-        return waic_over_partitions(fit, pointwise=pointwise, **kwargs)
-    return az.waic(loglik_idata(fit), pointwise=pointwise, **kwargs)
+        return waic_over_partitions(fit, pointwise=pointwise, scale=kwargs.get("scale"))
+    pointwise, scale = elpd.check_pointwise(pointwise), elpd.check_scale(kwargs.get("scale"))
+    ll, obs = _ll_values(fit, order)
+    total = elpd.in_blocks(ll, lambda samples: elpd.block_waic(samples, elpd.SCALES[scale], pointwise))
+    return elpd.waic_data(total, scale, obs)
 
 
 def _row_orders(fits: dict[str, Fit]) -> list[np.ndarray | None]:
@@ -171,14 +186,10 @@ def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFram
     # on the scale asked for: az.compare takes precomputed values on theirs, whatever scale= says
     scale = kwargs.get("scale")
     on_scale = {} if scale is None else {"scale": scale}
-    elpd = {}
-    for (name, fit), order in zip(fits.items(), orders):
-        data = loglik_idata(fit, order)
-        if ic == "loo":
-            elpd[name] = az.loo(data, pointwise=True, reff=_reff(fit), **on_scale)
-        else:
-            elpd[name] = az.waic(data, pointwise=True, **on_scale)
-    return az.compare(elpd, ic=ic, **kwargs)
+    criterion = loo if ic == "loo" else waic
+    values = {name: criterion(fit, pointwise=True, order=order, **on_scale)
+              for (name, fit), order in zip(fits.items(), orders)}
+    return az.compare(values, ic=ic, **kwargs)
 
 
-__all__ = ["compare", "loo", "waic", "population_dataset", "loglik_idata"]
+__all__ = ["compare", "loo", "waic", "population_dataset"]

@@ -606,13 +606,15 @@ class Fit:
         return self.group("posterior_predictive")["y"]
 
     def loo(self, pointwise: bool | None = None, **kwargs: Any) -> Any:
-        """PSIS leave-one-out cross-validation by ArviZ (``az.loo``) from :meth:`log_likelihood`."""
+        """PSIS leave-one-out cross-validation from :meth:`log_likelihood`: the numbers ``az.loo``
+        gives, in its ``ELPDData`` (:func:`multilevel.comparison.loo`; keywords ``reff``, ``scale``)."""
         from .comparison import loo
 
         return loo(self, pointwise=pointwise, **kwargs)
 
     def waic(self, pointwise: bool | None = None, **kwargs: Any) -> Any:
-        """WAIC by ArviZ (``az.waic``) from :meth:`log_likelihood`."""
+        """WAIC from :meth:`log_likelihood`: the numbers ``az.waic`` gives, in its ``ELPDData``
+        (:func:`multilevel.comparison.waic`; keyword ``scale``)."""
         from .comparison import waic
 
         return waic(self, pointwise=pointwise, **kwargs)

@@ -31,8 +31,8 @@ import pandas as pd
 from ..errors import ModelError
 from ..moments import Moments, combine_moments, moments_of
 from .plan import PartitionPlan, partition_design
-from .posterior import (SCALES, check_scale, combine_loo, design_loo, loo_numbers, partitioned_design_of,
-                        partitions_of, posterior_draws)
+from ..elpd import SCALES, check_scale, combine, loo_numbers
+from .posterior import design_loo, partitioned_design_of, partitions_of, posterior_draws
 from .reduce import tree_reduce
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def partition_comparison(frames: list[pd.DataFrame], plans: list[PartitionPlan],
 
 def combine_comparisons(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Two :func:`partition_comparison` results as one (a's rows first)."""
-    return {"loo": [combine_loo(x, y) for x, y in zip(a["loo"], b["loo"])],
+    return {"loo": [combine(x, y) for x, y in zip(a["loo"], b["loo"])],
             "diffs": combine_moments(a["diffs"], b["diffs"])}
 
 

@@ -7,11 +7,10 @@ partition by partition.
   log-likelihood (:func:`multilevel.families.loglik_by_draws`), the code the in-memory fit
   uses on its stored rows; the partitions' blocks in partition order are the rows in data order.
 * :func:`loo`: PSIS-LOO as ``az.loo`` computes it, one partition at a time: the Pareto
-  smoothing (ArviZ's ``psislw``) and the pointwise elpd are per row, so each partition gives
-  its rows' sums (elpd, lppd), the count, mean and centred sum of squares of its pointwise
-  elpd (for the standard error, :mod:`multilevel.moments`) and its largest Pareto k, combined
-  in a fixed tree; a task holds chains x draws x a block of its partition's rows
-  (:data:`LOO_VALUES`), never all rows.
+  smoothing and the pointwise elpd are per row, so each partition gives its rows' block
+  result (:mod:`multilevel.elpd`: sums, moments of the pointwise elpd, largest Pareto k),
+  combined in a fixed tree; a task holds chains x draws x a block of its partition's rows
+  (:data:`multilevel.elpd.LOO_VALUES`), never all rows.
 * :func:`waic`: WAIC as ``az.waic`` computes it, the same way (its pointwise values are per
   row too: log-sum-exp and variance over the draws).
 * :func:`predict_partitions`: ``predict(newdata, summary=True)`` of a Dask DataFrame: each
@@ -23,17 +22,17 @@ partition by partition.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .. import elpd
 from ..design import missing_rows
 from ..errors import ModelError
 from ..families import check_family, loglik_by_draws
-from ..moments import combine_moments, moments_of
+from ..elpd import SCALES, block_loo, block_waic, check_pointwise, check_scale, combine, loo_data, waic_data
 from ..predict_crossed import deviations, fixed_effect_draws, rows_linear_predictor
 from .plan import PartitionPlan, partition_design
 from .reduce import tree_reduce
@@ -116,23 +115,19 @@ def log_likelihood(fit: Fit) -> xr.DataArray:
                         coords={"chain": post["chain"], "draw": post["draw"], "obs": np.arange(out.shape[-1])})
 
 
-#: log-likelihood values (chains x draws x rows) a LOO task holds at once: a partition's rows
-#: are taken in blocks of at most this many values
-LOO_VALUES = 20_000_000
-
-
 def partition_loo(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any], reff: float, scale: float,
                   pointwise: bool) -> dict[str, Any]:
     """PSIS-LOO of one partition's rows (as ``az.loo``), in blocks of rows of at most
-    :data:`LOO_VALUES` log-likelihood values: rows, the sums of the pointwise elpd (times
-    ``scale``) and of the pointwise lppd, the moments of the pointwise elpd, the largest
-    Pareto k (``max``), and with ``pointwise`` the pointwise elpd (``values``) and k themselves."""
+    :data:`multilevel.elpd.LOO_VALUES` log-likelihood values: a block result of
+    :mod:`multilevel.elpd` (rows, the sums of the pointwise elpd times ``scale`` and of the
+    pointwise lppd, the moments of the pointwise elpd, the largest Pareto k, and with
+    ``pointwise`` the pointwise elpd and k themselves)."""
     return design_loo(partition_design(frame, plan), draws, reff, scale, pointwise)
 
 
 def design_loo(d: Any, draws: dict[str, Any], reff: float, scale: float, pointwise: bool) -> dict[str, Any]:
     """:func:`partition_loo` of a partition's design ``d``."""
-    return design_blocks(d, draws, lambda samples: _block_loo(samples, reff, scale, pointwise))
+    return design_blocks(d, draws, lambda samples: block_loo(samples, reff, scale, pointwise))
 
 
 def partition_waic(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, Any], scale: float,
@@ -140,156 +135,52 @@ def partition_waic(frame: pd.DataFrame, plan: PartitionPlan, draws: dict[str, An
     """WAIC of one partition's rows (as ``az.waic``), in blocks as :func:`partition_loo`: the
     same sums and moments of the pointwise elpd_waic, the largest posterior variance of a
     row's log predictive density (``max``), and with ``pointwise`` the pointwise values."""
-    return design_blocks(partition_design(frame, plan), draws, lambda samples: _block_waic(samples, scale, pointwise))
+    return design_blocks(partition_design(frame, plan), draws, lambda samples: block_waic(samples, scale, pointwise))
 
 
 def design_blocks(d: Any, draws: dict[str, Any], block_of: Any) -> dict[str, Any]:
-    """``block_of`` (:func:`_block_loo` or :func:`_block_waic`) of the rows of a partition's
-    design ``d`` in blocks of at most :data:`LOO_VALUES` log-likelihood values, combined
-    (:func:`combine_loo`)."""
+    """``block_of`` (:func:`multilevel.elpd.block_loo` or :func:`~multilevel.elpd.block_waic`)
+    of the rows of a partition's design ``d`` in blocks of at most
+    :data:`multilevel.elpd.LOO_VALUES` log-likelihood values, combined."""
     n_samples = int(np.prod(draws["shape"]))
-    block = max(1, LOO_VALUES // n_samples)
+    block = max(1, elpd.LOO_VALUES // n_samples)
     out = block_of(np.zeros((0, n_samples)))
     for start in range(0, d.y.shape[0], block):
         ll = rows_log_likelihood(d, slice(start, start + block), draws)
         samples = np.ascontiguousarray(ll.reshape(n_samples, -1).T)  # (rows, chain x draw): ArviZ's __sample__
-        out = combine_loo(out, block_of(samples))
+        out = combine(out, block_of(samples))
     return out
-
-
-def _pointwise_sums(samples: np.ndarray, elpd_i: np.ndarray, lppd: np.ndarray, largest: np.ndarray,
-                    k: np.ndarray | None, pointwise: bool) -> dict[str, Any]:
-    """A block's result (:func:`partition_loo`) from its pointwise values."""
-    return {"rows": samples.shape[0], "samples": samples.shape[1], "elpd": float(np.sum(elpd_i)),
-            "lppd": float(np.sum(lppd)), "moments": moments_of(elpd_i), "max": float(np.max(largest, initial=-np.inf)),
-            "values": elpd_i if pointwise else None, "k": np.asarray(k) if pointwise and k is not None else None}
-
-
-def _block_loo(samples: np.ndarray, reff: float, scale: float, pointwise: bool) -> dict[str, Any]:
-    """:func:`partition_loo` of the rows of ``samples`` (rows, samples): ArviZ's ``psislw``
-    and the log-sum-exps of ``az.loo``."""
-    from arviz import psislw
-    from arviz.stats.stats_utils import logsumexp
-
-    if samples.shape[0]:
-        log_weights, k = psislw(-samples, reff)
-        log_weights += samples
-        loo_i = scale * logsumexp(log_weights, axis=-1)
-        lppd = logsumexp(samples, b_inv=samples.shape[1], axis=-1)
-    else:
-        loo_i, lppd, k = np.zeros(0), np.zeros(0), np.zeros(0)
-    return _pointwise_sums(samples, loo_i, lppd, k, k, pointwise)
-
-
-def _block_waic(samples: np.ndarray, scale: float, pointwise: bool) -> dict[str, Any]:
-    """:func:`partition_waic` of the rows of ``samples`` (rows, samples), as ``az.waic``:
-    elpd_waic_i = scale (lppd_i - var_s log p(y_i | s))."""
-    from arviz.stats.stats_utils import logsumexp
-
-    if samples.shape[0]:
-        lppd = logsumexp(samples, b_inv=samples.shape[1], axis=-1)
-        var_lpd = samples.var(axis=-1)
-    else:
-        lppd, var_lpd = np.zeros(0), np.zeros(0)
-    return _pointwise_sums(samples, scale * (lppd - var_lpd), lppd, var_lpd, None, pointwise)
-
-
-def combine_loo(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two :func:`partition_loo` (or :func:`partition_waic`) results as one (a's rows first)."""
-    def join(name: str) -> np.ndarray | None:
-        return None if a[name] is None else np.concatenate([a[name], b[name]])
-
-    return {"rows": a["rows"] + b["rows"], "samples": a["samples"], "elpd": a["elpd"] + b["elpd"],
-            "lppd": a["lppd"] + b["lppd"], "moments": combine_moments(a["moments"], b["moments"]),
-            "max": max(a["max"], b["max"]), "values": join("values"), "k": join("k")}
-
-
-SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
-
-
-def loo_numbers(total: dict[str, Any], scale: str, stacklevel: int = 4) -> tuple[float, float, bool, float]:
-    """The se, p_loo, warning and good_k of a combined :func:`partition_loo` result as
-    ``az.loo`` gives them (warning as it does when a Pareto k is above good_k)."""
-    n_samples = total["samples"]
-    se = float(np.sqrt(total["rows"] * total["moments"].variance))
-    p_loo = total["lppd"] - total["elpd"] / SCALES[scale]
-    good_k = min(1 - 1 / np.log10(n_samples), 0.7)
-    warn = bool(total["max"] > good_k)
-    if warn:
-        warnings.warn(f"Pareto k above {good_k:.2f} for one or more rows: PSIS-LOO is unreliable for them "
-                      "(influential rows, or a LOO posterior far from the full one)", UserWarning, stacklevel=stacklevel)
-    return se, p_loo, warn, good_k
-
-
-def check_scale(scale: str | None) -> str:
-    """ArviZ's ``stats.ic_scale`` (None) or ``scale``, one of :data:`SCALES`, or a one-line refusal."""
-    from arviz import rcParams
-
-    scale = rcParams["stats.ic_scale"] if scale is None else str(scale).lower()
-    if scale not in SCALES:
-        raise ModelError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
-    return scale
 
 
 def loo(fit: Fit, reff: float, pointwise: bool | None = None, scale: str | None = None) -> Any:
     """PSIS-LOO of a Dask fit (module doc): ArviZ's ``ELPDData`` with the elpd_loo, se and
     p_loo that ``az.loo`` gives on the whole pointwise log-likelihood (``reff``, ``scale`` and
     ``pointwise`` as there; the pointwise values are one number per row)."""
-    from arviz import rcParams
-    from arviz.stats.stats_utils import ELPDData
     from dask import delayed
 
     from .design import dask_compute
 
-    pointwise = rcParams["stats.ic_pointwise"] if pointwise is None else bool(pointwise)
+    pointwise = check_pointwise(pointwise)
     scale = check_scale(scale)
     parts, plan, draws = _partitions(fit, "loo()")
     (total,) = dask_compute([tree_reduce([delayed(partition_loo)(p, plan, draws, reff, SCALES[scale], pointwise)
-                                          for p in parts], combine_loo)])
-    n, n_samples = total["rows"], total["samples"]
-    se, p_loo, warn, good_k = loo_numbers(total, scale)
-    if not pointwise:
-        return ELPDData(data=[total["elpd"], se, p_loo, n_samples, n, warn, scale, good_k],
-                        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "scale", "good_k"])
-    obs = {"obs": np.arange(n)}
-    return ELPDData(data=[total["elpd"], se, p_loo, n_samples, n, warn,
-                          xr.DataArray(total["values"], dims=("obs",), coords=obs, name="loo_i"),
-                          xr.DataArray(total["k"], dims=("obs",), coords=obs), scale, good_k],
-                    index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k",
-                           "scale", "good_k"])
-
-
-#: az.waic's warning: a row whose log predictive density varies more than this over the draws
-WAIC_VARIANCE = 0.4
+                                          for p in parts], combine)])
+    return loo_data(total, scale, stacklevel=6)
 
 
 def waic(fit: Fit, pointwise: bool | None = None, scale: str | None = None) -> Any:
     """WAIC of a Dask fit, partition by partition as :func:`loo`: ArviZ's ``ELPDData`` with
     the numbers (and names) ``az.waic`` gives on the whole pointwise log-likelihood."""
-    from arviz import rcParams
-    from arviz.stats.stats_utils import ELPDData
     from dask import delayed
 
     from .design import dask_compute
 
-    pointwise = rcParams["stats.ic_pointwise"] if pointwise is None else bool(pointwise)
+    pointwise = check_pointwise(pointwise)
     scale = check_scale(scale)
     parts, plan, draws = _partitions(fit, "waic()")
     (total,) = dask_compute([tree_reduce([delayed(partition_waic)(p, plan, draws, SCALES[scale], pointwise)
-                                          for p in parts], combine_loo)])
-    n, n_samples = total["rows"], total["samples"]
-    se = float(np.sqrt(n * total["moments"].variance))
-    p_waic = total["lppd"] - total["elpd"] / SCALES[scale]
-    warn = bool(total["max"] > WAIC_VARIANCE)
-    if warn:
-        warnings.warn(f"the posterior variance of the log predictive density exceeds {WAIC_VARIANCE} for one or more "
-                      "rows: WAIC may be failing; prefer loo()", UserWarning, stacklevel=3)
-    if not pointwise:  # az.waic's names, "waic" among them
-        return ELPDData(data=[total["elpd"], se, p_waic, n_samples, n, warn, scale],
-                        index=["waic", "se", "p_waic", "n_samples", "n_data_points", "warning", "scale"])
-    waic_i = xr.DataArray(total["values"], dims=("obs",), coords={"obs": np.arange(n)}, name="waic_i")
-    return ELPDData(data=[total["elpd"], se, p_waic, n_samples, n, warn, waic_i, scale],
-                    index=["elpd_waic", "se", "p_waic", "n_samples", "n_data_points", "warning", "waic_i", "scale"])
+                                          for p in parts], combine)])
+    return waic_data(total, scale, stacklevel=5)
 
 
 def is_dask_frame(data: Any) -> bool:
