@@ -225,7 +225,7 @@ def _report_sweeps(res: Result, out: dict[int, dict], in_memory: int, quick: boo
         caption=f"The data take {fmt_bytes(in_memory)} as a pandas DataFrame. Runs alternate 1, 2, 1, 2 workers; "
                 "the other columns are the fastest run's."))
     ratio = out[2]["per_sweep"] / out[1]["per_sweep"]
-    res.targets.append(Target("per-sweep time on 2 workers at most 0.6x that on 1 worker", f"{ratio:.2f}x",
+    res.targets.append(Target("per-sweep time on 2 workers at most 0.6x that on 1 worker", f"{ratio:.3f}x",
                               assess(ratio <= 0.6, quick)))
 
 

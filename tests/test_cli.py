@@ -155,9 +155,68 @@ def test_summary_text(fitted):
     assert "Intercept" in out and "ses" in out and "sigma2" in out
 
 
+# -- loo and compare ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def intercept_fit(tmp_path_factory) -> Path:
+    """The random-intercept model of the same rows, saved by the command line."""
+    path = tmp_path_factory.mktemp("cli-intercept") / "intercept.nc"
+    code, _, err = run_main(["fit", "hsb82", "--formula", "mAch ~ ses + (1 | school)", *SMALL, "--out", path])
+    assert code == 0, err
+    return path
+
+
+def test_loo_prints_the_fits_loo(fitted):
+    path, _, _ = fitted
+    want = multilevel.load(path).loo()
+    code, out, err = run_main(["loo", path, "--json"])
+    assert code == 0, err
+    got = json.loads(out)
+    for name in ("elpd_loo", "se", "p_loo"):
+        assert got[name] == pytest.approx(float(want[name]), rel=1e-12), name
+    assert got["n_data_points"] == 7185 and got["n_samples"] == 200 and got["scale"] == "log"
+    assert got["pareto_k_above_good_k"] == int((want.pareto_k.values > want.good_k).sum())
+    code, out, err = run_main(["loo", path, "--scale", "deviance"])
+    assert code == 0, err
+    assert "Computed from 200 posterior samples and 7185 observations" in out and "deviance" in out
+    assert f"{-2 * float(want['elpd_loo']):.2f}" in out
+
+
+def test_compare_prints_the_table_of_multilevel_compare(fitted, intercept_fit):
+    path, _, _ = fitted
+    want = multilevel.compare({"slope": multilevel.load(path), "intercept": multilevel.load(intercept_fit)})
+    code, out, err = run_main(["compare", path, intercept_fit, "--names", "slope,intercept", "--json"])
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["model"] for r in rows] == list(want.index)
+    for row in rows:
+        for col in ("rank", "elpd_loo", "p_loo", "elpd_diff", "weight", "se", "dse"):
+            assert row[col] == pytest.approx(float(want.loc[row["model"], col]), rel=1e-9, abs=1e-12), col
+        assert row["warning"] == bool(want.loc[row["model"], "warning"]) and row["scale"] == "log"
+    code, out, err = run_main(["compare", path, intercept_fit, "--ic", "waic"])
+    assert code == 0, err
+    assert "elpd_waic" in out.splitlines()[0] and {"fit", "intercept"} <= {line.split()[0] for line in out.splitlines()[1:]}
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["compare", "{a}"], ["at least two fits"]),
+    (["compare", "{a}", "{a}"], ["names repeat", "--names"]),
+    (["compare", "{a}", "{b}", "--names", "x"], ["--names needs 2 different names"]),
+    (["compare", "{a}", "missing.nc"], ["missing.nc"]),
+    (["loo", "missing.nc"], ["missing.nc"]),
+], ids=["one-fit", "same-names", "names-count", "missing-file", "loo-missing-file"])
+def test_loo_and_compare_bad_input_one_line_exit_2(fitted, intercept_fit, argv, fragments, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(a=fitted[0], b=intercept_fit) for a in argv]
+    code, out, err = run_main(argv)
+    assert_one_line_error(code, err, *fragments)
+    assert not out
+
+
 # -- help -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["fit", "--help"], ["summary", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["fit", "--help"], ["summary", "--help"], ["demo", "--help"],
+                                  ["loo", "--help"], ["compare", "--help"]])
 def test_help(argv):
     code, out, err = run_main(argv)
     assert code == 0, err
@@ -167,7 +226,7 @@ def test_help(argv):
 
 def test_help_lists_commands_and_options():
     _, out, _ = run_main(["--help"])
-    for cmd in ("fit", "summary", "demo"):
+    for cmd in ("fit", "summary", "demo", "loo", "compare"):
         assert cmd in out
     _, out, _ = run_main(["fit", "--help"])
     for opt in ("--formula", "--family", "--chains", "--draws", "--warmup", "--seed", "--out", "--no-progress"):

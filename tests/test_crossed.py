@@ -442,7 +442,7 @@ def test_crossed_errors_in_one_line(formula, options, problem, fix):
 
 @pytest.mark.parametrize("re_form, expected", [
     (None, ["a", "b"]), ("~0", []), ("~ 1", []), ("NA", []), ("~(1 | a)", ["a"]), ("~ (x | a) + (1 | b)", ["a", "b"]),
-    (["b"], ["b"]), ("~ 1 + (1 | b)", ["b"]),
+    (["b"], ["b"]), ("~ 1 + (1 | b)", ["b"]), (float("nan"), []), (pd.NA, []),
 ])
 def test_re_form_chooses_factors(two_factor_fit, re_form, expected):
     from multilevel.predict_crossed import resolve_re_form

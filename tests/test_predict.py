@@ -92,6 +92,27 @@ def test_population_level_equals_hand_computation(fit):
     assert "group" not in pred.coords
 
 
+@pytest.mark.parametrize("re_form", ["~0", "NA", float("nan"), "~ 1"])
+def test_lme4_re_form_na_of_a_one_factor_fit_is_the_population_level(fit, re_form):
+    """lme4's predict(fit, newdata, re.form = NA) habit: no group effects, no group column needed."""
+    rows = new_rows()
+    want = fit.predict(rows, kind="linear", include_group_effects=False)
+    np.testing.assert_array_equal(fit.predict(rows.drop(columns="g"), kind="linear", re_form=re_form).values,
+                                  want.values)
+    np.testing.assert_array_equal(fit.predict(kind="linear", re_form=re_form).values,
+                                  fit.predict(kind="linear", include_group_effects=False).values)
+
+
+def test_re_form_naming_the_one_factor_keeps_its_effects_and_another_is_refused(fit):
+    rows = new_rows()
+    want = fit.predict(rows, kind="linear", seed=5).values
+    for re_form in ("~(x | g)", "~ (1 | g)", ["g"]):
+        np.testing.assert_array_equal(fit.predict(rows, kind="linear", seed=5, re_form=re_form).values, want)
+    with pytest.raises(ModelError, match="names factor 'h', which the fit does not have") as err:
+        fit.predict(rows, re_form="~(1 | h)")
+    assert "\n" not in str(err.value)
+
+
 def test_new_groups_equal_hand_computation_with_seed(fit):
     rows = new_rows()
     pred = fit.predict(rows, kind="linear", seed=123)

@@ -1,4 +1,4 @@
-"""The ``multilevel`` command line: fit, summary, resume, predict, plot, demo.
+"""The ``multilevel`` command line: fit, summary, resume, predict, plot, loo, compare, demo.
 
 Bad input gives a one-line message on stderr and exit status 2, never a traceback.
 """
@@ -212,6 +212,75 @@ def summary_command(fit_path: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         _print_fit(fit)
+
+
+def _fit_names(paths: tuple[str, ...], names: str | None) -> list[str]:
+    """The table's names of the fits: ``--names`` (comma-separated, one a fit) or the files'
+    names without their suffix; refused in one line when they repeat or do not match."""
+    if names is None:
+        chosen = [Path(p).stem for p in paths]
+        if len(set(chosen)) < len(chosen):
+            raise ModelError(f"the fits' file names repeat ({', '.join(chosen)}); name them with --names a,b,...")
+        return chosen
+    chosen = [n.strip() for n in names.split(",")]
+    if len(chosen) != len(paths) or len(set(chosen)) < len(chosen) or not all(chosen):
+        raise ModelError(f"--names needs {len(paths)} different names, comma-separated (one a fit), not {names!r}")
+    return chosen
+
+
+SCALE_CHOICE = click.Choice(["log", "negative_log", "deviance"])
+
+
+@cli.command("loo")
+@click.argument("fit_path", metavar="FIT.nc")
+@click.option("--scale", type=SCALE_CHOICE, default="log", show_default=True, help="Scale of elpd_loo, as ArviZ's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimates as a JSON object.")
+def loo_command(fit_path: str, scale: str, as_json: bool) -> None:
+    """PSIS leave-one-out cross-validation of a saved fit: elpd_loo, its standard error, p_loo
+    and the Pareto k diagnostics (ArviZ's numbers; the log-likelihood computed from the draws
+    and the fit's rows unless the file holds it)."""
+    from .result import load
+
+    fit = load(fit_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the Pareto k table below says it
+        res = fit.loo(scale=scale)
+    if not as_json:
+        click.echo(str(res))
+        return
+    k = res.pareto_k.values
+    click.echo(json.dumps({"elpd_loo": float(res.elpd_loo), "se": float(res.se), "p_loo": float(res.p_loo),
+                           "n_samples": int(res.n_samples), "n_data_points": int(res.n_data_points),
+                           "scale": res.scale, "good_k": float(res.good_k), "warning": bool(res.warning),
+                           "pareto_k_above_good_k": int((k > res.good_k).sum()), "pareto_k_max": _json_value(k.max())},
+                          indent=2))
+
+
+@cli.command("compare")
+@click.argument("fit_paths", metavar="FIT.nc FIT.nc...", nargs=-1, required=True)
+@click.option("--names", default=None, help="The fits' names in the table, comma-separated (default: file names).")
+@click.option("--ic", type=click.Choice(["loo", "waic"]), default="loo", show_default=True,
+              help="Information criterion: PSIS-LOO or WAIC.")
+@click.option("--scale", type=SCALE_CHOICE, default="log", show_default=True, help="Scale of the elpd, as ArviZ's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON rows.")
+def compare_command(fit_paths: tuple[str, ...], names: str | None, ic: str, scale: str, as_json: bool) -> None:
+    """Rank saved fits of the same data by expected log predictive density (ArviZ's compare
+    table: rank, elpd, p, elpd_diff, weight, se, dse, warning, scale), best first."""
+    from .comparison import compare
+    from .result import load
+
+    if len(fit_paths) < 2:
+        raise ModelError("compare needs at least two fits: multilevel compare a.nc b.nc")
+    labels = _fit_names(fit_paths, names)
+    fits = {name: load(path) for name, path in zip(labels, fit_paths)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the table's warning column says it
+        table = compare(fits, ic=ic, scale=scale)
+    if as_json:
+        rows = json.loads(table.rename_axis("model").reset_index().to_json(orient="records", double_precision=15))
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(table.to_string())
 
 
 DEMO_PLOTS = ("trace", "caterpillar", "shrinkage", "ppc")

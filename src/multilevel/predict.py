@@ -379,6 +379,18 @@ def prediction_kind(kind: str) -> str:
     return kind
 
 
+def one_factor_re_form(fit: Fit, re_form: Any, include_group_effects: bool) -> tuple[Any, bool]:
+    """lme4's ``re.form`` of a fit with one grouping factor as ``include_group_effects``: ``"~0"``,
+    ``"NA"`` or NaN (R's NA) leave its group effects out, a formula or list naming its factor
+    keeps them, another factor is refused (:func:`multilevel.predict_crossed.resolve_re_form`);
+    ``(None, include)`` then. Fits with several factors keep ``re_form``."""
+    if re_form is None or fit.several_terms:
+        return re_form, include_group_effects
+    from .predict_crossed import resolve_re_form
+
+    return None, bool(resolve_re_form(fit, re_form, include_group_effects))
+
+
 def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
             draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
             offset: Any = None, trials: Any = None, weights: Any = None,
@@ -395,9 +407,9 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     binomial ``kind="response"``, the new rows' trials when the data lack the trials column.
     ``weights``: Gaussian ``kind="response"``, the new rows' precision weights (column name or
     one value per row; default 1, variance sigma2); the other kinds do not depend on them.
-    ``re_form``: fits with several grouping factors, which factors' group effects to include
-    (lme4's ``re.form``: None all, a list of factor names, ``"~0"`` none, or ``"~(1 | s)"``;
-    :mod:`multilevel.predict_crossed`).
+    ``re_form``: which grouping factors' group effects to include (lme4's ``re.form``: None
+    all, a list of factor names, ``"~0"``, ``"NA"`` or NaN none, or ``"~(1 | s)"``;
+    :mod:`multilevel.predict_crossed`); with one factor, ``"~0"`` is ``include_group_effects=False``.
 
     ``newdata`` a Dask DataFrame (any fit, ``summary=True``): a Dask DataFrame, lazy, of the
     per-row summaries, each partition predicted as a pandas frame is, with random numbers
@@ -406,9 +418,7 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     """
     kind = prediction_kind(kind)
     crossed = fit.several_terms
-    if re_form is not None and not crossed:
-        raise ModelError("re_form chooses among several grouping factors; this fit has one: use "
-                         "include_group_effects=False to leave its group effects out")
+    re_form, include_group_effects = one_factor_re_form(fit, re_form, include_group_effects)
     if newdata is None:
         if offset is not None or trials is not None or weights is not None:
             raise ModelError("offset=, trials= and weights= describe new rows; the fitted rows use their own, "
@@ -506,6 +516,7 @@ def fitted(fit: Fit, kind: str = "mean", include_group_effects: bool = True, dra
     on its rows and refuses: pass the data again as ``newdata``.
     """
     kind = prediction_kind(kind)
+    re_form, include_group_effects = one_factor_re_form(fit, re_form, include_group_effects)
     if fit.partitioned:  # the rows stay in their partitions: a Dask DataFrame of per-row summaries
         from .distributed.posterior import fitted_partitions
 

@@ -47,6 +47,8 @@ def resolve_re_form(fit: Fit, re_form: Any, include_group_effects: bool = True) 
         return []
     if re_form is None:
         return names
+    if re_form is pd.NA or (isinstance(re_form, float) and np.isnan(re_form)):
+        return []  # R's NA
     if isinstance(re_form, str):
         text = re_form.strip()
         if text.replace(" ", "") in ("~0", "NA", "~1", ""):
