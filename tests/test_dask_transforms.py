@@ -28,7 +28,7 @@ from multilevel.distributed.design import build_partitioned_design
 from multilevel.distributed.plan import design_stateful_calls, partition_design
 from multilevel.errors import ModelError
 from multilevel.formula import parse_formula
-from multilevel.rsplines import RNaturalSpline
+from multilevel.rsplines import RBSpline, RNaturalSpline
 
 dd = pytest.importorskip("dask.dataframe")
 
@@ -56,13 +56,13 @@ def test_quantiles_from_order_statistics_are_numpys(n):
 
 def knots_of(t) -> np.ndarray:
     """A spline transform's knots, boundary knots included."""
-    return np.concatenate([t.boundary, t.knots]) if isinstance(t, RNaturalSpline) else t._knots
+    return np.concatenate([t.boundary, t.knots]) if isinstance(t, (RNaturalSpline, RBSpline)) else t._knots
 
 
 @pytest.mark.parametrize("call", ["bs(x, df=7)", "bs(k, df=7)", "ns(x, df=6)", "ns(k, 3, intercept=True)", "cr(x, df=7)",
                                   "cr(k, df=3)", "cc(x, period=4, df=6)", "cr(x, 5, lower_bound=0.5, upper_bound=6, center=False)"])
 def test_spline_knots_are_the_exact_quantiles_over_all_rows(call, monkeypatch):
-    """bs: NumPy's of all rows; ns: R's of all rows; cr and cc: NumPy's of the distinct values,
+    """bs and ns: R's quantiles of all rows; cr and cc: NumPy's of the distinct values,
     in a dozen buckets."""
     monkeypatch.setattr(learn, "BINS", 8)  # few bins and a small gather: several bracketing passes
     monkeypatch.setattr(learn, "GATHER", 40)
@@ -105,7 +105,8 @@ def test_bracketing_takes_several_passes_when_brackets_are_crowded(monkeypatch):
     "y ~ scale(x, center = FALSE) + (1 | g)",
     "y ~ standardize(x) + k + (1 | g)",
     "y ~ bs(x, df = 6) + (1 | g)",
-    "y ~ bs(x, df=5, degree=2, lower_bound=0, upper_bound=40, center=False) + (1 | g)",
+    "y ~ bs(x, df=5, degree=2, lower_bound=0, upper_bound=60) + (1 | g)",
+    "y ~ bs(x, knots=np.linspace(1, 3, 3), degree=2, intercept=True, lower_bound=0.5, upper_bound=40) + (1 | g)",
     "y ~ poly(x, 3) + (poly(k, 2) | g)",
     "y ~ poly(x, 2, raw=True) + center(k) + (1 | g)",
     "y ~ cr(x, df=6) + (cr(k, df=3) | g)",
@@ -145,4 +146,8 @@ def test_transforms_not_learned_over_partitions_are_refused_in_one_line():
         warnings.simplefilter("ignore")
         with pytest.raises(ModelError, match=r"not tp\(\).*write cr\(x, df=...\)") as info:
             multilevel.Model("y ~ tp(x, df=4) + (1 | g)", dd.from_pandas(df, npartitions=2), engine="dask")
+    assert "\n" not in str(info.value)
+    # R's bs() takes df's knots from the rows inside given boundary knots: rows outside them are refused on Dask
+    with pytest.raises(ModelError, match=r"bs\(\): with engine='dask', knots from df need every row inside") as info:
+        multilevel.Model("y ~ bs(x, df=5, upper_bound=2) + (1 | g)", dd.from_pandas(df, npartitions=2), engine="dask")
     assert "\n" not in str(info.value)

@@ -1,11 +1,11 @@
 #!/usr/bin/env Rscript
-## R's natural cubic splines, splines::ns, as reference figures for multilevel's ns().
+## R's splines, splines::ns and splines::bs, as reference figures for multilevel's ns() and bs().
 ##
 ## Usage (from the repository root):
 ##   Rscript benchmarks/reference/r_splines_reference.R > benchmarks/reference/r_splines_reference.txt
 ## writes tests/data/r_ns_basis.csv (long format: case, set, row, x, column, value; set is
 ## "fit" for the rows the basis was made from and "new" for ns's predict() at new values,
-## some beyond the boundary knots) and prints lme4's fit of a model with ns() on hsb82
+## some beyond the boundary knots), tests/data/r_bs_basis.csv (the same for bs) and prints lme4's fit of a model with ns() on hsb82
 ## (REML), whose fixed effects tests/test_rsplines.py compares with the posterior.
 ## (R and lme4 from Debian: apt-get install r-base-core r-cran-lme4)
 
@@ -17,6 +17,7 @@ cases <- list(df3 = function(v) ns(v, df = 3),
               df4_intercept = function(v) ns(v, df = 4, intercept = TRUE),
               knots = function(v) ns(v, knots = c(2, 5, 9)),
               df1 = function(v) ns(v))
+basis_rows <- function(cases) {
 rows <- list()
 for (name in names(cases)) {
   b <- cases[[name]](x)
@@ -31,7 +32,15 @@ for (name in names(cases)) {
 out <- do.call(rbind, rows)
 out$x <- sprintf("%.17g", out$x)
 out$value <- sprintf("%.17g", out$value)
-write.csv(out, "tests/data/r_ns_basis.csv", row.names = FALSE, quote = FALSE)
+out
+}
+write.csv(basis_rows(cases), "tests/data/r_ns_basis.csv", row.names = FALSE, quote = FALSE)
+bs_cases <- list(df5 = function(v) bs(v, df = 5),
+                 df6_degree2_intercept = function(v) bs(v, df = 6, degree = 2, intercept = TRUE),
+                 knots = function(v) bs(v, knots = c(2, 5, 9)),
+                 df_null = function(v) bs(v),
+                 boundary = function(v) bs(v, df = 4, Boundary.knots = c(0, 20)))
+write.csv(basis_rows(bs_cases), "tests/data/r_bs_basis.csv", row.names = FALSE, quote = FALSE)
 
 hsb <- read.csv("src/multilevel/datasets/hsb82.csv")
 fit <- lmer(mAch ~ ns(ses, df = 3) + (1 | school), data = hsb, REML = TRUE)

@@ -273,6 +273,7 @@ class Model:
             "family": self.family.name,
             "priors": self.priors.to_json(),
             "multilevel_version": __version__,
+            "bs_basis": "R",  # bs() in the formula is R's basis (older fits: formulae's, centred)
             "sampler": self.sampler,
             "proposal": self.proposal,
             "proposal_scale": "angle",  # the Laplace proposal's log_scale is log phi_j (older fits: a Langevin step)

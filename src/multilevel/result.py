@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -102,7 +103,13 @@ class Fit:
     def design(self) -> Any:
         """The model's :class:`~multilevel.design.Design`, rebuilt from the stored training
         data after loading, so that new data get the same transformations (a Dask fit's from
-        its stored coding: :func:`multilevel.distributed.design.restore_design`)."""
+        its stored coding: :func:`multilevel.distributed.design.restore_design`). A fit saved
+        when ``bs()`` was ``formulae``'s basis (before ``bs_basis`` was recorded) is refused: its
+        coefficients are of other columns than today's ``bs()``, R's."""
+        if self._design is None and self.attrs.get("bs_basis") != "R" and re.search(r"(?<![\w.])bs\s*\(", self.formula):
+            raise ModelError("this fit was saved when bs() was formulae's centred B-spline basis, not R's as now: its "
+                             "coefficients are of other columns, so new data cannot be coded for it; fit the model "
+                             "again (its summary and draws are unchanged)")
         if self._design is None and self.group("training_data") is None and self.attrs.get("engine") == "dask":
             from .distributed.design import CODING_GROUP, restore_design
             from .formula import parse_formula

@@ -17,9 +17,8 @@ Column labels are shown as the user wrote them (:func:`display_labels`): ``r_sca
 ``scale`` again, and the columns of ``poly(x, 2)`` are numbered by degree from 1, as in R.
 ``poly`` itself is ``formulae``'s, R's orthogonal polynomials (the three-term recurrence of
 R's ``poly``, basis kept from the fitted data for new data); ``raw = TRUE`` gives powers.
-``ns(x, df)`` is R's natural spline (:mod:`multilevel.rsplines`), columns and so coefficients
-as lme4's. ``bs`` is ``formulae``'s B-spline, whose columns are centred by default: in a model
-with an intercept ``bs(x, df = 4)`` fits the same curve as R's, with other coefficients.
+``ns(x, df)`` and ``bs(x, df, degree)`` are R's natural spline and B-spline
+(:mod:`multilevel.rsplines`), columns and so coefficients as lme4's.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from formulae.categorical import ENCODINGS, CategoricalBox, Treatment
 from formulae.transforms import TRANSFORMS, C
 
 from .errors import ModelError
-from .rsplines import RNaturalSpline
+from .rsplines import RBSpline, RNaturalSpline
 
 
 class RScale:
@@ -115,7 +114,7 @@ R_FUNCTIONS: dict[str, Any] = {
     "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
     "pmin": lambda *xs: reduce(np.minimum, xs), "pmax": lambda *xs: reduce(np.maximum, xs),
     "plogis": plogis, "qlogis": qlogis,
-    "factor": C, "relevel": relevel, "r_scale": RScale, "ns": RNaturalSpline,
+    "factor": C, "relevel": relevel, "r_scale": RScale, "ns": RNaturalSpline, "r_bs": RBSpline,
     "as": SimpleNamespace(factor=C, numeric=_as_numeric, character=_as_character),
 }
 
@@ -140,7 +139,11 @@ _REWRITES = (
     (re.compile(r"(?<![\w.])TRUE(?![\w.])"), "True"),
     (re.compile(r"(?<![\w.])FALSE(?![\w.])"), "False"),
     (re.compile(r"(?<![\w.])scale(?=\s*\()"), "r_scale"),
+    (re.compile(r"(?<![\w.])bs(?=\s*\()"), "r_bs"),
 )
+
+#: R's functions that formulae has under the same name, renamed inside (:func:`python_spelling`)
+INTERNAL_NAMES = {"r_scale": "scale", "r_bs": "bs"}
 _CALLEE = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\s*\(")
 
 
@@ -152,7 +155,8 @@ def _unquoted(text: str, edit: Any) -> str:
 
 def python_spelling(formula: str) -> str:
     """The formula with R-only syntax rewritten for ``formulae``: ``^`` as ``**``,
-    ``TRUE``/``FALSE`` as ``True``/``False``, ``scale(`` as R's ``r_scale(``. Quoted text is kept."""
+    ``TRUE``/``FALSE`` as ``True``/``False``, ``scale(`` and ``bs(`` as R's ``r_scale(`` and ``r_bs(``
+    (:data:`INTERNAL_NAMES`). Quoted text is kept."""
     def edit(part: str) -> str:
         for pattern, repl in _REWRITES:
             part = pattern.sub(repl, part)
@@ -185,8 +189,9 @@ def unknown_function_hint(name: str) -> str:
     last = name.split(".")[-1]
     if callable(getattr(np, name, None)):
         return f"use NumPy's spelling np.{name}(x)"
-    return ("use NumPy's functions as np.<name>(x), formulae's C, I, center, scale, poly, bs, cr, offset, "
-            f"or R's {', '.join(k for k in R_FUNCTIONS if k not in ('as', 'r_scale'))}, as.factor, as.numeric, as.character"
+    return ("use NumPy's functions as np.<name>(x), formulae's C, I, center, poly, cr, offset, "
+            f"or R's {', '.join(INTERNAL_NAMES.get(k, k) for k in R_FUNCTIONS if k != 'as')}, as.factor, as.numeric, "
+            "as.character"
             + (f" (did you mean np.{last}?)" if callable(getattr(np, last, None)) else ""))
 
 
@@ -198,25 +203,27 @@ def check_functions(text: str, formula: str | None = None) -> None:
     names = [name for part in parts for name in _CALLEE.findall(part)]
     for name in dict.fromkeys(names):
         if not _resolves(name):
-            shown = "scale" if name == "r_scale" else name
+            shown = INTERNAL_NAMES.get(name, name)
             raise ModelError(f"function {shown!r} in formula {formula!r} is unknown; {unknown_function_hint(shown)}")
 
 
 def display_labels(term: Any) -> list[str]:
     """A ``formulae`` term's column labels as the user wrote them: ``scale`` for ``r_scale``,
-    and the columns of ``poly(x, k)`` and ``ns(x, df)`` numbered from 1 as in R (formulae counts from 0)."""
+    and the columns of ``poly(x, k)``, ``ns(x, df)`` and ``bs(x, df)`` numbered from 1 as in R (formulae counts
+    from 0)."""
     labels = list(term.labels)
     for component in getattr(term, "components", []):
         call = getattr(component, "call", None)
-        if getattr(call, "callee", None) in ("poly", "ns"):
+        if getattr(call, "callee", None) in ("poly", "ns", "r_bs"):
             index = re.compile(re.escape(component.name) + r"\[(\d+)\]")
             labels = [index.sub(lambda m: f"{component.name}[{int(m.group(1)) + 1}]", s) for s in labels]
     return [display_name(s) for s in labels]
 
 
 def display_name(text: str) -> str:
-    """A term or expression as the user wrote it: R's ``scale`` for the internal ``r_scale``."""
-    return re.sub(r"(?<![\w.])r_scale\(", "scale(", text)
+    """A term or expression as the user wrote it: R's ``scale`` and ``bs`` for the internal
+    ``r_scale`` and ``r_bs``."""
+    return re.sub(r"(?<![\w.])(r_scale|r_bs)\(", lambda m: INTERNAL_NAMES[m.group(1)] + "(", text)
 
 
 __all__ = ["FORMULA_NAMESPACE", "R_FUNCTIONS", "RScale", "check_functions", "display_labels", "display_name",

@@ -18,6 +18,14 @@ lo = floor(index), h = index - lo, and the knot is (1 - h) x_(lo) + h x_(lo + 1)
 when h = 0 or the two are equal): R's arithmetic, so R's knots to the last bit
 (:func:`r_quantile_of_order_statistics`; over partitions the order statistics are found as
 ``bs``'s are, :mod:`multilevel.distributed.learn`).
+
+R's B-spline basis ``bs(x, df, knots, degree = 3, intercept = FALSE)`` (:class:`RBSpline`) is
+the B-splines of order d + 1 of the knots A = (b_0 x (d + 1), interior knots, b_1 x (d + 1)),
+R's ``splineDesign(A, x, d + 1)``, without the first column unless ``intercept``: df = K + d +
+intercept columns for K interior knots, K = df - d - intercept of them at R's quantiles as
+above. Beyond the boundary knots (new data only) each column is its degree-d Taylor polynomial
+at the pivot k = (3/4) b + (1/4) a, b the nearer boundary knot and a the next knot inward
+(A[d + 2] or A[-(d + 2)]), as R's ``bs`` computes it (R 3.2.3 and later).
 """
 
 from __future__ import annotations
@@ -58,10 +66,10 @@ def knot_probabilities(n_inner: int) -> np.ndarray:
     return np.arange(1, n_inner + 1) * (1.0 / (n_inner + 1))
 
 
-def spline_design(knots: np.ndarray, x: np.ndarray, derivative: int = 0) -> np.ndarray:
-    """R's ``splineDesign(knots, x, 4, derivs)``: the cubic B-splines of ``knots`` (or their
-    ``derivative``) at x, inside the boundary knots (right end included)."""
-    basis = BSpline(knots, np.eye(knots.size - ORDER), ORDER - 1, extrapolate=True)
+def spline_design(knots: np.ndarray, x: np.ndarray, derivative: int = 0, order: int = ORDER) -> np.ndarray:
+    """R's ``splineDesign(knots, x, order, derivs)``: the B-splines of ``order`` (cubic: 4) of
+    ``knots`` (or their ``derivative``) at x, inside the boundary knots (right end included)."""
+    basis = BSpline(knots, np.eye(knots.size - order), order - 1, extrapolate=True)
     return (basis.derivative(derivative) if derivative else basis)(np.asarray(x, dtype=float))
 
 
@@ -126,4 +134,84 @@ class RNaturalSpline:
         return basis @ q[:, 2:]
 
 
-__all__ = ["RNaturalSpline", "r_quantile", "r_quantile_of_order_statistics", "r_quantile_ranks", "spline_design"]
+class RBSpline:
+    """R's ``bs(x, df = NULL, knots = NULL, degree = 3, intercept = FALSE)`` (module doc); the
+    boundary knots (R's ``Boundary.knots``, default the range of x) as ``Boundary_knots=[lo, hi]``
+    or ``lower_bound=``, ``upper_bound=``. The knots are learned from the fitted data and kept
+    for new data (a ``formulae`` stateful transform)."""
+
+    __stateful_transform__ = True
+
+    def __init__(self) -> None:
+        self.knots: np.ndarray | None = None  # interior
+        self.boundary: np.ndarray | None = None
+        self.degree = 3
+        self.intercept = False
+
+    @staticmethod
+    def n_inner(df: Any, knots: Any, degree: int, intercept: bool) -> int | None:
+        """The number of interior knots ``df`` asks for (None: ``knots`` gives them)."""
+        if knots is not None:
+            return None
+        if df is None:
+            return 0
+        if int(df) != df or df < degree + intercept:
+            raise ModelError(f"bs(): df = {df} must be a whole number of at least {degree + intercept} (degree "
+                             f"{degree}{' plus the intercept' if intercept else ''})")
+        return int(df) - degree - int(intercept)
+
+    @staticmethod
+    def options(degree: Any, lower_bound: Any, upper_bound: Any, Boundary_knots: Any, center: Any) -> tuple[int, Any]:
+        """The degree, checked, and the boundary knots asked for (None: the range of x)."""
+        if center:
+            raise ModelError("bs() is R's B-spline basis, whose columns are not centred: leave out center=True")
+        if int(degree) != degree or degree < 1:
+            raise ModelError(f"bs(): degree = {degree} must be a whole number of at least 1")
+        if Boundary_knots is not None:
+            if lower_bound is not None or upper_bound is not None:
+                raise ModelError("bs(): give Boundary_knots=[lo, hi] or lower_bound= and upper_bound=, not both")
+            lower_bound, upper_bound = np.asarray(Boundary_knots, dtype=float).ravel()[[0, -1]]
+        return int(degree), (lower_bound, upper_bound)
+
+    def __call__(self, x: Any, df: Any = None, knots: Any = None, degree: Any = 3, intercept: bool = False,
+                 Boundary_knots: Any = None, lower_bound: Any = None, upper_bound: Any = None,
+                 center: Any = False) -> np.ndarray:
+        values = np.asarray(x, dtype=float)
+        if self.boundary is None:
+            degree, (lo, hi) = self.options(degree, lower_bound, upper_bound, Boundary_knots, center)
+            n_inner = self.n_inner(df, knots, degree, bool(intercept))
+            boundary = np.array([values.min() if lo is None else float(lo), values.max() if hi is None else float(hi)])
+            inside = values[(values >= boundary[0]) & (values <= boundary[1])]
+            inner = (np.sort(np.asarray(knots, dtype=float).ravel()) if n_inner is None
+                     else r_quantile(inside, knot_probabilities(n_inner)) if n_inner else np.zeros(0))
+            self.set_state(inner, boundary, degree, bool(intercept))
+        return self.basis(values)
+
+    def set_state(self, knots: Any, boundary: Any, degree: int, intercept: bool) -> None:
+        """Keep the interior ``knots``, the ``boundary`` knots, ``degree`` and ``intercept``, checked."""
+        knots, boundary = np.asarray(knots, dtype=float), np.asarray(boundary, dtype=float)
+        if not boundary[0] < boundary[1]:
+            raise ModelError("bs(): x takes a single value (or the boundary knots are not increasing); a spline "
+                             "needs at least two")
+        if np.any(knots < boundary[0]) or np.any(knots > boundary[1]):
+            raise ModelError(f"bs(): the interior knots {np.round(knots, 6).tolist()} must lie between the boundary "
+                             f"knots {boundary.tolist()}; give other knots or boundary knots")
+        self.knots, self.boundary, self.degree, self.intercept = knots, boundary, int(degree), bool(intercept)
+
+    def basis(self, x: np.ndarray) -> np.ndarray:
+        """The basis at x from the kept state (module doc)."""
+        order = self.degree + 1
+        b0, b1 = self.boundary
+        all_knots = np.concatenate([[b0] * order, self.knots, [b1] * order])
+        basis = spline_design(all_knots, np.clip(x, b0, b1), order=order)
+        factorials = np.cumprod(np.concatenate([[1.0], np.arange(1.0, order)]))
+        for rows, pivot in ((x < b0, 0.75 * b0 + 0.25 * all_knots[order]),
+                            (x > b1, 0.75 * b1 + 0.25 * all_knots[-order - 1])):
+            if rows.any():  # the Taylor polynomial of degree d at the pivot
+                derivs = np.vstack([spline_design(all_knots, [pivot], k, order) for k in range(order)]) / factorials[:, None]
+                basis[rows] = np.vander(x[rows] - pivot, order, increasing=True) @ derivs
+        return basis if self.intercept else basis[:, 1:]
+
+
+__all__ = ["RBSpline", "RNaturalSpline", "r_quantile", "r_quantile_of_order_statistics", "r_quantile_ranks",
+           "spline_design"]

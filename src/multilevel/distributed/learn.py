@@ -1,5 +1,5 @@
 r"""What a formula learns from its rows, learned over partitions: the state of each stateful
-transform (``center``, ``scale``, ``standardize``, ``bs``, R's ``ns``, ``cr``, ``cc``, ``poly``), so
+transform (``center``, ``scale``, ``standardize``, R's ``bs`` and ``ns``, ``cr``, ``cc``, ``poly``), so
 that every partition is coded as the rows in memory would be.
 
 In memory ``formulae`` sets a stateful transform's state from all rows at once. Over
@@ -13,20 +13,16 @@ together: a pass reads each partition once for all of them (:func:`learn_states`
   (count, mean, centred sum of squares, :mod:`multilevel.moments`); the sd with n - 1 (R's
   ``scale``; without centring the root mean square sum x^2 / (n - 1), as R) or n
   (``standardize``).
-* ``bs(x, df, knots, degree, lower_bound, upper_bound, center)``: the interior knots are
-  ``np.percentile(x, 100 q)`` at q = k / (K + 1), each an interpolation between the order
-  statistics x_(r) and x_(r + 1) (ranks from 0), r = floor((n - 1) q); the bounds are min x
-  and max x. A pass gives (n, min, max); then each wanted order statistic is found by
-  bracketing (:class:`OrderStatistics`): its bracket [lo, hi) (first [min, max]) holds it; a
-  pass counts the values below lo and histograms [lo, hi) in :data:`BINS` bins, and the bin
-  holding rank r is the next bracket, until the bracket holds at most :data:`GATHER` values
-  (or cannot be split), when a pass gathers its distinct values with their counts and the rank
-  is read off; a bracket holding one value repeated is done at once. Uniform data of 1e8 rows
-  need two bracketing passes. With ``center`` (the default) a last pass sums the basis
-  columns: the sum-to-zero constraint takes their means.
-* R's ``ns(x, df, knots, intercept)``: the boundary knots are min x and max x, the interior
-  knots R's ``quantile(x, k / (K + 1))`` of all rows, from order statistics found as ``bs``'s
-  (:class:`NaturalSplineLearner`).
+* R's ``ns(x, df, knots, intercept)`` and ``bs(x, df, knots, degree, intercept, Boundary_knots)``
+  (:class:`RSplineLearner`): a pass gives (n, min, max), the boundary knots (``bs``: unless
+  given); the interior knots are R's ``quantile(x, k / (K + 1))`` of all rows, each an
+  interpolation between the order statistics x_(r) and x_(r + 1) (ranks from 0), and each wanted
+  order statistic is found by bracketing (:class:`OrderStatistics`): its bracket [lo, hi) (first
+  [min, max]) holds it; a pass counts the values below lo and histograms [lo, hi) in
+  :data:`BINS` bins, and the bin holding rank r is the next bracket, until the bracket holds at
+  most :data:`GATHER` values (or cannot be split), when a pass gathers its distinct values with
+  their counts and the rank is read off; a bracket holding one value repeated is done at once.
+  Uniform data of 1e8 rows need two bracketing passes.
 * ``poly(x, degree)``: orthonormal polynomials by the three-term recurrence (Stieltjes),
   P_0 = 1, P_k = (x - alpha_{k-1}) P_{k-1} - (N_{k-1} / N_{k-2}) P_{k-2},
   alpha_k = sum x P_k^2 / N_k, N_k = sum P_k^2: pass k gives N_k and sum x P_k^2 from the
@@ -53,13 +49,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from formulae.transforms import BSpline, Center, CyclicCubicSpline, NaturalCubicSpline, Polynomial, Scale
+from formulae.transforms import Center, CyclicCubicSpline, NaturalCubicSpline, Polynomial, Scale
 from formulae.utils import get_centering_matrix
 
 from ..errors import ModelError
 from ..moments import Moments, combine_moments, moments_of
 from ..rformula import RScale
-from ..rsplines import RNaturalSpline, knot_probabilities, r_quantile_of_order_statistics, r_quantile_ranks
+from ..rsplines import RBSpline, RNaturalSpline, knot_probabilities, r_quantile_of_order_statistics, r_quantile_ranks
 
 #: bins of a bracketing pass, and the values a bracket may hold to be gathered
 BINS, GATHER = 4096, 200_000
@@ -163,19 +159,6 @@ class BracketPass:
             else:
                 out.append((u[0] + v[0], u[1] + v[1], min(u[2], v[2]), max(u[3], v[3])))
         return out
-
-
-@dataclass(frozen=True)
-class BasisSumsPass:
-    """Column sums of a B-spline basis (``spline``: a ``bs`` transform with its knots set)."""
-
-    spline: Any
-
-    def partial(self, x: np.ndarray) -> np.ndarray:
-        return self.spline._eval_basis(x).sum(axis=0)
-
-    def combine(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return a + b
 
 
 @dataclass(frozen=True)
@@ -363,73 +346,6 @@ class MomentsLearner:
         t.params_set = True
 
 
-class SplineLearner:
-    """``bs``: a :class:`RangePass`, the knots' order statistics (:class:`OrderStatistics`),
-    then with ``center`` a :class:`BasisSumsPass` (module doc)."""
-
-    def __init__(self, call: StatefulCall):
-        t = call.transform
-        opts = call.options()
-        self.call, self.done = call, False
-        self.degree, self.center = int(t._degree), bool(t._center)
-        self.n_inner = len(t._knots) - 2 * (self.degree + 1)
-        self.given_knots = None if opts.get("knots") is None else np.asarray(opts["knots"], dtype=float)
-        self.bounds = opts.get("lower_bound"), opts.get("upper_bound")
-        self.n = 0
-        self.order: OrderStatistics | None = None
-        self.knots: np.ndarray | None = None
-        self.centering: np.ndarray | None = None
-
-    def _quantiles(self) -> np.ndarray:
-        """q of ``np.percentile(x, 100 q)``, as ``formulae`` computes it (100 q / 100 may not be q)."""
-        return np.true_divide(100 * np.linspace(0, 1, self.n_inner + 2)[1:-1], 100)
-
-    def request(self) -> Any:
-        if self.n == 0:
-            return RangePass()
-        if self.knots is None:
-            return self.order.request()
-        return BasisSumsPass(self._spline())
-
-    def advance(self, total: Any) -> None:
-        if self.n == 0:
-            self.n, low, high = total
-            self.low = float(low if self.bounds[0] is None else self.bounds[0])
-            self.high = float(high if self.bounds[1] is None else self.bounds[1])
-            self.order = OrderStatistics.of_quantiles(self.n, self._quantiles() if self.given_knots is None else [],
-                                                      float(low), float(high))
-        elif self.knots is None:
-            self.order.advance(total)
-        else:
-            self.centering = get_centering_matrix(np.asarray(total, dtype=float)[None, :] / self.n)
-            self.done = True
-            return
-        if self.knots is None and self.order.done:
-            self.knots = self._all_knots()
-            self.done = not self.center
-
-    def _all_knots(self) -> np.ndarray:
-        if self.given_knots is not None:
-            inner = self.given_knots
-        else:
-            inner = self.order.quantiles(self.n, self._quantiles())
-        if self.low > self.high or np.any(inner < self.low) or np.any(inner > self.high):
-            raise ModelError(f"bs(): the knots {np.round(inner, 6).tolist()} or bounds ({self.low}, {self.high}) are "
-                             "not in order over all rows; give knots inside lower_bound and upper_bound")
-        return np.sort(np.concatenate([[self.low, self.high] * (self.degree + 1), inner]))
-
-    def _spline(self) -> Any:
-        spline = copy.copy(self.call.transform)
-        spline._knots, spline._degree, spline._center, spline._centering_matrix = self.knots, self.degree, False, None
-        return spline
-
-    def apply(self) -> None:
-        t = self.call.transform
-        t._knots, t._degree, t._center = self.knots, self.degree, self.center
-        t._centering_matrix = self.centering if self.center else None
-        t.params_set = True
-
-
 class PolynomialLearner:
     """``poly``: degree + 1 :class:`PolynomialPass` es (nothing for ``raw=True``)."""
 
@@ -582,16 +498,27 @@ class CubicSplineLearner:
                         cubic_null(knots, self.centering, self.linear, self.period), self.period)
 
 
-class NaturalSplineLearner:
-    """R's ``ns(x, df, knots, intercept)`` (:mod:`multilevel.rsplines`): a :class:`RangePass`
-    gives the boundary knots (min and max of x) and n, then the interior knots are R's
-    ``quantile`` of all rows, from their order statistics (:class:`OrderStatistics`)."""
+class RSplineLearner:
+    """R's ``ns(x, df, knots, intercept)`` and ``bs(x, df, knots, degree, intercept,
+    Boundary_knots)`` (:mod:`multilevel.rsplines`): a :class:`RangePass` gives n and the
+    boundary knots (min and max of x, unless ``bs`` is given them), then the interior knots are
+    R's ``quantile`` of all rows, from their order statistics (:class:`OrderStatistics`). R takes
+    ``bs``'s quantiles over the rows inside given boundary knots; rows outside them with knots
+    from ``df`` are refused here."""
 
     def __init__(self, call: StatefulCall):
         opts = call.options()
         self.call, self.done = call, False
         self.intercept = bool(opts.get("intercept", False))
-        self.n_inner = RNaturalSpline.n_inner(opts.get("df"), opts.get("knots"), self.intercept)
+        self.bounds: tuple[Any, Any] = (None, None)
+        if isinstance(call.transform, RBSpline):
+            self.degree, self.bounds = RBSpline.options(opts.get("degree", 3), opts.get("lower_bound"),
+                                                        opts.get("upper_bound"), opts.get("Boundary_knots"),
+                                                        opts.get("center", False))
+            self.n_inner = RBSpline.n_inner(opts.get("df"), opts.get("knots"), self.degree, self.intercept)
+        else:
+            self.degree = None
+            self.n_inner = RNaturalSpline.n_inner(opts.get("df"), opts.get("knots"), self.intercept)
         self.given = None if self.n_inner is not None else np.sort(np.asarray(opts["knots"], dtype=float).ravel())
         self.n = 0
         self.order: OrderStatistics | None = None
@@ -605,7 +532,12 @@ class NaturalSplineLearner:
     def advance(self, total: Any) -> None:
         if self.n == 0:
             self.n, low, high = total
-            self.boundary = np.array([low, high], dtype=float)
+            lo, hi = (low if b is None else float(b) for b, low in zip(self.bounds, (low, high)))
+            if self.given is None and self.n_inner and (low < lo or high > hi):
+                raise ModelError(f"bs(): with engine='dask', knots from df need every row inside the boundary knots "
+                                 f"[{lo}, {hi}] (x takes values in [{low}, {high}]); give knots=, or wider boundary "
+                                 "knots, or use the in-memory engine")
+            self.boundary = np.array([lo, hi], dtype=float)
             q = self._probabilities() if self.given is None else np.zeros(0)
             self.order = OrderStatistics.of_quantiles(self.n, q, float(low), float(high), r=True)
         else:
@@ -613,17 +545,23 @@ class NaturalSplineLearner:
         if self.order.done:
             self.knots = self.given if self.given is not None else self.order.quantiles(self.n, self._probabilities(),
                                                                                       r=True)
-            RNaturalSpline().set_state(self.knots, self.boundary, self.intercept)  # checks them
+            self._state(type(self.call.transform)())  # checks them
             self.done = True
 
+    def _state(self, t: Any) -> None:
+        if isinstance(t, RBSpline):
+            t.set_state(self.knots, self.boundary, self.degree, self.intercept)
+        else:
+            t.set_state(self.knots, self.boundary, self.intercept)
+
     def apply(self) -> None:
-        self.call.transform.set_state(self.knots, self.boundary, self.intercept)
+        self._state(self.call.transform)
 
 
 #: the learner of each stateful transform the Dask engine learns over partitions
-LEARNERS = {Center: MomentsLearner, Scale: MomentsLearner, RScale: MomentsLearner, BSpline: SplineLearner,
+LEARNERS = {Center: MomentsLearner, Scale: MomentsLearner, RScale: MomentsLearner,
             Polynomial: PolynomialLearner, NaturalCubicSpline: CubicSplineLearner, CyclicCubicSpline: CubicSplineLearner,
-            RNaturalSpline: NaturalSplineLearner}
+            RNaturalSpline: RSplineLearner, RBSpline: RSplineLearner}
 
 
 def learner_of(call: StatefulCall, formula: str) -> Any:
@@ -726,14 +664,13 @@ def transform_state(t: Any) -> dict[str, Any]:
         return {"kind": "r_scale", "mean": t.mean, "sd": t.sd}
     if isinstance(t, RNaturalSpline):
         return {"kind": "ns", "knots": t.knots.tolist(), "boundary": t.boundary.tolist(), "intercept": t.intercept}
+    if isinstance(t, RBSpline):
+        return {"kind": "r_bs", "knots": t.knots.tolist(), "boundary": t.boundary.tolist(), "degree": t.degree,
+                "intercept": t.intercept}
     if isinstance(t, Scale):
         return {"kind": "scale", "mean": float(t.mean), "std": float(t.std)}
     if isinstance(t, Center):
         return {"kind": "center", "mean": float(t.mean)}
-    if isinstance(t, BSpline):
-        return {"kind": "bs", "knots": np.asarray(t._knots, dtype=float).tolist(), "degree": int(t._degree),
-                "center": bool(t._center),
-                "centering": None if t._centering_matrix is None else np.asarray(t._centering_matrix).tolist()}
     if isinstance(t, (NaturalCubicSpline, CyclicCubicSpline)):
         return {"kind": t.__transform_name__, "knots": np.asarray(t._knots, dtype=float).tolist(),
                 "period": getattr(t, "_period", None), "null": np.asarray(t._random_state["null"]).tolist(),
@@ -756,13 +693,13 @@ def restore_state(t: Any, state: Any) -> None:
     elif kind == "ns":
         t.set_state(state["knots"], state["boundary"], state["intercept"])
         return
+    elif kind == "r_bs":
+        t.set_state(state["knots"], state["boundary"], state["degree"], state["intercept"])
+        return
     elif kind in ("center", "scale"):
         t.mean = state["mean"]
         if kind == "scale":
             t.std = state["std"]
-    elif kind == "bs":
-        t._knots, t._degree, t._center = np.asarray(state["knots"], dtype=float), state["degree"], state["center"]
-        t._centering_matrix = None if state["centering"] is None else np.asarray(state["centering"], dtype=float)
     elif kind in ("cr", "cc"):
         centering = None if state["centering"] is None else np.asarray(state["centering"], dtype=float)
         set_cubic_state(t, np.asarray(state["knots"], dtype=float), centering, np.asarray(state["null"], dtype=float),
