@@ -113,6 +113,7 @@ def test_bracketing_takes_several_passes_when_brackets_are_crowded(monkeypatch):
     "y ~ ns(x, df=4) + (ns(k, 2) | g)",
     "y ~ cc(x, period=8, knots=np.linspace(4, 6, 3), lower_bound=0.5) + cr(x, knots=np.linspace(4, 6, 3)) + (1 | g)",
     "y ~ cr(x, knots=np.linspace(0.5, 2, 3)) + (1 | g)",  # knots below the first rows' x (formulae checks the range)
+    "y ~ ns(x, knots=c(1, 2.5)) + bs(k, df=4, Boundary.knots=c(-1, 6)) + (1 | g)",  # R's spellings
 ])
 def test_partition_designs_equal_the_in_memory_design(formula):
     df = frame()

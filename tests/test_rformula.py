@@ -11,7 +11,7 @@ import pytest
 
 import multilevel
 from multilevel import ModelError
-from multilevel.design import Predictor, build_design, predictor_lines
+from multilevel.design import Predictor, build_crossed_design, build_design, predictor_lines
 from multilevel.formula import parse_formula
 from multilevel.rformula import python_spelling
 
@@ -100,6 +100,17 @@ def test_scale_is_r_scale_with_the_sample_sd_kept_for_new_data():
     np.testing.assert_allclose(d.Z[:, 0], (x - x.mean()) / x.std(ddof=1))
     new = d.formulae_fixed.common.evaluate_new_data(pd.DataFrame({"x": [1.0, 2.0]}))
     np.testing.assert_allclose(np.asarray(new.design_matrix)[:, 1], (np.array([1.0, 2.0]) - x.mean()) / x.std(ddof=1))
+
+
+def test_r_c_gives_spline_knots_as_r_users_type_them_beside_a_column_named_c():
+    x = np.linspace(0, 9, 60)
+    df = pd.DataFrame({"x": x, "c": x ** 2, "g": np.arange(60) % 6, "y": np.sin(x)})
+    typed = build_crossed_design(parse_formula("y ~ ns(x, knots = c(2, 4.5, 7)) + c + bs(x, knots = c(3), Boundary.knots = c(-1, 10)) + (1 | g)"), df, "raise")
+    python = build_crossed_design(parse_formula("y ~ ns(x, knots = np.linspace(2, 7, 3)) + c + "
+                       "bs(x, knots = np.linspace(3, 3, 1), lower_bound = -1, upper_bound = 10) + (1 | g)"), df, "raise")
+    assert typed.F.shape == python.F.shape == (60, 10)
+    np.testing.assert_array_equal(typed.F, python.F)
+    assert "c" in typed.fixed_names and typed.fixed_names[-1].startswith("bs(x, knots=c(3), Boundary_knots=c(-1, 10))")
 
 
 def test_rewriting_leaves_quoted_text_alone():

@@ -98,6 +98,11 @@ def binomial_successes(y: Any, n: Any) -> pd.Series:
     return whole
 
 
+def r_c(*values: Any) -> np.ndarray:
+    """R's ``c(...)``: the values joined into one vector, as in ``ns(x, knots = c(2, 5, 9))``."""
+    return np.concatenate([np.ravel(np.asarray(v)) for v in values]) if values else np.zeros(0)
+
+
 def _as_numeric(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
@@ -113,7 +118,7 @@ R_FUNCTIONS: dict[str, Any] = {
     "round": np.round, "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
     "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
     "pmin": lambda *xs: reduce(np.minimum, xs), "pmax": lambda *xs: reduce(np.maximum, xs),
-    "plogis": plogis, "qlogis": qlogis,
+    "plogis": plogis, "qlogis": qlogis, "c": r_c,
     "factor": C, "relevel": relevel, "r_scale": RScale, "ns": RNaturalSpline, "r_bs": RBSpline,
     "as": SimpleNamespace(factor=C, numeric=_as_numeric, character=_as_character),
 }
@@ -140,6 +145,7 @@ _REWRITES = (
     (re.compile(r"(?<![\w.])FALSE(?![\w.])"), "False"),
     (re.compile(r"(?<![\w.])scale(?=\s*\()"), "r_scale"),
     (re.compile(r"(?<![\w.])bs(?=\s*\()"), "r_bs"),
+    (re.compile(r"(?<![\w.])Boundary\.knots(?=\s*=)"), "Boundary_knots"),
 )
 
 #: R's functions that formulae has under the same name, renamed inside (:func:`python_spelling`)
@@ -156,7 +162,8 @@ def _unquoted(text: str, edit: Any) -> str:
 def python_spelling(formula: str) -> str:
     """The formula with R-only syntax rewritten for ``formulae``: ``^`` as ``**``,
     ``TRUE``/``FALSE`` as ``True``/``False``, ``scale(`` and ``bs(`` as R's ``r_scale(`` and ``r_bs(``
-    (:data:`INTERNAL_NAMES`). Quoted text is kept."""
+    (:data:`INTERNAL_NAMES`), the argument name ``Boundary.knots =`` as ``Boundary_knots =``.
+    Quoted text is kept."""
     def edit(part: str) -> str:
         for pattern, repl in _REWRITES:
             part = pattern.sub(repl, part)
