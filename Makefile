@@ -18,7 +18,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/multilevel demo
 
-## Install, then run the default test suite (about 14 minutes on 2 cores: one test process per core).
+## Install, then run the default test suite (about 13 minutes on 2 cores: one test process per core, the long
+## tests first, each process taking queued tests from the other when it runs out).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist worksteal
 

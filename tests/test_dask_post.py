@@ -17,6 +17,7 @@ by partition, with the in-memory engine's results on the same data and draws:
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -358,3 +359,23 @@ def test_fitted_and_residuals_of_a_dask_fit_are_lazy_and_the_rows_own():
     mu, r, pearson = mu.compute(), r.compute(), pearson.compute()
     np.testing.assert_allclose(r.to_numpy(), (hsb.mAch.loc[r.index] - mu.loc[r.index]).to_numpy(), rtol=1e-12)
     np.testing.assert_allclose(pearson.to_numpy(), r.to_numpy() / fit.sigma(), rtol=1e-12)
+
+
+def test_cli_loo_and_compare_of_saved_dask_fits(fits, tmp_path, monkeypatch):
+    """A Dask fit saved without its pointwise log-likelihood is refused in one line (its rows
+    stay in their files); saved with it, ``multilevel loo`` gives the in-memory fit's numbers."""
+    _, _, mem, par = fits
+    monkeypatch.chdir(tmp_path)
+    par.save("bare.nc")
+    for argv in (["loo", "bare.nc"], ["compare", "bare.nc", "bare.nc", "--names", "a,b"]):
+        code, out, err = run_main(argv)
+        assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
+        assert "bare.nc is a Dask fit saved without its pointwise log-likelihood" in err and "--log-likelihood" in err
+    loaded = multilevel.load("bare.nc").attach(fits[1])
+    loaded.add_log_likelihood()
+    loaded.save("ll.nc")
+    code, out, err = run_main(["loo", "ll.nc", "--json"])
+    assert code == 0, err
+    got, want = json.loads(out), quiet(mem.loo)
+    for name in ("elpd_loo", "se", "p_loo"):
+        assert got[name] == pytest.approx(float(want[name]), rel=1e-8), name

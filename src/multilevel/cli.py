@@ -231,6 +231,18 @@ def _fit_names(paths: tuple[str, ...], names: str | None) -> list[str]:
 SCALE_CHOICE = click.Choice(["log", "negative_log", "deviance"])
 
 
+def _load_for_loo(path: str) -> Any:
+    """A saved fit whose pointwise log-likelihood can be had: stored, or computed from its rows;
+    a Dask fit saved without it is refused in one line (its rows stay in their files)."""
+    from .result import load
+
+    fit = load(path)
+    if fit.partitioned and fit.group("log_likelihood") is None:
+        raise ModelError(f"{path} is a Dask fit saved without its pointwise log-likelihood, which needs its rows; "
+                         "fit it again with --log-likelihood (or compute loo() in the session that made it)")
+    return fit
+
+
 @cli.command("loo")
 @click.argument("fit_path", metavar="FIT.nc")
 @click.option("--scale", type=SCALE_CHOICE, default="log", show_default=True, help="Scale of elpd_loo, as ArviZ's.")
@@ -239,9 +251,7 @@ def loo_command(fit_path: str, scale: str, as_json: bool) -> None:
     """PSIS leave-one-out cross-validation of a saved fit: elpd_loo, its standard error, p_loo
     and the Pareto k diagnostics (ArviZ's numbers; the log-likelihood computed from the draws
     and the fit's rows unless the file holds it)."""
-    from .result import load
-
-    fit = load(fit_path)
+    fit = _load_for_loo(fit_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the Pareto k table below says it
         res = fit.loo(scale=scale)
@@ -267,12 +277,11 @@ def compare_command(fit_paths: tuple[str, ...], names: str | None, ic: str, scal
     """Rank saved fits of the same data by expected log predictive density (ArviZ's compare
     table: rank, elpd, p, elpd_diff, weight, se, dse, warning, scale), best first."""
     from .comparison import compare
-    from .result import load
 
     if len(fit_paths) < 2:
         raise ModelError("compare needs at least two fits: multilevel compare a.nc b.nc")
     labels = _fit_names(fit_paths, names)
-    fits = {name: load(path) for name, path in zip(labels, fit_paths)}
+    fits = {name: _load_for_loo(path) for name, path in zip(labels, fit_paths)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the table's warning column says it
         table = compare(fits, ic=ic, scale=scale)
