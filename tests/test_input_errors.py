@@ -60,6 +60,35 @@ def test_bad_responses_name_the_problem(formula, family, fragment):
         multilevel.Model(formula, small_frame(), family=family)
 
 
+@pytest.mark.parametrize("family, name", [
+    ('poisson(link = "log")', "poisson"), ("poisson()", "poisson"), ("binomial(link='logit')", "binomial"),
+    ('binomial("logit")', "binomial"), ("gaussian", "gaussian"), ("Poisson", "poisson"), ("nbinom2()", "negbinomial"),
+])
+def test_r_family_calls_as_lme4_users_type_them(family, name):
+    """glmer(..., family = poisson(link = "log")): R's call, with the family's own link."""
+    from multilevel.families import check_family
+
+    assert check_family(family).name == name
+    if name != "binomial":  # a count response
+        assert multilevel.Model("count ~ x + (1 | g)", small_frame(), family=family).family.name == name
+
+
+@pytest.mark.parametrize("family, fragments", [
+    ('binomial(link = "probit")', ["binomial is fitted with its logit link only, not probit", "family='binomial'"]),
+    ('poisson(link = "sqrt")', ["poisson is fitted with its log link only"]),
+    ("quasipoisson", ["write family='negbinomial' for overdispersed counts"]),
+    ("Gamma()", ["unknown family", "available families: gaussian, poisson"]),
+])
+def test_other_links_and_families_are_refused_in_one_line(family, fragments, capsys):
+    from multilevel.families import check_family
+
+    with pytest.raises(multilevel.ModelError) as info:
+        check_family(family)
+    assert "\n" not in str(info.value) and all(f in str(info.value) for f in fragments)
+    code, err = run_cli(["fit", "epil", "-f", "y ~ lbase + (1 | subject)", "--family", family], capsys)
+    assert code == 2 and all(f in err for f in fragments) and len(err.strip().splitlines()) == 1
+
+
 def test_negative_counts_refused():
     frame = small_frame()
     frame.loc[0, "count"] = -1

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +56,29 @@ class Family:
         return {"gaussian": "sigma2", "negbinomial": "phi"}.get(self.name)
 
 
+#: R's family call as lme4 users type it: ``binomial``, ``poisson()``, ``binomial(link = "logit")``
+R_FAMILY_CALL = re.compile(r"""^\s*([A-Za-z0-9_.\-]+)\s*(?:\(\s*(?:link\s*=\s*)?(?:["']?([A-Za-z]+)["']?)?\s*\))?\s*$""")
+
+#: what to write instead of families users know from R or statsmodels
+FAMILY_HINTS = {"quasipoisson": "family='negbinomial' for overdispersed counts",
+                "quasibinomial": "family='binomial' with an observation-level effect, (1 | obs), for overdispersion",
+                "negative.binomial": "family='negbinomial' (phi is sampled; lme4's glmer.nb estimates it too)"}
+
+
 def check_family(family: str) -> Family:
-    """Return the family, or refuse an unknown name."""
-    name = str(family).lower()
-    name = ALIASES.get(name, name)
+    """Return the family, or refuse an unknown name in one line. R's call spellings are read as
+    lme4 users type them: ``poisson()``, ``binomial(link = "logit")``, ``binomial("logit")``,
+    with the family's link; another link is refused."""
+    match = R_FAMILY_CALL.match(str(family))
+    text, link = (match.group(1), match.group(2)) if match else (str(family), None)
+    name = ALIASES.get(text.lower(), text.lower())
     if name not in FAMILIES:
-        raise ModelError(f"unknown family {family!r}; available families: {', '.join(FAMILIES)}")
+        hint = FAMILY_HINTS.get(text.lower())
+        raise ModelError(f"unknown family {family!r}; " + (f"write {hint}" if hint else
+                                                             f"available families: {', '.join(FAMILIES)}"))
+    if link is not None and link.lower() != LINKS[name]:
+        raise ModelError(f"family {family!r}: {name} is fitted with its {LINKS[name]} link only, not {link}; write "
+                         f"family='{name}'")
     return Family(name, LINKS[name])
 
 
