@@ -91,13 +91,22 @@ def test_bar_inside_a_call_is_not_a_term():
     assert (bar.lhs, bar.factor, bar.double) == ("I(a | b)", "g", True)
 
 
+@pytest.mark.parametrize("written, read", [
+    ("y ~ x + (1 | factor(g))", "y ~ x + (1 | g)"), ("y ~ (x || as.factor(g))", "y ~ (x || g)"),
+    ("y ~ (1 | factor(a)/as.character(b))", "y ~ (1 | a/b)"), ("y ~ (1 | factor(a):b)", "y ~ (1 | a:b)"),
+])
+def test_r_conversions_around_a_grouping_column_are_the_column(written, read):
+    """lme4 users write (1 | factor(g)); a grouping factor is categorical in any case."""
+    assert parse_formula(written).terms == parse_formula(read).terms
+
+
 @pytest.mark.parametrize(
     "formula, pattern",
     [
         ("y ~ x + 1 | g", r"'\|' outside parentheses"),
         ("y ~ (1 | a*b)", r"grouping factor 'a\*b' .* not supported"),
         ("y ~ (1 | a + b)", r"grouping factor 'a \+ b' .* not supported"),
-        ("y ~ (1 | factor(g))", r"grouping factor 'factor\(g\)' .* column of the data"),
+        ("y ~ (1 | log(g))", r"grouping factor 'log\(g\)' .* column of the data"),
         ("y ~ (1 | g | h)", r"more than one '\|'"),
         ("y ~ (1 | g) + (1 | g)", r"\(1 \| g\) appears twice"),
         ("y ~ (1 | a/b) + (1 | a)", r"\(1 \| a\) appears twice"),

@@ -35,6 +35,8 @@ INTERCEPT = "Intercept"
 
 #: a data column as a grouping factor names it: a plain name, or any text in backticks
 _COLUMN = re.compile(r"^(?:[A-Za-z_][\w.]*|`[^`]+`)$")
+#: R's conversions to a category around a grouping column: no-ops here (:func:`nested_factors`)
+_AS_CATEGORY = re.compile(r"^(?:factor|as\.factor|as\.character)\s*\(\s*(`[^`]+`|[A-Za-z_.][\w.]*)\s*\)$")
 #: the character before a ``(`` that makes it a call's parenthesis, not a grouping one
 _CALL_END = re.compile(r"[\w.\]]")
 
@@ -182,13 +184,15 @@ def _balanced(text: str) -> bool:
 def nested_factors(text: str, written: str, formula: str) -> list[tuple[str, ...]]:
     """The factors a term's right side names, each as its data columns: ``g`` -> [(g,)],
     ``a:b`` -> [(a, b)], ``a/b`` -> [(a,), (a, b)], ``a/b/c`` -> [(a,), (a, b), (a, b, c)],
-    ``a:b/c`` -> [(a, b), (a, b, c)]. Backticks around a column name are dropped.
+    ``a:b/c`` -> [(a, b), (a, b, c)]. Backticks around a column name are dropped, and so are
+    R's ``factor(g)``, ``as.factor(g)`` and ``as.character(g)`` around one, as lme4 users write
+    them (a grouping factor is categorical whatever the column holds).
 
     Raises :class:`ModelError` for anything else (``a + b``, ``a*b``, ``factor(g)``): a
     grouping factor is data columns, crossed with ``:`` or nested with ``/``.
     """
     pieces = [p.strip() for p in _strip_parentheses(text.strip()).split("/")]
-    columns = [[c.strip() for c in piece.split(":")] for piece in pieces]
+    columns = [[_AS_CATEGORY.sub(r"\1", c.strip()) for c in piece.split(":")] for piece in pieces]
     bad = [c for cols in columns for c in cols if not _COLUMN.match(c)]
     if bad:
         raise ModelError(
@@ -242,11 +246,14 @@ def random_terms(text: str, formula: str) -> tuple[RandomTerm, ...]:
 
 
 def single_bars(text: str, formula: str) -> str:
-    """``text`` with each ``||`` of a random-effects term read as ``|``: what ``formulae``
-    parses (it expands the left side into the same (expression, factor) pairs; the terms
-    themselves come from :func:`random_terms`)."""
-    for bar in reversed([b for b in find_bars(text, formula) if b.double]):
-        text = text[:bar.bar] + "|" + text[bar.bar + 2:]
+    """``text`` with each ``||`` of a random-effects term read as ``|``, and R's ``factor(g)``
+    around a grouping column as ``g`` (:func:`nested_factors`): what ``formulae`` parses (it
+    expands the left side into the same (expression, factor) pairs; the terms themselves come
+    from :func:`random_terms`)."""
+    for bar in reversed(find_bars(text, formula)):
+        factor = "/".join(":".join(_AS_CATEGORY.sub(r"\1", c.strip()) for c in piece.split(":"))
+                          for piece in _strip_parentheses(bar.factor.strip()).split("/"))
+        text = text[:bar.bar] + "|" + (" " if bar.double else "") + " " + factor + text[bar.end:]
     return text
 
 
