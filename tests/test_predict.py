@@ -113,6 +113,24 @@ def test_re_form_naming_the_one_factor_keeps_its_effects_and_another_is_refused(
     assert "\n" not in str(err.value)
 
 
+def test_lme4_type_and_allow_new_levels(fit):
+    """lme4's predict(type = "link" / "response") and allow.new.levels = FALSE."""
+    rows = new_rows()
+    np.testing.assert_array_equal(fit.predict(rows, type="link", seed=2).values,
+                                  fit.predict(rows, kind="linear", seed=2).values)
+    np.testing.assert_array_equal(fit.predict(rows, type="response", seed=2).values,
+                                  fit.predict(rows, kind="mean", seed=2).values)
+    seen = rows[~fit.predict(rows, seed=2)["new_group"].values]
+    pd.testing.assert_frame_equal(fit.predict(seen, allow_new_levels=False, summary=True, seed=2),
+                                  fit.predict(seen, summary=True, seed=2))
+    for kwargs, message in [(dict(allow_new_levels=False), "levels of 'g' not seen in fitting"),
+                            (dict(type="probability"), "type is lme4's 'link' or 'response'"),
+                            (dict(type="link", kind="linear"), "give kind= or lme4's type=, not both")]:
+        with pytest.raises(ModelError, match=message) as err:
+            fit.predict(rows, **kwargs)
+        assert "\n" not in str(err.value)
+
+
 def test_new_groups_equal_hand_computation_with_seed(fit):
     rows = new_rows()
     pred = fit.predict(rows, kind="linear", seed=123)

@@ -379,6 +379,38 @@ def prediction_kind(kind: str) -> str:
     return kind
 
 
+#: lme4's ``predict(type = ...)``: "link" the linear predictor, "response" the inverse link
+#: of it (here ``kind="mean"``; ``kind="response"`` draws new responses, brms' posterior_predict)
+LME4_TYPES = {"link": "linear", "response": "mean"}
+
+
+def lme4_type(kind: str, type: str | None) -> str:
+    """The ``kind`` that lme4's ``type`` means (:data:`LME4_TYPES`), or ``kind`` without one."""
+    if type is None:
+        return kind
+    if kind != "mean":
+        raise ModelError(f"give kind= or lme4's type=, not both (kind={kind!r}, type={type!r})")
+    if type not in LME4_TYPES:
+        raise ModelError(f"type is lme4's 'link' or 'response' (kind='linear' or 'mean'), not {type!r}; "
+                         "kind='response' draws new responses")
+    return LME4_TYPES[type]
+
+
+def refuse_new_levels(out: xr.DataArray, group_factor: str | None = None) -> None:
+    """With ``allow_new_levels=False`` (lme4's default): refuse in one line rows of levels not
+    seen in fitting, as the prediction's coordinates mark them (``new_group``, ``<factor>_new``)."""
+    for name in out.coords:
+        if name == "new_group" or str(name).endswith("_new"):
+            new = np.asarray(out.coords[name].values, dtype=bool)
+            if new.any():
+                factor = repr(group_factor or "the grouping factor") if name == "new_group" else repr(str(name)[:-len("_new")])
+                labels = out.coords["group" if name == "new_group" else f"{str(name)[:-len('_new')]}_level"].values[new]
+                shown = ", ".join(repr(str(x)) for x in dict.fromkeys(labels.tolist()))
+                raise ModelError(f"the new data have levels of {factor} not seen in fitting ({shown}); "
+                                 "allow_new_levels=True (the default) draws their effects from MVN(theta, Sigma), "
+                                 "include_group_effects=False predicts at the population level")
+
+
 def one_factor_re_form(fit: Fit, re_form: Any, include_group_effects: bool) -> tuple[Any, bool]:
     """lme4's ``re.form`` of a fit with one grouping factor as ``include_group_effects``: ``"~0"``,
     ``"NA"`` or NaN (R's NA) leave its group effects out, a formula or list naming its factor
@@ -394,7 +426,8 @@ def one_factor_re_form(fit: Fit, re_form: Any, include_group_effects: bool) -> t
 def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
             draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
             offset: Any = None, trials: Any = None, weights: Any = None,
-            re_form: Any = None) -> xr.DataArray | pd.DataFrame:
+            re_form: Any = None, allow_new_levels: bool = True,
+            type: str | None = None) -> xr.DataArray | pd.DataFrame:
     """Posterior draws of predictions for the rows of ``newdata`` (see the module docstring),
     or with ``newdata=None`` the fitted values of the rows used in fitting (:func:`fitted`).
 
@@ -410,13 +443,15 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
     ``re_form``: which grouping factors' group effects to include (lme4's ``re.form``: None
     all, a list of factor names, ``"~0"``, ``"NA"`` or NaN none, or ``"~(1 | s)"``;
     :mod:`multilevel.predict_crossed`); with one factor, ``"~0"`` is ``include_group_effects=False``.
+    ``allow_new_levels=False`` (lme4's default) refuses rows of levels not seen in fitting;
+    ``type`` is lme4's spelling: ``"link"`` is ``kind="linear"``, ``"response"`` ``kind="mean"``.
 
     ``newdata`` a Dask DataFrame (any fit, ``summary=True``): a Dask DataFrame, lazy, of the
     per-row summaries, each partition predicted as a pandas frame is, with random numbers
     spawned from ``seed`` per partition
     (:func:`multilevel.distributed.posterior.predict_partitions`).
     """
-    kind = prediction_kind(kind)
+    kind = prediction_kind(lme4_type(kind, type))
     crossed = fit.several_terms
     re_form, include_group_effects = one_factor_re_form(fit, re_form, include_group_effects)
     if newdata is None:
@@ -435,7 +470,8 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
 
         return predict_partitions(fit, newdata, seed, summary, hdi_prob, kind=kind,
                                   include_group_effects=include_group_effects, draws=draws, offset=offset,
-                                  trials=trials, weights=weights, re_form=re_form)
+                                  trials=trials, weights=weights, re_form=re_form,
+                                  allow_new_levels=allow_new_levels)
     newdata = read_data(newdata)
     w = _new_weights(newdata, weights) if weights is not None else None
     if crossed:
@@ -450,6 +486,8 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
         eta += external
         values = on_scale(kind, family, eta, rng, dispersion(fit.posterior, family, idx, kind), new_trials, w)
         out = as_array(values, fit, idx, newdata.index, kind, factors, coords)
+        if not allow_new_levels:
+            refuse_new_levels(out)
         return summarize(out, hdi_prob, index=newdata.index) if summary else out
     nd = new_design(fit, newdata, include_group_effects=include_group_effects, offset=offset, trials=trials)
     _response_trials(fit, kind, nd.trials)
@@ -483,6 +521,8 @@ def predict(fit: Fit, newdata: Any = None, kind: str = "mean", include_group_eff
         coords["new_group"] = ("obs", nd.group < 0)
     out = xr.DataArray(values, dims=("chain", "draw", "obs"), coords=coords, name=kind,
                        attrs={"kind": kind, "include_group_effects": int(include_group_effects), "family": family.name})
+    if not allow_new_levels:
+        refuse_new_levels(out, fit.attrs.get("group_factor"))
     if summary:
         return summarize(out, hdi_prob, index=nd.index)
     return out

@@ -565,7 +565,8 @@ class Fit:
     def predict(self, newdata: Any = None, kind: str = "mean", include_group_effects: bool = True,
                 draws: int | None = None, seed: Any = None, summary: bool = False, hdi_prob: float = HDI_PROB,
                 offset: Any = None, trials: Any = None, weights: Any = None,
-                re_form: Any = None) -> xr.DataArray | pd.DataFrame:
+                re_form: Any = None, allow_new_levels: bool = True,
+                type: str | None = None) -> xr.DataArray | pd.DataFrame:
         """Posterior draws (chain, draw, obs) of predictions for the rows of ``newdata``.
 
         ``kind``: ``"linear"`` predictor, ``"mean"`` (inverse link; the success probability
@@ -576,13 +577,15 @@ class Fit:
         ``newdata=None``: the fitted values of the rows used in fitting, in the order of their
         index labels (a Dask fit's: a lazy Dask DataFrame of their summaries, read again partition
         by partition). ``weights``: Gaussian ``kind="response"``, the new rows' precision weights
-        (column name or values; default 1: variance sigma2). See :func:`multilevel.predict.predict`.
+        (column name or values; default 1: variance sigma2). lme4's spellings: ``type="link"`` or
+        ``"response"`` (``kind="linear"`` or ``"mean"``), ``re_form``, and ``allow_new_levels=False``
+        to refuse levels not seen in fitting. See :func:`multilevel.predict.predict`.
         """
         from .predict import predict
 
         return predict(self, newdata, kind=kind, include_group_effects=include_group_effects, draws=draws, seed=seed,
                        summary=summary, hdi_prob=hdi_prob, offset=offset, trials=trials, weights=weights,
-                       re_form=re_form)
+                       re_form=re_form, allow_new_levels=allow_new_levels, type=type)
 
     def posterior_predictive(self, seed: Any = None, rows: int | None = None) -> xr.DataArray:
         """Draw a replicated response for every observed row and posterior draw, store it as
