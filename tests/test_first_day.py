@@ -245,3 +245,24 @@ def test_binomial_with_a_binary_response_is_bernoulli_as_in_glmer():
     with pytest.raises(multilevel.ModelError, match=r"p\(successes, trials\)") as info:
         multilevel.fit("count ~ x + (1 | g)", df.assign(count=rng.integers(0, 5, 300)), family="binomial", **run)
     assert "\n" not in str(info.value)
+
+
+# -- lme4's fitting functions ------------------------------------------------------------------
+
+def test_lmer_glmer_and_glmer_nb_are_fit_with_lme4s_families():
+    small = dict(chains=1, draws=30, warmup=30, seed=4, progress=False, cores=1)
+    pairs = [(multilevel.lmer("Reaction ~ Days + (Days | Subject)", "sleepstudy", **small),
+              multilevel.fit("Reaction ~ Days + (Days | Subject)", "sleepstudy", **small)),
+             (multilevel.glmer("y ~ lbase + (1 | subject)", "epil", family='poisson(link = "log")', **small),
+              multilevel.fit("y ~ lbase + (1 | subject)", "epil", family="poisson", **small)),
+             (multilevel.glmer_nb("y ~ lbase + (1 | subject)", "epil", **small),
+              multilevel.fit("y ~ lbase + (1 | subject)", "epil", family="negbinomial", **small))]
+    for ours, want in pairs:
+        assert ours.family == want.family
+        np.testing.assert_array_equal(ours.posterior["theta"].values, want.posterior["theta"].values)
+    for call, message in [(lambda: multilevel.lmer("y ~ 1 + (1 | g)", "hsb82", REML=False), "lmer(REML=...) is lme4's"),
+                          (lambda: multilevel.lmer("y ~ 1 + (1 | g)", "hsb82", family="poisson"), "use glmer"),
+                          (lambda: multilevel.glmer("y ~ 1 + (1 | g)", "hsb82", nAGQ=0), "glmer(nAGQ=...)")]:
+        with pytest.raises(multilevel.ModelError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+            call()
+        assert "\n" not in str(err.value)

@@ -16,6 +16,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "fit": "api",
+    # lme4's fitting functions, as R users call them: lmer, glmer, glmer.nb
+    "lmer": "api",
+    "glmer": "api",
+    "glmer_nb": "api",
     "Model": "api",
     "resume": "api",
     "update": "api",

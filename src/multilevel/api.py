@@ -441,3 +441,32 @@ def fit(
                   sampler=sampler, weights=weights, engine=engine)
     return model.fit(chains=chains, draws=draws, warmup=warmup, seed=seed, cores=cores, progress=progress,
                      log_likelihood=log_likelihood, posterior_predictive=posterior_predictive, group_draws=group_draws)
+
+
+def _lme4_options(kwargs: dict[str, Any], what: str) -> dict[str, Any]:
+    """:func:`fit`'s keywords from an lme4-style call, R's estimation options refused in one line."""
+    for name in ("REML", "control", "start", "verbose", "nAGQ", "subset", "contrasts"):
+        if name in kwargs:
+            raise ModelError(f"{what}({name}=...) is lme4's estimation option; a Bayesian fit has no use for it: leave it "
+                             "out (priors=, chains=, draws= and warmup= are this fit's)")
+    return kwargs
+
+
+def lmer(formula: str, data: Any, **kwargs: Any) -> Fit:
+    """lme4's ``lmer(formula, data)``: :func:`fit` of the Gaussian family (keywords as :func:`fit`)."""
+    if "family" in kwargs:
+        raise ModelError("lmer() fits the gaussian family; use glmer(formula, data, family=...) for another")
+    return fit(formula, data, family="gaussian", **_lme4_options(kwargs, "lmer"))
+
+
+def glmer(formula: str, data: Any, family: str = "gaussian", **kwargs: Any) -> Fit:
+    """lme4's ``glmer(formula, data, family)``: :func:`fit` (family as R spells it too:
+    ``"binomial"``, ``"poisson(link = 'log')"``; keywords as :func:`fit`)."""
+    return fit(formula, data, family=family, **_lme4_options(kwargs, "glmer"))
+
+
+def glmer_nb(formula: str, data: Any, **kwargs: Any) -> Fit:
+    """lme4's ``glmer.nb(formula, data)``: :func:`fit` of the negative binomial (NB2) family."""
+    if "family" in kwargs:
+        raise ModelError("glmer_nb() fits the negative binomial family; use glmer(formula, data, family=...) for another")
+    return fit(formula, data, family="negbinomial", **_lme4_options(kwargs, "glmer_nb"))
