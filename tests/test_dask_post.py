@@ -379,3 +379,7 @@ def test_cli_loo_and_compare_of_saved_dask_fits(fits, tmp_path, monkeypatch):
     got, want = json.loads(out), quiet(mem.loo)
     for name in ("elpd_loo", "se", "p_loo"):
         assert got[name] == pytest.approx(float(want[name]), rel=1e-8), name
+    code, out, err = run_main(["compare", "ll.nc", "ll.nc", "--names", "a,b", "--json"])  # from the stored values
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["elpd_diff"] for r in rows] == [0.0, 0.0] and rows[0]["elpd_loo"] == pytest.approx(got["elpd_loo"])

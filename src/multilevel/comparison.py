@@ -149,6 +149,19 @@ def _row_orders(fits: dict[str, Fit]) -> list[np.ndarray | None]:
     return orders
 
 
+def _same_partitioned_rows(fits: dict[str, Fit]) -> list[None]:
+    """Dask fits with their pointwise log-likelihood stored (rows in data order, no rows kept):
+    refused in one line unless fitted to the same source with the same number of rows kept."""
+    (name0, fit0), *rest = fits.items()
+    want = (str(fit0.attrs.get("data_source")), int(fit0.attrs.get("n_obs", -1)))
+    for name, fit in rest:
+        got = (str(fit.attrs.get("data_source")), int(fit.attrs.get("n_obs", -1)))
+        if got != want:
+            raise ModelError(f"fits {name0!r} and {name!r} were fitted to different data ({want[0]}, {want[1]} rows; "
+                             f"{got[0]}, {got[1]} rows); compare models fitted to the same data")
+    return [None] * len(fits)
+
+
 def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFrame:
     """Rank fits of the same data by expected log predictive density (``az.compare``).
 
@@ -157,9 +170,11 @@ def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFram
     parameters), elpd_diff from the best, weight, se, dse (standard error of the
     difference), warning and scale.
 
-    Fits made with ``engine="dask"`` (all of them, of the same data) are compared partition
-    by partition, their pointwise values side by side, with ``ic="loo"`` and pseudo-BMA
-    weights (``method="pseudo-BMA"``; stacking needs every row's pointwise elpd in one place):
+    Fits made with ``engine="dask"`` (all of them, of the same data) with their pointwise
+    log-likelihood stored (``add_log_likelihood()``, CLI ``--log-likelihood``) are compared from
+    it, rows in data order; without it they are compared partition by partition, their
+    pointwise values side by side, with ``ic="loo"`` and pseudo-BMA weights
+    (``method="pseudo-BMA"``; stacking needs every row's pointwise elpd in one place):
     :mod:`multilevel.distributed.compare`. Dask and in-memory fits together are refused.
     """
     if not isinstance(fits, dict) or len(fits) < 2:
@@ -177,11 +192,12 @@ def compare(fits: dict[str, Fit], ic: str = "loo", **kwargs: Any) -> pd.DataFram
         memory_fit = next(n for n, e in engines.items() if e != "dask")
         raise ModelError(f"compare() takes fits of one engine: {dask_fit!r} was made with engine='dask' and "
                          f"{memory_fit!r} in memory; fit them with the same engine")
-    if "dask" in engines.values():
+    stored = all(fit.group("log_likelihood") is not None for fit in fits.values())
+    if "dask" in engines.values() and not stored:
         from .distributed.compare import compare as compare_partitions
 
         return compare_partitions(fits, ic, **kwargs)
-    orders = _row_orders(fits)
+    orders = _row_orders(fits) if "dask" not in engines.values() else _same_partitioned_rows(fits)
     # ArviZ compare on precomputed ELPDData, so that each LOO uses its own fit's r_eff
     # on the scale asked for: az.compare takes precomputed values on theirs, whatever scale= says
     scale = kwargs.get("scale")
