@@ -18,9 +18,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/multilevel demo
 
-## Install, then run the default test suite (about 13 minutes on 2 cores: one test process per core, the long
-## tests first, each process taking queued tests from the other when it runs out).
+## Install, compile the numba kernels once (two processes side by side; seconds when cached), then run the
+## default test suite (about 13 minutes on 2 cores: one test process per core, the long tests first, each
+## process taking queued tests from the other when it runs out).
 test: $(STAMP)
+	$(BIN)/python -m multilevel.warmup
 	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 ## Long validation: full simulation-based calibration runs, rendered to docs/validation.md.
