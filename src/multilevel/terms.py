@@ -181,6 +181,14 @@ def _balanced(text: str) -> bool:
     return depth == 0
 
 
+def factor_columns_written(text: str) -> list[list[str]]:
+    """A term's right side as written, split into its nesting levels (``/``) and each level's
+    columns (``:``), outer parentheses and R's ``factor(g)``-like conversions dropped
+    (:data:`_AS_CATEGORY`): ``factor(a)/b:c`` -> [[a], [b, c]]."""
+    pieces = [p.strip() for p in _strip_parentheses(text.strip()).split("/")]
+    return [[_AS_CATEGORY.sub(r"\1", c.strip()) for c in piece.split(":")] for piece in pieces]
+
+
 def nested_factors(text: str, written: str, formula: str) -> list[tuple[str, ...]]:
     """The factors a term's right side names, each as its data columns: ``g`` -> [(g,)],
     ``a:b`` -> [(a, b)], ``a/b`` -> [(a,), (a, b)], ``a/b/c`` -> [(a,), (a, b), (a, b, c)],
@@ -191,8 +199,7 @@ def nested_factors(text: str, written: str, formula: str) -> list[tuple[str, ...
     Raises :class:`ModelError` for anything else (``a + b``, ``a*b``, ``factor(g)``): a
     grouping factor is data columns, crossed with ``:`` or nested with ``/``.
     """
-    pieces = [p.strip() for p in _strip_parentheses(text.strip()).split("/")]
-    columns = [[_AS_CATEGORY.sub(r"\1", c.strip()) for c in piece.split(":")] for piece in pieces]
+    columns = factor_columns_written(text)
     bad = [c for cols in columns for c in cols if not _COLUMN.match(c)]
     if bad:
         raise ModelError(
@@ -251,9 +258,8 @@ def single_bars(text: str, formula: str) -> str:
     expands the left side into the same (expression, factor) pairs; the terms themselves come
     from :func:`random_terms`)."""
     for bar in reversed(find_bars(text, formula)):
-        factor = "/".join(":".join(_AS_CATEGORY.sub(r"\1", c.strip()) for c in piece.split(":"))
-                          for piece in _strip_parentheses(bar.factor.strip()).split("/"))
-        text = text[:bar.bar] + "|" + (" " if bar.double else "") + " " + factor + text[bar.end:]
+        factor = "/".join(":".join(cols) for cols in factor_columns_written(bar.factor))
+        text = text[:bar.bar] + "| " + factor + text[bar.end:]
     return text
 
 
