@@ -59,7 +59,8 @@ def knots_of(t) -> np.ndarray:
     return np.concatenate([t.boundary, t.knots]) if isinstance(t, (RNaturalSpline, RBSpline)) else t._knots
 
 
-@pytest.mark.parametrize("call", ["bs(x, df=7)", "bs(k, df=7)", "ns(x, df=6)", "ns(k, 3, intercept=True)", "cr(x, df=7)",
+@pytest.mark.parametrize("call", ["bs(x, df=7)", "bs(k, df=7)", "bs(x, df=7, Boundary.knots=c(0.4, 3.7))",
+                                  "bs(k, df=4, lower_bound=1, upper_bound=3)", "ns(x, df=6)", "ns(k, 3, intercept=True)", "cr(x, df=7)",
                                   "cr(k, df=3)", "cc(x, period=4, df=6)", "cr(x, 5, lower_bound=0.5, upper_bound=6, center=False)"])
 def test_spline_knots_are_the_exact_quantiles_over_all_rows(call, monkeypatch):
     """bs and ns: R's quantiles of all rows; cr and cc: NumPy's of the distinct values,
@@ -114,6 +115,8 @@ def test_bracketing_takes_several_passes_when_brackets_are_crowded(monkeypatch):
     "y ~ cc(x, period=8, knots=np.linspace(4, 6, 3), lower_bound=0.5) + cr(x, knots=np.linspace(4, 6, 3)) + (1 | g)",
     "y ~ cr(x, knots=np.linspace(0.5, 2, 3)) + (1 | g)",  # knots below the first rows' x (formulae checks the range)
     "y ~ ns(x, knots=c(1, 2.5)) + bs(k, df=4, Boundary.knots=c(-1, 6)) + (1 | g)",  # R's spellings
+    # df's knots from the rows inside boundary knots narrower than the data (R's rule), the rest extrapolated
+    "y ~ bs(x, df=6, Boundary.knots=c(0.5, 3.5)) + bs(k, df=4, degree=2, lower_bound=1) + (1 | g)",
 ])
 def test_partition_designs_equal_the_in_memory_design(formula):
     df = frame()
@@ -148,7 +151,8 @@ def test_transforms_not_learned_over_partitions_are_refused_in_one_line():
         with pytest.raises(ModelError, match=r"not tp\(\).*write cr\(x, df=...\)") as info:
             multilevel.Model("y ~ tp(x, df=4) + (1 | g)", dd.from_pandas(df, npartitions=2), engine="dask")
     assert "\n" not in str(info.value)
-    # R's bs() takes df's knots from the rows inside given boundary knots: rows outside them are refused on Dask
-    with pytest.raises(ModelError, match=r"bs\(\): with engine='dask', knots from df need every row inside") as info:
-        multilevel.Model("y ~ bs(x, df=5, upper_bound=2) + (1 | g)", dd.from_pandas(df, npartitions=2), engine="dask")
-    assert "\n" not in str(info.value)
+    # boundary knots that hold no row leave df nothing to place knots by, in memory and on Dask alike
+    for data, engine in ((df, "pandas"), (dd.from_pandas(df, npartitions=2), "dask")):
+        with pytest.raises(ModelError, match=r"bs\(\): no value of x lies inside the boundary knots \[60.0, 70.0\]") as info:
+            multilevel.Model("y ~ bs(x, df=5, Boundary.knots=c(60, 70)) + (1 | g)", data, engine=engine)
+        assert "\n" not in str(info.value)

@@ -182,10 +182,19 @@ class RBSpline:
             n_inner = self.n_inner(df, knots, degree, bool(intercept))
             boundary = np.array([values.min() if lo is None else float(lo), values.max() if hi is None else float(hi)])
             inside = values[(values >= boundary[0]) & (values <= boundary[1])]
+            if n_inner:
+                self.check_inside(inside.size, boundary)
             inner = (np.sort(np.asarray(knots, dtype=float).ravel()) if n_inner is None
                      else r_quantile(inside, knot_probabilities(n_inner)) if n_inner else np.zeros(0))
             self.set_state(inner, boundary, degree, bool(intercept))
         return self.basis(values)
+
+    @staticmethod
+    def check_inside(count: int, boundary: Any) -> None:
+        """Refuse knots from df when no value of x lies inside the boundary knots (R's quantiles of none)."""
+        if count == 0:
+            raise ModelError(f"bs(): no value of x lies inside the boundary knots {np.asarray(boundary).tolist()}, so "
+                             "df cannot place knots; give boundary knots that hold the data, or knots=")
 
     def set_state(self, knots: Any, boundary: Any, degree: int, intercept: bool) -> None:
         """Keep the interior ``knots``, the ``boundary`` knots, ``degree`` and ``intercept``, checked."""

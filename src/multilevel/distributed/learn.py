@@ -15,7 +15,8 @@ together: a pass reads each partition once for all of them (:func:`learn_states`
   (``standardize``).
 * R's ``ns(x, df, knots, intercept)`` and ``bs(x, df, knots, degree, intercept, Boundary_knots)``
   (:class:`RSplineLearner`): a pass gives (n, min, max), the boundary knots (``bs``: unless
-  given); the interior knots are R's ``quantile(x, k / (K + 1))`` of all rows, each an
+  given); the interior knots are R's ``quantile(x, k / (K + 1))`` of all rows (``bs`` with given
+  boundary knots: of the rows inside them, one more pass counting those outside), each an
   interpolation between the order statistics x_(r) and x_(r + 1) (ranks from 0), and each wanted
   order statistic is found by bracketing (:class:`OrderStatistics`): its bracket [lo, hi) (first
   [min, max]) holds it; a pass counts the values below lo and histograms [lo, hi) in
@@ -108,6 +109,20 @@ class RangePass:
 
     def combine(self, a: tuple, b: tuple) -> tuple:
         return a[0] + b[0], min(a[1], b[1]), max(a[2], b[2])
+
+
+@dataclass(frozen=True)
+class OutsidePass:
+    """(count below lo, count above hi) of the values: the rows outside given boundary knots."""
+
+    lo: float
+    hi: float
+
+    def partial(self, x: np.ndarray) -> tuple[int, int]:
+        return int(np.count_nonzero(x < self.lo)), int(np.count_nonzero(x > self.hi))
+
+    def combine(self, a: tuple, b: tuple) -> tuple:
+        return a[0] + b[0], a[1] + b[1]
 
 
 class RangeDistinctPass:
@@ -244,10 +259,13 @@ class PolynomialPass:
 
 
 class OrderStatistics:
-    """The order statistics x_(r) (ranks from 0, ``ranks``) of n values in [lo, hi], found by
-    bracketing (module doc): :meth:`request` the next pass, :meth:`advance` by its totals."""
+    """The order statistics x_(r) (ranks from 0, ``ranks``) of the n values in [lo, hi], found by
+    bracketing (module doc): :meth:`request` the next pass, :meth:`advance` by its totals.
+    ``below``: how many values the passes see below lo (left out, as the rows outside given
+    boundary knots)."""
 
-    def __init__(self, ranks: np.ndarray, lo: float, hi: float, n: int | None = None):
+    def __init__(self, ranks: np.ndarray, lo: float, hi: float, n: int | None = None, below: int = 0):
+        self.below = int(below)
         self.ranks = np.asarray(ranks, dtype=np.int64)
         t = self.ranks.size
         self.lo, self.hi = np.full(t, lo), np.full(t, np.nextafter(hi, np.inf))
@@ -257,12 +275,13 @@ class OrderStatistics:
 
     @classmethod
     def of_quantiles(cls, n: int, q: np.ndarray, lo: float, hi: float, gather: bool = False,
-                     r: bool = False) -> OrderStatistics:
+                     r: bool = False, below: int = 0) -> OrderStatistics:
         """The order statistics that ``np.quantile`` (``r``: R's ``quantile``, type 7) at q of
-        n values interpolates between (:meth:`quantiles`); ``gather``: the n values are few
-        enough to gather at once."""
+        the n values in [lo, hi] interpolates between (:meth:`quantiles`); ``gather``: the n
+        values are few enough to gather at once; ``below`` as the constructor's."""
         ranks = (r_quantile_ranks if r else quantile_ranks)(n, q)
-        return cls(np.unique(np.concatenate([ranks, np.minimum(ranks + 1, n - 1)])), lo, hi, n if gather else None)
+        return cls(np.unique(np.concatenate([ranks, np.minimum(ranks + 1, n - 1)])), lo, hi, n if gather else None,
+                   below)
 
     def quantiles(self, n: int, q: np.ndarray, r: bool = False) -> np.ndarray:
         """``np.quantile`` (``r``: R's ``quantile``) at q of the n values from the order
@@ -283,7 +302,7 @@ class OrderStatistics:
 
     def advance(self, totals: list[tuple]) -> None:
         for t, total in zip(np.flatnonzero(~self.found), totals):
-            r = self.ranks[t]
+            r = self.ranks[t] + self.below
             if self.gather[t]:
                 below, values, counts = total
                 self.values[t] = values[np.searchsorted(below + np.cumsum(counts), r, side="right")]
@@ -502,9 +521,10 @@ class RSplineLearner:
     """R's ``ns(x, df, knots, intercept)`` and ``bs(x, df, knots, degree, intercept,
     Boundary_knots)`` (:mod:`multilevel.rsplines`): a :class:`RangePass` gives n and the
     boundary knots (min and max of x, unless ``bs`` is given them), then the interior knots are
-    R's ``quantile`` of all rows, from their order statistics (:class:`OrderStatistics`). R takes
-    ``bs``'s quantiles over the rows inside given boundary knots; rows outside them with knots
-    from ``df`` are refused here."""
+    R's ``quantile`` of all rows, from their order statistics (:class:`OrderStatistics`). As R,
+    ``bs`` takes them over the rows inside given boundary knots [lo, hi]: when rows lie outside,
+    an :class:`OutsidePass` counts those below lo and above hi, and the order statistics are
+    those of the rest."""
 
     def __init__(self, call: StatefulCall):
         opts = call.options()
@@ -521,28 +541,34 @@ class RSplineLearner:
             self.n_inner = RNaturalSpline.n_inner(opts.get("df"), opts.get("knots"), self.intercept)
         self.given = None if self.n_inner is not None else np.sort(np.asarray(opts["knots"], dtype=float).ravel())
         self.n = 0
+        self.boundary: np.ndarray | None = None
         self.order: OrderStatistics | None = None
 
     def _probabilities(self) -> np.ndarray:
-        return knot_probabilities(self.n_inner)
+        return knot_probabilities(self.n_inner) if self.given is None else np.zeros(0)
 
     def request(self) -> Any:
-        return RangePass() if self.n == 0 else self.order.request()
+        if self.n == 0:
+            return RangePass()
+        return OutsidePass(*self.boundary) if self.order is None else self.order.request()
 
     def advance(self, total: Any) -> None:
         if self.n == 0:
             self.n, low, high = total
             lo, hi = (low if b is None else float(b) for b, low in zip(self.bounds, (low, high)))
-            if self.given is None and self.n_inner and (low < lo or high > hi):
-                raise ModelError(f"bs(): with engine='dask', knots from df need every row inside the boundary knots "
-                                 f"[{lo}, {hi}] (x takes values in [{low}, {high}]); give knots=, or wider boundary "
-                                 "knots, or use the in-memory engine")
             self.boundary = np.array([lo, hi], dtype=float)
-            q = self._probabilities() if self.given is None else np.zeros(0)
-            self.order = OrderStatistics.of_quantiles(self.n, q, float(low), float(high), r=True)
+            if self.given is None and self.n_inner and (low < lo or high > hi):
+                return  # the knots are quantiles of the rows inside: an OutsidePass counts the others
+            self.order = OrderStatistics.of_quantiles(self.n, self._probabilities(), float(low), float(high), r=True)
+        elif self.order is None:
+            below, above = total
+            inside = self.n - below - above
+            RBSpline.check_inside(inside, self.boundary)
+            self.n = inside
+            self.order = OrderStatistics.of_quantiles(inside, self._probabilities(), *self.boundary, r=True, below=below)
         else:
             self.order.advance(total)
-        if self.order.done:
+        if self.order is not None and self.order.done:
             self.knots = self.given if self.given is not None else self.order.quantiles(self.n, self._probabilities(),
                                                                                       r=True)
             self._state(type(self.call.transform)())  # checks them
