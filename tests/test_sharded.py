@@ -215,7 +215,9 @@ def assert_shard_count_free(kernel_of, shapes: dict) -> dict:
                                             ("p(s, n) ~ x + (1 | g)", "binomial"),
                                             ("yes ~ x + (x || g)", "bernoulli"),
                                             ("y ~ x + offset(log(expo)) + (1 | h) + (1 | g)", "poisson"),
-                                            ("yes ~ x + (x | g) + (1 | h)", "bernoulli")])
+                                            ("yes ~ x + (x | g) + (1 | h)", "bernoulli"),
+                                            # h:g nested in h: the nested variance moves' rounds
+                                            ("y ~ x + (1 | h/g)", "poisson")])
 def test_dask_engine_equals_in_memory_sharded(formula, family):
     df = glm_frame(2)
     mem = multilevel.fit(formula, df, family=family, sampler="sharded", chains=2, warmup=30, draws=40, seed=4,
@@ -234,7 +236,7 @@ def test_one_worker_and_two_give_identical_draws_and_loo():
     df = glm_frame(3)
     ddf = dd.from_pandas(df, npartitions=4)
     formula = "y ~ x + w + offset(log(expo)) + (1 | g)"
-    fits, crossed, nb = [], [], []
+    fits, crossed, nb, nested = [], [], [], []
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \
                 Client(c):
@@ -248,12 +250,17 @@ def test_one_worker_and_two_give_identical_draws_and_loo():
             fit_nb = multilevel.fit(formula, ddf, family="negbinomial", engine="dask", chains=1, warmup=20, draws=20,
                                     seed=6, progress=False)
             nb.append((fit_nb, fit_nb.loo().elpd_loo))
+            # h:g nested in h: the nested variance moves' rounds to the workers' actors
+            nested.append(multilevel.fit("y ~ x + (1 | h/g)", ddf, family="poisson", engine="dask", chains=1, warmup=20,
+                                         draws=20, seed=6, progress=False))
     (one, loo1), (two, loo2) = fits
     for name, v in one.posterior.data_vars.items():
         np.testing.assert_array_equal(v.values, two.posterior[name].values, err_msg=name)
     assert {"beta_g", "beta_h"} <= set(crossed[0].posterior.data_vars)
     for name, v in crossed[0].posterior.data_vars.items():
         np.testing.assert_array_equal(v.values, crossed[1].posterior[name].values, err_msg=name)
+    for name, v in nested[0].posterior.data_vars.items():
+        np.testing.assert_array_equal(v.values, nested[1].posterior[name].values, err_msg=name)
     assert "phi" in nb[0][0].posterior and nb[0][1] == nb[1][1]
     for name, v in nb[0][0].posterior.data_vars.items():
         np.testing.assert_array_equal(v.values, nb[1][0].posterior[name].values, err_msg=name)

@@ -29,7 +29,9 @@ from multilevel.families import CODES, check_family
 from multilevel.priors import RowSource
 from multilevel.samplers.crossed_metropolis import level_terms
 from multilevel.samplers.shard import level_rotation, rotation_accept, rotation_proposals, scale_terms
-from multilevel.samplers.sharded import ShardSource, factor_order, local_shards, nested_shift, sharded_factor
+from multilevel.blockstats import factor_layout
+from multilevel.samplers.sharded import (ShardedMetropolis, ShardSource, factor_order, local_shards, nested_shift,
+                                         sharded_factor)
 
 import sbc
 from test_sharded import assert_means_agree, level_case, reference_level_move, sharded_sbc
@@ -323,7 +325,62 @@ def test_nested_pair_one_shard_and_three_and_the_rounds():
     assert [(p.c, p.d) for p in kernel.nested] == [(0, 0)] and kernel.nested[0].counts.tolist() == [3.0] * 12
     assert_shard_count_free(lambda n_shards: sharded_kernel(model, n_shards), {"beta_a": (12, 1), "beta_a:b": (36, 1)})
 
-    assert rounds_of_a_sweep(kernel) == ["sweep", "nest", "evaluate"]  # a is folded
+    # a is folded; the nested variance moves take three rounds, the first carrying the nested shift move
+    assert kernel.joint and rounds_of_a_sweep(kernel) == ["sweep", "joint_terms", "joint_propose", "joint_propose",
+                                                         "evaluate"]
+    d = model.design
+    shards = local_shards(d, CODES["poisson"], 3)
+    a_start = ShardSource(shards, factor_order(d)).pooled_glm(model.family)[0]
+    without = ShardedMetropolis(shards, d, factor_layout(d, small_columns=0), model.priors, a_start, d.n_obs,
+                                nested_scale_moves=False)
+    assert not without.joint and rounds_of_a_sweep(without) == ["sweep", "nest", "evaluate"]
+
+
+def test_nested_variance_move_reads_the_current_values_and_returns_the_terms_after_it():
+    """The nested variance moves (step 8) from the shards' kept sums: for each move each inner
+    level's Smu_j (the kept sum times e^{change of u_j}) is sum exp(eta_i) over its rows at the
+    current a and effects (after the nested shift, the outer levels' moves and the first move
+    if accepted), and the fixed move's terms the shards return for an accepted move are ll,
+    F'(y - mu), F'WF at eta + d_j, computed here from the rows; 1 and 3 shards propose the same b*."""
+    from test_sharded import sharded_kernel
+
+    model = multilevel.Model("y ~ x + (1 | a/b)", nested_frame(3), family="poisson", sampler="sharded")
+    found = {}
+    for n_shards in (1, 3):
+        kernel = sharded_kernel(model, n_shards)
+        state = kernel.init(np.random.default_rng(1))
+        for i in range(3):
+            state = kernel.warmup_step(state, np.random.default_rng(i), i, 10)
+        call, seen = kernel.shards.call, []
+
+        def spy(name, *args):
+            out = call(name, *args)
+            if name == "joint_propose":  # the shards' effects: the state the move is made from (the last settled)
+                for sh, (_, ll, g, H, *_) in zip(kernel.shards.shards, out):
+                    r, slot = sh.rows, sh.chains[bytes(state.key)]
+                    eta = r.offset + r.F @ state.t + slot.b[r.index[0], 0] + slot.other[r.index[1]]
+                    smu = np.bincount(r.index[0], weights=np.exp(eta), minlength=r.J)
+                    np.testing.assert_allclose(sh.joint_sums[2] * np.exp(sh.joint_change), smu, rtol=1e-10)
+                    d = sh.joint_new - slot.b[:, 0] + (args[1] - slot.other)[sh.nested[0][3]]
+                    eta = r.offset + r.F @ state.t + slot.b[r.index[0], 0] + slot.other[r.index[1]] + d[r.index[0]]
+                    mu = np.exp(eta)
+                    assert ll == pytest.approx(np.sum(r.y * eta - mu), rel=1e-10)
+                    np.testing.assert_allclose(g, r.F.T @ (r.y - mu), rtol=1e-10, atol=1e-9)
+                    np.testing.assert_allclose(H, (r.F * mu[:, None]).T @ r.F, rtol=1e-10)
+                seen.append((args[1], np.concatenate([sh.joint_new for sh in kernel.shards.shards])))
+            return out
+
+        kernel.shards.call = spy
+        moves, joint_move = [], kernel._joint_move
+        kernel._joint_move = lambda *args: (lambda out: (moves.append(out[0].copy()), out)[1])(joint_move(*args))
+        for i in range(6):
+            state = kernel.step(state, np.random.default_rng(7 + i))
+        assert len(seen) == 12
+        assert np.array(moves).any(axis=0).all() and not np.array(moves).all(axis=0).any()  # each accepted and not
+        found[n_shards] = seen
+    for one, three in zip(found[1], found[3]):
+        for x, y in zip(one, three):
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
 
 
 NESTED_PRIORS = dict(mu0=[0.3], Lambda0=[[0.3]], alpha_mean=[0.4], alpha_cov=[[0.2]], eta0={"a": 6.0, "a:b": 6.0},

@@ -110,7 +110,7 @@ def main(results: Path, out: Path, fresh: bool = False) -> int:
         "correlated Poisson with a group-level predictor and a Bernoulli of small groups), "
         "`tests/test_sharded_crossed.py` (the sharded sampler with two factors: a crossed Poisson, the other factor in "
         "closed form, a crossed Bernoulli with a correlated slope of the sharded factor, and a nested Poisson, "
-        "`(1 | a/b)`, the nested shift move, on two shards), "
+        "`(1 | a/b)`, the nested shift and variance moves, on two shards), "
         "`tests/test_sharded_nb.py` (the sharded negative binomial, its phi move, on three shards) and "
         "`tests/test_negbinomial.py`. Each replication draws the population parameters from the prior, the group "
         "effects and data from the model, fits one chain, thins it to L draws, "

@@ -835,6 +835,28 @@ def nested_move(rng, b, o_in, q_in, c_in, J_in, o_out, q_out, c_out, J_out, pare
 
 
 @njit(cache=True)
+def nested_laplace_sums(tau_in, H, h, parent, J_out):
+    """The inner levels' parts of :func:`nested_laplace`'s S_l and S_l m_l: per outer level l,
+    sum_{j in l} H_j / (1 + tau_in H_j) and sum_{j in l} h_j / (1 + tau_in H_j) over the inner
+    levels given (all of them, or one shard's). Returns (S_in, r_in)."""
+    S = np.zeros(J_out)
+    r = np.zeros(J_out)
+    for j in range(H.shape[0]):
+        w = 1.0 / (1.0 + tau_in * H[j])
+        S[parent[j]] += H[j] * w
+        r[parent[j]] += h[j] * w
+    return S, r
+
+
+@njit(cache=True)
+def laplace_of_sums(tau_out, S_in, r_in):
+    """:func:`nested_laplace`'s (S, m) from the inner levels' parts (:func:`nested_laplace_sums`):
+    S_l = 1 / tau_out + S_in,l, m_l = r_in,l / S_l."""
+    S = 1.0 / tau_out + S_in
+    return S, r_in / S
+
+
+@njit(cache=True)
 def nested_laplace(tau_in, tau_out, H, h, parent, J_out):
     """The Gaussian approximation of (b_in, b_out) | y, a, tau_in, tau_out of step 7 for two
     nested factors of :func:`intercept_only`, level j of the inner one in level parent[j] of the
@@ -843,13 +865,8 @@ def nested_laplace(tau_in, tau_out, H, h, parent, J_out):
     N(m_l, 1 / S_l) and b_in,j | b_out ~ N((h_j - H_j b_out,parent(j)) / P_j, 1 / P_j) with
     P_j = 1 / tau_in + H_j, S_l = 1 / tau_out + sum_{j in l} H_j / (1 + tau_in H_j) and
     S_l m_l = sum_{j in l} h_j / (1 + tau_in H_j). Returns (S, m)."""
-    S = np.full(J_out, 1.0 / tau_out)
-    r = np.zeros(J_out)
-    for j in range(H.shape[0]):
-        w = 1.0 / (1.0 + tau_in * H[j])
-        S[parent[j]] += H[j] * w
-        r[parent[j]] += h[j] * w
-    return S, r / S
+    S_in, r_in = nested_laplace_sums(tau_in, H, h, parent, J_out)
+    return laplace_of_sums(tau_out, S_in, r_in)
 
 
 @njit(cache=True)
@@ -865,56 +882,97 @@ def nested_terms(b, o_in, J_in, o_out, parent, Sy, Smu):
 
 
 @njit(cache=True)
-def nested_scale_move(rng, b, o_in, J_in, o_out, J_out, parent, Sy, Smu, H, h, Sig, pos_in, pos_out, eta_in, S0_in,
-                      eta_out, S0_out, h_in, h_out, D, jacobian=True):
-    """Step 7: tau_in -> tau_in e^{2 s_in}, tau_out -> tau_out e^{2 s_out} (s ~ N(0, h^2) each, h = 0
-    for a variance left as it is) with (b_in, b_out) moved so that the standardised residuals
-    of :func:`nested_laplace`'s approximation (H, h of :func:`nested_terms`),
-    e_l = S_l^{1/2} (b_out,l - m_l) and e_j = P_j^{1/2} (b_in,j - (h_j - H_j b_out,parent(j)) / P_j),
-    stay as they are. H and h depend on Sy_j and M_j = Smu_j e^{-u_j} only, which the move leaves
-    unchanged: the map is deterministic, its own reverse with -s, and the ratio is exact with the
-    Jacobian prod_l (S_l / S*_l)^{1/2} prod_j (P_j / P*_j)^{1/2} (``jacobian=False`` leaves it out:
-    a deliberate error, for the tests). The likelihood's change comes from the inner levels' sums
-    Sy_j, Smu_j (d_j the change of u_j: d_j Sy_j - (e^{d_j} - 1) Smu_j), no pass over the rows.
-    When accepted: b, Sig (Sig[pos_in], Sig[pos_out]) and Smu updated in place, d_j added to
-    D[o_in + j] (owed to the inner level's rows). Returns whether it was."""
-    s_in, s_out = h_in * rng.standard_normal(), h_out * rng.standard_normal()
-    tau_in, tau_out = Sig[pos_in], Sig[pos_out]
-    tin, tout = tau_in * np.exp(2.0 * s_in), tau_out * np.exp(2.0 * s_out)
-    S0, m0 = nested_laplace(tau_in, tau_out, H, h, parent, J_out)
-    S1, m1 = nested_laplace(tin, tout, H, h, parent, J_out)
-    log_r = -(J_in + eta_in) * s_in - 0.5 * S0_in * (1.0 / tin - 1.0 / tau_in) \
-        - (J_out + eta_out) * s_out - 0.5 * S0_out * (1.0 / tout - 1.0 / tau_out)
+def variance_log_ratio(J, eta, S0, s, tau, tau_new):
+    """log of the ratio of p(tau_new) prod_j N(b_j e^s | 0, tau_new) to p(tau) prod_j N(b_j | 0, tau)
+    times the Jacobian of tau -> tau e^{2s} with its levels' b_j -> e^s b_j, but for the b_j's
+    quadratic forms (the callers add them): -(J + eta) s - S0 (1 / tau_new - 1 / tau) / 2 for the
+    variance's inverse-gamma prior (eta, S0) and its J levels."""
+    return -(J + eta) * s - 0.5 * S0 * (1.0 / tau_new - 1.0 / tau)
+
+
+@njit(cache=True)
+def nested_outer_map(b_out, S0, m0, S1, m1, tau_out, tout, jacobian):
+    """Step 7's outer levels: b*_out,l = m*_l + (S_l / S*_l)^{1/2} (b_out,l - m_l) (the
+    standardised residual kept, :func:`nested_scale_move`). Returns (b*_out, the change of their
+    quadratic forms -(b*^2 / tau* - b^2 / tau) / 2 plus the log Jacobian sum_l log(S_l / S*_l) / 2,
+    left out when not ``jacobian``)."""
+    J_out = b_out.shape[0]
+    new_out = np.empty(J_out)
+    log_r = 0.0
     jac = 1.0  # the Jacobian's factors, multiplied in chunks (each within e^{+-2|s|}) then logged
     for l in range(J_out):
-        x = b[o_out + l]
+        x = b_out[l]
         ratio = S0[l] / S1[l]
-        S1[l] = m1[l] + np.sqrt(ratio) * (x - m0[l])  # S1 now holds b*_out
-        log_r -= 0.5 * (S1[l] * S1[l] / tout - x * x / tau_out)
+        new_out[l] = m1[l] + np.sqrt(ratio) * (x - m0[l])
+        log_r -= 0.5 * (new_out[l] * new_out[l] / tout - x * x / tau_out)
         jac *= ratio
         if l % 16 == 15:
             log_r += 0.5 * np.log(jac) if jacobian else 0.0
             jac = 1.0
-    new_out = S1
-    new_in, em = np.empty(J_in), np.empty(J_in)
+    if jacobian:
+        log_r += 0.5 * np.log(jac)
+    return new_out, log_r
+
+
+@njit(cache=True)
+def nested_inner_map(b_in, b_out, new_out, parent, H, h, Sy, Smu, tau_in, tin, jacobian):
+    """Step 7's inner levels given the outer levels' move b_out -> b*_out (:func:`nested_outer_map`):
+    b*_in,j = (h_j - H_j b*_out,parent(j)) / P*_j + (P_j / P*_j)^{1/2} (b_in,j - (h_j - H_j
+    b_out,parent(j)) / P_j), P_j = 1 / tau_in + H_j, P*_j = 1 / tin + H_j, over the inner levels
+    given (all of them, or one shard's). Returns (b*_in, d = the change of u_j, e^d - 1, and
+    sum_j [d_j Sy_j - (e^{d_j} - 1) Smu_j] (the likelihood's change) - the change of the quadratic
+    forms (b*^2 / tin - b^2 / tau_in) / 2 + the log Jacobian sum_j log(P_j / P*_j) / 2, left out
+    when not ``jacobian``)."""
+    J_in = b_in.shape[0]
+    new_in, d, em = np.empty(J_in), np.empty(J_in), np.empty(J_in)
     ti0, ti1 = 1.0 / tau_in, 1.0 / tin
+    log_r = 0.0
+    jac = 1.0
     for j in range(J_in):
-        x, par = b[o_in + j], parent[j]
+        x, par = b_in[j], parent[j]
         P0, P1 = ti0 + H[j], ti1 + H[j]
-        new_in[j] = (h[j] - H[j] * new_out[par]) / P1 + np.sqrt(P0 / P1) * (x - (h[j] - H[j] * b[o_out + par]) / P0)
-        d = new_in[j] - x + new_out[par] - b[o_out + par]
-        em[j] = np.expm1(d)
-        log_r += d * Sy[j] - em[j] * Smu[j] - 0.5 * (new_in[j] * new_in[j] * ti1 - x * x * ti0)
+        new_in[j] = (h[j] - H[j] * new_out[par]) / P1 + np.sqrt(P0 / P1) * (x - (h[j] - H[j] * b_out[par]) / P0)
+        d[j] = new_in[j] - x + new_out[par] - b_out[par]
+        em[j] = np.expm1(d[j])
+        log_r += d[j] * Sy[j] - em[j] * Smu[j] - 0.5 * (new_in[j] * new_in[j] * ti1 - x * x * ti0)
         jac *= P0 / P1
         if j % 16 == 15:
             log_r += 0.5 * np.log(jac) if jacobian else 0.0
             jac = 1.0
     if jacobian:
         log_r += 0.5 * np.log(jac)
+    return new_in, d, em, log_r
+
+
+@njit(cache=True)
+def nested_scale_move(rng, b, o_in, J_in, o_out, J_out, parent, Sy, Smu, H, h, Sig, pos_in, pos_out, eta_in, S0_in,
+                      eta_out, S0_out, h_in, h_out, D, jacobian=True):
+    """Step 7: tau_in -> tau_in e^{2 s_in}, tau_out -> tau_out e^{2 s_out} (s ~ N(0, h^2) each, h = 0
+    for a variance left as it is) with (b_in, b_out) moved so that the standardised residuals
+    of :func:`nested_laplace`'s approximation (H, h of :func:`nested_terms`),
+    e_l = S_l^{1/2} (b_out,l - m_l) and e_j = P_j^{1/2} (b_in,j - (h_j - H_j b_out,parent(j)) / P_j),
+    stay as they are (:func:`nested_outer_map`, :func:`nested_inner_map`). H and h depend on Sy_j
+    and M_j = Smu_j e^{-u_j} only, which the move leaves unchanged: the map is deterministic, its
+    own reverse with -s, and the ratio is exact with the Jacobian prod_l (S_l / S*_l)^{1/2}
+    prod_j (P_j / P*_j)^{1/2} (``jacobian=False`` leaves it out: a deliberate error, for the
+    tests). The likelihood's change comes from the inner levels' sums Sy_j, Smu_j (d_j the
+    change of u_j: d_j Sy_j - (e^{d_j} - 1) Smu_j), no pass over the rows. When accepted: b, Sig
+    (Sig[pos_in], Sig[pos_out]) and Smu updated in place, d_j added to D[o_in + j] (owed to the
+    inner level's rows). Returns whether it was."""
+    s_in, s_out = h_in * rng.standard_normal(), h_out * rng.standard_normal()
+    tau_in, tau_out = Sig[pos_in], Sig[pos_out]
+    tin, tout = tau_in * np.exp(2.0 * s_in), tau_out * np.exp(2.0 * s_out)
+    S0, m0 = nested_laplace(tau_in, tau_out, H, h, parent, J_out)
+    S1, m1 = nested_laplace(tin, tout, H, h, parent, J_out)
+    b_in, b_out = b[o_in:o_in + J_in], b[o_out:o_out + J_out]
+    new_out, lr_out = nested_outer_map(b_out, S0, m0, S1, m1, tau_out, tout, jacobian)
+    new_in, d, em, lr_in = nested_inner_map(b_in, b_out, new_out, parent, H, h, Sy, Smu, tau_in, tin, jacobian)
+    log_r = variance_log_ratio(J_in, eta_in, S0_in, s_in, tau_in, tin) + \
+        variance_log_ratio(J_out, eta_out, S0_out, s_out, tau_out, tout) + lr_out + lr_in
     if not np.log(rng.random()) < log_r:
         return False
     for j in range(J_in):
-        D[o_in + j] += new_in[j] - b[o_in + j] + new_out[parent[j]] - b[o_out + parent[j]]
+        D[o_in + j] += d[j]
         Smu[j] *= 1.0 + em[j]
         b[o_in + j] = new_in[j]
     for l in range(J_out):

@@ -54,7 +54,8 @@ from .crossed import _backward
 from ..families import NEGBINOMIAL_CODE
 from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_fixed_row, add_level_sums, apply_pending,
                                  fixed_terms, fixed_terms_from_levels, intercept_only, laplace_point, level_multiples,
-                                 level_terms, linear_predictor, mirror_lower, rotation_log_ratio)
+                                 level_terms, linear_predictor, mirror_lower, nested_inner_map, nested_laplace_sums,
+                                 nested_terms, rotation_log_ratio)
 from .keyed import level_draws
 from .negbinomial import distinct_counts, nb_phi_loglik
 
@@ -235,6 +236,14 @@ def ones_scale_terms(Sy: np.ndarray, S0: np.ndarray, S1: np.ndarray, b: np.ndarr
     return float(np.sum(d * Sy - grow * S0)), float(np.sum(d * Sy - grow * S1))
 
 
+def sums_by_parent(x: np.ndarray, parent: np.ndarray, J_out: int) -> np.ndarray:
+    """Per outer level l, the sum of x_j (x: (J, ...) per inner level) over the inner levels j
+    with parent[j] = l: (J_out, ...)."""
+    flat = x.reshape(x.shape[0], -1)
+    out = np.stack([np.bincount(parent, weights=flat[:, i], minlength=J_out) for i in range(flat.shape[1])], axis=1)
+    return out.reshape((J_out, *x.shape[1:]))
+
+
 class ShardRows(NamedTuple):
     """The rows of levels [lo, lo + J) of the sharded factor, sorted by its level: response y,
     trials n, offset, fixed design F (N, p), every factor's covariates Z (N, sum_k q_k) side by
@@ -264,7 +273,9 @@ class SweepMessage(NamedTuple):
     other factor (its position, 1, 2, ...) whose per-level sums the answer carries, or 0 for the
     fixed move's terms; ``fold``: those sums are :func:`level_fixed_sums`'s (the factor ``then``
     is the last and Poisson's intercept alone); ``dispersion``: the negative binomial's phi (the
-    rows' ``n`` this sweep; unused by the other families)."""
+    rows' ``n`` this sweep; unused by the other families); ``joint``: the sweep makes the nested
+    variance move (:meth:`LevelShard.joint_terms`), for which the folded sums are summed per
+    level of this shard's factor first and kept."""
 
     key: np.ndarray
     sweep: int
@@ -280,6 +291,7 @@ class SweepMessage(NamedTuple):
     then: int
     fold: bool = False
     dispersion: float = 1.0
+    joint: bool = False
 
 
 class SweepSums(NamedTuple):
@@ -343,6 +355,13 @@ class LevelShard:
         self.shifts: list[tuple[int, np.ndarray, np.ndarray]] = []  # (column, fixed columns, W (J, |D|))
         #: nested pairs (factor position, column, its column, parent per level here, levels): set_nested
         self.nested: list[tuple[int, int, int, np.ndarray, int]] = []
+        #: the nested variance move's kept sums per level, the changes of u_j since, its H_j, h_j
+        #: and proposed b*_in (:meth:`joint_terms`, one sweep's, for the chain whose sweep it is)
+        self.joint_sums: tuple[np.ndarray, ...] = ()
+        self.joint_change = self.joint_H = self.joint_h = np.zeros(0)
+        self.joint_new: np.ndarray | None = None
+        self.joint_out: np.ndarray | None = None
+        self.joint_d: np.ndarray | None = None
 
     # -- what the priors and the set-up read ----------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -437,8 +456,7 @@ class LevelShard:
             parent = self.nesting(k)[1]
             Jk = int(r.levels[k])
             self.nested.append((int(k), int(c), int(d), parent, Jk))
-            out.append([np.stack([np.bincount(parent, weights=W[:, i], minlength=Jk) for i in range(W.shape[1])],
-                                 axis=1) for _, _, W in self.shifts])
+            out.append([sums_by_parent(W, parent, Jk) for _, _, W in self.shifts])
         return out
 
     def nest(self, key: np.ndarray, i: int, d: np.ndarray) -> None:
@@ -529,12 +547,11 @@ class LevelShard:
             self.pending = D
             if m.then:
                 ll, g, H = 0.0, np.zeros(p), np.zeros((p, p))
-                levels = self._level_sums(m.then, None, m.fold)
+                levels = self._joint_sums() if m.joint else self._level_sums(m.then, None, m.fold)
             else:
                 ll, g, H = fixed_terms(self.code, r.y, self.n, self.eta, r.F, np.zeros(p), None, None, self._sync())
         Swb = tuple(W.T @ b for _, _, W in self.shifts)
-        Sbp = tuple(np.stack([np.bincount(parent, weights=b[:, c], minlength=Jk) for c in range(q)], axis=1)
-                    for _, _, _, parent, Jk in self.nested)
+        Sbp = tuple(sums_by_parent(b, parent, Jk) for _, _, _, parent, Jk in self.nested)
         return SweepSums(accepted, b.sum(axis=0), b.T @ b, Swb, shares, ll, g, H, levels, Sbp)
 
     def _sync(self) -> tuple:
@@ -573,13 +590,90 @@ class LevelShard:
             return fixed_terms(self.code, r.y, self.n, self.eta, r.F, np.zeros(r.F.shape[1]), None, None, self._sync())
         return self._level_sums(k, D, fold)
 
-    def evaluate(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float, other: np.ndarray
-                 ) -> tuple[float, np.ndarray, np.ndarray, float, float]:
+    # -- the nested variance move (step 7 of the crossed kernel) ------------------------------------
+    def _joint_sums(self) -> tuple[np.ndarray, ...]:
+        """The folded sums (:func:`level_fixed_sums`) per level of this shard's factor (the inner
+        one of the nested pair, its rows contiguous), kept for the move with the changes of u_j
+        since (none yet), and returned summed per level of the outer factor, as the fold's."""
+        r = self.rows
+        _, _, _, parent, J_out = self.nested[0]
+        self.joint_sums = level_fixed_sums(r.y, self.eta, r.F, r.index[0], r.J, self._sync())
+        self.joint_change = np.zeros(r.J)
+        return tuple(sums_by_parent(x, parent, J_out) for x in self.joint_sums)
+
+    def joint_terms(self, key: np.ndarray, nest: tuple | None, other: np.ndarray, tau_in: float, tin: float
+                    ) -> tuple[np.ndarray, ...]:
+        """The nested variance move's first round (:mod:`multilevel.samplers.sharded`): make the
+        nested shift move ``nest`` = (pair, d) if given (:meth:`nest`), take the kernel's other
+        factors' effects (the outer levels' moves change u_j = b_in,j + b_out,parent(j) of every
+        inner level here), then per inner level H_j, h_j at the current values
+        (:func:`~multilevel.samplers.crossed_metropolis.nested_terms`, Smu_j the kept sum times
+        e^{change of u_j}); returns their parts of S_l and S_l m_l per outer level at tau_in and
+        at tin (:func:`~multilevel.samplers.crossed_metropolis.nested_laplace_sums`)."""
+        slot = self.chains[bytes(key)]
+        if nest is not None:
+            self.nest(key, *nest)
+        k, _, _, parent, J_out = self.nested[0]
+        before = self._effects(slot, k)[:, 0].copy()
+        self._owe(slot, other)
+        b_out = self._effects(slot, k)[:, 0]
+        self.joint_change += (b_out - before)[parent]
+        _, Sy, Smu = self.joint_sums[:3]
+        b = np.concatenate([slot.b[:, 0], b_out])
+        self.joint_H, self.joint_h = nested_terms(b, 0, self.rows.J, self.rows.J, parent, Sy,
+                                                  Smu * np.exp(self.joint_change))
+        return (*nested_laplace_sums(tau_in, self.joint_H, self.joint_h, parent, J_out),
+                *nested_laplace_sums(tin, self.joint_H, self.joint_h, parent, J_out))
+
+    def joint_propose(self, key: np.ndarray, new_out: np.ndarray, tau_in: float, tin: float,
+                      previous: bool | None = None) -> tuple[Any, ...]:
+        """A nested variance move's second round (after :meth:`joint_settle` of the move before,
+        ``previous``, if any): the inner levels' part of the move given the outer levels' b*_out
+        (:func:`~multilevel.samplers.crossed_metropolis.nested_inner_map`, kept until settled);
+        returns its part of the log ratio, the fixed move's terms ll, F'(y - mu), F'WF at a if the
+        move is accepted (the kept sums with the changes of u_j,
+        :func:`~multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`) and the shift
+        moves' sums sum_j w_j b*_j' then."""
+        if previous is not None:
+            self.joint_settle(key, previous)
+        slot = self.chains[bytes(key)]
+        k, _, _, parent, _ = self.nested[0]
+        Syeta, Sy, Smu, SFy, SFmu, SFFmu = self.joint_sums
+        new_out = np.asarray(new_out, dtype=float)
+        new_in, d, _, log_r = nested_inner_map(slot.b[:, 0].copy(), self._effects(slot, k)[:, 0].copy(), new_out,
+                                               parent, self.joint_H, self.joint_h, Sy, Smu * np.exp(self.joint_change),
+                                               float(tau_in), float(tin), True)
+        self.joint_new, self.joint_out, self.joint_d = new_in, new_out, d
+        ll, g, H = fixed_terms_from_levels(Syeta, Sy, Smu, SFy, SFmu, SFFmu, self.joint_change + d)
+        b = slot.b.copy()
+        b[:, 0] = new_in
+        return (log_r, ll, g, H, *(W.T @ b for _, _, W in self.shifts))
+
+    def joint_settle(self, key: np.ndarray, accepted: bool) -> None:
+        """Make the proposed nested variance move if it was accepted: the inner levels' b*_in and
+        this shard's copy of the outer levels' b*_out, their changes owed to eta."""
+        if accepted:
+            slot = self.chains[bytes(key)]
+            k = self.nested[0][0]
+            self.pending[:, 0] += self.joint_new - slot.b[:, 0]
+            slot.b[:, 0] = self.joint_new
+            out = self._effects(slot, k)[:, 0]
+            o = int(self.b_off[k] - self.b_off[1])
+            self.pending_other[o:o + out.shape[0]] += self.joint_out - out
+            out[:] = self.joint_out
+            self.joint_change += self.joint_d
+        self.joint_new = self.joint_out = self.joint_d = None
+
+    def evaluate(self, key: np.ndarray, da: np.ndarray, k: int, c: int, f: float, other: np.ndarray,
+                 joint: bool | None = None) -> tuple[float, np.ndarray, np.ndarray, float, float]:
         """ll, F'(y - mu), F'WF at a + da (the fixed move's proposal), and the change of ll when
         b_jc -> (1 + f) b_jc for factor position k (0: the sharded one) at a and at a + da (0, 0
         when c < 0); eta first takes the changes still owed to it (``other``: the other factors'
-        effects, as :meth:`terms`)."""
+        effects, as :meth:`terms`; ``joint``: whether this sweep's nested variance move was
+        accepted, :meth:`joint_settle`, None when none was made)."""
         r, slot = self.rows, self.chains[bytes(key)]
+        if joint is not None:
+            self.joint_settle(key, joint)
         self._owe(slot, other)
         if c >= 0 and self.ones_all[k]:  # Poisson, the intercept alone: the scale move from level sums
             ll1, g1, H1, Sy, S0, S1 = poisson_scale_pass(r.y, self.eta, r.F, np.asarray(da, dtype=float), r.index[k],

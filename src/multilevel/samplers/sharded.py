@@ -59,12 +59,33 @@ A sweep, with the moves' numbers those of the crossed kernel's module docstring:
    where they cancel); the shift moves' sums sum_j w_j b_j' then lose sum_{j in l} w_j d_l in
    column c. Measured on 100 groups of a with 5 of b each, 20 rows a level (Poisson,
    ``y ~ x + (1 | a/b)``, 2 chains x 1000): the bulk ESS a draw of Sigma_a:b went from 0.17 to
-   0.37 (Sigma_a's 0.53 to 0.65); the in-memory kernel, with step 7 below too, 0.90.
+   0.37 (Sigma_a's 0.53 to 0.65); the in-memory kernel, with its nested variance moves (step 8
+   here), 0.90.
 
-The crossed kernel's step 7 (the nested variance move of two Poisson factors of the intercept
-alone) is not made: it needs each inner level's sums at the client or two more rounds. It keeps
-the posterior, so leaving it out is exact, but such a nested design mixes more slowly here than
-with ``sampler="metropolis"`` in memory.
+8. the **nested variance moves** (the crossed kernel's step 7) when there are two factors, both
+   Poisson's intercept alone, the sharded one nested in the other (``(1 | a/b)``'s a:b in a),
+   made after step 3 (so before the fixed move): a random walk on log tau_in, then one on
+   log tau_out, each moving the effects of both factors with it along the Laplace
+   approximation's standardised residuals. The shards hold the inner levels, so the move is
+   split where its sums are: step 1's pass keeps, per inner level of each shard, the fold's
+   sums (:func:`multilevel.samplers.shard.level_fixed_sums` by inner level, summed per outer
+   level for step 3); a first round (carrying step 7's shift) takes the outer levels' moves,
+   updates each inner level's Smu_j by e^{its change of u_j} (no pass over the rows), computes
+   H_j, h_j and returns their parts of S_l and S_l m_l per outer level at tau_in and at its
+   proposal (:func:`~multilevel.samplers.crossed_metropolis.nested_laplace_sums`); here b*_out
+   (:func:`~multilevel.samplers.crossed_metropolis.nested_outer_map`), then per move a round in
+   which the shards map their inner levels
+   (:func:`~multilevel.samplers.crossed_metropolis.nested_inner_map`) and return their part of
+   the log ratio and, for the move accepted, the fixed move's terms at a (the kept sums with the
+   levels' changes, :func:`~multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`) and
+   the shift moves' sums; the next round carries the decision. The steps h adapt towards 0.44
+   as the crossed kernel's (the last two entries of the state's ``log_step``). The crossed kernel
+   makes the pair :data:`~multilevel.samplers.crossed_metropolis.NESTED_REPEATS` times a sweep
+   with shift moves between; here once, since each repeat would take two rounds more.
+   Measured (``nested_scale_moves=False`` against the default, 4 shards, 2 chains x (1000 +
+   1000), bulk ESS a draw): broods of 1-4 rows nested in 60 locations of 1-3 broods (grouseticks'
+   shape; four seeds), Sigma_a:b 0.09 -> 0.21, Sigma_a 0.15 -> 0.31; 100 groups of a with 5 of b
+   each, 20 rows a level, Sigma_a:b 0.32 -> 0.51, Sigma_a 0.61 either way.
 
 **The fold.** When the last other factor k is Poisson's intercept alone, its level j's move
 changes eta by D_j on its rows only, so mu_i -> e^{D_j} mu_i there, and the fixed move's terms
@@ -80,8 +101,9 @@ round's latency for J_k in the thousands): not done.
 
 Rounds of one message to every shard per sweep: 2 with one factor; with factors s, k_1..k_m,
 2 + m plus one for each k_i that is not Poisson's intercept alone, less one when k_m is (the
-fold), plus one when there is a nested pair (step 7): 2 for two factors when the other is
-Poisson's intercept alone ((1 | a) + (1 | b); 3 for (1 | a/b)), 4 otherwise ((x | a) + (1 | b),
+fold), plus one when there is a nested pair (step 7), two more when it takes step 8: 2 for two
+factors when the other is Poisson's intercept alone ((1 | a) + (1 | b); 5 for (1 | a/b), 3
+without step 8), 4 otherwise ((x | a) + (1 | b),
 binomial); the negative binomial adds the phi move's round and has no closed form: 3 + 2 m (3
 with one factor, 5 with two). What goes out: a round's few numbers (a, Sigma_s^-1,
 the angle, the changes owed to b_s: O(p + q_s^2)) and the other factors' b, sum_k J_k q_k
@@ -149,7 +171,8 @@ from ..families import NEGBINOMIAL_CODE
 from ..priors import log_prior_phi
 from .crossed import CrossedGibbs, _inverse_wishart
 from .crossed_metropolis import (GREEDY_SHARE, PHI_MAX, SCALE_OFF, SCALE_SHARE, SCALE_TARGET, TARGET,
-                                 fixed_terms_from_levels, laplace_point, rotation_draw, rotation_log_ratio, shift_move)
+                                 fixed_terms_from_levels, laplace_of_sums, laplace_point, nested_outer_map,
+                                 rotation_draw, rotation_log_ratio, shift_move, variance_log_ratio)
 from .keyed import chain_key, factor_stream, level_draws
 from .negbinomial import PHI_TARGET, phi_of_moments
 from .shard import LevelShard, ShardRows, SweepMessage, ones_rotation, rotation_accept, rotation_proposals
@@ -431,12 +454,13 @@ class ShardedMetropolis:
     n_obs : rows in the shards.
     code : the shards' family code (:data:`multilevel.families.SHARDED_CODES`); the negative
         binomial's adds the phi move (module docstring), its prior ``priors.phi_rate``.
+    nested_scale_moves : make step 8's moves where the design has them (:attr:`joint`).
     """
 
     in_process = True
 
     def __init__(self, shards: Any, design: Any, layout: FactorLayout, priors: Any, a_start: np.ndarray, n_obs: int,
-                 code: int = 0):
+                 code: int = 0, nested_scale_moves: bool = True):
         from .polya_gamma import singleton_groups
 
         self.shards, self.layout, self.priors = shards, layout, priors
@@ -484,6 +508,11 @@ class ShardedMetropolis:
         self.fold = len(self.order) > 1 and self.ones[self.order[-1]]
         #: the covariance blocks of one column (the scale moves' blocks)
         self.scale_blocks = np.flatnonzero(layout.block_size == 1)
+        #: the nested variance move (step 8): two factors, both Poisson's intercept alone, the
+        #: sharded one nested in the other; its two steps follow the blocks' in the state's log_step
+        self.joint = (nested_scale_moves and len(self.order) == 2 and self.fold and bool(self.nested)
+                      and all(bool(x["ones"][0]) for x in summaries) and self.q == 1 and int(layout.q[others[0]]) == 1)
+        self.n_steps = layout.block_start.shape[0] + (2 if self.joint else 0)
         self.keep_groups = True
         self._a0 = np.asarray(a_start, dtype=float)
 
@@ -495,7 +524,7 @@ class ShardedMetropolis:
         key = chain_key(rng)
         self.shards.call("start", key)
         state = ShardedState(key, 0, t, Sigma, np.full(len(self.names) + 1, np.log(PHI_MAX)),
-                             np.full(self.layout.block_start.shape[0], np.log(0.3)), 0.0, np.ones(self.q),
+                             np.full(self.n_steps, np.log(0.3)), 0.0, np.ones(self.q),
                              np.zeros(self.shift_size), False, np.zeros(self.b_size))
         if self.negbinomial:  # as the in-memory sampler: the moment estimate times a factor in [0.5, 2]
             state = state._replace(log_dispersion=float(np.log(self.phi_start) + rng.uniform(-np.log(2.0), np.log(2.0))))
@@ -558,24 +587,30 @@ class ShardedMetropolis:
         last = len(self.order) - 1
         message = SweepMessage(state.key, state.sweep, a, np.linalg.inv(S), float(np.exp(state.log_phi[s])), hastings,
                                state.scale, state.shift, state.kept, np.diagonal(S).copy(), bo, min(last, 1),
-                               self.fold and last == 1, float(np.exp(state.log_dispersion)))
+                               self.fold and last == 1, float(np.exp(state.log_dispersion)), self.joint)
         parts = self.shards.call("sweep", message)
         acc = np.zeros(len(self.names) + 1)
         acc[s] = sum(x.accepted for x in parts) / max(J, 1)
         Sbb = sum(x.Sbb for x in parts)
         Swb = [sum(x.Swb[k] for x in parts) for k in range(len(self.shift_groups))]
-        shares = np.full(L.block_start.shape[0], np.inf)
+        shares = np.full(self.n_steps, np.inf)
         self._block_shares(shares, sum(x.shares for x in parts) / max(J, 1), s)
         self._conjugate(rng, s, Sbb, Sigma)
-        if self.nested:  # step 7: the pair of this sweep, in a round of its own
+        nest = None
+        if self.nested:  # step 7: the pair of this sweep, in a round of its own (step 8's first with it)
             i = state.sweep % len(self.nested)
             pair = self.nested[i]
             k = self.order[pair.pos]
             d = nested_shift(rng, sum(x.Sbp[i] for x in parts), pair.counts, self._effects(bo, k), pair.c, pair.d,
                              np.linalg.inv(self._sigma(Sigma, s)), np.linalg.inv(self._sigma(Sigma, k)))
-            self.shards.call("nest", state.key, i, d)
+            if self.joint:
+                nest = (i, d)
+            else:
+                self.shards.call("nest", state.key, i, d)
             for m, Wp in enumerate(pair.Wp):  # the shift moves' sums of w_j b_j' in column c
                 Swb[m][:, pair.c] -= Wp.T @ d
+        acc_scale = np.full(self.n_steps, -1.0)
+        joint, joint_terms = None, None
         if last:
             sums = _summed([x.levels for x in parts])
             for pos, k in enumerate(self.order[1:], 1):
@@ -587,7 +622,15 @@ class ShardedMetropolis:
                 acc[k], D = self._other_levels(state, k, pos, bo, Sigma, level_sums, hastings, shares)
                 bk = self._effects(bo, k)
                 self._conjugate(rng, k, bk.T @ bk, Sigma)
-            if self.fold:  # the fixed move's terms at a, the last factor's changes D taken per level
+            if self.joint:  # step 8
+                accepted, joint_terms, Swb_joint = self._joint_move(rng, state, Sigma, bo, nest)
+                acc_scale[-2:] = accepted
+                joint = bool(accepted[1])  # the second move, which the evaluation round settles
+                if joint_terms is not None and Swb_joint:
+                    Swb = Swb_joint
+            if joint_terms is not None:  # the fixed move's terms at a after the nested variance moves, the shards'
+                ll0, g0, H0 = joint_terms
+            elif self.fold:  # the fixed move's terms at a, the last factor's changes D taken per level
                 ll0, g0, H0 = fixed_terms_from_levels(*sums, np.ascontiguousarray(D[:, 0]))
             else:
                 ll0, g0, H0 = _summed(self.shards.call("terms", state.key, bo, 0, None))
@@ -600,7 +643,6 @@ class ShardedMetropolis:
             lp0, m0, L0, ok0 = laplace_point(a, g0, H0, g._Pi_fixed, g._Pim_fixed)
             if ok0:
                 xs = rotation_draw(rng, a, m0, L0, phi_a)
-        acc_scale = np.full(L.block_start.shape[0], -1.0)
         bl, k, c, step = -1, s, -1, 0.0
         live = [b for b in self.scale_blocks if state.log_step[b] > SCALE_OFF]
         if live:
@@ -613,7 +655,7 @@ class ShardedMetropolis:
         a_before, scaled = a.copy(), None  # what the phi move takes: the fixed move's change, the scale move's f
         if ok0 or c >= 0:
             evals = self.shards.call("evaluate", state.key, xs - a, self.order.index(k), c, float(np.expm1(step)),
-                                     bo if self.fold else np.zeros(0))  # folded: the last factor's changes
+                                     bo if self.fold else np.zeros(0), joint)  # folded: the last factor's changes
             ll1, g1, H1 = sum(e[0] for e in evals), sum(e[1] for e in evals), sum(e[2] for e in evals)
             d0, d1 = sum(e[3] for e in evals), sum(e[4] for e in evals)
             dll = d0
@@ -636,6 +678,8 @@ class ShardedMetropolis:
                     else:
                         self._effects(bo, k)[:, c] *= np.exp(step)
                     ll += dll
+        elif joint is not None:  # no evaluation round: the nested variance move's answer in one of its own
+            self.shards.call("joint_settle", state.key, joint)
         log_disp, acc_disp = state.log_dispersion, 0.0
         if self.negbinomial:
             log_disp, acc_disp, ll = self._dispersion_move(rng, state, a - a_before, self.order.index(k),
@@ -648,6 +692,51 @@ class ShardedMetropolis:
         new = state._replace(sweep=state.sweep + 1, t=a, Sigma=Sigma, ll=float(ll), scale=scale, shift=shift,
                              kept=keep and self.keep_groups, b=bo, log_dispersion=log_disp, accept_dispersion=acc_disp)
         return new, acc, acc_scale, shares
+
+    def _joint_move(self, rng: np.random.Generator, state: ShardedState, Sigma: np.ndarray, bo: np.ndarray,
+                    nest: tuple | None) -> tuple[np.ndarray, tuple | None, list]:
+        """The nested variance moves (module docstring, step 8), the inner variance's then the
+        outer's, in three rounds: the shards' parts of the Laplace approximation's S_l, S_l m_l
+        at tau_in and at its proposal (``nest``: step 7's shift made first), then per move b*_out
+        here and the shards' part of its log ratio (the second round settling the first move).
+        Sigma and the outer effects in ``bo`` updated in place. Returns the two moves' acceptances
+        and, if either was accepted, the fixed move's terms at a and the shift moves' sums after
+        them (the shards'; None and [] otherwise)."""
+        L, g = self.layout, self.inner
+        s, k = self.order
+        nb = L.block_start.shape[0]
+        s_in, s_out = np.exp(state.log_step[nb:nb + 2]) * rng.standard_normal(2)
+        pos_in, pos_out = int(L.sig_off[s]), int(L.sig_off[k])
+        tau_in, tau_out = Sigma[pos_in], Sigma[pos_out]
+        tin, tout = tau_in * np.exp(2.0 * s_in), tau_out * np.exp(2.0 * s_out)
+        S_in0, r_in0, S_in1, r_in1 = _summed(self.shards.call("joint_terms", state.key, nest, bo, tau_in, tin))
+        b_out = self._effects(bo, k)[:, 0]
+        accepted, terms, Swb, previous = np.zeros(2, dtype=bool), None, [], None
+        for m in range(2):  # the inner variance's move, then the outer's from where the first left tau_in
+            t_in = Sigma[pos_in]
+            if m == 0:
+                t_new, u_new, sums0, sums1 = tin, tau_out, (S_in0, r_in0), (S_in1, r_in1)
+                prior = variance_log_ratio(int(L.J[s]), g._blk_eta[self._block_of(s)], g._S0[pos_in], s_in, tau_in, tin)
+            else:
+                t_new, u_new = t_in, tout
+                sums0 = sums1 = (S_in1, r_in1) if accepted[0] else (S_in0, r_in0)
+                prior = variance_log_ratio(int(L.J[k]), g._blk_eta[self._block_of(k)], g._S0[pos_out], s_out, tau_out,
+                                           tout)
+            new_out, log_r = nested_outer_map(b_out, *laplace_of_sums(tau_out, *sums0), *laplace_of_sums(u_new, *sums1),
+                                              tau_out, u_new, True)
+            answers = self.shards.call("joint_propose", state.key, new_out, t_in, t_new, previous)
+            log_r += prior + sum(x[0] for x in answers)
+            accepted[m] = previous = bool(np.log(rng.random()) < log_r)
+            if accepted[m]:
+                Sigma[pos_in], Sigma[pos_out] = t_new, u_new
+                b_out[:] = new_out
+                terms = _summed([x[1:4] for x in answers])
+                Swb = [sum(x[4 + i] for x in answers) for i in range(len(self.shift_groups))]
+        return accepted, terms, Swb
+
+    def _block_of(self, k: int) -> int:
+        """The covariance block of factor k (one column)."""
+        return int(np.flatnonzero(self.layout.block_factor == k)[0])
 
     def _dispersion_move(self, rng: np.random.Generator, state: ShardedState, da: np.ndarray, pos: int, c: int,
                          f: float) -> tuple[float, float, float]:
