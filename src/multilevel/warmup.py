@@ -23,6 +23,7 @@ GROUPS: tuple[tuple[tuple[str, str, dict[str, Any]], ...], ...] = (
     (("y ~ lbase + V4 + (1 | subject) + (1 | V4)", "epil", {"family": "poisson"}),
      ("y ~ lbase + (1 | subject)", "epil", {"family": "poisson", "sampler": "sharded"}),
      ("y ~ lbase + (1 | subject) + (1 | V4)", "epil", {"family": "poisson", "sampler": "sharded"}),
+     ("y ~ lbase + (1 | subject/V4)", "epil", {"family": "poisson", "sampler": "sharded"}),  # nested variance moves
      ("y ~ lbase + (1 | subject)", "epil", {"family": "negbinomial"}),
      ("y ~ lbase + (1 | subject)", "epil", {"family": "negbinomial", "sampler": "sharded"}),
      ("p(incidence, size) ~ period + (1 | herd) + (1 | period)", "cbpp", {"family": "binomial"}),
