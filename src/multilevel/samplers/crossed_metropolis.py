@@ -736,7 +736,7 @@ def scale_move_sums(rng, b, o, Jk, g0, H0, D, Sig, pos, eta_b, S0_cc, h):
         dll += de * (g0[j, 0] + H0[j, 0, 0]) - np.expm1(de) * H0[j, 0, 0]
     tau = Sig[pos]
     tau_new = tau * np.exp(2.0 * s)
-    log_r = dll - eta_b * s - 0.5 * S0_cc * (1.0 / tau_new - 1.0 / tau)
+    log_r = dll + variance_log_ratio(0, eta_b, S0_cc, s, tau, tau_new)
     if not np.log(rng.random()) < log_r:
         return False
     scale = np.exp(s)
@@ -763,7 +763,7 @@ def scale_move(rng, code, y, n, eta, Z, zcol, index_k, b, o, Jk, qk, c, Sig, pos
         dll += _row_terms(code, y[i], n[i], eta[i] + de)[0] - _row_terms(code, y[i], n[i], eta[i])[0]
     tau = Sig[pos]
     tau_new = tau * np.exp(2.0 * s)
-    log_r = dll - eta_b * s - 0.5 * S0_cc * (1.0 / tau_new - 1.0 / tau)
+    log_r = dll + variance_log_ratio(0, eta_b, S0_cc, s, tau, tau_new)
     if not np.log(rng.random()) < log_r:
         return False
     for i in range(eta.shape[0]):
@@ -883,10 +883,12 @@ def nested_terms(b, o_in, J_in, o_out, parent, Sy, Smu):
 
 @njit(cache=True)
 def variance_log_ratio(J, eta, S0, s, tau, tau_new):
-    """log of the ratio of p(tau_new) prod_j N(b_j e^s | 0, tau_new) to p(tau) prod_j N(b_j | 0, tau)
-    times the Jacobian of tau -> tau e^{2s} with its levels' b_j -> e^s b_j, but for the b_j's
-    quadratic forms (the callers add them): -(J + eta) s - S0 (1 / tau_new - 1 / tau) / 2 for the
-    variance's inverse-gamma prior (eta, S0) and its J levels."""
+    """The change of log p(tau) + sum_j log N(b_j | 0, tau) when tau -> tau_new = tau e^{2s} (a
+    random walk on log tau, its Jacobian e^{2s} included), but for the levels' quadratic forms
+    b_j^2 / tau (the callers add them, or they are unchanged): -(J + eta) s - S0 (1 / tau_new -
+    1 / tau) / 2 for the inverse-gamma prior (eta, S0) and J levels. A scale move (b_j -> e^s b_j
+    with tau, quadratic forms unchanged) passes J = 0: its map's Jacobian e^{J s} cancels the
+    levels' normalising constants e^{-J s}."""
     return -(J + eta) * s - 0.5 * S0 * (1.0 / tau_new - 1.0 / tau)
 
 

@@ -667,7 +667,7 @@ class ShardedMetropolis:
             if c >= 0:
                 pos = int(L.sig_off[k]) + c * int(L.q[k]) + c
                 tau, tau_new = Sigma[pos], Sigma[pos] * np.exp(2.0 * step)
-                log_r = dll - g._blk_eta[bl] * step - 0.5 * g._S0[pos] * (1.0 / tau_new - 1.0 / tau)
+                log_r = dll + variance_log_ratio(0, g._blk_eta[bl], g._S0[pos], step, tau, tau_new)
                 accepted = bool(np.log(rng.random()) < log_r)
                 acc_scale[bl] = float(accepted)
                 if accepted:
