@@ -336,6 +336,26 @@ def test_nested_pair_one_shard_and_three_and_the_rounds():
     assert not without.joint and rounds_of_a_sweep(without) == ["sweep", "nest", "evaluate"]
 
 
+def test_level_sums_of_the_touched_levels_add_up_to_the_dense_sums_bit_for_bit():
+    """Each shard answers for the levels its rows touch; summed in shard order they are the sums
+    of every shard's dense arrays (an untouched level adds 0), to the last bit."""
+    from multilevel.samplers.shard import level_part, touched_levels
+    from multilevel.samplers.sharded import _summed, level_summed
+
+    rng = np.random.default_rng(3)
+    J, dense, parts = 50, [], []
+    for rows in (rng.integers(0, 12, 40), rng.integers(10, 30, 40), np.arange(J), rng.integers(25, 50, 7)):
+        touched = touched_levels(rows, J)
+        sums = (np.zeros(J), np.zeros((J, 2)), np.zeros((J, 2, 2)))
+        for x in sums:
+            np.add.at(x, rows, rng.standard_normal((rows.size, *x.shape[1:])))
+        dense.append(sums)
+        parts.append(level_part(sums, touched))
+    assert isinstance(parts[2].levels, slice) and parts[0].sums[0].shape == (np.unique(parts[0].levels).size,)
+    for got, want in zip(level_summed(parts, J), _summed(dense)):
+        assert np.array_equal(got, want)
+
+
 def test_nested_variance_move_reads_the_current_values_and_returns_the_terms_after_it():
     """The nested variance moves (step 8) from the shards' kept sums: for each move each inner
     level's Smu_j (the kept sum times e^{change of u_j}) is sum exp(eta_i) over its rows at the

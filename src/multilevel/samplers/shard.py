@@ -236,6 +236,28 @@ def ones_scale_terms(Sy: np.ndarray, S0: np.ndarray, S1: np.ndarray, b: np.ndarr
     return float(np.sum(d * Sy - grow * S0)), float(np.sum(d * Sy - grow * S1))
 
 
+class LevelPart(NamedTuple):
+    """A shard's per-level sums of another factor, for the levels its rows touch (``levels``,
+    sorted, or ``slice(None)`` for all; row m of each array in ``sums`` is level levels[m]'s): a
+    nested factor's shard touches a few of the outer factor's levels, and its answer is that
+    much smaller. Summed over the shards in shard order by
+    :func:`multilevel.samplers.sharded.level_summed`."""
+
+    levels: Any
+    sums: tuple
+
+
+def touched_levels(index: np.ndarray, J: int) -> Any:
+    """The levels among ``index`` (sorted), or ``slice(None)`` when they are all J."""
+    levels = np.unique(index).astype(np.int64)
+    return slice(None) if levels.shape[0] == J else levels
+
+
+def level_part(sums: tuple, levels: Any) -> LevelPart:
+    """The rows ``levels`` of each per-level array in ``sums`` (all of a factor's levels)."""
+    return LevelPart(levels, tuple(np.ascontiguousarray(x[levels]) for x in sums))
+
+
 def sums_by_parent(x: np.ndarray, parent: np.ndarray, J_out: int) -> np.ndarray:
     """Per outer level l, the sum of x_j (x: (J, ...) per inner level) over the inner levels j
     with parent[j] = l: (J_out, ...)."""
@@ -352,6 +374,9 @@ class LevelShard:
                                   for k in range(q.shape[0])], dtype=np.bool_)
         self.ones = bool(rows.y.shape[0]) and bool(self.ones_all[0])
         self.chains: dict[bytes, ChainSlot] = {}
+        #: per other factor (position 1, 2, ...), the levels this shard's rows touch (all: a slice)
+        self.touched: list[Any] = [slice(None)] + [touched_levels(rows.index[k], int(rows.levels[k]))
+                                                   for k in range(1, q.shape[0])]
         self.shifts: list[tuple[int, np.ndarray, np.ndarray]] = []  # (column, fixed columns, W (J, |D|))
         #: nested pairs (factor position, column, its column, parent per level here, levels): set_nested
         self.nested: list[tuple[int, int, int, np.ndarray, int]] = []
@@ -573,10 +598,10 @@ class LevelShard:
         r = self.rows
         Jk, qk = int(r.levels[k]), int(r.q[k])
         if fold:
-            return level_fixed_sums(r.y, self.eta, r.F, r.index[k], Jk, self._sync())
+            return level_part(level_fixed_sums(r.y, self.eta, r.F, r.index[k], Jk, self._sync()), self.touched[k])
         delta = np.zeros((Jk, qk)) if D is None else np.ascontiguousarray(D, dtype=float)
-        return level_terms(self.code, r.y, self.n, self.eta, r.Z, int(self.z_off[k]), qk, r.index[k], Jk, delta,
-                           self._sync(), bool(self.ones_all[k]))
+        return level_part(level_terms(self.code, r.y, self.n, self.eta, r.Z, int(self.z_off[k]), qk, r.index[k], Jk,
+                                      delta, self._sync(), bool(self.ones_all[k])), self.touched[k])
 
     def terms(self, key: np.ndarray, other: np.ndarray, k: int, D: np.ndarray | None, fold: bool = False
               ) -> tuple[Any, ...]:
@@ -599,7 +624,7 @@ class LevelShard:
         _, _, _, parent, J_out = self.nested[0]
         self.joint_sums = level_fixed_sums(r.y, self.eta, r.F, r.index[0], r.J, self._sync())
         self.joint_change = np.zeros(r.J)
-        return tuple(sums_by_parent(x, parent, J_out) for x in self.joint_sums)
+        return level_part(tuple(sums_by_parent(x, parent, J_out) for x in self.joint_sums), self.touched[1])
 
     def joint_terms(self, key: np.ndarray, nest: tuple | None, other: np.ndarray, tau_in: float, tin: float
                     ) -> tuple[np.ndarray, ...]:
@@ -622,8 +647,8 @@ class LevelShard:
         b = np.concatenate([slot.b[:, 0], b_out])
         self.joint_H, self.joint_h = nested_terms(b, 0, self.rows.J, self.rows.J, parent, Sy,
                                                   Smu * np.exp(self.joint_change))
-        return (*nested_laplace_sums(tau_in, self.joint_H, self.joint_h, parent, J_out),
-                *nested_laplace_sums(tin, self.joint_H, self.joint_h, parent, J_out))
+        return level_part((*nested_laplace_sums(tau_in, self.joint_H, self.joint_h, parent, J_out),
+                           *nested_laplace_sums(tin, self.joint_H, self.joint_h, parent, J_out)), self.touched[k])
 
     def joint_propose(self, key: np.ndarray, new_out: np.ndarray, tau_in: float, tin: float,
                       previous: bool | None = None) -> tuple[Any, ...]:
@@ -723,6 +748,6 @@ class LevelShard:
         return np.stack(draws) if draws else np.zeros((0, self.rows.J, self.q))
 
 
-__all__ = ["LevelShard", "ShardRows", "SweepMessage", "SweepSums", "level_rotation", "ones_rotation",
+__all__ = ["LevelPart", "LevelShard", "ShardRows", "SweepMessage", "SweepSums", "level_rotation", "ones_rotation",
            "ones_scale_terms", "poisson_scale_pass", "rotation_accept", "rotation_proposals",
            "scale_terms"]

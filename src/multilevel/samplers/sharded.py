@@ -109,7 +109,12 @@ with one factor, 5 with two). What goes out: a round's few numbers (a, Sigma_s^-
 the angle, the changes owed to b_s: O(p + q_s^2)) and the other factors' b, sum_k J_k q_k
 numbers, where they changed (the proposals' round sends the factor's J_k q_k proposals
 instead); what comes back: O(p^2 + q_s^2) numbers, or the per-level sums of one other factor,
-J_k (1 + q_k + q_k^2) (J_k (3 + 2p + p^2) folded).
+J_k (1 + q_k + q_k^2) (J_k (3 + 2p + p^2) folded), for the levels of factor k the shard's rows
+touch (:class:`~multilevel.samplers.shard.LevelPart`): all of them when k is crossed with the
+sharded factor, J_k / (number of shards) or so when the sharded factor is nested in k (measured,
+``(1 | a/b)`` Poisson with 2e4 levels of a and 1e5 of a:b, 2e6 rows, 2 workers of 8 shards: the
+first round's answers took 105 ms from the workers to the client as all J_k levels, 17 ms as
+the levels touched; a sweep 458 -> 341 ms).
 
 **The negative binomial (NB2).** y_i ~ NB(mu_i = e^eta_i, phi), Var = mu + mu^2 / phi,
 1 / sqrt(phi) ~ Exponential(phi_rate): the model and priors of
@@ -175,7 +180,7 @@ from .crossed_metropolis import (GREEDY_SHARE, PHI_MAX, SCALE_OFF, SCALE_SHARE, 
                                  rotation_draw, rotation_log_ratio, shift_move, variance_log_ratio)
 from .keyed import chain_key, factor_stream, level_draws
 from .negbinomial import PHI_TARGET, phi_of_moments
-from .shard import LevelShard, ShardRows, SweepMessage, ones_rotation, rotation_accept, rotation_proposals
+from .shard import LevelPart, LevelShard, ShardRows, SweepMessage, ones_rotation, rotation_accept, rotation_proposals
 
 
 #: the negative binomial's random-walk steps on log phi a sweep, made from one round
@@ -612,11 +617,11 @@ class ShardedMetropolis:
         acc_scale = np.full(self.n_steps, -1.0)
         joint, joint_terms = None, None
         if last:
-            sums = _summed([x.levels for x in parts])
+            sums = level_summed([x.levels for x in parts], int(L.J[self.order[1]]))
             for pos, k in enumerate(self.order[1:], 1):
                 folded = self.fold and pos == last
                 if pos > 1:
-                    sums = _summed(self.shards.call("terms", state.key, bo, pos, None, folded))
+                    sums = level_summed(self.shards.call("terms", state.key, bo, pos, None, folded), int(L.J[k]))
                 # folded: the closed form's sums g0 = Sy - Smu, H0 = Smu from the fixed move's per level
                 level_sums = (None, (sums[1] - sums[2])[:, None], sums[2][:, None, None]) if folded else sums
                 acc[k], D = self._other_levels(state, k, pos, bo, Sigma, level_sums, hastings, shares)
@@ -709,7 +714,8 @@ class ShardedMetropolis:
         pos_in, pos_out = int(L.sig_off[s]), int(L.sig_off[k])
         tau_in, tau_out = Sigma[pos_in], Sigma[pos_out]
         tin, tout = tau_in * np.exp(2.0 * s_in), tau_out * np.exp(2.0 * s_out)
-        S_in0, r_in0, S_in1, r_in1 = _summed(self.shards.call("joint_terms", state.key, nest, bo, tau_in, tin))
+        S_in0, r_in0, S_in1, r_in1 = level_summed(self.shards.call("joint_terms", state.key, nest, bo, tau_in, tin),
+                                                  int(L.J[k]))
         b_out = self._effects(bo, k)[:, 0]
         accepted, terms, Swb, previous = np.zeros(2, dtype=bool), None, [], None
         for m in range(2):  # the inner variance's move, then the outer's from where the first left tau_in
@@ -782,7 +788,7 @@ class ShardedMetropolis:
             accepted = ones_rotation(bk, float(Sinv[0, 0]), phi, g0, H0, z, u, hastings, D)
         else:
             lp0, M0, Ls, valid = rotation_proposals(bk, g0, H0, Sinv, phi, z, D)
-            ll1, g1, H1 = _summed(self.shards.call("terms", state.key, np.zeros(0), pos, D))  # b as the shards have it
+            ll1, g1, H1 = level_summed(self.shards.call("terms", state.key, np.zeros(0), pos, D), Jk)  # b as they have it
             accepted = rotation_accept(bk, D, ll0, ll1, g1, H1, lp0, M0, Ls, valid, Sinv, phi, hastings, u)
         return accepted / max(Jk, 1), D
 
@@ -892,6 +898,17 @@ def dispersion_log_ratio(ll_a: float, ll_b: float, log_phi_a: float, log_phi_b: 
     return ll_b - ll_a + log_prior_phi(log_phi_b, rate) - log_prior_phi(log_phi_a, rate)
 
 
+def level_summed(parts: list[LevelPart], J: int) -> tuple[np.ndarray, ...]:
+    """The shards' per-level sums of a factor of J levels (each shard's for the levels its rows
+    touch, :class:`~multilevel.samplers.shard.LevelPart`) summed in shard order: the numbers of
+    summing every shard's sums over all J levels (a level a shard does not touch adds 0)."""
+    out = tuple(np.zeros((J, *x.shape[1:])) for x in parts[0].sums)
+    for part in parts:
+        for total, x in zip(out, part.sums):
+            total[part.levels] += x
+    return out
+
+
 def _summed(parts: list[tuple]) -> tuple:
     """The shards' answers (tuples of arrays) summed in shard order."""
     return tuple(sum(x[i] for x in parts) for i in range(len(parts[0])))
@@ -899,4 +916,4 @@ def _summed(parts: list[tuple]) -> tuple:
 
 __all__ = ["LocalShards", "PHI_STEPS", "ShardSource", "ShardedMetropolis", "ShardedState", "dispersion_log_ratio",
            "factor_order", "reachable_points",
-           "level_cuts", "local_shards", "shard_rows", "sharded_factor", "shift_moves"]
+           "level_cuts", "level_summed", "local_shards", "shard_rows", "sharded_factor", "shift_moves"]
