@@ -591,7 +591,7 @@ class LevelShard:
         return (r.F, r.Z, np.zeros(p), False, self.z_off, np.asarray(r.q, dtype=np.int64), r.index, self.b_off, D,
                 pend, self.ones_all)
 
-    def _level_sums(self, k: int, D: np.ndarray | None, fold: bool = False) -> tuple[np.ndarray, ...]:
+    def _level_sums(self, k: int, D: np.ndarray | None, fold: bool = False) -> LevelPart:
         """Per level of the other factor at position k: ll_j, Z_j'(y - mu), Z_j'WZ_j at eta + Z_k D
         (D None: at eta), or with ``fold`` :func:`level_fixed_sums`'s sums at eta; eta first taking
         what it is owed."""
@@ -604,9 +604,10 @@ class LevelShard:
                                       delta, self._sync(), bool(self.ones_all[k])), self.touched[k])
 
     def terms(self, key: np.ndarray, other: np.ndarray, k: int, D: np.ndarray | None, fold: bool = False
-              ) -> tuple[Any, ...]:
+              ) -> tuple[Any, ...] | LevelPart:
         """After taking the kernel's other factors' effects ``other`` (their changes owed to eta):
-        per level of the other factor at position k its ll_j, Z'(y - mu) and Z'WZ at eta + Z_k D
+        per level of the other factor at position k (those this shard's rows touch,
+        :class:`LevelPart`) its ll_j, Z'(y - mu) and Z'WZ at eta + Z_k D
         (D None: at eta; the current sums or a proposal's; ``fold``: :func:`level_fixed_sums`'s),
         or with k = 0 ll, F'(y - mu) and F'WF at eta (the fixed move's terms at a)."""
         r = self.rows
@@ -616,7 +617,7 @@ class LevelShard:
         return self._level_sums(k, D, fold)
 
     # -- the nested variance move (step 7 of the crossed kernel) ------------------------------------
-    def _joint_sums(self) -> tuple[np.ndarray, ...]:
+    def _joint_sums(self) -> LevelPart:
         """The folded sums (:func:`level_fixed_sums`) per level of this shard's factor (the inner
         one of the nested pair, its rows contiguous), kept for the move with the changes of u_j
         since (none yet), and returned summed per level of the outer factor, as the fold's."""
@@ -627,7 +628,7 @@ class LevelShard:
         return level_part(tuple(sums_by_parent(x, parent, J_out) for x in self.joint_sums), self.touched[1])
 
     def joint_terms(self, key: np.ndarray, nest: tuple | None, other: np.ndarray, tau_in: float, tin: float
-                    ) -> tuple[np.ndarray, ...]:
+                    ) -> LevelPart:
         """The nested variance move's first round (:mod:`multilevel.samplers.sharded`): make the
         nested shift move ``nest`` = (pair, d) if given (:meth:`nest`), take the kernel's other
         factors' effects (the outer levels' moves change u_j = b_in,j + b_out,parent(j) of every

@@ -631,7 +631,7 @@ class ShardedMetropolis:
                 accepted, joint_terms, Swb_joint = self._joint_move(rng, state, Sigma, bo, nest)
                 acc_scale[-2:] = accepted
                 joint = bool(accepted[1])  # the second move, which the evaluation round settles
-                if joint_terms is not None and Swb_joint:
+                if joint_terms is not None:
                     Swb = Swb_joint
             if joint_terms is not None:  # the fixed move's terms at a after the nested variance moves, the shards'
                 ll0, g0, H0 = joint_terms
