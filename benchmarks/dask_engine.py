@@ -347,6 +347,108 @@ def bench_parallel_bound(quick: bool = False) -> Result:
     return res
 
 
+NESTED_FORMULA = "y ~ x + (1 | a/b)"
+
+
+def _nested_ess(df: pd.DataFrame, formula: str, joint: bool, seed: int, draws: int) -> dict[str, float]:
+    """Bulk ESS a draw of each variance and the smallest of theta's and alpha's, of the in-memory
+    sharded sampler (4 shards, 2 chains x (draws warm-up + draws)) with or without the nested
+    variance moves (``joint``), and its CPU seconds."""
+    import time
+
+    import arviz as az
+
+    import multilevel
+    from multilevel.blockstats import factor_layout
+    from multilevel.families import CODES
+    from multilevel.run import run_chains
+    from multilevel.samplers.sharded import ShardedMetropolis, ShardSource, factor_order, local_shards
+
+    model = multilevel.Model(formula, df, family="poisson", sampler="sharded")
+    d = model.design
+    shards = local_shards(d, CODES["poisson"], 4)
+    a_start = ShardSource(shards, factor_order(d)).pooled_glm(model.family)[0]
+    kernel = ShardedMetropolis(shards, d, factor_layout(d, small_columns=0), model.priors, a_start, d.n_obs,
+                               nested_scale_moves=joint)
+    start = time.process_time()
+    res = run_chains(kernel, chains=2, draws=draws, warmup=draws, seed=seed, cores=1, progress=False)
+    out = {"cpu": time.process_time() - start}
+    for name in kernel.sigma_names:
+        out[name] = float(az.ess(np.asarray(res.draws[name]).reshape(2, draws), method="bulk")) / (2 * draws)
+    fixed = np.concatenate([np.asarray(res.draws[n]).reshape(2, draws, -1) for n in ("theta", "alpha")], axis=2)
+    out["min theta, alpha"] = min(float(az.ess(fixed[:, :, i], method="bulk")) for i in range(fixed.shape[2])) / (2 * draws)
+    return out
+
+
+def write_nested(directory: Path, outer: int, per: int, rows: int, seed: int = 1) -> int:
+    """``y ~ x + (1 | a/b)`` Poisson rows as 4 Parquet files: ``per`` levels of b in each of
+    ``outer`` levels of a, ``rows`` rows a level of a:b on average (levels drawn at random),
+    sds 0.6 (a) and 0.4 (a:b); returns the data's size in memory (bytes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    u, v = 0.6 * rng.standard_normal(outer), 0.4 * rng.standard_normal(outer * per)
+    size = 0
+    for i in range(4):
+        n = outer * per * rows // 4
+        inner = rng.integers(0, outer * per, n)
+        x = rng.standard_normal(n)
+        frame = pd.DataFrame({"a": inner // per, "b": inner % per, "x": x,
+                              "y": rng.poisson(np.exp(0.3 + 0.4 * x + u[inner // per] + v[inner]))})
+        frame.to_parquet(directory / f"part-{i}.parquet", index=False)
+        size += int(frame.memory_usage(index=False).sum())
+    return size
+
+
+def bench_dask_nested_poisson(quick: bool = False) -> Result:
+    """(1 | a/b) Poisson: the nested variance moves' effective sample sizes, and a Dask fit's sweep."""
+    from benchmarks.crossed_poisson import simulate_ticks
+
+    seeds, draws = ((1,), 300) if quick else ((1, 2, 3, 4), 1000)
+    outer, per, rows, sweeps = (2_000, 5, 20, 40) if quick else (20_000, 5, 20, 200)
+    res = Result(
+        "dask_nested_poisson", "Nested Poisson factors on the sharded sampler (the Dask engine's GLM sampler)",
+        "The sharded sampler's nested variance moves (`(1 | a/b)` Poisson, both factors' intercepts alone: a random "
+        "walk on each variance moving both factors' effects with it, two rounds of messages more a sweep) against "
+        f"the same sampler without them (`nested_scale_moves=False`): in memory, 4 shards, 2 chains x ({draws} + "
+        f"{draws}) on grouseticks-shaped data (`TICKS ~ YEAR + cHEIGHT + (1 | LOCATION/BROOD)`, 403 rows, 118 broods "
+        f"in 63 locations), seeds {', '.join(map(str, seeds))}; bulk ESS a draw (mean over the seeds). Then "
+        f"`multilevel fit DIR -f '{NESTED_FORMULA}' --family poisson --engine dask --workers 2 --chains 1 --warmup "
+        f"{sweeps // 2} --draws {sweeps // 2} --no-group-draws` on {outer * per * rows:,} rows, {outer:,} levels of a "
+        f"with {per} of b each: time per sweep, five rounds of messages, each worker answering for the levels of a "
+        "its rows touch.")
+    df = simulate_ticks(1)
+    formula = "TICKS ~ YEAR + cHEIGHT + (1 | LOCATION/BROOD)"
+    runs = {joint: [_nested_ess(df, formula, joint, seed, draws) for seed in seeds] for joint in (False, True)}
+    names = [k for k in runs[True][0] if k != "cpu"]
+    mean = {joint: {k: float(np.mean([r[k] for r in rs])) for k in [*names, "cpu"]} for joint, rs in runs.items()}
+    res.tables.append(Table(
+        ["sampler", *[f"{n} (ESS a draw)" for n in names], "CPU a fit"],
+        [[label, *[f"**{mean[joint][n]:.2f}**" for n in names], f"{mean[joint]['cpu']:.1f} s"]
+         for joint, label in ((False, "without the nested variance moves"), (True, "with them (the default)"))]))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        in_memory = write_nested(data, outer, per, rows)
+        target = Path(tmp) / "fit.nc"
+        cmd = [*_cli(), "fit", str(data), "-f", NESTED_FORMULA, "--family", "poisson", "--engine", "dask", "--workers",
+               "2", "--chains", "1", "--warmup", str(sweeps // 2), "--draws", str(sweeps - sweeps // 2), "--seed", "1",
+               "--no-group-draws", "--no-progress", "--out", str(target), "--overwrite"]
+        r = _run(cmd, cwd=tmp, interval=0.5)
+        import multilevel
+
+        fit = multilevel.load(target)
+        per_sweep = float(fit.attrs["sampling_seconds"]) / sweeps
+        sig = {n: float(fit.posterior[n].mean()) for n in ("Sigma_a", "Sigma_a:b")}
+    res.tables.append(Table(
+        ["rows", "levels (a, a:b)", "time per sweep (2 workers)", "wall (whole command)", "peak memory (all processes)",
+         "Sigma_a (true 0.36)", "Sigma_a:b (true 0.16)"],
+        [[f"{outer * per * rows:,}", f"{outer:,}, {outer * per:,}", f"**{1000 * per_sweep:.0f} ms**", f"{r['wall']:.0f} s",
+          fmt_bytes(r["maxrss"]), f"{sig['Sigma_a']:.3f}", f"{sig['Sigma_a:b']:.3f}"]],
+        caption=f"The data take {fmt_bytes(in_memory)} as a pandas DataFrame."))
+    res.data = {"ess": {str(k): v for k, v in mean.items()}, "per_sweep": per_sweep, "rows": outer * per * rows}
+    return res
+
+
 BENCHMARKS = {"dask_gaussian": bench_dask_gaussian, "dask_memory": bench_dask_memory,
               "dask_poisson": bench_dask_poisson, "dask_crossed_poisson": bench_dask_crossed_poisson,
-              "dask_messages": bench_dask_messages, "parallel_bound": bench_parallel_bound}
+              "dask_messages": bench_dask_messages, "parallel_bound": bench_parallel_bound,
+              "dask_nested_poisson": bench_dask_nested_poisson}
