@@ -60,6 +60,7 @@ def knots_of(t) -> np.ndarray:
 
 
 @pytest.mark.parametrize("call", ["bs(x, df=7)", "bs(k, df=7)", "bs(x, df=7, Boundary.knots=c(0.4, 3.7))",
+                                  "ns(x, df=5, Boundary.knots=c(3.7, 0.4))",
                                   "bs(k, df=4, lower_bound=1, upper_bound=3)", "ns(x, df=6)", "ns(k, 3, intercept=True)", "cr(x, df=7)",
                                   "cr(k, df=3)", "cc(x, period=4, df=6)", "cr(x, 5, lower_bound=0.5, upper_bound=6, center=False)"])
 def test_spline_knots_are_the_exact_quantiles_over_all_rows(call, monkeypatch):
@@ -117,6 +118,7 @@ def test_bracketing_takes_several_passes_when_brackets_are_crowded(monkeypatch):
     "y ~ ns(x, knots=c(1, 2.5)) + bs(k, df=4, Boundary.knots=c(-1, 6)) + (1 | g)",  # R's spellings
     # df's knots from the rows inside boundary knots narrower than the data (R's rule), the rest extrapolated
     "y ~ bs(x, df=6, Boundary.knots=c(0.5, 3.5)) + bs(k, df=4, degree=2, lower_bound=1) + (1 | g)",
+    "y ~ ns(x, df=4, Boundary.knots=c(0.6, 3)) + (1 | g)",
 ])
 def test_partition_designs_equal_the_in_memory_design(formula):
     df = frame()
@@ -130,6 +132,8 @@ def test_partition_designs_equal_the_in_memory_design(formula):
 
 
 @pytest.mark.parametrize("formula", ["y ~ bs(x, df=5) + poly(k, 2) + (1 + scale(x) | g)",
+                                     # the first rows lie above the boundary: the prototype's knots are placeholders
+                                     "y ~ ns(x, df=4, Boundary.knots=c(0.6, 3)) + (1 | g)",
                                      "y ~ cr(x, df=4) + ns(k, 2) + (1 | g)", "y ~ cc(k, period=5, df=3) + (1 | g)"])
 def test_a_saved_dask_fit_with_splines_codes_new_rows_as_before(formula, tmp_path):
     df = frame(3000)
@@ -153,6 +157,8 @@ def test_transforms_not_learned_over_partitions_are_refused_in_one_line():
     assert "\n" not in str(info.value)
     # boundary knots that hold no row leave df nothing to place knots by, in memory and on Dask alike
     for data, engine in ((df, "pandas"), (dd.from_pandas(df, npartitions=2), "dask")):
-        with pytest.raises(ModelError, match=r"bs\(\): no value of x lies inside the boundary knots \[60.0, 70.0\]") as info:
-            multilevel.Model("y ~ bs(x, df=5, Boundary.knots=c(60, 70)) + (1 | g)", data, engine=engine)
-        assert "\n" not in str(info.value)
+        for spline in ("bs", "ns"):
+            with pytest.raises(ModelError, match=rf"{spline}\(\): no value of x lies inside the boundary knots "
+                                                 r"\[60.0, 70.0\]") as info:
+                multilevel.Model(f"y ~ {spline}(x, df=5, Boundary.knots=c(60, 70)) + (1 | g)", data, engine=engine)
+            assert "\n" not in str(info.value)

@@ -1,9 +1,10 @@
 """R's natural splines ``ns()`` and B-splines ``bs()`` (:mod:`multilevel.rsplines`) against R itself.
 
 * the basis of the fitted values and of new values (some beyond the boundary knots) equals
-  R's ``splines::ns`` and its ``predict()``, for df, df with intercept, given knots and no
-  knots: ``tests/data/r_ns_basis.csv``; and R's ``splines::bs`` for df, df with degree 2 and
-  intercept, given knots, neither, and given boundary knots: ``tests/data/r_bs_basis.csv``;
+  R's ``splines::ns`` and its ``predict()``, for df, df with intercept, given knots, no
+  knots and boundary knots narrower than the data: ``tests/data/r_ns_basis.csv``; and R's
+  ``splines::bs`` for df, df with degree 2 and intercept, given knots, neither, and given
+  boundary knots wider and narrower than the data: ``tests/data/r_bs_basis.csv``;
   both written by ``Rscript benchmarks/reference/r_splines_reference.R`` (R 4.2.2, splines 4.2.2);
 * R's type-7 quantile, so the knots, to the last bit on ties and odd sizes;
 * in a formula: the design's columns are R's, labelled 1..df as R does, new rows coded with
@@ -29,9 +30,11 @@ from multilevel.rsplines import RBSpline, RNaturalSpline, r_quantile
 
 R_BASIS = Path(__file__).parent / "data" / "r_ns_basis.csv"
 R_BS_BASIS = Path(__file__).parent / "data" / "r_bs_basis.csv"
-CASES = {"df3": dict(df=3), "df4_intercept": dict(df=4, intercept=True), "knots": dict(knots=[2, 5, 9]), "df1": {}}
+CASES = {"df3": dict(df=3), "df4_intercept": dict(df=4, intercept=True), "knots": dict(knots=[2, 5, 9]), "df1": {},
+         "boundary": dict(df=3, Boundary_knots=[10, 2])}  # R sorts them; df's knots from the rows inside
 BS_CASES = {"df5": dict(df=5), "df6_degree2_intercept": dict(df=6, degree=2, intercept=True),
-            "knots": dict(knots=[2, 5, 9]), "df_null": {}, "boundary": dict(df=4, Boundary_knots=[0, 20])}
+            "knots": dict(knots=[2, 5, 9]), "df_null": {}, "boundary": dict(df=4, Boundary_knots=[0, 20]),
+            "boundary_inside": dict(df=5, Boundary_knots=[2, 10])}
 
 # lme4 1.1-31, REML, lmer(mAch ~ ns(ses, df = 3) + (1 | school), hsb82): (estimate, standard error)
 LME4_NS = {"Intercept": (2.698230745, 1.6044923250), "ns(ses, df=3)[1]": (9.390950552, 0.7829394344),

@@ -16,7 +16,8 @@ new <- c(min(x) - 1, min(x), 2.5, 7.25, max(x), max(x) + 2)
 cases <- list(df3 = function(v) ns(v, df = 3),
               df4_intercept = function(v) ns(v, df = 4, intercept = TRUE),
               knots = function(v) ns(v, knots = c(2, 5, 9)),
-              df1 = function(v) ns(v))
+              df1 = function(v) ns(v),
+              boundary = function(v) ns(v, df = 3, Boundary.knots = c(2, 10)))
 basis_rows <- function(cases) {
 rows <- list()
 for (name in names(cases)) {
@@ -39,7 +40,8 @@ bs_cases <- list(df5 = function(v) bs(v, df = 5),
                  df6_degree2_intercept = function(v) bs(v, df = 6, degree = 2, intercept = TRUE),
                  knots = function(v) bs(v, knots = c(2, 5, 9)),
                  df_null = function(v) bs(v),
-                 boundary = function(v) bs(v, df = 4, Boundary.knots = c(0, 20)))
+                 boundary = function(v) bs(v, df = 4, Boundary.knots = c(0, 20)),
+                 boundary_inside = function(v) bs(v, df = 5, Boundary.knots = c(2, 10)))
 write.csv(basis_rows(bs_cases), "tests/data/r_bs_basis.csv", row.names = FALSE, quote = FALSE)
 
 hsb <- read.csv("src/multilevel/datasets/hsb82.csv")

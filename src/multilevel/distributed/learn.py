@@ -13,9 +13,9 @@ together: a pass reads each partition once for all of them (:func:`learn_states`
   (count, mean, centred sum of squares, :mod:`multilevel.moments`); the sd with n - 1 (R's
   ``scale``; without centring the root mean square sum x^2 / (n - 1), as R) or n
   (``standardize``).
-* R's ``ns(x, df, knots, intercept)`` and ``bs(x, df, knots, degree, intercept, Boundary_knots)``
+* R's ``ns(x, df, knots, intercept, Boundary_knots)`` and ``bs(x, df, knots, degree, intercept, Boundary_knots)``
   (:class:`RSplineLearner`): a pass gives (n, min, max), the boundary knots (``bs``: unless
-  given); the interior knots are R's ``quantile(x, k / (K + 1))`` of all rows (``bs`` with given
+  given); the interior knots are R's ``quantile(x, k / (K + 1))`` of all rows (with given
   boundary knots: of the rows inside them, one more pass counting those outside), each an
   interpolation between the order statistics x_(r) and x_(r + 1) (ranks from 0), and each wanted
   order statistic is found by bracketing (:class:`OrderStatistics`): its bracket [lo, hi) (first
@@ -56,7 +56,8 @@ from formulae.utils import get_centering_matrix
 from ..errors import ModelError
 from ..moments import Moments, combine_moments, moments_of
 from ..rformula import RScale
-from ..rsplines import RBSpline, RNaturalSpline, knot_probabilities, r_quantile_of_order_statistics, r_quantile_ranks
+from ..rsplines import (RBSpline, RNaturalSpline, check_inside, given_boundary, knot_probabilities,
+                        r_quantile_of_order_statistics, r_quantile_ranks)
 
 #: bins of a bracketing pass, and the values a bracket may hold to be gathered
 BINS, GATHER = 4096, 200_000
@@ -522,7 +523,7 @@ class RSplineLearner:
     Boundary_knots)`` (:mod:`multilevel.rsplines`): a :class:`RangePass` gives n and the
     boundary knots (min and max of x, unless ``bs`` is given them), then the interior knots are
     R's ``quantile`` of all rows, from their order statistics (:class:`OrderStatistics`). As R,
-    ``bs`` takes them over the rows inside given boundary knots [lo, hi]: when rows lie outside,
+    ``ns`` and ``bs`` take them over the rows inside given boundary knots [lo, hi]: when rows lie outside,
     an :class:`OutsidePass` counts those below lo and above hi, and the order statistics are
     those of the rest."""
 
@@ -538,6 +539,7 @@ class RSplineLearner:
             self.n_inner = RBSpline.n_inner(opts.get("df"), opts.get("knots"), self.degree, self.intercept)
         else:
             self.degree = None
+            self.bounds = given_boundary("ns", opts.get("Boundary_knots"))
             self.n_inner = RNaturalSpline.n_inner(opts.get("df"), opts.get("knots"), self.intercept)
         self.given = None if self.n_inner is not None else np.sort(np.asarray(opts["knots"], dtype=float).ravel())
         self.n = 0
@@ -563,7 +565,7 @@ class RSplineLearner:
         elif self.order is None:
             below, above = total
             inside = self.n - below - above
-            RBSpline.check_inside(inside, self.boundary)
+            check_inside("bs" if isinstance(self.call.transform, RBSpline) else "ns", inside, self.boundary)
             self.n = inside
             self.order = OrderStatistics.of_quantiles(inside, self._probabilities(), *self.boundary, r=True, below=below)
         else:

@@ -35,6 +35,7 @@ from formulae.terms import Call
 from ..design import (CrossedDesign, _column_labels, _evaluate, _response, _weights_argument, build_crossed_design,
                       missing_rows)
 from ..errors import ModelError
+from ..rsplines import template_knots
 from ..factors import GroupingFactor, grouping_factor
 from ..formula import FormulaSpec
 from ..reterms import group_terms
@@ -167,7 +168,8 @@ def restore_prototype(spec: FormulaSpec, sample: pd.DataFrame, weights: str | No
     """The prototype design again from its rows (categorical columns with the learned levels)
     and its stateful transforms' states (:func:`transform_states`): new data are then coded as
     the fitted rows were."""
-    proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=gaussian, check=False)
+    with template_knots():  # the states are set from the saved ones below
+        proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=gaussian, check=False)
     calls = design_stateful_calls(proto)
     if len(calls) != len(states):
         raise ModelError(f"the saved fit records the states of {len(states)} stateful transforms (center(), bs(), ...), "
@@ -287,7 +289,8 @@ def make_plan(ddf: Any, spec: FormulaSpec, na_action: str, weights: str | None, 
     if len(sample) == 0:
         raise ModelError("the first rows of the data all have missing values; shuffle or filter the data")
     sample = sample.astype(dtypes) if dtypes else sample
-    proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=family == "gaussian", check=False)
+    with template_knots():  # the few rows may not place df's knots; learned from all partitions below
+        proto = build_crossed_design(spec, sample, "raise", weights=weights, gaussian=family == "gaussian", check=False)
     plan = PartitionPlan(spec, dtypes, tuple(f.keys for f in factors), proto, weights, family)
     calls = design_stateful_calls(proto)
     if calls:
