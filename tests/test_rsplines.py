@@ -6,7 +6,8 @@
   ``splines::bs`` for df, df with degree 2 and intercept, given knots, neither, and given
   boundary knots wider and narrower than the data: ``tests/data/r_bs_basis.csv``;
   both written by ``Rscript benchmarks/reference/r_splines_reference.R`` (R 4.2.2, splines 4.2.2);
-* R's type-7 quantile, so the knots, to the last bit on ties and odd sizes;
+* R's type-7 quantile, so the knots, to the last bit on ties and odd sizes; coinciding knots
+  of heavily tied x as R: ``tests/data/r_tied_knots_basis.csv``;
 * in a formula: the design's columns are R's, labelled 1..df as R does, new rows coded with
   the fitted knots, the positional ``ns(x, 3)`` as R users write it;
 * a fit of ``mAch ~ ns(ses, df = 3) + (1 | school)`` on hsb82 agrees with lme4's REML fit
@@ -64,6 +65,20 @@ def test_basis_equals_rs_bs_for_fitted_and_new_values(case):
     spline = RBSpline()
     assert np.allclose(spline(x, **BS_CASES[case]), fitted, rtol=0, atol=1e-13)
     assert np.allclose(spline.basis(new), predicted, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case, spline, options", [("ns_tied", RNaturalSpline, dict(df=4)),
+                                                   ("bs_tied", RBSpline, dict(df=6))])
+def test_coinciding_knots_of_tied_values_give_rs_basis(case, spline, options):
+    """Heavily tied x puts df's interior knots on one value; R's splineDesign takes repeated
+    knots (its derivatives by de Boor's recursion), and so does this basis."""
+    path = Path(__file__).parent / "data" / "r_tied_knots_basis.csv"
+    x, fitted = r_basis(case, "fit", path)
+    new, predicted = r_basis(case, "new", path)
+    s = spline()
+    assert np.allclose(s(x, **options), fitted, rtol=0, atol=1e-13)
+    assert np.unique(s.knots).size == 1 and s.knots.size > 1
+    assert np.allclose(s.basis(new), predicted, rtol=0, atol=1e-12)
 
 
 def test_bs_in_a_formula_has_rs_columns_and_codes_new_rows_with_the_fitted_knots():

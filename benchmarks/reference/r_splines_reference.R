@@ -5,7 +5,8 @@
 ##   Rscript benchmarks/reference/r_splines_reference.R > benchmarks/reference/r_splines_reference.txt
 ## writes tests/data/r_ns_basis.csv (long format: case, set, row, x, column, value; set is
 ## "fit" for the rows the basis was made from and "new" for ns's predict() at new values,
-## some beyond the boundary knots), tests/data/r_bs_basis.csv (the same for bs) and prints lme4's fit of a model with ns() on hsb82
+## some beyond the boundary knots), tests/data/r_bs_basis.csv (the same for bs), tests/data/r_tied_knots_basis.csv
+## (ns and bs of heavily tied x, whose knots coincide) and prints lme4's fit of a model with ns() on hsb82
 ## (REML), whose fixed effects tests/test_rsplines.py compares with the posterior.
 ## (R and lme4 from Debian: apt-get install r-base-core r-cran-lme4)
 
@@ -43,6 +44,11 @@ bs_cases <- list(df5 = function(v) bs(v, df = 5),
                  boundary = function(v) bs(v, df = 4, Boundary.knots = c(0, 20)),
                  boundary_inside = function(v) bs(v, df = 5, Boundary.knots = c(2, 10)))
 write.csv(basis_rows(bs_cases), "tests/data/r_bs_basis.csv", row.names = FALSE, quote = FALSE)
+## heavy ties: df's interior knots coincide (all at 2), which R's splineDesign allows
+x <- c(0, 0.5, rep(2, 50), 3, 4)
+new <- c(-1, 1, 2, 3.5, 5)
+write.csv(basis_rows(list(ns_tied = function(v) ns(v, df = 4), bs_tied = function(v) bs(v, df = 6))),
+          "tests/data/r_tied_knots_basis.csv", row.names = FALSE, quote = FALSE)
 
 hsb <- read.csv("src/multilevel/datasets/hsb82.csv")
 fit <- lmer(mAch ~ ns(ses, df = 3) + (1 | school), data = hsb, REML = TRUE)

@@ -132,7 +132,7 @@ def spline_design(knots: np.ndarray, x: np.ndarray, derivative: int = 0, order: 
     """R's ``splineDesign(knots, x, order, derivs)``: the B-splines of ``order`` (cubic: 4) of
     ``knots`` (or their ``derivative``) at x, inside the boundary knots (right end included)."""
     basis = BSpline(knots, np.eye(knots.size - order), order - 1, extrapolate=True)
-    return (basis.derivative(derivative) if derivative else basis)(np.asarray(x, dtype=float))
+    return basis(np.asarray(x, dtype=float), nu=derivative)  # derivatives by de Boor: repeated knots allowed, as R
 
 
 class RNaturalSpline:
