@@ -531,8 +531,9 @@ class RSplineLearner:
         opts = call.options()
         self.call, self.done = call, False
         self.intercept = bool(opts.get("intercept", False))
-        self.bounds: tuple[Any, Any] = (None, None)
-        if isinstance(call.transform, RBSpline):
+        #: R's name of the spline, for messages
+        self.spline = "bs" if isinstance(call.transform, RBSpline) else "ns"
+        if self.spline == "bs":
             self.degree, self.bounds = RBSpline.options(opts.get("degree", 3), opts.get("lower_bound"),
                                                         opts.get("upper_bound"), opts.get("Boundary_knots"),
                                                         opts.get("center", False))
@@ -565,7 +566,7 @@ class RSplineLearner:
         elif self.order is None:
             below, above = total
             inside = self.n - below - above
-            check_inside("bs" if isinstance(self.call.transform, RBSpline) else "ns", inside, self.boundary)
+            check_inside(self.spline, inside, self.boundary)
             self.n = inside
             self.order = OrderStatistics.of_quantiles(inside, self._probabilities(), *self.boundary, r=True, below=below)
         else:
