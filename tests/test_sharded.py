@@ -2,15 +2,17 @@
 
 1. Keyed random numbers: a level's numbers do not depend on the range they are drawn in.
 2. The compiled level move against a NumPy reference on the same random inputs; the closed
-   form of a Poisson intercept against the general path.
+   form of a Poisson intercept against the general path; the level sums a Poisson intercept's
+   shards carry between sweeps against the sums of their rows.
 3. Shards: 1 and 3 shards in memory give the same draws up to the rounding of the sums; the
    Dask engine (local scheduler, and LocalCluster with 1 and 2 workers) gives the in-memory
    draws exactly; with one grouping factor and with two (the rest of the several-factor
    tests: tests/test_sharded_crossed.py), and the negative binomial on the LocalCluster (the
    rest of its tests: tests/test_sharded_nb.py).
 4. Simulation-based calibration (tests/sbc.py), truth from proper priors: a correlated Poisson
-   model with a group-level predictor (shift moves) and a Bernoulli model of small groups (scale
-   moves), with a control that drops the Hastings correction; long runs under ``make validate``.
+   model with a group-level predictor (shift moves), a Poisson intercept (the level sums the
+   shards carry from sweep to sweep) and a Bernoulli model of small groups (scale moves), with
+   a control that drops the Hastings correction; long runs under ``make validate``.
 5. Agreement with the one-term Metropolis kernel's posterior; LOO and the log-likelihood of a
    Dask GLM fit; one-line refusals.
 """
@@ -162,6 +164,39 @@ def test_poisson_intercept_closed_form_equals_the_passes():
     np.testing.assert_allclose(out[0], out[1], rtol=1e-9, atol=1e-12)
 
 
+def test_carried_level_sums_equal_the_rows_sums_at_every_sweep():
+    """Poisson with one factor and its intercept alone: each shard carries its level sums from
+    sweep to sweep (the fixed move's proposal's when accepted, closed forms for the level, scale
+    and shift moves' changes). At every sweep the sums it moves its levels with, taken to after
+    the levels' moves, equal the sums recomputed from its rows at a and b then; the run makes
+    fixed moves accepted and rejected, scale moves (warm-up) and shift moves (w is a
+    group-level predictor)."""
+    from multilevel.samplers.shard import LevelShard, intercept_pass
+
+    model = multilevel.Model("y ~ x + w + offset(log(expo)) + (1 | g)", glm_frame(3), family="poisson",
+                             sampler="sharded")
+    kernel = sharded_kernel(model, 3)
+    assert all(s.carries for s in kernel.shards.shards) and kernel.shift_groups
+    seen = {"moved": set(), "scaled": 0, "checked": 0}
+    sweep = LevelShard.sweep
+
+    def checked(shard, m):
+        seen["moved"].add(m.moved)
+        seen["scaled"] += bool(np.any(m.scale != 1.0))
+        out = sweep(shard, m)
+        slot, r = shard.chains[bytes(m.key)], shard.rows
+        fresh = intercept_pass(r.y, r.offset, r.F, m.a, slot.b, r.index[0], r.J, np.empty(r.y.shape[0]))
+        for got, want in zip(slot.at, fresh):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+        seen["checked"] += 1
+        return out
+
+    for shard in kernel.shards.shards:
+        shard.sweep = checked.__get__(shard)
+    run_chains(kernel, chains=2, draws=20, warmup=40, seed=3, progress=False)
+    assert seen["moved"] == {True, False} and seen["scaled"] > 0 and seen["checked"] == 3 * 2 * 60
+
+
 # -- 3. shards, engines and workers -------------------------------------------------------------------------
 
 def glm_frame(seed: int, J: int = 40, rows: int = 8) -> pd.DataFrame:
@@ -186,6 +221,8 @@ def sharded_kernel(model: multilevel.Model, n_shards: int, design=None) -> Shard
 
 @pytest.mark.parametrize("formula,family,shapes", [
     ("y ~ x + w + offset(log(expo)) + (x | g)", "poisson", {"beta": (40, 2)}),
+    # Poisson's intercept alone: the shards carry their level sums between sweeps
+    ("y ~ x + w + offset(log(expo)) + (1 | g)", "poisson", {"beta": (40, 1)}),
     # several factors (tests/test_sharded_crossed.py): sharded on g, h's closed form / h's proposals evaluated
     ("y ~ x + offset(log(expo)) + (1 | h) + (1 | g)", "poisson", {"beta_g": (40, 1), "beta_h": (5, 1)}),
     ("p(s, n) ~ x + w + (x | g) + (1 | h)", "binomial", {"beta_g": (40, 2), "beta_h": (5, 1)})])
@@ -212,6 +249,7 @@ def assert_shard_count_free(kernel_of, shapes: dict) -> dict:
 
 
 @pytest.mark.parametrize("formula,family", [("y ~ x + w + offset(log(expo)) + (x | g)", "poisson"),
+                                            ("y ~ x + w + offset(log(expo)) + (1 | g)", "poisson"),
                                             ("p(s, n) ~ x + (1 | g)", "binomial"),
                                             ("yes ~ x + (x || g)", "bernoulli"),
                                             ("y ~ x + offset(log(expo)) + (1 | h) + (1 | g)", "poisson"),
@@ -290,6 +328,10 @@ SBC_CASES = {
     "poisson": ("poisson", "y ~ x + w + (x | g)", 16, 5,
                 dict(mu0=[0.3, 0.2], Lambda0=[[0.3, 0.0], [0.0, 0.2]], alpha_mean=[0.2], alpha_cov=[[0.2]],
                      eta0=6.0, S0=[[1.2, 0.2], [0.2, 0.8]])),
+    # Poisson's intercept alone: the level sums carried between sweeps, shift and scale moves on them
+    "poisson_intercept": ("poisson", "y ~ x + w + (1 | g)", 16, 5,
+                          dict(mu0=[0.3], Lambda0=[[0.3]], alpha_mean=[0.2, 0.1], alpha_cov=[[0.2, 0.0], [0.0, 0.2]],
+                               eta0=4.0, S0=[[1.0]])),
     # small groups of binary rows: the levels say little, the scale moves carry Sigma
     "bernoulli": ("bernoulli", "y ~ x + (1 | g)", 20, 4,
                   dict(mu0=[0.0], Lambda0=[[0.5]], alpha_mean=[0.3], alpha_cov=[[0.3]], eta0=4.0, S0=[[2.0]])),

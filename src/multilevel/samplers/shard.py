@@ -40,6 +40,18 @@ Each chain's eta is recomputed by the first pass of a sweep (so nothing a move o
 is kept between sweeps) into one buffer shared by the chains: a sweep's messages come one after
 the other for one chain; within a sweep the changes owed to eta (the levels' accepted changes,
 the other factors' b) are taken by the next pass over the rows.
+
+One case keeps more: Poisson with one factor and its intercept alone (the commonest GLM; a
+shard that *carries*). Its level moves and the fixed move's terms read per-level sums of y eta,
+y, mu, F y, F mu and F F' mu alone (:func:`intercept_pass`), and every change of eta between
+two fixed moves is a per-level constant d_j (the level moves, a scale move b_j -> e^s b_j) or
+none at all (a shift move: a_D + d and b_j - w_j'd leave eta as it is), under which the sums
+change in closed form (:func:`moved_level_sums`). So the chain keeps its sums at its current
+values and, from :meth:`LevelShard.evaluate`'s pass, at the fixed move's proposal; the next
+sweep starts from whichever the kernel accepted (``SweepMessage.moved``): one pass over the
+rows a sweep, :meth:`~LevelShard.evaluate`'s, where there were two. The sums carried are
+refreshed from the rows by every accepted fixed move; in between they take the closed forms'
+rounding, a few units in the last place a sweep.
 """
 
 from __future__ import annotations
@@ -297,7 +309,8 @@ class SweepMessage(NamedTuple):
     is the last and Poisson's intercept alone); ``dispersion``: the negative binomial's phi (the
     rows' ``n`` this sweep; unused by the other families); ``joint``: the sweep makes the nested
     variance move (:meth:`LevelShard.joint_terms`), for which the folded sums are summed per
-    level of this shard's factor first and kept."""
+    level of this shard's factor first and kept; ``moved``: the last sweep's fixed move was
+    accepted (a shard that carries its sums starts from those at its proposal, module docstring)."""
 
     key: np.ndarray
     sweep: int
@@ -314,6 +327,7 @@ class SweepMessage(NamedTuple):
     fold: bool = False
     dispersion: float = 1.0
     joint: bool = False
+    moved: bool = False
 
 
 class SweepSums(NamedTuple):
@@ -335,14 +349,27 @@ class SweepSums(NamedTuple):
     Sbp: tuple = ()
 
 
+def moved_level_sums(sums: tuple, d: np.ndarray) -> tuple:
+    """:func:`intercept_pass`' per-level sums once level j's rows have eta_i + d_j: y eta gains
+    d_j y, mu, F mu and F F' mu take the factor e^d_j; y and F y are as they were."""
+    Syeta, Sy, Smu, SFy, SFmu, SFFmu = sums
+    E = np.exp(d)
+    return Syeta + d * Sy, Sy, E * Smu, SFy, E[:, None] * SFmu, E[:, None, None] * SFFmu
+
+
 @dataclass
 class ChainSlot:
     """One chain's effects in a shard (the sharded factor's ``b``, the copy ``other`` of the other
-    factors' the kernel sent last) and its kept draws."""
+    factors' the kernel sent last) and its kept draws; in a shard that carries its sums (module
+    docstring), the a of its last sweep and :func:`intercept_pass`' sums at its current values
+    (``at``) and at the fixed move's proposal (``proposed``; None: not made)."""
 
     b: np.ndarray
     other: np.ndarray
     draws: list = field(default_factory=list)
+    a: np.ndarray | None = None
+    at: tuple | None = None
+    proposed: tuple | None = None
 
 
 class LevelShard:
@@ -373,6 +400,8 @@ class LevelShard:
         self.ones_all = np.array([bool(intercept_only(self.code, rows.Z, int(self.z_off[k]), int(q[k])))
                                   for k in range(q.shape[0])], dtype=np.bool_)
         self.ones = bool(rows.y.shape[0]) and bool(self.ones_all[0])
+        #: Poisson, one factor, its intercept alone: the chains' level sums carried between sweeps
+        self.carries = self.ones and q.shape[0] == 1
         self.chains: dict[bytes, ChainSlot] = {}
         #: per other factor (position 1, 2, ...), the levels this shard's rows touch (all: a slice)
         self.touched: list[Any] = [slice(None)] + [touched_levels(rows.index[k], int(rows.levels[k]))
@@ -539,10 +568,13 @@ class LevelShard:
     def sweep(self, m: SweepMessage) -> SweepSums:
         """The levels' moves of one sweep (module docstring): three passes over the rows (eta
         with the levels' sums at b, their sums at the proposals, the fixed move's terms or the
-        next factor's level sums), or for Poisson with the intercept alone and one factor
-        one (:func:`intercept_pass`: the levels' closed form and the fixed move's terms from
-        per-level sums; eta takes the levels' changes in the next pass, :meth:`evaluate`'s)."""
+        next factor's level sums), or in a shard that carries its sums none (the levels' closed
+        form and the fixed move's terms from the sums the chain carries, :func:`intercept_pass`'s
+        at its first sweep)."""
         r, slot = self.rows, self.chains[bytes(m.key)]
+        carried = (slot.proposed if m.moved else slot.at) if self.carries else None
+        if carried is not None and np.any(m.scale != 1.0):  # the last scale move's change of eta
+            carried = moved_level_sums(carried, (m.scale[0] - 1.0) * slot.b[:, 0])
         self._settle(slot, m.scale, m.shift, m.keep_previous)
         if self.negbinomial:
             self.n[:] = m.dispersion
@@ -553,14 +585,16 @@ class LevelShard:
         z, u = level_draws(m.key, m.sweep, r.lo, r.lo + J, q)
         D = np.zeros((J, q))
         levels = None
-        if self.ones and r.q.shape[0] == 1:
-            Syeta, Sy, Smu, SFy, SFmu, SFFmu = intercept_pass(r.y, r.offset, r.F, m.a, b, r.index[0], J, self.eta)
+        if self.carries:
+            sums = carried if carried is not None else intercept_pass(r.y, r.offset, r.F, m.a, b, r.index[0], J,
+                                                                      self.eta)
+            Sy, Smu = sums[1], sums[2]
             g0, H0 = (Sy - Smu).reshape(J, 1), Smu.reshape(J, 1, 1)
             shares = np.sum(1.0 / (1.0 + m.tau[0] * Smu), keepdims=True)
             accepted = level_rotation(self.code, r.y, self.n, self.eta, r.Z, r.index[0], J, b, m.Sinv, m.phi, m.hastings,
                                       z, u, True, np.zeros(J), g0, H0, D)
-            ll, g, H = fixed_terms_from_levels(Syeta, Sy, Smu, SFy, SFmu, SFFmu, D[:, 0])
-            self.pending = D
+            slot.a, slot.at, slot.proposed = m.a, moved_level_sums(sums, D[:, 0]), None
+            ll, g, H = fixed_terms_from_levels(*slot.at, np.zeros(J))
         else:
             self.eta[:] = linear_predictor(r.offset, r.F, m.a, r.Z, r.index, self.z_off, r.q, self.b_off,
                                            np.concatenate([b.ravel(), slot.other]))
@@ -701,6 +735,15 @@ class LevelShard:
         if joint is not None:
             self.joint_settle(key, joint)
         self._owe(slot, other)
+        if self.carries:  # the sums at a + da kept for the next sweep; the scale move from them
+            da = np.asarray(da, dtype=float)
+            prop = slot.at if not np.any(da) else intercept_pass(r.y, r.offset, r.F, slot.a + da, slot.b, r.index[0],
+                                                                 r.J, self.eta)
+            slot.proposed = prop
+            ll1, g1, H1 = fixed_terms_from_levels(*prop, np.zeros(r.J))
+            if c < 0:
+                return ll1, g1, H1, 0.0, 0.0
+            return ll1, g1, H1, *ones_scale_terms(prop[1], slot.at[2], prop[2], slot.b[:, 0], f)
         if c >= 0 and self.ones_all[k]:  # Poisson, the intercept alone: the scale move from level sums
             ll1, g1, H1, Sy, S0, S1 = poisson_scale_pass(r.y, self.eta, r.F, np.asarray(da, dtype=float), r.index[k],
                                                          int(self.J_all[k]), self._sync())
@@ -749,6 +792,6 @@ class LevelShard:
         return np.stack(draws) if draws else np.zeros((0, self.rows.J, self.q))
 
 
-__all__ = ["LevelPart", "LevelShard", "ShardRows", "SweepMessage", "SweepSums", "level_rotation", "ones_rotation",
-           "ones_scale_terms", "poisson_scale_pass", "rotation_accept", "rotation_proposals",
+__all__ = ["LevelPart", "LevelShard", "ShardRows", "SweepMessage", "SweepSums", "level_rotation", "moved_level_sums",
+           "ones_rotation", "ones_scale_terms", "poisson_scale_pass", "rotation_accept", "rotation_proposals",
            "scale_terms"]

@@ -196,7 +196,8 @@ class ShardedState(NamedTuple):
     shards; ``kept``: the last sweep was a kept draw (its b is kept once they are made). The
     negative binomial's log phi, the log of its random walk's step (tuning) and whether the last
     sweep's phi move was accepted (``log_dispersion``, ``dispersion_step``, ``accept_dispersion``;
-    unused by the other families)."""
+    unused by the other families); ``moved``: the last sweep's fixed move was accepted (what a
+    shard that carries its level sums starts from, :mod:`multilevel.samplers.shard`)."""
 
     key: np.ndarray
     sweep: int
@@ -212,6 +213,7 @@ class ShardedState(NamedTuple):
     log_dispersion: float = 0.0
     dispersion_step: float = float(np.log(0.3))
     accept_dispersion: float = 0.0
+    moved: bool = False
 
 
 class LocalShards:
@@ -592,7 +594,7 @@ class ShardedMetropolis:
         last = len(self.order) - 1
         message = SweepMessage(state.key, state.sweep, a, np.linalg.inv(S), float(np.exp(state.log_phi[s])), hastings,
                                state.scale, state.shift, state.kept, np.diagonal(S).copy(), bo, min(last, 1),
-                               self.fold and last == 1, float(np.exp(state.log_dispersion)), self.joint)
+                               self.fold and last == 1, float(np.exp(state.log_dispersion)), self.joint, state.moved)
         parts = self.shards.call("sweep", message)
         acc = np.zeros(len(self.names) + 1)
         acc[s] = sum(x.accepted for x in parts) / max(J, 1)
@@ -695,7 +697,8 @@ class ShardedMetropolis:
             shift[self.shift_start[m]:self.shift_start[m + 1]] = self._shift(rng, m, a, Swb[m] * scale[None, :], Sigma)
         self._other_shift_moves(rng, a, bo, Sigma)
         new = state._replace(sweep=state.sweep + 1, t=a, Sigma=Sigma, ll=float(ll), scale=scale, shift=shift,
-                             kept=keep and self.keep_groups, b=bo, log_dispersion=log_disp, accept_dispersion=acc_disp)
+                             kept=keep and self.keep_groups, b=bo, log_dispersion=log_disp, accept_dispersion=acc_disp,
+                             moved=bool(acc[-1]))
         return new, acc, acc_scale, shares
 
     def _joint_move(self, rng: np.random.Generator, state: ShardedState, Sigma: np.ndarray, bo: np.ndarray,
