@@ -186,7 +186,7 @@ def test_carried_level_sums_equal_the_rows_sums_at_every_sweep():
         out = sweep(shard, m)
         slot, r = shard.chains[bytes(m.key)], shard.rows
         fresh = intercept_pass(r.y, r.offset, r.F, m.a, slot.b, r.index[0], r.J, np.empty(r.y.shape[0]))
-        for got, want in zip(slot.at, fresh):
+        for got, want in zip(shard.carried.at, fresh):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
         seen["checked"] += 1
         return out

@@ -47,9 +47,10 @@ y, mu, F y, F mu and F F' mu alone (:func:`intercept_pass`), and every change of
 two fixed moves is a per-level constant d_j (the level moves, a scale move b_j -> e^s b_j) or
 none at all (a shift move: a_D + d and b_j - w_j'd leave eta as it is), under which the sums
 change in closed form (:func:`moved_level_sums`). So the chain keeps its sums at its current
-values and, from :meth:`LevelShard.evaluate`'s pass, at the fixed move's proposal; the next
-sweep starts from whichever the kernel accepted (``SweepMessage.moved``): one pass over the
-rows a sweep, :meth:`~LevelShard.evaluate`'s, where there were two. The sums carried are
+values and, from :meth:`LevelShard.evaluate`'s pass, at the fixed move's proposal
+(:class:`CarriedSums`, of the chain that swept last); the next sweep starts from whichever
+the kernel accepted (``SweepMessage.moved``): one pass over the rows a sweep,
+:meth:`~LevelShard.evaluate`'s, where there were two. The sums carried are
 refreshed from the rows by every accepted fixed move; in between they take the closed forms'
 rounding, a few units in the last place a sweep.
 """
@@ -360,15 +361,23 @@ def moved_level_sums(sums: tuple, d: np.ndarray) -> tuple:
 @dataclass
 class ChainSlot:
     """One chain's effects in a shard (the sharded factor's ``b``, the copy ``other`` of the other
-    factors' the kernel sent last) and its kept draws; in a shard that carries its sums (module
-    docstring), the a of its last sweep and :func:`intercept_pass`' sums at its current values
-    (``at``) and at the fixed move's proposal (``proposed``; None: not made)."""
+    factors' the kernel sent last) and its kept draws."""
 
     b: np.ndarray
     other: np.ndarray
     draws: list = field(default_factory=list)
-    a: np.ndarray | None = None
-    at: tuple | None = None
+
+
+@dataclass
+class CarriedSums:
+    """What a shard that carries its sums (module docstring) keeps of the chain that swept last
+    (``key``): the a of that sweep, :func:`intercept_pass`' sums at the chain's current values
+    (``at``) and at the fixed move's proposal (``proposed``; None: not made). One chain's, as the
+    shard's eta buffer: a sweep of another chain starts with a pass over the rows."""
+
+    key: bytes
+    a: np.ndarray
+    at: tuple
     proposed: tuple | None = None
 
 
@@ -402,6 +411,7 @@ class LevelShard:
         self.ones = bool(rows.y.shape[0]) and bool(self.ones_all[0])
         #: Poisson, one factor, its intercept alone: the chains' level sums carried between sweeps
         self.carries = self.ones and q.shape[0] == 1
+        self.carried: CarriedSums | None = None
         self.chains: dict[bytes, ChainSlot] = {}
         #: per other factor (position 1, 2, ...), the levels this shard's rows touch (all: a slice)
         self.touched: list[Any] = [slice(None)] + [touched_levels(rows.index[k], int(rows.levels[k]))
@@ -572,7 +582,8 @@ class LevelShard:
         form and the fixed move's terms from the sums the chain carries, :func:`intercept_pass`'s
         at its first sweep)."""
         r, slot = self.rows, self.chains[bytes(m.key)]
-        carried = (slot.proposed if m.moved else slot.at) if self.carries else None
+        c = self.carried
+        carried = (c.proposed if m.moved else c.at) if c is not None and c.key == bytes(m.key) else None
         if carried is not None and np.any(m.scale != 1.0):  # the last scale move's change of eta
             carried = moved_level_sums(carried, (m.scale[0] - 1.0) * slot.b[:, 0])
         self._settle(slot, m.scale, m.shift, m.keep_previous)
@@ -593,8 +604,8 @@ class LevelShard:
             shares = np.sum(1.0 / (1.0 + m.tau[0] * Smu), keepdims=True)
             accepted = level_rotation(self.code, r.y, self.n, self.eta, r.Z, r.index[0], J, b, m.Sinv, m.phi, m.hastings,
                                       z, u, True, np.zeros(J), g0, H0, D)
-            slot.a, slot.at, slot.proposed = m.a, moved_level_sums(sums, D[:, 0]), None
-            ll, g, H = fixed_terms_from_levels(*slot.at, np.zeros(J))
+            self.carried = CarriedSums(bytes(m.key), m.a, moved_level_sums(sums, D[:, 0]))
+            ll, g, H = fixed_terms_from_levels(*self.carried.at, np.zeros(J))
         else:
             self.eta[:] = linear_predictor(r.offset, r.F, m.a, r.Z, r.index, self.z_off, r.q, self.b_off,
                                            np.concatenate([b.ravel(), slot.other]))
@@ -736,14 +747,14 @@ class LevelShard:
             self.joint_settle(key, joint)
         self._owe(slot, other)
         if self.carries:  # the sums at a + da kept for the next sweep; the scale move from them
-            da = np.asarray(da, dtype=float)
-            prop = slot.at if not np.any(da) else intercept_pass(r.y, r.offset, r.F, slot.a + da, slot.b, r.index[0],
-                                                                 r.J, self.eta)
-            slot.proposed = prop
+            da, carried = np.asarray(da, dtype=float), self.carried
+            prop = carried.at if not np.any(da) else intercept_pass(r.y, r.offset, r.F, carried.a + da, slot.b,
+                                                                    r.index[0], r.J, self.eta)
+            carried.proposed = prop
             ll1, g1, H1 = fixed_terms_from_levels(*prop, np.zeros(r.J))
             if c < 0:
                 return ll1, g1, H1, 0.0, 0.0
-            return ll1, g1, H1, *ones_scale_terms(prop[1], slot.at[2], prop[2], slot.b[:, 0], f)
+            return ll1, g1, H1, *ones_scale_terms(prop[1], carried.at[2], prop[2], slot.b[:, 0], f)
         if c >= 0 and self.ones_all[k]:  # Poisson, the intercept alone: the scale move from level sums
             ll1, g1, H1, Sy, S0, S1 = poisson_scale_pass(r.y, self.eta, r.F, np.asarray(da, dtype=float), r.index[k],
                                                          int(self.J_all[k]), self._sync())
