@@ -158,12 +158,12 @@ def level_rotation(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z, u, o
 
 
 @njit(cache=True)
-def intercept_pass(y, offset, F, a, b, index, J, eta):
-    """For Poisson with the intercept alone: eta_i = offset_i + F_i a + b_j(i) (written to ``eta``)
-    and per level j the sums of y_i eta_i, y_i, mu_i, F_i y_i, F_i mu_i and F_i F_i' mu_i (lower
-    triangle), in one pass: the levels' closed-form moves read Sy and Smu, and the fixed move's
-    terms after them follow from the rest
-    (:func:`~multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`)."""
+def intercept_pass(y, offset, F, a, b, index, J):
+    """For Poisson with the intercept alone, at eta_i = offset_i + F_i a + b_j(i): per level j the
+    sums of y_i eta_i, y_i, mu_i, F_i y_i, F_i mu_i and F_i F_i' mu_i (lower triangle), in one
+    pass: the levels' closed-form moves read Sy and Smu, and the fixed move's terms after them
+    follow from the rest (:func:`~multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`);
+    eta itself is not kept (the sums are, module docstring)."""
     p = F.shape[1]
     Syeta, Sy, Smu = np.zeros(J), np.zeros(J), np.zeros(J)
     SFy, SFmu, SFFmu = np.zeros((J, p)), np.zeros((J, p)), np.zeros((J, p, p))
@@ -172,7 +172,6 @@ def intercept_pass(y, offset, F, a, b, index, J, eta):
         e = offset[i] + b[j, 0]
         for c in range(p):
             e += F[i, c] * a[c]
-        eta[i] = e
         add_level_sums(j, i, y[i], e, np.exp(min(e, 700.0)), F, Syeta, Sy, Smu, SFy, SFmu, SFFmu)
     return Syeta, Sy, Smu, SFy, SFmu, SFFmu
 
@@ -597,8 +596,7 @@ class LevelShard:
         D = np.zeros((J, q))
         levels = None
         if self.carries:
-            sums = carried if carried is not None else intercept_pass(r.y, r.offset, r.F, m.a, b, r.index[0], J,
-                                                                      self.eta)
+            sums = carried if carried is not None else intercept_pass(r.y, r.offset, r.F, m.a, b, r.index[0], J)
             Sy, Smu = sums[1], sums[2]
             g0, H0 = (Sy - Smu).reshape(J, 1), Smu.reshape(J, 1, 1)
             shares = np.sum(1.0 / (1.0 + m.tau[0] * Smu), keepdims=True)
@@ -749,7 +747,7 @@ class LevelShard:
         if self.carries:  # the sums at a + da kept for the next sweep; the scale move from them
             da, carried = np.asarray(da, dtype=float), self.carried
             prop = carried.at if not np.any(da) else intercept_pass(r.y, r.offset, r.F, carried.a + da, slot.b,
-                                                                    r.index[0], r.J, self.eta)
+                                                                    r.index[0], r.J)
             carried.proposed = prop
             ll1, g1, H1 = fixed_terms_from_levels(*prop, np.zeros(r.J))
             if c < 0:
