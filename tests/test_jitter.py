@@ -16,7 +16,7 @@ import pytest
 import multilevel
 from multilevel.distributions import check_factorisations
 from multilevel.glmsweep import theta_alpha_gibbs
-from multilevel.linalg import (AS_GIVEN, JITTERS, NOT_PD, cholesky_jittered, gaussian_beta_draw,
+from multilevel.linalg import (AS_GIVEN, JITTERS, NOT_PD, cholesky_jittered, copy_into, gaussian_beta_draw,
                                mvn_precision_jittered)
 
 from reference_sweeps import mvn_draw
@@ -58,6 +58,20 @@ def test_cholesky_takes_the_first_jitter_that_works():
         if level != NOT_PD:
             target = jittered(P, level) if level else P
             np.testing.assert_allclose(np.tril(L) @ np.tril(L).T, target, rtol=1e-12)
+            np.testing.assert_array_equal(np.triu(L, 1), np.triu(P, 1))  # the strict upper triangle is P's
+
+
+def test_copy_into_copies_whatever_the_layout():
+    """copy_into (the kernels' dst[:] = src) on rows, columns, transposes and strided views:
+    dst equals src and nothing else of dst's base is written."""
+    P = np.random.default_rng(1).standard_normal((4, 3, 3))
+    for make, view, src in [((3, 3), lambda a: a, P[2]), ((5, 3), lambda a: a[1], P[1, :, 0]),
+                            ((3, 3), lambda a: a.T, P[0]), ((6, 3), lambda a: a[::2], P[3])]:
+        base = np.full(make, np.nan)
+        dst = view(base)
+        copy_into(dst, src)
+        np.testing.assert_array_equal(dst, src)
+        assert np.count_nonzero(~np.isnan(base)) == src.size
 
 
 def test_single_draw_with_jitter_is_the_draw_from_the_jittered_precision():

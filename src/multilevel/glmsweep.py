@@ -22,7 +22,7 @@ from numba import njit
 
 from .glmlik import group_loglik_grad
 from .linalg import (AS_GIVEN, NOT_PD, _cholesky_inplace, _lower_solve_into, _upper_solve_into, cholesky_jittered,
-                     inverse_wishart_from_bartlett, noted, sigma_coordinates, sigma_from_coordinates, wishart_scale)
+                     copy_into, inverse_wishart_from_bartlett, noted, sigma_coordinates, sigma_from_coordinates, wishart_scale)
 
 #: the matrices :func:`glm_sweep` factorises, in the order of its report's rows, as (name, jitter
 #: tried) (see :func:`multilevel.distributions.check_factorisations`)
@@ -179,9 +179,9 @@ def beta_step(code, X, Z, offset, y, n, starts, beta, alpha, theta, Sigma, Sigma
     for j in range(m):
         if log_u[j] < log_ratio[j]:
             accepted[j] = True
-            beta[j] = prop[j]
+            copy_into(beta[j], prop[j])
             ll[j] = ll_new[j]
-            grad[j] = grad_new[j]
+            copy_into(grad[j], grad_new[j])
     return beta, ll, grad, accepted
 
 

@@ -47,6 +47,15 @@ NOT_PD = len(JITTERS) + 1
 AS_GIVEN = (0, -1, 0)
 
 
+@njit(cache=True, nogil=True)
+def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst = src, element by element, for arrays of the same shape. A loop rather than
+    ``dst[:] = src``: numba compiles, for every kernel with an array assignment, the message of
+    its shape-mismatch error (seconds of a first call's compilation each)."""
+    for i in range(src.size):
+        dst.flat[i] = src.flat[i]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def cholesky_jittered(P: np.ndarray, L: np.ndarray) -> int:
     """L = the lower Cholesky factor of P (p x p) or, when P is not positive definite, of
@@ -55,7 +64,7 @@ def cholesky_jittered(P: np.ndarray, L: np.ndarray) -> int:
     upper triangle is left as P's; P is not modified."""
     p = P.shape[0]
     for level in range(NOT_PD):
-        L[:, :] = P
+        copy_into(L, P)
         if level:
             scale = 0.0
             for k in range(p):
@@ -182,7 +191,7 @@ def solve_spd_batch(P: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, int]:
     X = np.empty((m, p, r))
     L = np.empty((p, p))
     for j in range(m):
-        L[:, :] = P[j]
+        copy_into(L, P[j])
         if not _cholesky_inplace(L):
             return X, j
         for c in range(r):

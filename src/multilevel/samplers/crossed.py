@@ -300,15 +300,18 @@ def _slice(rng, u0, large, small):
 
 @njit(cache=True)
 def _no_large():
-    """An empty large-factor argument tuple, of :func:`_large_target`'s types."""
-    z, zi = np.zeros(0), np.zeros(0, dtype=np.int64)
-    return (z, 0, 0.0, 0.0, z, 0, z, 0, 0, 0, 1.0, z, z, z)
+    """An empty large-factor argument tuple, of :func:`_large_target`'s types. Its integers are
+    int64, not literals: a tuple of literal integers is a type of its own, which would compile
+    :func:`_slice` and its callees twice."""
+    z, n = np.zeros(0), np.int64(0)
+    return (z, n, 0.0, 0.0, z, n, z, n, n, n, 1.0, z, z, z)
 
 
 @njit(cache=True)
 def _no_small():
-    """An empty small-factor argument tuple, of :func:`_small_target`'s types."""
-    return (np.zeros((0, 0)), np.zeros(0), 0, 1, 0, 0.0, 0.0)
+    """An empty small-factor argument tuple, of :func:`_small_target`'s types (int64 integers,
+    as :func:`_no_large`)."""
+    return (np.zeros((0, 0)), np.zeros(0), np.int64(0), np.int64(1), np.int64(0), 0.0, 0.0)
 
 
 # -- pieces of the sweep -----------------------------------------------------------------------

@@ -137,6 +137,7 @@ from numba import njit
 
 from ..blockstats import BlockStats, FactorLayout
 from ..glmlik import _softplus
+from ..linalg import copy_into
 from .crossed import CrossedGibbs, _backward, _block_inverse, _chol, _conjugate_blocks, _draw_t, _forward
 
 #: acceptance rate the rotation angles adapt towards (the one-factor kernel's Langevin target)
@@ -683,9 +684,9 @@ def level_update(rng, code, y, n, eta, Z, zc, qk, index_k, Jk, b, o, Siginv_k, p
                 prop[j] = 0.0
                 continue
             lp0[j] = lp
-            M0[j] = m
-            Ls[j] = L
-            prop[j] = rotation_draw(rng, x, m, L, phi) - x
+            copy_into(M0[j], m)
+            copy_into(Ls[j], L)
+            copy_into(prop[j], rotation_draw(rng, x, m, L, phi) - x)
         ll1, g1, H1 = level_terms(code, y, n, eta, Z, zc, qk, index_k, Jk, prop)
         for j in range(Jk):
             u = rng.random()
@@ -1151,7 +1152,8 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
             xs, moved = fixed_update(rng, code, y, n, eta, F, Pi, Pim, a, np.exp(log_phi[K]), hastings, rows)
         acc[K] = 1.0 if moved else 0.0
         if moved:
-            dA[:] = xs - a
+            for i in range(dA.shape[0]):
+                dA[i] = xs[i] - a[i]
             pA = True
             a = xs
     else:
@@ -1175,7 +1177,9 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
             prop = np.zeros((Jk, qk))
             acc[k] = level_update(rng, code, y, n, eta, Z, z_off[k], qk, index[k], Jk, b, o, Sk_inv,
                                   np.exp(log_phi[k]), hastings, ll0, g0, H0, ones[k], prop)
-            D[o:o + Jk * qk] += prop.ravel()
+            moves = prop.ravel()
+            for i in range(Jk * qk):
+                D[o + i] += moves[i]
             pend[k] = True
         if not _conjugate_blocks(rng, Sig, sig_off, q, J, b, o, blk_start, blk_size, blk_factor, blk_eta, S0, k):
             return a, b, Sig, acc, acc_scale, 1 + k
@@ -1230,7 +1234,8 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
                     for kk in (kin, kout):
                         if not factor_shifts(rng, a, Pi, Pim, b, b_off, q, J, sig_off, Siginv, shifts, kk):
                             return a, b, Sig, acc, acc_scale, 1 + K
-                    nested_move(rng, b, b_off[kin], 1, 0, J[kin], b_off[kout], 1, 0, J[kout], par,
+                    one, zero = np.int64(1), np.int64(0)  # not literals, which would compile nested_move twice
+                    nested_move(rng, b, b_off[kin], one, zero, J[kin], b_off[kout], one, zero, J[kout], par,
                                 Siginv[sig_off[kin]:sig_off[kin] + 1].reshape((1, 1)).copy(),
                                 Siginv[sig_off[kout]:sig_off[kout] + 1].reshape((1, 1)).copy())
             pend[kin] = True

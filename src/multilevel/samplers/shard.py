@@ -65,6 +65,7 @@ from numba import njit
 
 from .crossed import _backward
 from ..families import NEGBINOMIAL_CODE
+from ..linalg import copy_into
 from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_fixed_row, add_level_sums, apply_pending,
                                  fixed_terms, fixed_terms_from_levels, intercept_only, laplace_point, level_multiples,
                                  level_terms, linear_predictor, mirror_lower, nested_inner_map, nested_laplace_sums,
@@ -111,8 +112,10 @@ def rotation_proposals(b, g0, H0, Sinv, phi, z, D):
             valid[j] = False
             D[j] = 0.0
             continue
-        lp0[j], M0[j], Ls[j] = lp, m, L
-        w[:] = z[j]
+        lp0[j] = lp
+        copy_into(M0[j], m)
+        copy_into(Ls[j], L)
+        copy_into(w, z[j])
         _backward(L, w, q)
         for c in range(q):
             D[j, c] = m[c] + cphi * (b[j, c] - m[c]) + sphi * w[c] - b[j, c]
@@ -136,7 +139,7 @@ def rotation_accept(b, D, ll0, ll1, g1, H1, lp0, M0, Ls, valid, Sinv, phi, hasti
         if ok and np.log(u[j]) < rotation_log_ratio(x, xs, ll0[j], ll1[j], lp0[j], lp1, M0[j], Ls[j], m1, L1, phi,
                                                     hastings):
             accepted += 1
-            b[j] = xs
+            copy_into(b[j], xs)
         else:
             D[j] = 0.0
     return accepted
@@ -153,7 +156,7 @@ def level_rotation(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z, u, o
         return ones_rotation(b, Sinv[0, 0], phi, g0, H0, z, u, hastings, D)
     q = b.shape[1]
     lp0, M0, Ls, valid = rotation_proposals(b, g0, H0, Sinv, phi, z, D)
-    ll1, g1, H1 = level_terms(code, y, n, eta, Z, 0, q, index, J, D)
+    ll1, g1, H1 = level_terms(code, y, n, eta, Z, np.int64(0), q, index, J, D)  # int64: as the other callers'
     return rotation_accept(b, D, ll0, ll1, g1, H1, lp0, M0, Ls, valid, Sinv, phi, hastings, u)
 
 
