@@ -22,7 +22,8 @@ from numba import njit
 
 from .glmlik import group_loglik_grad
 from .linalg import (AS_GIVEN, NOT_PD, _cholesky_inplace, _lower_solve_into, _upper_solve_into, cholesky_jittered,
-                     copy_into, inverse_wishart_from_bartlett, noted, sigma_coordinates, sigma_from_coordinates, wishart_scale)
+                     copy_into, inverse_wishart_from_bartlett, noted, sigma_coordinates, sigma_from_coordinates,
+                     wishart_scale)
 
 #: the matrices :func:`glm_sweep` factorises, in the order of its report's rows, as (name, jitter
 #: tried) (see :func:`multilevel.distributions.check_factorisations`)

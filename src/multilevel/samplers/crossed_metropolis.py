@@ -1152,8 +1152,7 @@ def mwg_sweep(rng, code, y, n, offset, F, Pi, Pim, Z, z_off, index, b_off, q, J,
             xs, moved = fixed_update(rng, code, y, n, eta, F, Pi, Pim, a, np.exp(log_phi[K]), hastings, rows)
         acc[K] = 1.0 if moved else 0.0
         if moved:
-            for i in range(dA.shape[0]):
-                dA[i] = xs[i] - a[i]
+            copy_into(dA, xs - a)
             pA = True
             a = xs
     else:
