@@ -72,6 +72,8 @@ def test_copy_into_copies_whatever_the_layout():
         copy_into(dst, src)
         np.testing.assert_array_equal(dst, src)
         assert np.count_nonzero(~np.isnan(base)) == src.size
+    with pytest.raises(ValueError, match="differ in shape"):  # never past dst's end
+        copy_into(np.zeros(2), P[0, 0, :])
 
 
 def test_single_draw_with_jitter_is_the_draw_from_the_jittered_precision():

@@ -51,7 +51,11 @@ AS_GIVEN = (0, -1, 0)
 def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     """dst = src, element by element, for arrays of the same shape. A loop rather than
     ``dst[:] = src``: numba compiles, for every kernel with an array assignment, the message of
-    its shape-mismatch error (seconds of a first call's compilation each)."""
+    its shape-mismatch error (seconds of a first call's compilation each). Arrays of different
+    shapes raise ValueError with a fixed message (no formatting to compile), as the assignment
+    did, rather than write outside dst (compiled code does not check bounds)."""
+    if dst.shape != src.shape:
+        raise ValueError("copy_into: dst and src differ in shape")
     for i in range(src.size):
         dst.flat[i] = src.flat[i]
 
