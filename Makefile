@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/multilevel demo
 
 ## Install, compile the numba kernels once (two processes side by side; seconds when cached), then run the
-## default test suite (about 12.5 minutes on 2 cores: one test process per core, the long tests first, each
+## default test suite (about 12 minutes on 2 cores: one test process per core, the long tests first, each
 ## process taking queued tests from the other when it runs out).
 test: $(STAMP)
 	$(BIN)/python -m multilevel.warmup
