@@ -164,6 +164,38 @@ def test_poisson_intercept_closed_form_equals_the_passes():
     np.testing.assert_allclose(out[0], out[1], rtol=1e-9, atol=1e-12)
 
 
+def level_sums_reference(y, offset, F, a, b, index, J):
+    """NumPy reference of :func:`multilevel.samplers.shard.intercept_pass`: per level the sums of
+    y eta, y, mu, F y, F mu and F F' mu (lower triangle) at eta = offset + F a + b_j, row by row."""
+    eta = offset + F @ a + b[index, 0]
+    mu = np.exp(eta)
+    p = F.shape[1]
+
+    def per_level(w):
+        return np.bincount(index, weights=w, minlength=J)
+
+    FF = np.tril(F[:, :, None] * F[:, None, :])
+    return (per_level(y * eta), per_level(y), per_level(mu), np.stack([per_level(F[:, c] * y) for c in range(p)], 1),
+            np.stack([per_level(F[:, c] * mu) for c in range(p)], 1),
+            np.stack([np.stack([per_level(FF[:, c, d] * mu) for d in range(p)], 1) for c in range(p)], 1))
+
+
+def test_intercept_pass_equals_its_numpy_reference():
+    """The sums of y come from the shard's constant per-level sums (y offset, y, F y) and those of
+    mu from one pass; together they equal the row-by-row sums, with levels in any row order."""
+    from multilevel.samplers.shard import intercept_pass, response_level_sums
+
+    rng = np.random.default_rng(5)
+    N, J, p = 400, 13, 3
+    index = rng.integers(0, J, N).astype(np.int32)
+    F = np.column_stack([np.ones(N), rng.normal(size=(N, p - 1))])
+    offset, a, b = rng.normal(0, 0.5, N), rng.normal(0, 0.3, p), rng.normal(0, 1, (J, 1))
+    y = rng.poisson(np.exp(offset + F @ a + b[index, 0])).astype(float)
+    got = intercept_pass(y, offset, F, a, b, index, J, *response_level_sums(y, offset, F, index, J))
+    for g, w in zip(got, level_sums_reference(y, offset, F, a, b, index, J)):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-9)
+
+
 def test_carried_level_sums_equal_the_rows_sums_at_every_sweep():
     """Poisson with one factor and its intercept alone: each shard carries its level sums from
     sweep to sweep (the fixed move's proposal's when accepted, closed forms for the level, scale
@@ -171,7 +203,7 @@ def test_carried_level_sums_equal_the_rows_sums_at_every_sweep():
     the levels' moves, equal the sums recomputed from its rows at a and b then; the run makes
     fixed moves accepted and rejected, scale moves (warm-up) and shift moves (w is a
     group-level predictor)."""
-    from multilevel.samplers.shard import LevelShard, intercept_pass
+    from multilevel.samplers.shard import LevelShard
 
     model = multilevel.Model("y ~ x + w + offset(log(expo)) + (1 | g)", glm_frame(3), family="poisson",
                              sampler="sharded")
@@ -185,7 +217,7 @@ def test_carried_level_sums_equal_the_rows_sums_at_every_sweep():
         seen["scaled"] += bool(np.any(m.scale != 1.0))
         out = sweep(shard, m)
         slot, r = shard.chains[bytes(m.key)], shard.rows
-        fresh = intercept_pass(r.y, r.offset, r.F, m.a, slot.b, r.index[0], r.J)
+        fresh = level_sums_reference(r.y, r.offset, r.F, m.a, slot.b, r.index[0], r.J)
         for got, want in zip(shard.carried.at, fresh):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
         seen["checked"] += 1

@@ -1029,11 +1029,18 @@ def add_level_sums(k, r, yr, e, m, F, Syeta, Sy, Smu, SFy, SFmu, SFFmu):
     (lower triangle): what :func:`fixed_terms_from_levels` reads."""
     Sy[k] += yr
     Syeta[k] += yr * e
+    for c in range(F.shape[1]):
+        SFy[k, c] += F[r, c] * yr
+    add_mean_sums(k, r, m, F, Smu, SFmu, SFFmu)
+
+
+@njit(cache=True, inline="always")
+def add_mean_sums(k, r, m, F, Smu, SFmu, SFFmu):
+    """Row r (mu m) into level k's sums of mu, F mu and F F' mu (lower triangle): the part of
+    :func:`add_level_sums` that moves with eta."""
     Smu[k] += m
     for c in range(F.shape[1]):
-        f = F[r, c]
-        SFy[k, c] += f * yr
-        fm = f * m
+        fm = F[r, c] * m
         SFmu[k, c] += fm
         for c2 in range(c + 1):
             SFFmu[k, c, c2] += fm * F[r, c2]

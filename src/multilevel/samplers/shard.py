@@ -66,10 +66,10 @@ from numba import njit
 from .crossed import _backward
 from ..families import NEGBINOMIAL_CODE
 from ..linalg import copy_into
-from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_fixed_row, add_level_sums, apply_pending,
-                                 fixed_terms, fixed_terms_from_levels, intercept_only, laplace_point, level_multiples,
-                                 level_terms, linear_predictor, mirror_lower, nested_inner_map, nested_laplace_sums,
-                                 nested_terms, rotation_log_ratio)
+from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_fixed_row, add_level_sums, add_mean_sums,
+                                 apply_pending, fixed_terms, fixed_terms_from_levels, intercept_only, laplace_point,
+                                 level_multiples, level_terms, linear_predictor, mirror_lower, nested_inner_map,
+                                 nested_laplace_sums, nested_terms, rotation_log_ratio)
 from .keyed import level_draws
 from .negbinomial import distinct_counts, nb_phi_loglik
 
@@ -161,21 +161,42 @@ def level_rotation(code, y, n, eta, Z, index, J, b, Sinv, phi, hastings, z, u, o
 
 
 @njit(cache=True)
-def intercept_pass(y, offset, F, a, b, index, J):
+def response_level_sums(y, offset, F, index, J):
+    """Per level j the sums of :func:`intercept_pass` that move with neither a nor b: of
+    y_i offset_i, y_i and F_i y_i (a shard's, once)."""
+    Syoff, Sy, SFy = np.zeros(J), np.zeros(J), np.zeros((J, F.shape[1]))
+    for i in range(y.shape[0]):
+        j = index[i]
+        Syoff[j] += y[i] * offset[i]
+        Sy[j] += y[i]
+        for c in range(F.shape[1]):
+            SFy[j, c] += F[i, c] * y[i]
+    return Syoff, Sy, SFy
+
+
+@njit(cache=True)
+def intercept_pass(y, offset, F, a, b, index, J, Syoff, Sy, SFy):
     """For Poisson with the intercept alone, at eta_i = offset_i + F_i a + b_j(i): per level j the
-    sums of y_i eta_i, y_i, mu_i, F_i y_i, F_i mu_i and F_i F_i' mu_i (lower triangle), in one
-    pass: the levels' closed-form moves read Sy and Smu, and the fixed move's terms after them
-    follow from the rest (:func:`~multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`);
+    sums of y_i eta_i, y_i, mu_i, F_i y_i, F_i mu_i and F_i F_i' mu_i (lower triangle): the levels'
+    closed-form moves read Sy and Smu, and the fixed move's terms after them follow from the rest
+    (:func:`~multilevel.samplers.crossed_metropolis.fixed_terms_from_levels`). One pass over the
+    rows for the sums of mu; those of y come from :func:`response_level_sums`' Syoff, Sy, SFy
+    (returned as they are: callers do not write them), y eta's as Syoff_j + SFy_j'a + Sy_j b_j.
     eta itself is not kept (the sums are, module docstring)."""
     p = F.shape[1]
-    Syeta, Sy, Smu = np.zeros(J), np.zeros(J), np.zeros(J)
-    SFy, SFmu, SFFmu = np.zeros((J, p)), np.zeros((J, p)), np.zeros((J, p, p))
+    Smu, SFmu, SFFmu = np.zeros(J), np.zeros((J, p)), np.zeros((J, p, p))
     for i in range(y.shape[0]):
         j = index[i]
         e = offset[i] + b[j, 0]
         for c in range(p):
             e += F[i, c] * a[c]
-        add_level_sums(j, i, y[i], e, np.exp(min(e, 700.0)), F, Syeta, Sy, Smu, SFy, SFmu, SFFmu)
+        add_mean_sums(j, i, np.exp(min(e, 700.0)), F, Smu, SFmu, SFFmu)
+    Syeta = np.empty(J)
+    for j in range(J):
+        s = Syoff[j] + Sy[j] * b[j, 0]
+        for c in range(p):
+            s += SFy[j, c] * a[c]
+        Syeta[j] = s
     return Syeta, Sy, Smu, SFy, SFmu, SFFmu
 
 
@@ -414,6 +435,9 @@ class LevelShard:
         #: Poisson, one factor, its intercept alone: the chains' level sums carried between sweeps
         self.carries = self.ones and q.shape[0] == 1
         self.carried: CarriedSums | None = None
+        #: a shard that carries: its levels' sums of y offset, y and F y (:func:`response_level_sums`)
+        self.response_sums = (response_level_sums(rows.y, rows.offset, rows.F, rows.index[0], rows.J) if self.carries
+                              else ())
         self.chains: dict[bytes, ChainSlot] = {}
         #: per other factor (position 1, 2, ...), the levels this shard's rows touch (all: a slice)
         self.touched: list[Any] = [slice(None)] + [touched_levels(rows.index[k], int(rows.levels[k]))
@@ -599,7 +623,8 @@ class LevelShard:
         D = np.zeros((J, q))
         levels = None
         if self.carries:
-            sums = carried if carried is not None else intercept_pass(r.y, r.offset, r.F, m.a, b, r.index[0], J)
+            sums = carried if carried is not None else intercept_pass(r.y, r.offset, r.F, m.a, b, r.index[0], J,
+                                                                      *self.response_sums)
             Sy, Smu = sums[1], sums[2]
             g0, H0 = (Sy - Smu).reshape(J, 1), Smu.reshape(J, 1, 1)
             shares = np.sum(1.0 / (1.0 + m.tau[0] * Smu), keepdims=True)
@@ -750,7 +775,7 @@ class LevelShard:
         if self.carries:  # the sums at a + da kept for the next sweep; the scale move from them
             da, carried = np.asarray(da, dtype=float), self.carried
             prop = carried.at if not np.any(da) else intercept_pass(r.y, r.offset, r.F, carried.a + da, slot.b,
-                                                                    r.index[0], r.J)
+                                                                    r.index[0], r.J, *self.response_sums)
             carried.proposed = prop
             ll1, g1, H1 = fixed_terms_from_levels(*prop, np.zeros(r.J))
             if c < 0:
