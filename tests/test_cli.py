@@ -262,6 +262,22 @@ def test_bad_input_one_line_exit_2(argv, fragments, tmp_path, monkeypatch):
     assert_one_line_error(code, err, *fragments)
 
 
+MISSING_FIT = [["summary", "gone.nc"], ["loo", "gone.nc"], ["plot", "gone.nc"], ["predict", "gone.nc"],
+               ["resume", "gone.nc"], ["compare", "gone.nc", "also-gone.nc"]]
+
+
+@pytest.mark.parametrize("argv", MISSING_FIT, ids=[a[0] for a in MISSING_FIT])
+def test_missing_fit_file_refused_before_the_fit_libraries_load(argv, tmp_path):
+    """Every command that reads a saved fit names the missing file in one line, exit 2, before it
+    imports what reading a fit takes (checked in a fresh interpreter: no multilevel.result, no xarray)."""
+    code = ("import sys\nfrom multilevel.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print(e.code, 'multilevel.result' in sys.modules, 'xarray' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False"], (proc.stdout, proc.stderr)
+    assert_one_line_error(2, proc.stderr, "gone.nc", "not found")
+
+
 def test_summary_of_non_fit_file(tmp_path):
     path = tmp_path / "data.csv"
     sim_frame().to_csv(path, index=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .errors import ModelError, NumericalError
+from .errors import ModelError, NumericalError, require_fit_file
 
 DEMO_FORMULA = "mAch ~ ses + (ses | school)"
 
@@ -28,6 +28,14 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 
 def _progress(no_progress: bool) -> bool:
     return not no_progress and sys.stderr.isatty()
+
+
+def _fit_files(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A FIT.nc argument (or several), refused at once when missing: before the command imports
+    what reading a fit takes (a couple of seconds)."""
+    for path in value if isinstance(value, tuple) else (value,):
+        require_fit_file(path)
+    return value
 
 
 def _print_fit(fit: Any) -> None:
@@ -172,7 +180,7 @@ def _finish(fit: Any, out: str | None, overwrite: bool, group_draws: bool = True
 
 
 @cli.command("resume")
-@click.argument("fit_path", metavar="FIT.nc")
+@click.argument("fit_path", metavar="FIT.nc", callback=_fit_files)
 @click.option("--draws", default=None, type=int, help="Draws per chain to add (default: finish an interrupted run).")
 @click.option("--cores", default=None, type=int, help="Worker processes.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the result here instead of over FIT.nc.")
@@ -199,7 +207,7 @@ def _json_value(v: Any) -> Any:
 
 
 @cli.command("summary")
-@click.argument("fit_path", metavar="FIT.nc")
+@click.argument("fit_path", metavar="FIT.nc", callback=_fit_files)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary table as JSON rows.")
 def summary_command(fit_path: str, as_json: bool) -> None:
     """Print the summary of a saved fit."""
@@ -244,7 +252,7 @@ def _load_for_loo(path: str) -> Any:
 
 
 @cli.command("loo")
-@click.argument("fit_path", metavar="FIT.nc")
+@click.argument("fit_path", metavar="FIT.nc", callback=_fit_files)
 @click.option("--scale", type=SCALE_CHOICE, default="log", show_default=True, help="Scale of elpd_loo, as ArviZ's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimates as a JSON object.")
 def loo_command(fit_path: str, scale: str, as_json: bool) -> None:
@@ -267,7 +275,7 @@ def loo_command(fit_path: str, scale: str, as_json: bool) -> None:
 
 
 @cli.command("compare")
-@click.argument("fit_paths", metavar="FIT.nc FIT.nc...", nargs=-1, required=True)
+@click.argument("fit_paths", metavar="FIT.nc FIT.nc...", nargs=-1, required=True, callback=_fit_files)
 @click.option("--names", default=None, help="The fits' names in the table, comma-separated (default: file names).")
 @click.option("--ic", type=click.Choice(["loo", "waic"]), default="loo", show_default=True,
               help="Information criterion: PSIS-LOO or WAIC.")
@@ -424,7 +432,7 @@ PLOT_KINDS = ("trace", "rank", "caterpillar", "shrinkage", "ppc", "pairs")
 
 
 @cli.command("plot")
-@click.argument("fit_path", metavar="FIT.nc")
+@click.argument("fit_path", metavar="FIT.nc", callback=_fit_files)
 @click.option("--kind", default="trace", show_default=True, help="trace, rank, caterpillar, shrinkage, ppc or pairs.")
 @click.option("--out", default=None, help="Image file to write: .png, .pdf, .svg, ...")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
@@ -498,7 +506,7 @@ def _re_form_factors(fit: Any, re_form: str | None, no_group_effects: bool) -> l
 
 
 @cli.command("predict")
-@click.argument("fit_path", metavar="FIT.nc")
+@click.argument("fit_path", metavar="FIT.nc", callback=_fit_files)
 @click.argument("new_data", metavar="[NEW.csv]", required=False)
 @click.option("--out", default=None, help="CSV (or .parquet) file for the predictions; default: print CSV.")
 @click.option("--kind", default="mean", show_default=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class ModelError(ValueError):
     """Raised for input the package cannot use.
@@ -21,3 +23,9 @@ class NumericalError(FloatingPointError):
     def __init__(self, message: str, fit: object = None):
         super().__init__(message)
         self.fit = fit
+
+
+def require_fit_file(path: str | os.PathLike) -> None:
+    """Refuse a saved fit's path that does not exist (checked before anything is read or imported)."""
+    if not os.path.exists(path):
+        raise ModelError(f"fit file {str(path)!r} not found")

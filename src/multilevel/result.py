@@ -18,7 +18,7 @@ import xarray as xr
 from .convert import dataset_to_frame
 from .design import predictor_lines
 from .diagnostics import summary as summarize
-from .errors import ModelError
+from .errors import ModelError, require_fit_file
 from .families import check_family, loglik_by_draws
 from .priors import Priors
 
@@ -714,9 +714,8 @@ def load(path: str | os.PathLike) -> Fit:
     """Read a fit written by :meth:`Fit.save` (every group into memory; the file is closed)."""
     from .convert import read_groups
 
+    require_fit_file(path)
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"fit file {str(path)!r} not found")
     try:
         groups = read_groups(path)
     except Exception as exc:
