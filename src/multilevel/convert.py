@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import warnings
 
@@ -28,8 +28,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .design import Design
 from .factors import label_key
+
+if TYPE_CHECKING:  # annotations only: reading a saved fit needs no formula parser
+    from .design import Design
 
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .errors import ModelError
-from .terms import RandomTerm
+
+if TYPE_CHECKING:  # annotations only: reading a saved fit needs no formula parser
+    from .terms import RandomTerm
 
 
 def label_key(value: Any) -> str:

@@ -16,7 +16,6 @@ import pandas as pd
 import xarray as xr
 
 from .convert import dataset_to_frame
-from .design import predictor_lines
 from .diagnostics import summary as summarize
 from .errors import ModelError, require_fit_file
 from .families import check_family, loglik_by_draws
@@ -282,6 +281,13 @@ class Fit:
             return np.zeros(n_groups, dtype=bool)
         return np.all(log_scale >= np.log(0.5 * np.pi), axis=0)
 
+    def _predictor_lines(self) -> list[str]:
+        """The report's block on how each predictor was read, from the design (a fit saved before
+        the block was kept with it; the formula parser imported only then)."""
+        from .design import predictor_lines
+
+        return predictor_lines(self.design)
+
     def report(self) -> str:
         """An lme4/brms-like text report of the fit."""
         a = self.attrs
@@ -301,7 +307,7 @@ class Fit:
             data_line
             + (f", precision weights {a['weights']}" if a.get("weights") else "")
             + (f" ({a['engine']}: {a.get('partitions')} partitions of {a.get('data_source')})" if a.get("engine") else ""),
-            *(a["predictors"].splitlines() if "predictors" in a else predictor_lines(self.design)),
+            *(a["predictors"].splitlines() if "predictors" in a else self._predictor_lines()),
             f"  Draws: {post.sizes['chain']} chains x {post.sizes['draw']} draws after {a.get('warmup')} warm-up sweeps"
             f" ({a.get('sampler')}, seed {a.get('seed')})",
             "",
