@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import elpd
 from .convert import az
 from .errors import ModelError
 
@@ -99,6 +98,8 @@ def loo(fit: Fit, pointwise: bool | None = None, order: np.ndarray | None = None
         from .distributed.posterior import loo as loo_over_partitions
 
         return loo_over_partitions(fit, reff, pointwise=pointwise, scale=kwargs.get("scale"))
+    from . import elpd  # its PSIS kernels are compiled (numba): loaded when an elpd is computed
+
     pointwise, scale = elpd.check_pointwise(pointwise), elpd.check_scale(kwargs.get("scale"))
     ll, obs = _ll_values(fit, order)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -116,6 +117,8 @@ def waic(fit: Fit, pointwise: bool | None = None, order: np.ndarray | None = Non
         from .distributed.posterior import waic as waic_over_partitions
 
         return waic_over_partitions(fit, pointwise=pointwise, scale=kwargs.get("scale"))
+    from . import elpd  # its PSIS kernels are compiled (numba): loaded when an elpd is computed
+
     pointwise, scale = elpd.check_pointwise(pointwise), elpd.check_scale(kwargs.get("scale"))
     ll, obs = _ll_values(fit, order)
     total = elpd.in_blocks(ll, lambda samples: elpd.block_waic(samples, elpd.SCALES[scale], pointwise))

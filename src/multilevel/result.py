@@ -9,7 +9,7 @@ import tempfile
 import warnings
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,9 @@ from .convert import dataset_to_frame
 from .diagnostics import summary as summarize
 from .errors import ModelError, require_fit_file
 from .families import check_family, loglik_by_draws
-from .priors import Priors
+
+if TYPE_CHECKING:  # the priors' module loads the compiled kernels' (numba): only when a fit's priors are read
+    from .priors import Priors
 
 HDI_PROB = 0.94
 RHAT_MAX = 1.01
@@ -153,6 +155,8 @@ class Fit:
 
     @property
     def priors(self) -> Priors:
+        from .priors import Priors
+
         return Priors.from_json(self.attrs["priors"])
 
     @property
