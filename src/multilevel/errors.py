@@ -1,4 +1,4 @@
-"""The package's one exception type for bad input."""
+"""The package's exception types for bad input and numerical failure, and the check that a saved fit's file exists."""
 
 from __future__ import annotations
 

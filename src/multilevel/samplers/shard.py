@@ -43,7 +43,8 @@ the other factors' b) are taken by the next pass over the rows.
 
 One case keeps more: Poisson with one factor and its intercept alone (the commonest GLM; a
 shard that *carries*). Its level moves and the fixed move's terms read per-level sums of y eta,
-y, mu, F y, F mu and F F' mu alone (:func:`intercept_pass`), and every change of eta between
+y, mu, F y, F mu and F F' mu alone (:func:`intercept_pass`; those of y, which no move changes,
+computed once, :func:`response_level_sums`), and every change of eta between
 two fixed moves is a per-level constant d_j (the level moves, a scale move b_j -> e^s b_j) or
 none at all (a shift move: a_D + d and b_j - w_j'd leave eta as it is), under which the sums
 change in closed form (:func:`moved_level_sums`). So the chain keeps its sums at its current
