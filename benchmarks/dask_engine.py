@@ -10,8 +10,9 @@
 * ``dask_poisson``: ``y ~ x + (1 | g)``, Poisson, on 1e7 rows and 1e5 groups (Parquet files)
   through Dask on local clusters of 1 and of 2 workers (the sharded sampler: the rows stay on
   the workers, each sweep two messages per worker): time per sweep (the fit's sampling time
-  over its sweeps; runs alternating 1, 2, 1, 2 workers, the fastest of each counted), the
-  whole command's wall and CPU time and peak memory;
+  over its sweeps; runs alternating 1, 2, 1, 2, 1, 2 workers, the fastest of each counted), the
+  whole command's wall and CPU time and peak memory; after each pair of runs, ``parallel_bound``'s
+  measure, so that Dask's ratio and the machine's own are taken in the same series;
 * ``dask_crossed_poisson``: ``y ~ x + (1 | g) + (1 | h)``, Poisson, 1e7 rows, g of 1e5 levels
   crossed with h of 1e3, as ``dask_poisson`` (sharded on g; two rounds a sweep);
 * ``dask_messages``: the scheduling overhead of one round of messages, to actors and as tasks;
@@ -28,6 +29,7 @@ descendants (the Dask scheduler, nanny and worker processes), sampled every 20 m
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -186,12 +188,14 @@ def message_overhead(workers: int, rounds: int = 200) -> dict[str, float]:
     return {"actor_ms": 1000 * actor, "task_ms": 1000 * task}
 
 
-def _dask_sweeps(tmp: str, data: Path, formula: str, sweeps: int, repeats: int = 1) -> dict[int, dict]:
+def _dask_sweeps(tmp: str, data: Path, formula: str, sweeps: int, repeats: int = 1,
+                 after_pair: Callable[[], None] | None = None) -> dict[int, dict]:
     """The command-line Poisson fit of ``formula`` through Dask on 1 and on 2 local workers,
     alternating (1, 2, 1, 2, ...) ``repeats`` times: per worker count the fastest run's wall,
     CPU and memory, time per sweep (the fit's sampling time over its sweeps) and posterior means
     of theta and alpha, and every run's time per sweep (``runs``). On a shared machine the
-    fastest of alternating runs is the least disturbed measure of each."""
+    fastest of alternating runs is the least disturbed measure of each. ``after_pair``: run
+    after each pair of runs (a measurement interleaved with them)."""
     import multilevel
 
     out: dict[int, dict] = {}
@@ -211,6 +215,8 @@ def _dask_sweeps(tmp: str, data: Path, formula: str, sweeps: int, repeats: int =
             if workers not in out or r["per_sweep"] < out[workers]["per_sweep"]:
                 out[workers] = {k: v for k, v in r.items() if k != "stdout"}
             out[workers]["runs"] = runs
+        if after_pair is not None:
+            after_pair()
     return out
 
 
@@ -230,8 +236,10 @@ def _report_sweeps(res: Result, out: dict[int, dict], in_memory: int, quick: boo
 
 
 def bench_dask_poisson(quick: bool = False) -> Result:
-    """1e7 rows, 1e5 groups, Poisson, engine dask on 1 and on 2 local workers: time per sweep."""
+    """1e7 rows, 1e5 groups, Poisson, engine dask on 1 and on 2 local workers: time per sweep;
+    between the pairs of runs, the in-process bound of :func:`bench_parallel_bound`."""
     rows, groups, sweeps = (1_000_000, 10_000, 100) if quick else (10_000_000, 100_000, 200)
+    repeats = 1 if quick else 3
     command = (f"multilevel fit DIR -f '{POISSON_FORMULA}' --family poisson --engine dask --workers W --chains 1 "
                f"--warmup {sweeps // 2} --draws {sweeps // 2} --no-group-draws --out fit.nc")
     res = Result(
@@ -241,14 +249,31 @@ def bench_dask_poisson(quick: bool = False) -> Result:
         "each sweep sends two messages to each worker. Time per sweep: the fit's sampling time over "
         "its sweeps (warm-up's scale moves included). Wall and CPU time of the whole command (its workers "
         "included) and the peak memory of all its processes together (PSS, sampled every 0.5 s so that the "
-        "sampling takes no CPU the workers need). The runs alternate, two of each; the fastest of each counts.")
+        f"sampling takes no CPU the workers need). The runs alternate, {repeats} of each; the fastest of each "
+        "counts. After each pair of runs, the in-process bound (`parallel_bound`'s measure: the same sampler "
+        f"without Dask, {sweeps} sweeps, in one process on all rows, then in two processes at once on half the "
+        "groups each), so that the machine's own two-core speed-up is measured in the same series.")
+    bound: list[tuple[float, list[float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         in_memory = write_parquet(data, rows, groups, seed=2, group_sd=0.5, response=poisson_response)
-        out = _dask_sweeps(tmp, data, POISSON_FORMULA, sweeps, repeats=1 if quick else 2)
+        halves = _halves(tmp, data, groups)
+        out = _dask_sweeps(tmp, data, POISSON_FORMULA, sweeps, repeats=repeats,
+                           after_pair=lambda: bound.append(_bound(data, halves, sweeps)))
     _report_sweeps(res, out, in_memory, quick)
+    one, two = min(b[0] for b in bound), min(max(b[1]) for b in bound)
+    dask_ratio, bound_ratio = out[2]["per_sweep"] / out[1]["per_sweep"], two / one
+    res.tables.append(Table(
+        ["after pair", "1 process (all rows)", "2 processes at once (the slower)", "ratio"],
+        [[str(i + 1), f"{1000 * b[0]:.0f} ms", f"{1000 * max(b[1]):.0f} ms", f"{max(b[1]) / b[0]:.2f}"]
+         for i, b in enumerate(bound)]
+        + [["fastest", f"**{1000 * one:.0f} ms**", f"**{1000 * two:.0f} ms**", f"**{bound_ratio:.2f}**"]],
+        caption=f"The in-process bound, interleaved with the Dask runs. Fastest against fastest: Dask's ratio "
+                f"{dask_ratio:.3f}, the bound's {bound_ratio:.3f} in the same series; Dask keeps "
+                f"{bound_ratio / dask_ratio:.2f} of the speed-up the machine gave without it."))
     res.data = {"rows": rows, "groups": groups, "in_memory": in_memory, "sweeps": sweeps,
-                **{str(k): v for k, v in out.items()}}
+                **{str(k): v for k, v in out.items()}, "bound": [{"one": b[0], "two": b[1]} for b in bound],
+                "bound_ratio": bound_ratio}
     return res
 
 
@@ -308,11 +333,33 @@ def _sharded_sweep_seconds(path: str, sweeps: int, shards: int) -> float:
     return float(fit.attrs["sampling_seconds"]) / sweeps
 
 
-def bench_parallel_bound(quick: bool = False) -> Result:
-    """The sharded sampler in one process on all rows vs two processes at once on half each."""
+def _halves(tmp: str, data: Path, groups: int) -> list[str]:
+    """``data``'s rows split in two Parquet files by group, the first and the second half of the
+    groups (as the Dask run's two workers hold them)."""
+    frame = pd.read_parquet(data)
+    halves = []
+    for i, keep in enumerate((frame.g < groups // 2, frame.g >= groups // 2)):
+        halves.append(str(Path(tmp) / f"half{i}.parquet"))
+        frame.loc[keep].to_parquet(halves[-1], index=False)
+    return halves
+
+
+def _bound(data: Path, halves: list[str], sweeps: int) -> tuple[float, list[float]]:
+    """Seconds per sweep of the in-memory sharded sampler in one process on all rows in 16 shards,
+    then of two processes at once, each on one of ``halves`` in 8 shards."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        one = pool.submit(_sharded_sweep_seconds, str(data), sweeps, 16).result()
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        two = [f.result() for f in [pool.submit(_sharded_sweep_seconds, h, sweeps, 8) for h in halves]]
+    return one, two
+
+
+def bench_parallel_bound(quick: bool = False) -> Result:
+    """The sharded sampler in one process on all rows vs two processes at once on half each."""
     rows, groups, sweeps = (1_000_000, 10_000, 60) if quick else (10_000_000, 100_000, 100)
     res = Result(
         "parallel_bound", "What two cores give the sharded sampler here, without Dask",
@@ -321,21 +368,12 @@ def bench_parallel_bound(quick: bool = False) -> Result:
         "process on all rows in 16 shards, then in two processes at once, each on the rows of half the groups in 8 "
         "shards (as the Dask run's two workers hold them). No messages, no "
         "client and no scheduler: the ratio of the two per-sweep times is the best that splitting the work over "
-        "two workers can reach on this machine, whatever the engine.")
+        "two workers can reach on this machine, whatever the engine. `dask_poisson` also measures it, interleaved "
+        "with its Dask runs.")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         write_parquet(data, rows, groups, seed=2, group_sd=0.5, response=poisson_response)
-        frame = pd.read_parquet(data)
-        halves = []
-        for i, keep in enumerate((frame.g < groups // 2, frame.g >= groups // 2)):
-            halves.append(str(Path(tmp) / f"half{i}.parquet"))
-            frame.loc[keep].to_parquet(halves[-1], index=False)
-        del frame
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            one = pool.submit(_sharded_sweep_seconds, str(data), sweeps, 16).result()
-        with ProcessPoolExecutor(2, mp_context=context) as pool:
-            two = [f.result() for f in [pool.submit(_sharded_sweep_seconds, h, sweeps, 8) for h in halves]]
+        one, two = _bound(data, _halves(tmp, data, groups), sweeps)
     ratio = max(two) / one
     res.tables.append(Table(
         ["processes", "time per sweep"],
