@@ -228,7 +228,7 @@ def _report_sweeps(res: Result, out: dict[int, dict], in_memory: int, quick: boo
         [[str(w), f"**{1000 * r['per_sweep']:.0f} ms**", ", ".join(f"{1000 * t:.0f}" for t in r["runs"]) + " ms",
           f"{r['wall']:.0f} s", f"{r['cpu']:.0f} s", fmt_bytes(r["maxrss"]), f"{r['theta']:.3f}", f"{r['alpha']:.4f}"]
          for w, r in out.items()],
-        caption=f"The data take {fmt_bytes(in_memory)} as a pandas DataFrame. Runs alternate 1, 2, 1, 2 workers; "
+        caption=f"The data take {fmt_bytes(in_memory)} as a pandas DataFrame. Runs alternate 1 and 2 workers; "
                 "the other columns are the fastest run's."))
     ratio = out[2]["per_sweep"] / out[1]["per_sweep"]
     res.targets.append(Target("per-sweep time on 2 workers at most 0.6x that on 1 worker", f"{ratio:.3f}x",

@@ -1027,11 +1027,18 @@ def paired_pass(y, eta, offset, F, a, Z, index, z_off, q, b_off, b, ones, starts
 def add_level_sums(k, r, yr, e, m, F, Syeta, Sy, Smu, SFy, SFmu, SFFmu):
     """Row r (response yr, eta e, mu m) into level k's sums of y eta, y, mu, F y, F mu and F F' mu
     (lower triangle): what :func:`fixed_terms_from_levels` reads."""
-    Sy[k] += yr
     Syeta[k] += yr * e
+    add_response_sums(k, r, yr, F, Sy, SFy)
+    add_mean_sums(k, r, m, F, Smu, SFmu, SFFmu)
+
+
+@njit(cache=True, inline="always")
+def add_response_sums(k, r, yr, F, Sy, SFy):
+    """Row r (response yr) into level k's sums of y and F y: the part of :func:`add_level_sums`
+    that no move changes."""
+    Sy[k] += yr
     for c in range(F.shape[1]):
         SFy[k, c] += F[r, c] * yr
-    add_mean_sums(k, r, m, F, Smu, SFmu, SFFmu)
 
 
 @njit(cache=True, inline="always")

@@ -68,9 +68,9 @@ from .crossed import _backward
 from ..families import NEGBINOMIAL_CODE
 from ..linalg import copy_into
 from .crossed_metropolis import (_ones_step, _row_pending, _row_terms, add_fixed_row, add_level_sums, add_mean_sums,
-                                 apply_pending, fixed_terms, fixed_terms_from_levels, intercept_only, laplace_point,
-                                 level_multiples, level_terms, linear_predictor, mirror_lower, nested_inner_map,
-                                 nested_laplace_sums, nested_terms, rotation_log_ratio)
+                                 add_response_sums, apply_pending, fixed_terms, fixed_terms_from_levels,
+                                 intercept_only, laplace_point, level_multiples, level_terms, linear_predictor,
+                                 mirror_lower, nested_inner_map, nested_laplace_sums, nested_terms, rotation_log_ratio)
 from .keyed import level_draws
 from .negbinomial import distinct_counts, nb_phi_loglik
 
@@ -167,11 +167,8 @@ def response_level_sums(y, offset, F, index, J):
     y_i offset_i, y_i and F_i y_i (a shard's, once)."""
     Syoff, Sy, SFy = np.zeros(J), np.zeros(J), np.zeros((J, F.shape[1]))
     for i in range(y.shape[0]):
-        j = index[i]
-        Syoff[j] += y[i] * offset[i]
-        Sy[j] += y[i]
-        for c in range(F.shape[1]):
-            SFy[j, c] += F[i, c] * y[i]
+        Syoff[index[i]] += y[i] * offset[i]
+        add_response_sums(index[i], i, y[i], F, Sy, SFy)
     return Syoff, Sy, SFy
 
 
